@@ -1,0 +1,1 @@
+"""chat-service API: gRPC chat.v1.ChatService over PostgreSQL and Redis."""

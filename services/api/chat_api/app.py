@@ -1,0 +1,146 @@
+"""The API's composition root: ``build_app(settings)`` wires every dependency, nothing else does.
+
+Nothing connects at import time. ``ApiApp.start()`` binds the servers and starts the dependency
+probe; ``ApiApp.stop()`` drains (health NOT_SERVING, in-flight calls finish within the grace
+period) and closes the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from prometheus_client import Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import redis.asyncio as aioredis
+from chat_api.idempotency import IdempotencyStore
+from chat_api.service.conversations import ConversationService
+from chat_api.service.messages import MessageService
+from chat_api.service.reads import ReadService
+from chat_api.settings import ApiSettings
+from chat_api.storage.conversations import ConversationRepository
+from chat_api.storage.messages import MessageRepository
+from chat_api.storage.reads import ReadRepository
+from chat_api.transport.dispatch import Dispatcher
+from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
+from chat_api.transport.handlers import ChatHandlers
+from chat_shared.auth import TokenVerifier
+from chat_shared.config import parse_host_port
+from chat_shared.db import create_engine, ping
+from chat_shared.observability.logging import get_logger
+from chat_shared.redis_client import create_redis
+
+log = get_logger(__name__)
+
+DEPENDENCY_UP = Gauge("chat_dependency_up", "1 when the dependency answers its probe",
+                      ["dependency"])
+DB_POOL = Gauge("chat_db_pool_connections", "Database pool connections by state", ["state"])
+
+
+@dataclass
+class ApiApp:
+    settings: ApiSettings
+    engine: AsyncEngine
+    redis: aioredis.Redis
+    dispatcher: Dispatcher
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    grpc_port: int = 0
+    _probe: asyncio.Task[None] | None = field(default=None, repr=False)
+    _db_up: bool | None = None
+    _redis_up: bool | None = None
+    _draining: bool = False
+
+    async def start(self) -> None:
+        # NOT_SERVING until the first probe has seen PostgreSQL answer.
+        await self._set_health(False)
+        await self.server.start()
+        self._probe = asyncio.create_task(self._probe_dependencies(), name="dependency-probe")
+        log.info("api_started", grpc_port=self.grpc_port)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def probe_once(self) -> None:
+        db_up = await ping(self.engine)
+        try:
+            redis_up = bool(await self.redis.ping())
+        except Exception:  # noqa: BLE001 - any failure means "down" here
+            redis_up = False
+        DEPENDENCY_UP.labels("postgresql").set(int(db_up))
+        DEPENDENCY_UP.labels("redis").set(int(redis_up))
+        pool = self.engine.sync_engine.pool
+        for state, fn in (("checked_out", "checkedout"), ("idle", "checkedin")):
+            with contextlib.suppress(Exception):
+                DB_POOL.labels(state).set(getattr(pool, fn)())
+        if db_up != self._db_up and not self._draining:
+            (log.info if db_up else log.error)("dependency_changed", dependency="postgresql",
+                                               up=db_up)
+            await self._set_health(db_up)
+        if redis_up != self._redis_up:
+            # Redis only degrades the API (sends stay exactly-once without it): log, no health.
+            (log.info if redis_up else log.warning)("dependency_changed", dependency="redis",
+                                                    up=redis_up)
+        self._db_up, self._redis_up = db_up, redis_up
+
+    async def _probe_dependencies(self) -> None:
+        while True:
+            try:
+                await self.probe_once()
+            except Exception:  # noqa: BLE001 - the probe must outlive any single failure
+                log.exception("probe_failed")
+            await asyncio.sleep(self.settings.health_check_interval)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace if grace is None else grace
+        log.info("api_draining", grace_seconds=grace)
+        self._draining = True
+        await self.health.enter_graceful_shutdown()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        await self.server.stop(grace)
+        await self.redis.aclose()
+        await self.engine.dispose()
+        log.info("api_stopped")
+
+
+def build_app(settings: ApiSettings) -> ApiApp:
+    engine = create_engine(settings, application_name="chat-api")
+    redis = create_redis(settings)
+    handlers = ChatHandlers(
+        conversations=ConversationService(ConversationRepository(engine),
+                                          settings.max_conversation_members),
+        messages=MessageService(MessageRepository(engine),
+                                IdempotencyStore(redis, settings.idempotency_ttl),
+                                settings.max_message_length, settings.max_idempotency_key_length),
+        reads=ReadService(ReadRepository(engine)),
+    )
+    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor()],
+        options=[("grpc.max_receive_message_length", 1 << 20),
+                 ("grpc.so_reuseport", 0)],
+    )
+    server.add_generic_rpc_handlers((chat_service_handler(dispatcher),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    host, port = parse_host_port(settings.grpc_server_address)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
+    app = ApiApp(settings=settings, engine=engine, redis=redis, dispatcher=dispatcher,
+                 server=server, health=health_servicer, grpc_port=bound)
+    return app

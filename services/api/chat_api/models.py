@@ -1,0 +1,53 @@
+"""The API's domain records, free of protobuf and SQL types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: str
+    conversation_id: str
+    sender_id: str
+    content: str
+    seq: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRecord:
+    id: str
+    title: str
+    member_ids: list[str]
+    created_at: datetime
+    last_message_at: datetime | None
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    conversation: ConversationRecord
+    last_read_seq: int
+    last_message: MessageRecord | None
+    last_activity_at: datetime
+
+    @property
+    def unread_count(self) -> int:
+        return max(0, self.conversation.last_seq - self.last_read_seq)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    last_read_seq: int
+    unread_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str

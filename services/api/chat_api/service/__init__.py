@@ -1,0 +1,1 @@
+"""The business rules, free of transport types: validation, idempotency, paging."""

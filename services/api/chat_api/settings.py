@@ -1,0 +1,25 @@
+"""The API process's settings: the shared sections plus what only the API reads."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from chat_shared.config import Seconds, ServiceSettings, parse_host_port
+
+
+class ApiSettings(ServiceSettings):
+    grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
+    http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
+    metrics_port: int = Field(9100, ge=0, le=65535)
+    max_message_length: int = Field(4096, ge=1, le=1_000_000, description="characters")
+    max_idempotency_key_length: int = Field(255, ge=8, le=1024, description="characters")
+    max_conversation_members: int = Field(1000, ge=2, le=100_000)
+    idempotency_ttl: Seconds = Field(86400.0, gt=0, description="seconds a send key is cached")
+    shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to drain on SIGTERM")
+    health_check_interval: Seconds = Field(2.0, gt=0, description="dependency probe period")
+
+    @field_validator("grpc_server_address", "http_server_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_host_port(v)
+        return v

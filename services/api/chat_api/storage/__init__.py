@@ -1,0 +1,5 @@
+"""PostgreSQL repositories, one module per noun; SQLAlchemy Core text for the hot paths.
+
+Every statement that reads or writes a conversation joins the caller's membership in the same
+statement, so "not a member" and "does not exist" are one answer and one round trip.
+"""

@@ -1,0 +1,150 @@
+"""Messages: the send transaction (message + outbox event in one statement) and history."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg.errors
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_api.models import MessageRecord
+from chat_api.storage.rows import message_from
+from chat_shared.events import MESSAGE_CREATED
+from chat_shared.observability.tracing import tracer
+
+_tracer = tracer(__name__)
+
+IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
+
+# One statement, one round trip: take the conversation's row lock while incrementing last_seq
+# (only for a member), insert the message with that seq, and write its outbox event with the
+# members as recipients. A duplicate (sender, idempotency_key) aborts the whole statement, so a
+# retried key never burns a seq: seq stays gapless.
+_SEND = text(
+    f"""
+    WITH conv AS (
+        UPDATE conversations c
+           SET last_seq = c.last_seq + 1,
+               last_message_at = clock_timestamp(),
+               last_activity_at = clock_timestamp()
+         WHERE c.id = :conversation_id
+           AND EXISTS (SELECT 1 FROM conversation_members m
+                        WHERE m.conversation_id = c.id AND m.user_id = :sender_id)
+        RETURNING c.id, c.last_seq, c.last_message_at
+    ), msg AS (
+        INSERT INTO messages (id, conversation_id, seq, sender_id, content, idempotency_key,
+                              created_at)
+        SELECT gen_random_uuid(), conv.id, conv.last_seq, :sender_id, :content,
+               :idempotency_key, conv.last_message_at
+        FROM conv
+        RETURNING id, conversation_id, seq, sender_id, content, created_at
+    ), evt AS (
+        INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
+        SELECT gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id, msg.seq,
+               ARRAY(SELECT user_id FROM conversation_members
+                      WHERE conversation_id = msg.conversation_id ORDER BY user_id),
+               jsonb_build_object('message', jsonb_build_object(
+                   'id', msg.id, 'conversation_id', msg.conversation_id,
+                   'sender_id', msg.sender_id, 'content', msg.content, 'seq', msg.seq,
+                   'created_at', msg.created_at))
+        FROM msg
+    )
+    SELECT id, conversation_id, seq, sender_id, content, created_at FROM msg
+    """
+)
+
+_BY_KEY = text(
+    """
+    SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
+    WHERE sender_id = :sender_id AND idempotency_key = :idempotency_key
+    """
+)
+
+# The membership row drives a lateral page of messages: no row at all means "not a member or
+# no such conversation"; one row of NULLs means "a member, and the page is empty".
+_PAGE_HEAD = """
+    SELECT p.* FROM conversation_members cm
+    LEFT JOIN LATERAL (
+        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.created_at
+        FROM messages m WHERE m.conversation_id = cm.conversation_id
+"""
+_PAGE_TAIL = """
+    ) p ON true
+    WHERE cm.conversation_id = :conversation_id AND cm.user_id = :user_id
+"""
+_PAGE = {
+    "newest": text(_PAGE_HEAD + " ORDER BY m.seq DESC LIMIT :limit" + _PAGE_TAIL
+                   + " ORDER BY p.seq DESC"),
+    "before_seq": text(_PAGE_HEAD + " AND m.seq < :cursor ORDER BY m.seq DESC LIMIT :limit"
+                       + _PAGE_TAIL + " ORDER BY p.seq DESC"),
+    "before_time": text(_PAGE_HEAD + " AND m.created_at < :before ORDER BY m.seq DESC LIMIT :limit"
+                        + _PAGE_TAIL + " ORDER BY p.seq DESC"),
+    "after_seq": text(_PAGE_HEAD + " AND m.seq > :cursor ORDER BY m.seq ASC LIMIT :limit"
+                      + _PAGE_TAIL + " ORDER BY p.seq ASC"),
+}
+
+
+class PageMode(enum.Enum):
+    NEWEST = "newest"
+    BEFORE_SEQ = "before_seq"
+    BEFORE_TIME = "before_time"
+    AFTER_SEQ = "after_seq"
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateKey(Exception):
+    """The (sender, idempotency_key) pair already names a committed message."""
+
+    original: MessageRecord
+
+
+class MessageRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def send(
+        self, conversation_id: str, sender_id: str, content: str, idempotency_key: str
+    ) -> MessageRecord | None:
+        """Commits the message and its outbox event; None when the sender is not a member.
+
+        Raises DuplicateKey (with the original message) when the key was used before.
+        """
+        params = {"conversation_id": conversation_id, "sender_id": sender_id,
+                  "content": content, "idempotency_key": idempotency_key}
+        with _tracer.start_as_current_span("db.send_message"):
+            try:
+                async with self._engine.begin() as conn:
+                    row = (await conn.execute(_SEND, params)).first()
+            except IntegrityError as exc:
+                orig = exc.orig
+                if (isinstance(orig, psycopg.errors.UniqueViolation)
+                        and orig.diag.constraint_name == IDEMPOTENCY_CONSTRAINT):
+                    original = await self.by_idempotency_key(sender_id, idempotency_key)
+                    if original is not None:
+                        raise DuplicateKey(original) from exc
+                raise
+        return message_from(row) if row is not None else None
+
+    async def by_idempotency_key(self, sender_id: str, key: str) -> MessageRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(
+                _BY_KEY, {"sender_id": sender_id, "idempotency_key": key})).first()
+        return message_from(row) if row is not None else None
+
+    async def page(
+        self, conversation_id: str, user_id: str, mode: PageMode, limit: int,
+        cursor: int = 0, before: datetime | None = None,
+    ) -> list[MessageRecord] | None:
+        """One page of messages in the mode's order; None when the user is not a member."""
+        params: dict[str, object] = {"conversation_id": conversation_id, "user_id": user_id,
+                                     "limit": limit, "cursor": cursor, "before": before}
+        with _tracer.start_as_current_span("db.get_messages"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(_PAGE[mode.value], params)).all()
+        if not rows:
+            return None
+        return [message_from(r) for r in rows if r._mapping["id"] is not None]

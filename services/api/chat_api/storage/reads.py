@@ -1,0 +1,58 @@
+"""Read positions: MarkAsRead moves a member's last_read_seq forward and records an event."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_api.models import ReadPosition
+from chat_shared.events import CONVERSATION_READ
+from chat_shared.observability.tracing import tracer
+
+_tracer = tracer(__name__)
+
+# GREATEST keeps the position from moving backwards; LEAST clamps it to the newest message.
+# The event is written only when the position moved, in the same statement.
+_MARK = text(
+    f"""
+    WITH target AS (
+        SELECT m.conversation_id, m.user_id, m.last_read_seq AS old_seq, c.last_seq,
+               GREATEST(m.last_read_seq,
+                        LEAST(CASE WHEN :up_to_seq = 0 THEN c.last_seq ELSE :up_to_seq END,
+                              c.last_seq)) AS new_seq
+        FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+        WHERE m.conversation_id = :conversation_id AND m.user_id = :user_id
+        FOR UPDATE OF m
+    ), upd AS (
+        UPDATE conversation_members m SET last_read_seq = t.new_seq
+        FROM target t
+        WHERE m.conversation_id = t.conversation_id AND m.user_id = t.user_id
+          AND t.new_seq > t.old_seq
+    ), evt AS (
+        INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
+        SELECT gen_random_uuid(), '{CONVERSATION_READ}', t.conversation_id, t.new_seq,
+               ARRAY(SELECT user_id FROM conversation_members
+                      WHERE conversation_id = t.conversation_id ORDER BY user_id),
+               jsonb_build_object('conversation_id', t.conversation_id, 'user_id', t.user_id,
+                                  'last_read_seq', t.new_seq, 'read_at', clock_timestamp())
+        FROM target t WHERE t.new_seq > t.old_seq
+    )
+    SELECT new_seq, last_seq - new_seq AS unread FROM target
+    """
+)
+
+
+class ReadRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def mark(self, conversation_id: str, user_id: str, up_to_seq: int) -> ReadPosition | None:
+        """Moves the read position; None when the user is not a member."""
+        with _tracer.start_as_current_span("db.mark_as_read"):
+            async with self._engine.begin() as conn:
+                row = (await conn.execute(_MARK, {"conversation_id": conversation_id,
+                                                  "user_id": user_id,
+                                                  "up_to_seq": up_to_seq})).first()
+        if row is None:
+            return None
+        return ReadPosition(last_read_seq=int(row[0]), unread_count=int(row[1]))

@@ -1,0 +1,84 @@
+"""The call pipeline every transport shares: authenticate, run, record, recover.
+
+This is the interceptor chain in one place, so gRPC and HTTP behave the same: the same auth
+check, one log line per call (method, code, duration, user, request id, trace id), the same
+metrics, and unknown exceptions turned into INTERNAL without internals reaching the caller.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge, Histogram
+
+from chat_api.transport.handlers import Handler
+from chat_shared.auth import TokenVerifier
+from chat_shared.errors import ChatError, Internal, NotFound
+from chat_shared.observability.logging import get_logger
+
+log = get_logger("chat_api.rpc")
+
+RPC_REQUESTS = Counter(
+    "chat_rpc_requests_total", "ChatService calls by method, status code and transport",
+    ["method", "code", "transport"],
+)
+RPC_DURATION = Histogram(
+    "chat_rpc_duration_seconds", "ChatService call duration", ["method", "transport"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RPC_IN_FLIGHT = Gauge("chat_rpc_in_flight", "ChatService calls in progress", ["transport"])
+
+
+@dataclass
+class CallContext:
+    """What a transport knows about a call before the pipeline runs it."""
+
+    method: str
+    transport: str
+    authorization: str | None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    user_id: str = ""
+
+
+class Dispatcher:
+    def __init__(self, verifier: TokenVerifier, handlers: dict[str, Handler]) -> None:
+        self._verifier = verifier
+        self._handlers = handlers
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self._handlers)
+
+    async def call(self, ctx: CallContext, request: Any) -> Message:
+        """Runs one call; raises ChatError (never anything else) on failure."""
+        handler = self._handlers.get(ctx.method)
+        start = time.perf_counter()
+        code = "OK"
+        RPC_IN_FLIGHT.labels(ctx.transport).inc()
+        structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+        try:
+            if handler is None:
+                raise NotFound(f"unknown method {ctx.method}")
+            principal = self._verifier.verify_authorization(ctx.authorization)
+            ctx.user_id = principal.user_id
+            return await handler(principal.user_id, request)
+        except ChatError as exc:
+            code = exc.code
+            raise
+        except Exception as exc:
+            code = "INTERNAL"
+            log.exception("rpc_failed", method=ctx.method, user=ctx.user_id)
+            raise Internal("internal error") from exc
+        finally:
+            elapsed = time.perf_counter() - start
+            RPC_IN_FLIGHT.labels(ctx.transport).dec()
+            RPC_REQUESTS.labels(ctx.method, code, ctx.transport).inc()
+            RPC_DURATION.labels(ctx.method, ctx.transport).observe(elapsed)
+            log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
+                     duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None)
+            structlog.contextvars.unbind_contextvars("request_id")

@@ -1,0 +1,45 @@
+"""ChatError -> gRPC status with the rich error model (google.rpc.Status + ErrorInfo)."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from chat_shared.errors import ERROR_DOMAIN, ChatError, InvalidArgument
+
+GRPC_CODES: dict[str, grpc.StatusCode] = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+
+
+def status_proto(exc: ChatError) -> status_pb2.Status:
+    """The google.rpc.Status for an error: code, message and its details."""
+    code = GRPC_CODES.get(exc.code, grpc.StatusCode.INTERNAL)
+    status = status_pb2.Status(code=code.value[0], message=exc.message)
+    if exc.reason:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN,
+                                                metadata=exc.metadata))
+        status.details.append(detail)
+    if isinstance(exc, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+        ]))
+        status.details.append(detail)
+    return status
+
+
+def to_grpc_status(exc: ChatError) -> grpc.Status:
+    return rpc_status.to_status(status_proto(exc))
+
+

@@ -1,0 +1,57 @@
+"""The gRPC face of ChatService: method handlers generated from the service descriptor.
+
+Each RPC of chat.v1.ChatService gets a unary handler that hands the request to the shared
+Dispatcher, so a new RPC needs only its proto definition and its handler function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message_factory import GetMessageClass
+
+from chat_api.transport.dispatch import CallContext, Dispatcher
+from chat_api.transport.grpc_errors import to_grpc_status
+from chat_shared.errors import ChatError
+from chat_shared.protos.chat.v1 import chat_pb2
+
+SERVICE_NAME = "chat.v1.ChatService"
+
+
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def _unary(dispatcher: Dispatcher, method: str) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ctx = CallContext(method=method, transport="grpc",
+                          authorization=_metadata(context, "authorization"))
+        request_id = _metadata(context, "x-request-id")
+        if request_id and len(request_id) <= 128:
+            ctx.request_id = request_id
+        context.set_trailing_metadata((("x-request-id", ctx.request_id),))
+        try:
+            return await dispatcher.call(ctx, request)
+        except ChatError as exc:
+            await context.abort_with_status(to_grpc_status(exc))
+
+    return handle
+
+
+def chat_service_handler(dispatcher: Dispatcher) -> grpc.GenericRpcHandler:
+    service = chat_pb2.DESCRIPTOR.services_by_name["ChatService"]
+    handlers = {}
+    for method in service.methods:
+        req_cls = GetMessageClass(method.input_type)
+        resp_cls = GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _unary(dispatcher, method.name),
+            request_deserializer=req_cls.FromString,
+            response_serializer=resp_cls.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -1,0 +1,82 @@
+"""One function per ChatService RPC: proto request in, proto response out.
+
+Shared by every transport. The registry is keyed by the proto method name, so the gRPC server
+and the HTTP gateway find handlers from the service descriptor without a list of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from google.protobuf.message import Message
+
+from chat_api.service.conversations import ConversationService
+from chat_api.service.messages import MessageService
+from chat_api.service.reads import ReadService
+from chat_api.transport import convert
+from chat_shared.protos.chat.v1 import chat_pb2
+
+Handler = Callable[[str, Any], Awaitable[Message]]
+
+
+@dataclass
+class ChatHandlers:
+    conversations: ConversationService
+    messages: MessageService
+    reads: ReadService
+
+    async def CreateConversation(  # noqa: N802 - named after the RPC
+        self, caller: str, req: chat_pb2.CreateConversationRequest
+    ) -> chat_pb2.CreateConversationResponse:
+        conv = await self.conversations.create(caller, list(req.member_ids), req.title)
+        return chat_pb2.CreateConversationResponse(conversation=convert.conversation(conv))
+
+    async def SendMessage(  # noqa: N802
+        self, caller: str, req: chat_pb2.SendMessageRequest
+    ) -> chat_pb2.SendMessageResponse:
+        msg = await self.messages.send(caller, req.conversation_id, req.content,
+                                       req.idempotency_key)
+        return chat_pb2.SendMessageResponse(message=convert.message(msg))
+
+    async def GetMessages(  # noqa: N802
+        self, caller: str, req: chat_pb2.GetMessagesRequest
+    ) -> chat_pb2.GetMessagesResponse:
+        before = req.before_timestamp.ToDatetime(tzinfo=UTC) if req.HasField(
+            "before_timestamp") else None
+        page = await self.messages.history(caller, req.conversation_id, req.limit,
+                                           req.page_token, before, req.after_seq)
+        return chat_pb2.GetMessagesResponse(
+            messages=[convert.message(m) for m in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetConversations(  # noqa: N802
+        self, caller: str, req: chat_pb2.GetConversationsRequest
+    ) -> chat_pb2.GetConversationsResponse:
+        page = await self.conversations.list(caller, req.limit, req.page_token)
+        return chat_pb2.GetConversationsResponse(
+            conversations=[convert.summary(s) for s in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def MarkAsRead(  # noqa: N802
+        self, caller: str, req: chat_pb2.MarkAsReadRequest
+    ) -> chat_pb2.MarkAsReadResponse:
+        pos = await self.reads.mark_as_read(caller, req.conversation_id, req.up_to_seq)
+        return chat_pb2.MarkAsReadResponse(last_read_seq=pos.last_read_seq,
+                                           unread_count=pos.unread_count)
+
+    def registry(self) -> dict[str, Handler]:
+        """Method name -> handler, for every RPC of chat.v1.ChatService."""
+        service = chat_pb2.DESCRIPTOR.services_by_name["ChatService"]
+        out: dict[str, Handler] = {}
+        for method in service.methods:
+            fn = getattr(self, method.name, None)
+            if fn is None:
+                raise RuntimeError(f"no handler for chat.v1.ChatService/{method.name}")
+            out[method.name] = fn
+        return out
+

@@ -1,0 +1,1 @@
+"""Outbox relay service (built in its own issue)."""

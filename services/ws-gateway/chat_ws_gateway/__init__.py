@@ -1,0 +1,1 @@
+"""WebSocket gateway service (built in its own issue)."""

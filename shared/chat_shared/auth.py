@@ -1,0 +1,110 @@
+"""JWT bearer authentication shared by the API and the WebSocket gateway.
+
+HS256 (a shared secret) for simple installs; RS256/ES256 with a PEM public key or a JWKS URL
+for an external identity provider. Only the configured algorithms are accepted, so a token
+with ``alg: none`` or an algorithm-confusion attempt (HS256 signed with a public key) fails.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from chat_shared.config import AuthSettings
+from chat_shared.errors import Unauthenticated
+
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's subject and when the token stops being valid."""
+
+    user_id: str
+    expires_at: float | None
+
+
+class TokenVerifier:
+    def __init__(self, settings: AuthSettings) -> None:
+        self._algorithms = settings.algorithm_list
+        self._leeway = settings.jwt_leeway
+        self._issuer = settings.jwt_issuer or None
+        self._audience = settings.jwt_audience or None
+        self._secret = settings.jwt_secret
+        self._public_key = settings.jwt_public_key
+        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+
+    def _key_for(self, token: str, alg: str) -> Any:
+        if alg.startswith("HS"):
+            return self._secret
+        if self._jwks is not None:
+            try:
+                return self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientError as exc:
+                raise Unauthenticated("signing key not found") from exc
+        if self._public_key:
+            return self._public_key
+        raise Unauthenticated(f"algorithm {alg} is not configured")
+
+    def verify(self, token: str) -> Principal:
+        """Returns the principal of a valid token; raises Unauthenticated with a safe message."""
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthenticated("missing or oversized bearer token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated("malformed token") from exc
+        alg = header.get("alg")
+        if alg not in self._algorithms:
+            raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key_for(token, alg),
+                algorithms=[alg],
+                leeway=self._leeway,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from exc
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 128:
+            raise Unauthenticated("token subject is missing or invalid")
+        exp = claims.get("exp")
+        return Principal(user_id=sub, expires_at=float(exp) if exp is not None else None)
+
+    def verify_authorization(self, header_value: str | None) -> Principal:
+        """Verifies an ``Authorization: Bearer <token>`` value."""
+        if not header_value:
+            raise Unauthenticated("missing authorization: expected 'Bearer <token>'")
+        scheme, _, token = header_value.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("authorization must be 'Bearer <token>'")
+        return self.verify(token.strip())
+
+
+def issue_token(
+    user_id: str,
+    *,
+    secret: str,
+    ttl_seconds: float = 3600.0,
+    issuer: str = "",
+    audience: str = "",
+    algorithm: str = "HS256",
+    now: float | None = None,
+) -> str:
+    """Signs a token for ``user_id`` (development and tests; production uses an IdP)."""
+    issued = time.time() if now is None else now
+    claims: dict[str, Any] = {"sub": user_id, "iat": int(issued), "exp": int(issued + ttl_seconds)}
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm=algorithm)

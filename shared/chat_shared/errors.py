@@ -1,0 +1,68 @@
+"""Domain errors shared by every service, with stable codes and no transport status.
+
+    ChatError
+     ├── InvalidArgument      bad input; names the field
+     ├── Unauthenticated      missing, malformed, expired or wrongly signed credentials
+     ├── PermissionDenied
+     ├── NotFound             also what a non-member is told (they learn nothing)
+     ├── AlreadyExists        duplicate send; carries reason and metadata (original message)
+     ├── ResourceExhausted
+     ├── Unavailable          a dependency we cannot work without is down
+     └── Internal
+
+Each transport maps these to its own status in one table (gRPC: chat_api.transport.grpc_errors).
+"""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    code = "INTERNAL"
+
+    def __init__(
+        self, message: str, *, reason: str = "", metadata: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(ChatError):
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}", reason="INVALID_FIELD", metadata={"field": field})
+        self.field = field
+
+
+class Unauthenticated(ChatError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ChatError):
+    code = "PERMISSION_DENIED"
+
+
+class NotFound(ChatError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(ChatError):
+    code = "ALREADY_EXISTS"
+
+
+class ResourceExhausted(ChatError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ChatError):
+    code = "UNAVAILABLE"
+
+
+class Internal(ChatError):
+    code = "INTERNAL"
+
+
+ERROR_DOMAIN = "chat.v1"
+"""The google.rpc.ErrorInfo domain of every error this service reports."""

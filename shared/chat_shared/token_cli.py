@@ -1,0 +1,43 @@
+"""``chat-token --user alice``: prints a development token signed with the configured secret."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chat_shared.auth import issue_token
+from chat_shared.config import AuthSettings, CommonSettings, ConfigError, load_settings, parse_duration
+
+
+class _TokenSettings(CommonSettings, AuthSettings):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="chat-token", description="Print a signed development JWT for a user."
+    )
+    parser.add_argument("--user", required=True, help="user id (the token's sub)")
+    parser.add_argument("--ttl", default="1h", help="lifetime, e.g. 1h, 15m, 3600 (default 1h)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(_TokenSettings)
+        ttl = parse_duration(args.ttl)
+    except (ConfigError, ValueError) as exc:
+        print(f"chat-token: {exc}", file=sys.stderr)
+        return 2
+    hs = [a for a in settings.algorithm_list if a.startswith("HS")]
+    if not hs:
+        print("chat-token: JWT_ALGORITHMS has no HS* algorithm; tokens come from your IdP",
+              file=sys.stderr)
+        return 2
+    if not args.user.strip() or len(args.user) > 128:
+        print("chat-token: --user must be 1..128 characters", file=sys.stderr)
+        return 2
+    print(issue_token(args.user, secret=settings.jwt_secret, ttl_seconds=ttl,
+                      issuer=settings.jwt_issuer, audience=settings.jwt_audience, algorithm=hs[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

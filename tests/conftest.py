@@ -1,0 +1,126 @@
+"""Test fixtures: real PostgreSQL and Redis started once per session on free loopback ports.
+
+The schema is migrated once into a template database; each test gets a fresh copy
+(CREATE DATABASE ... TEMPLATE), and a flushed Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import grpc
+import pytest
+import redis as redis_sync
+
+from chat_migrations.cli import upgrade
+from chat_shared.auth import issue_token
+from chat_shared.localstack import LocalPostgres, LocalRedis
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256"
+TEMPLATE_DB = "chat_template"
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    pg = LocalPostgres().start()
+    dsn = pg.create_database(TEMPLATE_DB)
+    upgrade(dsn)
+    yield pg
+    pg.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis]:
+    server = LocalRedis().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def db_source(postgres: LocalPostgres) -> str:
+    """A fresh, migrated database for one test."""
+    name = f"t_{os.getpid()}_{next(_db_counter)}"
+    return postgres.create_database(name, template=TEMPLATE_DB)
+
+
+@pytest.fixture
+def redis_addr(redis_server: LocalRedis) -> str:
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()  # a previous test stopped it
+    client = redis_sync.Redis(host="127.0.0.1", port=redis_server.port)
+    client.flushall()
+    client.close()
+    return redis_server.addr
+
+
+def make_token(user: str, ttl: float = 3600.0, **kw: object) -> str:
+    return issue_token(user, secret=TEST_SECRET, ttl_seconds=ttl, **kw)  # type: ignore[arg-type]
+
+
+def auth(user: str) -> tuple[tuple[str, str], ...]:
+    """gRPC call metadata carrying a valid token for ``user``."""
+    return (("authorization", f"Bearer {make_token(user)}"),)
+
+
+@pytest.fixture
+def api_env(db_source: str, redis_addr: str) -> dict[str, str]:
+    """Environment for the API (in-process or as a subprocess)."""
+    return {
+        "ENVIRONMENT": "test",
+        "DB_SOURCE": db_source,
+        "REDIS_ADDR": redis_addr,
+        "JWT_SECRET": TEST_SECRET,
+        "GRPC_SERVER_ADDRESS": "127.0.0.1:0",
+        "HTTP_SERVER_ADDRESS": "127.0.0.1:0",
+        "METRICS_PORT": "0",
+        "HEALTH_CHECK_INTERVAL": "0.2",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture
+def api_settings_factory(api_env: dict[str, str]) -> Callable[..., object]:
+    from chat_api.settings import ApiSettings
+
+    def make(**overrides: object) -> ApiSettings:
+        values = {k.lower(): v for k, v in api_env.items()}
+        values.update(overrides)
+        return ApiSettings(_env_file=None, **values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+async def api(api_settings_factory: Callable[..., object]) -> AsyncIterator[object]:
+    """The API app running in this event loop on a free port."""
+    from chat_api.app import build_app
+
+    app = build_app(api_settings_factory())  # type: ignore[arg-type]
+    await app.start()
+    await app.probe_once()
+    yield app
+    await app.stop(grace=1.0)
+
+
+@pytest.fixture
+async def channel(api: object) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as ch:  # type: ignore[attr-defined]
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> object:
+    from chat_shared.protos.chat.v1 import chat_pb2_grpc
+
+    return chat_pb2_grpc.ChatServiceStub(channel)
+
+
+@pytest.fixture
+def venv_bin() -> pathlib.Path:
+    return pathlib.Path(sys.executable).parent
