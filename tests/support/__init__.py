@@ -1,0 +1,1 @@
+"""Test support code that is more than a fixture."""
