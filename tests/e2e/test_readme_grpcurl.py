@@ -1,7 +1,7 @@
-"""README's grpcurl examples, run as written against a real chat-api process.
+"""README's grpcurl examples, run as written with the real grpcurl against a chat-api process.
 
-Only the address (the README's 127.0.0.1:9090 becomes the test server's free port), $TOKEN and
-the "<id from above>" placeholder are substituted; everything else is taken from README.md.
+The block runs in bash exactly as README shows it; the only substitution is the address
+(README's 127.0.0.1:9090 becomes the test server's free port).
 """
 
 from __future__ import annotations
@@ -9,25 +9,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chat_shared.localstack import free_port
-from tests.conftest import ROOT, make_token
-from tests.support.grpc_cli import parse_grpcurl, run
+from tests.conftest import ROOT, TEST_SECRET
 
 
-def readme_grpcurl_commands() -> list[str]:
+def readme_block() -> str:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Trying it", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
     assert block, "README's 'Trying it' section has no sh block"
-    joined = block.group(1).replace("\\\n", " ")
-    return [line.strip() for line in joined.splitlines() if line.strip().startswith("grpcurl")]
+    return block.group(1)
 
 
 @pytest.fixture
@@ -58,31 +58,44 @@ async def _wait_serving(port: int, proc: subprocess.Popen) -> None:
     raise AssertionError("chat-api did not become SERVING")
 
 
-def test_readme_has_the_three_grpcurl_examples():
-    commands = readme_grpcurl_commands()
-    methods = [parse_grpcurl(c.replace("$TOKEN", "t")).method for c in commands]
-    assert methods == ["chat.v1.ChatService/CreateConversation",
-                       "chat.v1.ChatService/SendMessage", "list"]
+def _uv_dir() -> str:
+    # `uv run` exports UV (its own path); outside uv, find it on PATH or in .tools.
+    uv = os.environ.get("UV") or shutil.which("uv") or str(ROOT / ".tools/uv/bin/uv")
+    assert Path(uv).exists(), "uv not found: run the tests through ./dev test"
+    return str(Path(uv).parent)
 
 
-async def test_readme_grpcurl_examples_work_as_written(api_process):
+async def test_readme_grpcurl_block_runs_as_written(api_process, venv_bin, tmp_path):
     port, proc = api_process
     await _wait_serving(port, proc)
-    token = make_token("alice")
-    outputs = []
-    conversation_id = ""
-    for command in readme_grpcurl_commands():
-        command = command.replace("127.0.0.1:9090", f"127.0.0.1:{port}")
-        command = command.replace("$TOKEN", token).replace('"<id from above>"',
-                                                           json.dumps(conversation_id))
-        out = await run(parse_grpcurl(command))
-        outputs.append(out)
-        if not conversation_id and "conversation" in out:
-            conversation_id = json.loads(out)["conversation"]["id"]
-    created = json.loads(outputs[0])["conversation"]
-    assert created["memberIds"] == ["alice", "bob"] and created["title"] == "lunch"
-    sent = json.loads(outputs[1])["message"]
-    assert sent["content"] == "hi bob" and sent["seq"] == "1"
-    assert sent["conversationId"] == conversation_id
-    assert "chat.v1.ChatService" in outputs[2].splitlines()
-    assert "grpc.health.v1.Health" in outputs[2].splitlines()
+    script = "set -euo pipefail\n" + readme_block().replace("127.0.0.1:9090", f"127.0.0.1:{port}")
+    env = {**os.environ, "JWT_SECRET": TEST_SECRET,
+           "PATH": f"{venv_bin}:{_uv_dir()}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "chat.v1.ChatService" in out and "grpc.health.v1.Health" in out
+    created = json.loads((tmp_path / "conversation.json").read_text())["conversation"]
+    assert created["title"] == "lunch"
+    assert sorted(created.get("memberIds") or created["member_ids"]) == ["alice", "bob"]
+    assert '"hi bob"' in out
+    # The GetMessages response lists the message just sent, with seq 1.
+    assert re.search(r'"seq": "1"', out), out
+
+
+async def test_readme_retry_with_same_key_is_already_exists(api_process, venv_bin, tmp_path):
+    """What README says about a retried key holds for grpcurl users too."""
+    port, proc = api_process
+    await _wait_serving(port, proc)
+    script = "set -uo pipefail\n" + readme_block().replace("127.0.0.1:9090", f"127.0.0.1:{port}")
+    send = [line for line in script.split("\ngrpcurl") if "SendMessage" in line]
+    assert send, "README has no SendMessage example"
+    script += "\ngrpcurl" + send[0].split("chat.v1.ChatService/SendMessage")[0] + \
+        "chat.v1.ChatService/SendMessage\n"
+    env = {**os.environ, "JWT_SECRET": TEST_SECRET,
+           "PATH": f"{venv_bin}:{_uv_dir()}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert "AlreadyExists" in result.stderr, result.stderr
+    assert "DUPLICATE_REQUEST" in result.stderr, result.stderr

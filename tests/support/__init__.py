@@ -1,1 +1,0 @@
-"""Test support code that is more than a fixture."""
