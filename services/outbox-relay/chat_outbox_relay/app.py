@@ -1,0 +1,63 @@
+"""The relay's composition root: ``build_relay(settings)`` wires every dependency.
+
+Nothing connects at import time or in ``build_relay``; ``RelayApp.start()`` starts the health
+server and the relay loop, ``RelayApp.stop()`` finishes the batch in hand, releases the
+partitions and closes everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from chat_shared.observability.health_server import HealthServer
+from chat_shared.observability.logging import get_logger
+
+from chat_outbox_relay.publishing import StreamPublisher, create_publisher_redis
+from chat_outbox_relay.relay import OutboxRelay
+from chat_outbox_relay.settings import RelaySettings
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RelayApp:
+    settings: RelaySettings
+    relay: OutboxRelay
+    redis: aioredis.Redis
+    health: HealthServer | None
+    metrics_port: int = 0
+
+    async def start(self) -> None:
+        if self.health is not None:
+            self.metrics_port = await self.health.start()
+        self.relay.start()
+        log.info("relay_started", metrics_port=self.metrics_port,
+                 batch_size=self.settings.outbox_batch_size,
+                 workers=self.settings.outbox_workers, shards=self.settings.stream_shards)
+
+    async def stop(self, grace: float | None = None) -> bool:
+        """Drains; returns False when the grace period forced a rollback of the last batch."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        log.info("relay_draining", grace_seconds=grace)
+        clean = await self.relay.stop(grace)
+        await self.redis.aclose()
+        if self.health is not None:
+            await self.health.stop()
+        log.info("relay_stopped", clean=clean)
+        return clean
+
+
+def build_relay(settings: RelaySettings) -> RelayApp:
+    if not settings.db_source:
+        raise ValueError("DB_SOURCE is not set")
+    if not settings.redis_addr:
+        raise ValueError("REDIS_ADDR is not set")
+    redis = create_publisher_redis(settings, settings.outbox_workers)
+    publisher = StreamPublisher(redis, shards=settings.stream_shards,
+                                maxlen=settings.stream_maxlen, prefix=settings.stream_prefix,
+                                workers=settings.outbox_workers)
+    relay = OutboxRelay(settings, publisher)
+    health = (HealthServer(settings.metrics_port, relay.ready, host=settings.metrics_address)
+              if settings.metrics_port > 0 else None)
+    return RelayApp(settings=settings, relay=relay, redis=redis, health=health)

@@ -1,0 +1,126 @@
+"""Claiming outbox rows and settling them, inside one transaction per batch.
+
+The claim takes the oldest ready rows of the owned partitions in id order, FOR UPDATE SKIP
+LOCKED. A row whose conversation has an earlier row waiting for its retry is not ready: a
+failing event holds back only its own conversation, and that conversation stays in order.
+Settling (delete the published, reschedule the failed, dead-letter the exhausted) runs in the
+same transaction, so a crash before commit leaves every claimed row in place to be published
+again with the same event_id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from chat_shared.events import Event
+from psycopg import AsyncConnection
+
+_CLAIM = """
+    SELECT o.id, o.event_id::text, o.event_type, o.conversation_id::text, o.seq, o.recipients,
+           o.payload, o.created_at, o.attempts
+    FROM outbox o
+    WHERE o.partition = ANY(%(partitions)s::smallint[])
+      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+      AND NOT EXISTS (SELECT 1 FROM outbox w
+                      WHERE w.conversation_id = o.conversation_id AND w.id < o.id
+                        AND w.next_attempt_at IS NOT NULL AND w.next_attempt_at > now())
+    ORDER BY o.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+"""
+
+_DELETE = "DELETE FROM outbox WHERE id = ANY(%s::bigint[])"
+
+_RESCHEDULE = """
+    UPDATE outbox o
+       SET attempts = o.attempts + 1,
+           next_attempt_at = now() + make_interval(secs => f.delay),
+           last_error = f.error
+      FROM unnest(%s::bigint[], %s::float8[], %s::text[]) AS f(id, delay, error)
+     WHERE o.id = f.id
+"""
+
+_DEAD_LETTER = """
+    WITH gone AS (
+        DELETE FROM outbox o
+         USING unnest(%s::bigint[], %s::text[]) AS f(id, error)
+         WHERE o.id = f.id
+        RETURNING o.event_id, o.event_type, o.conversation_id, o.seq, o.recipients, o.payload,
+                  o.created_at, o.attempts + 1 AS attempts, f.error
+    )
+    INSERT INTO outbox_dead_letter (event_id, event_type, conversation_id, seq, recipients,
+                                    payload, created_at, attempts, last_error)
+    SELECT event_id, event_type, conversation_id, seq, recipients, payload, created_at,
+           attempts, error
+    FROM gone
+    ON CONFLICT (event_id) DO UPDATE
+       SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
+           failed_at = clock_timestamp()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    id: int
+    attempts: int
+    event: Event
+
+    @property
+    def created_at(self) -> datetime:
+        return self.event.occurred_at
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    row: ClaimedRow
+    error: str
+
+
+async def claim(conn: AsyncConnection, partitions: Sequence[int], limit: int) -> list[ClaimedRow]:
+    """Locks and returns up to ``limit`` ready rows of ``partitions`` (in a transaction)."""
+    if not partitions:
+        return []
+    async with conn.cursor() as cur:
+        await cur.execute(_CLAIM, {"partitions": list(partitions), "limit": limit})
+        rows = await cur.fetchall()
+    return [
+        ClaimedRow(id=r[0], attempts=r[8], event=Event(
+            event_id=r[1], type=r[2], conversation_id=r[3], seq=r[4], occurred_at=r[7],
+            recipients=list(r[5]), payload=r[6]))
+        for r in rows
+    ]
+
+
+def backoff(base: float, attempt: int) -> float:
+    """Delay before retry number ``attempt`` (1, 2, 3 ...): base, 2*base, 4*base ..."""
+    return float(base * 2 ** (attempt - 1))
+
+
+async def settle(
+    conn: AsyncConnection,
+    published: Sequence[ClaimedRow],
+    failed: Sequence[Failure],
+    *,
+    max_retries: int,
+    retry_base: float,
+) -> list[Failure]:
+    """Deletes published rows, reschedules failures, dead-letters exhausted ones.
+
+    Returns the failures that went to the dead-letter table.
+    """
+    retry = [f for f in failed if f.row.attempts + 1 <= max_retries]
+    dead = [f for f in failed if f.row.attempts + 1 > max_retries]
+    async with conn.cursor() as cur:
+        if published:
+            await cur.execute(_DELETE, ([r.id for r in published],))
+        if retry:
+            await cur.execute(_RESCHEDULE, (
+                [f.row.id for f in retry],
+                [backoff(retry_base, f.row.attempts + 1) for f in retry],
+                [f.error for f in retry],
+            ))
+        if dead:
+            await cur.execute(_DEAD_LETTER, ([f.row.id for f in dead], [f.error for f in dead]))
+    return dead

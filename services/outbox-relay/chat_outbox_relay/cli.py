@@ -1,0 +1,143 @@
+"""``chat-outbox``: manage the outbox's dead letters.
+
+    chat-outbox dlq list [--limit N]        the dead letters, oldest first
+    chat-outbox dlq show ID                 one dead letter in full (exit 1 if there is none)
+    chat-outbox dlq replay ID               move it back into the outbox (same event_id)
+    chat-outbox dlq replay --all            move every dead letter back
+    chat-outbox dlq purge --older-than 7d   delete dead letters that failed before then
+
+Reads DB_SOURCE from the environment (or app.env). Exit codes: 0 done, 1 no such dead letter,
+2 bad usage or configuration, 3 database unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import psycopg
+from chat_shared.config import ConfigError, DatabaseSettings, load_settings, parse_duration
+from chat_shared.events import format_time
+
+from chat_outbox_relay.dead_letters import DeadLetter, DeadLetters
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chat-outbox", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = parser.add_subparsers(dest="area", required=True)
+    dlq = top.add_parser("dlq", help="dead-lettered events")
+    cmd = dlq.add_subparsers(dest="command", required=True)
+    ls = cmd.add_parser("list", help="list dead letters, oldest first")
+    ls.add_argument("--limit", type=int, default=100)
+    show = cmd.add_parser("show", help="show one dead letter in full")
+    show.add_argument("id", type=int)
+    replay = cmd.add_parser("replay", help="move dead letters back into the outbox")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?")
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+    purge = cmd.add_parser("purge", help="delete old dead letters")
+    purge.add_argument("--older-than", type=_duration, required=True,
+                       help="e.g. 7d, 12h, 30m")
+    return parser
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _print_list(items: list[DeadLetter], total: int) -> None:
+    if not items:
+        print("no dead letters")
+        return
+    header = f"{'ID':>6}  {'EVENT_ID':36}  {'TYPE':18}  {'CONVERSATION':36}  {'SEQ':>6}  " \
+             f"{'TRIES':>5}  {'FAILED_AT':27}  ERROR"
+    print(header)
+    for d in items:
+        print(f"{d.id:>6}  {d.event_id:36}  {_short(d.event_type, 18):18}  "
+              f"{d.conversation_id:36}  {d.seq:>6}  {d.attempts:>5}  "
+              f"{format_time(d.failed_at):27}  {_short(d.last_error, 60)}")
+    more = f" (showing {len(items)})" if total > len(items) else ""
+    print(f"{total} dead letter(s){more}")
+
+
+def _print_one(d: DeadLetter) -> None:
+    fields: list[tuple[str, Any]] = [
+        ("id", d.id), ("event_id", d.event_id), ("type", d.event_type),
+        ("conversation_id", d.conversation_id), ("seq", d.seq),
+        ("recipients", ", ".join(d.recipients)), ("created_at", format_time(d.created_at)),
+        ("failed_at", format_time(d.failed_at)), ("attempts", d.attempts),
+        ("last_error", d.last_error),
+    ]
+    for name, value in fields:
+        print(f"{name + ':':17}{value}")
+    print("payload:")
+    print(json.dumps(d.payload, indent=2, ensure_ascii=False, sort_keys=True))
+
+
+def run(args: argparse.Namespace, store: DeadLetters) -> int:
+    if args.command == "list":
+        _print_list(store.oldest(args.limit), store.count())
+        return EXIT_OK
+    if args.command == "show":
+        item = store.get(args.id)
+        if item is None:
+            print(f"chat-outbox: no dead letter with id {args.id}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        _print_one(item)
+        return EXIT_OK
+    if args.command == "replay":
+        if args.all:
+            replayed = store.replay_all()
+            for dl_id, event_id in replayed:
+                print(f"replayed dead letter {dl_id} (event {event_id})")
+            print(f"{len(replayed)} dead letter(s) moved back to the outbox")
+            return EXIT_OK
+        replayed_id = store.replay(args.id)
+        if replayed_id is None:
+            print(f"chat-outbox: no dead letter with id {args.id}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        print(f"replayed dead letter {args.id} (event {replayed_id}): back in the outbox")
+        return EXIT_OK
+    if args.command == "purge":
+        removed = store.purge(args.older_than)
+        print(f"purged {removed} dead letter(s) that failed more than "
+              f"{args.older_than:g}s ago")
+        return EXIT_OK
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(DatabaseSettings)
+    except ConfigError as exc:
+        print(f"chat-outbox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.db_source:
+        print("chat-outbox: DB_SOURCE is not set", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        conn = psycopg.connect(settings.db_source, autocommit=True,
+                               application_name="chat-outbox", connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        print(f"chat-outbox: cannot reach the database: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    with conn:
+        return run(args, DeadLetters(conn))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""The relay's Prometheus metrics (default registry). The autoscaler and alerts read these names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PENDING = Gauge("outbox_pending_count", "Rows waiting in the outbox (all partitions)")
+OLDEST_PENDING_AGE = Gauge("outbox_oldest_pending_age_seconds",
+                           "Age of the oldest outbox row, seconds (0 when empty)")
+PROCESSED = Counter("outbox_processed_total", "Events published to Redis Streams")
+PUBLISH_ERRORS = Counter(
+    "outbox_publish_errors_total",
+    "Failed event publications; reason=unavailable (Redis down, not counted toward retries) "
+    "or rejected (counted toward the event's retries)",
+    ["reason"],
+)
+DLQ = Counter("outbox_dlq_total", "Events moved to the dead-letter table")
+PUBLISH_LAG = Histogram(
+    "outbox_publish_lag_seconds", "Outbox row creation to XADD acknowledged, seconds",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_DURATION = Histogram(
+    "outbox_batch_duration_seconds", "Claim + publish + commit of one non-empty batch, seconds",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OWNED_PARTITIONS = Gauge("outbox_owned_partitions", "Outbox partitions this relay owns")
+DEPENDENCY_UP = Gauge("outbox_relay_dependency_up", "1 when the dependency answers the relay probe",
+                      ["dependency"])
+
+for _reason in ("unavailable", "rejected"):
+    PUBLISH_ERRORS.labels(_reason)

@@ -1,0 +1,165 @@
+"""Publishing claimed events to Redis Streams, one conversation's events in order.
+
+Each conversation's events go to Redis in one Lua call that XADDs them in order and stops at the
+first one Redis refuses, so a conversation can never have a later event in the stream while an
+earlier one waits for its retry. The calls of one batch are spread over up to OUTBOX_WORKERS
+pipelines sent concurrently (one round trip each).
+
+Failures fall into two kinds, because a long Redis outage must not dead-letter the backlog:
+- *unavailable*: Redis cannot be reached or refuses all writes for now (connection errors,
+  timeouts, LOADING, OOM, READONLY ...). The events stay in the outbox untouched (no attempt is
+  counted) and the relay pauses publishing until Redis answers again.
+- *rejected*: Redis refused this event in particular (e.g. WRONGTYPE because its stream key
+  holds another type). It counts toward the event's retries and eventually dead-letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from chat_shared.config import RedisSettings, parse_host_port
+from chat_shared.events import ENTRY_FIELDS, format_time, stream_key
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chat_outbox_relay.claiming import ClaimedRow, Failure
+
+# KEYS[1]: the stream; ARGV[1]: MAXLEN ("0" = no trimming); then 7 values per event, in
+# ENTRY_FIELDS order. Returns {published count, error of the first refused event or ""}.
+_XADD_IN_ORDER = """
+local maxlen = ARGV[1]
+local n = 0
+for i = 2, #ARGV, 7 do
+  local r
+  if maxlen == '0' then
+    r = redis.pcall('XADD', KEYS[1], '*',
+      'event_id', ARGV[i], 'type', ARGV[i+1], 'conversation_id', ARGV[i+2], 'seq', ARGV[i+3],
+      'occurred_at', ARGV[i+4], 'recipients', ARGV[i+5], 'payload', ARGV[i+6])
+  else
+    r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+      'event_id', ARGV[i], 'type', ARGV[i+1], 'conversation_id', ARGV[i+2], 'seq', ARGV[i+3],
+      'occurred_at', ARGV[i+4], 'recipients', ARGV[i+5], 'payload', ARGV[i+6])
+  end
+  if type(r) == 'table' and r.err then
+    return {n, r.err}
+  end
+  n = n + 1
+end
+return {n, ''}
+"""
+assert ENTRY_FIELDS == ("event_id", "type", "conversation_id", "seq", "occurred_at",
+                        "recipients", "payload")  # the script spells them out in this order
+
+# Server-wide conditions that say "not now" rather than "not this event".
+_TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN",
+                       "CLUSTERDOWN", "NOREPLICAS", "MISCONF", "NOSCRIPT")
+
+
+def is_transient(message: str) -> bool:
+    return message.lstrip("-").startswith(_TRANSIENT_PREFIXES)
+
+
+def create_publisher_redis(settings: RedisSettings, max_connections: int) -> aioredis.Redis:
+    """A Redis client without redis-py's own retries: the relay has its retry policy."""
+    host, port = parse_host_port(settings.redis_addr, default_host="127.0.0.1")
+    return aioredis.Redis(
+        host=host, port=port, db=settings.redis_db, password=settings.redis_password or None,
+        socket_timeout=settings.redis_timeout, socket_connect_timeout=settings.redis_timeout,
+        retry=Retry(NoBackoff(), 0), max_connections=max(4, max_connections + 2),
+        decode_responses=True,
+    )
+
+
+@dataclass
+class PublishOutcome:
+    published: list[ClaimedRow] = field(default_factory=list)
+    rejected: list[Failure] = field(default_factory=list)
+    unavailable: list[ClaimedRow] = field(default_factory=list)
+    """Not published because Redis was unavailable; left in the outbox as they were."""
+    unavailable_error: str = ""
+
+
+class StreamPublisher:
+    def __init__(self, redis: aioredis.Redis, *, shards: int, maxlen: int, prefix: str,
+                 workers: int) -> None:
+        self._redis = redis
+        self._shards = shards
+        self._maxlen = str(maxlen)
+        self._prefix = prefix
+        self._workers = workers
+
+    async def publish(self, rows: Sequence[ClaimedRow]) -> PublishOutcome:
+        """Publishes ``rows`` (id order); a conversation's chain stops at its first failure."""
+        chains: dict[str, list[ClaimedRow]] = {}
+        for row in rows:
+            chains.setdefault(row.event.conversation_id, []).append(row)
+        conversations = list(chains.values())
+        width = min(self._workers, len(conversations))
+        groups = [conversations[i::width] for i in range(width)] if width else []
+        outcome = PublishOutcome()
+        results = await asyncio.gather(*(self._send(g) for g in groups), return_exceptions=True)
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                outcome.unavailable.extend(r for chain in group for r in chain)
+                outcome.unavailable_error = _describe(result)
+                continue
+            for chain, reply in zip(group, result, strict=True):
+                self._settle_chain(chain, reply, outcome)
+        return outcome
+
+    def _settle_chain(self, chain: list[ClaimedRow], reply: object,
+                      outcome: PublishOutcome) -> None:
+        if isinstance(reply, BaseException):
+            # The whole call was refused (e.g. OOM before the script ran).
+            message = _describe(reply)
+            if is_transient(message) or not isinstance(reply, ResponseError):
+                outcome.unavailable.extend(chain)
+                outcome.unavailable_error = message
+            else:
+                outcome.rejected.append(Failure(chain[0], message))
+            return
+        pair: list[Any] = list(reply)  # type: ignore[call-overload]
+        count, error = int(pair[0]), str(pair[1])
+        outcome.published.extend(chain[:count])
+        if count < len(chain):
+            message = error
+            if is_transient(message):
+                outcome.unavailable.extend(chain[count:])
+                outcome.unavailable_error = message
+            else:
+                outcome.rejected.append(Failure(chain[count], message))
+
+    async def _send(self, group: list[list[ClaimedRow]]) -> list[object]:
+        pipe = self._redis.pipeline(transaction=False)
+        for chain in group:
+            args: list[str] = [self._maxlen]
+            for row in chain:
+                e = row.event
+                args += (e.event_id, e.type, e.conversation_id, str(e.seq),
+                         format_time(e.occurred_at), orjson.dumps(e.recipients).decode(),
+                         orjson.dumps(e.payload).decode())
+            key = stream_key(chain[0].event.conversation_id, self._shards, self._prefix)
+            pipe.eval(_XADD_IN_ORDER, 1, key, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return f"redis unavailable: {type(exc).__name__}: {exc}"[:1000]
+    return f"{exc}"[:1000] or type(exc).__name__

@@ -1,0 +1,291 @@
+"""The relay loop: own partitions, claim a batch, publish it, settle it, commit; repeat.
+
+Wake-ups come from LISTEN outbox (the outbox trigger NOTIFYs at commit of every sending
+transaction) with polling every OUTBOX_POLL_INTERVAL_MS as the fallback for a lost
+notification or a retry that came due. While batches come back full the loop runs the next one
+at once. Partition ownership is checked every OUTBOX_REBALANCE_INTERVAL, always between
+batches, on the same connection that claims: if that connection dies, its locks and its open
+batch die together, and the rows are claimed again (same event_ids) by whoever owns them next.
+
+Three PostgreSQL connections, none from a pool: the work connection (locks + batches), the
+listener (autocommit, LISTEN) and the probe (pending metrics, readiness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import psycopg
+from chat_shared.observability.logging import get_logger
+from psycopg import AsyncConnection
+
+from chat_outbox_relay import metrics
+from chat_outbox_relay.claiming import claim, settle
+from chat_outbox_relay.partitions import RELAY_APPLICATION_NAME, PartitionOwnership
+from chat_outbox_relay.publishing import StreamPublisher
+from chat_outbox_relay.settings import RelaySettings
+
+log = get_logger(__name__)
+
+_PENDING = """
+    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+    FROM outbox
+"""
+_MAX_PAUSE = 5.0
+"""Longest wait between checks while Redis or PostgreSQL is unavailable, seconds."""
+
+
+async def connect(settings: RelaySettings, application_name: str) -> AsyncConnection[Any]:
+    timeout_ms = int(settings.db_statement_timeout * 1000)
+    return await AsyncConnection.connect(
+        settings.db_source, autocommit=True, application_name=application_name,
+        connect_timeout=5, options=f"-c statement_timeout={timeout_ms}",
+    )
+
+
+class OutboxRelay:
+    def __init__(self, settings: RelaySettings, publisher: StreamPublisher,
+                 ownership: PartitionOwnership | None = None) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.ownership = ownership or PartitionOwnership()
+        self.db_up = False
+        self.redis_up = False
+        self._conn: AsyncConnection[Any] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._redis_paused = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._main: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._run(), name="relay-loop")
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="relay-listen"),
+            asyncio.create_task(self._probe(), name="relay-probe"),
+        ]
+
+    def ready(self) -> bool:
+        """Readiness: PostgreSQL and Redis both answered the last probe."""
+        return self.db_up and self.redis_up and not self._stopping
+
+    async def stop(self, grace: float) -> bool:
+        """Finishes the batch in hand (within ``grace``), releases the partitions.
+
+        Returns False when the grace period ran out and the batch was rolled back instead.
+        """
+        self._stopping = True
+        self._wake.set()
+        clean = True
+        if self._main is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._main), grace)
+            except TimeoutError:
+                clean = False
+                self._main.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._main
+            except Exception:  # noqa: BLE001 - already logged by the loop
+                clean = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._close_work_connection(release=True)
+        metrics.OWNED_PARTITIONS.set(0)
+        return clean
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        s = self.settings
+        next_rebalance = 0.0
+        next_poll = 0.0
+        db_delay = s.outbox_retry_base
+        while not self._stopping:
+            try:
+                conn = await self._work_connection()
+                now = time.monotonic()
+                due = self._wake.is_set() or now >= next_poll
+                if now >= next_rebalance:
+                    gained, released = await self.ownership.rebalance(conn)
+                    next_rebalance = time.monotonic() + s.outbox_rebalance_interval
+                    metrics.OWNED_PARTITIONS.set(len(self.ownership.owned))
+                    if gained or released:
+                        log.info("partitions_rebalanced", owned=len(self.ownership.owned),
+                                 gained=len(gained), released=len(released))
+                    due = due or bool(gained)
+                if due and self._redis_paused:
+                    await self._wait_for_redis()
+                    continue
+                if due:
+                    self._wake.clear()
+                    while not self._stopping:
+                        claimed = await self._batch(conn)
+                        if claimed < s.outbox_batch_size or self._redis_paused:
+                            break
+                    next_poll = time.monotonic() + s.poll_interval
+                db_delay = s.outbox_retry_base
+                timeout = max(0.0, min(next_poll, next_rebalance) - time.monotonic())
+                if not self._wake.is_set() and timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                # Connection lost (its locks and open batch went with it) or a statement
+                # failed: start over on a fresh connection; claimed rows were rolled back.
+                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
+                    log.warning("database_unavailable", error=str(exc), retry_in=db_delay)
+                else:
+                    log.exception("batch_failed", retry_in=db_delay)
+                self.db_up = False
+                await self._close_work_connection(release=False)
+                await self._sleep(db_delay)
+                db_delay = min(db_delay * 2, _MAX_PAUSE)
+                next_rebalance = 0.0
+
+    async def _batch(self, conn: AsyncConnection[Any]) -> int:
+        """One claim-publish-settle transaction; returns how many rows it claimed."""
+        s = self.settings
+        started = time.perf_counter()
+        async with conn.transaction():
+            rows = await claim(conn, sorted(self.ownership.owned), s.outbox_batch_size)
+            if not rows:
+                return 0
+            outcome = await self.publisher.publish(rows)
+            acked = time.time()
+            dead = await settle(conn, outcome.published, outcome.rejected,
+                                max_retries=s.outbox_max_retries,
+                                retry_base=s.outbox_retry_base)
+        metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+        if outcome.published:
+            metrics.PROCESSED.inc(len(outcome.published))
+            for row in outcome.published:
+                metrics.PUBLISH_LAG.observe(max(0.0, acked - row.created_at.timestamp()))
+        if outcome.rejected:
+            metrics.PUBLISH_ERRORS.labels("rejected").inc(len(outcome.rejected))
+            for failure in outcome.rejected:
+                log.warning("publish_rejected", event_id=failure.row.event.event_id,
+                            conversation_id=failure.row.event.conversation_id,
+                            attempt=failure.row.attempts + 1, error=failure.error)
+        if dead:
+            metrics.DLQ.inc(len(dead))
+            for failure in dead:
+                log.error("event_dead_lettered", event_id=failure.row.event.event_id,
+                          conversation_id=failure.row.event.conversation_id,
+                          attempts=failure.row.attempts + 1, error=failure.error)
+        if outcome.unavailable:
+            metrics.PUBLISH_ERRORS.labels("unavailable").inc(len(outcome.unavailable))
+            if not self._redis_paused:
+                log.error("redis_unavailable", error=outcome.unavailable_error,
+                          unpublished=len(outcome.unavailable))
+            self._redis_paused = True
+            self.redis_up = False
+        log.debug("batch_done", claimed=len(rows), published=len(outcome.published),
+                  rejected=len(outcome.rejected), dead=len(dead))
+        return len(rows)
+
+    async def _wait_for_redis(self) -> None:
+        """Publishing is paused: wait (with backoff) until Redis answers again."""
+        delay = self.settings.outbox_retry_base
+        while not self._stopping:
+            if await self.publisher.ping():
+                log.info("redis_available")
+                self._redis_paused = False
+                self.redis_up = True
+                self._wake.set()
+                return
+            await self._sleep(delay)
+            delay = min(delay * 2, _MAX_PAUSE)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleeps, but returns early on stop."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+        if not self._stopping:
+            self._wake.set()  # notifications that came meanwhile must not be lost
+
+    async def _work_connection(self) -> AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self.ownership.forget()
+            self._conn = await connect(self.settings, RELAY_APPLICATION_NAME)
+        return self._conn
+
+    async def _close_work_connection(self, *, release: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if release and not conn.closed:
+            with contextlib.suppress(Exception):
+                await self.ownership.release_all(conn)
+        self.ownership.forget()
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+    # --- side tasks --------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-listen")
+                async with conn:
+                    await conn.execute("LISTEN outbox")
+                    self._wake.set()  # whatever was notified while we were not listening
+                    delay = 0.1
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - polling covers the gap; keep trying
+                log.warning("listen_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_PAUSE)
+
+    async def _probe(self) -> None:
+        conn: AsyncConnection[Any] | None = None
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
+                async with conn.cursor() as cur:
+                    await cur.execute(_PENDING)
+                    row = await cur.fetchone()
+                if row is not None:
+                    metrics.PENDING.set(row[0])
+                    metrics.OLDEST_PENDING_AGE.set(row[1])
+                self.db_up = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed probe means "down"
+                if self.db_up:
+                    log.warning("dependency_changed", dependency="postgresql", up=False,
+                                error=str(exc))
+                self.db_up = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                    conn = None
+            redis_up = await self.publisher.ping()
+            if redis_up != self.redis_up:
+                log.info("dependency_changed", dependency="redis", up=redis_up)
+            self.redis_up = redis_up
+            metrics.DEPENDENCY_UP.labels("postgresql").set(int(self.db_up))
+            metrics.DEPENDENCY_UP.labels("redis").set(int(self.redis_up))
+            try:
+                await asyncio.sleep(self.settings.outbox_metrics_interval)
+            except asyncio.CancelledError:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                raise

@@ -1,0 +1,37 @@
+"""The relay process's settings: the shared sections plus what only the relay reads."""
+
+from __future__ import annotations
+
+from chat_shared.config import Seconds, ServiceSettings
+from chat_shared.events import DEFAULT_STREAM_PREFIX
+from pydantic import Field
+
+
+class RelaySettings(ServiceSettings):
+    metrics_port: int = Field(9101, ge=0, le=65535,
+                              description="/metrics, /healthz and /readyz port; 0 = off")
+    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
+    outbox_batch_size: int = Field(100, ge=1, le=10_000, description="rows claimed per batch")
+    outbox_workers: int = Field(10, ge=1, le=1000,
+                                description="concurrent Redis pipelines per batch")
+    outbox_poll_interval_ms: int = Field(100, ge=1, le=3_600_000,
+                                         description="fallback poll period, milliseconds")
+    outbox_max_retries: int = Field(3, ge=0, le=100,
+                                    description="retries after the first failed publish")
+    outbox_retry_base: Seconds = Field(1.0, gt=0, le=3600,
+                                       description="first retry delay, seconds; doubles")
+    outbox_rebalance_interval: Seconds = Field(
+        1.0, gt=0, le=600, description="seconds between partition ownership checks")
+    outbox_metrics_interval: Seconds = Field(
+        1.0, gt=0, le=600, description="seconds between pending-count/readiness probes")
+    stream_shards: int = Field(1, ge=1, le=1024, description="number of Redis streams")
+    stream_maxlen: int = Field(1_000_000, ge=0,
+                               description="approximate entries kept per stream; 0 = no trim")
+    stream_prefix: str = Field(DEFAULT_STREAM_PREFIX, min_length=1,
+                               description="stream key prefix; keys are <prefix>:<shard>")
+    shutdown_grace: Seconds = Field(10.0, ge=0,
+                                    description="seconds to finish the batch in hand on SIGTERM")
+
+    @property
+    def poll_interval(self) -> float:
+        return self.outbox_poll_interval_ms / 1000.0

@@ -1,0 +1,185 @@
+"""Helpers for the relay tests: outbox rows written the way the API writes them, the relay as a
+subprocess, reading the streams back, bounded waiting. (No tests here.)"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+import redis as redis_sync
+from chat_shared.events import Event, decode_entry, stream_keys
+from chat_shared.localstack import free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+# The API's outbox row for a message (services/api/chat_api/storage/messages.py), by SQL.
+_INSERT = """
+    INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
+    SELECT e.event_id, 'message.created', e.conversation_id, e.seq, ARRAY['alice', 'bob'],
+           jsonb_build_object('message', jsonb_build_object(
+               'id', gen_random_uuid(), 'conversation_id', e.conversation_id,
+               'sender_id', 'alice', 'content', 'message ' || e.seq, 'seq', e.seq,
+               'created_at', clock_timestamp()))
+    FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[]) WITH ORDINALITY
+         AS e(event_id, conversation_id, seq, n)
+    ORDER BY e.n
+"""
+
+
+def insert_events(dsn: str, items: Iterable[tuple[str, int]]) -> list[str]:
+    """Commits one outbox row per (conversation_id, seq), in the given order; returns event ids."""
+    items = list(items)
+    ids = [str(uuid.uuid4()) for _ in items]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_INSERT, (ids, [c for c, _ in items], [s for _, s in items]))
+    return ids
+
+
+def interleaved(conversations: list[str], per_conversation: int) -> list[tuple[str, int]]:
+    """Every conversation's seqs 1..n, conversations interleaved round-robin."""
+    return [(c, s) for s in range(1, per_conversation + 1) for c in conversations]
+
+
+def sql(dsn: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def outbox_count(dsn: str) -> int:
+    return int(sql(dsn, "SELECT count(*) FROM outbox")[0][0])
+
+
+def redis_client(addr: str) -> redis_sync.Redis:
+    host, port = addr.rsplit(":", 1)
+    return redis_sync.Redis(host=host, port=int(port), decode_responses=True)
+
+
+def read_streams(addr: str, shards: int = 1) -> list[Event]:
+    """Every entry of every stream, each stream in order (streams one after another)."""
+    client = redis_client(addr)
+    try:
+        out: list[Event] = []
+        for key in stream_keys(shards):
+            if client.exists(key) and client.type(key) == "stream":
+                out.extend(decode_entry(fields) for _, fields in client.xrange(key))
+        return out
+    finally:
+        client.close()
+
+
+def stream_length(addr: str, shards: int = 1) -> int:
+    client = redis_client(addr)
+    try:
+        return sum(int(client.xlen(k)) for k in stream_keys(shards)
+                   if client.exists(k) and client.type(k) == "stream")
+    finally:
+        client.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.05) -> Any:
+    """Polls ``predicate`` until truthy (returns its value) or fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def relay_env(db_source: str, redis_addr: str, **overrides: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "COVERAGE_PROCESS_START")}
+    env.update({
+        "ENVIRONMENT": "test",
+        "DB_SOURCE": db_source,
+        "REDIS_ADDR": redis_addr,
+        "REDIS_TIMEOUT": "2s",
+        "METRICS_PORT": str(free_port()),
+        "METRICS_ADDRESS": "127.0.0.1",
+        "OUTBOX_RETRY_BASE": "0.05",
+        "OUTBOX_REBALANCE_INTERVAL": "0.2",
+        "OUTBOX_METRICS_INTERVAL": "0.2",
+        "LOG_LEVEL": "INFO",
+    })
+    env.update({k.upper(): str(v) for k, v in overrides.items()})
+    return env
+
+
+class RelayProcess:
+    """``chat-outbox-relay`` as a real subprocess, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_dir: pathlib.Path, name: str = "relay") -> None:
+        self.env = env
+        self.port = int(env["METRICS_PORT"])
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "chat-outbox-relay")], env=env, cwd=log_dir,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        status, body = self.get("/metrics")
+        if status != 200:
+            return None
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    return float(sample.value)
+        return None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_until(lambda: self.proc.poll() is not None or self.get("/readyz")[0] == 200,
+                   timeout, "relay readiness")
+        assert self.proc.poll() is None, f"relay exited early:\n{self.log()}"
+
+    def owned(self) -> float:
+        return self.metric("outbox_owned_partitions") or 0.0
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self) -> None:
+        """Cleanup: SIGKILL if still running."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
