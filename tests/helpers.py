@@ -39,3 +39,50 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
             detail.Unpack(info)
             return info
     return None
+
+
+# --- Helpers for the SendMessage / GetMessages / MarkAsRead integration tests. ---------------
+
+async def db_rows(db_source: str, sql: str, *params: object) -> list[tuple]:
+    """Rows of one query against the test's database, read beside the API (not through it).
+
+    Async so the in-process API server sharing this event loop keeps serving meanwhile.
+    """
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def send_many(stub, caller: str, conversation_id: str, count: int,
+                    prefix: str = "m") -> list[chat_pb2.Message]:
+    """``count`` messages sent one after another (so their seqs are consecutive)."""
+    return [await send(stub, caller, conversation_id, f"{prefix}{i}") for i in range(count)]
+
+
+async def get_messages(
+    stub, caller: str, conversation_id: str, **fields
+) -> chat_pb2.GetMessagesResponse:
+    return await stub.GetMessages(
+        chat_pb2.GetMessagesRequest(conversation_id=conversation_id, **fields),
+        metadata=auth(caller),
+    )
+
+
+async def mark_as_read(
+    stub, caller: str, conversation_id: str, up_to_seq: int = 0
+) -> chat_pb2.MarkAsReadResponse:
+    return await stub.MarkAsRead(
+        chat_pb2.MarkAsReadRequest(conversation_id=conversation_id, up_to_seq=up_to_seq),
+        metadata=auth(caller),
+    )
+
+
+async def rpc_error(call) -> grpc.aio.AioRpcError:
+    """The error an awaitable RPC fails with; fails the test when the call succeeds."""
+    try:
+        result = await call
+    except grpc.aio.AioRpcError as err:
+        return err
+    raise AssertionError(f"expected the call to fail, it returned {result!r}")

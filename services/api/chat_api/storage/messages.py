@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg.errors
@@ -95,11 +94,14 @@ class PageMode(enum.Enum):
     AFTER_SEQ = "after_seq"
 
 
-@dataclass(frozen=True, slots=True)
 class DuplicateKey(Exception):
     """The (sender, idempotency_key) pair already names a committed message."""
 
-    original: MessageRecord
+    # A plain class, not a frozen dataclass: ``raise`` sets __traceback__/__cause__ on the
+    # instance, which a frozen (slotted) dataclass refuses, so the raise itself would fail.
+    def __init__(self, original: MessageRecord) -> None:
+        super().__init__(original.id)
+        self.original = original
 
 
 class MessageRepository:
