@@ -28,12 +28,22 @@ def redacted(db_source: str) -> str:
     return urlunsplit(parts)
 
 
-def create_engine(settings: DatabaseSettings, *, application_name: str) -> AsyncEngine:
+def create_engine(
+    settings: DatabaseSettings, *, application_name: str, autocommit: bool = False
+) -> AsyncEngine:
+    """The process's engine.
+
+    ``autocommit=True`` suits a process whose every unit of work is one SQL statement (the
+    API): a statement is atomic on its own, and skipping BEGIN/COMMIT saves two round trips
+    per call. Processes that need multi-statement transactions (the relay) keep the default.
+    """
     if not settings.db_source:
         raise ValueError("DB_SOURCE is not set")
     timeout_ms = int(settings.db_statement_timeout * 1000)
+    extra = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     return create_async_engine(
         sqlalchemy_url(settings.db_source),
+        **extra,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,

@@ -2,4 +2,7 @@
 
 Every statement that reads or writes a conversation joins the caller's membership in the same
 statement, so "not a member" and "does not exist" are one answer and one round trip.
+
+The API's engine runs in autocommit mode: each unit of work is one statement (data-modifying
+CTEs included), which PostgreSQL runs atomically, so no explicit transaction is needed.
 """

@@ -73,7 +73,7 @@ class ConversationRepository:
     ) -> ConversationRecord:
         """Creates the conversation, or returns the existing direct one with the same key."""
         with _tracer.start_as_current_span("db.create_conversation"):
-            async with self._engine.begin() as conn:
+            async with self._engine.connect() as conn:
                 row = (
                     await conn.execute(
                         _CREATE,

@@ -119,7 +119,7 @@ class MessageRepository:
                   "content": content, "idempotency_key": idempotency_key}
         with _tracer.start_as_current_span("db.send_message"):
             try:
-                async with self._engine.begin() as conn:
+                async with self._engine.connect() as conn:
                     row = (await conn.execute(_SEND, params)).first()
             except IntegrityError as exc:
                 orig = exc.orig

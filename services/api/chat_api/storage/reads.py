@@ -49,7 +49,7 @@ class ReadRepository:
     async def mark(self, conversation_id: str, user_id: str, up_to_seq: int) -> ReadPosition | None:
         """Moves the read position; None when the user is not a member."""
         with _tracer.start_as_current_span("db.mark_as_read"):
-            async with self._engine.begin() as conn:
+            async with self._engine.connect() as conn:
                 row = (await conn.execute(_MARK, {"conversation_id": conversation_id,
                                                   "user_id": user_id,
                                                   "up_to_seq": up_to_seq})).first()
