@@ -9,7 +9,13 @@ import uuid
 from collections import defaultdict
 
 from tests.e2e.test_relay_helpers import (
-    RelayProcess, insert_events, interleaved, outbox_count, read_streams, relay_env, sql,
+    RelayProcess,
+    insert_events,
+    interleaved,
+    outbox_count,
+    read_streams,
+    relay_env,
+    sql,
     wait_until,
 )
 

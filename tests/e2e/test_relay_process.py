@@ -10,9 +10,17 @@ import uuid
 from collections import defaultdict
 
 from chat_shared.localstack import LocalRedis
+
 from tests.e2e.test_relay_helpers import (
-    RelayProcess, insert_events, interleaved, outbox_count, read_streams, relay_env, sql,
-    stream_length, wait_until,
+    RelayProcess,
+    insert_events,
+    interleaved,
+    outbox_count,
+    read_streams,
+    relay_env,
+    sql,
+    stream_length,
+    wait_until,
 )
 
 
