@@ -1,1 +1,1 @@
-"""WebSocket gateway service (built in its own issue)."""
+"""WebSocket gateway: fans the event streams out to connected clients, in order, with resume."""

@@ -1,0 +1,117 @@
+"""The gateway's composition root: ``build_app(settings)`` wires every dependency.
+
+Nothing connects at import time. ``GatewayApp.start()`` positions the stream reader at the
+streams' tails, binds the WebSocket listener and the metrics/health port; ``stop()`` refuses new
+sockets, closes the open ones with 1001 (clients reconnect to another replica and resume),
+stops the reader and closes the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from chat_shared.auth import TokenVerifier
+from chat_shared.config import parse_host_port
+from chat_shared.db import create_engine
+from chat_shared.events import stream_keys
+from chat_shared.observability.health_server import HealthServer
+from chat_shared.observability.logging import get_logger
+from chat_shared.redis_client import create_redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_ws_gateway import protocol
+from chat_ws_gateway.history import History
+from chat_ws_gateway.hub import Hub
+from chat_ws_gateway.server import GatewayServer
+from chat_ws_gateway.settings import GatewaySettings
+from chat_ws_gateway.stream_reading import StreamReader
+
+log = get_logger(__name__)
+
+
+@dataclass
+class GatewayApp:
+    settings: GatewaySettings
+    engine: AsyncEngine
+    redis: aioredis.Redis
+    stream_redis: aioredis.Redis
+    hub: Hub
+    reader: StreamReader
+    server: GatewayServer
+    health: HealthServer | None
+    port: int = 0
+    metrics_port: int = 0
+    _runner: web.AppRunner | None = field(default=None, repr=False)
+    _reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def ready(self) -> bool:
+        """Readiness: Redis answers and the reader is positioned on the streams."""
+        try:
+            # Bounded: the client's retries must not outlast the probe's own timeout.
+            pong = await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+            return bool(pong) and self.reader.positioned.is_set()
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    async def start(self) -> None:
+        self._reader_task = asyncio.get_running_loop().create_task(self.reader.run(),
+                                                                   name="stream-reader")
+        # Bounded wait: with Redis down the gateway still starts (not ready) and keeps retrying.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reader.positioned.wait(), timeout=5.0)
+        host, port = parse_host_port(self.settings.ws_server_address)
+        self._runner = web.AppRunner(self.server.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=4096)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        if self.health is not None:
+            self.metrics_port = await self.health.start()
+        log.info("ws_gateway_started", ws_port=self.port, metrics_port=self.metrics_port,
+                 streams=self.reader_keys)
+
+    @property
+    def reader_keys(self) -> list[str]:
+        return list(stream_keys(self.settings.stream_shards, self.settings.stream_prefix))
+
+    async def stop(self) -> None:
+        self.server.accepting = False
+        open_sockets = self.hub.count
+        await self.hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down", "shutdown",
+                                 grace=self.settings.shutdown_grace)
+        log.info("ws_gateway_stopping", closed_sockets=open_sockets)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.health is not None:
+            await self.health.stop()
+        await self.stream_redis.aclose()
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+
+def build_app(settings: GatewaySettings) -> GatewayApp:
+    engine = create_engine(settings, application_name="chat-ws-gateway")
+    redis = create_redis(settings)
+    # XREAD BLOCK outlives the short socket timeout of ordinary calls: its own client.
+    stream_redis = create_redis(settings.model_copy(
+        update={"redis_timeout": settings.stream_block + max(5.0, settings.redis_timeout)}))
+    hub = Hub()
+    keys = stream_keys(settings.stream_shards, settings.stream_prefix)
+    reader = StreamReader(stream_redis, keys, hub, block_ms=int(settings.stream_block * 1000),
+                          count=settings.stream_read_count)
+    history = History(engine, settings.resume_page_size)
+    server = GatewayServer(settings, TokenVerifier(settings), hub, history)
+    app = GatewayApp(settings=settings, engine=engine, redis=redis, stream_redis=stream_redis,
+                     hub=hub, reader=reader, server=server, health=None)
+    if settings.metrics_port:
+        app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_address)
+    return app

@@ -1,0 +1,72 @@
+"""Read-only PostgreSQL queries for catch-up: who is a member, and the messages after a seq.
+
+The stream only holds recent events; PostgreSQL holds every message, so a reconnecting client
+is caught up from here (by ``seq``, the only cursor that has neither gaps nor ties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from chat_shared.observability.tracing import tracer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+_tracer = tracer(__name__)
+
+_MEMBER_OF = text(
+    """
+    SELECT conversation_id::text FROM conversation_members
+    WHERE user_id = :user_id AND conversation_id = ANY(CAST(:ids AS uuid[]))
+    """
+)
+
+# Membership is joined in, so a user removed meanwhile gets nothing rather than history.
+_AFTER = text(
+    """
+    SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at
+    FROM conversation_members cm
+    JOIN messages m ON m.conversation_id = cm.conversation_id
+    WHERE cm.conversation_id = :conversation_id AND cm.user_id = :user_id AND m.seq > :after
+    ORDER BY m.seq
+    LIMIT :limit
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: str
+    conversation_id: str
+    seq: int
+    sender_id: str
+    content: str
+    created_at: datetime
+
+
+class History:
+    def __init__(self, engine: AsyncEngine, page_size: int) -> None:
+        self._engine = engine
+        self.page_size = page_size
+
+    async def member_of(self, user_id: str, conversation_ids: list[str]) -> set[str]:
+        """The subset of ``conversation_ids`` (canonical UUID text) the user is a member of."""
+        if not conversation_ids:
+            return set()
+        with _tracer.start_as_current_span("db.ws_member_of"):
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(_MEMBER_OF, {"user_id": user_id,
+                                                       "ids": conversation_ids})
+                return {r[0] for r in rows}
+
+    async def messages_after(self, user_id: str, conversation_id: str,
+                             after_seq: int) -> list[StoredMessage]:
+        """One page (``page_size``) of the conversation's messages with seq > after_seq."""
+        with _tracer.start_as_current_span("db.ws_messages_after"):
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(_AFTER, {"conversation_id": conversation_id,
+                                                   "user_id": user_id, "after": after_seq,
+                                                   "limit": self.page_size})
+                return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4])
+                        for r in rows]

@@ -1,0 +1,73 @@
+"""The registry of this replica's connections and the fan-out of each event to its recipients.
+
+Every replica sees every event (it reads all stream shards), and delivers it only to the
+recipients connected here; a user with several connections gets it on each of them. Events are
+deduplicated by ``event_id`` here once (the relay publishes at least once), and the frame is
+encoded once for all the sockets it goes to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+from chat_shared.events import Event
+
+from chat_ws_gateway import protocol
+from chat_ws_gateway.connection import Connection
+from chat_ws_gateway.metrics import STREAM_DUPLICATES, WS_CONNECTIONS
+
+
+class Hub:
+    def __init__(self, *, remembered_event_ids: int = 50_000) -> None:
+        self._by_user: dict[str, set[Connection]] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._remember = remembered_event_ids
+        self.count = 0
+
+    def add(self, conn: Connection) -> None:
+        self._by_user.setdefault(conn.user_id, set()).add(conn)
+        self.count += 1
+        WS_CONNECTIONS.inc()
+
+    def remove(self, conn: Connection) -> None:
+        conns = self._by_user.get(conn.user_id)
+        if conns is None or conn not in conns:
+            return
+        conns.discard(conn)
+        if not conns:
+            del self._by_user[conn.user_id]
+        self.count -= 1
+        WS_CONNECTIONS.dec()
+
+    def dispatch(self, event: Event) -> int:
+        """Queues the event for every local connection of its recipients; returns how many."""
+        if event.event_id in self._seen:
+            STREAM_DUPLICATES.inc()
+            return 0
+        self._seen[event.event_id] = None
+        if len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+        frame: str | None = None
+        delivered = 0
+        for user_id in event.recipients:
+            conns = self._by_user.get(user_id)
+            if not conns:
+                continue
+            if frame is None:
+                frame = protocol.event_frame(event)
+                if frame is None:
+                    return 0
+            for conn in tuple(conns):
+                conn.deliver(event, frame)
+                delivered += 1
+        return delivered
+
+    async def close_all(self, code: int, message: str, reason: str, grace: float) -> None:
+        """Closes every connection with ``code`` and waits (up to ``grace`` s) for them."""
+        conns = [c for cs in self._by_user.values() for c in cs]
+        for conn in conns:
+            conn.close(code, message, reason)
+        if conns:
+            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in conns],
+                               timeout=max(0.1, grace))

@@ -1,0 +1,148 @@
+"""The wire protocol of /v1/ws: JSON text frames, each an object with a ``type``.
+
+Server -> client: ``message.created``, ``conversation.read``, ``resumed``, ``pong``, ``error``.
+Client -> server: ``resume`` and ``ping``. Close codes are fixed here so the README, the server
+and the demo client agree. Frames that several sockets receive are encoded once (``encode``)
+and the same string is queued for each of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, Event, format_time
+
+# --- Close codes (4000-4999 are the application's range, RFC 6455 7.4.2) ---------------------
+CLOSE_GOING_AWAY = 1001
+"""The gateway is shutting down: reconnect (to another replica) and resume."""
+CLOSE_TOKEN_EXPIRED = 4001
+"""The access token expired during the connection: get a new token, reconnect, resume."""
+CLOSE_SLOW_CONSUMER = 4008
+"""The client did not read fast enough and its send queue overflowed: reconnect and resume."""
+
+SUBPROTOCOL = "bearer"
+"""Browsers offer the subprotocols ``["bearer", "<token>"]``; the server echoes ``bearer``."""
+
+# --- Error codes of ``error`` frames -------------------------------------------------------
+BAD_FRAME = "bad_frame"
+UNKNOWN_TYPE = "unknown_type"
+NOT_FOUND = "not_found"
+CATCH_UP_FAILED = "unavailable"
+
+
+class FrameError(Exception):
+    """A client frame the server cannot act on; answered with an ``error`` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    positions: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+ClientFrame = Resume | Ping
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def parse_client_frame(text: str, *, max_positions: int) -> ClientFrame:
+    """The client frame in ``text``; raises FrameError naming what is wrong."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError(BAD_FRAME, "frame is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise FrameError(BAD_FRAME, "frame must be a JSON object")
+    kind = data.get("type")
+    if kind == "ping":
+        return Ping()
+    if kind != "resume":
+        raise FrameError(UNKNOWN_TYPE, f"unknown frame type {str(kind)[:40]!r}; "
+                                       "expected 'resume' or 'ping'")
+    positions = data.get("positions")
+    if not isinstance(positions, dict):
+        raise FrameError(BAD_FRAME, "resume.positions must be an object "
+                                    "{conversation_id: last_seen_seq}")
+    if len(positions) > max_positions:
+        raise FrameError(BAD_FRAME, f"resume.positions has more than {max_positions} entries")
+    out: dict[str, int] = {}
+    for key, seq in positions.items():
+        try:
+            cid = str(uuid.UUID(key))
+        except ValueError as exc:
+            raise FrameError(BAD_FRAME, f"resume.positions: {key[:40]!r} is not a "
+                                        "conversation id") from exc
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0 or seq >= 2**63:
+            raise FrameError(BAD_FRAME, f"resume.positions[{cid}] must be an integer >= 0")
+        out[cid] = seq
+    return Resume(out)
+
+
+def error_frame(code: str, message: str, **extra: Any) -> str:
+    return encode({"type": "error", "code": code, "message": message, **extra})
+
+
+def pong_frame() -> str:
+    return encode({"type": "pong"})
+
+
+def resumed_frame(conversation_id: str, seq: int) -> str:
+    """Sent when a conversation's catch-up is complete: live events follow."""
+    return encode({"type": "resumed", "conversation_id": conversation_id, "seq": seq})
+
+
+def message_frame(message: dict[str, Any], event_id: str | None) -> str:
+    return encode({"type": MESSAGE_CREATED, "event_id": event_id,
+                   "conversation_id": message["conversation_id"], "seq": message["seq"],
+                   "message": message})
+
+
+def history_message(row_id: str, conversation_id: str, seq: int, sender_id: str, content: str,
+                    created_at: datetime) -> dict[str, Any]:
+    """A message read from PostgreSQL in the same shape as an event's payload message."""
+    return {"id": row_id, "conversation_id": conversation_id, "sender_id": sender_id,
+            "content": content, "seq": seq, "created_at": format_time(created_at)}
+
+
+def event_frame(event: Event) -> str | None:
+    """The frame of a live event, or None for an event type clients do not receive."""
+    if event.type == MESSAGE_CREATED:
+        message = dict(event.payload.get("message") or {})
+        message["seq"] = event.seq
+        message["conversation_id"] = event.conversation_id
+        created = message.get("created_at")
+        if isinstance(created, str):
+            message["created_at"] = _normalise_time(created)
+        return message_frame(message, event.event_id)
+    if event.type == CONVERSATION_READ:
+        p = event.payload
+        read_at = p.get("read_at")
+        return encode({"type": CONVERSATION_READ, "event_id": event.event_id,
+                       "conversation_id": event.conversation_id,
+                       "user_id": p.get("user_id"), "last_read_seq": p.get("last_read_seq"),
+                       "read_at": _normalise_time(read_at) if isinstance(read_at, str)
+                       else read_at})
+    return None
+
+
+def _normalise_time(text: str) -> str:
+    """PostgreSQL's JSON timestamps (``+00:00``) in the events' RFC 3339 ``Z`` form."""
+    try:
+        return str(format_time(datetime.fromisoformat(text.replace("Z", "+00:00"))))
+    except ValueError:
+        return text

@@ -1,0 +1,160 @@
+"""The gateway's HTTP face: the /v1/ws endpoint, the demo web client, and its dev-token endpoint.
+
+Authentication happens before the upgrade, so a bad token is an HTTP 401 and never a socket.
+A token is taken from, in this order: ``Authorization: Bearer <token>`` (programs), the
+subprotocols ``["bearer", "<token>"]`` (browsers; the server echoes ``bearer``), or the
+``access_token`` query parameter (browsers; it may end up in proxy logs, so prefer the
+subprotocol).
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+from chat_shared.auth import Principal, TokenVerifier, issue_token
+from chat_shared.errors import Unauthenticated
+from chat_shared.observability.logging import get_logger
+
+from chat_ws_gateway import protocol
+from chat_ws_gateway.connection import Connection
+from chat_ws_gateway.history import History
+from chat_ws_gateway.hub import Hub
+from chat_ws_gateway.settings import GatewaySettings
+
+log = get_logger(__name__)
+
+STATIC = resources.files("chat_ws_gateway") / "static"
+_STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+                 ".svg": "image/svg+xml"}
+DEV_TOKEN_TTL = 3600.0
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+def offered_subprotocols(request: web.Request) -> list[str]:
+    header = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
+    return [p.strip() for p in header.split(",") if p.strip()]
+
+
+def authenticate(verifier: TokenVerifier, request: web.Request) -> Principal:
+    """The caller of a /v1/ws request; raises Unauthenticated."""
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is not None:
+        return verifier.verify_authorization(header)
+    offered = offered_subprotocols(request)
+    if protocol.SUBPROTOCOL in offered:
+        i = offered.index(protocol.SUBPROTOCOL)
+        if i + 1 >= len(offered):
+            raise Unauthenticated("subprotocol 'bearer' must be followed by the token")
+        return verifier.verify(offered[i + 1])
+    token = request.query.get("access_token")
+    if token is not None:
+        return verifier.verify(token)
+    raise Unauthenticated("missing token: send 'Authorization: Bearer <token>', the "
+                          "subprotocols ['bearer', '<token>'], or ?access_token=<token>")
+
+
+class GatewayServer:
+    def __init__(self, settings: GatewaySettings, verifier: TokenVerifier, hub: Hub,
+                 history: History) -> None:
+        self._settings = settings
+        self._verifier = verifier
+        self._hub = hub
+        self._history = history
+        self.accepting = True
+        self.app = web.Application()
+        self.app.router.add_get("/v1/ws", self._ws)
+        self.app.router.add_get("/", self._index)
+        self.app.router.add_get("/demo/config.json", self._config)
+        self.app.router.add_post("/demo/token", self._dev_token)
+        self.app.router.add_get("/demo/{name}", self._static)
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        if not self.accepting:
+            return _error(503, "unavailable", "the gateway is shutting down")
+        try:
+            principal = authenticate(self._verifier, request)
+        except Unauthenticated as exc:
+            return _error(401, "unauthenticated", str(exc))
+        s = self._settings
+        echo = (protocol.SUBPROTOCOL,) if protocol.SUBPROTOCOL in offered_subprotocols(
+            request) else ()
+        ws = web.WebSocketResponse(
+            protocols=echo, heartbeat=s.ws_heartbeat or None, max_msg_size=s.ws_max_frame_bytes,
+            compress=False,  # a deflate context per socket costs far more memory than it saves
+            timeout=s.ws_close_timeout)
+        await ws.prepare(request)
+        conn = Connection(ws, principal.user_id, history=self._history,
+                          queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
+                          max_positions=s.ws_max_resume_positions)
+        self._hub.add(conn)
+        conn.start(expires_at=principal.expires_at, resume_wait=s.ws_resume_wait)
+        log.debug("ws_connected", user_id=principal.user_id)
+        try:
+            async for msg in ws:
+                if msg.type == web.WSMsgType.TEXT:
+                    await conn.on_text(msg.data)
+                elif msg.type == web.WSMsgType.BINARY:
+                    conn.send_error(protocol.BAD_FRAME, "binary frames are not accepted; "
+                                                        "send JSON text frames")
+        finally:
+            self._hub.remove(conn)
+            await conn.finish()
+            log.debug("ws_disconnected", user_id=principal.user_id, code=ws.close_code)
+        return ws
+
+    async def _index(self, _: web.Request) -> web.Response:
+        return self._file("index.html")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        return self._file(request.match_info["name"])
+
+    def _file(self, name: str) -> web.Response:
+        suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+        if "/" in name or name.startswith(".") or suffix not in _STATIC_TYPES:
+            raise web.HTTPNotFound()
+        path = STATIC / name
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.Response(body=path.read_bytes(), content_type=_STATIC_TYPES[suffix],
+                            headers={"Cache-Control": "no-cache"})
+
+    async def _config(self, request: web.Request) -> web.Response:
+        api = self._settings.api_public_url or f"{request.scheme}://{request.url.host}:8080"
+        return _json({"api_url": api, "ws_path": "/v1/ws",
+                      "dev_tokens": self._dev_tokens_allowed()})
+
+    def _dev_tokens_allowed(self) -> bool:
+        s = self._settings
+        return s.environment == "development" and any(
+            a.startswith("HS") for a in s.algorithm_list)
+
+    async def _dev_token(self, request: web.Request) -> web.Response:
+        """A token for any user id: development only, signed with the configured HS secret."""
+        if not self._dev_tokens_allowed():
+            return _error(403, "forbidden", "development tokens are only issued when "
+                                            "ENVIRONMENT=development")
+        try:
+            body = orjson.loads(await request.read())
+            user = body["user_id"].strip()
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return _error(400, "invalid_argument", 'body must be {"user_id": "<id>"}')
+        if not user or len(user) > 128:
+            return _error(400, "invalid_argument", "user_id must be 1..128 characters")
+        s = self._settings
+        alg = next(a for a in s.algorithm_list if a.startswith("HS"))
+        now = time.time()
+        token = issue_token(user, secret=s.jwt_secret, ttl_seconds=DEV_TOKEN_TTL,
+                            issuer=s.jwt_issuer, audience=s.jwt_audience, algorithm=alg, now=now)
+        return _json({"user_id": user, "access_token": token,
+                      "expires_at": int(now + DEV_TOKEN_TTL)})

@@ -1,0 +1,52 @@
+"""The gateway process's settings: the shared sections plus what only the gateway reads."""
+
+from __future__ import annotations
+
+from chat_shared.config import Seconds, ServiceSettings, parse_host_port
+from chat_shared.events import DEFAULT_STREAM_PREFIX
+from pydantic import Field, field_validator
+
+
+class GatewaySettings(ServiceSettings):
+    ws_server_address: str = Field("0.0.0.0:8081", description="host:port for WebSocket + demo")
+    metrics_port: int = Field(9102, ge=0, le=65535,
+                              description="/metrics, /healthz and /readyz port; 0 = off")
+    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
+    stream_shards: int = Field(1, ge=1, le=1024, description="number of Redis streams (as relay)")
+    stream_prefix: str = Field(DEFAULT_STREAM_PREFIX, min_length=1,
+                               description="stream key prefix; keys are <prefix>:<shard>")
+    stream_block: Seconds = Field(2.0, gt=0, le=60, description="XREAD BLOCK, seconds")
+    stream_read_count: int = Field(500, ge=1, le=100_000, description="entries per XREAD")
+    ws_send_queue_size: int = Field(
+        256, ge=1, le=1_000_000,
+        description="frames queued per connection before it is closed as a slow consumer")
+    ws_heartbeat: Seconds = Field(
+        30.0, ge=0, description="seconds between pings; no pong within half of it closes; 0 = off")
+    ws_max_frame_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024,
+                                    description="largest client frame, bytes")
+    ws_resume_wait: Seconds = Field(
+        2.0, ge=0, le=60,
+        description="seconds live events wait for the client's first frame (its resume)")
+    ws_close_timeout: Seconds = Field(
+        10.0, gt=0, description="seconds a closing socket may take before it is aborted")
+    ws_max_resume_positions: int = Field(1000, ge=1, le=100_000,
+                                         description="conversations per resume frame")
+    resume_page_size: int = Field(200, ge=1, le=10_000,
+                                  description="messages per PostgreSQL page during catch-up")
+    api_public_url: str = Field(
+        "", description="HTTP API base URL the demo page calls; empty = same host, port 8080")
+    shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to close sockets on SIGTERM")
+    db_pool_size: int = Field(5, ge=1, le=1000)
+
+    @field_validator("ws_server_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_host_port(v)
+        return v
+
+    @field_validator("api_public_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")

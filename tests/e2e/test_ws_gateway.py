@@ -1,0 +1,275 @@
+"""``chat-ws-gateway`` as a real process, fed by entries written to the stream in the documented
+format (``encode_entry``: the relay's own encoder). Covers what does not need the API: auth,
+bad frames, dedupe, the slow consumer, token expiry, SIGTERM, the probes and the dev tokens.
+The whole pipeline (gRPC -> outbox -> relay -> gateway) is in test_ws_delivery.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import signal
+import uuid
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from chat_shared.events import MESSAGE_CREATED, Event, encode_entry, stream_key
+
+from tests.conftest import make_token
+from tests.support.ws_stack import (
+    Gateway,
+    base_env,
+    close_code,
+    messages,
+    next_frame,
+    ws_connect,
+)
+
+
+@pytest.fixture
+async def producer(redis_addr: str):
+    host, port = redis_addr.rsplit(":", 1)
+    client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def message_event(conversation_id: str, seq: int, recipients: list[str], content: str = "",
+                  sender: str = "alice", event_id: str | None = None) -> Event:
+    now = datetime.now(UTC)
+    return Event(event_id=event_id or str(uuid.uuid4()), type=MESSAGE_CREATED,
+                 conversation_id=conversation_id, seq=seq, occurred_at=now,
+                 recipients=recipients,
+                 payload={"message": {"id": str(uuid.uuid4()), "conversation_id": conversation_id,
+                                      "sender_id": sender, "content": content or f"m{seq}",
+                                      "seq": seq, "created_at": now.isoformat()}})
+
+
+async def publish(redis: aioredis.Redis, *events: Event) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.xadd(stream_key(event.conversation_id, 1), encode_entry(event))
+        await pipe.execute()
+
+
+async def start_gateway(db_source: str, redis_addr: str, tmp_path: pathlib.Path,
+                        name: str = "ws", **overrides: object) -> Gateway:
+    return await Gateway(base_env(db_source, redis_addr, **overrides), tmp_path, name).ready()
+
+
+async def test_events_reach_each_recipient_connection_once_and_in_order(
+        db_source, redis_addr, tmp_path, producer, session):
+    gw = await start_gateway(db_source, redis_addr, tmp_path)
+    try:
+        conv = str(uuid.uuid4())
+        alice1 = await ws_connect(session, gw, "alice")
+        alice2 = await ws_connect(session, gw, "alice")
+        bob = await ws_connect(session, gw, "bob")
+        carol = await ws_connect(session, gw, "carol")  # not a recipient
+        events = [message_event(conv, seq, ["alice", "bob"]) for seq in (1, 2, 3)]
+        # At-least-once publishing: the same event twice, and an old seq again.
+        await publish(producer, events[0], events[0], events[1],
+                      message_event(conv, 1, ["alice", "bob"]), events[2])
+        for ws in (alice1, alice2, bob):
+            got = await messages(ws, 3)
+            assert [f["seq"] for f in got] == [1, 2, 3]
+            assert [f["event_id"] for f in got] == [e.event_id for e in events]
+            assert got[0]["message"]["content"] == "m1"
+            assert got[0]["message"]["sender_id"] == "alice"
+            assert got[0]["conversation_id"] == conv
+            assert got[0]["message"]["created_at"].endswith("Z")
+        # Anything queued for these sockets would precede the pong.
+        for ws in (alice1, carol):
+            await ws.send_json({"type": "ping"})
+            assert (await next_frame(ws))["type"] == "pong"
+        assert gw.metric("ws_connections") == 4
+        assert gw.metric("ws_frames_sent_total") >= 9
+        assert gw.metric("ws_delivery_lag_seconds_count") >= 9
+        assert gw.metric("ws_stream_duplicate_events_total") == 1
+    finally:
+        gw.stop()
+
+
+async def test_auth_by_header_subprotocol_or_query_and_401_otherwise(
+        db_source, redis_addr, tmp_path, session):
+    gw = await start_gateway(db_source, redis_addr, tmp_path)
+    try:
+        token = make_token("alice")
+        ws = await session.ws_connect(f"{gw.url}/v1/ws", protocols=("bearer", token))
+        assert ws.protocol == "bearer"
+        await ws.send_json({"type": "ping"})
+        assert (await next_frame(ws))["type"] == "pong"
+        await ws.close()
+        ws = await session.ws_connect(f"{gw.url}/v1/ws?access_token={token}")
+        await ws.send_json({"type": "ping"})
+        assert (await next_frame(ws))["type"] == "pong"
+        await ws.close()
+        for kwargs in ({}, {"headers": {"Authorization": "Bearer nope"}},
+                       {"headers": {"Authorization": f"Bearer {make_token('a', ttl=-120)}"}},
+                       {"protocols": ("bearer",)}):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await session.ws_connect(f"{gw.url}/v1/ws", **kwargs)
+            assert err.value.status == 401
+    finally:
+        gw.stop()
+
+
+async def test_bad_frames_get_error_frames_and_the_connection_keeps_working(
+        db_source, redis_addr, tmp_path, producer, session):
+    gw = await start_gateway(db_source, redis_addr, tmp_path)
+    try:
+        ws = await ws_connect(session, gw, "alice", resume=False)
+        bad = {
+            "not json": "bad_frame",
+            "[1, 2]": "bad_frame",
+            '{"type": "subscribe"}': "unknown_type",
+            '{"no": "type"}': "unknown_type",
+            '{"type": "resume"}': "bad_frame",
+            '{"type": "resume", "positions": {"not-a-uuid": 1}}': "bad_frame",
+            f'{{"type": "resume", "positions": {{"{uuid.uuid4()}": -1}}}}': "bad_frame",
+            f'{{"type": "resume", "positions": {{"{uuid.uuid4()}": "7"}}}}': "bad_frame",
+            f'{{"type": "resume", "positions": {{"{uuid.uuid4()}": 1.5}}}}': "bad_frame",
+        }
+        for text, code in bad.items():
+            await ws.send_str(text)
+            frame = await next_frame(ws)
+            assert frame["type"] == "error" and frame["code"] == code, (text, frame)
+            assert frame["message"]
+        await ws.send_bytes(b"\x00\x01")
+        assert (await next_frame(ws))["code"] == "bad_frame"
+        # A position for a conversation that does not exist (or the user is not in):
+        # the same not_found, nothing else.
+        ghost = str(uuid.uuid4())
+        await ws.send_json({"type": "resume", "positions": {ghost: 0}})
+        frame = await next_frame(ws)
+        assert frame == {"type": "error", "code": "not_found", "message": "no such conversation",
+                         "conversation_id": ghost}
+        # Still alive: pong, and live events still arrive.
+        await ws.send_json({"type": "ping"})
+        assert (await next_frame(ws))["type"] == "pong"
+        conv = str(uuid.uuid4())
+        await publish(producer, message_event(conv, 1, ["alice"]))
+        assert [f["seq"] for f in await messages(ws, 1)] == [1]
+        assert gw.metric("ws_bad_frames_total") == len(bad) + 2
+        gw.alive()
+    finally:
+        gw.stop()
+
+
+async def test_a_slow_consumer_is_cut_off_with_4008_while_others_get_everything(
+        db_source, redis_addr, tmp_path, producer, session):
+    gw = await start_gateway(db_source, redis_addr, tmp_path, WS_SEND_QUEUE_SIZE=8,
+                             WS_CLOSE_TIMEOUT=60)
+    try:
+        conv = str(uuid.uuid4())
+        slow = await ws_connect(session, gw, "slow")  # never reads until the end
+        fast = await ws_connect(session, gw, "fast")
+        await fast.send_json({"type": "ping"})
+        assert (await next_frame(fast))["type"] == "pong"
+        big = "x" * 60_000  # 300 x 60 KB: more than every socket buffer on the way can hold
+        count = 300
+        events = [message_event(conv, seq, ["slow", "fast"], content=f"{seq}:{big}")
+                  for seq in range(1, count + 1)]
+        got = []
+        for i in range(0, count, 4):  # paced by the fast reader: it never has more than 4 due
+            await publish(producer, *events[i:i + 4])
+            got += await messages(fast, len(events[i:i + 4]))
+        assert [f["seq"] for f in got] == list(range(1, count + 1))
+        # Only now does the slow client read: what was buffered, then the close frame.
+        code, frames = await close_code(slow, within=60)
+        assert code == 4008
+        assert frames < count
+        assert gw.metric("ws_slow_client_disconnects_total") == 1
+        # The fast client is untouched.
+        await fast.send_json({"type": "ping"})
+        assert (await next_frame(fast))["type"] == "pong"
+    finally:
+        gw.stop()
+
+
+async def test_token_expiry_closes_the_socket_with_4001(db_source, redis_addr, tmp_path, session):
+    gw = await start_gateway(db_source, redis_addr, tmp_path)
+    try:
+        ws = await ws_connect(session, gw, "alice", ttl=2)
+        await ws.send_json({"type": "ping"})
+        assert (await next_frame(ws))["type"] == "pong"
+        code, _ = await close_code(ws, within=20)
+        assert code == 4001
+        assert gw.metric('ws_closes_total{reason="token_expired"}') == 1
+    finally:
+        gw.stop()
+
+
+async def test_sigterm_closes_sockets_with_1001_and_exits_zero(
+        db_source, redis_addr, tmp_path, session):
+    gw = await start_gateway(db_source, redis_addr, tmp_path)
+    try:
+        sockets = [await ws_connect(session, gw, user) for user in ("alice", "bob", "alice")]
+        for ws in sockets:
+            await ws.send_json({"type": "ping"})
+            assert (await next_frame(ws))["type"] == "pong"
+        gw.signal(signal.SIGTERM)
+        codes = await asyncio.gather(*(close_code(ws, within=20) for ws in sockets))
+        assert [c for c, _ in codes] == [1001, 1001, 1001]
+        assert await gw.wait(20) == 0, gw.log()
+        assert '"ws_gateway_stopped"' in gw.log()
+    finally:
+        gw.stop()
+
+
+async def test_probes_and_readiness_follow_redis(db_source, redis_addr, redis_server, tmp_path):
+    gw = await start_gateway(db_source, redis_addr, tmp_path)
+    try:
+        assert gw.get(gw.metrics_port, "/healthz")[0] == 200
+        assert gw.get(gw.metrics_port, "/readyz")[0] == 200
+        status, text = gw.get(gw.metrics_port, "/metrics")
+        assert status == 200 and "ws_connections" in text
+        redis_server.stop()
+        for _ in range(100):
+            if gw.get(gw.metrics_port, "/readyz")[0] == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert gw.get(gw.metrics_port, "/readyz")[0] == 503
+        assert gw.get(gw.metrics_port, "/healthz")[0] == 200
+        gw.alive()
+    finally:
+        gw.stop()
+
+
+async def test_demo_page_and_dev_tokens_only_in_development(
+        db_source, redis_addr, tmp_path, session):
+    dev = await start_gateway(db_source, redis_addr, tmp_path, "dev", ENVIRONMENT="development",
+                              API_PUBLIC_URL="http://127.0.0.1:18080")
+    prod = await start_gateway(db_source, redis_addr, tmp_path, "test")
+    try:
+        async with session.get(f"{dev.url}/") as r:
+            assert r.status == 200 and "chat-service" in await r.text()
+        async with session.get(f"{dev.url}/demo/app.js") as r:
+            assert r.status == 200 and r.content_type == "text/javascript"
+        async with session.get(f"{dev.url}/demo/..%2Fserver.py") as r:
+            assert r.status == 404
+        async with session.get(f"{dev.url}/demo/config.json") as r:
+            assert await r.json() == {"api_url": "http://127.0.0.1:18080", "ws_path": "/v1/ws",
+                                      "dev_tokens": True}
+        async with session.post(f"{dev.url}/demo/token", json={"user_id": "bob"}) as r:
+            assert r.status == 200
+            token = (await r.json())["access_token"]
+        ws = await session.ws_connect(f"{dev.url}/v1/ws", protocols=("bearer", token))
+        await ws.send_json({"type": "ping"})
+        assert (await next_frame(ws))["type"] == "pong"
+        await ws.close()
+        async with session.post(f"{prod.url}/demo/token", json={"user_id": "bob"}) as r:
+            assert r.status == 403
+        async with session.get(f"{prod.url}/demo/config.json") as r:
+            assert (await r.json())["dev_tokens"] is False
+    finally:
+        dev.stop()
+        prod.stop()
