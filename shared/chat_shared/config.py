@@ -73,6 +73,7 @@ class CommonSettings(BaseSection):
     environment: Literal["development", "test", "staging", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
+    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
     otel_exporter_otlp_endpoint: str = Field("", description="OTLP gRPC endpoint; empty = no export")
     otel_service_name: str = ""
 
