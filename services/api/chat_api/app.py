@@ -30,6 +30,7 @@ from chat_api.storage.reads import ReadRepository
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
 from chat_api.transport.handlers import ChatHandlers
+from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import create_engine, ping
@@ -52,6 +53,9 @@ class ApiApp:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     grpc_port: int = 0
+    # HTTP/JSON gateway (issue 3): binds in start(), so http_port is known after it.
+    http: HttpGateway | None = None
+    http_port: int = 0
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
     _db_up: bool | None = None
     _redis_up: bool | None = None
@@ -61,8 +65,11 @@ class ApiApp:
         # NOT_SERVING until the first probe has seen PostgreSQL answer.
         await self._set_health(False)
         await self.server.start()
+        if self.http is not None:
+            host, port = parse_host_port(self.settings.http_server_address)
+            self.http_port = await self.http.start(host, port, self.settings.shutdown_grace)
         self._probe = asyncio.create_task(self._probe_dependencies(), name="dependency-probe")
-        log.info("api_started", grpc_port=self.grpc_port)
+        log.info("api_started", grpc_port=self.grpc_port, http_port=self.http_port)
 
     async def _set_health(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -109,14 +116,18 @@ class ApiApp:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
-        await self.server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+        else:
+            await self.server.stop(grace)
         await self.redis.aclose()
         await self.engine.dispose()
         log.info("api_stopped")
 
 
 def build_app(settings: ApiSettings) -> ApiApp:
-    engine = create_engine(settings, application_name="chat-api")
+    # Every API unit of work is a single statement, atomic by itself: no BEGIN/COMMIT trips.
+    engine = create_engine(settings, application_name="chat-api", autocommit=True)
     redis = create_redis(settings)
     handlers = ChatHandlers(
         conversations=ConversationService(ConversationRepository(engine),
@@ -143,4 +154,6 @@ def build_app(settings: ApiSettings) -> ApiApp:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
     app = ApiApp(settings=settings, engine=engine, redis=redis, dispatcher=dispatcher,
                  server=server, health=health_servicer, grpc_port=bound)
+    app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
+                           cors_origins=settings.cors_origins)
     return app

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator
 
 from chat_shared.config import Seconds, ServiceSettings, parse_host_port
+
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
 class ApiSettings(ServiceSettings):
@@ -17,9 +21,27 @@ class ApiSettings(ServiceSettings):
     idempotency_ttl: Seconds = Field(86400.0, gt=0, description="seconds a send key is cached")
     shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to drain on SIGTERM")
     health_check_interval: Seconds = Field(2.0, gt=0, description="dependency probe period")
+    # HTTP/JSON gateway (chat_api.transport.http_gateway).
+    cors_allowed_origins: str = Field(
+        "", description="comma-separated origins (https://app.example.com) or *; empty = no CORS")
+    http_max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20,
+                                     description="bytes; a larger request body gets 413")
 
     @field_validator("grpc_server_address", "http_server_address")
     @classmethod
     def _address(cls, v: str) -> str:
         parse_host_port(v)
         return v
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        origins = [o.strip().rstrip("/") for o in v.split(",") if o.strip()]
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+        return ",".join(origins)
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        return frozenset(o for o in self.cors_allowed_origins.split(",") if o)

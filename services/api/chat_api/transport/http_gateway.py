@@ -1,0 +1,216 @@
+"""The HTTP/JSON face of ChatService: an aiohttp server routed from the proto's annotations.
+
+It is a transport like grpc_server: it parses (http_json), hands the request to the shared
+Dispatcher (the same auth, service layer, validation, logging and metrics as gRPC) and maps
+errors through its one table (http_errors). What only HTTP needs lives in the middleware:
+
+- a server span per request (W3C ``traceparent`` honoured), since aiohttp is not instrumented;
+- ``X-Request-Id``: taken from the request (or generated), echoed, and the calls' log request_id;
+- CORS for the origins in CORS_ALLOWED_ORIGINS, including preflight;
+- gzip for JSON bodies over 1 KiB when the client accepts it;
+- every error, including the router's 404/405 and the 413 past HTTP_MAX_BODY_BYTES, as JSON.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.web_response import ContentCoding
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from chat_api.transport.dispatch import CallContext, Dispatcher
+from chat_api.transport.http_docs import docs_html
+from chat_api.transport.http_errors import error_response, gateway_error
+from chat_api.transport.http_json import parse_request, render
+from chat_api.transport.http_routes import HttpBinding, http_bindings
+from chat_api.transport.openapi import openapi_document, render_openapi
+from chat_shared.errors import ChatError, Internal
+from chat_shared.observability.logging import get_logger
+
+log = get_logger("chat_api.http")
+tracer = trace.get_tracer("chat_api.http")
+
+GZIP_MIN_BYTES = 1024
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-Id"
+_CORS_MAX_AGE = "600"
+_REQUEST_ID_KEY = web.RequestKey("request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpGateway:
+    """The aiohttp application and its listener; started and stopped by ApiApp."""
+
+    def __init__(self, dispatcher: Dispatcher, *, max_body_bytes: int,
+                 cors_origins: frozenset[str] = frozenset()) -> None:
+        self._dispatcher = dispatcher
+        self._cors = cors_origins
+        self._max_body = max_body_bytes
+        self._templates: dict[str, str] = {}
+        self.app = web.Application(client_max_size=max_body_bytes,
+                                   middlewares=[self._middleware])
+        self.bindings = http_bindings()
+        for binding in self.bindings:
+            route = self.app.router.add_route(binding.http_method, binding.route_path,
+                                              self._handler(binding))
+            if route.resource is not None:
+                self._templates[route.resource.canonical] = binding.openapi_path
+        openapi = render_openapi()
+        docs = docs_html(openapi_document())
+
+        async def serve_openapi(_: web.Request) -> web.Response:
+            return web.Response(body=openapi, content_type="application/json")
+
+        async def serve_docs(_: web.Request) -> web.Response:
+            return web.Response(text=docs, content_type="text/html")
+
+        self.app.router.add_get("/openapi.json", serve_openapi)
+        self.app.router.add_get("/docs", serve_docs)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int, shutdown_timeout: float) -> int:
+        """Binds and serves; returns the bound port (useful when ``port`` is 0)."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=shutdown_timeout)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops accepting, lets in-flight requests finish within ``grace`` seconds."""
+        if self._runner is not None:
+            if grace is not None:
+                # aiohttp takes the drain time at construction; ApiApp.stop() may pass another.
+                self._runner._shutdown_timeout = grace
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _handler(self, binding: HttpBinding) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.read() if binding.body else b""
+            message = parse_request(binding, request.match_info, request.query, body,
+                                    request.headers.get("Idempotency-Key"))
+            ctx = CallContext(method=binding.method.name, transport="http",
+                              authorization=request.headers.get(hdrs.AUTHORIZATION),
+                              request_id=request[_REQUEST_ID_KEY])
+            response = await self._dispatcher.call(ctx, message)
+            return web.Response(body=render(response, binding.response_body),
+                                content_type="application/json")
+
+        return handle
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request[_REQUEST_ID_KEY] = request_id
+        route = self._route_template(request)
+        with structlog.contextvars.bound_contextvars(request_id=request_id), \
+                tracer.start_as_current_span(
+                    f"{request.method} {route}", kind=SpanKind.SERVER,
+                    context=propagate.extract(request.headers),
+                    attributes={"http.request.method": request.method, "http.route": route,
+                                "url.path": request.path, "request_id": request_id}) as span:
+            response = await self._respond(request, handler)
+            response.headers[REQUEST_ID_HEADER] = request_id
+            self._add_cors(request, response)
+            _maybe_gzip(request, response)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            log.info("http_request", method=request.method, path=request.path,
+                     status=response.status, request_id=request_id,
+                     duration_ms=round((time.perf_counter() - start) * 1000, 3))
+            return response
+
+    async def _respond(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        preflight = self._preflight(request)
+        if preflight is not None:
+            return preflight
+        try:
+            return await handler(request)
+        except ChatError as exc:
+            return error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers: dict[str, str] = {}
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+            message = {404: "no such route", 405: f"method {request.method} not allowed",
+                       413: f"request body larger than {self._max_body} bytes"
+                       }.get(exc.status, exc.reason)
+            return gateway_error(exc.status, message, headers)
+        except Exception:  # noqa: BLE001 - nothing internal reaches the client
+            log.exception("http_failed", path=request.path)
+            return error_response(Internal("internal error"))
+
+    def _route_template(self, request: web.Request) -> str:
+        """The route's template for span names (bounded cardinality), not the concrete path."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return "unmatched"
+        return self._templates.get(resource.canonical, resource.canonical)
+
+    def _origin_allowed(self, origin: str) -> bool:
+        return bool(origin) and ("*" in self._cors or origin in self._cors)
+
+    def _preflight(self, request: web.Request) -> web.Response | None:
+        """The answer to a CORS preflight for an existing route from an allowed origin."""
+        if request.method != hdrs.METH_OPTIONS or not self._cors:
+            return None
+        origin = request.headers.get(hdrs.ORIGIN, "")
+        wanted = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_METHOD, "")
+        if not wanted or not self._origin_allowed(origin):
+            return None
+        allowed = _route_methods(request)
+        if not allowed:
+            return None  # unknown path: the router's 404
+        return web.Response(status=204, headers={
+            hdrs.ACCESS_CONTROL_ALLOW_METHODS: ", ".join(sorted(allowed)),
+            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: _CORS_ALLOW_HEADERS,
+            hdrs.ACCESS_CONTROL_MAX_AGE: _CORS_MAX_AGE,
+        })
+
+    def _add_cors(self, request: web.Request, response: web.StreamResponse) -> None:
+        if not self._cors:
+            return
+        response.headers.add(hdrs.VARY, hdrs.ORIGIN)
+        origin = request.headers.get(hdrs.ORIGIN, "")
+        if self._origin_allowed(origin):
+            response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = REQUEST_ID_HEADER
+
+
+
+
+def _route_methods(request: web.Request) -> set[str]:
+    match = request.match_info
+    exc = match.http_exception
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return set(exc.allowed_methods)
+    if exc is None and match.route.resource is not None:
+        return {r.method for r in match.route.resource}
+    return set()
+
+
+def _maybe_gzip(request: web.Request, response: web.StreamResponse) -> None:
+    if not isinstance(response, web.Response) or response.body is None:
+        return
+    body = response.body
+    size = len(body) if isinstance(body, bytes | bytearray) else 0
+    accepts = request.headers.get(hdrs.ACCEPT_ENCODING, "").lower()
+    if size > GZIP_MIN_BYTES and "gzip" in accepts:
+        response.enable_compression(ContentCoding.gzip)
