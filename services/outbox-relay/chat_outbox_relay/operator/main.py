@@ -1,0 +1,71 @@
+"""``chat-relay-operator``: runs the relay autoscaler until SIGTERM/SIGINT.
+
+It watches one namespace (its own by default) and joins a namespaced KopfPeering with a random
+priority: kopf pauses every operator that sees a peer of higher *or equal* priority, so two
+replicas with the same fixed priority would both stand still; random priorities let exactly one
+act and the other take over when its peer's record expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import random
+import sys
+
+import kopf
+from chat_shared.config import ConfigError, load_settings
+from chat_shared.observability.logging import configure_logging, get_logger
+from chat_shared.observability.metrics import serve_metrics
+
+from chat_outbox_relay.operator.handlers import operator_settings, register
+from chat_outbox_relay.operator.settings import OperatorConfig
+
+log = get_logger("chat_outbox_relay.operator")
+_SA_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def watched_namespace(config: OperatorConfig) -> str:
+    if config.operator_namespace:
+        return config.operator_namespace
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    if _SA_NAMESPACE.exists():
+        return _SA_NAMESPACE.read_text().strip()
+    raise ConfigError("OPERATOR_NAMESPACE: not set and not running in a pod")
+
+
+async def run(config: OperatorConfig, namespace: str) -> None:
+    # the default registry carries kopf's fallback logins (in-cluster service account, kubeconfig)
+    registry = kopf.get_default_registry()
+    register(registry, config)
+    liveness = (f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None)
+    await kopf.operator(
+        registry=registry,
+        settings=operator_settings(),
+        namespaces=[namespace],
+        standalone=not config.peering_name,
+        peering_name=config.peering_name or None,
+        priority=random.randint(1, 1_000_000),
+        liveness_endpoint=liveness,
+    )
+
+
+def main() -> int:
+    try:
+        config = load_settings(OperatorConfig)
+        namespace = watched_namespace(config)
+    except ConfigError as exc:
+        print(f"chat-relay-operator: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("chat-relay-operator", config.log_level)
+    port = serve_metrics(config.metrics_port, addr=config.metrics_address)
+    log.info("starting", namespace=namespace, peering=config.peering_name or "standalone",
+             metrics_port=port)
+    asyncio.run(run(config, namespace))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

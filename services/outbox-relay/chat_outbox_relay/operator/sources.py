@@ -1,0 +1,114 @@
+"""Where the backlog is read: the outbox table itself, or the relay's metrics in Prometheus.
+
+Both answer the same two numbers the relay exports (``outbox_pending_count`` and
+``outbox_oldest_pending_age_seconds``): rows in ``outbox`` and the age of the oldest one.
+Dead letters (``outbox_dead_letter``) are not backlog: no replica count drains them.
+Every failure becomes ``SourceError`` so the caller has one thing to count toward fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import aiohttp
+import psycopg
+from chat_shared.db import redacted
+
+from chat_outbox_relay.operator.scaling import Reading
+
+# Same numbers as the relay's own probe (chat_outbox_relay.relay), so the metric and the
+# PostgreSQL source never disagree about what "pending" means.
+_PENDING_SQL = """
+    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+    FROM outbox
+"""
+
+
+class SourceError(Exception):
+    """The backlog could not be read; the message is safe to show in status (no secrets)."""
+
+
+class BacklogSource(Protocol):
+    async def read(self) -> Reading: ...
+
+    async def close(self) -> None: ...
+
+
+class PostgresSource:
+    """Counts the outbox directly. One short connection per read: polls are seconds apart and
+    the operator must not hold a connection slot of the database it is protecting."""
+
+    def __init__(self, dsn: str, *, timeout_seconds: float = 5.0) -> None:
+        self._dsn = dsn.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._timeout = timeout_seconds
+
+    async def read(self) -> Reading:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, application_name="chat-relay-operator",
+                connect_timeout=max(1, math.ceil(self._timeout)),
+                options=f"-c statement_timeout={int(self._timeout * 1000)}",
+            )
+            async with conn:
+                cur = await conn.execute(_PENDING_SQL)
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            # psycopg messages can echo the connection string; show the redacted one only
+            raise SourceError(f"postgres {redacted(self._dsn)}: {type(exc).__name__}") from exc
+        assert row is not None  # an aggregate always returns one row
+        return Reading(backlog=int(row[0]), oldest_age_seconds=float(row[1]))
+
+    async def close(self) -> None:
+        return None
+
+
+class PrometheusSource:
+    """Reads the relay's gauges through Prometheus' instant-query API (/api/v1/query).
+
+    A session per read: polls are seconds apart, and nothing is left open when the resource
+    or the operator goes away mid-poll."""
+
+    def __init__(self, url: str, backlog_query: str, oldest_age_query: str, *,
+                 timeout_seconds: float = 5.0) -> None:
+        self._url = url.rstrip("/") + "/api/v1/query"
+        self._queries = (backlog_query, oldest_age_query)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+
+    async def read(self) -> Reading:
+        async with aiohttp.ClientSession(timeout=self._timeout) as session:
+            backlog = await self._scalar(session, self._queries[0])
+            age = await self._scalar(session, self._queries[1])
+        return Reading(backlog=max(0, math.ceil(backlog)), oldest_age_seconds=max(0.0, age))
+
+    async def _scalar(self, session: aiohttp.ClientSession, query: str) -> float:
+        try:
+            async with session.get(self._url, params={"query": query}) as resp:
+                body: Any = await resp.json(content_type=None)
+                if resp.status != 200 or body.get("status") != "success":
+                    raise SourceError(f"prometheus {query!r}: HTTP {resp.status} "
+                                      f"{body.get('error', '')}".rstrip())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise SourceError(f"prometheus {query!r}: {type(exc).__name__}: {exc}") from exc
+        return _single_value(query, body.get("data", {}))
+
+    async def close(self) -> None:
+        return None
+
+
+def _single_value(query: str, data: dict[str, Any]) -> float:
+    """The one number a query gave. No sample is an error, not zero: a relay that stopped
+    exporting must not look like an empty outbox (that would scale it down)."""
+    kind, result = data.get("resultType"), data.get("result")
+    try:
+        if kind == "scalar":
+            value = float(result[1])  # type: ignore[index]
+        elif kind == "vector" and result:
+            value = max(float(sample["value"][1]) for sample in result)
+        else:
+            raise SourceError(f"prometheus {query!r}: no samples")
+    except (TypeError, KeyError, IndexError, ValueError) as exc:
+        raise SourceError(f"prometheus {query!r}: unexpected answer {kind!r}") from exc
+    if math.isnan(value) or math.isinf(value):
+        raise SourceError(f"prometheus {query!r}: not a number ({value})")
+    return value
