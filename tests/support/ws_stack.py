@@ -94,8 +94,9 @@ class Service:
 
 
 class Gateway(Service):
-    def __init__(self, env: dict[str, str], log_dir: pathlib.Path, name: str = "ws") -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_dir: pathlib.Path, name: str = "ws",
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.metrics_port = free_port()
         env = {**env, "WS_SERVER_ADDRESS": f"127.0.0.1:{self.port}",
                "METRICS_PORT": str(self.metrics_port)}
@@ -120,9 +121,10 @@ class Gateway(Service):
 
 
 class Api(Service):
-    def __init__(self, env: dict[str, str], log_dir: pathlib.Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: pathlib.Path,
+                 http_port: int | None = None) -> None:
         self.grpc_port = free_port()
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         env = {**env, "GRPC_SERVER_ADDRESS": f"127.0.0.1:{self.grpc_port}",
                "HTTP_SERVER_ADDRESS": f"127.0.0.1:{self.http_port}", "METRICS_PORT": "0",
                "HEALTH_CHECK_INTERVAL": "0.2"}

@@ -278,6 +278,9 @@ function connect() {
 }
 
 window.addEventListener("online", () => { if (state.signedIn) { state.retry = 0; connect(); } });
+// The browser knows the network is gone before TCP does: drop the socket now (the positions
+// are kept) and resume when it is back.
+window.addEventListener("offline", () => { if (state.ws) state.ws.close(); });
 document.addEventListener("visibilitychange", () => {
   if (!document.hidden && state.current) markRead(state.current).catch(() => {});
 });

@@ -1,0 +1,108 @@
+"""The demo web client in a real headless Chromium (Debian's, driven by Playwright; no
+downloaded browser): two users on their own pages, a conversation created in the UI, messages
+sent over the HTTP API appearing live for the other user, and a network drop that loses
+nothing. The last screenshot is saved to artifacts/demo.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+import pytest
+from chat_shared.localstack import free_port
+from playwright.async_api import Page, async_playwright, expect
+
+from tests.conftest import ROOT
+from tests.support.ws_stack import Api, Gateway, Relay, base_env
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+SCREENSHOT = ROOT / "artifacts" / "demo.png"
+
+
+@pytest.fixture
+async def demo(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
+    ws_port, http_port = free_port(), free_port()
+    origin = f"http://127.0.0.1:{ws_port}"
+    env = base_env(db_source, redis_addr)
+    api = Api({**env, "CORS_ALLOWED_ORIGINS": origin}, tmp_path, http_port=http_port)
+    relay = Relay(env, tmp_path)
+    gw = Gateway({**env, "ENVIRONMENT": "development",
+                  "API_PUBLIC_URL": f"http://127.0.0.1:{http_port}"}, tmp_path, port=ws_port)
+    try:
+        await asyncio.gather(api.ready(), relay.ready(), gw.ready())
+        yield gw
+    finally:
+        for service in (gw, relay, api):
+            service.stop()
+
+
+async def sign_in(page: Page, url: str, user: str) -> None:
+    await page.goto(f"{url}/")
+    await page.get_by_label("User", exact=True).fill(user)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#status")).to_have_text(f"Connected as {user}", timeout=20_000)
+
+
+async def send(page: Page, text: str) -> None:
+    await page.get_by_label("Message", exact=True).fill(text)
+    await page.get_by_label("Message", exact=True).press("Enter")
+
+
+async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: Gateway):
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            alice_ctx = await browser.new_context(viewport={"width": 1100, "height": 700})
+            bob_ctx = await browser.new_context(viewport={"width": 1100, "height": 700})
+            alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
+            errors: list[str] = []
+            for page in (alice, bob):
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await sign_in(alice, demo.url, "alice")
+            await sign_in(bob, demo.url, "bob")
+
+            # Alice creates a conversation in the UI and writes in it.
+            await alice.get_by_label("Members (comma-separated user ids)").fill("bob")
+            await alice.get_by_label("Title (optional)").fill("Demo day")
+            await alice.get_by_role("button", name="Create").click()
+            await expect(alice.locator("#conv-title")).to_have_text("Demo day")
+            await send(alice, "hello bob")
+            await expect(alice.locator("#messages li")).to_have_count(1)
+
+            # Bob's list learns about it live, with an unread badge; opening it shows the text.
+            bob_conv = bob.locator("#conv-list button", has_text="Demo day")
+            await expect(bob_conv.locator(".badge")).to_have_text("1", timeout=20_000)
+            await bob_conv.click()
+            await expect(bob.locator("#messages li .content")).to_have_text(["hello bob"])
+            await expect(bob_conv.locator(".badge")).to_have_count(0)
+
+            # Bob answers; Alice sees it arrive without reloading.
+            await send(bob, "hi alice")
+            await expect(alice.locator("#messages li .content")).to_have_text(
+                ["hello bob", "hi alice"], timeout=20_000)
+
+            # Bob's network drops; Alice keeps writing; Bob comes back and misses nothing.
+            await bob_ctx.set_offline(True)
+            await expect(bob.locator("#status")).to_contain_text("Disconnected", timeout=30_000)
+            for text in ("while you were away 1", "while you were away 2", "and 3"):
+                await send(alice, text)
+            await expect(alice.locator("#messages li")).to_have_count(5)
+            await bob_ctx.set_offline(False)
+            await expect(bob.locator("#status")).to_have_text("Connected as bob", timeout=30_000)
+            await expect(bob.locator("#messages li .content")).to_have_text(
+                ["hello bob", "hi alice", "while you were away 1", "while you were away 2",
+                 "and 3"], timeout=20_000)
+            assert errors == []
+
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await bob.screenshot(path=str(SCREENSHOT), full_page=True)
+            await alice.screenshot(path=str(SCREENSHOT.with_name("demo-alice.png")),
+                                   full_page=True)
+            assert SCREENSHOT.stat().st_size > 10_000
+            print(f"\ndemo screenshot: {SCREENSHOT}")
+        finally:
+            await browser.close()
