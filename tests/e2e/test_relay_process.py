@@ -141,3 +141,14 @@ def test_redis_outage_pauses_without_spending_retries_then_drains(
         by_conv[e.conversation_id].append(e.seq)
     assert all(seqs == list(range(1, 11)) for seqs in by_conv.values())
     assert sql(db_source, "SELECT count(*) FROM outbox_dead_letter") == [(0,)]
+
+
+def test_bad_configuration_stops_at_start_naming_the_variable(
+    db_source: str, redis_addr: str, tmp_path: pathlib.Path
+) -> None:
+    relay = RelayProcess(relay_env(db_source, redis_addr, OUTBOX_BATCH_SIZE="0"), tmp_path)
+    try:
+        assert relay.wait(30) == 2
+    finally:
+        relay.stop()
+    assert "OUTBOX_BATCH_SIZE" in relay.log()

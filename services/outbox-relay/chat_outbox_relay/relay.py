@@ -94,10 +94,12 @@ class OutboxRelay:
                 clean = False
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self._close_work_connection(release=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
+        try:
+            await asyncio.wait_for(self._close_work_connection(release=True), 5.0)
+        except TimeoutError:
+            log.warning("close_timeout")  # the locks go when the process exits anyway
         metrics.OWNED_PARTITIONS.set(0)
         return clean
 
@@ -237,13 +239,16 @@ class OutboxRelay:
     async def _listen(self) -> None:
         delay = 0.1
         while True:
+            conn: AsyncConnection[Any] | None = None
             try:
                 conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-listen")
-                async with conn:
-                    await conn.execute("LISTEN outbox")
-                    self._wake.set()  # whatever was notified while we were not listening
-                    delay = 0.1
-                    async for _ in conn.notifies():
+                await conn.execute("LISTEN outbox")
+                self._wake.set()  # whatever was notified while we were not listening
+                delay = 0.1
+                # notifies() holds the connection's lock while it lives: close the generator
+                # explicitly (aclosing) before the connection, or closing would wait for it.
+                async with contextlib.aclosing(conn.notifies()) as notifications:
+                    async for _ in notifications:
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
@@ -251,41 +256,47 @@ class OutboxRelay:
                 log.warning("listen_failed", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_PAUSE)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
 
     async def _probe(self) -> None:
         conn: AsyncConnection[Any] | None = None
-        while True:
-            try:
-                if conn is None or conn.closed:
-                    conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
-                async with conn.cursor() as cur:
-                    await cur.execute(_PENDING)
-                    row = await cur.fetchone()
-                if row is not None:
-                    metrics.PENDING.set(row[0])
-                    metrics.OLDEST_PENDING_AGE.set(row[1])
-                self.db_up = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed probe means "down"
-                if self.db_up:
-                    log.warning("dependency_changed", dependency="postgresql", up=False,
-                                error=str(exc))
-                self.db_up = False
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                    conn = None
-            redis_up = await self.publisher.ping()
-            if redis_up != self.redis_up:
-                log.info("dependency_changed", dependency="redis", up=redis_up)
-            self.redis_up = redis_up
-            metrics.DEPENDENCY_UP.labels("postgresql").set(int(self.db_up))
-            metrics.DEPENDENCY_UP.labels("redis").set(int(self.redis_up))
-            try:
+        try:
+            while True:
+                conn = await self._probe_once(conn)
                 await asyncio.sleep(self.settings.outbox_metrics_interval)
-            except asyncio.CancelledError:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
-                raise
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    async def _probe_once(self, conn: AsyncConnection[Any] | None) -> AsyncConnection[Any] | None:
+        """Refreshes the pending gauges and readiness; returns the connection to reuse."""
+        try:
+            if conn is None or conn.closed:
+                conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
+            async with conn.cursor() as cur:
+                await cur.execute(_PENDING)
+                row = await cur.fetchone()
+            if row is not None:
+                metrics.PENDING.set(row[0])
+                metrics.OLDEST_PENDING_AGE.set(row[1])
+            self.db_up = True
+        except Exception as exc:  # noqa: BLE001 - a failed probe means "down"
+            if self.db_up:
+                log.warning("dependency_changed", dependency="postgresql", up=False,
+                            error=str(exc))
+            self.db_up = False
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                conn = None
+        redis_up = await self.publisher.ping()
+        if redis_up != self.redis_up:
+            log.info("dependency_changed", dependency="redis", up=redis_up)
+        self.redis_up = redis_up
+        metrics.DEPENDENCY_UP.labels("postgresql").set(int(self.db_up))
+        metrics.DEPENDENCY_UP.labels("redis").set(int(self.redis_up))
+        return conn
