@@ -48,15 +48,20 @@ def _services(host: str) -> list[ServiceSpec]:
     return [
         ServiceSpec("api", "chat-api",
                     {"GRPC_SERVER_ADDRESS": f"{host}:9090", "HTTP_SERVER_ADDRESS": f"{host}:8080",
-                     "METRICS_PORT": "9100"},
+                     "METRICS_PORT": "9100",
+                     # The demo page is served by the ws-gateway (another origin) and calls
+                     # the HTTP API from the browser.
+                     "CORS_ALLOWED_ORIGINS": "http://127.0.0.1:8081,http://localhost:8081"},
                     ("gRPC      127.0.0.1:9090 (reflection on: grpcurl -plaintext 127.0.0.1:9090 list)",
                      "HTTP/JSON http://127.0.0.1:8080/v1/conversations",
                      "metrics   http://127.0.0.1:9100/metrics")),
         ServiceSpec("relay", "chat-outbox-relay", {"METRICS_PORT": "9101"},
                     ("relay     http://127.0.0.1:9101/metrics",)),
         ServiceSpec("ws", "chat-ws-gateway",
-                    {"WS_SERVER_ADDRESS": f"{host}:8081", "METRICS_PORT": "9102"},
-                    ("WebSocket ws://127.0.0.1:8081/v1/ws  (demo client: http://127.0.0.1:8081/)",
+                    {"WS_SERVER_ADDRESS": f"{host}:8081", "METRICS_PORT": "9102",
+                     "API_PUBLIC_URL": "http://127.0.0.1:8080"},
+                    ("WebSocket ws://127.0.0.1:8081/v1/ws",
+                     "demo      http://127.0.0.1:8081/  (open it in two windows as two users)",
                      "ws        http://127.0.0.1:9102/metrics")),
     ]
 
@@ -129,7 +134,12 @@ def main() -> int:
             for url in urls:
                 print(f"  {url}", flush=True)
             print("  token:    uv run chat-token --user alice   "
-                  "(then: Authorization: Bearer <token>)\n", flush=True)
+                  "(then: Authorization: Bearer <token>)", flush=True)
+            if env.get("ENVIRONMENT") == "development":
+                print("            or: curl -s -XPOST http://127.0.0.1:8081/demo/token "
+                      "-d '{\"user_id\": \"alice\"}'", flush=True)
+            print("  live:     websocat -H 'Authorization: Bearer <token>' "
+                  "ws://127.0.0.1:8081/v1/ws\n", flush=True)
         while not stopping:
             for name, proc in procs:
                 if proc.poll() is not None:
