@@ -1,0 +1,146 @@
+{{/* Names, labels and the pieces every component's objects share. */}}
+
+{{- define "chat.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "chat.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The components: values key -> component name (label value and object name suffix). */}}
+{{- define "chat.components" -}}
+api: api
+outboxRelay: outbox-relay
+wsGateway: ws-gateway
+{{- end }}
+
+{{/* Object name of a component: dict "root" . "component" "api" */}}
+{{- define "chat.componentName" -}}
+{{- printf "%s-%s" (include "chat.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: name + instance (+ component). Never anything that changes on upgrade. */}}
+{{- define "chat.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "chat.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end }}
+
+{{/* Helm's recommended labels: dict "root" . "component" "api" (component may be ""). */}}
+{{- define "chat.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "chat.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: chat-service
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "chat.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "chat.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference of a component's values: dict "root" . "values" .Values.api */}}
+{{- define "chat.image" -}}
+{{- $tag := .values.image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion }}
+{{- if .values.image.digest }}
+{{- printf "%s@%s" .values.image.repository .values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Secret names holding each credential (the chart's own or an existing one). */}}
+{{- define "chat.secretName" -}}
+{{- include "chat.fullname" . }}
+{{- end }}
+{{- define "chat.dbSecretName" -}}
+{{- .Values.database.existingSecret | default (include "chat.secretName" .) }}
+{{- end }}
+{{- define "chat.redisSecretName" -}}
+{{- .Values.redis.existingSecret | default (include "chat.secretName" .) }}
+{{- end }}
+{{- define "chat.jwtSecretName" -}}
+{{- .Values.jwt.existingSecret | default (include "chat.secretName" .) }}
+{{- end }}
+{{- define "chat.redisPasswordSet" -}}
+{{- if or .Values.redis.existingSecret .Values.redis.password }}true{{ end }}
+{{- end }}
+{{- define "chat.jwtSecretUsed" -}}
+{{- if or .Values.jwt.existingSecret (contains "HS" .Values.jwt.algorithms) }}true{{ end }}
+{{- end }}
+
+{{/* Does the chart render its own Secret (anything not taken from an existingSecret)? */}}
+{{- define "chat.ownSecretNeeded" -}}
+{{- if or (not .Values.database.existingSecret) (and .Values.redis.password (not .Values.redis.existingSecret)) (and (include "chat.jwtSecretUsed" .) (not .Values.jwt.existingSecret)) }}true{{ end }}
+{{- end }}
+
+{{/* Credentials as env entries (secretKeyRef), shared by Deployments and the migration Job. */}}
+{{- define "chat.secretEnv" -}}
+- name: DB_SOURCE
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chat.dbSecretName" . }}
+      key: {{ .Values.database.existingSecretKey }}
+{{- if include "chat.redisPasswordSet" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chat.redisSecretName" . }}
+      key: {{ .Values.redis.existingSecretKey }}
+{{- end }}
+{{- if include "chat.jwtSecretUsed" . }}
+- name: JWT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "chat.jwtSecretName" . }}
+      key: {{ .Values.jwt.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Default topology spread: zones then nodes, never blocking scheduling. */}}
+{{- define "chat.topologySpread" -}}
+{{- if .values.topologySpreadConstraints }}
+{{- toYaml .values.topologySpreadConstraints }}
+{{- else -}}
+- maxSkew: 1
+  topologyKey: topology.kubernetes.io/zone
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "chat.selectorLabels" . | nindent 6 }}
+  matchLabelKeys: [pod-template-hash]
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "chat.selectorLabels" . | nindent 6 }}
+  matchLabelKeys: [pod-template-hash]
+{{- end }}
+{{- end }}
+
+{{/* Who scales a component: "hpa", "operator" or "" (fixed replicaCount). */}}
+{{- define "chat.scaler" -}}
+{{- if and (eq .component "outbox-relay") .root.Values.operator.enabled }}operator
+{{- else if .values.autoscaling.enabled }}hpa
+{{- end }}
+{{- end }}

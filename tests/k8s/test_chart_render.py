@@ -1,0 +1,94 @@
+"""The chart lints strictly and renders at the oldest and newest supported Kubernetes versions,
+for the default values and every variant, and every rendered object is valid for its schema."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tests.k8s import support
+from tests.k8s.support import KUBE_VERSIONS, NEWEST_KUBE, OLDEST_KUBE, VARIANTS
+
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_helm_lint_strict(variant: str, kube: str) -> None:
+    args = support.helm_args(VARIANTS[variant], kube=kube, crds=False)  # lint has no --api-versions
+    proc = support.run([support.tool("helm"), "lint", "--strict", str(support.CHART), *args])
+    assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_rendered_object_validates_strictly(variant: str, kube: str) -> None:
+    docs = support.render(variant, kube, crds=True)
+    assert len(docs) >= 10
+    errors = [e for d in docs for e in support.schema_errors(d, kube)]
+    assert errors == []
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "PodDisruptionBudget", "Job", "ConfigMap"} <= kinds
+    assert kinds & MONITORING_KINDS
+    # Without the monitoring API the same values render the same objects minus the monitoring
+    # kinds (gated by .Capabilities.APIVersions.Has), so the install does not fail.
+    without = support.render(variant, kube, crds=False)
+    assert sorted(d["kind"] for d in without) == sorted(
+        d["kind"] for d in docs if d["kind"] not in MONITORING_KINDS)
+
+
+def test_validation_rejects_broken_and_unknown_objects() -> None:
+    """The validator itself can fail: unknown fields, removed APIs, CRD errors, unknown kinds."""
+    docs = support.render()
+    deployment = copy.deepcopy(support.of_kind(docs, "Deployment")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["bogusField"] = 1
+    assert "bogusField" in " ".join(support.schema_errors(deployment, OLDEST_KUBE))
+
+    old_pdb = copy.deepcopy(support.of_kind(docs, "PodDisruptionBudget")[0])
+    old_pdb["apiVersion"] = "policy/v1beta1"
+    assert "no schema" in " ".join(support.schema_errors(old_pdb, NEWEST_KUBE))
+
+    rule = copy.deepcopy(support.of_kind(docs, "PrometheusRule")[0])
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "five minutes"
+    assert "for" in " ".join(support.schema_errors(rule, NEWEST_KUBE))
+
+    monitor = copy.deepcopy(support.of_kind(docs, "ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["interval"] = 30
+    assert support.schema_errors(monitor, NEWEST_KUBE)
+
+    unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    assert "no schema" in " ".join(support.schema_errors(unknown, NEWEST_KUBE))
+
+
+def test_kubernetes_older_than_supported_is_refused() -> None:
+    proc = support.template(kube="1.26.0", check=False)
+    assert proc.returncode != 0
+    assert "kubeVersion" in proc.stderr or "incompatible" in proc.stderr
+
+
+def test_monitoring_objects_follow_values_and_capabilities() -> None:
+    assert not {d["kind"] for d in support.render(crds=False)} & MONITORING_KINDS
+    off = support.render(sets=("metrics.serviceMonitor.enabled=false",
+                               "metrics.prometheusRule.enabled=false"))
+    assert not {d["kind"] for d in off} & MONITORING_KINDS
+    on = support.render()
+    assert len(support.of_kind(on, "ServiceMonitor")) == 3
+    assert len(support.of_kind(on, "PrometheusRule")) == 1
+
+
+def test_install_dry_run_prints_notes_with_port_forward_and_grpcurl() -> None:
+    proc = support.run([support.tool("helm"), "install", "chat-service", str(support.CHART),
+                        "--dry-run=client", "--namespace", "chat"])
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    services = support.by_name(support.render(crds=False), "Service")
+    assert "kubectl -n chat port-forward svc/chat-service-api 9090:9090 8080:8080" in notes
+    assert "kubectl -n chat port-forward svc/chat-service-ws-gateway 8081:8081" in notes
+    assert "grpcurl -plaintext 127.0.0.1:9090 list" in notes
+    assert "chat.v1.ChatService/CreateConversation" in notes
+    for name in ("chat-service-api", "chat-service-ws-gateway"):
+        assert name in services
+    # The hook objects come first, in weight order: DB secret (-10) then the Job (-5).
+    assert proc.stdout.index("kind: Secret\nmetadata:\n  name: chat-service-migrations") \
+        < proc.stdout.index("kind: Job")
