@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
+from google.protobuf.descriptor import ServiceDescriptor
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -50,21 +51,22 @@ class HttpGateway:
     """The aiohttp application and its listener; started and stopped by ApiApp."""
 
     def __init__(self, dispatcher: Dispatcher, *, max_body_bytes: int,
-                 cors_origins: frozenset[str] = frozenset()) -> None:
+                 cors_origins: frozenset[str] = frozenset(),
+                 service: ServiceDescriptor | None = None) -> None:
         self._dispatcher = dispatcher
         self._cors = cors_origins
         self._max_body = max_body_bytes
         self._templates: dict[str, str] = {}
         self.app = web.Application(client_max_size=max_body_bytes,
                                    middlewares=[self._middleware])
-        self.bindings = http_bindings()
+        self.bindings = http_bindings(service)
         for binding in self.bindings:
             route = self.app.router.add_route(binding.http_method, binding.route_path,
                                               self._handler(binding))
             if route.resource is not None:
                 self._templates[route.resource.canonical] = binding.openapi_path
-        openapi = render_openapi()
-        docs = docs_html(openapi_document())
+        openapi = render_openapi(service)
+        docs = docs_html(openapi_document(service))
 
         async def serve_openapi(_: web.Request) -> web.Response:
             return web.Response(body=openapi, content_type="application/json")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 
 from chat_api.transport.http_routes import HttpBinding, chat_service, http_bindings
 
@@ -167,9 +167,9 @@ def _error_schemas() -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.0 document for every annotated RPC of chat.v1.ChatService."""
-    service = chat_service()
+def openapi_document(service: ServiceDescriptor | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.0 document for every annotated RPC of a service (chat.v1.ChatService)."""
+    service = service or chat_service()
     bindings = http_bindings(service)
     response_types = [b.method.output_type for b in bindings]
     response_side = _reachable(response_types)
@@ -210,8 +210,8 @@ def openapi_document() -> dict[str, Any]:
     schemas.update(_error_schemas())
     return {
         "openapi": "3.0.3",
-        "info": {"title": "chat.v1.ChatService HTTP/JSON API", "version": "v1",
-                 "description": "Generated from shared/proto/chat/v1/chat.proto "
+        "info": {"title": f"{service.full_name} HTTP/JSON API", "version": "v1",
+                 "description": f"Generated from {service.file.name} "
                                 "(google.api.http annotations). JSON is protobuf's canonical "
                                 "JSON with proto field names."},
         "paths": paths,
@@ -247,7 +247,7 @@ def _body_schema(binding: HttpBinding, pending: list[Descriptor],
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def render_openapi() -> bytes:
+def render_openapi(service: ServiceDescriptor | None = None) -> bytes:
     """The document as committed and served: sorted keys, two-space indent, final newline."""
-    return orjson.dumps(openapi_document(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+    return orjson.dumps(openapi_document(service), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
                         ) + b"\n"
