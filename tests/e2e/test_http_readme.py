@@ -1,0 +1,99 @@
+"""README's HTTP/JSON curl examples, run as written with the real curl against a chat-api process.
+
+The ```sh blocks of the "## HTTP/JSON API" section run in one bash, exactly as README shows
+them; the only substitution is the address (README's 127.0.0.1:8080 becomes the test server's
+free port), and TOKEN is exported as README's "Trying it" section does before them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from chat_shared.localstack import free_port
+from tests.conftest import ROOT, make_token
+
+
+def readme_blocks() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## HTTP/JSON API\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert blocks, "README's 'HTTP/JSON API' section has no sh block"
+    return "\n".join(blocks)
+
+
+@pytest.fixture
+def api_http_port(api_env: dict[str, str], venv_bin: Any) -> Iterator[int]:
+    port = free_port()
+    env = {**os.environ, **api_env, "GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+           "HTTP_SERVER_ADDRESS": f"127.0.0.1:{port}"}
+    proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        _wait_answering(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _wait_answering(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/conversations",
+                                     headers={"Authorization": f"Bearer {make_token('probe')}"})
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        try:
+            with urllib.request.urlopen(request, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("chat-api's HTTP gateway did not answer")
+
+
+def _json_documents(text: str) -> list[Any]:
+    """The JSON documents curl printed back to back (responses have no trailing newline)."""
+    decoder, docs, pos = json.JSONDecoder(), [], 0
+    while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
+        doc, pos = decoder.raw_decode(text, pos)
+        docs.append(doc)
+    return docs
+
+
+def test_readme_curl_blocks_run_as_written(api_http_port, tmp_path):
+    script = "set -euo pipefail\n" + readme_blocks().replace(
+        "127.0.0.1:8080", f"127.0.0.1:{api_http_port}")
+    env = {**os.environ, "TOKEN": make_token("alice")}
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    before, _, retry = result.stdout.partition("HTTP/1.1 409 Conflict")
+    created, sent, history, listing, read = _json_documents(before)
+    conversation = created["conversation"]
+    assert conversation["title"] == "lunch"
+    assert sorted(conversation["member_ids"]) == ["alice", "bob"]
+    assert sent["message"]["content"] == "hi bob"
+    assert [m["id"] for m in history["messages"]] == [sent["message"]["id"]]
+    assert listing["conversations"][0]["conversation"]["id"] == conversation["id"]
+    assert read == {"last_read_seq": "1", "unread_count": "0"}
+    # The retry: 409 with ErrorInfo naming the message the first send created.
+    error = json.loads(retry.split("\n\n", 1)[1])
+    info = next(d for d in error["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
+    assert (error["code"], info["reason"]) == (6, "DUPLICATE_REQUEST")
+    assert info["metadata"]["message_id"] == sent["message"]["id"]
