@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from chat_migrations.cli import downgrade, upgrade
 from chat_outbox_relay.app import RelayApp, build_relay
+from chat_outbox_relay.claiming import backoff
+from chat_outbox_relay.publishing import is_transient
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared.events import ENTRY_FIELDS, Event, decode_entry, encode_entry, stream_key
 from prometheus_client import REGISTRY
@@ -82,6 +84,22 @@ def test_stream_layout_is_stable_and_round_trips() -> None:
     assert entry["payload"] == '{"message":{"content":"héllo","seq":7}}'
     assert decode_entry(entry) == event
     assert decode_entry({k.encode(): v.encode() for k, v in entry.items()}) == event
+
+
+def test_settings_defaults_backoff_and_error_kinds() -> None:
+    s = RelaySettings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.outbox_batch_size, s.outbox_workers, s.outbox_poll_interval_ms,
+            s.outbox_max_retries, s.outbox_retry_base, s.stream_shards, s.stream_maxlen,
+            s.stream_prefix, s.metrics_port) == (100, 10, 100, 3, 1.0, 1, 1_000_000,
+                                                 "chat:events", 9101)
+    assert [backoff(s.outbox_retry_base, n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert RelaySettings(_env_file=None, outbox_retry_base="50ms").outbox_retry_base == 0.05  # type: ignore[call-arg]
+    # Server-wide refusals pause publishing; event-specific ones count toward retries.
+    for transient in ("OOM command not allowed", "LOADING Redis is loading", "READONLY x",
+                      "BUSY script", "-MASTERDOWN link down"):
+        assert is_transient(transient)
+    assert not is_transient("WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert not is_transient("ERR some event-specific refusal")
 
 
 def test_partition_migration_downgrades_and_upgrades(postgres: Any) -> None:
