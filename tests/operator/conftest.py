@@ -100,6 +100,17 @@ def prom_source(fake: FakePrometheus) -> dict[str, Any]:
     return {"prometheus": {"url": fake.url}}
 
 
+def load_resources(kmock: km.KubernetesEmulator) -> None:
+    """Discovery for the built-ins (apps/v1, v1 events, autoscaling/v2...) and our CRD."""
+    # load_bundled() reads the file with the deprecated importlib.resources.read_binary,
+    # which this suite's warnings-as-errors turns fatal; same data, read the current way
+    bundled = importlib.resources.files("kmock._internal") / "resources.json.gz"
+    kmock.resources.load_data(gzip.decompress(bundled.read_bytes()))
+    kmock.resources[RA] = km.ResourceInfo(
+        kind="RelayAutoscaler", namespaced=True, subresources={"status"},
+        verbs={"get", "list", "watch", "patch", "create", "delete", "update"})
+
+
 @pytest.fixture
 def run_operator(kmock: km.KubernetesEmulator) -> Callable[..., Any]:
     """``async with run_operator(): ...`` runs the whole operator until the block ends."""
@@ -107,13 +118,7 @@ def run_operator(kmock: km.KubernetesEmulator) -> Callable[..., Any]:
     @contextlib.asynccontextmanager
     async def _run(scale_up_period: float = 15.0) -> AsyncIterator[None]:
         _API["url"] = str(kmock.url)
-        # load_bundled() reads the file with the deprecated importlib.resources.read_binary,
-        # which this suite's warnings-as-errors turns fatal; same data, read the current way
-        bundled = importlib.resources.files("kmock._internal") / "resources.json.gz"
-        kmock.resources.load_data(gzip.decompress(bundled.read_bytes()))
-        kmock.resources[RA] = km.ResourceInfo(
-            kind="RelayAutoscaler", namespaced=True, subresources={"status"},
-            verbs={"get", "list", "watch", "patch", "create", "delete", "update"})
+        load_resources(kmock)
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(_kmock_login)
         config = OperatorConfig(_env_file=None, operator_tick_interval=0.05,  # type: ignore[call-arg]

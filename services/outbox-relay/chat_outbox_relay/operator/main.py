@@ -40,7 +40,8 @@ async def run(config: OperatorConfig, namespace: str) -> None:
     # the default registry carries kopf's fallback logins (in-cluster service account, kubeconfig)
     registry = kopf.get_default_registry()
     register(registry, config)
-    liveness = (f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None)
+    liveness = (f"http://{config.metrics_address}:{config.health_port}/healthz"
+                if config.health_port else None)
     await kopf.operator(
         registry=registry,
         settings=operator_settings(),

@@ -91,7 +91,8 @@ def _parse_source(source: Mapping[str, Any]) -> PostgresRef | PrometheusRef:
         raise InvalidSpec("source needs exactly one of postgres or prometheus")
     if "postgres" in source:
         ref = source["postgres"]["secretRef"]
-        return PostgresRef(secret_name=str(ref["name"]), secret_key=str(ref.get("key", "dsn")))
+        return PostgresRef(secret_name=str(ref["name"]),
+                           secret_key=str(ref.get("key", "DB_SOURCE")))
     prom = source["prometheus"]
     return PrometheusRef(
         url=str(prom["url"]),

@@ -16,9 +16,9 @@ class OperatorConfig(CommonSettings):
         "chat-relay-operator",
         description="KopfPeering object that keeps two replicas from both acting; empty = "
                     "standalone (a single replica only)")
-    metrics_port: int = Field(9102, ge=0, le=65535, description="/metrics port; 0 = off")
-    metrics_address: str = Field("0.0.0.0", description="address /metrics binds")
-    health_port: int = Field(8081, ge=0, le=65535,
+    metrics_port: int = Field(9103, ge=0, le=65535, description="/metrics port; 0 = off")
+    metrics_address: str = Field("0.0.0.0", description="address /metrics and /healthz bind")
+    health_port: int = Field(8082, ge=0, le=65535,
                              description="kopf liveness endpoint port (/healthz); 0 = off")
     operator_tick_interval: Seconds = Field(
         1.0, gt=0, le=60,
