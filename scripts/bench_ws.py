@@ -156,8 +156,10 @@ def stages(relay: Relay, gw: Gateway) -> None:
         count = service_metric(service, port, f"{name}_count")
         return f"{total / count * 1000:.1f} ms" if count else "n/a"
 
-    print(f"  stages (means): outbox row -> XADD {mean(relay, relay.metrics_port, 'outbox_publish_lag_seconds')}; "
-          f"event occurred_at -> frame written {mean(gw, gw.metrics_port, 'ws_delivery_lag_seconds')}")
+    relay_lag = mean(relay, relay.metrics_port, "outbox_publish_lag_seconds")
+    gw_lag = mean(gw, gw.metrics_port, "ws_delivery_lag_seconds")
+    print(f"  stages (means): outbox row -> XADD {relay_lag}; "
+          f"event occurred_at -> frame written {gw_lag}")
 
 
 def service_metric(service: Relay | Gateway, port: int, name: str) -> float:
@@ -195,7 +197,8 @@ asyncio.run(main())
 '''
 
 
-async def idle(gw: Gateway, count: int) -> None:
+def idle(gw: Gateway, count: int) -> None:
+    """Blocking on purpose: nothing else runs in this process meanwhile."""
     base = rss_kib(gw.proc.pid)
     proc = subprocess.Popen([sys.executable, "-c", CLIENT, f"{gw.url}/v1/ws", token("idle"),
                              str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -209,7 +212,7 @@ async def idle(gw: Gateway, count: int) -> None:
             break
         if time.monotonic() > deadline:
             break
-    await asyncio.sleep(2)  # let the gateway settle (writer tasks, GC)
+    time.sleep(2)  # let the gateway settle (writer tasks, GC)
     held = gw.metric("ws_connections")
     rss = rss_kib(gw.proc.pid)
     print(f"idle: {opened}/{count} sockets opened, gateway reports ws_connections={held:.0f}")
@@ -232,7 +235,7 @@ async def main() -> None:
     services = []
     try:
         dsn = pg.create_database("bench")
-        subprocess.run([str(Path(sys.executable).parent / "chat-migrate")],
+        subprocess.run([str(Path(sys.executable).parent / "chat-migrate")],  # noqa: ASYNC221
                        env={**os.environ, "DB_SOURCE": dsn}, check=True,
                        stdout=subprocess.DEVNULL)
         env = base_env(dsn, redis.addr, JWT_SECRET=SECRET, LOG_LEVEL="WARNING",
@@ -247,7 +250,7 @@ async def main() -> None:
         await latency(api, gw, args.rate, args.seconds)
         stages(relay, gw)
         if args.idle:
-            await idle(gw, args.idle)
+            idle(gw, args.idle)
     finally:
         for service in services:
             service.stop()
