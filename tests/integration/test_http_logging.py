@@ -1,0 +1,70 @@
+"""X-Request-Id is the request_id of the call's JSON log line (chat-api as a real process).
+
+Run as a subprocess because the JSON log configuration is process-wide (configure_logging in
+``chat-api``'s main), which an in-process app in the test session does not set up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from chat_shared.localstack import free_port
+from tests.conftest import make_token
+
+
+def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers)
+
+
+def test_request_id_and_trace_id_are_in_the_call_log(api_env, venv_bin, tmp_path):
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    env = {**os.environ, **api_env, "LOG_LEVEL": "INFO",
+           "GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+           "HTTP_SERVER_ADDRESS": f"127.0.0.1:{port}"}
+    auth = {"Authorization": f"Bearer {make_token('alice')}"}
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if _get(port, "/v1/conversations", auth)[0] == 200:
+                        break
+                except (urllib.error.URLError, ConnectionError):
+                    time.sleep(0.1)
+            status, headers = _get(port, "/v1/conversations",
+                                   {**auth, "X-Request-Id": "log-check-123"})
+            assert (status, headers["X-Request-Id"]) == (200, "log-check-123")
+            status, _ = _get(port, "/v1/conversations", {"X-Request-Id": "log-check-401"})
+            assert status == 401
+        finally:
+            proc.terminate()
+            proc.wait(15)
+    records = [json.loads(line) for line in log_path.read_text().splitlines()
+               if line.startswith("{")]
+    def logged(msg: str, request_id: str) -> list[dict]:
+        return [r for r in records if r.get("msg") == msg and r.get("request_id") == request_id]
+
+    calls = logged("rpc", "log-check-123")
+    assert len(calls) == 1, records
+    call = calls[0]
+    assert (call["method"], call["transport"], call["code"]) == ("GetConversations", "http", "OK")
+    assert len(call["trace_id"]) == 32
+    access = logged("http_request", "log-check-123")
+    assert access and access[0]["trace_id"] == call["trace_id"]
+    failed = logged("rpc", "log-check-401")
+    assert failed and failed[0]["code"] == "UNAUTHENTICATED"
+    assert "Bearer" not in log_path.read_text()  # the token never reaches the log
