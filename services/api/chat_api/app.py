@@ -100,7 +100,9 @@ class ApiApp:
         self._db_up, self._redis_up = db_up, redis_up
 
     async def _probe_dependencies(self) -> None:
-        while True:
+        # Loop on the flag, not only on cancel(): redis-py can swallow a cancellation that
+        # lands inside ping(), and stop() would then wait for this task forever.
+        while not self._draining:
             try:
                 await self.probe_once()
             except Exception:  # noqa: BLE001 - the probe must outlive any single failure
