@@ -1,0 +1,192 @@
+"""Every metric an alert or dashboard reads is one the services really export: the three
+services run as subprocesses against the test PostgreSQL/Redis and their /metrics is scraped.
+Also: every environment variable the chart or compose sets is a setting the service reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from chat_shared.localstack import free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import TEST_SECRET
+from tests.k8s import support
+
+VENV_BIN = pathlib.Path(sys.executable).parent
+# Read by rules but exported by kube-state-metrics, not by chat-service.
+EXTERNAL = {"kube_pod_status_ready"}
+SUFFIXES = {"counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_count", "_sum", "_created"),
+            "summary": ("", "_count", "_sum", "_created"), "gauge": ("",), "unknown": ("",)}
+
+
+def exported_names(body: str) -> set[str]:
+    names: set[str] = set()
+    for family in text_string_to_metric_families(body):
+        names.update(family.name + s for s in SUFFIXES.get(family.type, ("",)))
+        names.update(s.name for s in family.samples)
+    return names
+
+
+def scrape(port: int, proc: subprocess.Popen[bytes], log: pathlib.Path) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, f"{proc.args} exited:\n{log.read_text()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /metrics on {port}:\n{log.read_text()}") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def live_metrics(db_source: str, redis_addr: str,
+                 tmp_path: pathlib.Path) -> Iterator[dict[str, set[str]]]:
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    base.update({"ENVIRONMENT": "test", "DB_SOURCE": db_source, "REDIS_ADDR": redis_addr,
+                 "JWT_SECRET": TEST_SECRET, "LOG_LEVEL": "WARNING",
+                 "METRICS_ADDRESS": "127.0.0.1"})
+    services = {
+        "api": ("chat-api", {"GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+                             "HTTP_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}),
+        "outbox-relay": ("chat-outbox-relay", {}),
+        "ws-gateway": ("chat-ws-gateway", {"WS_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}),
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        started = {}
+        for name, (script, extra) in services.items():
+            port = free_port()
+            log = tmp_path / f"{name}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen([str(VENV_BIN / script)], cwd=tmp_path, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**base, **extra, "METRICS_PORT": str(port)})
+            procs.append(proc)
+            started[name] = (port, proc, log)
+        yield {name: exported_names(scrape(*args)) for name, args in started.items()}
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def used_by_rules() -> set[str]:
+    return {n for r in support.alert_rules() for n, _ in support.selectors(r["expr"])}
+
+
+def used_by_dashboards() -> set[str]:
+    from tests.k8s.test_dashboards import panels, substitute
+
+    names = set()
+    for path in support.DASHBOARDS.glob("*.json"):
+        board = json.loads(path.read_text())
+        for p in panels(board["panels"]):
+            for t in p.get("targets", []):
+                names |= {n for n, _ in support.selectors(substitute(t["expr"]))}
+    return names
+
+
+def test_rules_and_dashboards_read_only_exported_metrics(
+        live_metrics: dict[str, set[str]]) -> None:
+    exported = set().union(*live_metrics.values())
+    # Sanity: each service really answered with its own metrics.
+    assert "chat_rpc_requests_total" in live_metrics["api"]
+    assert "outbox_pending_count" in live_metrics["outbox-relay"]
+    assert "ws_connections" in live_metrics["ws-gateway"]
+    rules, dashboards = used_by_rules(), used_by_dashboards()
+    assert len(rules) >= 10 and len(dashboards) >= 10
+    assert sorted(rules - exported - EXTERNAL) == []
+    assert sorted(dashboards - exported) == []
+    assert EXTERNAL <= rules and not EXTERNAL & exported
+
+
+def test_interface_metrics_are_exported(live_metrics: dict[str, set[str]]) -> None:
+    """The metric names the services promise (and the chart's autoscaling/alerts rely on)."""
+    promised = {
+        "api": ["chat_rpc_requests_total", "chat_rpc_duration_seconds_bucket",
+                "chat_rpc_in_flight", "chat_db_pool_connections", "chat_dependency_up",
+                "idempotency_hits_total", "idempotency_degraded_total"],
+        "outbox-relay": ["outbox_pending_count", "outbox_processed_total",
+                         "outbox_publish_errors_total", "outbox_dlq_total",
+                         "outbox_publish_lag_seconds_bucket", "outbox_oldest_pending_age_seconds",
+                         "outbox_batch_duration_seconds_bucket"],
+        "ws-gateway": ["ws_connections", "ws_frames_sent_total",
+                       "ws_slow_client_disconnects_total", "ws_delivery_lag_seconds_bucket"],
+    }
+    for service, names in promised.items():
+        assert sorted(set(names) - live_metrics[service]) == [], service
+
+
+# --- settings the packaging sets --------------------------------------------------------------
+
+def settings_fields() -> dict[str, set[str]]:
+    from chat_api.settings import ApiSettings
+    from chat_outbox_relay.operator.settings import OperatorConfig
+    from chat_outbox_relay.settings import RelaySettings
+    from chat_shared.config import DatabaseSettings
+    from chat_ws_gateway.settings import GatewaySettings
+
+    def names(cls: Any) -> set[str]:
+        return {n.upper() for n in cls.model_fields}
+
+    return {"api": names(ApiSettings), "outbox-relay": names(RelaySettings),
+            "ws-gateway": names(GatewaySettings), "migrations": names(DatabaseSettings),
+            "relay-operator": names(OperatorConfig)}
+
+
+def test_chart_sets_only_settings_the_services_read() -> None:
+    fields = settings_fields()
+    docs = support.render()
+    (config,) = [c for c in support.of_kind(docs, "ConfigMap")
+                 if c["metadata"]["name"] == "chat-service"]
+    assert set(config["data"]) <= set().union(*fields.values())
+    for name, spec in support.pod_specs(docs):
+        component = "migrations" if name.startswith("Job/") else name.split("chat-service-")[1]
+        for c in spec["containers"]:
+            unknown = {e["name"] for e in c.get("env", [])} - fields[component] - {"LOG_LEVEL"}
+            assert unknown == set(), (name, unknown)
+
+
+def test_chart_ports_are_the_services_defaults() -> None:
+    from chat_api.settings import ApiSettings
+    from chat_outbox_relay.settings import RelaySettings
+    from chat_ws_gateway.settings import GatewaySettings
+
+    values = support.load_yaml(support.CHART / "values.yaml")
+    api, relay, ws = (ApiSettings(_env_file=None), RelaySettings(_env_file=None),
+                      GatewaySettings(_env_file=None))
+    assert values["api"]["containerPorts"] == {
+        "grpc": int(api.grpc_server_address.rsplit(":", 1)[1]),
+        "http": int(api.http_server_address.rsplit(":", 1)[1]), "metrics": api.metrics_port}
+    assert values["outboxRelay"]["containerPorts"] == {"metrics": relay.metrics_port}
+    assert values["wsGateway"]["containerPorts"] == {
+        "ws": int(ws.ws_server_address.rsplit(":", 1)[1]), "metrics": ws.metrics_port}
+    for key, settings in (("api", api), ("outboxRelay", relay), ("wsGateway", ws)):
+        assert values[key]["shutdownGraceSeconds"] == settings.shutdown_grace
+
+
+def test_compose_sets_only_settings_the_services_read() -> None:
+    fields = settings_fields()
+    compose = support.load_yaml(support.ROOT / "docker-compose.yml")
+    mapping = {"api": "api", "outbox-relay": "outbox-relay", "ws-gateway": "ws-gateway",
+               "migrate": "migrations"}
+    for service, component in mapping.items():
+        env = set(compose["services"][service]["environment"])
+        assert env - fields[component] == set(), (service, env - fields[component])
