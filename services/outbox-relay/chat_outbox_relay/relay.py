@@ -238,7 +238,7 @@ class OutboxRelay:
 
     async def _listen(self) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             conn: AsyncConnection[Any] | None = None
             try:
                 conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-listen")
@@ -264,7 +264,8 @@ class OutboxRelay:
     async def _probe(self) -> None:
         conn: AsyncConnection[Any] | None = None
         try:
-            while True:
+            # Checks the flag too: redis-py can swallow a cancellation that lands in a call.
+            while not self._stopping:
                 conn = await self._probe_once(conn)
                 await asyncio.sleep(self.settings.outbox_metrics_interval)
         finally:
