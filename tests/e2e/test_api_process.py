@@ -1,0 +1,250 @@
+"""`chat-api` as a real process: health, a call, metrics, JSON logs, SIGTERM drain, bad config.
+
+This is what Kubernetes sees: the binary from the venv, configured only by environment
+variables, probed over grpc.health.v1, scraped on METRICS_PORT, stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from chat_shared.config import DEV_JWT_SECRET
+from chat_shared.localstack import free_port
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import TEST_SECRET, make_token
+
+GRACE_SECONDS = 20.0
+
+
+class ApiProcess:
+    """One `chat-api` subprocess with its stdout/stderr captured in files (no pipe to fill)."""
+
+    def __init__(self, venv_bin: pathlib.Path, env: dict[str, str], workdir: pathlib.Path) -> None:
+        self.grpc_port = int(env["GRPC_SERVER_ADDRESS"].rsplit(":", 1)[1])
+        self.metrics_port = int(env["METRICS_PORT"]) if env["METRICS_PORT"].isdigit() else 0
+        self.stdout_path = workdir / "api.stdout"
+        self.stderr_path = workdir / "api.stderr"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            # cwd is a fresh directory so that no app.env is read.
+            self.proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, cwd=workdir,
+                                         stdout=out, stderr=err)
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    async def wait_serving(self, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"chat-api exited early: {self.stderr}"
+                try:
+                    resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass  # not listening yet
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"chat-api not SERVING within {within}s: {self.stderr}")
+
+    async def wait_for_log(self, msg: str, within: float = 15.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if any(entry.get("msg") == msg for entry in json_lines(self.stdout)):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {msg!r} log line within {within}s: {self.stdout[-2000:]}")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every complete stdout line parsed as JSON (fails the test on a line that is not)."""
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines = lines[:-1]  # still being written
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def bearer(user: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {make_token(user)}"),)
+
+
+@pytest.fixture
+def start_api(api_env: dict[str, str], venv_bin: pathlib.Path,
+              tmp_path: pathlib.Path) -> Iterator[Callable[..., ApiProcess]]:
+    """Starts `chat-api` with api_env on fixed free ports (plus overrides); kills leftovers."""
+    started: list[ApiProcess] = []
+
+    def start(**overrides: str) -> ApiProcess:
+        env = {**os.environ, **api_env,
+               "GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+               "HTTP_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+               "METRICS_PORT": str(free_port()), "METRICS_ADDRESS": "127.0.0.1",
+               "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE": str(GRACE_SECONDS), **overrides}
+        workdir = tmp_path / f"api{len(started)}"
+        workdir.mkdir()
+        api = ApiProcess(venv_bin, env, workdir)
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.kill()
+
+
+@pytest.fixture
+async def running(start_api: Callable[..., ApiProcess]) -> AsyncIterator[ApiProcess]:
+    api = start_api()
+    await api.wait_serving()
+    yield api
+
+
+@pytest.fixture
+async def chat(running: ApiProcess) -> AsyncIterator[chat_pb2_grpc.ChatServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as ch:
+        yield chat_pb2_grpc.ChatServiceStub(ch)
+
+
+async def create_and_send(chat: chat_pb2_grpc.ChatServiceStub, text: str) -> chat_pb2.Message:
+    conv = await chat.CreateConversation(
+        chat_pb2.CreateConversationRequest(member_ids=["bob"]), metadata=bearer("alice"))
+    resp = await chat.SendMessage(
+        chat_pb2.SendMessageRequest(conversation_id=conv.conversation.id, content=text,
+                                    idempotency_key=uuid.uuid4().hex),
+        metadata=bearer("alice"))
+    return resp.message
+
+
+async def test_send_message_works_against_the_process(chat) -> None:
+    msg = await create_and_send(chat, "hello from e2e")
+    assert (msg.content, msg.seq, msg.sender_id) == ("hello from e2e", 1, "alice")
+
+
+async def test_metrics_count_calls_by_method(running: ApiProcess, chat) -> None:
+    await create_and_send(chat, "counted")
+    url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    lines = [ln for ln in body.splitlines() if ln.startswith("chat_rpc_requests_total{")]
+    send_ok = [ln for ln in lines if 'method="SendMessage"' in ln and 'code="OK"' in ln]
+    assert len(send_ok) == 1
+    assert float(send_ok[0].rsplit(" ", 1)[1]) == 1.0
+
+
+async def test_stdout_is_one_json_object_per_line_with_call_fields(
+    running: ApiProcess, chat
+) -> None:
+    await create_and_send(chat, "logged")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await chat.GetConversations(chat_pb2.GetConversationsRequest(),
+                                    metadata=(("authorization", "Bearer not-a-jwt"),))
+    await running.wait_for_log("rpc")
+    running.proc.send_signal(signal.SIGTERM)
+    assert running.wait(GRACE_SECONDS + 10) == 0
+    entries = json_lines(running.stdout)
+    calls = {(e.get("method"), e.get("code")): e for e in entries if e.get("msg") == "rpc"}
+    assert {("CreateConversation", "OK"), ("SendMessage", "OK"),
+            ("GetConversations", "UNAUTHENTICATED")} <= set(calls)
+    sent = calls[("SendMessage", "OK")]
+    assert isinstance(sent["duration_ms"], int | float) and sent["duration_ms"] >= 0
+    assert sent["user"] == "alice"
+
+
+async def test_logs_never_contain_the_token_or_the_secret(running: ApiProcess, chat) -> None:
+    token = make_token("alice")
+    await chat.GetConversations(chat_pb2.GetConversationsRequest(),
+                                metadata=(("authorization", f"Bearer {token}"),))
+    await running.wait_for_log("rpc")
+    running.proc.send_signal(signal.SIGTERM)
+    assert running.wait(GRACE_SECONDS + 10) == 0
+    output = running.stdout + running.stderr
+    assert token not in output
+    assert token.split(".")[2] not in output  # not even the signature
+    assert TEST_SECRET not in output
+
+
+async def waiting_on_locks(db_source: str, expected: int, within: float = 15.0) -> None:
+    """Waits until ``expected`` backends are blocked on a lock (bounded)."""
+    deadline = time.monotonic() + within
+    async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()")
+            row = await cur.fetchone()
+            if row is not None and row[0] >= expected:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{expected} calls did not block on the held lock within {within}s")
+
+
+async def test_sigterm_lets_in_flight_calls_finish_and_exits_zero(
+    running: ApiProcess, chat, db_source: str
+) -> None:
+    conv = (await chat.CreateConversation(
+        chat_pb2.CreateConversationRequest(member_ids=["bob"]), metadata=bearer("alice"))
+    ).conversation
+    async with await psycopg.AsyncConnection.connect(db_source) as blocker:
+        # Holding the conversation's row lock parks every send inside its transaction, so the
+        # calls are provably in flight when SIGTERM arrives.
+        await blocker.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE",
+                              (conv.id,))
+        calls = [asyncio.ensure_future(chat.SendMessage(
+            chat_pb2.SendMessageRequest(conversation_id=conv.id, content=f"in flight {i}",
+                                        idempotency_key=uuid.uuid4().hex),
+            metadata=bearer("alice"), timeout=GRACE_SECONDS + 10)) for i in range(3)]
+        await waiting_on_locks(db_source, 3)
+        running.proc.send_signal(signal.SIGTERM)
+        await running.wait_for_log("api_draining")
+        assert running.proc.poll() is None  # still draining, not dead
+        await blocker.rollback()  # release the lock: the parked sends can now commit
+    results = await asyncio.gather(*calls)
+    assert sorted(r.message.seq for r in results) == [1, 2, 3]
+    code = await asyncio.to_thread(running.wait, GRACE_SECONDS + 10)
+    assert code == 0, running.stderr
+
+
+def test_bad_metrics_port_exits_2_naming_the_variable(start_api) -> None:
+    api = start_api(METRICS_PORT="abc")
+    assert api.wait(30) == 2
+    assert "METRICS_PORT" in api.stderr
+    assert "Traceback" not in api.stderr
+
+
+def test_production_with_the_development_secret_refuses_to_start(start_api) -> None:
+    api = start_api(ENVIRONMENT="production", JWT_SECRET=DEV_JWT_SECRET)
+    assert api.wait(30) != 0
+    assert "JWT_SECRET" in api.stderr
+    assert DEV_JWT_SECRET not in api.stderr + api.stdout
+
+
+def test_missing_db_source_exits_2_naming_it(start_api) -> None:
+    api = start_api(DB_SOURCE="")
+    assert api.wait(30) == 2
+    assert "DB_SOURCE" in api.stderr

@@ -1,0 +1,119 @@
+"""`chat-migrate` as deployments run it: a real subprocess against a real, empty database.
+
+Upgrade must build the whole schema, `downgrade base` must take all of it away (so a broken
+release can be rolled back), and upgrading again must work on the emptied database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import subprocess
+
+import pytest
+from chat_shared.localstack import LocalPostgres, free_port
+
+OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox",
+              "outbox_dead_letter"}
+_names = itertools.count()
+
+
+def migrate(venv_bin: pathlib.Path, cwd: pathlib.Path, *args: str,
+            db_source: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k.upper() != "DB_SOURCE"}
+    if db_source is not None:
+        env["DB_SOURCE"] = db_source
+    # cwd is an empty directory so that no app.env is picked up.
+    return subprocess.run([str(venv_bin / "chat-migrate"), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=90)
+
+
+@pytest.fixture
+def empty_db(postgres: LocalPostgres) -> tuple[str, str]:
+    name = f"migr_{os.getpid()}_{next(_names)}"
+    return name, postgres.create_database(name)
+
+
+def public_tables(postgres: LocalPostgres, db: str) -> set[str]:
+    out = postgres.psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'", db)
+    return set(out.split()) - {"alembic_version"}
+
+
+def public_functions(postgres: LocalPostgres, db: str) -> set[str]:
+    out = postgres.psql(
+        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'public'", db)
+    return set(out.split())
+
+
+def test_upgrade_creates_every_table(postgres, empty_db, venv_bin, tmp_path) -> None:
+    name, dsn = empty_db
+    result = migrate(venv_bin, tmp_path, db_source=dsn)
+    assert result.returncode == 0, result.stderr
+    assert public_tables(postgres, name) == OUR_TABLES
+    assert postgres.psql("SELECT count(*) FROM alembic_version", name) == "1"
+
+
+def test_upgrade_installs_the_outbox_notify_trigger(postgres, empty_db, venv_bin,
+                                                    tmp_path) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, "upgrade", db_source=dsn).returncode == 0
+    triggers = postgres.psql(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'outbox'::regclass AND NOT tgisinternal",
+        name)
+    assert triggers != ""
+
+
+def test_upgrade_twice_is_a_no_op(postgres, empty_db, venv_bin, tmp_path) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, db_source=dsn).returncode == 0
+    version = postgres.psql("SELECT version_num FROM alembic_version", name)
+    second = migrate(venv_bin, tmp_path, db_source=dsn)
+    assert second.returncode == 0, second.stderr
+    assert postgres.psql("SELECT version_num FROM alembic_version", name) == version
+
+
+def test_downgrade_base_removes_everything_and_upgrade_works_again(
+    postgres, empty_db, venv_bin, tmp_path
+) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, db_source=dsn).returncode == 0
+    down = migrate(venv_bin, tmp_path, "downgrade", "base", db_source=dsn)
+    assert down.returncode == 0, down.stderr
+    assert public_tables(postgres, name) == set()
+    assert public_functions(postgres, name) == set()
+    assert postgres.psql("SELECT count(*) FROM alembic_version", name) == "0"
+    up = migrate(venv_bin, tmp_path, "upgrade", db_source=dsn)
+    assert up.returncode == 0, up.stderr
+    assert public_tables(postgres, name) == OUR_TABLES
+
+
+def test_current_shows_the_applied_revision(postgres, empty_db, venv_bin, tmp_path) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, db_source=dsn).returncode == 0
+    version = postgres.psql("SELECT version_num FROM alembic_version", name)
+    current = migrate(venv_bin, tmp_path, "current", db_source=dsn)
+    assert current.returncode == 0
+    assert version in current.stdout + current.stderr
+
+
+def test_missing_db_source_exits_2_naming_it(venv_bin, tmp_path) -> None:
+    result = migrate(venv_bin, tmp_path, db_source=None)
+    assert result.returncode == 2
+    assert "DB_SOURCE is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_non_postgres_db_source_exits_2_naming_it(venv_bin, tmp_path) -> None:
+    result = migrate(venv_bin, tmp_path, db_source="mysql://root@127.0.0.1/chat")
+    assert result.returncode == 2
+    assert "DB_SOURCE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_database_fails_without_showing_the_password(venv_bin, tmp_path) -> None:
+    dsn = f"postgresql://chat:s3cr3t-pw@127.0.0.1:{free_port()}/chat?sslmode=disable"
+    result = migrate(venv_bin, tmp_path, db_source=dsn)
+    assert result.returncode == 1
+    assert "upgrade failed" in result.stderr
+    assert "s3cr3t-pw" not in result.stderr + result.stdout
