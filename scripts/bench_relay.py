@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psycopg
 import redis.asyncio as aioredis
+
 from chat_migrations.cli import upgrade
 from chat_shared.localstack import LocalPostgres, LocalRedis, free_port
 

@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 from chat_shared.auth import issue_token  # noqa: E402
 from chat_shared.localstack import LocalPostgres, LocalRedis, free_port  # noqa: E402
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
-
 from tests.support.ws_stack import Api, Gateway, Relay, base_env  # noqa: E402
 
 SECRET = "bench-secret-that-is-long-enough-for-hs256"

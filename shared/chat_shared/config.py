@@ -74,7 +74,8 @@ class CommonSettings(BaseSection):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
     metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
-    otel_exporter_otlp_endpoint: str = Field("", description="OTLP gRPC endpoint; empty = no export")
+    otel_exporter_otlp_endpoint: str = Field(
+        "", description="OTLP gRPC endpoint; empty = no export")
     otel_service_name: str = ""
 
     @field_validator("log_level", mode="before")

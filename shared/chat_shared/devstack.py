@@ -52,7 +52,8 @@ def _services(host: str) -> list[ServiceSpec]:
                      # The demo page is served by the ws-gateway (another origin) and calls
                      # the HTTP API from the browser.
                      "CORS_ALLOWED_ORIGINS": "http://127.0.0.1:8081,http://localhost:8081"},
-                    ("gRPC      127.0.0.1:9090 (reflection on: grpcurl -plaintext 127.0.0.1:9090 list)",
+                    ("gRPC      127.0.0.1:9090 "
+                     "(reflection on: grpcurl -plaintext 127.0.0.1:9090 list)",
                      "HTTP/JSON http://127.0.0.1:8080/v1/conversations",
                      "metrics   http://127.0.0.1:9100/metrics")),
         ServiceSpec("relay", "chat-outbox-relay", {"METRICS_PORT": "9101"},

@@ -128,7 +128,8 @@ class LocalPostgres:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = subprocess.run(
-                [find_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+                [find_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port),
+                 "-U", "postgres"],
                 capture_output=True,
             )
             if r.returncode == 0:
@@ -181,7 +182,8 @@ class LocalRedis:
     def start(self, timeout: float = 15.0) -> LocalRedis:
         binary = shutil.which("redis-server")
         if not binary:
-            raise FileNotFoundError("redis-server not found; install it (apt-get install redis-server)")
+            raise FileNotFoundError(
+                "redis-server not found; install it (apt-get install redis-server)")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "no",

@@ -6,7 +6,13 @@ import argparse
 import sys
 
 from chat_shared.auth import issue_token
-from chat_shared.config import AuthSettings, CommonSettings, ConfigError, load_settings, parse_duration
+from chat_shared.config import (
+    AuthSettings,
+    CommonSettings,
+    ConfigError,
+    load_settings,
+    parse_duration,
+)
 
 
 class _TokenSettings(CommonSettings, AuthSettings):

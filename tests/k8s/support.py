@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import promql_parser
 import pydantic
@@ -121,10 +122,27 @@ def schema_errors(doc: dict[str, Any], kube: str) -> list[str]:
 
 
 @functools.cache
+def _chart_crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema of each CRD version in the chart's crds/."""
+    schemas = {}
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        crd = load_yaml(path)
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+@functools.cache
 def _schema_errors(doc_json: str, kube: str) -> tuple[str, ...]:
     # Variants share most objects; each distinct object is validated once per version.
     doc = json.loads(doc_json)
     name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+    own = _chart_crd_schemas().get((doc.get("apiVersion", ""), doc.get("kind", "")))
+    if own is not None:  # a kind the chart defines itself (crds/): its CRD's schema
+        validator = jsonschema.Draft7Validator(own)
+        return tuple(f"{name}: {'/'.join(map(str, e.path))}: {e.message}"
+                     for e in validator.iter_errors(doc))
     model = CRD_MODELS.get((doc.get("apiVersion", ""), doc.get("kind", "")))
     if model is not None:
         try:

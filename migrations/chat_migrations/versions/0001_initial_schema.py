@@ -39,7 +39,8 @@ def upgrade() -> None:
             last_read_seq   bigint NOT NULL DEFAULT 0 CHECK (last_read_seq >= 0),
             PRIMARY KEY (conversation_id, user_id)
         );
-        CREATE INDEX ix_conversation_members_user ON conversation_members (user_id, conversation_id);
+        CREATE INDEX ix_conversation_members_user
+            ON conversation_members (user_id, conversation_id);
 
         CREATE TABLE messages (
             id              uuid PRIMARY KEY,

@@ -12,13 +12,13 @@ import contextlib
 from dataclasses import dataclass, field
 
 import grpc
+import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import redis.asyncio as aioredis
 from chat_api.idempotency import IdempotencyStore
 from chat_api.service.conversations import ConversationService
 from chat_api.service.messages import MessageService
@@ -141,7 +141,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor()],
+        interceptors=[aio_server_interceptor()],  # type: ignore[no-untyped-call]
         options=[("grpc.max_receive_message_length", 1 << 20),
                  ("grpc.so_reuseport", 0)],
     )

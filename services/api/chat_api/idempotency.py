@@ -35,7 +35,10 @@ IDEMPOTENCY_DEGRADED = Counter(
 )
 
 # Deletes the reservation only when it is still ours (not a record, not someone else's).
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RELEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+    "return 0"
+)
 
 # After a Redis failure, skip it for this long instead of paying its timeout on every send.
 _BACKOFF_SECONDS = 1.0
@@ -94,10 +97,12 @@ class IdempotencyStore:
             with _tracer.start_as_current_span("redis.idempotency_reserve"):
                 if await self._redis.set(rkey, token, nx=True, px=self._ttl_ms):
                     return Reservation(Outcome.RESERVED, token=token)
-                value = await self._redis.get(rkey)
+                raw = await self._redis.get(rkey)
         except (redis.exceptions.RedisError, OSError) as exc:
             self._failed("reserve", exc)
             return Reservation(Outcome.SKIPPED)
+        # The client decodes responses, but typing cannot know that.
+        value = raw.decode() if isinstance(raw, bytes) else raw
         if value is None or value.startswith("pending:"):
             return Reservation(Outcome.PENDING)
         try:

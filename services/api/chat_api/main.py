@@ -40,7 +40,8 @@ def main() -> int:
               file=sys.stderr)
         return 2
     configure_logging("chat-api", settings.log_level)
-    configure_tracing(settings.otel_service_name or "chat-api", settings.otel_exporter_otlp_endpoint)
+    configure_tracing(settings.otel_service_name or "chat-api",
+                      settings.otel_exporter_otlp_endpoint)
     port = serve_metrics(settings.metrics_port, addr=settings.metrics_address)
     log.info("starting", grpc=settings.grpc_server_address, metrics_port=port,
              environment=settings.environment)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from chat_shared.observability.health_server import HealthServer
-from chat_shared.observability.logging import get_logger
 
 from chat_outbox_relay.publishing import StreamPublisher, create_publisher_redis
 from chat_outbox_relay.relay import OutboxRelay
 from chat_outbox_relay.settings import RelaySettings
+from chat_shared.observability.health_server import HealthServer
+from chat_shared.observability.logging import get_logger
 
 log = get_logger(__name__)
 

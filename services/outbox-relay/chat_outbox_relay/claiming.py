@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from chat_shared.events import Event
 from psycopg import AsyncConnection
+
+from chat_shared.events import Event
 
 _CLAIM = """
     SELECT o.id, o.event_id::text, o.event_type, o.conversation_id::text, o.seq, o.recipients,

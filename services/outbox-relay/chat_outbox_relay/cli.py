@@ -18,10 +18,10 @@ import sys
 from typing import Any
 
 import psycopg
-from chat_shared.config import ConfigError, DatabaseSettings, load_settings, parse_duration
-from chat_shared.events import format_time
 
 from chat_outbox_relay.dead_letters import DeadLetter, DeadLetters
+from chat_shared.config import ConfigError, DatabaseSettings, load_settings, parse_duration
+from chat_shared.events import format_time
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 

@@ -11,13 +11,13 @@ import signal
 import sys
 
 import uvloop
+
+from chat_outbox_relay.app import build_relay
+from chat_outbox_relay.settings import RelaySettings
 from chat_shared.config import ConfigError, load_settings
 from chat_shared.db import redacted
 from chat_shared.observability.logging import configure_logging, get_logger
 from chat_shared.observability.tracing import configure_tracing
-
-from chat_outbox_relay.app import build_relay
-from chat_outbox_relay.settings import RelaySettings
 
 log = get_logger("chat_outbox_relay")
 

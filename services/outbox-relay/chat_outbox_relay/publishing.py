@@ -22,8 +22,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from chat_shared.config import RedisSettings, parse_host_port
-from chat_shared.events import ENTRY_FIELDS, format_time, stream_key
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +29,8 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat_outbox_relay.claiming import ClaimedRow, Failure
+from chat_shared.config import RedisSettings, parse_host_port
+from chat_shared.events import ENTRY_FIELDS, format_time, stream_key
 
 # KEYS[1]: the stream; ARGV[1]: MAXLEN ("0" = no trimming); then 7 values per event, in
 # ENTRY_FIELDS order. Returns {published count, error of the first refused event or ""}.

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import psycopg
-from chat_shared.observability.logging import get_logger
 from psycopg import AsyncConnection
 
 from chat_outbox_relay import metrics
@@ -27,6 +26,7 @@ from chat_outbox_relay.claiming import claim, settle
 from chat_outbox_relay.partitions import RELAY_APPLICATION_NAME, PartitionOwnership
 from chat_outbox_relay.publishing import StreamPublisher
 from chat_outbox_relay.settings import RelaySettings
+from chat_shared.observability.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from chat_shared.config import Seconds, ServiceSettings
 from chat_shared.events import DEFAULT_STREAM_PREFIX
-from pydantic import Field
 
 
 class RelaySettings(ServiceSettings):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import create_engine
@@ -21,8 +23,6 @@ from chat_shared.events import stream_keys
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_logger
 from chat_shared.redis_client import create_redis
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
 from chat_ws_gateway.hub import Hub

@@ -24,9 +24,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 from aiohttp import web
+
 from chat_shared.events import MESSAGE_CREATED, Event
 from chat_shared.observability.logging import get_logger
-
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
 from chat_ws_gateway.metrics import (

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from chat_shared.observability.tracing import tracer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat_shared.observability.tracing import tracer
 
 _tracer = tracer(__name__)
 

@@ -12,7 +12,6 @@ import asyncio
 from collections import OrderedDict
 
 from chat_shared.events import Event
-
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
 from chat_ws_gateway.metrics import STREAM_DUPLICATES, WS_CONNECTIONS

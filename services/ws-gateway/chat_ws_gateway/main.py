@@ -7,11 +7,11 @@ import signal
 import sys
 
 import uvloop
+
 from chat_shared.config import ConfigError, load_settings
 from chat_shared.db import redacted
 from chat_shared.observability.logging import configure_logging, get_logger
 from chat_shared.observability.tracing import configure_tracing
-
 from chat_ws_gateway.app import build_app
 from chat_ws_gateway.settings import GatewaySettings
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+
 from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, Event, format_time
 
 # --- Close codes (4000-4999 are the application's range, RFC 6455 7.4.2) ---------------------

@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
+
 from chat_shared.auth import Principal, TokenVerifier, issue_token
 from chat_shared.errors import Unauthenticated
 from chat_shared.observability.logging import get_logger
-
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
 from chat_ws_gateway.history import History

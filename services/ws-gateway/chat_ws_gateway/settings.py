@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pydantic import Field, field_validator
+
 from chat_shared.config import Seconds, ServiceSettings, parse_host_port
 from chat_shared.events import DEFAULT_STREAM_PREFIX
-from pydantic import Field, field_validator
 
 
 class GatewaySettings(ServiceSettings):

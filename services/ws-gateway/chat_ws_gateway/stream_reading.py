@@ -14,9 +14,9 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from chat_shared.events import decode_entry
 from chat_shared.observability.logging import get_logger
-
 from chat_ws_gateway.hub import Hub
 from chat_ws_gateway.metrics import STREAM_EVENTS, STREAM_UP
 

@@ -63,7 +63,9 @@ class MessageService:
         validation.no_control_chars(key, "idempotency_key")
         return cid
 
-    async def send(self, caller: str, conversation_id: str, content: str, key: str) -> MessageRecord:
+    async def send(
+        self, caller: str, conversation_id: str, content: str, key: str
+    ) -> MessageRecord:
         cid = self._validate_send(conversation_id, content, key)
         reservation = await self._idem.reserve(caller, key)
         if reservation.outcome is Outcome.EXISTING and reservation.stored is not None:

@@ -24,7 +24,8 @@ def conversation_id(value: str, field: str = "conversation_id") -> str:
 
 def user_id(value: str, field: str) -> str:
     if not _USER_ID.fullmatch(value):
-        raise InvalidArgument(field, "must be 1..128 characters without spaces or control characters")
+        raise InvalidArgument(
+            field, "must be 1..128 characters without spaces or control characters")
     return value
 
 
