@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from chat_shared.localstack import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import TEST_SECRET
+from chat_shared.localstack import LocalPostgres, LocalRedis, free_port
+from tests.conftest import TEMPLATE_DB, TEST_SECRET
 from tests.k8s import support
 
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -50,9 +50,15 @@ def scrape(port: int, proc: subprocess.Popen[bytes], log: pathlib.Path) -> str:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def live_metrics(db_source: str, redis_addr: str,
-                 tmp_path: pathlib.Path) -> Iterator[dict[str, set[str]]]:
+@pytest.fixture(scope="module")
+def live_metrics(postgres: LocalPostgres, redis_server: LocalRedis,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[str]]]:
+    """The three services started once for this module, each scraped once."""
+    tmp_path = tmp_path_factory.mktemp("services")
+    db_source = postgres.create_database(f"k8s_metrics_{os.getpid()}", template=TEMPLATE_DB)
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_addr = redis_server.addr
     base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
     base.update({"ENVIRONMENT": "test", "DB_SOURCE": db_source, "REDIS_ADDR": redis_addr,
                  "JWT_SECRET": TEST_SECRET, "LOG_LEVEL": "WARNING",
