@@ -77,7 +77,8 @@ def run(cmd: Sequence[str], *, cwd: pathlib.Path | None = None,
            "HELM_CONFIG_HOME": "/tmp/chat-helm-config", "HELM_DATA_HOME": "/tmp/chat-helm-data"}
     proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} -> rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} -> rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -174,8 +175,7 @@ def _children(node: Any) -> Iterator[Any]:
         child = getattr(node, attr, None)
         if child is not None and not isinstance(child, str | int | float):
             yield child
-    for arg in getattr(node, "args", None) or []:
-        yield arg
+    yield from getattr(node, "args", None) or []
 
 
 def selectors(expr: str) -> list[tuple[str, bool]]:
