@@ -23,6 +23,7 @@ import kmock as km
 import kopf
 import pytest
 from aiohttp import web
+
 from chat_outbox_relay.operator.handlers import operator_settings, register
 from chat_outbox_relay.operator.settings import OperatorConfig
 

@@ -15,12 +15,12 @@ import random
 import sys
 
 import kopf
-from chat_shared.config import ConfigError, load_settings
-from chat_shared.observability.logging import configure_logging, get_logger
-from chat_shared.observability.metrics import serve_metrics
 
 from chat_outbox_relay.operator.handlers import operator_settings, register
 from chat_outbox_relay.operator.settings import OperatorConfig
+from chat_shared.config import ConfigError, load_settings
+from chat_shared.observability.logging import configure_logging, get_logger
+from chat_shared.observability.metrics import serve_metrics
 
 log = get_logger("chat_outbox_relay.operator")
 _SA_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from chat_shared.config import CommonSettings, Seconds
 from pydantic import Field
+
+from chat_shared.config import CommonSettings, Seconds
 
 
 class OperatorConfig(CommonSettings):

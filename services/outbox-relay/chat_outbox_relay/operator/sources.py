@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import aiohttp
 import psycopg
-from chat_shared.db import redacted
 
 from chat_outbox_relay.operator.scaling import Reading
+from chat_shared.db import redacted
 
 # Same numbers as the relay's own probe (chat_outbox_relay.relay), so the metric and the
 # PostgreSQL source never disagree about what "pending" means.
