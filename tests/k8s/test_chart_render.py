@@ -4,8 +4,11 @@ for the default values and every variant, and every rendered object is valid for
 from __future__ import annotations
 
 import copy
+import pathlib
+import tarfile
 
 import pytest
+import yaml
 
 from tests.k8s import support
 from tests.k8s.support import KUBE_VERSIONS, NEWEST_KUBE, OLDEST_KUBE, VARIANTS
@@ -92,3 +95,19 @@ def test_install_dry_run_prints_notes_with_port_forward_and_grpcurl() -> None:
     # The hook objects come first, in weight order: DB secret (-10) then the Job (-5).
     assert proc.stdout.index("kind: Secret\nmetadata:\n  name: chat-service-migrations") \
         < proc.stdout.index("kind: Job")
+
+
+def test_packaged_chart_renders_the_same_objects(tmp_path: pathlib.Path) -> None:
+    """.helmignore keeps out only what the package does not need (the rules' unit tests)."""
+    support.run([support.tool("helm"), "package", str(support.CHART), "-d", str(tmp_path)])
+    (tgz,) = tmp_path.glob("chat-service-*.tgz")
+    with tarfile.open(tgz) as tar:
+        names = set(tar.getnames())
+    assert "chat-service/files/alerts.rules.yaml" in names
+    assert "chat-service/values.schema.json" in names
+    assert "chat-service/files/alerts.rules.test.yaml" not in names
+    out = support.run([support.tool("helm"), "template", "chat-service", str(tgz),
+                       *support.helm_args()]).stdout
+    packaged = [d for d in yaml.safe_load_all(out) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in packaged) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in support.render())
