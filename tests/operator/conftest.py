@@ -30,6 +30,7 @@ from chat_outbox_relay.operator.settings import OperatorConfig
 NS = "chat"
 DEPLOY = "relay"
 RA = "chat.example.dev/v1/relayautoscalers"
+PEERING = "kopf.dev/v1/kopfpeerings"
 _API: dict[str, str] = {}
 
 
@@ -110,6 +111,8 @@ def load_resources(kmock: km.KubernetesEmulator) -> None:
     kmock.resources[RA] = km.ResourceInfo(
         kind="RelayAutoscaler", namespaced=True, subresources={"status"},
         verbs={"get", "list", "watch", "patch", "create", "delete", "update"})
+    kmock.resources[PEERING] = km.ResourceInfo(
+        kind="KopfPeering", namespaced=True, verbs={"get", "list", "watch", "patch"})
 
 
 @pytest.fixture
@@ -117,7 +120,8 @@ def run_operator(kmock: km.KubernetesEmulator) -> Callable[..., Any]:
     """``async with run_operator(): ...`` runs the whole operator until the block ends."""
 
     @contextlib.asynccontextmanager
-    async def _run(scale_up_period: float = 15.0) -> AsyncIterator[None]:
+    async def _run(scale_up_period: float = 15.0, peering: str | None = None,
+                   priority: int = 0) -> AsyncIterator[None]:
         _API["url"] = str(kmock.url)
         load_resources(kmock)
         registry = kopf.OperatorRegistry()
@@ -129,8 +133,8 @@ def run_operator(kmock: km.KubernetesEmulator) -> Callable[..., Any]:
         settings.networking.error_backoffs = [0.1]
         stop = asyncio.Event()
         task = asyncio.create_task(kopf.operator(
-            registry=registry, settings=settings, namespaces=[NS], standalone=True,
-            stop_flag=stop))
+            registry=registry, settings=settings, namespaces=[NS], standalone=peering is None,
+            peering_name=peering, priority=priority, stop_flag=stop))
         try:
             yield
         finally:
