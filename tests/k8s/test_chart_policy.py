@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.k8s import support
 from tests.k8s.support import VARIANTS
@@ -279,3 +280,17 @@ def test_dashboards_ship_as_sidecar_configmaps() -> None:
         ((name, body),) = c["data"].items()
         assert body.strip() == (support.DASHBOARDS / name).read_text().strip()
         assert c["metadata"]["annotations"]["grafana_folder"] == "chat-service"
+
+
+def test_pods_roll_when_settings_or_credentials_change() -> None:
+    def annotations(*sets: str) -> dict[str, str]:
+        out = support.template(support.VARIANTS["existing-secret"], sets).stdout  # uncached
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        d = deployments(docs)["chat-service-api"]
+        return d["spec"]["template"]["metadata"]["annotations"]
+
+    base = annotations()
+    assert annotations() == base  # a re-render of the same values changes nothing
+    assert annotations("config.logLevel=DEBUG")["checksum/config"] != base["checksum/config"]
+    changed = annotations("database.existingSecret=", "database.url=postgresql://u:p@db/chat")
+    assert changed["checksum/secret"] != base["checksum/secret"]
