@@ -50,7 +50,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "networkpolicy": ("ci/networkpolicy-values.yaml",),
     "existing-secret": ("ci/existing-secret-values.yaml",),
     "monitoring": ("ci/monitoring-values.yaml",),
-    "operator": ("ci/operator-values.yaml",),
+    "operator-off": ("ci/operator-off-values.yaml",),
     "dev": ("values-dev.yaml",),
     "ci": ("values-ci.yaml",),
 }

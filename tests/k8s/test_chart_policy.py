@@ -294,3 +294,14 @@ def test_pods_roll_when_settings_or_credentials_change() -> None:
     assert annotations("config.logLevel=DEBUG")["checksum/config"] != base["checksum/config"]
     changed = annotations("database.existingSecret=", "database.url=postgresql://u:p@db/chat")
     assert changed["checksum/secret"] != base["checksum/secret"]
+
+
+def test_relay_replicas_belong_to_the_operator_unless_it_is_off() -> None:
+    relay = "chat-service-outbox-relay"
+    on = support.render()
+    assert "replicas" not in deployments(on)[relay]["spec"]
+    assert support.of_kind(on, "RelayAutoscaler")
+    off = support.render("operator-off")
+    assert deployments(off)[relay]["spec"]["replicas"] == 3
+    assert not support.of_kind(off, "RelayAutoscaler")
+    assert not [d for d in off if component(d) == "relay-operator"]
