@@ -90,15 +90,16 @@ async def test_unread_counts_follow_last_seq_minus_read_position_for_every_membe
     for sender in ("alice", "alice", "bob", "carol", "carol"):
         await send(stub, sender, conv.id, f"from {sender}")
 
-    # Sending does not move the sender's read position: own messages count until marked.
-    assert await _unread(stub, members, conv.id) == {"alice": 5, "bob": 5, "carol": 5}
+    # Sending moves the sender's read position to their message: own messages never count.
+    assert await _unread(stub, members, conv.id) == {"alice": 3, "bob": 2, "carol": 0}
 
     assert (await mark_as_read(stub, "bob", conv.id, up_to_seq=3)).unread_count == 2
+    assert (await mark_as_read(stub, "bob", conv.id, up_to_seq=4)).unread_count == 1
     assert (await mark_as_read(stub, "carol", conv.id)).unread_count == 0
-    assert await _unread(stub, members, conv.id) == {"alice": 5, "bob": 2, "carol": 0}
+    assert await _unread(stub, members, conv.id) == {"alice": 3, "bob": 1, "carol": 0}
 
     await send(stub, "alice", conv.id, "one more")
-    assert await _unread(stub, members, conv.id) == {"alice": 6, "bob": 3, "carol": 1}
+    assert await _unread(stub, members, conv.id) == {"alice": 0, "bob": 2, "carol": 1}
     for user in members:
         summary = await _summary(stub, user, conv.id)
         assert summary.unread_count == summary.conversation.last_seq - summary.last_read_seq
@@ -154,4 +155,4 @@ async def test_failed_mark_as_read_by_non_member_writes_nothing(stub, db_source)
     assert await _read_events(db_source) == []
     assert await db_rows(
         db_source, "SELECT user_id, last_read_seq FROM conversation_members ORDER BY user_id"
-    ) == [("alice", 0), ("bob", 0)]
+    ) == [("alice", 2), ("bob", 0)]  # alice's own sends moved hers; nothing else changed

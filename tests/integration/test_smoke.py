@@ -8,9 +8,11 @@ async def test_send_and_read_back(stub):
     m1 = await send(stub, "alice", conv.id, "hello")
     m2 = await send(stub, "bob", conv.id, "hi")
     assert (m1.seq, m2.seq) == (1, 2)
-    page = await stub.GetMessages(chat_pb2.GetMessagesRequest(conversation_id=conv.id), metadata=auth("bob"))
+    page = await stub.GetMessages(chat_pb2.GetMessagesRequest(conversation_id=conv.id),
+                                  metadata=auth("bob"))
     assert [m.content for m in page.messages] == ["hi", "hello"]
-    convs = await stub.GetConversations(chat_pb2.GetConversationsRequest(), metadata=auth("bob"))
-    assert convs.conversations[0].unread_count == 2
-    r = await stub.MarkAsRead(chat_pb2.MarkAsReadRequest(conversation_id=conv.id), metadata=auth("bob"))
+    convs = await stub.GetConversations(chat_pb2.GetConversationsRequest(), metadata=auth("alice"))
+    assert convs.conversations[0].unread_count == 1  # bob's reply; her own message never counts
+    r = await stub.MarkAsRead(chat_pb2.MarkAsReadRequest(conversation_id=conv.id),
+                              metadata=auth("alice"))
     assert (r.last_read_seq, r.unread_count) == (2, 0)

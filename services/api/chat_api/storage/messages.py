@@ -20,8 +20,8 @@ _tracer = tracer(__name__)
 IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
 
 # One statement, one round trip: take the conversation's row lock while incrementing last_seq
-# (only for a member), insert the message with that seq, and write its outbox event with the
-# members as recipients. A duplicate (sender, idempotency_key) aborts the whole statement, so a
+# (only for a member), insert the message with that seq, write its outbox event with the
+# members as recipients, and move the sender's read position to the new message. A duplicate (sender, idempotency_key) aborts the whole statement, so a
 # retried key never burns a seq: seq stays gapless.
 _SEND = text(
     f"""
@@ -51,6 +51,13 @@ _SEND = text(
                    'sender_id', msg.sender_id, 'content', msg.content, 'seq', msg.seq,
                    'created_at', msg.created_at))
         FROM msg
+    ), seen AS (
+        -- Sending implies having read the conversation up to one's own message, so a user's
+        -- own messages never count as unread for them.
+        UPDATE conversation_members m SET last_read_seq = msg.seq
+        FROM msg
+        WHERE m.conversation_id = msg.conversation_id AND m.user_id = msg.sender_id
+          AND m.last_read_seq < msg.seq
     )
     SELECT id, conversation_id, seq, sender_id, content, created_at FROM msg
     """
