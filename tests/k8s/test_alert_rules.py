@@ -48,18 +48,29 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in out
 
 
+def minutes(duration: str) -> float:
+    value, unit = float(duration[:-1]), duration[-1]
+    return value * {"s": 1 / 60, "m": 1, "h": 60}[unit]
+
+
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     tests = support.load_yaml(support.RULES_TEST_FILE)["tests"]
-    cases = [c for t in tests for c in t.get("alert_rule_test", [])]
     for rule in support.alert_rules():
-        mine = [c for c in cases if c["alertname"] == rule["alert"]]
-        assert any(c["exp_alerts"] for c in mine), f"{rule['alert']} never fires in a test"
-        assert any(not c["exp_alerts"] for c in mine), f"{rule['alert']} has no quiet case"
-        # It fires no earlier than its `for`: the quiet case is evaluated inside the window.
-        for c in mine:
+        groups = [[c for c in t.get("alert_rule_test", []) if c["alertname"] == rule["alert"]]
+                  for t in tests]
+        mine = [c for g in groups for c in g]
+        firing = [c for c in mine if c["exp_alerts"]]
+        assert firing, f"{rule['alert']} never fires in a test"
+        # Fires only once its `for` has passed, and the same input is quiet earlier on.
+        for c in firing:
+            assert minutes(c["eval_time"]) >= minutes(rule["for"]), rule["alert"]
             for exp in c["exp_alerts"]:
+                assert exp["exp_labels"]["severity"] == rule["labels"]["severity"]
                 assert exp["exp_annotations"]["runbook_url"] == \
                     rule["annotations"]["runbook_url"]
+        assert any(not c["exp_alerts"] and minutes(c["eval_time"]) < minutes(f["eval_time"])
+                   for g in groups for c in g for f in g if f["exp_alerts"]), \
+            f"{rule['alert']} has no quiet case before it fires"
 
 
 def test_unit_tests_fail_when_a_threshold_changes(tmp_path: pathlib.Path) -> None:
