@@ -21,8 +21,9 @@ IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
 
 # One statement, one round trip: take the conversation's row lock while incrementing last_seq
 # (only for a member), insert the message with that seq, write its outbox event with the
-# members as recipients, and move the sender's read position to the new message. A duplicate (sender, idempotency_key) aborts the whole statement, so a
-# retried key never burns a seq: seq stays gapless.
+# members as recipients, and move the sender's read position to the new message. A duplicate
+# (sender, idempotency_key) aborts the whole statement, so a retried key never burns a seq:
+# seq stays gapless.
 _SEND = text(
     f"""
     WITH conv AS (
