@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
-from sqlalchemy.ext.asyncio import AsyncEngine
+from psycopg_pool import AsyncConnectionPool
 
 from chat_api.idempotency import IdempotencyStore
 from chat_api.service.conversations import ConversationService
@@ -33,7 +33,7 @@ from chat_api.transport.handlers import ChatHandlers
 from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
-from chat_shared.db import create_engine, ping
+from chat_shared.db import create_pool, ping_pool
 from chat_shared.observability.logging import get_logger
 from chat_shared.redis_client import create_redis
 
@@ -47,7 +47,7 @@ DB_POOL = Gauge("chat_db_pool_connections", "Database pool connections by state"
 @dataclass
 class ApiApp:
     settings: ApiSettings
-    engine: AsyncEngine
+    pool: AsyncConnectionPool
     redis: aioredis.Redis
     dispatcher: Dispatcher
     server: grpc.aio.Server
@@ -64,6 +64,9 @@ class ApiApp:
     async def start(self) -> None:
         # NOT_SERVING until the first probe has seen PostgreSQL answer.
         await self._set_health(False)
+        # Connections are made in the background: the API starts (NOT_SERVING) with
+        # PostgreSQL down and turns SERVING when the probe reaches it.
+        await self.pool.open(wait=False)
         await self.server.start()
         if self.http is not None:
             host, port = parse_host_port(self.settings.http_server_address)
@@ -78,17 +81,18 @@ class ApiApp:
             await self.health.set(name, status)
 
     async def probe_once(self) -> None:
-        db_up = await ping(self.engine)
+        db_up = await ping_pool(self.pool)
         try:
             redis_up = bool(await self.redis.ping())
         except Exception:  # noqa: BLE001 - any failure means "down" here
             redis_up = False
         DEPENDENCY_UP.labels("postgresql").set(int(db_up))
         DEPENDENCY_UP.labels("redis").set(int(redis_up))
-        pool = self.engine.sync_engine.pool
-        for state, fn in (("checked_out", "checkedout"), ("idle", "checkedin")):
-            with contextlib.suppress(Exception):
-                DB_POOL.labels(state).set(getattr(pool, fn)())
+        stats = self.pool.get_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        DB_POOL.labels("checked_out").set(size - idle)
+        DB_POOL.labels("idle").set(idle)
+        DB_POOL.labels("waiting").set(stats.get("requests_waiting", 0))
         if db_up != self._db_up and not self._draining:
             (log.info if db_up else log.error)("dependency_changed", dependency="postgresql",
                                                up=db_up)
@@ -123,21 +127,22 @@ class ApiApp:
         else:
             await self.server.stop(grace)
         await self.redis.aclose()
-        await self.engine.dispose()
+        await self.pool.close()
         log.info("api_stopped")
 
 
 def build_app(settings: ApiSettings) -> ApiApp:
-    # Every API unit of work is a single statement, atomic by itself: no BEGIN/COMMIT trips.
-    engine = create_engine(settings, application_name="chat-api", autocommit=True)
+    # Every API unit of work is a single statement, atomic by itself: autocommit saves the
+    # BEGIN/COMMIT round trips.
+    pool = create_pool(settings, application_name="chat-api", autocommit=True)
     redis = create_redis(settings)
     handlers = ChatHandlers(
-        conversations=ConversationService(ConversationRepository(engine),
+        conversations=ConversationService(ConversationRepository(pool),
                                           settings.max_conversation_members),
-        messages=MessageService(MessageRepository(engine),
+        messages=MessageService(MessageRepository(pool),
                                 IdempotencyStore(redis, settings.idempotency_ttl),
                                 settings.max_message_length, settings.max_idempotency_key_length),
-        reads=ReadService(ReadRepository(engine)),
+        reads=ReadService(ReadRepository(pool)),
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())
     server = grpc.aio.server(
@@ -154,7 +159,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
-    app = ApiApp(settings=settings, engine=engine, redis=redis, dispatcher=dispatcher,
+    app = ApiApp(settings=settings, pool=pool, redis=redis, dispatcher=dispatcher,
                  server=server, health=health_servicer, grpc_port=bound)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins)

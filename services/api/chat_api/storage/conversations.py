@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from psycopg_pool import AsyncConnectionPool
 
-from chat_api.models import ConversationRecord, ConversationSummary, MessageRecord
+from chat_api.models import ConversationRecord, ConversationSummary
+from chat_api.storage.rows import message_from, query
+from chat_shared.db import unavailable_on_connection_errors
 from chat_shared.observability.tracing import tracer
 
 _tracer = tracer(__name__)
 
-_CREATE = text(
+_CREATE = query(
     """
     WITH ins AS (
         INSERT INTO conversations (id, title, direct_key, created_by)
@@ -24,35 +26,34 @@ _CREATE = text(
         INSERT INTO conversation_members (conversation_id, user_id)
         SELECT ins.id, u FROM ins, unnest(CAST(:members AS text[])) AS u
     )
-    SELECT id, title, created_at, last_message_at, last_seq FROM ins
+    SELECT id, title, created_at, last_message_at, last_seq, CAST(:members AS text[]) FROM ins
     """
 )
 
-_BY_DIRECT_KEY = text(
+_BY_DIRECT_KEY = query(
     """
     SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq,
            ARRAY(SELECT user_id FROM conversation_members x
-                 WHERE x.conversation_id = c.id ORDER BY user_id) AS member_ids
+                 WHERE x.conversation_id = c.id ORDER BY user_id)
     FROM conversations c WHERE c.direct_key = :direct_key
     """
 )
 
+# Columns: 0-4 the conversation, 5 last_activity_at, 6 last_read_seq, 7 member ids,
+# 8-13 the last message (NULLs when there is none).
 _LIST_COLUMNS = """
     SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.last_activity_at,
            cm.last_read_seq,
            ARRAY(SELECT user_id FROM conversation_members x
-                 WHERE x.conversation_id = c.id ORDER BY user_id) AS member_ids,
-           lm.id AS lm_id, lm.conversation_id AS lm_conversation_id, lm.sender_id AS lm_sender_id,
-           lm.content AS lm_content, lm.seq AS lm_seq, lm.created_at AS lm_created_at
+                 WHERE x.conversation_id = c.id ORDER BY user_id),
+           lm.id, lm.conversation_id, lm.seq, lm.sender_id, lm.content, lm.created_at
     FROM conversation_members cm
     JOIN conversations c ON c.id = cm.conversation_id
     LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq
     WHERE cm.user_id = :user_id
 """
-_LIST_FIRST = text(
-    _LIST_COLUMNS + " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT :limit"
-)
-_LIST_AFTER = text(
+_LIST_FIRST = query(_LIST_COLUMNS + " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT :limit")
+_LIST_AFTER = query(
     _LIST_COLUMNS
     + " AND (c.last_activity_at, c.id) < (:after_time, CAST(:after_id AS uuid))"
     + " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT :limit"
@@ -64,39 +65,35 @@ def direct_key(a: str, b: str) -> str:
     return json.dumps(sorted((a, b)), separators=(",", ":"))
 
 
+def _conversation(row: tuple[Any, ...], members: list[str]) -> ConversationRecord:
+    return ConversationRecord(
+        id=str(row[0]), title=row[1], member_ids=members, created_at=row[2],
+        last_message_at=row[3], last_seq=int(row[4]),
+    )
+
+
 class ConversationRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
 
     async def create(
         self, creator: str, members: list[str], title: str, direct: str | None
     ) -> ConversationRecord:
         """Creates the conversation, or returns the existing direct one with the same key."""
-        with _tracer.start_as_current_span("db.create_conversation"):
-            async with self._engine.connect() as conn:
-                row = (
-                    await conn.execute(
-                        _CREATE,
-                        {"title": title, "direct_key": direct, "creator": creator,
-                         "members": members},
-                    )
-                ).first()
-                if row is not None:
-                    m = row._mapping
-                    return ConversationRecord(
-                        id=str(m["id"]), title=m["title"], member_ids=sorted(members),
-                        created_at=m["created_at"], last_message_at=m["last_message_at"],
-                        last_seq=int(m["last_seq"]),
-                    )
-                # The direct conversation already exists (maybe created concurrently: the
-                # conflicting insert waited for it to commit, so this statement sees it).
-                existing = (await conn.execute(_BY_DIRECT_KEY, {"direct_key": direct})).one()
-                m = existing._mapping
-                return ConversationRecord(
-                    id=str(m["id"]), title=m["title"], member_ids=list(m["member_ids"]),
-                    created_at=m["created_at"], last_message_at=m["last_message_at"],
-                    last_seq=int(m["last_seq"]),
-                )
+        params = {"title": title, "direct_key": direct, "creator": creator,
+                  "members": sorted(members)}
+        with _tracer.start_as_current_span("db.create_conversation"), \
+                unavailable_on_connection_errors():
+            async with self._pool.connection() as conn:
+                row = await (await conn.execute(_CREATE, params)).fetchone()
+                if row is None:
+                    # The direct conversation already exists (maybe created concurrently: the
+                    # conflicting insert waited for it to commit, so this statement sees it).
+                    row = await (await conn.execute(
+                        _BY_DIRECT_KEY, {"direct_key": direct})).fetchone()
+        if row is None:
+            raise RuntimeError("direct conversation vanished between insert and select")
+        return _conversation(row, list(row[5]))
 
     async def list_for_member(
         self, user_id: str, limit: int, after: tuple[datetime, str] | None
@@ -107,28 +104,16 @@ class ConversationRepository:
         if after is not None:
             stmt = _LIST_AFTER
             params["after_time"], params["after_id"] = after
-        with _tracer.start_as_current_span("db.list_conversations"):
-            async with self._engine.connect() as conn:
-                rows = (await conn.execute(stmt, params)).all()
-        out = []
-        for row in rows:
-            m = row._mapping
-            last = None
-            if m["lm_id"] is not None:
-                last = MessageRecord(
-                    id=str(m["lm_id"]), conversation_id=str(m["lm_conversation_id"]),
-                    sender_id=m["lm_sender_id"], content=m["lm_content"], seq=int(m["lm_seq"]),
-                    created_at=m["lm_created_at"],
-                )
-            conv = ConversationRecord(
-                id=str(m["id"]), title=m["title"], member_ids=list(m["member_ids"]),
-                created_at=m["created_at"], last_message_at=m["last_message_at"],
-                last_seq=int(m["last_seq"]),
+        with _tracer.start_as_current_span("db.list_conversations"), \
+                unavailable_on_connection_errors():
+            async with self._pool.connection() as conn:
+                rows = await (await conn.execute(stmt, params)).fetchall()
+        return [
+            ConversationSummary(
+                conversation=_conversation(row, list(row[7])),
+                last_read_seq=int(row[6]),
+                last_message=message_from(row, 8) if row[8] is not None else None,
+                last_activity_at=row[5],
             )
-            out.append(
-                ConversationSummary(
-                    conversation=conv, last_read_seq=int(m["last_read_seq"]), last_message=last,
-                    last_activity_at=m["last_activity_at"],
-                )
-            )
-        return out
+            for row in rows
+        ]

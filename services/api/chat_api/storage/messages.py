@@ -6,12 +6,11 @@ import enum
 from datetime import datetime
 
 import psycopg.errors
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from psycopg_pool import AsyncConnectionPool
 
 from chat_api.models import MessageRecord
-from chat_api.storage.rows import message_from
+from chat_api.storage.rows import message_from, query
+from chat_shared.db import unavailable_on_connection_errors
 from chat_shared.events import MESSAGE_CREATED
 from chat_shared.observability.tracing import tracer
 
@@ -24,7 +23,7 @@ IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
 # members as recipients, and move the sender's read position to the new message. A duplicate
 # (sender, idempotency_key) aborts the whole statement, so a retried key never burns a seq:
 # seq stays gapless.
-_SEND = text(
+_SEND = query(
     f"""
     WITH conv AS (
         UPDATE conversations c
@@ -64,7 +63,7 @@ _SEND = text(
     """
 )
 
-_BY_KEY = text(
+_BY_KEY = query(
     """
     SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
     WHERE sender_id = :sender_id AND idempotency_key = :idempotency_key
@@ -84,14 +83,14 @@ _PAGE_TAIL = """
     WHERE cm.conversation_id = :conversation_id AND cm.user_id = :user_id
 """
 _PAGE = {
-    "newest": text(_PAGE_HEAD + " ORDER BY m.seq DESC LIMIT :limit" + _PAGE_TAIL
-                   + " ORDER BY p.seq DESC"),
-    "before_seq": text(_PAGE_HEAD + " AND m.seq < :cursor ORDER BY m.seq DESC LIMIT :limit"
-                       + _PAGE_TAIL + " ORDER BY p.seq DESC"),
-    "before_time": text(_PAGE_HEAD + " AND m.created_at < :before ORDER BY m.seq DESC LIMIT :limit"
+    "newest": query(_PAGE_HEAD + " ORDER BY m.seq DESC LIMIT :limit" + _PAGE_TAIL
+                    + " ORDER BY p.seq DESC"),
+    "before_seq": query(_PAGE_HEAD + " AND m.seq < :cursor ORDER BY m.seq DESC LIMIT :limit"
                         + _PAGE_TAIL + " ORDER BY p.seq DESC"),
-    "after_seq": text(_PAGE_HEAD + " AND m.seq > :cursor ORDER BY m.seq ASC LIMIT :limit"
-                      + _PAGE_TAIL + " ORDER BY p.seq ASC"),
+    "before_time": query(_PAGE_HEAD + " AND m.created_at < :before"
+                         " ORDER BY m.seq DESC LIMIT :limit" + _PAGE_TAIL + " ORDER BY p.seq DESC"),
+    "after_seq": query(_PAGE_HEAD + " AND m.seq > :cursor ORDER BY m.seq ASC LIMIT :limit"
+                       + _PAGE_TAIL + " ORDER BY p.seq ASC"),
 }
 
 
@@ -113,8 +112,8 @@ class DuplicateKey(Exception):
 
 
 class MessageRepository:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
 
     async def send(
         self, conversation_id: str, sender_id: str, content: str, idempotency_key: str
@@ -125,24 +124,23 @@ class MessageRepository:
         """
         params = {"conversation_id": conversation_id, "sender_id": sender_id,
                   "content": content, "idempotency_key": idempotency_key}
-        with _tracer.start_as_current_span("db.send_message"):
+        with _tracer.start_as_current_span("db.send_message"), unavailable_on_connection_errors():
             try:
-                async with self._engine.connect() as conn:
-                    row = (await conn.execute(_SEND, params)).first()
-            except IntegrityError as exc:
-                orig = exc.orig
-                if (isinstance(orig, psycopg.errors.UniqueViolation)
-                        and orig.diag.constraint_name == IDEMPOTENCY_CONSTRAINT):
-                    original = await self.by_idempotency_key(sender_id, idempotency_key)
-                    if original is not None:
-                        raise DuplicateKey(original) from exc
-                raise
+                async with self._pool.connection() as conn:
+                    row = await (await conn.execute(_SEND, params)).fetchone()
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
+                    raise
+                original = await self.by_idempotency_key(sender_id, idempotency_key)
+                if original is None:
+                    raise
+                raise DuplicateKey(original) from exc
         return message_from(row) if row is not None else None
 
     async def by_idempotency_key(self, sender_id: str, key: str) -> MessageRecord | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                _BY_KEY, {"sender_id": sender_id, "idempotency_key": key})).first()
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(
+                _BY_KEY, {"sender_id": sender_id, "idempotency_key": key})).fetchone()
         return message_from(row) if row is not None else None
 
     async def page(
@@ -151,10 +149,14 @@ class MessageRepository:
     ) -> list[MessageRecord] | None:
         """One page of messages in the mode's order; None when the user is not a member."""
         params: dict[str, object] = {"conversation_id": conversation_id, "user_id": user_id,
-                                     "limit": limit, "cursor": cursor, "before": before}
-        with _tracer.start_as_current_span("db.get_messages"):
-            async with self._engine.connect() as conn:
-                rows = (await conn.execute(_PAGE[mode.value], params)).all()
+                                     "limit": limit}
+        if mode in (PageMode.BEFORE_SEQ, PageMode.AFTER_SEQ):
+            params["cursor"] = cursor
+        elif mode is PageMode.BEFORE_TIME:
+            params["before"] = before
+        with _tracer.start_as_current_span("db.get_messages"), unavailable_on_connection_errors():
+            async with self._pool.connection() as conn:
+                rows = await (await conn.execute(_PAGE[mode.value], params)).fetchall()
         if not rows:
             return None
-        return [message_from(r) for r in rows if r._mapping["id"] is not None]
+        return [message_from(r) for r in rows if r[0] is not None]
