@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -10,10 +10,14 @@ from chat_api.models import ConversationRecord, ConversationSummary, MessageReco
 from chat_shared.protos.chat.v1 import chat_pb2
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    # Timestamp.FromDatetime is general (naive datetimes, rounding) and slow; the database
+    # always returns aware datetimes with microseconds, so the arithmetic is exact here.
+    delta = value - _EPOCH
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def message(record: MessageRecord) -> chat_pb2.Message:
