@@ -9,7 +9,8 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 SOURCES = ["shared/chat_shared", "services/api/chat_api", "services/outbox-relay/chat_outbox_relay",
-           "services/ws-gateway/chat_ws_gateway", "migrations/chat_migrations"]
+           "services/ws-gateway/chat_ws_gateway", "migrations/chat_migrations",
+           "bench/chat_bench"]
 BIN = Path(sys.executable).parent
 
 

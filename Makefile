@@ -1,0 +1,17 @@
+# Thin wrappers over ./dev (which installs uv if needed and syncs the workspace from uv.lock).
+# Extra arguments: make bench ARGS="--quick", make test ARGS="-k idempotency".
+.PHONY: run test bench bench-readme
+
+run:
+	./dev run $(ARGS)
+
+test:
+	./dev test $(ARGS)
+
+# The whole-pipeline benchmark: prints a table against the issue-8 targets and writes
+# bench/results/latest.json; bench-readme regenerates README's Performance section from it.
+bench:
+	./dev bench $(ARGS)
+
+bench-readme:
+	./dev bench readme

@@ -1,0 +1,114 @@
+"""The benchmark's clients: one gRPC channel and one keep-alive HTTP session per process.
+
+Each RPC has a gRPC and an HTTP form that do the same thing and check the answer, so the
+sequential phase can alternate them call by call (drift on a noisy machine then hits both).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import aiohttp
+import grpc
+import orjson
+
+from chat_shared.auth import issue_token
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+
+TOKEN_TTL = 6 * 3600.0
+
+
+class HttpError(Exception):
+    """A non-2xx answer of the HTTP/JSON API."""
+
+
+def token(user: str, secret: str) -> str:
+    return str(issue_token(user, secret=secret, ttl_seconds=TOKEN_TTL))
+
+
+def grpc_channel(addr: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(addr)
+
+
+def http_session(base_url: str, connections: int = 100) -> aiohttp.ClientSession:
+    # Keep-alive on (aiohttp's default); no limit below the concurrency we ask for.
+    return aiohttp.ClientSession(base_url, connector=aiohttp.TCPConnector(limit=connections),
+                                 json_serialize=lambda o: orjson.dumps(o).decode())
+
+
+class User:
+    """One user's credentials in both forms (gRPC metadata, HTTP header)."""
+
+    def __init__(self, user_id: str, secret: str) -> None:
+        self.id = user_id
+        tok = token(user_id, secret)
+        self.meta = (("authorization", f"Bearer {tok}"),)
+        self.headers = {"Authorization": f"Bearer {tok}"}
+
+
+class Api:
+    """The four measured RPCs (and CreateConversation) over gRPC and over HTTP/JSON."""
+
+    def __init__(self, channel: grpc.aio.Channel, http: aiohttp.ClientSession | None) -> None:
+        stub_class: Any = chat_pb2_grpc.ChatServiceStub  # generated, untyped
+        self.stub = stub_class(channel)
+        self.http = http
+
+    async def create_conversation(self, user: User, others: list[str], title: str) -> str:
+        resp = await self.stub.CreateConversation(chat_pb2.CreateConversationRequest(
+            member_ids=others, title=title), metadata=user.meta, timeout=30)
+        return str(resp.conversation.id)
+
+    # gRPC
+
+    async def send_grpc(self, user: User, conv: str, content: str,
+                        deadline: float = 30) -> int:
+        resp = await self.stub.SendMessage(chat_pb2.SendMessageRequest(
+            conversation_id=conv, content=content, idempotency_key=uuid.uuid4().hex),
+            metadata=user.meta, timeout=deadline)
+        return int(resp.message.seq)
+
+    async def get_messages_grpc(self, user: User, conv: str, limit: int) -> int:
+        resp = await self.stub.GetMessages(chat_pb2.GetMessagesRequest(
+            conversation_id=conv, limit=limit), metadata=user.meta, timeout=30)
+        return len(resp.messages)
+
+    async def get_conversations_grpc(self, user: User, limit: int) -> int:
+        resp = await self.stub.GetConversations(chat_pb2.GetConversationsRequest(limit=limit),
+                                                metadata=user.meta, timeout=30)
+        return len(resp.conversations)
+
+    async def mark_read_grpc(self, user: User, conv: str, up_to: int) -> int:
+        resp = await self.stub.MarkAsRead(chat_pb2.MarkAsReadRequest(
+            conversation_id=conv, up_to_seq=up_to), metadata=user.meta, timeout=30)
+        return int(resp.last_read_seq)
+
+    # HTTP/JSON
+
+    async def _http(self, method: str, path: str, user: User,
+                    body: dict[str, Any] | None = None) -> Any:
+        assert self.http is not None
+        async with self.http.request(method, path, headers=user.headers, json=body) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                raise HttpError(f"{method} {path}: {resp.status} {data[:300]!r}")
+            return orjson.loads(data)
+
+    async def send_http(self, user: User, conv: str, content: str) -> int:
+        body = await self._http("POST", "/v1/messages", user, {
+            "conversation_id": conv, "content": content, "idempotency_key": uuid.uuid4().hex})
+        return int(body["message"]["seq"])
+
+    async def get_messages_http(self, user: User, conv: str, limit: int) -> int:
+        body = await self._http("GET", f"/v1/conversations/{conv}/messages?limit={limit}", user)
+        return len(body["messages"])
+
+    async def get_conversations_http(self, user: User, limit: int) -> int:
+        body = await self._http("GET", f"/v1/conversations?limit={limit}", user)
+        return len(body["conversations"])
+
+    async def mark_read_http(self, user: User, conv: str, up_to: int) -> int:
+        body = await self._http("POST", f"/v1/conversations/{conv}/read", user,
+                                {"up_to_seq": str(up_to)})
+        return int(body["last_read_seq"])

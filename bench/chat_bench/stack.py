@@ -1,0 +1,86 @@
+"""The stack under test: started here the way ``chat-dev`` starts it, or a running one.
+
+Local: throwaway PostgreSQL and Redis (``chat_shared.localstack``), ``chat-migrate``, then the
+API, the relay and one gateway as subprocesses on free loopback ports (``chat_bench.processes``,
+the same classes the e2e tests use). Remote: only the addresses given on the command line; the
+figures that need a process of the stack (gateway memory) are then left out unless given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import resource
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from chat_bench.processes import BIN, Api, Gateway, Relay, Service, base_env
+from chat_shared.localstack import LocalPostgres, LocalRedis
+
+
+@dataclass
+class Target:
+    """Where the stack answers; the optional parts are known only for a stack started here."""
+
+    grpc: str  # host:port
+    http: str  # http://host:port
+    ws: str  # http://host:port (the gateway; /v1/ws is appended)
+    jwt_secret: str
+    db_source: str = ""
+    redis_addr: str = ""
+    stream_prefix: str = "chat:events"
+    gateway_pid: int | None = None
+    gateway_metrics: str = ""  # http://host:port/metrics
+    relay_metrics: str = ""
+    log_dir: str = ""
+    started_here: bool = False
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; inherited by every process started after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@contextlib.asynccontextmanager
+async def local_stack(jwt_secret: str, log_level: str,
+                      extra_env: dict[str, str]) -> AsyncIterator[Target]:
+    """PostgreSQL, Redis, migrations and the three services; everything is removed after."""
+    log_dir = pathlib.Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    pg = LocalPostgres().start()
+    redis = LocalRedis().start()
+    services: list[Service] = []
+    try:
+        dsn = pg.create_database("chat")
+        migrate = subprocess.run([str(BIN / "chat-migrate")],  # noqa: ASYNC221 (once, at start)
+                                 env={**os.environ, "DB_SOURCE": dsn}, capture_output=True)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"chat-migrate failed: {migrate.stderr.decode()[-2000:]}")
+        env = base_env(dsn, redis.addr, jwt_secret, ENVIRONMENT="development",
+                       LOG_LEVEL=log_level, **extra_env)
+        api = Api(env, log_dir)
+        relay = Relay(env, log_dir, quick_intervals=False)
+        gateway = Gateway(env, log_dir)
+        services = [gateway, relay, api]  # stopped in this order: consumers first
+        await api.ready()
+        await relay.ready()
+        await gateway.ready()
+        yield Target(
+            grpc=f"127.0.0.1:{api.grpc_port}", http=f"http://127.0.0.1:{api.http_port}",
+            ws=gateway.url, jwt_secret=jwt_secret, db_source=dsn, redis_addr=redis.addr,
+            gateway_pid=gateway.proc.pid,
+            gateway_metrics=f"http://127.0.0.1:{gateway.metrics_port}/metrics",
+            relay_metrics=f"http://127.0.0.1:{relay.metrics_port}/metrics",
+            log_dir=str(log_dir), started_here=True)
+        for service in services:
+            service.alive()
+    finally:
+        for service in services:
+            service.stop()
+        redis.cleanup()
+        pg.cleanup()
