@@ -39,9 +39,11 @@ from chat_shared.redis_client import create_redis
 
 log = get_logger(__name__)
 
+# multiprocess_mode: how API_WORKERS processes combine (ignored with one process).
 DEPENDENCY_UP = Gauge("chat_dependency_up", "1 when the dependency answers its probe",
-                      ["dependency"])
-DB_POOL = Gauge("chat_db_pool_connections", "Database pool connections by state", ["state"])
+                      ["dependency"], multiprocess_mode="livemin")
+DB_POOL = Gauge("chat_db_pool_connections", "Database pool connections by state", ["state"],
+                multiprocess_mode="livesum")
 
 
 @dataclass
@@ -70,7 +72,8 @@ class ApiApp:
         await self.server.start()
         if self.http is not None:
             host, port = parse_host_port(self.settings.http_server_address)
-            self.http_port = await self.http.start(host, port, self.settings.shutdown_grace)
+            self.http_port = await self.http.start(host, port, self.settings.shutdown_grace,
+                                                   reuse_port=self.settings.api_workers > 1)
         self._probe = asyncio.create_task(self._probe_dependencies(), name="dependency-probe")
         log.info("api_started", grpc_port=self.grpc_port, http_port=self.http_port)
 
@@ -148,7 +151,9 @@ def build_app(settings: ApiSettings) -> ApiApp:
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor()],  # type: ignore[no-untyped-call]
         options=[("grpc.max_receive_message_length", 1 << 20),
-                 ("grpc.so_reuseport", 0)],
+                 # Several API_WORKERS processes share the port (the kernel spreads
+                 # connections); a lone process must not share it by accident.
+                 ("grpc.so_reuseport", 1 if settings.api_workers > 1 else 0)],
     )
     server.add_generic_rpc_handlers((chat_service_handler(dispatcher),))
     health_servicer = health.aio.HealthServicer()

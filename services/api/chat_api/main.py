@@ -6,8 +6,11 @@ import asyncio
 import signal
 import sys
 
+import uvloop
+
 from chat_api.app import build_app
 from chat_api.settings import ApiSettings
+from chat_api.workers import check_ports, is_worker, supervise
 from chat_shared.config import ConfigError, load_settings
 from chat_shared.observability.logging import configure_logging, get_logger
 from chat_shared.observability.metrics import serve_metrics
@@ -40,12 +43,20 @@ def main() -> int:
               file=sys.stderr)
         return 2
     configure_logging("chat-api", settings.log_level)
+    if settings.api_workers > 1 and not is_worker():
+        problem = check_ports(settings)
+        if problem:
+            print(f"chat-api: {problem}", file=sys.stderr)
+            return 2
+        return supervise(settings)
     configure_tracing(settings.otel_service_name or "chat-api",
                       settings.otel_exporter_otlp_endpoint)
-    port = serve_metrics(settings.metrics_port, addr=settings.metrics_address)
+    # A worker's metrics are served by its supervisor (multiprocess mode).
+    port = 0 if is_worker() else serve_metrics(settings.metrics_port,
+                                                 addr=settings.metrics_address)
     log.info("starting", grpc=settings.grpc_server_address, metrics_port=port,
              environment=settings.environment)
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))
     return 0
 
 

@@ -15,6 +15,9 @@ class ApiSettings(ServiceSettings):
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
     metrics_port: int = Field(9100, ge=0, le=65535)
+    api_workers: int = Field(
+        1, ge=1, le=64,
+        description="processes serving the same ports (SO_REUSEPORT), to use more than one core")
     max_message_length: int = Field(4096, ge=1, le=1_000_000, description="characters")
     max_idempotency_key_length: int = Field(255, ge=8, le=1024, description="characters")
     max_conversation_members: int = Field(1000, ge=2, le=100_000)

@@ -7,6 +7,7 @@ logging (grpc, SQLAlchemy, alembic), as one JSON object per line.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -68,8 +69,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 
 
 def _add_service(service: str) -> Any:
+    pid = os.getpid()
+
     def processor(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         event.setdefault("service", service)
+        event.setdefault("pid", pid)  # tells API_WORKERS processes apart
         return event
 
     return processor

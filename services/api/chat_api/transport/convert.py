@@ -9,7 +9,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from chat_api.models import ConversationRecord, ConversationSummary, MessageRecord
 from chat_shared.protos.chat.v1 import chat_pb2
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -31,7 +31,8 @@ RPC_DURATION = Histogram(
     "chat_rpc_duration_seconds", "ChatService call duration", ["method", "transport"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-RPC_IN_FLIGHT = Gauge("chat_rpc_in_flight", "ChatService calls in progress", ["transport"])
+RPC_IN_FLIGHT = Gauge("chat_rpc_in_flight", "ChatService calls in progress", ["transport"],
+                      multiprocess_mode="livesum")
 
 
 @dataclass

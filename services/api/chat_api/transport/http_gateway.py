@@ -79,12 +79,15 @@ class HttpGateway:
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int, shutdown_timeout: float) -> int:
+    async def start(
+        self, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
+    ) -> int:
         """Binds and serves; returns the bound port (useful when ``port`` is 0)."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                      shutdown_timeout=shutdown_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                           reuse_port=reuse_port or None)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self.port

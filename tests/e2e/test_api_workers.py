@@ -1,0 +1,107 @@
+"""API_WORKERS: several API processes share the gRPC and HTTP ports, one /metrics for all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+
+from chat_shared.localstack import free_port
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from tests.conftest import auth
+
+
+def _start(api_env, venv_bin, tmp_path, **extra):
+    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+    env = {**os.environ, **api_env, "API_WORKERS": "2", "LOG_LEVEL": "INFO",
+           "GRPC_SERVER_ADDRESS": f"127.0.0.1:{ports['grpc']}",
+           "HTTP_SERVER_ADDRESS": f"127.0.0.1:{ports['http']}",
+           "METRICS_PORT": str(ports["metrics"]), "METRICS_ADDRESS": "127.0.0.1", **extra}
+    log = open(tmp_path / "api.log", "w")  # noqa: SIM115 - closed by the fixture
+    proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    log.close()
+    return proc, ports
+
+
+def _log_lines(tmp_path):
+    lines = []
+    for raw in (tmp_path / "api.log").read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            pass
+    return lines
+
+
+async def _wait_ready(port: int, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                await chat_pb2_grpc.ChatServiceStub(ch).GetConversations(
+                    chat_pb2.GetConversationsRequest(), metadata=auth("probe"), timeout=1)
+                return
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.2)
+    raise AssertionError("API workers did not answer")
+
+
+@pytest.fixture
+def workers(api_env, venv_bin, tmp_path):
+    proc, ports = _start(api_env, venv_bin, tmp_path)
+    yield proc, ports
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_two_workers_share_the_ports_and_the_metrics(workers, tmp_path):
+    proc, ports = workers
+    await _wait_ready(ports["grpc"])
+    sent = 0
+    for _ in range(12):  # new connections: the kernel spreads them over the workers
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
+            stub = chat_pb2_grpc.ChatServiceStub(ch)
+            conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(
+                member_ids=["bob"]), metadata=auth("alice"))).conversation
+            await stub.SendMessage(chat_pb2.SendMessageRequest(
+                conversation_id=conv.id, content="hi", idempotency_key=uuid.uuid4().hex),
+                metadata=auth("alice"))
+            sent += 1
+    rpc_pids = {line["pid"] for line in _log_lines(tmp_path)
+                if line.get("msg") == "rpc" and line.get("method") == "SendMessage"}
+    assert len(rpc_pids) == 2, f"calls were served by {rpc_pids}"
+    body = urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics").read().decode()
+    counts = [line for line in body.splitlines()
+              if line.startswith('chat_rpc_requests_total{code="OK",method="SendMessage"')]
+    assert counts and float(counts[0].rsplit(" ", 1)[1]) == sent
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert sum(1 for line in _log_lines(tmp_path) if line.get("msg") == "api_stopped") == 2
+
+
+async def test_a_dead_worker_stops_the_supervisor(workers, tmp_path):
+    proc, ports = workers
+    await _wait_ready(ports["grpc"])
+    started = [line["workers"] for line in _log_lines(tmp_path)
+               if line.get("msg") == "workers_started"]
+    assert started and len(started[0]) == 2
+    os.kill(started[0][0], signal.SIGKILL)
+    assert proc.wait(30) == 1  # the pod restarts rather than running at half capacity
+
+
+def test_workers_need_fixed_ports(api_env, venv_bin):
+    env = {**os.environ, **api_env, "API_WORKERS": "2"}  # api_env binds port 0
+    result = subprocess.run([str(venv_bin / "chat-api")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "GRPC_SERVER_ADDRESS" in result.stderr
