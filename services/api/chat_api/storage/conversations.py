@@ -42,11 +42,11 @@ _BY_DIRECT_KEY = query(
 # Columns: 0-4 the conversation, 5 last_activity_at, 6 last_read_seq, 7 member ids,
 # 8-13 the last message (NULLs when there is none).
 _LIST_COLUMNS = """
-    SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.last_activity_at,
+    SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, c.last_activity_at,
            cm.last_read_seq,
            ARRAY(SELECT user_id FROM conversation_members x
                  WHERE x.conversation_id = c.id ORDER BY user_id),
-           lm.id, lm.conversation_id, lm.seq, lm.sender_id, lm.content, lm.created_at
+           lm.id::text, lm.conversation_id::text, lm.seq, lm.sender_id, lm.content, lm.created_at
     FROM conversation_members cm
     JOIN conversations c ON c.id = cm.conversation_id
     LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq

@@ -75,7 +75,7 @@ _BY_KEY = query(
 _PAGE_HEAD = """
     SELECT p.* FROM conversation_members cm
     LEFT JOIN LATERAL (
-        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.created_at
+        SELECT m.id::text, m.conversation_id::text, m.seq, m.sender_id, m.content, m.created_at
         FROM messages m WHERE m.conversation_id = cm.conversation_id
 """
 _PAGE_TAIL = """

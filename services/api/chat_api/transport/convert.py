@@ -1,4 +1,9 @@
-"""Domain records -> chat.v1 protobuf messages."""
+"""Domain records -> chat.v1 protobuf messages.
+
+The fill_* functions write into a message that already sits in its parent (a repeated
+field's ``add()``, a sub-message field): building a sub-message apart and assigning it copies
+it, and GetConversations(50) spent a third of its time on those copies.
+"""
 
 from __future__ import annotations
 
@@ -12,35 +17,60 @@ from chat_shared.protos.chat.v1 import chat_pb2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def timestamp(value: datetime) -> Timestamp:
+def fill_timestamp(out: Timestamp, value: datetime) -> None:
     # Timestamp.FromDatetime is general (naive datetimes, rounding) and slow; the database
     # always returns aware datetimes with microseconds, so the arithmetic is exact here.
     delta = value - _EPOCH
-    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
+    out.seconds = delta.days * 86400 + delta.seconds
+    out.nanos = delta.microseconds * 1000
+
+
+def timestamp(value: datetime) -> Timestamp:
+    out = Timestamp()
+    fill_timestamp(out, value)
+    return out
+
+
+def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
+    out.id = record.id
+    out.conversation_id = record.conversation_id
+    out.sender_id = record.sender_id
+    out.content = record.content
+    out.seq = record.seq
+    fill_timestamp(out.created_at, record.created_at)
+
+
+def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) -> None:
+    out.id = record.id
+    out.title = record.title
+    out.member_ids.extend(record.member_ids)
+    fill_timestamp(out.created_at, record.created_at)
+    out.last_seq = record.last_seq
+    if record.last_message_at is not None:
+        fill_timestamp(out.last_message_at, record.last_message_at)
+
+
+def fill_summary(out: chat_pb2.ConversationSummary, record: ConversationSummary) -> None:
+    fill_conversation(out.conversation, record.conversation)
+    out.unread_count = record.unread_count
+    out.last_read_seq = record.last_read_seq
+    if record.last_message is not None:
+        fill_message(out.last_message, record.last_message)
 
 
 def message(record: MessageRecord) -> chat_pb2.Message:
-    return chat_pb2.Message(
-        id=record.id, conversation_id=record.conversation_id, sender_id=record.sender_id,
-        content=record.content, seq=record.seq, created_at=timestamp(record.created_at),
-    )
+    out = chat_pb2.Message()
+    fill_message(out, record)
+    return out
 
 
 def conversation(record: ConversationRecord) -> chat_pb2.Conversation:
-    out = chat_pb2.Conversation(
-        id=record.id, title=record.title, member_ids=record.member_ids,
-        created_at=timestamp(record.created_at), last_seq=record.last_seq,
-    )
-    if record.last_message_at is not None:
-        out.last_message_at.CopyFrom(timestamp(record.last_message_at))
+    out = chat_pb2.Conversation()
+    fill_conversation(out, record)
     return out
 
 
 def summary(record: ConversationSummary) -> chat_pb2.ConversationSummary:
-    out = chat_pb2.ConversationSummary(
-        conversation=conversation(record.conversation), unread_count=record.unread_count,
-        last_read_seq=record.last_read_seq,
-    )
-    if record.last_message is not None:
-        out.last_message.CopyFrom(message(record.last_message))
+    out = chat_pb2.ConversationSummary()
+    fill_summary(out, record)
     return out

@@ -32,14 +32,18 @@ class ChatHandlers:
         self, caller: str, req: chat_pb2.CreateConversationRequest
     ) -> chat_pb2.CreateConversationResponse:
         conv = await self.conversations.create(caller, list(req.member_ids), req.title)
-        return chat_pb2.CreateConversationResponse(conversation=convert.conversation(conv))
+        resp = chat_pb2.CreateConversationResponse()
+        convert.fill_conversation(resp.conversation, conv)
+        return resp
 
     async def SendMessage(  # noqa: N802
         self, caller: str, req: chat_pb2.SendMessageRequest
     ) -> chat_pb2.SendMessageResponse:
         msg = await self.messages.send(caller, req.conversation_id, req.content,
                                        req.idempotency_key)
-        return chat_pb2.SendMessageResponse(message=convert.message(msg))
+        resp = chat_pb2.SendMessageResponse()
+        convert.fill_message(resp.message, msg)
+        return resp
 
     async def GetMessages(  # noqa: N802
         self, caller: str, req: chat_pb2.GetMessagesRequest
@@ -48,19 +52,19 @@ class ChatHandlers:
             "before_timestamp") else None
         page = await self.messages.history(caller, req.conversation_id, req.limit,
                                            req.page_token, before, req.after_seq)
-        return chat_pb2.GetMessagesResponse(
-            messages=[convert.message(m) for m in page.items],
-            next_page_token=page.next_page_token,
-        )
+        resp = chat_pb2.GetMessagesResponse(next_page_token=page.next_page_token)
+        for record in page.items:
+            convert.fill_message(resp.messages.add(), record)
+        return resp
 
     async def GetConversations(  # noqa: N802
         self, caller: str, req: chat_pb2.GetConversationsRequest
     ) -> chat_pb2.GetConversationsResponse:
         page = await self.conversations.list(caller, req.limit, req.page_token)
-        return chat_pb2.GetConversationsResponse(
-            conversations=[convert.summary(s) for s in page.items],
-            next_page_token=page.next_page_token,
-        )
+        resp = chat_pb2.GetConversationsResponse(next_page_token=page.next_page_token)
+        for record in page.items:
+            convert.fill_summary(resp.conversations.add(), record)
+        return resp
 
     async def MarkAsRead(  # noqa: N802
         self, caller: str, req: chat_pb2.MarkAsReadRequest
