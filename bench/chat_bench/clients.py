@@ -27,8 +27,14 @@ def token(user: str, secret: str) -> str:
     return str(issue_token(user, secret=secret, ttl_seconds=TOKEN_TTL))
 
 
-def grpc_channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr)
+def grpc_channel(addr: str, *, own_connection: bool = False) -> grpc.aio.Channel:
+    """A channel; ``own_connection`` gives it a TCP connection of its own.
+
+    gRPC shares one connection among channels to the same target; API_WORKERS processes
+    behind SO_REUSEPORT are spread per connection, so load needs several of them.
+    """
+    options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else None
+    return grpc.aio.insecure_channel(addr, options=options)
 
 
 def http_session(base_url: str, connections: int = 100) -> aiohttp.ClientSession:

@@ -22,6 +22,7 @@ import grpc
 from chat_bench.clients import Api, User, grpc_channel
 from chat_bench.stats import CpuMeter, summarize
 
+CONNECTIONS_PER_CLIENT = 4
 START_DELAY = 3.0  # seconds for the client processes to start and warm up before the window
 
 
@@ -37,9 +38,12 @@ async def _send_loop(spec: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     start, end = spec["start"], spec["start"] + spec["duration"]
-    async with grpc_channel(spec["grpc"]) as channel:
-        api = Api(channel, None)
-
+    # Several connections per client process, so the kernel can spread them over the API's
+    # worker processes (API_WORKERS); senders take them in turn.
+    channels = [grpc_channel(spec["grpc"], own_connection=True)
+                for _ in range(CONNECTIONS_PER_CLIENT)]
+    apis = [Api(channel, None) for channel in channels]
+    try:
         def pick() -> tuple[User, str]:
             conv, members = rng.choice(conversations)
             name = rng.choice(members)
@@ -47,10 +51,10 @@ async def _send_loop(spec: dict[str, Any]) -> dict[str, Any]:
                 users[name] = User(name, spec["secret"])
             return users[name], conv
 
-        for _ in range(5):  # warm-up: the connection and this process's code paths
+        for api in apis:  # warm-up: the connections and this process's code paths
             await api.send_grpc(*pick(), "warm-up")
 
-        async def sender() -> None:
+        async def sender(api: Api) -> None:
             await asyncio.sleep(max(0.0, start - time.perf_counter()))
             while (t0 := time.perf_counter()) < end:
                 user, conv = pick()
@@ -64,8 +68,12 @@ async def _send_loop(spec: dict[str, Any]) -> dict[str, Any]:
 
         await asyncio.sleep(max(0.0, start - time.perf_counter() - 0.5))
         cpu = CpuMeter()
-        await asyncio.gather(*(sender() for _ in range(spec["concurrency"])))
+        await asyncio.gather(*(sender(apis[i % len(apis)])
+                               for i in range(spec["concurrency"])))
         return {"latencies": latencies, "errors": dict(errors), "cpu": cpu.share()}
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 async def measure(executor: Executor, workers: int, grpc_addr: str, secret: str,

@@ -80,7 +80,8 @@ async def test_two_workers_share_the_ports_and_the_metrics(workers, tmp_path):
     rpc_pids = {line["pid"] for line in _log_lines(tmp_path)
                 if line.get("msg") == "rpc" and line.get("method") == "SendMessage"}
     assert len(rpc_pids) == 2, f"calls were served by {rpc_pids}"
-    body = urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics").read().decode()
+    url = f"http://127.0.0.1:{ports['metrics']}/metrics"
+    body = (await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())).decode()
     counts = [line for line in body.splitlines()
               if line.startswith('chat_rpc_requests_total{code="OK",method="SendMessage"')]
     assert counts and float(counts[0].rsplit(" ", 1)[1]) == sent
@@ -97,6 +98,31 @@ async def test_a_dead_worker_stops_the_supervisor(workers, tmp_path):
     assert started and len(started[0]) == 2
     os.kill(started[0][0], signal.SIGKILL)
     assert proc.wait(30) == 1  # the pod restarts rather than running at half capacity
+
+
+async def test_killing_the_supervisor_takes_the_workers_down(workers, tmp_path):
+    proc, ports = workers
+    await _wait_ready(ports["grpc"])
+    started = [line["workers"] for line in _log_lines(tmp_path)
+               if line.get("msg") == "workers_started"]
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 20
+    alive = list(started[0])
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        await asyncio.sleep(0.1)
+    assert alive == [], "orphaned workers kept running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 def test_workers_need_fixed_ports(api_env, venv_bin):

@@ -10,6 +10,8 @@ instead of running on with less capacity than it advertises.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -41,6 +43,16 @@ def check_ports(settings: ApiSettings) -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the supervisor dies, even by SIGKILL.
+
+    Without this, a killed supervisor leaves its workers running, still holding the ports.
+    """
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def supervise(settings: ApiSettings) -> int:
     """Runs the workers until a signal (exit 0 when they drained) or a worker's death (exit 1)."""
     multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
@@ -53,7 +65,8 @@ def supervise(settings: ApiSettings) -> int:
     from chat_shared.observability.metrics import serve_metrics
 
     workers = [
-        subprocess.Popen([sys.executable, "-m", "chat_api.main"], env=env)
+        subprocess.Popen([sys.executable, "-m", "chat_api.main"], env=env,
+                         preexec_fn=_die_with_parent)
         for _ in range(settings.api_workers)
     ]
     registry = CollectorRegistry()
