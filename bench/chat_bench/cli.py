@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("the stack started here")
     s.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the services")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the services (e.g. API_WORKERS=2)")
+                   help="extra environment for the services (default API_WORKERS=<cores, up to 4>)")
     return p
 
 
@@ -109,7 +109,9 @@ async def _run(args: argparse.Namespace, phases: list[str], progress: Progress) 
     result["fd_limit"] = raise_fd_limit()
     result["load_before"] = machine.load_average()
     result["machine"] = machine.describe()
-    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    # The API's best setting on a multi-core box: one process per core (SO_REUSEPORT).
+    extra_env = {"API_WORKERS": str(min(4, os.cpu_count() or 1)),
+                 **dict(kv.split("=", 1) for kv in args.env)}
     if args.grpc:
         if not (args.http and args.ws):
             raise SystemExit("chat-bench: --grpc needs --http and --ws too")

@@ -165,7 +165,8 @@ def machine_line(data: dict[str, Any]) -> str:
             f"{m.get('python', '?')}, PostgreSQL {m.get('postgresql', '?')}, Redis "
             f"{m.get('redis', '?')}; load average (1/5/15 min) "
             f"{' / '.join(map(str, before))} before, {' / '.join(map(str, after))} after; "
-            f"mode {data.get('mode', '?')}.")
+            f"mode {data.get('mode', '?')}; service settings "
+            f"{' '.join(f'{k}={v}' for k, v in sorted(data.get('service_env', {}).items()))}.")
 
 
 def readme_section(data: dict[str, Any]) -> str:
