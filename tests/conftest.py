@@ -10,6 +10,7 @@ import itertools
 import os
 import pathlib
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
@@ -19,6 +20,11 @@ import redis as redis_sync
 from chat_migrations.cli import upgrade
 from chat_shared.auth import issue_token
 from chat_shared.localstack import LocalPostgres, LocalRedis
+
+# The same two aiohttp warnings pyproject.toml ignores during tests, also outside them (at
+# interpreter exit, where a late-collected session would otherwise fail the run).
+warnings.filterwarnings("ignore", "Unclosed client session", ResourceWarning)
+warnings.filterwarnings("ignore", "Unclosed connector", ResourceWarning)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256"
