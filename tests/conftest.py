@@ -65,6 +65,12 @@ def redis_addr(redis_server: LocalRedis) -> str:
     return redis_server.addr
 
 
+def coverage_env() -> dict[str, str]:
+    """The COVERAGE_* variables, for tests that give a subprocess a minimal environment:
+    with them, a run measuring coverage follows the code into that process."""
+    return {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
+
+
 def make_token(user: str, ttl: float = 3600.0, **kw: object) -> str:
     return issue_token(user, secret=TEST_SECRET, ttl_seconds=ttl, **kw)  # type: ignore[arg-type]
 

@@ -21,7 +21,12 @@ import urllib.request
 from chat_shared.localstack import free_port
 
 BIN = pathlib.Path(sys.executable).parent
-_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "COVERAGE_PROCESS_START")
+_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+
+
+def _kept(name: str) -> bool:
+    # COVERAGE_*: a test run measuring coverage follows the services into their processes.
+    return name in _KEEP or name.startswith("COVERAGE_")
 
 
 class ServiceError(AssertionError):
@@ -31,7 +36,7 @@ class ServiceError(AssertionError):
 def base_env(db_source: str, redis_addr: str, jwt_secret: str,
              **overrides: object) -> dict[str, str]:
     """The environment every service gets; ``overrides`` are upper-cased variable names."""
-    env = {k: v for k, v in os.environ.items() if k in _KEEP}
+    env = {k: v for k, v in os.environ.items() if _kept(k)}
     env.update({"ENVIRONMENT": "test", "DB_SOURCE": db_source, "REDIS_ADDR": redis_addr,
                 "JWT_SECRET": jwt_secret, "REDIS_TIMEOUT": "2s", "LOG_LEVEL": "INFO",
                 "METRICS_ADDRESS": "127.0.0.1"})

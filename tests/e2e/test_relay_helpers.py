@@ -103,7 +103,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 
 def relay_env(db_source: str, redis_addr: str, **overrides: object) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "COVERAGE_PROCESS_START")}
+           if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") or k.startswith("COVERAGE_")}
     env.update({
         "ENVIRONMENT": "test",
         "DB_SOURCE": db_source,

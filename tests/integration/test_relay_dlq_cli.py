@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 
+from tests.conftest import coverage_env
 from tests.e2e.test_relay_helpers import VENV_BIN, sql
 
 
@@ -23,7 +24,8 @@ def seed_dead_letters(dsn: str, n: int) -> list[tuple[int, str]]:
 
 def outbox_cli(dsn: str, cwd: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(VENV_BIN / "chat-outbox"), *args],
-                          env={"DB_SOURCE": dsn, "PATH": "/usr/bin:/bin"}, cwd=cwd,
+                          env={"DB_SOURCE": dsn, "PATH": "/usr/bin:/bin", **coverage_env()},
+                          cwd=cwd,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -95,6 +97,7 @@ def test_unreachable_database_and_missing_config(tmp_path: pathlib.Path) -> None
                       "dlq", "list")
     assert down.returncode == 3 and "cannot reach the database" in down.stderr
     unset = subprocess.run([str(VENV_BIN / "chat-outbox"), "dlq", "list"],
-                           env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, capture_output=True,
+                           env={"PATH": "/usr/bin:/bin", **coverage_env()}, cwd=tmp_path,
+                           capture_output=True,
                            text=True, timeout=60)
     assert unset.returncode == 2 and "DB_SOURCE is not set" in unset.stderr

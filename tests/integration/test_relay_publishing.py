@@ -13,14 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
+
 from chat_migrations.cli import downgrade, upgrade
 from chat_outbox_relay.app import RelayApp, build_relay
 from chat_outbox_relay.claiming import backoff
 from chat_outbox_relay.publishing import is_transient
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared.events import ENTRY_FIELDS, Event, decode_entry, encode_entry, stream_key
-from prometheus_client import REGISTRY
-
+from tests.conftest import coverage_env
 from tests.e2e.test_relay_helpers import (
     VENV_BIN,
     insert_events,
@@ -198,7 +199,7 @@ async def test_poison_event_dead_letters_without_blocking_others_then_replays(
     client.close()
     result = await asyncio.to_thread(
         subprocess.run, [str(VENV_BIN / "chat-outbox"), "dlq", "replay", "--all"],
-        env={"DB_SOURCE": db_source, "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+        env={"DB_SOURCE": db_source, "PATH": "/usr/bin:/bin", **coverage_env()}, cwd=tmp_path,
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "2 dead letter(s) moved back to the outbox" in result.stdout

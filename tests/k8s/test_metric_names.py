@@ -59,7 +59,8 @@ def live_services(postgres: LocalPostgres, redis_server: LocalRedis,
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
     redis_addr = redis_server.addr
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    base = {k: v for k, v in os.environ.items()
+            if k in ("PATH", "HOME", "LANG", "TMPDIR") or k.startswith("COVERAGE_")}
     base.update({"ENVIRONMENT": "test", "DB_SOURCE": db_source, "REDIS_ADDR": redis_addr,
                  "JWT_SECRET": TEST_SECRET, "LOG_LEVEL": "WARNING",
                  "METRICS_ADDRESS": "127.0.0.1"})
