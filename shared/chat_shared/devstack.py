@@ -44,26 +44,29 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _services(host: str) -> list[ServiceSpec]:
+def _services(host: str, offset: int = 0) -> list[ServiceSpec]:
+    """The three services on their standard ports, each moved by ``offset``."""
+    grpc, http, ws = 9090 + offset, 8080 + offset, 8081 + offset
+    m_api, m_relay, m_ws = 9100 + offset, 9101 + offset, 9102 + offset
     return [
         ServiceSpec("api", "chat-api",
-                    {"GRPC_SERVER_ADDRESS": f"{host}:9090", "HTTP_SERVER_ADDRESS": f"{host}:8080",
-                     "METRICS_PORT": "9100",
+                    {"GRPC_SERVER_ADDRESS": f"{host}:{grpc}",
+                     "HTTP_SERVER_ADDRESS": f"{host}:{http}", "METRICS_PORT": str(m_api),
                      # The demo page is served by the ws-gateway (another origin) and calls
                      # the HTTP API from the browser.
-                     "CORS_ALLOWED_ORIGINS": "http://127.0.0.1:8081,http://localhost:8081"},
-                    ("gRPC      127.0.0.1:9090 "
-                     "(reflection on: grpcurl -plaintext 127.0.0.1:9090 list)",
-                     "HTTP/JSON http://127.0.0.1:8080/v1/conversations",
-                     "metrics   http://127.0.0.1:9100/metrics")),
-        ServiceSpec("relay", "chat-outbox-relay", {"METRICS_PORT": "9101"},
-                    ("relay     http://127.0.0.1:9101/metrics",)),
+                     "CORS_ALLOWED_ORIGINS": f"http://127.0.0.1:{ws},http://localhost:{ws}"},
+                    (f"gRPC      127.0.0.1:{grpc} "
+                     f"(reflection on: grpcurl -plaintext 127.0.0.1:{grpc} list)",
+                     f"HTTP/JSON http://127.0.0.1:{http}/v1/conversations",
+                     f"metrics   http://127.0.0.1:{m_api}/metrics")),
+        ServiceSpec("relay", "chat-outbox-relay", {"METRICS_PORT": str(m_relay)},
+                    (f"relay     http://127.0.0.1:{m_relay}/metrics",)),
         ServiceSpec("ws", "chat-ws-gateway",
-                    {"WS_SERVER_ADDRESS": f"{host}:8081", "METRICS_PORT": "9102",
-                     "API_PUBLIC_URL": "http://127.0.0.1:8080"},
-                    ("WebSocket ws://127.0.0.1:8081/v1/ws",
-                     "demo      http://127.0.0.1:8081/  (open it in two windows as two users)",
-                     "ws        http://127.0.0.1:9102/metrics")),
+                    {"WS_SERVER_ADDRESS": f"{host}:{ws}", "METRICS_PORT": str(m_ws),
+                     "API_PUBLIC_URL": f"http://127.0.0.1:{http}"},
+                    (f"WebSocket ws://127.0.0.1:{ws}/v1/ws",
+                     f"demo      http://127.0.0.1:{ws}/  (open it in two windows as two users)",
+                     f"ws        http://127.0.0.1:{m_ws}/metrics")),
     ]
 
 
@@ -80,6 +83,13 @@ def main() -> int:
     env.setdefault("ENVIRONMENT", "development")
     env.setdefault("JWT_SECRET", DEV_JWT_SECRET)
     host = env.pop("CHAT_DEV_HOST", "127.0.0.1")
+    # Moves every port by this much (e.g. 10000: gRPC on 19090), for a second stack.
+    offset_text = env.pop("CHAT_DEV_PORT_OFFSET", "0")
+    if not offset_text.lstrip("-").isdigit() or not -8000 <= int(offset_text) <= 50000:
+        print(f"chat-dev: CHAT_DEV_PORT_OFFSET must be a whole number from -8000 to 50000, "
+              f"got {offset_text!r}", file=sys.stderr)
+        return 2
+    offset = int(offset_text)
     lock = threading.Lock()
     pg: LocalPostgres | None = None
     redis: LocalRedis | None = None
@@ -112,7 +122,7 @@ def main() -> int:
             print("chat-dev: migrations failed", file=sys.stderr)
             return 1
         urls: list[str] = []
-        for spec in _services(host):
+        for spec in _services(host, offset):
             binary = _bin(spec.command)
             if binary is None:
                 continue
