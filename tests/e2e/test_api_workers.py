@@ -64,9 +64,18 @@ def workers(api_env, venv_bin, tmp_path):
         proc.wait(10)
 
 
+async def _wait_all_started(tmp_path, count: int = 2, deadline: float = 60.0) -> None:
+    """Until every worker has bound the ports (a late one would get no connections)."""
+    end = time.monotonic() + deadline
+    while sum(1 for line in _log_lines(tmp_path) if line.get("msg") == "api_started") < count:
+        assert time.monotonic() < end, "not every worker started"
+        await asyncio.sleep(0.2)
+
+
 async def test_two_workers_share_the_ports_and_the_metrics(workers, tmp_path):
     proc, ports = workers
     await _wait_ready(ports["grpc"])
+    await _wait_all_started(tmp_path)
     sent = 0
     for _ in range(12):  # new connections: the kernel spreads them over the workers
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['grpc']}") as ch:
