@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from chat_shared.observability import tracing
 from chat_shared.protos.chat.v1 import chat_pb2
 from tests.conftest import auth, make_token
 
@@ -299,7 +300,7 @@ async def test_large_responses_are_gzipped(http):
 
 
 @pytest.fixture
-def spans() -> InMemorySpanExporter:
+def spans() -> Iterator[InMemorySpanExporter]:
     """Finished spans of this test (an SDK provider is installed when none is yet)."""
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
@@ -309,7 +310,9 @@ def spans() -> InMemorySpanExporter:
     assert isinstance(provider, TracerProvider)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+    tracing.set_recording(True)  # spans are made only when someone receives them
+    yield exporter
+    tracing.set_recording(False)
 
 
 async def test_each_request_gets_a_server_span_in_the_callers_trace(http, spans):

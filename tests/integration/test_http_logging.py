@@ -1,4 +1,5 @@
-"""X-Request-Id is the request_id of the call's JSON log line (chat-api as a real process).
+"""X-Request-Id is the request_id of the call's JSON log line, and the caller's trace id its
+trace_id (chat-api as a real process, spans not exported, so no span carries the ids).
 
 Run as a subprocess because the JSON log configuration is process-wide (configure_logging in
 ``chat-api``'s main), which an in-process app in the test session does not set up.
@@ -13,8 +14,15 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
+
 from chat_shared.localstack import free_port
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import make_token
+
+
+HTTP_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+GRPC_TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
@@ -27,10 +35,10 @@ def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, 
 
 
 def test_request_id_and_trace_id_are_in_the_call_log(api_env, venv_bin, tmp_path):
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log_path = tmp_path / "api.log"
     env = {**os.environ, **api_env, "LOG_LEVEL": "INFO",
-           "GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
+           "GRPC_SERVER_ADDRESS": f"127.0.0.1:{grpc_port}",
            "HTTP_SERVER_ADDRESS": f"127.0.0.1:{port}"}
     auth = {"Authorization": f"Bearer {make_token('alice')}"}
     with log_path.open("wb") as log_file:
@@ -50,6 +58,16 @@ def test_request_id_and_trace_id_are_in_the_call_log(api_env, venv_bin, tmp_path
             assert (status, headers["X-Request-Id"]) == (200, "log-check-123")
             status, _ = _get(port, "/v1/conversations", {"X-Request-Id": "log-check-401"})
             assert status == 401
+            status, _ = _get(port, "/v1/conversations", {
+                **auth, "X-Request-Id": "log-check-http-trace",
+                "traceparent": f"00-{HTTP_TRACE}-00f067aa0ba902b7-01"})
+            assert status == 200
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                chat_pb2_grpc.ChatServiceStub(channel).GetConversations(
+                    chat_pb2.GetConversationsRequest(), timeout=10, metadata=(
+                        ("authorization", auth["Authorization"]),
+                        ("x-request-id", "log-check-grpc-trace"),
+                        ("traceparent", f"00-{GRPC_TRACE}-00f067aa0ba902b7-01")))
         finally:
             proc.terminate()
             proc.wait(15)
@@ -68,3 +86,8 @@ def test_request_id_and_trace_id_are_in_the_call_log(api_env, venv_bin, tmp_path
     failed = logged("rpc", "log-check-401")
     assert failed and failed[0]["code"] == "UNAUTHENTICATED"
     assert "Bearer" not in log_path.read_text()  # the token never reaches the log
+    # The caller's W3C trace id is the logs' trace id, over both transports.
+    assert [r["trace_id"] for r in logged("rpc", "log-check-http-trace")] == [HTTP_TRACE]
+    assert [r["trace_id"] for r in logged("http_request", "log-check-http-trace")] == [HTTP_TRACE]
+    grpc_calls = logged("rpc", "log-check-grpc-trace")
+    assert [(r["transport"], r["trace_id"]) for r in grpc_calls] == [("grpc", GRPC_TRACE)]

@@ -35,6 +35,7 @@ from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import create_pool, ping_pool
 from chat_shared.observability.logging import get_logger
+from chat_shared.observability.tracing import recording
 from chat_shared.redis_client import create_redis
 
 log = get_logger(__name__)
@@ -149,7 +150,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor()],  # type: ignore[no-untyped-call]
+        # The interceptor makes a server span per call: only worth its cost when recorded.
+        interceptors=[aio_server_interceptor()] if recording() else [],  # type: ignore[no-untyped-call]
         options=[("grpc.max_receive_message_length", 1 << 20),
                  # Several API_WORKERS processes share the port (the kernel spreads
                  # connections); a lone process must not share it by accident.

@@ -44,6 +44,8 @@ class CallContext:
     authorization: str | None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     user_id: str = ""
+    trace_id: str = ""
+    """For the log line when no span carries one (spans not recorded); "" when a span does."""
 
 
 class Dispatcher:
@@ -62,6 +64,8 @@ class Dispatcher:
         code = "OK"
         RPC_IN_FLIGHT.labels(ctx.transport).inc()
         structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+        if ctx.trace_id:
+            structlog.contextvars.bind_contextvars(trace_id=ctx.trace_id)
         try:
             if handler is None:
                 raise NotFound(f"unknown method {ctx.method}")
@@ -82,4 +86,5 @@ class Dispatcher:
             RPC_DURATION.labels(ctx.method, ctx.transport).observe(elapsed)
             log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
                      duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None)
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars(
+                *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))

@@ -15,6 +15,7 @@ from google.protobuf.message_factory import GetMessageClass
 from chat_api.transport.dispatch import CallContext, Dispatcher
 from chat_api.transport.grpc_errors import to_grpc_status
 from chat_shared.errors import ChatError
+from chat_shared.observability.tracing import recording, trace_id_from
 from chat_shared.protos.chat.v1 import chat_pb2
 
 SERVICE_NAME = "chat.v1.ChatService"
@@ -34,6 +35,8 @@ def _unary(dispatcher: Dispatcher, method: str) -> Callable[..., Awaitable[Any]]
         request_id = _metadata(context, "x-request-id")
         if request_id and len(request_id) <= 128:
             ctx.request_id = request_id
+        if not recording():  # else the interceptor's server span gives the trace id
+            ctx.trace_id = trace_id_from(_metadata(context, "traceparent"))
         context.set_trailing_metadata((("x-request-id", ctx.request_id),))
         try:
             return await dispatcher.call(ctx, request)

@@ -4,7 +4,8 @@ It is a transport like grpc_server: it parses (http_json), hands the request to 
 Dispatcher (the same auth, service layer, validation, logging and metrics as gRPC) and maps
 errors through its one table (http_errors). What only HTTP needs lives in the middleware:
 
-- a server span per request (W3C ``traceparent`` honoured), since aiohttp is not instrumented;
+- a server span per request when spans are recorded (W3C ``traceparent`` honoured either way),
+  since aiohttp is not instrumented;
 - ``X-Request-Id``: taken from the request (or generated), echoed, and the calls' log request_id;
 - CORS for the origins in CORS_ALLOWED_ORIGINS, including preflight;
 - gzip for JSON bodies over 1 KiB when the client accepts it;
@@ -13,6 +14,7 @@ errors through its one table (http_errors). What only HTTP needs lives in the mi
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -33,6 +35,7 @@ from chat_api.transport.http_routes import HttpBinding, http_bindings
 from chat_api.transport.openapi import openapi_document, render_openapi
 from chat_shared.errors import ChatError, Internal
 from chat_shared.observability.logging import get_logger
+from chat_shared.observability.tracing import recording, trace_id_from
 
 log = get_logger("chat_api.http")
 tracer = trace.get_tracer("chat_api.http")
@@ -122,12 +125,11 @@ class HttpGateway:
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         request[_REQUEST_ID_KEY] = request_id
         route = self._route_template(request)
-        with structlog.contextvars.bound_contextvars(request_id=request_id), \
-                tracer.start_as_current_span(
-                    f"{request.method} {route}", kind=SpanKind.SERVER,
-                    context=propagate.extract(request.headers),
-                    attributes={"http.request.method": request.method, "http.route": route,
-                                "url.path": request.path, "request_id": request_id}) as span:
+        # Without recorded spans, the logs' trace id is the caller's (or a new one).
+        trace_ids = {} if recording() else {
+            "trace_id": trace_id_from(request.headers.get("traceparent"))}
+        with structlog.contextvars.bound_contextvars(request_id=request_id, **trace_ids), \
+                self._server_span(request, route, request_id) as span:
             response = await self._respond(request, handler)
             response.headers[REQUEST_ID_HEADER] = request_id
             self._add_cors(request, response)
@@ -139,6 +141,17 @@ class HttpGateway:
                      status=response.status, request_id=request_id,
                      duration_ms=round((time.perf_counter() - start) * 1000, 3))
             return response
+
+    @staticmethod
+    def _server_span(request: web.Request, route: str,
+                     request_id: str) -> contextlib.AbstractContextManager[trace.Span]:
+        if not recording():  # skip building the attributes too
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        return tracer.start_as_current_span(
+            f"{request.method} {route}", kind=SpanKind.SERVER,
+            context=propagate.extract(request.headers),
+            attributes={"http.request.method": request.method, "http.route": route,
+                        "url.path": request.path, "request_id": request_id})
 
     async def _respond(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         preflight = self._preflight(request)
