@@ -59,6 +59,12 @@ def start_relay(dsn: str, redis_addr: str, batch: int, log: Path) -> subprocess.
                             stderr=subprocess.STDOUT, cwd=log.parent)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_relay(proc: subprocess.Popen[bytes]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(30)
@@ -175,10 +181,15 @@ def main() -> int:
         proc = start_relay(dsn, rd.addr, 100, log)
         try:
             time.sleep(2.0)  # let it connect and take its partitions
+            cpu_before = cpu_seconds(proc.pid)
             samples = asyncio.run(latency(dsn, rd.addr, args.rate, args.duration))
+            relay_cpu = cpu_seconds(proc.pid) - cpu_before
         finally:
             stop_relay(proc)
         print(f"  commit -> stream: {summarize(samples)}")
+        # CPU per event is what the relay costs a shared node at a steady rate (small batches).
+        print(f"  relay CPU: {relay_cpu:.2f} s for {len(samples):,} events"
+              f"  ->  {relay_cpu / max(1, len(samples)) * 1e6:.0f} us per event")
         print(f"throughput: {args.events:,} preloaded events drained by one relay")
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             throughput(pg, dsn, rd.addr, args.events, batch, log)

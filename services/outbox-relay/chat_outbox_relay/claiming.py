@@ -1,11 +1,14 @@
-"""Claiming outbox rows and settling them, inside one transaction per batch.
+"""Claiming outbox rows and settling them: one statement each, no transaction around them.
 
-The claim takes the oldest ready rows of the owned partitions in id order, FOR UPDATE SKIP
-LOCKED. A row whose conversation has an earlier row waiting for its retry is not ready: a
-failing event holds back only its own conversation, and that conversation stays in order.
-Settling (delete the published, reschedule the failed, dead-letter the exhausted) runs in the
-same transaction, so a crash before commit leaves every claimed row in place to be published
-again with the same event_id.
+The claim reads the oldest ready rows of the owned partitions in id order. It takes no row
+locks: a partition's rows are read only by the relay holding its advisory lock, which lets it
+go only between batches. A row whose conversation has an earlier row waiting for its retry is
+not ready: a failing event holds back only its own conversation, and that conversation stays
+in order. Settling (delete the published, reschedule the failed, dead-letter the exhausted)
+happens only after Redis answered, so a crash before it leaves every claimed row in place, to
+be published again with the same event_id. Each settling statement is atomic (the dead-letter
+move is one statement); a crash between two of them only means that a failed event is tried
+once more without that attempt counted.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ _CLAIM = """
                         AND w.next_attempt_at IS NOT NULL AND w.next_attempt_at > now())
     ORDER BY o.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 """
 
 _DELETE = "DELETE FROM outbox WHERE id = ANY(%s::bigint[])"
@@ -79,12 +81,12 @@ class Failure:
     error: str
 
 
-async def claim(conn: AsyncConnection, partitions: Sequence[int], limit: int) -> list[ClaimedRow]:
-    """Locks and returns up to ``limit`` ready rows of ``partitions`` (in a transaction)."""
-    if not partitions:
+async def claim(conn: AsyncConnection, partitions: str, limit: int) -> list[ClaimedRow]:
+    """Up to ``limit`` ready rows of ``partitions``, an array literal such as ``{0,5,9}``."""
+    if partitions == "{}":
         return []
     async with conn.cursor() as cur:
-        await cur.execute(_CLAIM, {"partitions": list(partitions), "limit": limit})
+        await cur.execute(_CLAIM, {"partitions": partitions, "limit": limit})
         rows = await cur.fetchall()
     return [
         ClaimedRow(id=r[0], attempts=r[8], event=Event(

@@ -58,7 +58,7 @@ class PartitionOwnership:
     async def rebalance(self, conn: AsyncConnection) -> tuple[set[int], set[int]]:
         """Moves ownership toward this relay's fair share; returns (gained, released).
 
-        Must run between batches (no transaction open on ``conn``): releasing a partition in
+        Must run between batches (never while one is unsettled): releasing a partition in
         the middle of a batch would let another relay publish its rows concurrently.
         """
         async with conn.cursor() as cur:
