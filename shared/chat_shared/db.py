@@ -81,6 +81,10 @@ def create_pool(
     statement than psycopg_pool (greenlet bridging), which is most of a 1 ms read; the API's
     statements are plain SQL already, so they run on psycopg directly. Statements that run
     often are prepared server-side by psycopg after a few executions per connection.
+
+    Sessions run in the time zone named ``UTC``: psycopg then converts each timestamptz with
+    Python's fixed UTC offset instead of a zoneinfo lookup (a page of 50 conversations reads
+    150 timestamps; 181 -> 140 us measured). The instants are the same in any zone.
     """
     if not settings.db_source:
         raise ValueError("DB_SOURCE is not set")
@@ -93,7 +97,7 @@ def create_pool(
         kwargs={
             "autocommit": autocommit,
             "application_name": application_name,
-            "options": f"-c statement_timeout={timeout_ms}",
+            "options": f"-c statement_timeout={timeout_ms} -c TimeZone=UTC",
             "connect_timeout": 5,
         },
         name=application_name,

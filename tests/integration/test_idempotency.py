@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from chat_shared.protos.chat.v1 import chat_pb2
 from prometheus_client import REGISTRY
 
+from chat_api.idempotency import IdempotencyStore
 from tests.conftest import auth
 from tests.helpers import create_conversation, db_rows, error_info, rpc_error, send
 
@@ -24,6 +25,21 @@ KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 
 def _sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def _redis(addr: str) -> aioredis.Redis:
+    host, port = addr.split(":")
+    return aioredis.Redis(host=host, port=int(port))
+
+
+async def _reservation_ttl_ms(addr: str, sender: str, key: str) -> int | None:
+    """Milliseconds left on the key's reservation in Redis; None when there is none."""
+    client = _redis(addr)
+    try:
+        ttl = await client.pttl(IdempotencyStore.key(sender, key))
+    finally:
+        await client.aclose()
+    return None if ttl < 0 else int(ttl)
 
 
 def _hits(source: str) -> float:
@@ -175,18 +191,16 @@ async def test_sends_stay_exactly_once_with_redis_stopped(stub, db_source, redis
     assert _sample("idempotency_degraded_total") == degraded + 2
 
 
-async def test_failed_send_releases_its_key_reservation(stub, db_source):
+async def test_failed_send_releases_its_key_reservation(stub, db_source, redis_addr):
     theirs = await create_conversation(stub, "bob", ["carol"])
     mine = await create_conversation(stub, "alice", ["bob"])
     key = uuid.uuid4().hex
 
     err = await rpc_error(_send_call(stub, "alice", theirs.id, "wrong room", key))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+    # Released: a reservation left behind would send every retry through a database lookup.
+    assert await _reservation_ttl_ms(redis_addr, "alice", key) is None
 
-    # The key is free again: the send succeeds and becomes the key's record in Redis, so its
-    # retry is answered from Redis. (A reservation left behind would make the key look "in
-    # flight": the send would still pass through to the database but never be recorded, and
-    # the retry would be answered by the database instead.)
     sent = await send(stub, "alice", mine.id, "right room", key=key)
     redis_hits, database_hits = _hits("redis"), _hits("database")
     retry = await rpc_error(_send_call(stub, "alice", mine.id, "right room", key))
@@ -194,6 +208,35 @@ async def test_failed_send_releases_its_key_reservation(stub, db_source):
     assert sent.seq == 1
     _assert_duplicate_of(retry, sent)
     assert (_hits("redis"), _hits("database")) == (redis_hits + 1, database_hits)
+    assert await _count_messages(db_source, "alice", key) == 1
+
+
+async def test_a_send_reserves_its_key_in_redis_with_the_ttl(stub, redis_addr, api):
+    conv = await create_conversation(stub, "alice", ["bob"])
+    key = uuid.uuid4().hex
+    await send(stub, "alice", conv.id, "hello", key=key)
+    ttl_ms = await _reservation_ttl_ms(redis_addr, "alice", key)
+    assert ttl_ms is not None
+    ttl_setting_ms = api.settings.idempotency_ttl * 1000
+    assert ttl_setting_ms - 60_000 < ttl_ms <= ttl_setting_ms
+
+
+async def test_retry_while_the_original_is_uncommitted_is_decided_by_the_database(
+        stub, db_source, redis_addr):
+    """A reservation whose send never committed (its API process died): the retry sends."""
+    conv = await create_conversation(stub, "alice", ["bob"])
+    key = uuid.uuid4().hex
+    client = _redis(redis_addr)
+    try:
+        await client.set(IdempotencyStore.key("alice", key), "orphaned-token", px=60_000)
+    finally:
+        await client.aclose()
+
+    sent = await send(stub, "alice", conv.id, "hello", key=key)
+    retry = await rpc_error(_send_call(stub, "alice", conv.id, "hello", key))
+
+    assert sent.seq == 1
+    _assert_duplicate_of(retry, sent)
     assert await _count_messages(db_source, "alice", key) == 1
 
 

@@ -1,17 +1,22 @@
 """The Redis fast path in front of the database's idempotency constraint.
 
-A send first reserves (sender, key) with SET NX and a TTL. The winner runs the transaction and
-then stores what it created; a later retry finds that record in Redis and is answered without
-touching PostgreSQL. Everything else (a reservation still in flight, Redis down, flushed or
-evicted) falls through to the database, whose unique constraint is the truth: whatever Redis
-does, a key never produces two messages.
+A send first reserves (sender, key) with SET NX and a TTL, one round trip. The winner runs the
+insert; if it fails, it releases the key so that a retry can proceed at once. A send that finds
+the key already reserved is a retry: it looks the original up by (sender, key), a read that
+takes no lock and writes nothing, and answers ALREADY_EXISTS without attempting the insert.
+When the original is not there yet (its send is still in flight, or died before releasing) the
+send falls through to the insert, where the database's unique constraint decides. So does every
+send while Redis is unavailable: whatever Redis does (down, flushed, evicted), a key never
+produces two messages.
+
+Earlier the winner also wrote the committed message into the key after the insert, so that a
+retry was answered from Redis alone. That was a second Redis round trip on every send (about
+0.12 ms of CPU and 0.15 ms of latency here) to save a database read on the rare retry.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -27,14 +32,16 @@ log = get_logger(__name__)
 _tracer = tracer(__name__)
 
 IDEMPOTENCY_HITS = Counter(
-    "idempotency_hits_total", "Duplicate sends answered from a stored key", ["source"]
+    "idempotency_hits_total",
+    "Duplicate sends, by what caught them: a Redis reservation or the database constraint",
+    ["source"],
 )
 IDEMPOTENCY_DEGRADED = Counter(
     "idempotency_degraded_total",
     "Sends that skipped the Redis fast path because Redis failed (the database still decided)",
 )
 
-# Deletes the reservation only when it is still ours (not a record, not someone else's).
+# Deletes the reservation only when it is still ours (not someone else's, after a TTL expiry).
 _RELEASE = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
     "return 0"
@@ -44,30 +51,16 @@ _RELEASE = (
 _BACKOFF_SECONDS = 1.0
 
 
-def content_digest(conversation_id: str, content: str) -> str:
-    return hashlib.sha256(f"{conversation_id}\x00{content}".encode()).hexdigest()[:32]
-
-
 class Outcome(enum.Enum):
-    RESERVED = "reserved"   # we own the key: run the transaction
-    EXISTING = "existing"   # a committed send already used the key
-    PENDING = "pending"     # another send with the key is in flight
+    RESERVED = "reserved"   # we own the key: run the insert, release the key if it fails
+    TAKEN = "taken"         # reserved before: a retry, look the original up
     SKIPPED = "skipped"     # Redis unavailable: the database decides alone
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSend:
-    message_id: str
-    conversation_id: str
-    seq: int
-    digest: str
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
     outcome: Outcome
     token: str = ""
-    stored: StoredSend | None = None
 
 
 class IdempotencyStore:
@@ -78,7 +71,8 @@ class IdempotencyStore:
         self._release = redis.register_script(_RELEASE)
 
     @staticmethod
-    def _key(sender_id: str, key: str) -> str:
+    def key(sender_id: str, key: str) -> str:
+        """The Redis key of (sender, idempotency key)."""
         # Length-prefix the sender so no (sender, key) pair can collide with another.
         return f"idem:{len(sender_id)}:{sender_id}:{key}"
 
@@ -91,41 +85,20 @@ class IdempotencyStore:
         if time.monotonic() < self._skip_until:
             IDEMPOTENCY_DEGRADED.inc()
             return Reservation(Outcome.SKIPPED)
-        token = "pending:" + secrets.token_hex(8)
-        rkey = self._key(sender_id, key)
+        token = secrets.token_hex(8)
         try:
             with _tracer.start_as_current_span("redis.idempotency_reserve"):
-                if await self._redis.set(rkey, token, nx=True, px=self._ttl_ms):
-                    return Reservation(Outcome.RESERVED, token=token)
-                raw = await self._redis.get(rkey)
+                won = await self._redis.set(self.key(sender_id, key), token, nx=True,
+                                            px=self._ttl_ms)
         except (redis.exceptions.RedisError, OSError) as exc:
             self._failed("reserve", exc)
             return Reservation(Outcome.SKIPPED)
-        # The client decodes responses, but typing cannot know that.
-        value = raw.decode() if isinstance(raw, bytes) else raw
-        if value is None or value.startswith("pending:"):
-            return Reservation(Outcome.PENDING)
-        try:
-            data = json.loads(value)
-            stored = StoredSend(data["m"], data["c"], int(data["q"]), data["h"])
-        except (ValueError, KeyError, TypeError):
-            return Reservation(Outcome.PENDING)  # unreadable: let the database decide
-        return Reservation(Outcome.EXISTING, stored=stored)
-
-    async def complete(self, sender_id: str, key: str, stored: StoredSend) -> None:
-        """Replaces the reservation with the committed send (best effort)."""
-        value = json.dumps({"m": stored.message_id, "c": stored.conversation_id,
-                            "q": stored.seq, "h": stored.digest}, separators=(",", ":"))
-        try:
-            with _tracer.start_as_current_span("redis.idempotency_complete"):
-                await self._redis.set(self._key(sender_id, key), value, px=self._ttl_ms)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            self._failed("complete", exc)
+        return Reservation(Outcome.RESERVED, token) if won else Reservation(Outcome.TAKEN)
 
     async def release(self, sender_id: str, key: str, token: str) -> None:
         """Drops our reservation after a failed send so a retry can proceed at once."""
         try:
             with _tracer.start_as_current_span("redis.idempotency_release"):
-                await self._release(keys=[self._key(sender_id, key)], args=[token])
+                await self._release(keys=[self.key(sender_id, key)], args=[token])
         except (redis.exceptions.RedisError, OSError) as exc:
             self._failed("release", exc)

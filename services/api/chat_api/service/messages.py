@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from chat_api.idempotency import (
-    IDEMPOTENCY_HITS,
-    IdempotencyStore,
-    Outcome,
-    StoredSend,
-    content_digest,
-)
+from chat_api.idempotency import IDEMPOTENCY_HITS, IdempotencyStore, Outcome
 from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
 from chat_api.service.reads import NOT_FOUND
@@ -22,21 +16,16 @@ REASON_DUPLICATE = "DUPLICATE_REQUEST"      # same key, same conversation and co
 REASON_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # same key, different conversation or content
 
 
-def _duplicate(original: StoredSend, conversation_id: str, content: str) -> AlreadyExists:
-    same = original.digest == content_digest(conversation_id, content)
+def _duplicate(original: MessageRecord, conversation_id: str, content: str) -> AlreadyExists:
+    same = original.conversation_id == conversation_id and original.content == content
     reason = REASON_DUPLICATE if same else REASON_KEY_REUSED
     message = ("message already sent with this idempotency_key" if same
                else "idempotency_key was already used for a different message")
     return AlreadyExists(message, reason=reason, metadata={
-        "message_id": original.message_id,
+        "message_id": original.id,
         "seq": str(original.seq),
         "conversation_id": original.conversation_id,
     })
-
-
-def _stored(msg: MessageRecord) -> StoredSend:
-    return StoredSend(msg.id, msg.conversation_id, msg.seq,
-                      content_digest(msg.conversation_id, msg.content))
 
 
 class MessageService:
@@ -68,18 +57,19 @@ class MessageService:
     ) -> MessageRecord:
         cid = self._validate_send(conversation_id, content, key)
         reservation = await self._idem.reserve(caller, key)
-        if reservation.outcome is Outcome.EXISTING and reservation.stored is not None:
-            IDEMPOTENCY_HITS.labels("redis").inc()
-            raise _duplicate(reservation.stored, cid, content)
+        if reservation.outcome is Outcome.TAKEN:
+            original = await self._repo.by_idempotency_key(caller, key)
+            if original is not None:
+                IDEMPOTENCY_HITS.labels("redis").inc()
+                raise _duplicate(original, cid, content)
+            # Not committed (yet): the insert below waits for it, or takes the key over.
         owned = reservation.outcome is Outcome.RESERVED
         try:
             message = await self._repo.send(cid, caller, content, key)
         except DuplicateKey as dup:
+            # Redis had lost the key (flushed, evicted, down): ours now marks it used again.
             IDEMPOTENCY_HITS.labels("database").inc()
-            stored = _stored(dup.original)
-            if owned:
-                await self._idem.complete(caller, key, stored)
-            raise _duplicate(stored, cid, content) from None
+            raise _duplicate(dup.original, cid, content) from None
         except BaseException:
             if owned:
                 await self._idem.release(caller, key, reservation.token)
@@ -88,8 +78,6 @@ class MessageService:
             if owned:
                 await self._idem.release(caller, key, reservation.token)
             raise NotFound(NOT_FOUND)
-        if owned:
-            await self._idem.complete(caller, key, _stored(message))
         return message
 
     async def history(

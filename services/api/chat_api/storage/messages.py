@@ -138,9 +138,12 @@ class MessageRepository:
         return message_from(row) if row is not None else None
 
     async def by_idempotency_key(self, sender_id: str, key: str) -> MessageRecord | None:
-        async with self._pool.connection() as conn:
-            row = await (await conn.execute(
-                _BY_KEY, {"sender_id": sender_id, "idempotency_key": key})).fetchone()
+        """The committed message that (sender, key) names, if any."""
+        with _tracer.start_as_current_span("db.message_by_key"), \
+                unavailable_on_connection_errors():
+            async with self._pool.connection() as conn:
+                row = await (await conn.execute(
+                    _BY_KEY, {"sender_id": sender_id, "idempotency_key": key})).fetchone()
         return message_from(row) if row is not None else None
 
     async def page(
