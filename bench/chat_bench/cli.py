@@ -1,6 +1,8 @@
 """``chat-bench``: run the benchmark phases, print the table, write the JSON (and README).
 
-    chat-bench                       the whole benchmark on a throwaway stack started here
+    chat-bench                       the whole benchmark on a throwaway stack started here;
+                                     rpc, throughput and delivery run 3 times (--repeat) and
+                                     each figure is reported as its median
     chat-bench --quick               fewer calls, shorter phases (a smoke run; used by a test)
     chat-bench --only rpc,delivery   some phases only (rpc, throughput, delivery, idle)
     chat-bench --grpc H:P --http URL --ws URL --redis-addr H:P   against a running stack
@@ -24,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from chat_bench import dataset, delivery, idle, machine, report, rpc_latency, throughput
+from chat_bench import dataset, delivery, idle, machine, medians, report, rpc_latency, throughput
 from chat_bench.clients import Api, grpc_channel, http_session
 from chat_bench.stack import Target, local_stack, raise_fd_limit
 from chat_bench.stats import Progress
@@ -43,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[],
                    help=f"phases to run, comma-separated: {', '.join(PHASES)} (default: all)")
     p.add_argument("--calls", type=int, help="sequential calls per RPC and transport (500)")
+    p.add_argument("--repeat", type=int,
+                   help="runs of the rpc, throughput and delivery phases (3; --quick: 1); each "
+                        "figure reported is its median across the runs (losses, errors summed)")
     p.add_argument("--concurrency", default="16,64", help="throughput runs (comma list)")
     p.add_argument("--duration", type=float, help="seconds per throughput run (15)")
     p.add_argument("--clients", type=int, default=2, help="client processes for throughput")
@@ -89,8 +94,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "idle": pick(args.idle, 10_000, 200), "idle_timeout": args.idle_timeout,
         "users": 200 if quick else 1000, "other_conversations": 20 if quick else 250,
         "messages_per_conversation": 3 if quick else 8,
-        # every MarkAsRead (warm-up included, both transports) moves one message forward
-        "read_messages": 2 * (calls + rpc_latency.WARMUP) + 10,
+        # every MarkAsRead (warm-up included, both transports, every run) moves one forward
+        "read_messages": 2 * (calls + rpc_latency.WARMUP) * max(1, args.repeat) + 10,
     }
 
 
@@ -138,31 +143,45 @@ async def _run(args: argparse.Namespace, phases: list[str], progress: Progress) 
             await asyncio.gather(*warm)
             progress(f"stack up (logs in {t.log_dir or 'n/a'}); load average "
                      f"{result['load_before']}; {cfg['clients']} client processes ready")
-            async with grpc_channel(t.grpc) as channel, http_session(t.http) as http:
-                api = Api(channel, http)
-                ds = None
-                if "rpc" in phases or "throughput" in phases:
-                    ds = await dataset.load(
-                        api, t.jwt_secret, users=cfg["users"],
-                        other_conversations=cfg["other_conversations"],
-                        messages_per_conversation=cfg["messages_per_conversation"],
-                        read_messages=cfg["read_messages"], progress=progress)
-                    result["dataset"] = {"users": ds.users, "conversations": len(ds.conversations),
-                                         "messages": ds.messages}
-                if "rpc" in phases and ds is not None:
-                    await _phase(result, "rpc", rpc_latency.measure(
-                        api, ds, t.jwt_secret, cfg["calls"], progress))
-            if "throughput" in phases and ds is not None:
-                result["throughput"] = {}
-                for c in cfg["concurrency"]:
-                    await _phase(result["throughput"], f"c{c}", throughput.measure(
-                        pool, cfg["clients"], t.grpc, t.jwt_secret, ds.conversations, c,
-                        cfg["duration"], progress), errors=result["errors"])
-            if "delivery" in phases:
-                await _phase(result, "delivery", delivery.measure(
-                    pool, t.grpc, t.ws, t.redis_addr, t.stream_prefix, t.jwt_secret,
-                    cfg["rate"], cfg["delivery_duration"], cfg["delivery_conversations"],
-                    cfg["receivers"], 15.0, progress))
+            ds = None
+            runs: list[dict[str, Any]] = []
+            for run_no in range(1, args.repeat + 1):
+                if args.repeat > 1:
+                    progress(f"run {run_no} of {args.repeat}")
+                run: dict[str, Any] = {"errors": {}}
+                async with grpc_channel(t.grpc) as channel, http_session(t.http) as http:
+                    api = Api(channel, http)
+                    if ds is None and ("rpc" in phases or "throughput" in phases):
+                        ds = await dataset.load(
+                            api, t.jwt_secret, users=cfg["users"],
+                            other_conversations=cfg["other_conversations"],
+                            messages_per_conversation=cfg["messages_per_conversation"],
+                            read_messages=cfg["read_messages"], progress=progress)
+                        result["dataset"] = {"users": ds.users,
+                                             "conversations": len(ds.conversations),
+                                             "messages": ds.messages}
+                    if "rpc" in phases and ds is not None:
+                        await _phase(run, "rpc", rpc_latency.measure(
+                            api, ds, t.jwt_secret, cfg["calls"], progress))
+                if "throughput" in phases and ds is not None:
+                    run["throughput"] = {}
+                    for c in cfg["concurrency"]:
+                        await _phase(run["throughput"], f"c{c}", throughput.measure(
+                            pool, cfg["clients"], t.grpc, t.jwt_secret, ds.conversations, c,
+                            cfg["duration"], progress), errors=run["errors"])
+                if "delivery" in phases:
+                    await _phase(run, "delivery", delivery.measure(
+                        pool, t.grpc, t.ws, t.redis_addr, t.stream_prefix, t.jwt_secret,
+                        cfg["rate"], cfg["delivery_duration"], cfg["delivery_conversations"],
+                        cfg["receivers"], 15.0, progress))
+                runs.append(run)
+            for run in runs:
+                for name, error in run.pop("errors").items():
+                    result["errors"][name] = error
+            result["repeat"] = args.repeat
+            result.update(medians.combine(runs))
+            if args.repeat > 1:
+                result["runs"] = runs  # each run's own figures, for the record
             if "idle" in phases:
                 await _phase(result, "idle", idle.measure(
                     t.ws, t.jwt_secret, cfg["idle"], cfg["idle_timeout"], t.gateway_pid,
@@ -204,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         report.update_readme(readme, data)
         print(f"chat-bench: {readme} Performance section regenerated from {args.output}")
         return 0
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.repeat < 1:
+        print("chat-bench: --repeat must be at least 1", file=sys.stderr)
+        return 2
     phases = [p for arg in args.only for p in arg.split(",") if p] or list(PHASES)
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:

@@ -25,6 +25,7 @@ class Dataset:
     bench_conversations: list[str]
     read_conversation: str
     read_messages: int
+    marked: int = 0  # bench-user's read position in read_conversation (MarkAsRead moves it)
     # (conversation id, member ids) of every conversation, for the throughput phase.
     conversations: list[tuple[str, list[str]]] = field(default_factory=list)
     users: int = 0

@@ -157,6 +157,11 @@ def render(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _runs(data: dict[str, Any]) -> str:
+    repeat = int(data.get("repeat", 1))
+    return f", each figure the median of {repeat} runs" if repeat > 1 else ", one run"
+
+
 def machine_line(data: dict[str, Any]) -> str:
     m = data.get("machine", {})
     before, after = data.get("load_before", []), data.get("load_after", [])
@@ -165,7 +170,7 @@ def machine_line(data: dict[str, Any]) -> str:
             f"{m.get('python', '?')}, PostgreSQL {m.get('postgresql', '?')}, Redis "
             f"{m.get('redis', '?')}; load average (1/5/15 min) "
             f"{' / '.join(map(str, before))} before, {' / '.join(map(str, after))} after; "
-            f"mode {data.get('mode', '?')}; service settings "
+            f"mode {data.get('mode', '?')}{_runs(data)}; service settings "
             f"{' '.join(f'{k}={v}' for k, v in sorted(data.get('service_env', {}).items()))}.")
 
 

@@ -25,7 +25,6 @@ async def measure(api: Api, ds: Dataset, secret: str, calls: int,
                   progress: Callable[[str], None]) -> dict[str, Any]:
     me = User(BENCH_USER, secret)
     send_to = ds.bench_conversations[1:]  # not the read conversation: sending moves my position
-    read_pos = 0
 
     async def check(got: Awaitable[int], want: int | None = None, minimum: int = 1) -> None:
         value = await got
@@ -48,9 +47,8 @@ async def measure(api: Api, ds: Dataset, secret: str, calls: int,
         fn = api.mark_read_grpc if transport == "grpc" else api.mark_read_http
 
         async def call(i: int) -> None:
-            nonlocal read_pos
-            read_pos += 1
-            await check(fn(me, ds.read_conversation, read_pos), want=read_pos)
+            ds.marked += 1  # carried over from run to run (chat-bench --repeat)
+            await check(fn(me, ds.read_conversation, ds.marked), want=ds.marked)
         return call
 
     makers = {"SendMessage": send, "GetMessages": get_messages,

@@ -104,3 +104,14 @@ def test_readme_section_is_generated_from_the_json(tmp_path: pathlib.Path) -> No
     assert second.count("## Performance") == 1 and second.count(report.END) == 1
     assert "Other CPU" in second and "Test CPU" not in second
     assert second.endswith("## Configuration\n\nmore\n")
+
+
+def test_repeated_runs_report_each_figure_as_its_median(tmp_path: pathlib.Path) -> None:
+    data = run_bench(tmp_path, "--only", "rpc", "--calls", "10", "--repeat", "2")
+    assert data["repeat"] == 2 and len(data["runs"]) == 2
+    for transport in ("grpc", "http"):
+        for rpc in ("SendMessage", "GetMessages", "GetConversations", "MarkAsRead"):
+            means = [r["rpc"][transport][rpc]["mean_ms"] for r in data["runs"]]
+            assert data["rpc"][transport][rpc]["mean_ms"] == round(sum(means) / 2, 3)
+            assert data["rpc"][transport][rpc]["n"] == 10
+    assert "median of 2 runs" in report.machine_line(data)
