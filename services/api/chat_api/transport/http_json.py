@@ -27,6 +27,7 @@ from google.protobuf.message_factory import GetMessageClass
 from multidict import MultiMapping
 
 from chat_api.transport.http_routes import HttpBinding
+from chat_api.transport.json_render import message_to_dict
 from chat_shared.errors import InvalidArgument
 
 IDEMPOTENCY_FIELD = "idempotency_key"
@@ -77,8 +78,7 @@ def parse_request(binding: HttpBinding, path_params: Mapping[str, str],
 
 def render(message: Message, response_body: str = "") -> bytes:
     """The canonical JSON of a response (or of its ``response_body`` field)."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+    data = message_to_dict(message)  # json_format's output, several times faster
     if response_body:
         data = data.get(response_body)
     return orjson.dumps(data)
