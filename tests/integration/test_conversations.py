@@ -52,6 +52,25 @@ async def test_create_adds_the_caller_and_sorts_members(stub) -> None:
     assert conv.HasField("created_at")
 
 
+async def test_member_ids_read_back_everywhere_as_created_and_as_the_member_rows(
+    stub, db_source: str
+) -> None:
+    # The list is stored twice (conversations.member_ids for reads, conversation_members for
+    # membership checks); both must say the same, in the same code-point order everywhere.
+    conv = await create_conversation(stub, "Zoe", ["bob", "Al", "_x"], title="copies")
+    assert list(conv.member_ids) == ["Al", "Zoe", "_x", "bob"]
+    listed = (await list_conversations(stub, "bob")).conversations[0].conversation
+    assert listed.id == conv.id and list(listed.member_ids) == list(conv.member_ids)
+    async with await psycopg.AsyncConnection.connect(db_source) as conn:
+        rows = await (await conn.execute(
+            "SELECT user_id FROM conversation_members WHERE conversation_id = %s",
+            (conv.id,))).fetchall()
+    assert sorted(r[0] for r in rows) == list(conv.member_ids)
+    direct = await create_conversation(stub, "bob", ["Al"])
+    assert list((await create_conversation(stub, "Al", ["bob"])).member_ids) == ["Al", "bob"]
+    assert list(direct.member_ids) == ["Al", "bob"]
+
+
 async def test_create_drops_duplicate_members(stub) -> None:
     conv = await create_conversation(stub, "alice", ["bob", "bob", "alice"], title="dupes")
     assert list(conv.member_ids) == ["alice", "bob"]

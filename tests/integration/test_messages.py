@@ -390,6 +390,49 @@ async def test_after_seq_at_the_newest_message_returns_nothing(stub):
     assert list(page.messages) == [] and page.next_page_token == ""
 
 
+async def test_after_seq_at_the_int64_limit_returns_an_empty_page_not_an_error(stub):
+    # The statement adds the page size to the cursor; int64's largest value must not overflow.
+    conv = await create_conversation(stub, "alice", ["bob"])
+    await send_many(stub, "alice", conv.id, 2)
+    page = await get_messages(stub, "bob", conv.id, after_seq=2**63 - 1)
+    assert list(page.messages) == [] and page.next_page_token == ""
+
+
+@pytest.mark.parametrize("mode", ["newest", "before_seq", "after_seq"])
+async def test_a_page_reads_only_its_own_rows_whatever_plan_postgresql_picks(stub, db_source,
+                                                                            mode):
+    # With statistics that underestimate a conversation (normal for a new, busy one) the
+    # planner may read the whole conversation and sort it; the page's seq range in the WHERE
+    # clause bounds that plan too. Index scans off forces exactly that plan here.
+    import psycopg
+    from chat_api.storage.messages import _PAGE
+
+    conv = await create_conversation(stub, "alice", ["bob"])
+    await send_many(stub, "alice", conv.id, 300)
+    params = {"conversation_id": conv.id, "user_id": "bob", "limit": 11, "cursor": 150}
+    async with await psycopg.AsyncConnection.connect(
+            db_source, autocommit=True, cursor_factory=psycopg.AsyncClientCursor) as conn:
+        await conn.execute("SET enable_indexscan = off")
+        await conn.execute("SET enable_indexonlyscan = off")
+        cur = await conn.execute(psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ")
+                                 + _PAGE[mode], params)
+        plan = (await cur.fetchone())[0][0]["Plan"]
+        rows = await (await conn.execute(_PAGE[mode], params)).fetchall()
+
+    def scans(node: dict) -> list[dict]:
+        found = [node] if node.get("Relation Name") == "messages" else []
+        for child in node.get("Plans", []):
+            found += scans(child)
+        return found
+
+    read = scans(plan)
+    assert read and read[0]["Node Type"] == "Bitmap Heap Scan", read
+    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in read) == 11  # not 300
+    expected = {"newest": range(300, 289, -1), "before_seq": range(149, 138, -1),
+                "after_seq": range(151, 162)}[mode]
+    assert [r[2] for r in rows] == list(expected)
+
+
 async def test_before_timestamp_returns_only_older_messages_newest_first(stub):
     conv = await create_conversation(stub, "alice", ["bob"])
     sent = await send_many(stub, "alice", conv.id, 5)

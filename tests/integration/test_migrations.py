@@ -89,6 +89,36 @@ def test_downgrade_base_removes_everything_and_upgrade_works_again(
     assert public_tables(postgres, name) == OUR_TABLES
 
 
+def test_0003_fills_member_ids_of_existing_conversations_from_their_members(
+    postgres, empty_db, venv_bin, tmp_path
+) -> None:
+    # A database at 0002 already holds conversations: the new column must describe them as
+    # conversation_members does, sorted by code point as the API sorts (not by the collation).
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, "upgrade", "0002", db_source=dsn).returncode == 0
+    postgres.psql(
+        "INSERT INTO conversations (id, title, created_by) VALUES"
+        " ('00000000-0000-0000-0000-000000000001', 't', 'b'),"
+        " ('00000000-0000-0000-0000-000000000002', 'u', 'z');"
+        " INSERT INTO conversation_members (conversation_id, user_id) VALUES"
+        " ('00000000-0000-0000-0000-000000000001', 'b'),"
+        " ('00000000-0000-0000-0000-000000000001', 'B'),"
+        " ('00000000-0000-0000-0000-000000000001', 'a'),"
+        " ('00000000-0000-0000-0000-000000000002', 'z')", name)
+    up = migrate(venv_bin, tmp_path, "upgrade", db_source=dsn)
+    assert up.returncode == 0, up.stderr
+    rows = postgres.psql("SELECT title, member_ids FROM conversations ORDER BY title", name)
+    assert rows.split() == ["t|{B,a,b}", "u|{z}"]
+    assert postgres.psql(
+        "SELECT is_nullable FROM information_schema.columns"
+        " WHERE table_name = 'conversations' AND column_name = 'member_ids'", name) == "NO"
+    down = migrate(venv_bin, tmp_path, "downgrade", "0002", db_source=dsn)
+    assert down.returncode == 0, down.stderr
+    assert postgres.psql(
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = 'conversations' AND column_name = 'member_ids'", name) == "0"
+
+
 def test_current_shows_the_applied_revision(postgres, empty_db, venv_bin, tmp_path) -> None:
     name, dsn = empty_db
     assert migrate(venv_bin, tmp_path, db_source=dsn).returncode == 0

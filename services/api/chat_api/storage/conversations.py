@@ -18,23 +18,21 @@ _tracer = tracer(__name__)
 _CREATE = query(
     """
     WITH ins AS (
-        INSERT INTO conversations (id, title, direct_key, created_by)
-        VALUES (gen_random_uuid(), :title, :direct_key, :creator)
+        INSERT INTO conversations (id, title, direct_key, created_by, member_ids)
+        VALUES (gen_random_uuid(), :title, :direct_key, :creator, CAST(:members AS text[]))
         ON CONFLICT (direct_key) DO NOTHING
-        RETURNING id, title, created_at, last_message_at, last_seq
+        RETURNING id, title, created_at, last_message_at, last_seq, member_ids
     ), mem AS (
         INSERT INTO conversation_members (conversation_id, user_id)
-        SELECT ins.id, u FROM ins, unnest(CAST(:members AS text[])) AS u
+        SELECT ins.id, u FROM ins, unnest(ins.member_ids) AS u
     )
-    SELECT id, title, created_at, last_message_at, last_seq, CAST(:members AS text[]) FROM ins
+    SELECT id, title, created_at, last_message_at, last_seq, member_ids FROM ins
     """
 )
 
 _BY_DIRECT_KEY = query(
     """
-    SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq,
-           ARRAY(SELECT user_id FROM conversation_members x
-                 WHERE x.conversation_id = c.id ORDER BY user_id)
+    SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids
     FROM conversations c WHERE c.direct_key = :direct_key
     """
 )
@@ -43,9 +41,7 @@ _BY_DIRECT_KEY = query(
 # 8-13 the last message (NULLs when there is none).
 _LIST_COLUMNS = """
     SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, c.last_activity_at,
-           cm.last_read_seq,
-           ARRAY(SELECT user_id FROM conversation_members x
-                 WHERE x.conversation_id = c.id ORDER BY user_id),
+           cm.last_read_seq, c.member_ids,
            lm.id::text, lm.conversation_id::text, lm.seq, lm.sender_id, lm.content, lm.created_at
     FROM conversation_members cm
     JOIN conversations c ON c.id = cm.conversation_id

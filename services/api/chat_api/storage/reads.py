@@ -18,6 +18,7 @@ _MARK = query(
     f"""
     WITH target AS (
         SELECT m.conversation_id, m.user_id, m.last_read_seq AS old_seq, c.last_seq,
+               c.member_ids,
                GREATEST(m.last_read_seq,
                         LEAST(CASE WHEN CAST(:up_to_seq AS bigint) = 0 THEN c.last_seq
                                    ELSE CAST(:up_to_seq AS bigint) END,
@@ -33,8 +34,7 @@ _MARK = query(
     ), evt AS (
         INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
         SELECT gen_random_uuid(), '{CONVERSATION_READ}', t.conversation_id, t.new_seq,
-               ARRAY(SELECT user_id FROM conversation_members
-                      WHERE conversation_id = t.conversation_id ORDER BY user_id),
+               t.member_ids,
                jsonb_build_object('conversation_id', t.conversation_id, 'user_id', t.user_id,
                                   'last_read_seq', t.new_seq, 'read_at', clock_timestamp())
         FROM target t WHERE t.new_seq > t.old_seq
