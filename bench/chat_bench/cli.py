@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chat_bench import dataset, delivery, idle, machine, medians, report, rpc_latency, throughput
-from chat_bench.clients import Api, grpc_channel, http_session
+from chat_bench.clients import Api, Sequential, grpc_channel
 from chat_bench.stack import Target, local_stack, raise_fd_limit
 from chat_bench.stats import Progress
 from chat_shared.config import DEV_JWT_SECRET
@@ -149,8 +149,8 @@ async def _run(args: argparse.Namespace, phases: list[str], progress: Progress) 
                 if args.repeat > 1:
                     progress(f"run {run_no} of {args.repeat}")
                 run: dict[str, Any] = {"errors": {}}
-                async with grpc_channel(t.grpc) as channel, http_session(t.http) as http:
-                    api = Api(channel, http)
+                async with grpc_channel(t.grpc) as channel:
+                    api = Api(channel)
                     if ds is None and ("rpc" in phases or "throughput" in phases):
                         ds = await dataset.load(
                             api, t.jwt_secret, users=cfg["users"],
@@ -161,8 +161,13 @@ async def _run(args: argparse.Namespace, phases: list[str], progress: Progress) 
                                              "conversations": len(ds.conversations),
                                              "messages": ds.messages}
                     if "rpc" in phases and ds is not None:
-                        await _phase(run, "rpc", rpc_latency.measure(
-                            api, ds, t.jwt_secret, cfg["calls"], progress))
+                        client = Sequential(t.grpc, t.http)
+                        try:
+                            await _phase(run, "rpc", asyncio.to_thread(
+                                rpc_latency.measure, client, ds, t.jwt_secret, cfg["calls"],
+                                progress))
+                        finally:
+                            client.close()
                 if "throughput" in phases and ds is not None:
                     run["throughput"] = {}
                     # Not the read conversation: a send there by bench-user would move its

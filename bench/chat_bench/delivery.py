@@ -43,7 +43,7 @@ async def _pace(spec: dict[str, Any]) -> dict[str, Any]:
     errors: dict[str, int] = {}
     late = 0
     async with grpc_channel(spec["grpc"]) as channel:
-        api = Api(channel, None)
+        api = Api(channel)
         users = {s: User(s, spec["secret"]) for _, s in conversations}
         for conv, sender in conversations[:5]:
             await api.send_grpc(users[sender], conv, "warm-up")
@@ -128,7 +128,7 @@ async def measure(executor: Executor, grpc_addr: str, ws_url: str, redis_addr: s
     total = int(rate * duration)
     async with grpc_channel(grpc_addr) as channel, \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        api = Api(channel, None)
+        api = Api(channel)
         progress(f"delivery: {conversations} conversations, 1 sender + {receivers} receivers "
                  "each; connecting receivers ...")
         plan = [(f"ws-sender-{i:03d}", [f"ws-recv-{i:03d}-{j}" for j in range(receivers)])

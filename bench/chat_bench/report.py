@@ -111,8 +111,10 @@ def render(data: dict[str, Any]) -> list[str]:
                      for c in checks(data)])
     rpc = data.get("rpc")
     if rpc:
+        # Runs before the client was recorded used grpc.aio and aiohttp.
+        client = rpc.get("client", "grpc.aio and aiohttp")
         lines += ["", f"Per-RPC latency, {rpc['calls']} sequential calls per RPC and transport "
-                  "(gRPC and HTTP alternating), ms:", ""]
+                  f"(gRPC and HTTP alternating; clients: {client}), ms:", ""]
         rows = []
         for rpc_name in RPCS:
             for t in ("grpc", "http"):

@@ -42,7 +42,7 @@ async def _send_loop(spec: dict[str, Any]) -> dict[str, Any]:
     # worker processes (API_WORKERS); senders take them in turn.
     channels = [grpc_channel(spec["grpc"], own_connection=True)
                 for _ in range(CONNECTIONS_PER_CLIENT)]
-    apis = [Api(channel, None) for channel in channels]
+    apis = [Api(channel) for channel in channels]
     try:
         def pick() -> tuple[User, str]:
             conv, members = rng.choice(conversations)
