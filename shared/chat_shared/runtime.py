@@ -8,6 +8,7 @@ piece of code, so every service exits 2 on bad configuration and drains the same
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Callable
@@ -48,6 +49,18 @@ def configure_process(prog: str, settings: ServiceSettings) -> None:
     configure_tracing(settings.otel_service_name or prog, settings.otel_exporter_otlp_endpoint)
 
 
+def settle_heap() -> None:
+    """Moves what start-up allocated out of the garbage collector's sight.
+
+    Modules, settings, descriptors, pools: about 130,000 objects that live as long as the
+    process. Every full collection walked all of them (60 ms each in chat-api, measured with
+    gc.callbacks), a pause that lands on whichever call is running. Frozen, a collection scans
+    only what was allocated since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run_until_signalled(build: Callable[[], Service]) -> None:
     """Builds and starts the service, waits for SIGTERM or SIGINT, then stops (drains) it.
 
@@ -60,5 +73,6 @@ async def run_until_signalled(build: Callable[[], Service]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    settle_heap()
     await stop.wait()
     await service.stop()
