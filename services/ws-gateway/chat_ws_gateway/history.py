@@ -24,16 +24,26 @@ _MEMBER_OF = text(
 )
 
 # Membership is joined in, so a user removed meanwhile gets nothing rather than history.
+# seq is gapless, so the page is also the range (after, after + limit]: with it in the WHERE
+# clause the statement reads one page whatever plan PostgreSQL picks, also when statistics
+# underestimate a conversation and the planner would otherwise read (and sort) all of its
+# messages after the position (the same fix and measurements as the API's GetMessages).
+# The CASTs: a small int is sent as smallint, and smallint + smallint overflows.
 _AFTER = text(
     """
     SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at
     FROM conversation_members cm
     JOIN messages m ON m.conversation_id = cm.conversation_id
     WHERE cm.conversation_id = :conversation_id AND cm.user_id = :user_id AND m.seq > :after
+      AND m.seq <= CAST(:after AS bigint) + CAST(:limit AS bigint)
     ORDER BY m.seq
     LIMIT :limit
     """
 )
+
+# Far beyond any real seq and far enough below bigint's end that after + limit cannot
+# overflow; a larger position (the protocol accepts any int64) reads as this one: nothing.
+MAX_POSITION = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +77,8 @@ class History:
         with _tracer.start_as_current_span("db.ws_messages_after"):
             async with self._engine.connect() as conn:
                 rows = await conn.execute(_AFTER, {"conversation_id": conversation_id,
-                                                   "user_id": user_id, "after": after_seq,
+                                                   "user_id": user_id,
+                                                   "after": min(after_seq, MAX_POSITION),
                                                    "limit": self.page_size})
                 return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4])
                         for r in rows]
