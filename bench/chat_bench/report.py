@@ -103,14 +103,18 @@ def _verdict(met: bool | None) -> str:
     return {True: "met", False: "NOT met", None: "not measured"}[met]
 
 
-def each_run(data: dict[str, Any]) -> list[str]:
-    """Per target, every run's own figure in run order ("" when there was one run).
+def _runs_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each run's own figures (kept only when there were several runs)."""
+    return [r for r in data.get("runs") or [] if isinstance(r, dict)]
+
+
+def each_run(data: dict[str, Any], targets: list[Check]) -> list[str]:
+    """Per target (``checks(data)``), every run's own figure in run order ("" for one run).
 
     The verdict is on the median; this column shows how far single runs of this shared,
     noisy machine stray from it, and whether a "met" held in every run.
     """
-    runs = [r for r in data.get("runs") or [] if isinstance(r, dict)]
-    targets = checks(data)
+    runs = _runs_of(data)
     if len(runs) < 2:
         return ["" for _ in targets]
     per_run = [checks(r) for r in runs]  # same targets, same order
@@ -126,9 +130,10 @@ def each_run(data: dict[str, Any]) -> list[str]:
 
 def targets_table(data: dict[str, Any]) -> list[str]:
     """The targets with the median figure and verdict (and each run's figure, if several)."""
-    runs = each_run(data)
+    targets = checks(data)
+    runs = each_run(data, targets)
     header = ["figure", "measured", "target", ""]
-    rows = [[c.figure, _fmt(c.value, c.unit), c.target, _verdict(c.met)] for c in checks(data)]
+    rows = [[c.figure, _fmt(c.value, c.unit), c.target, _verdict(c.met)] for c in targets]
     if any(runs):
         header.append("each run")
         rows = [[*row, cell] for row, cell in zip(rows, runs, strict=True)]
@@ -137,7 +142,7 @@ def targets_table(data: dict[str, Any]) -> list[str]:
 
 def render(data: dict[str, Any]) -> list[str]:
     """Markdown lines: targets, then the details of each phase that ran."""
-    several = len(data.get("runs") or []) > 1
+    several = len(_runs_of(data)) > 1
     lines = ["Against the targets of issue 8" + (
         " (the verdict is on the median; the last column has each run's own figure):"
         if several else ":"), ""]

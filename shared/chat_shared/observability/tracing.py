@@ -80,4 +80,3 @@ class Tracer:
 
 def tracer(name: str) -> Tracer:
     return Tracer(name)
-

@@ -21,22 +21,28 @@ from chat_shared.protos.chat.v1 import chat_pb2
 SERVICE_NAME = "chat.v1.ChatService"
 
 
-def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+_READ = frozenset({"authorization", "x-request-id", "traceparent"})
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The request metadata this service reads, in one pass (the first value of each key)."""
+    found: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return None
+        if key in _READ and key not in found:
+            found[key] = value if isinstance(value, str) else value.decode()
+    return found
 
 
 def _unary(dispatcher: Dispatcher, method: str) -> Callable[..., Awaitable[Any]]:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = _metadata(context)
         ctx = CallContext(method=method, transport="grpc",
-                          authorization=_metadata(context, "authorization"))
-        request_id = _metadata(context, "x-request-id")
+                          authorization=metadata.get("authorization"))
+        request_id = metadata.get("x-request-id")
         if request_id and len(request_id) <= 128:
             ctx.request_id = request_id
         if not recording():  # else the interceptor's server span gives the trace id
-            ctx.trace_id = trace_id_from(_metadata(context, "traceparent"))
+            ctx.trace_id = trace_id_from(metadata.get("traceparent"))
         context.set_trailing_metadata((("x-request-id", ctx.request_id),))
         try:
             return await dispatcher.call(ctx, request)

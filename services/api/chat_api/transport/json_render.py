@@ -37,8 +37,8 @@ _MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z, the range Timestamp allows
 _MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 
 Convert = Callable[[Any], Any]
-# (JSON key, attribute name, converter, repeated, has presence)
-Step = tuple[str, str, Convert, bool, bool]
+# (field name: JSON key and attribute, converter, repeated, has presence)
+Step = tuple[str, Convert, bool, bool]
 
 
 class _Unsupported(Exception):
@@ -63,10 +63,10 @@ def message_to_dict(message: Message) -> Any:
 
 def _run(plan: list[Step], message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, attr, convert, repeated, presence in plan:
-        if presence and not message.HasField(attr):
+    for key, convert, repeated, presence in plan:
+        if presence and not message.HasField(key):
             continue
-        value = getattr(message, attr)
+        value = getattr(message, key)
         if not repeated:
             out[key] = convert(value)
         elif convert is _identity:
@@ -95,8 +95,7 @@ def _plan(descriptor: Descriptor) -> list[Step] | None:
 
 def _step(field: FieldDescriptor) -> Step:
     repeated = field.is_repeated
-    return (field.name, field.name, _converter(field), repeated,
-            field.has_presence and not repeated)
+    return (field.name, _converter(field), repeated, field.has_presence and not repeated)
 
 
 def _converter(field: FieldDescriptor) -> Convert:
