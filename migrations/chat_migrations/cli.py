@@ -10,14 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from alembic import command
 from alembic.config import Config
 
 from chat_shared.config import ConfigError, DatabaseSettings, load_settings
-from chat_shared.db import redacted, sqlalchemy_url
+from chat_shared.db import redacted
 
 HERE = Path(__file__).resolve().parent
+
+
+def sqlalchemy_url(db_source: str) -> str:
+    """``postgresql://...`` -> ``postgresql+psycopg://...``: SQLAlchemy (under alembic) names
+    its driver in the scheme; psycopg 3 is the one every service uses."""
+    parts = urlsplit(db_source)
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
 
 
 def alembic_config(db_source: str) -> Config:

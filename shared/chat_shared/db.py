@@ -1,27 +1,80 @@
-"""PostgreSQL access: one async SQLAlchemy engine per process over psycopg 3.
+"""PostgreSQL access for every process: psycopg 3, one set of session conventions.
 
-DB_SOURCE keeps the seed's plain ``postgresql://`` form; the driver is chosen here.
+Every connection any service opens (pooled or dedicated, async or sync) gets the same session:
+
+- ``application_name`` names the process (``pg_stat_activity`` shows who holds what);
+- ``statement_timeout`` is DB_STATEMENT_TIMEOUT, so no statement runs unbounded;
+- ``TimeZone=UTC``: psycopg then converts each timestamptz with Python's fixed UTC offset
+  instead of a zoneinfo lookup (a page of 50 conversations reads 150 timestamps; 181 -> 140 us
+  measured), and timestamps rendered by PostgreSQL itself (``to_json`` in outbox payloads)
+  end in ``+00:00`` whichever zone the server defaults to. The instants are the same in any zone;
+- ``connect_timeout``, so a dead server costs a bounded time;
+- autocommit: a unit of work that is one statement (data-modifying CTEs included) is atomic on
+  its own, and skipping BEGIN/COMMIT saves two round trips. A unit of work that needs several
+  statements to commit together says so with ``async with conn.transaction()``
+  (``Database.transaction``).
+
+Statements use psycopg's own named parameters (``%(name)s``), run as written. Statements that
+run often are prepared server-side by psycopg after a few executions per connection.
+
+Errors: "the database cannot be reached or did not answer in time" (``OperationalError``, which
+includes a statement cancelled by ``statement_timeout``, and ``PoolTimeout``) becomes
+``chat_shared.errors.Unavailable``, which clients may retry. Every other error (a unique
+violation, a bad statement) passes through unchanged for the caller to interpret.
+
+Spans: each unit of work is named after what it does (``db.send_message``), as Synapse's
+``runInteraction("name", ...)`` names its transactions; spans cost nothing unless recorded
+(``chat_shared.observability.tracing``).
+
+What this adds to psycopg_pool: only the conventions above in one place. ``Database.fetchone``
+and ``fetchall`` are the hot path of the API (one pooled connection, one statement, no
+allocation beyond psycopg's own), so they are written out rather than layered on
+``connection()``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.abc import Params, QueryNoTemplate
+from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chat_shared.config import DatabaseSettings
 from chat_shared.errors import Unavailable
+from chat_shared.observability.tracing import tracer
+
+__all__ = [
+    "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn", "Database", "connect",
+    "connect_sync", "conninfo", "interaction", "redacted", "unavailable_on_connection_errors",
+]
+
+_tracer = tracer(__name__)
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to establish a connection (libpq counts whole seconds, at least 2)."""
+
+PING_TIMEOUT = 2.0
+"""Seconds ``Database.ping`` waits for a pooled connection."""
+
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
+"""What "the database is unavailable" looks like from psycopg (see the module docstring)."""
+
+AsyncConn = psycopg.AsyncConnection[TupleRow]
 
 
-def sqlalchemy_url(db_source: str) -> str:
-    """``postgresql://...`` -> ``postgresql+psycopg://...`` (psycopg 3, sync or async)."""
-    parts = urlsplit(db_source)
-    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+def conninfo(db_source: str) -> str:
+    """DB_SOURCE as libpq takes it: ``postgresql+psycopg://`` (SQLAlchemy's form) loses the
+    driver suffix; a plain ``postgresql://`` URL or key=value string is left alone."""
+    scheme, sep, rest = db_source.partition("://")
+    if sep and "+" in scheme:
+        return f"{scheme.split('+', 1)[0]}://{rest}"
+    return db_source
 
 
 def redacted(db_source: str) -> str:
@@ -33,92 +86,157 @@ def redacted(db_source: str) -> str:
     return urlunsplit(parts)
 
 
-def create_engine(
-    settings: DatabaseSettings, *, application_name: str, autocommit: bool = False
-) -> AsyncEngine:
-    """The process's engine.
+def _session_options(
+    *, application_name: str, statement_timeout: float, connect_timeout: float = CONNECT_TIMEOUT
+) -> dict[str, Any]:
+    """The connection arguments every session gets (see the module docstring).
 
-    ``autocommit=True`` suits a process whose every unit of work is one SQL statement (the
-    API): a statement is atomic on its own, and skipping BEGIN/COMMIT saves two round trips
-    per call. Processes that need multi-statement transactions (the relay) keep the default.
+    Args:
+        application_name: the process, as ``pg_stat_activity`` shows it.
+        statement_timeout: seconds any one statement may run.
+        connect_timeout: seconds to establish the connection.
     """
-    if not settings.db_source:
-        raise ValueError("DB_SOURCE is not set")
-    timeout_ms = int(settings.db_statement_timeout * 1000)
-    extra = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
-    return create_async_engine(
-        sqlalchemy_url(settings.db_source),
-        **extra,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=settings.db_pool_timeout,
-        pool_pre_ping=False,
-        pool_recycle=1800,
-        connect_args={
-            "application_name": application_name,
-            "options": f"-c statement_timeout={timeout_ms}",
-            "connect_timeout": 5,
-        },
-    )
-
-
-async def ping(engine: AsyncEngine) -> bool:
-    """True when PostgreSQL answers a trivial query."""
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        return True
-    except Exception:
-        return False
-
-
-def create_pool(
-    settings: DatabaseSettings, *, application_name: str, autocommit: bool = True
-) -> AsyncConnectionPool:
-    """A psycopg connection pool for hot paths (opened by the caller: ``await pool.open()``).
-
-    Measured here, a checkout through SQLAlchemy's async pool costs about 0.25 ms more per
-    statement than psycopg_pool (greenlet bridging), which is most of a 1 ms read; the API's
-    statements are plain SQL already, so they run on psycopg directly. Statements that run
-    often are prepared server-side by psycopg after a few executions per connection.
-
-    Sessions run in the time zone named ``UTC``: psycopg then converts each timestamptz with
-    Python's fixed UTC offset instead of a zoneinfo lookup (a page of 50 conversations reads
-    150 timestamps; 181 -> 140 us measured). The instants are the same in any zone.
-    """
-    if not settings.db_source:
-        raise ValueError("DB_SOURCE is not set")
-    timeout_ms = int(settings.db_statement_timeout * 1000)
-    return AsyncConnectionPool(
-        settings.db_source,
-        min_size=min(2, settings.db_pool_size),
-        max_size=settings.db_pool_size + settings.db_max_overflow,
-        timeout=settings.db_pool_timeout,
-        kwargs={
-            "autocommit": autocommit,
-            "application_name": application_name,
-            "options": f"-c statement_timeout={timeout_ms} -c TimeZone=UTC",
-            "connect_timeout": 5,
-        },
-        name=application_name,
-        open=False,
-    )
-
-
-async def ping_pool(pool: AsyncConnectionPool) -> bool:
-    """True when PostgreSQL answers a trivial query through the pool."""
-    try:
-        async with pool.connection(timeout=2.0) as conn:
-            await conn.execute("SELECT 1")
-        return True
-    except Exception:
-        return False
+    return {
+        "autocommit": True,
+        "application_name": application_name,
+        "options": f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+                   " -c TimeZone=UTC",
+        "connect_timeout": max(1, math.ceil(connect_timeout)),
+    }
 
 
 @contextlib.contextmanager
 def unavailable_on_connection_errors() -> Iterator[None]:
-    """Turns "the database cannot be reached" into Unavailable (clients may retry)."""
+    """Turns "the database cannot be reached or did not answer in time" into Unavailable
+    (clients may retry)."""
     try:
         yield
-    except (psycopg.OperationalError, PoolTimeout) as exc:
+    except CONNECTION_ERRORS as exc:
         raise Unavailable("database unavailable") from exc
+
+
+@contextlib.contextmanager
+def interaction(name: str) -> Iterator[None]:
+    """One named unit of work on a connection the caller holds: a span called ``name`` and
+    connection errors as Unavailable. (Pooled work gets the same from ``Database``.)"""
+    with _tracer.start_as_current_span(name), unavailable_on_connection_errors():
+        yield
+
+
+async def connect(
+    db_source: str, *, application_name: str, statement_timeout: float,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> AsyncConn:
+    """A dedicated async session with the shared options, for work that needs a session of
+    its own (advisory locks, LISTEN) or must not take a pool slot.
+
+    Raises:
+        Unavailable: the server could not be reached.
+    """
+    with unavailable_on_connection_errors():
+        return await psycopg.AsyncConnection.connect(
+            conninfo(db_source), **_session_options(
+                application_name=application_name, statement_timeout=statement_timeout,
+                connect_timeout=connect_timeout))
+
+
+def connect_sync(
+    db_source: str, *, application_name: str, statement_timeout: float,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> psycopg.Connection[TupleRow]:
+    """A synchronous session with the shared options (command-line tools).
+
+    Raises:
+        Unavailable: the server could not be reached.
+    """
+    with unavailable_on_connection_errors():
+        return psycopg.Connection.connect(
+            conninfo(db_source), **_session_options(
+                application_name=application_name, statement_timeout=statement_timeout,
+                connect_timeout=connect_timeout))
+
+
+class Database:
+    """A process's pool of sessions, and its units of work.
+
+    Built in the composition root; nothing connects until ``open()``.
+    """
+
+    def __init__(self, settings: DatabaseSettings, *, application_name: str) -> None:
+        if not settings.db_source:
+            raise ValueError("DB_SOURCE is not set")
+        self.pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
+            conninfo(settings.db_source),
+            min_size=min(2, settings.db_pool_size),
+            max_size=settings.db_pool_size + settings.db_max_overflow,
+            timeout=settings.db_pool_timeout,
+            kwargs=_session_options(application_name=application_name,
+                                   statement_timeout=settings.db_statement_timeout),
+            name=application_name,
+            open=False,
+        )
+
+    async def open(self, *, wait: bool = False) -> None:
+        """Starts filling the pool; with ``wait=False`` the process starts even while
+        PostgreSQL is down, and connections come when it is back."""
+        await self.pool.open(wait=wait)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def fetchone(self, name: str, query: QueryNoTemplate, params: Params | None = None
+                       ) -> TupleRow | None:
+        """Runs one statement on a pooled connection; its first row, if any.
+
+        Raises:
+            Unavailable: no connection, or the statement did not finish in time.
+        """
+        with _tracer.start_as_current_span(name):
+            try:
+                async with self.pool.connection() as conn:
+                    return await (await conn.execute(query, params)).fetchone()
+            except CONNECTION_ERRORS as exc:
+                raise Unavailable("database unavailable") from exc
+
+    async def fetchall(self, name: str, query: QueryNoTemplate, params: Params | None = None
+                       ) -> list[TupleRow]:
+        """Runs one statement on a pooled connection; all its rows.
+
+        Raises:
+            Unavailable: no connection, or the statement did not finish in time.
+        """
+        with _tracer.start_as_current_span(name):
+            try:
+                async with self.pool.connection() as conn:
+                    return await (await conn.execute(query, params)).fetchall()
+            except CONNECTION_ERRORS as exc:
+                raise Unavailable("database unavailable") from exc
+
+    @contextlib.asynccontextmanager
+    async def connection(self, name: str) -> AsyncIterator[AsyncConn]:
+        """A pooled connection for a unit of several statements, each committed on its own."""
+        with interaction(name):
+            async with self.pool.connection() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, name: str) -> AsyncIterator[AsyncConn]:
+        """A pooled connection inside one transaction: every statement of the block commits
+        together at its end, or none does (an exception rolls it back)."""
+        with interaction(name):
+            async with self.pool.connection() as conn, conn.transaction():
+                yield conn
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers a trivial query (waiting at most PING_TIMEOUT for a
+        connection: a probe must not queue behind a busy pool for long)."""
+        try:
+            async with self.pool.connection(timeout=PING_TIMEOUT) as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "down" here
+            return False
+
+    def stats(self) -> dict[str, int]:
+        """The pool's counters (psycopg_pool's ``get_stats()``)."""
+        return self.pool.get_stats()

@@ -414,8 +414,7 @@ async def test_a_page_reads_only_its_own_rows_whatever_plan_postgresql_picks(stu
             db_source, autocommit=True, cursor_factory=psycopg.AsyncClientCursor) as conn:
         await conn.execute("SET enable_indexscan = off")
         await conn.execute("SET enable_indexonlyscan = off")
-        cur = await conn.execute(psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ")
-                                 + _PAGE[mode], params)
+        cur = await conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + _PAGE[mode], params)
         plan = (await cur.fetchone())[0][0]["Plan"]
         rows = await (await conn.execute(_PAGE[mode], params)).fetchall()
 

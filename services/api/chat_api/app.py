@@ -17,7 +17,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
-from psycopg_pool import AsyncConnectionPool
 
 from chat_api.idempotency import IdempotencyStore
 from chat_api.service.conversations import ConversationService
@@ -33,7 +32,7 @@ from chat_api.transport.handlers import ChatHandlers
 from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
-from chat_shared.db import create_pool, ping_pool
+from chat_shared.db import Database
 from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import recording
 from chat_shared.redis_client import create_redis
@@ -50,7 +49,7 @@ DB_POOL = Gauge("chat_db_pool_connections", "Database pool connections by state"
 @dataclass
 class ApiApp:
     settings: ApiSettings
-    pool: AsyncConnectionPool
+    db: Database
     redis: aioredis.Redis
     dispatcher: Dispatcher
     server: grpc.aio.Server
@@ -69,7 +68,7 @@ class ApiApp:
         await self._set_health(False)
         # Connections are made in the background: the API starts (NOT_SERVING) with
         # PostgreSQL down and turns SERVING when the probe reaches it.
-        await self.pool.open(wait=False)
+        await self.db.open(wait=False)
         await self.server.start()
         if self.http is not None:
             host, port = parse_host_port(self.settings.http_server_address)
@@ -85,14 +84,14 @@ class ApiApp:
             await self.health.set(name, status)
 
     async def probe_once(self) -> None:
-        db_up = await ping_pool(self.pool)
+        db_up = await self.db.ping()
         try:
             redis_up = bool(await self.redis.ping())
         except Exception:  # noqa: BLE001 - any failure means "down" here
             redis_up = False
         DEPENDENCY_UP.labels("postgresql").set(int(db_up))
         DEPENDENCY_UP.labels("redis").set(int(redis_up))
-        stats = self.pool.get_stats()
+        stats = self.db.stats()
         size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
         DB_POOL.labels("checked_out").set(size - idle)
         DB_POOL.labels("idle").set(idle)
@@ -131,22 +130,22 @@ class ApiApp:
         else:
             await self.server.stop(grace)
         await self.redis.aclose()
-        await self.pool.close()
+        await self.db.close()
         log.info("api_stopped")
 
 
 def build_app(settings: ApiSettings) -> ApiApp:
-    # Every API unit of work is a single statement, atomic by itself: autocommit saves the
-    # BEGIN/COMMIT round trips.
-    pool = create_pool(settings, application_name="chat-api", autocommit=True)
+    # Every API unit of work is a single statement, atomic by itself: the shared sessions'
+    # autocommit saves the BEGIN/COMMIT round trips.
+    db = Database(settings, application_name="chat-api")
     redis = create_redis(settings)
     handlers = ChatHandlers(
-        conversations=ConversationService(ConversationRepository(pool),
+        conversations=ConversationService(ConversationRepository(db),
                                           settings.max_conversation_members),
-        messages=MessageService(MessageRepository(pool),
+        messages=MessageService(MessageRepository(db),
                                 IdempotencyStore(redis, settings.idempotency_ttl),
                                 settings.max_message_length, settings.max_idempotency_key_length),
-        reads=ReadService(ReadRepository(pool)),
+        reads=ReadService(ReadRepository(db)),
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())
     server = grpc.aio.server(
@@ -166,7 +165,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
-    app = ApiApp(settings=settings, pool=pool, redis=redis, dispatcher=dispatcher,
+    app = ApiApp(settings=settings, db=db, redis=redis, dispatcher=dispatcher,
                  server=server, health=health_servicer, grpc_port=bound)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins)

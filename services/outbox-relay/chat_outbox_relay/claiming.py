@@ -19,6 +19,7 @@ from datetime import datetime
 
 from psycopg import AsyncConnection
 
+from chat_shared.db import interaction
 from chat_shared.events import Event
 
 _CLAIM = """
@@ -34,21 +35,22 @@ _CLAIM = """
     LIMIT %(limit)s
 """
 
-_DELETE = "DELETE FROM outbox WHERE id = ANY(%s::bigint[])"
+_DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s::bigint[])"
 
 _RESCHEDULE = """
     UPDATE outbox o
        SET attempts = o.attempts + 1,
            next_attempt_at = now() + make_interval(secs => f.delay),
            last_error = f.error
-      FROM unnest(%s::bigint[], %s::float8[], %s::text[]) AS f(id, delay, error)
+      FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(errors)s::text[])
+           AS f(id, delay, error)
      WHERE o.id = f.id
 """
 
 _DEAD_LETTER = """
     WITH gone AS (
         DELETE FROM outbox o
-         USING unnest(%s::bigint[], %s::text[]) AS f(id, error)
+         USING unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
          WHERE o.id = f.id
         RETURNING o.event_id, o.event_type, o.conversation_id, o.seq, o.recipients, o.payload,
                   o.created_at, o.attempts + 1 AS attempts, f.error
@@ -85,9 +87,10 @@ async def claim(conn: AsyncConnection, partitions: str, limit: int) -> list[Clai
     """Up to ``limit`` ready rows of ``partitions``, an array literal such as ``{0,5,9}``."""
     if partitions == "{}":
         return []
-    async with conn.cursor() as cur:
-        await cur.execute(_CLAIM, {"partitions": partitions, "limit": limit})
-        rows = await cur.fetchall()
+    with interaction("db.outbox_claim"):
+        async with conn.cursor() as cur:
+            await cur.execute(_CLAIM, {"partitions": partitions, "limit": limit})
+            rows = await cur.fetchall()
     return [
         ClaimedRow(id=r[0], attempts=r[8], event=Event(
             event_id=r[1], type=r[2], conversation_id=r[3], seq=r[4], occurred_at=r[7],
@@ -115,15 +118,17 @@ async def settle(
     """
     retry = [f for f in failed if f.row.attempts + 1 <= max_retries]
     dead = [f for f in failed if f.row.attempts + 1 > max_retries]
-    async with conn.cursor() as cur:
-        if published:
-            await cur.execute(_DELETE, ([r.id for r in published],))
-        if retry:
-            await cur.execute(_RESCHEDULE, (
-                [f.row.id for f in retry],
-                [backoff(retry_base, f.row.attempts + 1) for f in retry],
-                [f.error for f in retry],
-            ))
-        if dead:
-            await cur.execute(_DEAD_LETTER, ([f.row.id for f in dead], [f.error for f in dead]))
+    with interaction("db.outbox_settle"):
+        async with conn.cursor() as cur:
+            if published:
+                await cur.execute(_DELETE, {"ids": [r.id for r in published]})
+            if retry:
+                await cur.execute(_RESCHEDULE, {
+                    "ids": [f.row.id for f in retry],
+                    "delays": [backoff(retry_base, f.row.attempts + 1) for f in retry],
+                    "errors": [f.error for f in retry],
+                })
+            if dead:
+                await cur.execute(_DEAD_LETTER, {"ids": [f.row.id for f in dead],
+                                                 "errors": [f.error for f in dead]})
     return dead

@@ -6,8 +6,9 @@
     chat-outbox dlq replay --all            move every dead letter back
     chat-outbox dlq purge --older-than 7d   delete dead letters that failed before then
 
-Reads DB_SOURCE from the environment (or app.env). Exit codes: 0 done, 1 no such dead letter,
-2 bad usage or configuration, 3 database unreachable.
+Reads DB_SOURCE and DB_STATEMENT_TIMEOUT from the environment (or app.env). Exit codes: 0 done,
+1 no such dead letter, 2 bad usage or configuration, 3 database unreachable (or a statement
+timed out).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import json
 import sys
 from typing import Any
 
-import psycopg
-
 from chat_outbox_relay.dead_letters import DeadLetter, DeadLetters
 from chat_shared.config import ConfigError, DatabaseSettings, load_settings, parse_duration
+from chat_shared.db import connect_sync, unavailable_on_connection_errors
+from chat_shared.errors import Unavailable
 from chat_shared.events import format_time
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -130,13 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         print("chat-outbox: DB_SOURCE is not set", file=sys.stderr)
         return EXIT_USAGE
     try:
-        conn = psycopg.connect(settings.db_source, autocommit=True,
-                               application_name="chat-outbox", connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        print(f"chat-outbox: cannot reach the database: {exc}", file=sys.stderr)
+        conn = connect_sync(settings.db_source, application_name="chat-outbox",
+                            statement_timeout=settings.db_statement_timeout)
+    except Unavailable as exc:
+        print(f"chat-outbox: cannot reach the database: {exc.__cause__}", file=sys.stderr)
         return EXIT_UNREACHABLE
     with conn:
-        return run(args, DeadLetters(conn))
+        try:
+            with unavailable_on_connection_errors():
+                return run(args, DeadLetters(conn))
+        except Unavailable as exc:
+            print(f"chat-outbox: the database did not answer: {exc.__cause__}", file=sys.stderr)
+            return EXIT_UNREACHABLE
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ Replaying moves a row back into the outbox with its original event_id, created_a
 attempts reset; the outbox trigger's NOTIFY wakes the relays. A replayed event lands in the
 stream after the events of its conversation that were published meanwhile: consumers that
 dedupe by event_id see it once, consumers that track seq see an old seq arrive late.
+
+Every operation is one statement (a replay is one data-modifying CTE), atomic on its own in
+the session's autocommit, so none needs a transaction around it.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class DeadLetters:
     def oldest(self, limit: int = 100) -> list[DeadLetter]:
         """Up to ``limit`` dead letters, oldest first."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox_dead_letter ORDER BY id LIMIT %s", (limit,)
+            f"SELECT {_COLUMNS} FROM outbox_dead_letter ORDER BY id LIMIT %(limit)s",
+            {"limit": limit},
         ).fetchall()
         return [_row(r) for r in rows]
 
@@ -70,29 +74,27 @@ class DeadLetters:
 
     def get(self, dead_letter_id: int) -> DeadLetter | None:
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox_dead_letter WHERE id = %s", (dead_letter_id,)
+            f"SELECT {_COLUMNS} FROM outbox_dead_letter WHERE id = %(id)s",
+            {"id": dead_letter_id},
         ).fetchone()
         return _row(row) if row else None
 
     def replay(self, dead_letter_id: int) -> str | None:
         """Moves one row back to the outbox; returns its event_id, None when there is no row."""
-        with self._conn.transaction():
-            rows = self._conn.execute(_REPLAY.format(where="id = %s"),
-                                      (dead_letter_id,)).fetchall()
+        rows = self._conn.execute(_REPLAY.format(where="id = %(id)s"),
+                                  {"id": dead_letter_id}).fetchall()
         return rows[0][1] if rows else None
 
     def replay_all(self) -> list[tuple[int, str]]:
         """Moves every row back to the outbox (in dead-letter order); returns (id, event_id)s."""
-        with self._conn.transaction():
-            rows = self._conn.execute(_REPLAY.format(where="true")).fetchall()
+        rows = self._conn.execute(_REPLAY.format(where="true")).fetchall()
         return [(int(r[0]), str(r[1])) for r in rows]
 
     def purge(self, older_than_seconds: float) -> int:
         """Deletes rows that failed more than ``older_than_seconds`` ago; returns the count."""
-        with self._conn.transaction():
-            cur = self._conn.execute(
-                "DELETE FROM outbox_dead_letter "
-                "WHERE failed_at < now() - make_interval(secs => %s)",
-                (older_than_seconds,),
-            )
+        cur = self._conn.execute(
+            "DELETE FROM outbox_dead_letter "
+            "WHERE failed_at < now() - make_interval(secs => %(seconds)s)",
+            {"seconds": older_than_seconds},
+        )
         return cur.rowcount

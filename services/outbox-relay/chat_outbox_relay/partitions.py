@@ -20,6 +20,8 @@ import random
 
 from psycopg import AsyncConnection
 
+from chat_shared.db import interaction
+
 PARTITIONS = 64
 """Fixed by migration 0002's generated column (``... % 64``)."""
 
@@ -31,18 +33,18 @@ RELAY_APPLICATION_NAME = "chat-outbox-relay"
 
 _LIVE_RELAYS = """
     SELECT count(*) FROM pg_stat_activity
-    WHERE datname = current_database() AND application_name = %s
+    WHERE datname = current_database() AND application_name = %(application_name)s
 """
 _HELD = """
     SELECT objid::int FROM pg_locks
     WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database
                                                 WHERE datname = current_database())
-      AND classid = %s::bigint::oid AND objsubid = 2 AND granted
+      AND classid = %(lock_class)s::bigint::oid AND objsubid = 2 AND granted
 """
 
 # Two int4 keys: psycopg would send Python ints as bigint, matching no two-key overload.
-_TRY_LOCK = "SELECT pg_try_advisory_lock(%s::int, %s::int)"
-_UNLOCK = "SELECT pg_advisory_unlock(%s::int, %s::int)"
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%(lock_class)s::int, %(partition)s::int)"
+_UNLOCK = "SELECT pg_advisory_unlock(%(lock_class)s::int, %(partition)s::int)"
 
 
 class PartitionOwnership:
@@ -61,38 +63,39 @@ class PartitionOwnership:
         Must run between batches (never while one is unsettled): releasing a partition in
         the middle of a batch would let another relay publish its rows concurrently.
         """
-        async with conn.cursor() as cur:
-            await cur.execute(_LIVE_RELAYS, (RELAY_APPLICATION_NAME,))
-            row = await cur.fetchone()
-            live = max(1, int(row[0]) if row else 1)
-            target = math.ceil(self.partitions / live)
-            released: set[int] = set()
-            if len(self.owned) > target:
-                excess = sorted(self.owned)[target:]
-                for p in excess:
-                    await cur.execute(_UNLOCK, (LOCK_CLASS, p))
-                released = set(excess)
-                self.owned -= released
-            gained: set[int] = set()
-            if len(self.owned) < target:
-                await cur.execute(_HELD, (LOCK_CLASS,))
-                held = {int(r[0]) for r in await cur.fetchall()}
-                order = [(self._offset + i) % self.partitions for i in range(self.partitions)]
-                for p in order:
-                    if len(self.owned) >= target:
-                        break
-                    if p in held or p in self.owned:
-                        continue
-                    await cur.execute(_TRY_LOCK, (LOCK_CLASS, p))
-                    got = await cur.fetchone()
-                    if got and got[0]:
-                        self.owned.add(p)
-                        gained.add(p)
+        with interaction("db.partitions_rebalance"):
+            async with conn.cursor() as cur:
+                await cur.execute(_LIVE_RELAYS, {"application_name": RELAY_APPLICATION_NAME})
+                row = await cur.fetchone()
+                live = max(1, int(row[0]) if row else 1)
+                target = math.ceil(self.partitions / live)
+                released: set[int] = set()
+                if len(self.owned) > target:
+                    excess = sorted(self.owned)[target:]
+                    for p in excess:
+                        await cur.execute(_UNLOCK, {"lock_class": LOCK_CLASS, "partition": p})
+                    released = set(excess)
+                    self.owned -= released
+                gained: set[int] = set()
+                if len(self.owned) < target:
+                    await cur.execute(_HELD, {"lock_class": LOCK_CLASS})
+                    held = {int(r[0]) for r in await cur.fetchall()}
+                    order = [(self._offset + i) % self.partitions for i in range(self.partitions)]
+                    for p in order:
+                        if len(self.owned) >= target:
+                            break
+                        if p in held or p in self.owned:
+                            continue
+                        await cur.execute(_TRY_LOCK, {"lock_class": LOCK_CLASS, "partition": p})
+                        got = await cur.fetchone()
+                        if got and got[0]:
+                            self.owned.add(p)
+                            gained.add(p)
         return gained, released
 
     async def release_all(self, conn: AsyncConnection) -> None:
-        async with conn.cursor() as cur:
-            await cur.execute("SELECT pg_advisory_unlock_all()")
+        with interaction("db.partitions_release"):
+            await conn.execute("SELECT pg_advisory_unlock_all()")
         self.owned.clear()
 
     def forget(self) -> None:

@@ -8,8 +8,9 @@ batches, on the same connection that claims: if that connection dies, its locks 
 and the rows of a batch it had not settled are claimed again (same event_ids) by whoever owns
 them next.
 
-Three PostgreSQL connections, none from a pool: the work connection (locks + batches), the
-listener (autocommit, LISTEN) and the probe (pending metrics, readiness).
+Three PostgreSQL connections, none from a pool (sessions of their own, with the shared
+options of ``chat_shared.db.connect``): the work connection (locks + batches), the listener
+(LISTEN) and the probe (pending metrics, readiness).
 """
 
 from __future__ import annotations
@@ -27,24 +28,21 @@ from chat_outbox_relay.claiming import claim, settle
 from chat_outbox_relay.partitions import RELAY_APPLICATION_NAME, PartitionOwnership
 from chat_outbox_relay.publishing import StreamPublisher
 from chat_outbox_relay.settings import RelaySettings
+from chat_shared import db
+from chat_shared.errors import Unavailable
 from chat_shared.observability.logging import get_logger
+from chat_shared.outbox import read_backlog
 
 log = get_logger(__name__)
 
-_PENDING = """
-    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-    FROM outbox
-"""
 _MAX_PAUSE = 5.0
 """Longest wait between checks while Redis or PostgreSQL is unavailable, seconds."""
 
 
 async def connect(settings: RelaySettings, application_name: str) -> AsyncConnection[Any]:
-    timeout_ms = int(settings.db_statement_timeout * 1000)
-    return await AsyncConnection.connect(
-        settings.db_source, autocommit=True, application_name=application_name,
-        connect_timeout=5, options=f"-c statement_timeout={timeout_ms}",
-    )
+    """A session of the relay's own (Unavailable when PostgreSQL cannot be reached)."""
+    return await db.connect(settings.db_source, application_name=application_name,
+                            statement_timeout=settings.db_statement_timeout)
 
 
 class OutboxRelay:
@@ -146,8 +144,10 @@ class OutboxRelay:
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
                 # Connection lost (its locks and open batch went with it) or a statement
                 # failed: start over on a fresh connection; claimed rows were rolled back.
-                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
-                    log.warning("database_unavailable", error=str(exc), retry_in=db_delay)
+                if isinstance(exc, Unavailable | psycopg.OperationalError | psycopg.InterfaceError
+                              | OSError):
+                    log.warning("database_unavailable", error=str(exc.__cause__ or exc),
+                                retry_in=db_delay)
                 else:
                     log.exception("batch_failed", retry_in=db_delay)
                 self.db_up = False
@@ -270,7 +270,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - polling covers the gap; keep trying
-                log.warning("listen_failed", error=str(exc), retry_in=delay)
+                log.warning("listen_failed", error=str(exc.__cause__ or exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_PAUSE)
             finally:
@@ -295,17 +295,14 @@ class OutboxRelay:
         try:
             if conn is None or conn.closed:
                 conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
-            async with conn.cursor() as cur:
-                await cur.execute(_PENDING)
-                row = await cur.fetchone()
-            if row is not None:
-                metrics.PENDING.set(row[0])
-                metrics.OLDEST_PENDING_AGE.set(row[1])
+            backlog = await read_backlog(conn)
+            metrics.PENDING.set(backlog.pending)
+            metrics.OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
             self.db_up = True
         except Exception as exc:  # noqa: BLE001 - a failed probe means "down"
             if self.db_up:
                 log.warning("dependency_changed", dependency="postgresql", up=False,
-                            error=str(exc))
+                            error=str(exc.__cause__ or exc))
             self.db_up = False
             if conn is not None:
                 with contextlib.suppress(Exception):

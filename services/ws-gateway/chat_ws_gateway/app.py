@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
-from chat_shared.db import create_engine
+from chat_shared.db import Database
 from chat_shared.events import stream_keys
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_logger
@@ -36,7 +35,7 @@ log = get_logger(__name__)
 @dataclass
 class GatewayApp:
     settings: GatewaySettings
-    engine: AsyncEngine
+    db: Database
     redis: aioredis.Redis
     stream_redis: aioredis.Redis
     hub: Hub
@@ -58,6 +57,8 @@ class GatewayApp:
             return False
 
     async def start(self) -> None:
+        # Connections are made in the background: PostgreSQL down only fails catch-up reads.
+        await self.db.open(wait=False)
         self._reader_task = asyncio.get_running_loop().create_task(self.reader.run(),
                                                                    name="stream-reader")
         # Bounded wait: with Redis down the gateway still starts (not ready) and keeps retrying.
@@ -95,11 +96,11 @@ class GatewayApp:
             await self.health.stop()
         await self.stream_redis.aclose()
         await self.redis.aclose()
-        await self.engine.dispose()
+        await self.db.close()
 
 
 def build_app(settings: GatewaySettings) -> GatewayApp:
-    engine = create_engine(settings, application_name="chat-ws-gateway")
+    db = Database(settings, application_name="chat-ws-gateway")
     redis = create_redis(settings)
     # XREAD BLOCK outlives the short socket timeout of ordinary calls: its own client.
     stream_redis = create_redis(settings.model_copy(
@@ -108,9 +109,9 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     keys = stream_keys(settings.stream_shards, settings.stream_prefix)
     reader = StreamReader(stream_redis, keys, hub, block_ms=int(settings.stream_block * 1000),
                           count=settings.stream_read_count)
-    history = History(engine, settings.resume_page_size)
+    history = History(db, settings.resume_page_size)
     server = GatewayServer(settings, TokenVerifier(settings), hub, history)
-    app = GatewayApp(settings=settings, engine=engine, redis=redis, stream_redis=stream_redis,
+    app = GatewayApp(settings=settings, db=db, redis=redis, stream_redis=stream_redis,
                      hub=hub, reader=reader, server=server, health=None)
     if settings.metrics_port:
         app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_address)

@@ -9,19 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from chat_shared.db import Database
 
-from chat_shared.observability.tracing import tracer
-
-_tracer = tracer(__name__)
-
-_MEMBER_OF = text(
-    """
+_MEMBER_OF = """
     SELECT conversation_id::text FROM conversation_members
-    WHERE user_id = :user_id AND conversation_id = ANY(CAST(:ids AS uuid[]))
+    WHERE user_id = %(user_id)s AND conversation_id = ANY(CAST(%(ids)s AS uuid[]))
     """
-)
 
 # Membership is joined in, so a user removed meanwhile gets nothing rather than history.
 # seq is gapless, so the page is also the range (after, after + limit]: with it in the WHERE
@@ -29,17 +22,15 @@ _MEMBER_OF = text(
 # underestimate a conversation and the planner would otherwise read (and sort) all of its
 # messages after the position (the same fix and measurements as the API's GetMessages).
 # The CASTs: a small int is sent as smallint, and smallint + smallint overflows.
-_AFTER = text(
-    """
+_AFTER = """
     SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at
     FROM conversation_members cm
     JOIN messages m ON m.conversation_id = cm.conversation_id
-    WHERE cm.conversation_id = :conversation_id AND cm.user_id = :user_id AND m.seq > :after
-      AND m.seq <= CAST(:after AS bigint) + CAST(:limit AS bigint)
+    WHERE cm.conversation_id = %(conversation_id)s AND cm.user_id = %(user_id)s
+      AND m.seq > %(after)s AND m.seq <= CAST(%(after)s AS bigint) + CAST(%(limit)s AS bigint)
     ORDER BY m.seq
-    LIMIT :limit
+    LIMIT %(limit)s
     """
-)
 
 # Far beyond any real seq and far enough below bigint's end that after + limit cannot
 # overflow; a larger position (the protocol accepts any int64) reads as this one: nothing.
@@ -57,28 +48,23 @@ class StoredMessage:
 
 
 class History:
-    def __init__(self, engine: AsyncEngine, page_size: int) -> None:
-        self._engine = engine
+    def __init__(self, db: Database, page_size: int) -> None:
+        self._db = db
         self.page_size = page_size
 
     async def member_of(self, user_id: str, conversation_ids: list[str]) -> set[str]:
         """The subset of ``conversation_ids`` (canonical UUID text) the user is a member of."""
         if not conversation_ids:
             return set()
-        with _tracer.start_as_current_span("db.ws_member_of"):
-            async with self._engine.connect() as conn:
-                rows = await conn.execute(_MEMBER_OF, {"user_id": user_id,
-                                                       "ids": conversation_ids})
-                return {r[0] for r in rows}
+        rows = await self._db.fetchall("db.ws_member_of", _MEMBER_OF,
+                                       {"user_id": user_id, "ids": conversation_ids})
+        return {r[0] for r in rows}
 
     async def messages_after(self, user_id: str, conversation_id: str,
                              after_seq: int) -> list[StoredMessage]:
         """One page (``page_size``) of the conversation's messages with seq > after_seq."""
-        with _tracer.start_as_current_span("db.ws_messages_after"):
-            async with self._engine.connect() as conn:
-                rows = await conn.execute(_AFTER, {"conversation_id": conversation_id,
-                                                   "user_id": user_id,
-                                                   "after": min(after_seq, MAX_POSITION),
-                                                   "limit": self.page_size})
-                return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4])
-                        for r in rows]
+        rows = await self._db.fetchall("db.ws_messages_after", _AFTER,
+                                       {"conversation_id": conversation_id, "user_id": user_id,
+                                        "after": min(after_seq, MAX_POSITION),
+                                        "limit": self.page_size})
+        return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4]) for r in rows]

@@ -1,7 +1,7 @@
 """Structured JSON logs on stdout, with trace ids and without secrets.
 
 structlog renders every record, including those of libraries that use the standard library's
-logging (grpc, SQLAlchemy, alembic), as one JSON object per line.
+logging (grpc, psycopg, aiohttp, alembic), as one JSON object per line.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # SQLAlchemy and asyncio are chatty at INFO; their warnings still come through.
-    for noisy in ("sqlalchemy.engine", "asyncio", "alembic.runtime.migration"):
+    # asyncio and alembic are chatty at INFO; their warnings still come through.
+    for noisy in ("asyncio", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

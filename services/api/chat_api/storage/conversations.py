@@ -6,20 +6,15 @@ import json
 from datetime import datetime
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
 from chat_api.models import ConversationRecord, ConversationSummary
-from chat_api.storage.rows import message_from, query
-from chat_shared.db import unavailable_on_connection_errors
-from chat_shared.observability.tracing import tracer
+from chat_api.storage.rows import message_from
+from chat_shared.db import Database
 
-_tracer = tracer(__name__)
-
-_CREATE = query(
-    """
+_CREATE = """
     WITH ins AS (
         INSERT INTO conversations (id, title, direct_key, created_by, member_ids)
-        VALUES (gen_random_uuid(), :title, :direct_key, :creator, CAST(:members AS text[]))
+        VALUES (gen_random_uuid(), %(title)s, %(direct_key)s, %(creator)s,
+                CAST(%(members)s AS text[]))
         ON CONFLICT (direct_key) DO NOTHING
         RETURNING id, title, created_at, last_message_at, last_seq, member_ids
     ), mem AS (
@@ -28,14 +23,11 @@ _CREATE = query(
     )
     SELECT id, title, created_at, last_message_at, last_seq, member_ids FROM ins
     """
-)
 
-_BY_DIRECT_KEY = query(
-    """
+_BY_DIRECT_KEY = """
     SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids
-    FROM conversations c WHERE c.direct_key = :direct_key
+    FROM conversations c WHERE c.direct_key = %(direct_key)s
     """
-)
 
 # Columns: 0-4 the conversation, 5 last_activity_at, 6 last_read_seq, 7 member ids,
 # 8-13 the last message (NULLs when there is none).
@@ -46,13 +38,13 @@ _LIST_COLUMNS = """
     FROM conversation_members cm
     JOIN conversations c ON c.id = cm.conversation_id
     LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = c.last_seq
-    WHERE cm.user_id = :user_id
+    WHERE cm.user_id = %(user_id)s
 """
-_LIST_FIRST = query(_LIST_COLUMNS + " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT :limit")
-_LIST_AFTER = query(
+_LIST_FIRST = _LIST_COLUMNS + " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT %(limit)s"
+_LIST_AFTER = (
     _LIST_COLUMNS
-    + " AND (c.last_activity_at, c.id) < (:after_time, CAST(:after_id AS uuid))"
-    + " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT :limit"
+    + " AND (c.last_activity_at, c.id) < (%(after_time)s, CAST(%(after_id)s AS uuid))"
+    + " ORDER BY c.last_activity_at DESC, c.id DESC LIMIT %(limit)s"
 )
 
 
@@ -69,8 +61,8 @@ def _conversation(row: tuple[Any, ...], members: list[str]) -> ConversationRecor
 
 
 class ConversationRepository:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def create(
         self, creator: str, members: list[str], title: str, direct: str | None
@@ -78,15 +70,13 @@ class ConversationRepository:
         """Creates the conversation, or returns the existing direct one with the same key."""
         params = {"title": title, "direct_key": direct, "creator": creator,
                   "members": sorted(members)}
-        with _tracer.start_as_current_span("db.create_conversation"), \
-                unavailable_on_connection_errors():
-            async with self._pool.connection() as conn:
-                row = await (await conn.execute(_CREATE, params)).fetchone()
-                if row is None:
-                    # The direct conversation already exists (maybe created concurrently: the
-                    # conflicting insert waited for it to commit, so this statement sees it).
-                    row = await (await conn.execute(
-                        _BY_DIRECT_KEY, {"direct_key": direct})).fetchone()
+        async with self._db.connection("db.create_conversation") as conn:
+            row = await (await conn.execute(_CREATE, params)).fetchone()
+            if row is None:
+                # The direct conversation already exists (maybe created concurrently: the
+                # conflicting insert waited for it to commit, so this statement sees it).
+                row = await (await conn.execute(
+                    _BY_DIRECT_KEY, {"direct_key": direct})).fetchone()
         if row is None:
             raise RuntimeError("direct conversation vanished between insert and select")
         return _conversation(row, list(row[5]))
@@ -100,10 +90,7 @@ class ConversationRepository:
         if after is not None:
             stmt = _LIST_AFTER
             params["after_time"], params["after_id"] = after
-        with _tracer.start_as_current_span("db.list_conversations"), \
-                unavailable_on_connection_errors():
-            async with self._pool.connection() as conn:
-                rows = await (await conn.execute(stmt, params)).fetchall()
+        rows = await self._db.fetchall("db.list_conversations", stmt, params)
         return [
             ConversationSummary(
                 conversation=_conversation(row, list(row[7])),

@@ -6,15 +6,11 @@ import enum
 from datetime import datetime
 
 import psycopg.errors
-from psycopg_pool import AsyncConnectionPool
 
 from chat_api.models import MessageRecord
-from chat_api.storage.rows import message_from, query
-from chat_shared.db import unavailable_on_connection_errors
+from chat_api.storage.rows import message_from
+from chat_shared.db import Database
 from chat_shared.events import MESSAGE_CREATED
-from chat_shared.observability.tracing import tracer
-
-_tracer = tracer(__name__)
 
 IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
 
@@ -23,22 +19,21 @@ IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
 # members as recipients, and move the sender's read position to the new message. A duplicate
 # (sender, idempotency_key) aborts the whole statement, so a retried key never burns a seq:
 # seq stays gapless.
-_SEND = query(
-    f"""
+_SEND = f"""
     WITH conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
                last_message_at = clock_timestamp(),
                last_activity_at = clock_timestamp()
-         WHERE c.id = :conversation_id
+         WHERE c.id = %(conversation_id)s
            AND EXISTS (SELECT 1 FROM conversation_members m
-                        WHERE m.conversation_id = c.id AND m.user_id = :sender_id)
+                        WHERE m.conversation_id = c.id AND m.user_id = %(sender_id)s)
         RETURNING c.id, c.last_seq, c.last_message_at, c.member_ids
     ), msg AS (
         INSERT INTO messages (id, conversation_id, seq, sender_id, content, idempotency_key,
                               created_at)
-        SELECT gen_random_uuid(), conv.id, conv.last_seq, :sender_id, :content,
-               :idempotency_key, conv.last_message_at
+        SELECT gen_random_uuid(), conv.id, conv.last_seq, %(sender_id)s, %(content)s,
+               %(idempotency_key)s, conv.last_message_at
         FROM conv
         RETURNING id, conversation_id, seq, sender_id, content, created_at
     ), evt AS (
@@ -60,14 +55,11 @@ _SEND = query(
     )
     SELECT id, conversation_id, seq, sender_id, content, created_at FROM msg
     """
-)
 
-_BY_KEY = query(
-    """
+_BY_KEY = """
     SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
-    WHERE sender_id = :sender_id AND idempotency_key = :idempotency_key
+    WHERE sender_id = %(sender_id)s AND idempotency_key = %(idempotency_key)s
     """
-)
 
 # The membership row drives a lateral page of messages: no row at all means "not a member or
 # no such conversation"; one row of NULLs means "a member, and the page is empty".
@@ -88,20 +80,20 @@ _PAGE_HEAD = """
 """
 _PAGE_TAIL = """
     ) p ON true
-    WHERE cm.conversation_id = :conversation_id AND cm.user_id = :user_id
+    WHERE cm.conversation_id = %(conversation_id)s AND cm.user_id = %(user_id)s
 """
 _PAGE = {
-    "newest": query(_PAGE_HEAD + " AND m.seq > c.last_seq - CAST(:limit AS bigint)"
-                    " ORDER BY m.seq DESC LIMIT :limit" + _PAGE_TAIL + " ORDER BY p.seq DESC"),
-    "before_seq": query(_PAGE_HEAD + " AND m.seq < :cursor"
-                        " AND m.seq >= CAST(:cursor AS bigint) - CAST(:limit AS bigint)"
-                        " ORDER BY m.seq DESC LIMIT :limit" + _PAGE_TAIL + " ORDER BY p.seq DESC"),
+    "newest": _PAGE_HEAD + " AND m.seq > c.last_seq - CAST(%(limit)s AS bigint)"
+              " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
+    "before_seq": _PAGE_HEAD + " AND m.seq < %(cursor)s"
+                  " AND m.seq >= CAST(%(cursor)s AS bigint) - CAST(%(limit)s AS bigint)"
+                  " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
     # Time is not a seq range; this one stays bounded only by LIMIT (a rarer, explicit query).
-    "before_time": query(_PAGE_HEAD + " AND m.created_at < :before"
-                         " ORDER BY m.seq DESC LIMIT :limit" + _PAGE_TAIL + " ORDER BY p.seq DESC"),
-    "after_seq": query(_PAGE_HEAD + " AND m.seq > :cursor"
-                       " AND m.seq <= CAST(:cursor AS bigint) + CAST(:limit AS bigint)"
-                       " ORDER BY m.seq ASC LIMIT :limit" + _PAGE_TAIL + " ORDER BY p.seq ASC"),
+    "before_time": _PAGE_HEAD + " AND m.created_at < %(before)s"
+                   " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
+    "after_seq": _PAGE_HEAD + " AND m.seq > %(cursor)s"
+                 " AND m.seq <= CAST(%(cursor)s AS bigint) + CAST(%(limit)s AS bigint)"
+                 " ORDER BY m.seq ASC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq ASC",
 }
 
 
@@ -128,8 +120,8 @@ class DuplicateKey(Exception):
 
 
 class MessageRepository:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def send(
         self, conversation_id: str, sender_id: str, content: str, idempotency_key: str
@@ -140,26 +132,21 @@ class MessageRepository:
         """
         params = {"conversation_id": conversation_id, "sender_id": sender_id,
                   "content": content, "idempotency_key": idempotency_key}
-        with _tracer.start_as_current_span("db.send_message"), unavailable_on_connection_errors():
-            try:
-                async with self._pool.connection() as conn:
-                    row = await (await conn.execute(_SEND, params)).fetchone()
-            except psycopg.errors.UniqueViolation as exc:
-                if exc.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
-                    raise
-                original = await self.by_idempotency_key(sender_id, idempotency_key)
-                if original is None:
-                    raise
-                raise DuplicateKey(original) from exc
+        try:
+            row = await self._db.fetchone("db.send_message", _SEND, params)
+        except psycopg.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
+                raise
+            original = await self.by_idempotency_key(sender_id, idempotency_key)
+            if original is None:
+                raise
+            raise DuplicateKey(original) from exc
         return message_from(row) if row is not None else None
 
     async def by_idempotency_key(self, sender_id: str, key: str) -> MessageRecord | None:
         """The committed message that (sender, key) names, if any."""
-        with _tracer.start_as_current_span("db.message_by_key"), \
-                unavailable_on_connection_errors():
-            async with self._pool.connection() as conn:
-                row = await (await conn.execute(
-                    _BY_KEY, {"sender_id": sender_id, "idempotency_key": key})).fetchone()
+        row = await self._db.fetchone("db.message_by_key", _BY_KEY,
+                                      {"sender_id": sender_id, "idempotency_key": key})
         return message_from(row) if row is not None else None
 
     async def page(
@@ -173,9 +160,7 @@ class MessageRepository:
             params["cursor"] = min(cursor, MAX_CURSOR)
         elif mode is PageMode.BEFORE_TIME:
             params["before"] = before
-        with _tracer.start_as_current_span("db.get_messages"), unavailable_on_connection_errors():
-            async with self._pool.connection() as conn:
-                rows = await (await conn.execute(_PAGE[mode.value], params)).fetchall()
+        rows = await self._db.fetchall("db.get_messages", _PAGE[mode.value], params)
         if not rows:
             return None
         return [message_from(r) for r in rows if r[0] is not None]

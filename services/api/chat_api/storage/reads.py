@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from psycopg_pool import AsyncConnectionPool
-
 from chat_api.models import ReadPosition
-from chat_api.storage.rows import query
-from chat_shared.db import unavailable_on_connection_errors
+from chat_shared.db import Database
 from chat_shared.events import CONVERSATION_READ
-from chat_shared.observability.tracing import tracer
-
-_tracer = tracer(__name__)
 
 # GREATEST keeps the position from moving backwards; LEAST clamps it to the newest message.
 # The event is written only when the position moved, in the same statement.
-_MARK = query(
-    f"""
+_MARK = f"""
     WITH target AS (
         SELECT m.conversation_id, m.user_id, m.last_read_seq AS old_seq, c.last_seq,
                c.member_ids,
                GREATEST(m.last_read_seq,
-                        LEAST(CASE WHEN CAST(:up_to_seq AS bigint) = 0 THEN c.last_seq
-                                   ELSE CAST(:up_to_seq AS bigint) END,
+                        LEAST(CASE WHEN CAST(%(up_to_seq)s AS bigint) = 0 THEN c.last_seq
+                                   ELSE CAST(%(up_to_seq)s AS bigint) END,
                               c.last_seq)) AS new_seq
         FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
-        WHERE m.conversation_id = :conversation_id AND m.user_id = :user_id
+        WHERE m.conversation_id = %(conversation_id)s AND m.user_id = %(user_id)s
         FOR UPDATE OF m
     ), upd AS (
         UPDATE conversation_members m SET last_read_seq = t.new_seq
@@ -41,19 +34,16 @@ _MARK = query(
     )
     SELECT new_seq, last_seq - new_seq AS unread FROM target
     """
-)
 
 
 class ReadRepository:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def mark(self, conversation_id: str, user_id: str, up_to_seq: int) -> ReadPosition | None:
         """Moves the read position; None when the user is not a member."""
         params = {"conversation_id": conversation_id, "user_id": user_id, "up_to_seq": up_to_seq}
-        with _tracer.start_as_current_span("db.mark_as_read"), unavailable_on_connection_errors():
-            async with self._pool.connection() as conn:
-                row = await (await conn.execute(_MARK, params)).fetchone()
+        row = await self._db.fetchone("db.mark_as_read", _MARK, params)
         if row is None:
             return None
         return ReadPosition(last_read_seq=int(row[0]), unread_count=int(row[1]))

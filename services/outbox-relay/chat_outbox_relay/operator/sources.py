@@ -15,14 +15,9 @@ import aiohttp
 import psycopg
 
 from chat_outbox_relay.operator.scaling import Reading
-from chat_shared.db import redacted
-
-# Same numbers as the relay's own probe (chat_outbox_relay.relay), so the metric and the
-# PostgreSQL source never disagree about what "pending" means.
-_PENDING_SQL = """
-    SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
-    FROM outbox
-"""
+from chat_shared.db import connect, redacted
+from chat_shared.errors import Unavailable
+from chat_shared.outbox import read_backlog
 
 
 class SourceError(Exception):
@@ -36,28 +31,25 @@ class BacklogSource(Protocol):
 
 
 class PostgresSource:
-    """Counts the outbox directly. One short connection per read: polls are seconds apart and
-    the operator must not hold a connection slot of the database it is protecting."""
+    """Counts the outbox directly, as the relay's own probe does (``chat_shared.outbox``).
+    One short connection per read: polls are seconds apart and the operator must not hold a
+    connection slot of the database it is protecting."""
 
     def __init__(self, dsn: str, *, timeout_seconds: float = 5.0) -> None:
-        self._dsn = dsn.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._dsn = dsn
         self._timeout = timeout_seconds
 
     async def read(self) -> Reading:
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, application_name="chat-relay-operator",
-                connect_timeout=max(1, math.ceil(self._timeout)),
-                options=f"-c statement_timeout={int(self._timeout * 1000)}",
-            )
+            conn = await connect(self._dsn, application_name="chat-relay-operator",
+                                 statement_timeout=self._timeout, connect_timeout=self._timeout)
             async with conn:
-                cur = await conn.execute(_PENDING_SQL)
-                row = await cur.fetchone()
-        except psycopg.Error as exc:
+                backlog = await read_backlog(conn)
+        except (psycopg.Error, Unavailable) as exc:
             # psycopg messages can echo the connection string; show the redacted one only
-            raise SourceError(f"postgres {redacted(self._dsn)}: {type(exc).__name__}") from exc
-        assert row is not None  # an aggregate always returns one row
-        return Reading(backlog=int(row[0]), oldest_age_seconds=float(row[1]))
+            cause = exc.__cause__ if isinstance(exc, Unavailable) else exc
+            raise SourceError(f"postgres {redacted(self._dsn)}: {type(cause).__name__}") from exc
+        return Reading(backlog=backlog.pending, oldest_age_seconds=backlog.oldest_age_seconds)
 
     async def close(self) -> None:
         return None

@@ -1,0 +1,134 @@
+"""The schema at head, as SQLAlchemy Core ``MetaData``: what the migrations build, described.
+
+The migrations in ``versions/`` are the history and stay as they were written (plain SQL);
+this module describes where they lead, so alembic's autogenerate can compare the two:
+``env.py`` gives it to alembic as ``target_metadata``, and a test migrates a fresh database to
+head and asserts that autogenerate finds no difference. A new migration changes this module in
+the same commit.
+
+Runtime code does not use it: services write SQL through ``chat_shared.db``.
+
+Constraint and index names are PostgreSQL's own defaults where the migrations let PostgreSQL
+name them (``conversations_direct_key_key``), so the comparison matches by name.
+
+What autogenerate does not compare, and so lives only in the migrations: CHECK constraints,
+the generated expression of ``outbox.partition`` (only that it is a generated column), the
+``outbox_notify`` function and trigger.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Computed,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
+
+metadata = MetaData()
+
+_NOW = text("clock_timestamp()")
+_TIMESTAMPTZ = TIMESTAMP(timezone=True)
+
+conversations = Table(
+    "conversations", metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("title", Text, nullable=False, server_default=text("''::text")),
+    # The two members of a direct conversation, sorted; unique, so it exists once.
+    Column("direct_key", Text),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    Column("last_message_at", _TIMESTAMPTZ),
+    Column("last_activity_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    # Incremented under the sending transaction's row lock: seq is gapless.
+    Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
+    Column("member_ids", ARRAY(Text), nullable=False),
+    UniqueConstraint("direct_key", name="conversations_direct_key_key"),
+    CheckConstraint("last_seq >= 0", name="conversations_last_seq_check"),
+)
+
+conversation_members = Table(
+    "conversation_members", metadata,
+    Column("conversation_id", UUID(as_uuid=False),
+           ForeignKey("conversations.id", ondelete="CASCADE",
+                      name="conversation_members_conversation_id_fkey"),
+           nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("joined_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    Column("last_read_seq", BigInteger, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("conversation_id", "user_id", name="conversation_members_pkey"),
+    CheckConstraint("last_read_seq >= 0", name="conversation_members_last_read_seq_check"),
+    Index("ix_conversation_members_user", "user_id", "conversation_id"),
+)
+
+messages = Table(
+    "messages", metadata,
+    Column("id", UUID(as_uuid=False), primary_key=True),
+    Column("conversation_id", UUID(as_uuid=False),
+           ForeignKey("conversations.id", ondelete="CASCADE",
+                      name="messages_conversation_id_fkey"),
+           nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sender_id", Text, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=False),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+    # The durable truth of idempotency: Redis is only the fast path in front of it.
+    UniqueConstraint("sender_id", "idempotency_key", name="uq_messages_sender_idempotency_key"),
+    CheckConstraint("seq > 0", name="messages_seq_check"),
+    Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),  # bigserial
+    Column("event_id", UUID(as_uuid=False), nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("conversation_id", UUID(as_uuid=False), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("recipients", ARRAY(Text), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", _TIMESTAMPTZ),
+    Column("last_error", Text),
+    # Which relay partition the row belongs to (the relay's advisory locks, migration 0002).
+    Column("partition", SmallInteger,
+           Computed("get_byte(uuid_send(conversation_id), 15) % 64", persisted=True),
+           nullable=False),
+    UniqueConstraint("event_id", name="outbox_event_id_key"),
+    Index("ix_outbox_conversation", "conversation_id", "id"),
+    Index("ix_outbox_partition", "partition", "id"),
+    # Rows waiting for a retry hold back their conversation's later rows.
+    Index("ix_outbox_retrying", "conversation_id", "id",
+          postgresql_where=text("next_attempt_at IS NOT NULL")),
+)
+
+outbox_dead_letter = Table(
+    "outbox_dead_letter", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),  # bigserial
+    Column("event_id", UUID(as_uuid=False), nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("conversation_id", UUID(as_uuid=False), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("recipients", ARRAY(Text), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", _TIMESTAMPTZ, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("failed_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    UniqueConstraint("event_id", name="outbox_dead_letter_event_id_key"),
+    Index("ix_outbox_dead_letter_failed_at", "failed_at"),
+)
