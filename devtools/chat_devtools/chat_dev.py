@@ -151,16 +151,18 @@ class _Stack:
         self.redis: LocalRedis | None = None
         self.supervised: list[Supervised] = []
         self.stop = threading.Event()
-        self.running = False
+        self.starting = True
+        """While true, a signal interrupts the start-up step that is waiting."""
 
     def on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         self.stop.set()
-        if not self.running:  # abort whatever start-up step is waiting; the clean-up follows
-            raise KeyboardInterrupt
+        if self.starting:  # abort the start-up step that is waiting; the clean-up follows
+            self.starting = False  # once: a second signal (uv forwards Ctrl-C too) must not
+            raise KeyboardInterrupt  # interrupt the clean-up
 
     def shut_down(self, console: Console) -> bool:
         """Stops everything; False when a service had to be killed."""
-        self.running = True  # a second Ctrl-C no longer interrupts the clean-up
+        self.starting = False  # a signal no longer interrupts anything
         console.say("stopping ...")
         for service in self.supervised:
             service.request_stop()
@@ -222,7 +224,7 @@ def _start_and_serve(stack: _Stack, env: dict[str, str], specs: list[ServiceSpec
             console.error(f"{service.name} did not start: {str(exc).splitlines()[0]}")
             return 1
         console.say(f"{service.name} ready (pid {service.process.pid})")
-    stack.running = True
+    stack.starting = False
     _print_running(console, specs, env)
     while not stack.stop.wait(0.5):
         pass
