@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,8 +26,10 @@ from pathlib import Path
 import psycopg
 import redis.asyncio as aioredis
 
+from chat_devtools.local_postgres import LocalPostgres
+from chat_devtools.local_redis import LocalRedis
+from chat_devtools.services import Relay
 from chat_migrations.cli import upgrade
-from chat_shared.localstack import LocalPostgres, LocalRedis, free_port
 
 STREAM = "chat:events:0"
 _ONE = """
@@ -49,25 +48,17 @@ _PRELOAD = """
 """
 
 
-def start_relay(dsn: str, redis_addr: str, batch: int, log: Path) -> subprocess.Popen[bytes]:
+def start_relay(dsn: str, redis_addr: str, batch: int, log_dir: Path) -> Relay:
     env = {**os.environ, "ENVIRONMENT": "development", "DB_SOURCE": dsn,
-           "REDIS_ADDR": redis_addr, "METRICS_PORT": str(free_port()),
-           "METRICS_ADDRESS": "127.0.0.1", "OUTBOX_BATCH_SIZE": str(batch),
-           "LOG_LEVEL": "WARNING"}
-    relay_bin = Path(sys.executable).parent / "chat-outbox-relay"
-    return subprocess.Popen([str(relay_bin)], env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, cwd=log.parent)
+           "REDIS_ADDR": redis_addr, "METRICS_ADDRESS": "127.0.0.1",
+           "OUTBOX_BATCH_SIZE": str(batch), "LOG_LEVEL": "WARNING"}
+    return Relay(env, log_dir, quick_intervals=False).start().wait_ready()
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stop_relay(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(30)
 
 
 async def latency(dsn: str, redis_addr: str, rate: int, duration: float) -> list[float]:
@@ -136,8 +127,7 @@ def summarize(samples: list[float]) -> str:
             f"  p95={q[94]:.2f} ms  p99={q[98]:.2f} ms  max={ms[-1]:.2f} ms")
 
 
-def throughput(pg: LocalPostgres, dsn: str, redis_addr: str, events: int, batch: int,
-               log: Path) -> None:
+def throughput(dsn: str, redis_addr: str, events: int, batch: int, log_dir: Path) -> None:
     host, port = redis_addr.rsplit(":", 1)
     import redis as redis_sync
 
@@ -148,13 +138,13 @@ def throughput(pg: LocalPostgres, dsn: str, redis_addr: str, events: int, batch:
         conn.execute("DELETE FROM outbox")
         conn.execute(_PRELOAD, (per_conv, max(1, events // per_conv)))
         total = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]  # type: ignore[index]
-    proc = start_relay(dsn, redis_addr, batch, log)
+    relay = start_relay(dsn, redis_addr, batch, log_dir)
     try:
         deadline = time.monotonic() + 300
         while r.xlen(STREAM) < total and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        stop_relay(proc)
+        relay.stop(30)
     first = r.xrange(STREAM, count=1)[0][0]
     last = r.xrevrange(STREAM, count=1)[0][0]
     span = (int(last.split("-")[0]) - int(first.split("-")[0])) / 1000
@@ -172,27 +162,27 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="100,500", help="throughput runs, comma list")
     args = parser.parse_args()
     pg, rd = LocalPostgres().start(), LocalRedis().start()
-    log = Path(pg.base) / "relay.log"
+    log_dir = Path(pg.base)  # relay.log beside the cluster's files
     try:
         dsn = pg.create_database("bench")
         upgrade(dsn)
         print(f"latency: single-row commits at {args.rate} events/s for {args.duration:g} s, "
               "one relay (defaults: batch 100, 10 workers, LISTEN/NOTIFY + 100 ms poll)")
-        proc = start_relay(dsn, rd.addr, 100, log)
+        relay = start_relay(dsn, rd.addr, 100, log_dir)
         try:
-            time.sleep(2.0)  # let it connect and take its partitions
-            cpu_before = cpu_seconds(proc.pid)
+            time.sleep(2.0)  # let it take its partitions
+            cpu_before = cpu_seconds(relay.pid)
             samples = asyncio.run(latency(dsn, rd.addr, args.rate, args.duration))
-            relay_cpu = cpu_seconds(proc.pid) - cpu_before
+            relay_cpu = cpu_seconds(relay.pid) - cpu_before
         finally:
-            stop_relay(proc)
+            relay.stop(30)
         print(f"  commit -> stream: {summarize(samples)}")
         # CPU per event is what the relay costs a shared node at a steady rate (small batches).
         print(f"  relay CPU: {relay_cpu:.2f} s for {len(samples):,} events"
               f"  ->  {relay_cpu / max(1, len(samples)) * 1e6:.0f} us per event")
         print(f"throughput: {args.events:,} preloaded events drained by one relay")
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            throughput(pg, dsn, rd.addr, args.events, batch, log)
+            throughput(dsn, rd.addr, args.events, batch, log_dir)
     finally:
         rd.cleanup()
         pg.cleanup()

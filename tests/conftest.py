@@ -1,25 +1,22 @@
-"""Test fixtures: real PostgreSQL and Redis started once per session on free loopback ports.
+"""Test fixtures shared by every kind of test: tokens, the API in-process, its environment.
 
-The schema is migrated once into a template database; each test gets a fresh copy
-(CREATE DATABASE ... TEMPLATE), and a flushed Redis.
+Real PostgreSQL and Redis come from the chat_devtools pytest plugin (``postgres``,
+``redis_server``, ``db_source``: a fresh migrated database per test, ``redis_addr``: a flushed
+server), loaded through its ``pytest11`` entry point.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import pathlib
 import sys
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
-import redis as redis_sync
 
-from chat_migrations.cli import upgrade
 from chat_shared.auth import issue_token
-from chat_shared.localstack import LocalPostgres, LocalRedis
 
 # The same two aiohttp warnings pyproject.toml ignores during tests, also outside them (at
 # interpreter exit, where a late-collected session would otherwise fail the run).
@@ -28,41 +25,6 @@ warnings.filterwarnings("ignore", "Unclosed connector", ResourceWarning)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256"
-TEMPLATE_DB = "chat_template"
-_db_counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[LocalPostgres]:
-    pg = LocalPostgres().start()
-    dsn = pg.create_database(TEMPLATE_DB)
-    upgrade(dsn)
-    yield pg
-    pg.cleanup()
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedis]:
-    server = LocalRedis().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def db_source(postgres: LocalPostgres) -> str:
-    """A fresh, migrated database for one test."""
-    name = f"t_{os.getpid()}_{next(_db_counter)}"
-    return postgres.create_database(name, template=TEMPLATE_DB)
-
-
-@pytest.fixture
-def redis_addr(redis_server: LocalRedis) -> str:
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()  # a previous test stopped it
-    client = redis_sync.Redis(host="127.0.0.1", port=redis_server.port)
-    client.flushall()
-    client.close()
-    return redis_server.addr
 
 
 def coverage_env() -> dict[str, str]:

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 
 from chat_bench.clients import token
-from chat_bench.processes import metric_sum
 from chat_bench.stats import CpuMeter
+from chat_devtools.services import metric_sum
 
 BATCH = 200
 SETTLE = 3.0

@@ -1,13 +1,15 @@
 """The stack under test: started here the way ``chat-dev`` starts it, or a running one.
 
-Local: throwaway PostgreSQL and Redis (``chat_shared.localstack``), ``chat-migrate``, then the
-API, the relay and one gateway as subprocesses on free loopback ports (``chat_bench.processes``,
-the same classes the e2e tests use). Remote: only the addresses given on the command line; the
-figures that need a process of the stack (gateway memory) are then left out unless given.
+Local: throwaway PostgreSQL and Redis (``chat_devtools``), ``chat-migrate``, then the API, the
+relay and one gateway as ``ServiceProcess``es on loopback ports of their own
+(``chat_devtools.services``, the same classes the e2e tests use). Remote: only the addresses
+given on the command line; the figures that need a process of the stack (gateway memory) are
+then left out unless given.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -17,8 +19,9 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from chat_bench.processes import BIN, Api, Gateway, Relay, Service, base_env
-from chat_shared.localstack import LocalPostgres, LocalRedis
+from chat_devtools.local_postgres import LocalPostgres
+from chat_devtools.local_redis import LocalRedis
+from chat_devtools.services import BIN, Api, Gateway, Relay, base_env
 
 
 @dataclass
@@ -52,10 +55,12 @@ async def local_stack(jwt_secret: str, log_level: str,
                       extra_env: dict[str, str]) -> AsyncIterator[Target]:
     """PostgreSQL, Redis, migrations and the three services; everything is removed after."""
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="chat-bench-"))
-    pg = LocalPostgres().start()
-    redis = LocalRedis().start()
-    services: list[Service] = []
+    pg = LocalPostgres()
+    redis = LocalRedis()
+    services: list[Api | Relay | Gateway] = []
     try:
+        pg.start()
+        redis.start()
         dsn = pg.create_database("chat")
         migrate = subprocess.run([str(BIN / "chat-migrate")],  # noqa: ASYNC221 (once, at start)
                                  env={**os.environ, "DB_SOURCE": dsn}, capture_output=True)
@@ -67,13 +72,13 @@ async def local_stack(jwt_secret: str, log_level: str,
         relay = Relay(env, log_dir, quick_intervals=False)
         gateway = Gateway(env, log_dir)
         services = [gateway, relay, api]  # stopped in this order: consumers first
-        await api.ready()
-        await relay.ready()
-        await gateway.ready()
+        for service in reversed(services):
+            service.start()
+        await asyncio.gather(*(service.ready() for service in services))
         yield Target(
-            grpc=f"127.0.0.1:{api.grpc_port}", http=f"http://127.0.0.1:{api.http_port}",
+            grpc=f"127.0.0.1:{api.grpc_port}", http=api.http_url,
             ws=gateway.url, jwt_secret=jwt_secret, db_source=dsn, redis_addr=redis.addr,
-            gateway_pid=gateway.proc.pid,
+            gateway_pid=gateway.pid,
             gateway_metrics=f"http://127.0.0.1:{gateway.metrics_port}/metrics",
             relay_metrics=f"http://127.0.0.1:{relay.metrics_port}/metrics",
             log_dir=str(log_dir), started_here=True)

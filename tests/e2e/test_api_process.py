@@ -11,7 +11,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -21,59 +20,39 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from chat_devtools.process import PICK, ServiceProcess, grpc_serving
 from chat_shared.config import DEV_JWT_SECRET
-from chat_shared.localstack import free_port
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import TEST_SECRET, make_token
 
 GRACE_SECONDS = 20.0
 
 
-class ApiProcess:
-    """One `chat-api` subprocess with its stdout/stderr captured in files (no pipe to fill)."""
+class ApiProcess(ServiceProcess):
+    """One `chat-api` subprocess (started at once), its stdout and stderr kept apart."""
 
     def __init__(self, venv_bin: pathlib.Path, env: dict[str, str], workdir: pathlib.Path) -> None:
-        self.grpc_port = int(env["GRPC_SERVER_ADDRESS"].rsplit(":", 1)[1])
-        self.metrics_port = int(env["METRICS_PORT"]) if env["METRICS_PORT"].isdigit() else 0
-        self.stdout_path = workdir / "api.stdout"
-        self.stderr_path = workdir / "api.stderr"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            # cwd is a fresh directory so that no app.env is read.
-            self.proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, cwd=workdir,
-                                         stdout=out, stderr=err)
+        # cwd is a fresh directory so that no app.env is read.
+        super().__init__("api", [venv_bin / "chat-api"], env=env, cwd=workdir,
+                         ready=grpc_serving(), log_path=workdir / "api.log", grace=5.0)
+        self.start()
 
     @property
     def stdout(self) -> str:
-        return self.stdout_path.read_text()
+        return self.output("stdout")
 
     @property
     def stderr(self) -> str:
-        return self.stderr_path.read_text()
+        return self.output("stderr")
 
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
+    @property
+    def grpc_port(self) -> int:
+        return self.port("grpc_port")
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    async def wait_serving(self, within: float = 30.0) -> None:
-        deadline = time.monotonic() + within
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}") as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"chat-api exited early: {self.stderr}"
-                try:
-                    resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass  # not listening yet
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"chat-api not SERVING within {within}s: {self.stderr}")
+    @property
+    def metrics_port(self) -> int:
+        return self.port("metrics_port")
 
     async def wait_for_log(self, msg: str, within: float = 15.0) -> None:
         deadline = time.monotonic() + within
@@ -99,14 +78,11 @@ def bearer(user: str) -> tuple[tuple[str, str], ...]:
 @pytest.fixture
 def start_api(api_env: dict[str, str], venv_bin: pathlib.Path,
               tmp_path: pathlib.Path) -> Iterator[Callable[..., ApiProcess]]:
-    """Starts `chat-api` with api_env on fixed free ports (plus overrides); kills leftovers."""
+    """Starts `chat-api` with api_env (plus overrides); stops leftovers."""
     started: list[ApiProcess] = []
 
     def start(**overrides: str) -> ApiProcess:
-        env = {**os.environ, **api_env,
-               "GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
-               "HTTP_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
-               "METRICS_PORT": str(free_port()), "METRICS_ADDRESS": "127.0.0.1",
+        env = {**os.environ, **api_env, "METRICS_PORT": PICK, "METRICS_ADDRESS": "127.0.0.1",
                "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE": str(GRACE_SECONDS), **overrides}
         workdir = tmp_path / f"api{len(started)}"
         workdir.mkdir()
@@ -116,13 +92,13 @@ def start_api(api_env: dict[str, str], venv_bin: pathlib.Path,
 
     yield start
     for api in started:
-        api.kill()
+        api.stop()
 
 
 @pytest.fixture
 async def running(start_api: Callable[..., ApiProcess]) -> AsyncIterator[ApiProcess]:
     api = start_api()
-    await api.wait_serving()
+    await api.ready()
     yield api
 
 
@@ -165,7 +141,7 @@ async def test_stdout_is_one_json_object_per_line_with_call_fields(
         await chat.GetConversations(chat_pb2.GetConversationsRequest(),
                                     metadata=(("authorization", "Bearer not-a-jwt"),))
     await running.wait_for_log("rpc")
-    running.proc.send_signal(signal.SIGTERM)
+    running.signal(signal.SIGTERM)
     assert running.wait(GRACE_SECONDS + 10) == 0
     entries = json_lines(running.stdout)
     calls = {(e.get("method"), e.get("code")): e for e in entries if e.get("msg") == "rpc"}
@@ -181,7 +157,7 @@ async def test_logs_never_contain_the_token_or_the_secret(running: ApiProcess, c
     await chat.GetConversations(chat_pb2.GetConversationsRequest(),
                                 metadata=(("authorization", f"Bearer {token}"),))
     await running.wait_for_log("rpc")
-    running.proc.send_signal(signal.SIGTERM)
+    running.signal(signal.SIGTERM)
     assert running.wait(GRACE_SECONDS + 10) == 0
     output = running.stdout + running.stderr
     assert token not in output
@@ -220,9 +196,9 @@ async def test_sigterm_lets_in_flight_calls_finish_and_exits_zero(
                                         idempotency_key=uuid.uuid4().hex),
             metadata=bearer("alice"), timeout=GRACE_SECONDS + 10)) for i in range(3)]
         await waiting_on_locks(db_source, 3)
-        running.proc.send_signal(signal.SIGTERM)
+        running.signal(signal.SIGTERM)
         await running.wait_for_log("api_draining")
-        assert running.proc.poll() is None  # still draining, not dead
+        assert running.running  # still draining, not dead
         await blocker.rollback()  # release the lock: the parked sends can now commit
     results = await asyncio.gather(*calls)
     assert sorted(r.message.seq for r in results) == [1, 2, 3]

@@ -1,22 +1,20 @@
 """OTLP export: with OTEL_EXPORTER_OTLP_ENDPOINT set, chat-api sends its spans to a collector.
 
-The collector here is a real gRPC server implementing OTLP's TraceService on a free loopback
-port; the API is a real subprocess.
+The collector here is a real gRPC server implementing OTLP's TraceService on a loopback port
+of its own; the API is a real subprocess.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import time
 import uuid
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from chat_shared.localstack import free_port
+from chat_devtools.process import ServiceProcess, grpc_serving
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth
 
@@ -38,24 +36,16 @@ async def test_spans_of_a_call_reach_the_otlp_collector(api_env, venv_bin):
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     otlp_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    grpc_port = free_port()
-    env = {**os.environ, **api_env, "GRPC_SERVER_ADDRESS": f"127.0.0.1:{grpc_port}",
+    env = {**os.environ, **api_env,
            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
            "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_BSP_SCHEDULE_DELAY": "200"}
-    proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    api = ServiceProcess("api", [venv_bin / "chat-api"], env=env, ready=grpc_serving())
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+        await api.start().ready()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{api.port('grpc_port')}") as ch:
             stub = chat_pb2_grpc.ChatServiceStub(ch)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(
-                        member_ids=["bob"]), metadata=auth("alice"), timeout=2)).conversation
-                    break
-                except grpc.aio.AioRpcError:
-                    assert time.monotonic() < deadline, "chat-api did not start"
-                    await asyncio.sleep(0.2)
+            conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(
+                member_ids=["bob"]), metadata=auth("alice"), timeout=10)).conversation
             await stub.SendMessage(chat_pb2.SendMessageRequest(
                 conversation_id=conv.id, content="traced", idempotency_key=uuid.uuid4().hex),
                 metadata=auth("alice"))
@@ -69,6 +59,5 @@ async def test_spans_of_a_call_reach_the_otlp_collector(api_env, venv_bin):
         traces = {name: trace for name, trace in collector.spans if name in wanted}
         assert len(set(traces.values())) == 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        await asyncio.to_thread(api.stop)
         await server.stop(0)

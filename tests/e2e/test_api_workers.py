@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -14,22 +13,17 @@ import uuid
 import grpc
 import pytest
 
-from chat_shared.localstack import free_port
+from chat_devtools.process import ServiceProcess
+from chat_devtools.services import Api
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth
 
 
-def _start(api_env, venv_bin, tmp_path, **extra):
-    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
+def _start(api_env, tmp_path, **extra) -> Api:
+    """Two workers on ports reserved for them (fixed ports, shared through SO_REUSEPORT)."""
     env = {**os.environ, **api_env, "API_WORKERS": "2", "LOG_LEVEL": "INFO",
-           "GRPC_SERVER_ADDRESS": f"127.0.0.1:{ports['grpc']}",
-           "HTTP_SERVER_ADDRESS": f"127.0.0.1:{ports['http']}",
-           "METRICS_PORT": str(ports["metrics"]), "METRICS_ADDRESS": "127.0.0.1", **extra}
-    log = open(tmp_path / "api.log", "w")  # noqa: SIM115 - closed by the fixture
-    proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    log.close()
-    return proc, ports
+           "METRICS_ADDRESS": "127.0.0.1", **extra}
+    return Api(env, tmp_path, metrics=True).start()
 
 
 def _log_lines(tmp_path):
@@ -56,12 +50,10 @@ async def _wait_ready(port: int, deadline: float = 30.0) -> None:
 
 
 @pytest.fixture
-def workers(api_env, venv_bin, tmp_path):
-    proc, ports = _start(api_env, venv_bin, tmp_path)
-    yield proc, ports
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
+def workers(api_env, tmp_path):
+    api = _start(api_env, tmp_path).wait_ready()
+    yield api, {"grpc": api.grpc_port, "http": api.http_port, "metrics": api.metrics_port}
+    api.stop()
 
 
 async def _wait_all_started(tmp_path, count: int = 2, deadline: float = 60.0) -> None:
@@ -94,7 +86,7 @@ async def test_two_workers_share_the_ports_and_the_metrics(workers, tmp_path):
     counts = [line for line in body.splitlines()
               if line.startswith('chat_rpc_requests_total{code="OK",method="SendMessage"')]
     assert counts and float(counts[0].rsplit(" ", 1)[1]) == sent
-    proc.send_signal(signal.SIGTERM)
+    proc.signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert sum(1 for line in _log_lines(tmp_path) if line.get("msg") == "api_stopped") == 2
 
@@ -114,7 +106,7 @@ async def test_killing_the_supervisor_takes_the_workers_down(workers, tmp_path):
     await _wait_ready(ports["grpc"])
     started = [line["workers"] for line in _log_lines(tmp_path)
                if line.get("msg") == "workers_started"]
-    proc.kill()
+    proc.signal(signal.SIGKILL)  # the supervisor alone
     proc.wait(10)
     deadline = time.monotonic() + 20
     alive = list(started[0])
@@ -136,7 +128,6 @@ def _alive(pid: int) -> bool:
 
 def test_workers_need_fixed_ports(api_env, venv_bin):
     env = {**os.environ, **api_env, "API_WORKERS": "2"}  # api_env binds port 0
-    result = subprocess.run([str(venv_bin / "chat-api")], env=env, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 2
-    assert "GRPC_SERVER_ADDRESS" in result.stderr
+    with ServiceProcess("api", [venv_bin / "chat-api"], env=env) as api:
+        assert api.wait(60) == 2
+        assert "GRPC_SERVER_ADDRESS" in api.output("stderr")

@@ -1,8 +1,10 @@
 """README's run command (`chat-dev`, what `./dev run` execs): the whole stack from nothing.
 
 Starts with DB_SOURCE and REDIS_ADDR unset, so chat-dev starts its own PostgreSQL and Redis;
-every port is moved by CHAT_DEV_PORT_OFFSET to free ones. A message posted to the HTTP API
-reaches a member's WebSocket through the relay; Ctrl-C stops everything and exits 0.
+every port is moved by CHAT_DEV_PORT_OFFSET. "running" is printed only once every service
+answers; a message posted to the HTTP API reaches a member's WebSocket through the relay; a
+relay killed with SIGKILL is restarted (and the log says so) while the rest keeps running;
+Ctrl-C stops everything and exits 0. A taken port is named before anything starts.
 """
 
 from __future__ import annotations
@@ -10,98 +12,134 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
-import subprocess
-import threading
+import socket
 import time
 import uuid
 
 import aiohttp
+import pytest
 
+from chat_devtools.ports import retry_on_port_in_use
+from chat_devtools.process import ServiceProcess, printed
 from chat_shared.auth import issue_token
 from chat_shared.config import DEV_JWT_SECRET
-from chat_shared.devstack import _port_free
-
-PORTS = (9090, 8080, 8081, 9100, 9101, 9102)
 
 
-def _free_offset() -> int:
-    for _ in range(50):
-        offset = random.randrange(20000, 40000)
-        if all(_port_free(p + offset) for p in PORTS):
-            return offset
-    raise AssertionError("no free block of ports")
-
-
-class Output:
-    """Collects the process's output lines on a thread (bounded waits, no blocking reads)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    async def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            assert time.monotonic() < deadline, f"no {text!r} in:\n" + "\n".join(self.lines[-40:])
-            await asyncio.sleep(0.1)
-
-
-async def test_chat_dev_runs_the_whole_stack_and_stops_on_ctrl_c(venv_bin):
-    offset = _free_offset()
+def chat_dev(venv_bin, offset: int) -> ServiceProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("DB_SOURCE", "REDIS_ADDR", "JWT_SECRET", "ENVIRONMENT")}
     env["CHAT_DEV_PORT_OFFSET"] = str(offset)
-    proc = subprocess.Popen([str(venv_bin / "chat-dev")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    out = Output(proc)
+    # SIGINT: what Ctrl-C sends it.
+    return ServiceProcess("chat-dev", [venv_bin / "chat-dev"], env=env,
+                          ready=printed("chat-dev: running"), stop_signal=signal.SIGINT,
+                          grace=60)
+
+
+def start_stack(venv_bin) -> tuple[ServiceProcess, int]:
+    """chat-dev running on a block of ports below the ephemeral range; another block when
+    chat-dev finds one of them taken (its own check, or a service's bind)."""
+    def attempt() -> tuple[ServiceProcess, int]:
+        offset = random.randrange(11000, 23000)  # ports 19080-32102
+        proc = chat_dev(venv_bin, offset).start()
+        try:
+            proc.wait_ready(180, attempts=1)
+        except BaseException:
+            proc.stop()
+            raise
+        return proc, offset
+
+    return retry_on_port_in_use(attempt)
+
+
+async def wait_for_line(proc: ServiceProcess, pattern: str, within: float) -> re.Match[str]:
+    deadline = time.monotonic() + within
+    while True:
+        found = re.search(pattern, proc.output())
+        if found:
+            return found
+        assert proc.running, f"chat-dev exited:\n{proc.log()}"
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{proc.log()}"
+        await asyncio.sleep(0.1)
+
+
+async def post_and_receive(session: aiohttp.ClientSession, http: str, conv: str,
+                           sock: aiohttp.ClientWebSocketResponse, content: str) -> None:
+    alice = {"Authorization": f"Bearer {issue_token('alice', secret=DEV_JWT_SECRET)}"}
+    async with session.post(f"{http}/v1/messages", headers=alice, json={
+            "conversation_id": conv, "content": content,
+            "idempotency_key": uuid.uuid4().hex}) as resp:
+        assert resp.status == 200, await resp.text()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msg = await sock.receive_json(timeout=30)
+        if msg.get("type") == "message.created":
+            assert msg["message"]["content"] == content
+            return
+    raise AssertionError(f"{content!r} did not reach the socket")
+
+
+async def test_chat_dev_runs_the_stack_restarts_a_crashed_service_and_stops_on_ctrl_c(venv_bin):
+    proc, offset = start_stack(venv_bin)
     try:
-        await out.wait_for("chat-dev: running", 120)
-        assert any(f"127.0.0.1:{9090 + offset}" in line for line in out.lines)
+        assert f"127.0.0.1:{9090 + offset}" in proc.output()
         http, ws = f"http://127.0.0.1:{8080 + offset}", f"http://127.0.0.1:{8081 + offset}"
         alice = {"Authorization": f"Bearer {issue_token('alice', secret=DEV_JWT_SECRET)}"}
         bob = issue_token("bob", secret=DEV_JWT_SECRET)
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 60
-            conv, last = "", "nothing"
-            while not conv:  # the services start after the "running" line
-                try:
-                    async with session.post(f"{http}/v1/conversations", headers=alice,
-                                            json={"member_ids": ["bob"]}) as resp:
-                        last = f"HTTP {resp.status}"
-                        if resp.status == 200:
-                            conv = (await resp.json())["conversation"]["id"]
-                except aiohttp.ClientConnectionError as exc:
-                    last = type(exc).__name__
-                assert conv or time.monotonic() < deadline, f"API: {last}"
-                await asyncio.sleep(0.3)
+            # "running" means ready: the first call is answered, no retrying.
+            async with session.post(f"{http}/v1/conversations", headers=alice,
+                                    json={"member_ids": ["bob"]}) as resp:
+                assert resp.status == 200, await resp.text()
+                conv = (await resp.json())["conversation"]["id"]
             async with session.ws_connect(f"{ws}/v1/ws",
                                           headers={"Authorization": f"Bearer {bob}"}) as sock:
                 await sock.send_json({"type": "resume", "positions": {}})
-                async with session.post(f"{http}/v1/messages", headers=alice, json={
-                        "conversation_id": conv, "content": "via chat-dev",
-                        "idempotency_key": uuid.uuid4().hex}) as resp:
-                    assert resp.status == 200, await resp.text()
-                frame = None
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    msg = await sock.receive_json(timeout=30)
-                    if msg.get("type") == "message.created":
-                        frame = msg
-                        break
-                assert frame is not None and frame["message"]["content"] == "via chat-dev"
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
-        assert proc.wait(60) == 0, "\n".join(out.lines[-40:])
-        await out.wait_for("chat-dev: stopped", 5)
+                await post_and_receive(session, http, conv, sock, "via chat-dev")
+
+                relay_pid = int((await wait_for_line(proc, r"chat-dev: relay ready \(pid (\d+)\)",
+                                               5)).group(1))
+                os.kill(relay_pid, signal.SIGKILL)
+                await wait_for_line(proc, r"chat-dev: relay exited with code -9; restarting in 1s "
+                                          r"\(restart 1\)", 30)
+                again = int((await wait_for_line(
+                    proc, r"chat-dev: relay ready again \(pid (\d+)\)", 60)).group(1))
+                assert again != relay_pid
+                # The API and the gateway kept running: the same socket gets the next message.
+                await post_and_receive(session, http, conv, sock, "after the restart")
+        proc.signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(60) == 0, proc.log()
+        assert "chat-dev: stopped" in proc.output()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        proc.stop()
+
+
+def listening_block() -> tuple[socket.socket, int]:
+    """A listening socket on a port that is the API's HTTP port of some valid offset."""
+    for _ in range(20):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        offset = sock.getsockname()[1] - 8080
+        if offset <= 50000 and 9102 + offset < 65536:
+            sock.listen()
+            return sock, offset
+        sock.close()
+    pytest.fail("no port of the kernel's choice fits CHAT_DEV_PORT_OFFSET's range")
+
+
+def test_a_taken_port_is_named_before_anything_starts(venv_bin):
+    sock, offset = listening_block()
+    with sock, chat_dev(venv_bin, offset) as proc:
+        assert proc.wait(60) == 1
+        out = proc.output()
+    assert f"127.0.0.1:{8080 + offset} (api HTTP)" in out
+    assert "CHAT_DEV_PORT_OFFSET=10000 ./dev run" in out
+    assert "PostgreSQL" not in out and "migrations" not in out  # nothing was started
+
+
+def test_a_bad_port_offset_exits_2_naming_the_variable(venv_bin):
+    with ServiceProcess("chat-dev", [venv_bin / "chat-dev"],
+                        env={**os.environ, "CHAT_DEV_PORT_OFFSET": "ten"}) as proc:
+        assert proc.wait(30) == 2
+        assert "CHAT_DEV_PORT_OFFSET" in proc.output("stderr")

@@ -11,15 +11,12 @@ import json
 import os
 import re
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from chat_shared.localstack import free_port
+from chat_devtools.process import ServiceProcess, grpc_serving
 from tests.conftest import ROOT, make_token
 
 
@@ -33,35 +30,10 @@ def readme_blocks() -> str:
 
 @pytest.fixture
 def api_http_port(api_env: dict[str, str], venv_bin: Any) -> Iterator[int]:
-    port = free_port()
-    env = {**os.environ, **api_env, "GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
-           "HTTP_SERVER_ADDRESS": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        _wait_answering(port, proc)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
-def _wait_answering(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/conversations",
-                                     headers={"Authorization": f"Bearer {make_token('probe')}"})
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        try:
-            with urllib.request.urlopen(request, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError("chat-api's HTTP gateway did not answer")
+    """chat-api on ports of its own (port 0), SERVING; its HTTP port."""
+    with ServiceProcess("api", [venv_bin / "chat-api"], env={**os.environ, **api_env},
+                        ready=grpc_serving()) as api:
+        yield api.wait_ready().port("http_port")
 
 
 def _json_documents(text: str) -> list[Any]:

@@ -11,14 +11,11 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chat_shared.localstack import free_port
+from chat_devtools.process import ServiceProcess, grpc_serving
 from tests.conftest import ROOT, TEST_SECRET
 
 
@@ -31,31 +28,11 @@ def readme_block() -> str:
 
 
 @pytest.fixture
-def api_process(api_env, venv_bin):
-    port = free_port()
-    env = {**os.environ, **api_env, "GRPC_SERVER_ADDRESS": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    yield port, proc
-    proc.terminate()
-    proc.wait(15)
-    proc.stderr.close()
-
-
-async def _wait_serving(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            time.sleep(0.1)
-    raise AssertionError("chat-api did not become SERVING")
+def api_port(api_env, venv_bin):
+    """chat-api on ports of its own (port 0), SERVING; its gRPC port."""
+    with ServiceProcess("api", [venv_bin / "chat-api"], env={**os.environ, **api_env},
+                        ready=grpc_serving()) as api:
+        yield api.wait_ready().port("grpc_port")
 
 
 def _uv_dir() -> str:
@@ -65,9 +42,8 @@ def _uv_dir() -> str:
     return str(Path(uv).parent)
 
 
-async def test_readme_grpcurl_block_runs_as_written(api_process, venv_bin, tmp_path):
-    port, proc = api_process
-    await _wait_serving(port, proc)
+def test_readme_grpcurl_block_runs_as_written(api_port, venv_bin, tmp_path):
+    port = api_port
     script = "set -euo pipefail\n" + readme_block().replace("127.0.0.1:9090", f"127.0.0.1:{port}")
     env = {**os.environ, "JWT_SECRET": TEST_SECRET,
            "PATH": f"{venv_bin}:{_uv_dir()}:{os.environ['PATH']}"}
@@ -84,10 +60,9 @@ async def test_readme_grpcurl_block_runs_as_written(api_process, venv_bin, tmp_p
     assert re.search(r'"seq": "1"', out), out
 
 
-async def test_readme_retry_with_same_key_is_already_exists(api_process, venv_bin, tmp_path):
+def test_readme_retry_with_same_key_is_already_exists(api_port, venv_bin, tmp_path):
     """What README says about a retried key holds for grpcurl users too."""
-    port, proc = api_process
-    await _wait_serving(port, proc)
+    port = api_port
     script = "set -uo pipefail\n" + readme_block().replace("127.0.0.1:9090", f"127.0.0.1:{port}")
     send = [line for line in script.split("\ngrpcurl") if "SendMessage" in line]
     assert send, "README has no SendMessage example"

@@ -6,19 +6,17 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
 import redis as redis_sync
+from chat_devtools.process import http_get
+from chat_devtools.services import Relay
 from chat_shared.events import Event, decode_entry, stream_keys
-from chat_shared.localstack import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -109,7 +107,6 @@ def relay_env(db_source: str, redis_addr: str, **overrides: object) -> dict[str,
         "DB_SOURCE": db_source,
         "REDIS_ADDR": redis_addr,
         "REDIS_TIMEOUT": "2s",
-        "METRICS_PORT": str(free_port()),
         "METRICS_ADDRESS": "127.0.0.1",
         "OUTBOX_RETRY_BASE": "0.05",
         "OUTBOX_REBALANCE_INTERVAL": "0.2",
@@ -120,33 +117,19 @@ def relay_env(db_source: str, redis_addr: str, **overrides: object) -> dict[str,
     return env
 
 
-class RelayProcess:
-    """``chat-outbox-relay`` as a real subprocess, logging to a file."""
+class RelayProcess(Relay):
+    """``chat-outbox-relay`` as a real subprocess (started at once), logging to a file; ``stop``
+    is a clean-up that SIGKILLs it (the tests that want a drain send SIGTERM themselves)."""
 
     def __init__(self, env: dict[str, str], log_dir: pathlib.Path, name: str = "relay") -> None:
-        self.env = env
-        self.port = int(env["METRICS_PORT"])
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(
-            [str(VENV_BIN / "chat-outbox-relay")], env=env, cwd=log_dir,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__(env, log_dir, name=name, quick_intervals=False,
+                         stop_signal=signal.SIGKILL)
+        self.start()
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def get(self, path: str) -> tuple[int, str]:  # type: ignore[override]
+        return http_get(self.metrics_port, path)
 
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
-
-    def metric(self, name: str, **labels: str) -> float | None:
+    def metric(self, name: str, **labels: str) -> float | None:  # type: ignore[override]
         status, body = self.get("/metrics")
         if status != 200:
             return None
@@ -157,29 +140,5 @@ class RelayProcess:
                     return float(sample.value)
         return None
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        wait_until(lambda: self.proc.poll() is not None or self.get("/readyz")[0] == 200,
-                   timeout, "relay readiness")
-        assert self.proc.poll() is None, f"relay exited early:\n{self.log()}"
-
     def owned(self) -> float:
         return self.metric("outbox_owned_partitions") or 0.0
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
-
-    def stop(self) -> None:
-        """Cleanup: SIGKILL if still running."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections import defaultdict
 
-from chat_shared.localstack import LocalRedis
+from chat_devtools.local_redis import LocalRedis
 
 from tests.e2e.test_relay_helpers import (
     RelayProcess,
@@ -132,7 +132,7 @@ def test_redis_outage_pauses_without_spending_retries_then_drains(
         assert (relay.metric("outbox_dlq_total") or 0) == 0
     finally:
         relay.stop()
-        if redis_server.proc is None or redis_server.proc.poll() is not None:
+        if not redis_server.running:
             redis_server.start()
     events = read_streams(redis_addr)
     assert {e.event_id for e in events} == set(ids)

@@ -35,9 +35,9 @@ class Stack:
 @pytest.fixture
 async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
     env = base_env(db_source, redis_addr)
-    api = Api(env, tmp_path)
-    relay = Relay(env, tmp_path)
-    gateways = [Gateway(env, tmp_path, f"ws{i}") for i in (1, 2)]
+    api = Api(env, tmp_path).start()
+    relay = Relay(env, tmp_path).start()
+    gateways = [Gateway(env, tmp_path, f"ws{i}").start() for i in (1, 2)]
     services = [api, relay, *gateways]
     try:
         await asyncio.gather(api.ready(), relay.ready(), *(g.ready() for g in gateways))

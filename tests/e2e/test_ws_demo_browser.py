@@ -10,11 +10,12 @@ import asyncio
 import pathlib
 
 import pytest
-from chat_shared.localstack import free_port
+from chat_devtools.ports import candidate_port, retry_on_port_in_use
+from chat_devtools.services import Api, Gateway, Relay
 from playwright.async_api import Page, async_playwright, expect
 
 from tests.conftest import ROOT
-from tests.support.ws_stack import Api, Gateway, Relay, base_env
+from tests.support.ws_stack import base_env
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -25,18 +26,31 @@ SCREENSHOT = ROOT / "artifacts" / "demo.png"
 
 @pytest.fixture
 async def demo(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
-    ws_port, http_port = free_port(), free_port()
-    origin = f"http://127.0.0.1:{ws_port}"
     env = base_env(db_source, redis_addr)
-    api = Api({**env, "CORS_ALLOWED_ORIGINS": origin}, tmp_path, http_port=http_port)
-    relay = Relay(env, tmp_path)
-    gw = Gateway({**env, "ENVIRONMENT": "development",
-                  "API_PUBLIC_URL": f"http://127.0.0.1:{http_port}"}, tmp_path, port=ws_port)
+    started: list[Api | Relay | Gateway] = [Relay(env, tmp_path).start()]
+
+    def page_and_api() -> Gateway:
+        # Each names the other: the page the API's URL, the API the page's origin (CORS). The
+        # gateway binds port 0 first; the API's HTTP port is a candidate, tried again when taken.
+        http_port = candidate_port()
+        gw = Gateway({**env, "ENVIRONMENT": "development",
+                      "API_PUBLIC_URL": f"http://127.0.0.1:{http_port}"}, tmp_path).start()
+        api = Api({**env, "CORS_ALLOWED_ORIGINS": gw.url}, tmp_path, http_port=http_port)
+        try:
+            api.start().wait_ready()
+        except BaseException:
+            api.stop()
+            gw.stop()
+            raise
+        started.extend((gw, api))
+        return gw
+
     try:
-        await asyncio.gather(api.ready(), relay.ready(), gw.ready())
+        gw = await asyncio.to_thread(retry_on_port_in_use, page_and_api)
+        await asyncio.gather(*(service.ready() for service in started))
         yield gw
     finally:
-        for service in (gw, relay, api):
+        for service in reversed(started):
             service.stop()
 
 

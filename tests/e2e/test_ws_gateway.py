@@ -62,7 +62,8 @@ async def publish(redis: aioredis.Redis, *events: Event) -> None:
 
 async def start_gateway(db_source: str, redis_addr: str, tmp_path: pathlib.Path,
                         name: str = "ws", **overrides: object) -> Gateway:
-    return await Gateway(base_env(db_source, redis_addr, **overrides), tmp_path, name).ready()
+    return await Gateway(base_env(db_source, redis_addr, **overrides), tmp_path,
+                         name).start().ready()
 
 
 async def test_events_reach_each_recipient_connection_once_and_in_order(
@@ -219,7 +220,7 @@ async def test_sigterm_closes_sockets_with_1001_and_exits_zero(
         gw.signal(signal.SIGTERM)
         codes = await asyncio.gather(*(close_code(ws, within=20) for ws in sockets))
         assert [c for c, _ in codes] == [1001, 1001, 1001]
-        assert await gw.wait(20) == 0, gw.log()
+        assert await gw.wait_async(20) == 0, gw.log()
         assert '"ws_gateway_stopped"' in gw.log()
     finally:
         gw.stop()

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from chat_shared.config import DatabaseSettings
 from chat_shared.db import Database, connect, connect_sync, conninfo
 from chat_shared.errors import Unavailable
-from chat_shared.localstack import LocalPostgres
+from chat_devtools.local_postgres import LocalPostgres
 from chat_shared.observability import tracing
 
 

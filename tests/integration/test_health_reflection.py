@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from chat_api.app import build_app
-from chat_shared.localstack import free_port
+from chat_devtools.ports import closed_port
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -51,16 +51,17 @@ async def test_health_of_an_unknown_service_is_not_found(channel) -> None:
 async def test_health_is_not_serving_when_postgres_is_unreachable(
     api_settings_factory: Callable[..., Any]
 ) -> None:
-    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/chat?sslmode=disable"
-    app = build_app(api_settings_factory(db_source=closed))
-    await app.start()
-    try:
-        await app.probe_once()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
-            assert await check(ch) == NOT_SERVING
-            assert await check(ch, "chat.v1.ChatService") == NOT_SERVING
-    finally:
-        await app.stop(grace=0.5)
+    with closed_port() as port:
+        closed = f"postgresql://postgres@127.0.0.1:{port}/chat?sslmode=disable"
+        app = build_app(api_settings_factory(db_source=closed))
+        await app.start()
+        try:
+            await app.probe_once()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+                assert await check(ch) == NOT_SERVING
+                assert await check(ch, "chat.v1.ChatService") == NOT_SERVING
+        finally:
+            await app.stop(grace=0.5)
 
 
 async def test_reflection_lists_chat_service_without_a_token(channel) -> None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import grpc
 
-from chat_shared.localstack import free_port
+from chat_devtools.process import ServiceProcess, grpc_serving
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import make_token
 
@@ -35,42 +33,28 @@ def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, 
 
 
 def test_request_id_and_trace_id_are_in_the_call_log(api_env, venv_bin, tmp_path):
-    port, grpc_port = free_port(), free_port()
     log_path = tmp_path / "api.log"
-    env = {**os.environ, **api_env, "LOG_LEVEL": "INFO",
-           "GRPC_SERVER_ADDRESS": f"127.0.0.1:{grpc_port}",
-           "HTTP_SERVER_ADDRESS": f"127.0.0.1:{port}"}
+    env = {**os.environ, **api_env, "LOG_LEVEL": "INFO"}
     auth = {"Authorization": f"Bearer {make_token('alice')}"}
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([str(venv_bin / "chat-api")], env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if _get(port, "/v1/conversations", auth)[0] == 200:
-                        break
-                except (urllib.error.URLError, ConnectionError):
-                    time.sleep(0.1)
-            status, headers = _get(port, "/v1/conversations",
-                                   {**auth, "X-Request-Id": "log-check-123"})
-            assert (status, headers["X-Request-Id"]) == (200, "log-check-123")
-            status, _ = _get(port, "/v1/conversations", {"X-Request-Id": "log-check-401"})
-            assert status == 401
-            status, _ = _get(port, "/v1/conversations", {
-                **auth, "X-Request-Id": "log-check-http-trace",
-                "traceparent": f"00-{HTTP_TRACE}-00f067aa0ba902b7-01"})
-            assert status == 200
-            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-                chat_pb2_grpc.ChatServiceStub(channel).GetConversations(
-                    chat_pb2.GetConversationsRequest(), timeout=10, metadata=(
-                        ("authorization", auth["Authorization"]),
-                        ("x-request-id", "log-check-grpc-trace"),
-                        ("traceparent", f"00-{GRPC_TRACE}-00f067aa0ba902b7-01")))
-        finally:
-            proc.terminate()
-            proc.wait(15)
+    with ServiceProcess("api", [venv_bin / "chat-api"], env=env, ready=grpc_serving(),
+                        log_path=log_path) as api:
+        api.wait_ready()
+        port, grpc_port = api.port("http_port"), api.port("grpc_port")
+        status, headers = _get(port, "/v1/conversations",
+                               {**auth, "X-Request-Id": "log-check-123"})
+        assert (status, headers["X-Request-Id"]) == (200, "log-check-123")
+        status, _ = _get(port, "/v1/conversations", {"X-Request-Id": "log-check-401"})
+        assert status == 401
+        status, _ = _get(port, "/v1/conversations", {
+            **auth, "X-Request-Id": "log-check-http-trace",
+            "traceparent": f"00-{HTTP_TRACE}-00f067aa0ba902b7-01"})
+        assert status == 200
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            chat_pb2_grpc.ChatServiceStub(channel).GetConversations(
+                chat_pb2.GetConversationsRequest(), timeout=10, metadata=(
+                    ("authorization", auth["Authorization"]),
+                    ("x-request-id", "log-check-grpc-trace"),
+                    ("traceparent", f"00-{GRPC_TRACE}-00f067aa0ba902b7-01")))
     records = [json.loads(line) for line in log_path.read_text().splitlines()
                if line.startswith("{")]
     def logged(msg: str, request_id: str) -> list[dict]:

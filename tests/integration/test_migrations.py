@@ -12,7 +12,8 @@ import pathlib
 import subprocess
 
 import pytest
-from chat_shared.localstack import LocalPostgres, free_port
+from chat_devtools.local_postgres import LocalPostgres
+from chat_devtools.ports import closed_port
 
 OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox",
               "outbox_dead_letter"}
@@ -142,8 +143,9 @@ def test_non_postgres_db_source_exits_2_naming_it(venv_bin, tmp_path) -> None:
 
 
 def test_unreachable_database_fails_without_showing_the_password(venv_bin, tmp_path) -> None:
-    dsn = f"postgresql://chat:s3cr3t-pw@127.0.0.1:{free_port()}/chat?sslmode=disable"
-    result = migrate(venv_bin, tmp_path, db_source=dsn)
+    with closed_port() as port:
+        dsn = f"postgresql://chat:s3cr3t-pw@127.0.0.1:{port}/chat?sslmode=disable"
+        result = migrate(venv_bin, tmp_path, db_source=dsn)
     assert result.returncode == 1
     assert "upgrade failed" in result.stderr
     assert "s3cr3t-pw" not in result.stderr + result.stdout

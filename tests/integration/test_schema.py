@@ -25,7 +25,7 @@ from sqlalchemy import CheckConstraint, Connection, Integer, MetaData, create_en
 
 from chat_migrations.cli import sqlalchemy_url, upgrade
 from chat_migrations.schema import metadata
-from chat_shared.localstack import LocalPostgres
+from chat_devtools.local_postgres import LocalPostgres
 
 _names = itertools.count()
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,11 +16,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chat_shared.localstack import LocalPostgres, LocalRedis, free_port
-from tests.conftest import TEMPLATE_DB, TEST_SECRET
+from chat_devtools.local_postgres import LocalPostgres
+from chat_devtools.local_redis import LocalRedis
+from chat_devtools.process import ServiceProcess, http_ok
+from chat_devtools.pytest_plugin import TEMPLATE_DB
+from chat_devtools.services import Api, Gateway, Relay, base_env
+from tests.conftest import TEST_SECRET
 from tests.k8s import support
 
-VENV_BIN = pathlib.Path(sys.executable).parent
 # Read by rules but exported by kube-state-metrics, not by chat-service.
 EXTERNAL = {"kube_pod_status_ready"}
 SUFFIXES = {"counter": ("_total", "_created"),
@@ -37,62 +39,25 @@ def exported_names(body: str) -> set[str]:
     return names
 
 
-def scrape(port: int, proc: subprocess.Popen[bytes], log: pathlib.Path) -> str:
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, f"{proc.args} exited:\n{log.read_text()}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                return r.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no /metrics on {port}:\n{log.read_text()}") from None
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def live_services(postgres: LocalPostgres, redis_server: LocalRedis,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    """The three services started once for this module: name -> metrics port (serving)."""
+    """The three services started once for this module: name -> metrics port (ready)."""
     tmp_path = tmp_path_factory.mktemp("services")
     db_source = postgres.create_database(f"k8s_metrics_{os.getpid()}", template=TEMPLATE_DB)
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
+    if not redis_server.running:
         redis_server.start()
-    redis_addr = redis_server.addr
-    base = {k: v for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "TMPDIR") or k.startswith("COVERAGE_")}
-    base.update({"ENVIRONMENT": "test", "DB_SOURCE": db_source, "REDIS_ADDR": redis_addr,
-                 "JWT_SECRET": TEST_SECRET, "LOG_LEVEL": "WARNING",
-                 "METRICS_ADDRESS": "127.0.0.1"})
-    services = {
-        "api": ("chat-api", {"GRPC_SERVER_ADDRESS": f"127.0.0.1:{free_port()}",
-                             "HTTP_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}),
-        "outbox-relay": ("chat-outbox-relay", {}),
-        "ws-gateway": ("chat-ws-gateway", {"WS_SERVER_ADDRESS": f"127.0.0.1:{free_port()}"}),
-    }
-    procs: list[subprocess.Popen[bytes]] = []
+    env = base_env(db_source, redis_server.addr, TEST_SECRET, LOG_LEVEL="WARNING")
+    services = {"api": Api(env, tmp_path, metrics=True),
+                "outbox-relay": Relay(env, tmp_path, quick_intervals=False),
+                "ws-gateway": Gateway(env, tmp_path)}
     try:
-        ports = {}
-        for name, (script, extra) in services.items():
-            port = free_port()
-            log = tmp_path / f"{name}.log"
-            with open(log, "wb") as out:
-                proc = subprocess.Popen([str(VENV_BIN / script)], cwd=tmp_path, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**base, **extra, "METRICS_PORT": str(port)})
-            procs.append(proc)
-            scrape(port, proc, log)  # answers /metrics
-            ports[name] = port
-        yield ports
+        for service in services.values():
+            service.start()
+        yield {name: service.wait_ready().metrics_port for name, service in services.items()}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        for service in services.values():
+            service.stop()
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +116,12 @@ def test_interface_metrics_are_exported(live_metrics: dict[str, set[str]]) -> No
         assert sorted(set(names) - live_metrics[service]) == [], service
 
 
+def prometheus_port(line: str) -> dict[str, int]:
+    """Prometheus's web port, from its `msg="Listening on" address=127.0.0.1:43877` line."""
+    found = re.search(r'msg="Listening on" address=[\d.]+:(\d+)', line)
+    return {"web_port": int(found.group(1))} if found else {}
+
+
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
@@ -168,18 +139,17 @@ def test_prometheus_evaluates_every_rule_against_the_live_services(
                            for name, port in live_services.items()],
     }
     (tmp_path / "prometheus.yml").write_text(json.dumps(config))
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [support.tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={tmp_path / 'db'}"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    api = f"http://127.0.0.1:{port}/api/v1"
-    try:
+    prometheus = ServiceProcess(
+        "prometheus",
+        [support.tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+         "--web.listen-address=127.0.0.1:0", f"--storage.tsdb.path={tmp_path / 'db'}"],
+        ports_from=prometheus_port, ready=http_ok("/-/ready", port_key="web_port"),
+        log_path=tmp_path / "prometheus.log")
+    with prometheus:
+        api = f"http://127.0.0.1:{prometheus.wait_ready().port('web_port')}/api/v1"
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, log.read_text()
+            prometheus.alive()
             try:
                 targets = get_json(f"{api}/targets")["data"]["activeTargets"]
                 rules = [r for g in get_json(f"{api}/rules")["data"]["groups"]
@@ -196,9 +166,6 @@ def test_prometheus_evaluates_every_rule_against_the_live_services(
         assert [(r["name"], r["lastError"]) for r in rules if r["health"] != "ok"] == []
         # A healthy idle stack fires nothing (the pod alert has no kube-state-metrics here).
         assert [r["name"] for r in rules if r["state"] == "firing"] == []
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 # --- settings the packaging sets --------------------------------------------------------------

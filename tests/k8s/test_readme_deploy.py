@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from chat_devtools.process import ServiceProcess, grpc_serving
 from chat_shared.config import DEV_JWT_SECRET
-from chat_shared.localstack import free_port
 from tests.k8s import support
 
 VENV_BIN = Path(sys.executable).parent
@@ -138,20 +138,13 @@ def test_skaffold_kustomize_and_promtool_commands_are_real() -> None:
 @pytest.fixture
 def api_port(db_source: str, redis_addr: str, tmp_path: Path) -> Iterator[int]:
     """chat-api as a subprocess with the development JWT secret (as values-dev.yaml sets it)."""
-    port = free_port()
     env = {**os.environ, "ENVIRONMENT": "test", "DB_SOURCE": db_source, "REDIS_ADDR": redis_addr,
-           "JWT_SECRET": DEV_JWT_SECRET, "GRPC_SERVER_ADDRESS": f"127.0.0.1:{port}",
-           "HTTP_SERVER_ADDRESS": f"127.0.0.1:{free_port()}", "METRICS_PORT": "0",
+           "JWT_SECRET": DEV_JWT_SECRET, "GRPC_SERVER_ADDRESS": "127.0.0.1:0",
+           "HTTP_SERVER_ADDRESS": "127.0.0.1:0", "METRICS_PORT": "0",
            "LOG_LEVEL": "WARNING", "HEALTH_CHECK_INTERVAL": "0.2"}
-    log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(VENV_BIN / "chat-api")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with ServiceProcess("api", [VENV_BIN / "chat-api"], env=env, cwd=tmp_path,
+                        log_path=tmp_path / "api.log", ready=grpc_serving()) as api:
+        yield api.wait_ready().port("grpc_port")
 
 
 def test_grpcurl_commands_run_against_a_real_api(api_port: int) -> None:

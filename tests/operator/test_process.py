@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
-import signal
-import socket
 
 import aiohttp
 import yaml
 
+from chat_devtools.process import PICK, ServiceProcess, http_get
 from tests.operator.conftest import (
     DEPLOY,
     NS,
@@ -26,10 +25,9 @@ from tests.operator.conftest import (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def liveness_answers(proc: ServiceProcess) -> bool:
+    # Its ports are picked candidates (0 turns them off), so they are read from its environment.
+    return http_get(int(proc.env["HEALTH_PORT"]), "/healthz")[0] == 200
 
 
 async def fetch(url: str) -> tuple[int, str]:
@@ -49,15 +47,14 @@ async def test_console_script_scales_serves_metrics_and_health_and_stops(
         "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
         "users": [{"name": "kmock", "user": {"token": "test"}}],
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}]}))
-    metrics_port, health_port = free_port(), free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "OPERATOR_NAMESPACE": NS,
-           "PEERING_NAME": "", "METRICS_PORT": str(metrics_port),
-           "HEALTH_PORT": str(health_port), "METRICS_ADDRESS": "127.0.0.1",
-           "OPERATOR_TICK_INTERVAL": "0.1", "LOG_LEVEL": "WARNING"}
-    proc = await asyncio.create_subprocess_exec(
-        str(venv_bin / "chat-relay-operator"), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+           "PEERING_NAME": "", "METRICS_PORT": PICK, "HEALTH_PORT": PICK,
+           "METRICS_ADDRESS": "127.0.0.1", "OPERATOR_TICK_INTERVAL": "0.1", "LOG_LEVEL": "WARNING"}
+    operator = ServiceProcess("operator", [venv_bin / "chat-relay-operator"], env=env,
+                              ready=liveness_answers, log_path=tmp_path / "operator.log")
     try:
+        await operator.start().ready()
+        metrics_port, health_port = (int(operator.env[k]) for k in ("METRICS_PORT", "HEALTH_PORT"))
         await eventually(lambda: replicas(kmock) == 5, within=30)
         status, body = await fetch(f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200
@@ -67,7 +64,5 @@ async def test_console_script_scales_serves_metrics_and_health_and_stops(
         status, _ = await fetch(f"http://127.0.0.1:{health_port}/healthz")
         assert status == 200
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, output.decode()[-3000:]
+        code = await asyncio.to_thread(operator.stop, 30)
+    assert code == 0, operator.log()

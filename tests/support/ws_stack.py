@@ -1,8 +1,8 @@
 """The services as real subprocesses for the WebSocket gateway's end-to-end tests.
 
-The process classes (``Service``, ``Api``, ``Relay``, ``Gateway``) live in
-``chat_bench.processes`` so that the benchmark starts the services exactly as these tests do;
-this module adds the test secret and the WebSocket client helpers. ``ws_connect`` opens a real
+The process classes (``Api``, ``Relay``, ``Gateway``) live in ``chat_devtools.services`` so that
+the benchmark starts the services exactly as these tests do; this module adds the test secret
+and the WebSocket client helpers. ``ws_connect`` opens a real
 aiohttp WebSocket client and sends the resume frame.
 """
 
@@ -13,16 +13,16 @@ from typing import Any
 
 import aiohttp
 
-from chat_bench import processes
-from chat_bench.processes import Api, Gateway, Relay, Service
+from chat_devtools import services
+from chat_devtools.services import Api, Gateway, Relay
 from tests.conftest import TEST_SECRET, make_token
 
-__all__ = ["Api", "Gateway", "Relay", "Service", "base_env", "close_code", "messages",
-           "next_frame", "ws_connect"]
+__all__ = ["Api", "Gateway", "Relay", "base_env", "close_code", "messages", "next_frame",
+           "ws_connect"]
 
 
 def base_env(db_source: str, redis_addr: str, **overrides: object) -> dict[str, str]:
-    return processes.base_env(db_source, redis_addr, TEST_SECRET, **overrides)
+    return services.base_env(db_source, redis_addr, TEST_SECRET, **overrides)
 
 
 async def ws_connect(session: aiohttp.ClientSession, gateway: Gateway, user: str, *,

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 SOURCES = ["shared/chat_shared", "services/api/chat_api", "services/outbox-relay/chat_outbox_relay",
            "services/ws-gateway/chat_ws_gateway", "migrations/chat_migrations",
-           "bench/chat_bench"]
+           "bench/chat_bench", "devtools/chat_devtools"]
 BIN = Path(sys.executable).parent
 
 

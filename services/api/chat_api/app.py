@@ -33,11 +33,12 @@ from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import Database
-from chat_shared.observability.logging import get_logger
+from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.tracing import recording
 from chat_shared.redis_client import create_redis
 
 log = get_logger(__name__)
+lifecycle = get_lifecycle_logger()
 
 # multiprocess_mode: how API_WORKERS processes combine (ignored with one process).
 DEPENDENCY_UP = Gauge("chat_dependency_up", "1 when the dependency answers its probe",
@@ -75,7 +76,7 @@ class ApiApp:
             self.http_port = await self.http.start(host, port, self.settings.shutdown_grace,
                                                    reuse_port=self.settings.api_workers > 1)
         self._probe = asyncio.create_task(self._probe_dependencies(), name="dependency-probe")
-        log.info("api_started", grpc_port=self.grpc_port, http_port=self.http_port)
+        lifecycle.info("api_started", grpc_port=self.grpc_port, http_port=self.http_port)
 
     async def _set_health(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving

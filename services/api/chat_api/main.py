@@ -12,12 +12,12 @@ import uvloop
 from chat_api.app import build_app
 from chat_api.settings import ApiSettings
 from chat_api.workers import check_ports, is_worker, supervise
-from chat_shared.observability.logging import configure_logging, get_logger
+from chat_shared.observability.logging import configure_logging, get_lifecycle_logger
 from chat_shared.observability.metrics import serve_metrics
 from chat_shared.runtime import configure_process, run_until_signalled, settings_or_none
 
 PROG = "chat-api"
-log = get_logger("chat_api")
+lifecycle = get_lifecycle_logger()
 
 
 def main() -> int:
@@ -35,8 +35,8 @@ def main() -> int:
     # A worker's metrics are served by its supervisor (multiprocess mode).
     port = 0 if is_worker() else serve_metrics(settings.metrics_port,
                                                  addr=settings.metrics_address)
-    log.info("starting", grpc=settings.grpc_server_address, metrics_port=port,
-             environment=settings.environment)
+    lifecycle.info("starting", grpc=settings.grpc_server_address, metrics_port=port,
+                   environment=settings.environment)
     uvloop.run(run_until_signalled(lambda: build_app(settings)))
     return 0
 

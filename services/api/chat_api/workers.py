@@ -23,9 +23,10 @@ from types import FrameType
 
 from chat_api.settings import ApiSettings
 from chat_shared.config import parse_host_port
-from chat_shared.observability.logging import get_logger
+from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 
 log = get_logger("chat_api.workers")
+lifecycle = get_lifecycle_logger()
 
 WORKER_ENV = "CHAT_API_WORKER"
 """Set in each worker's environment: run one API process, do not supervise."""
@@ -72,7 +73,7 @@ def supervise(settings: ApiSettings) -> int:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
     port = serve_metrics(settings.metrics_port, registry=registry, addr=settings.metrics_address)
-    log.info("workers_started", workers=[w.pid for w in workers], metrics_port=port)
+    lifecycle.info("workers_started", workers=[w.pid for w in workers], metrics_port=port)
 
     stopping = False
 

@@ -15,9 +15,10 @@ from chat_outbox_relay.publishing import StreamPublisher, create_publisher_redis
 from chat_outbox_relay.relay import OutboxRelay
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared.observability.health_server import HealthServer
-from chat_shared.observability.logging import get_logger
+from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 
 log = get_logger(__name__)
+lifecycle = get_lifecycle_logger()
 
 
 @dataclass
@@ -32,9 +33,9 @@ class RelayApp:
         if self.health is not None:
             self.metrics_port = await self.health.start()
         self.relay.start()
-        log.info("relay_started", metrics_port=self.metrics_port,
-                 batch_size=self.settings.outbox_batch_size,
-                 workers=self.settings.outbox_workers, shards=self.settings.stream_shards)
+        lifecycle.info("relay_started", metrics_port=self.metrics_port,
+                       batch_size=self.settings.outbox_batch_size,
+                       workers=self.settings.outbox_workers, shards=self.settings.stream_shards)
 
     async def stop(self, grace: float | None = None) -> bool:
         """Drains; returns False when the grace period forced a rollback of the last batch."""

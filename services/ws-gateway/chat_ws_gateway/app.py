@@ -20,7 +20,7 @@ from chat_shared.config import parse_host_port
 from chat_shared.db import Database
 from chat_shared.events import stream_keys
 from chat_shared.observability.health_server import HealthServer
-from chat_shared.observability.logging import get_logger
+from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.redis_client import create_redis
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
@@ -30,6 +30,7 @@ from chat_ws_gateway.settings import GatewaySettings
 from chat_ws_gateway.stream_reading import StreamReader
 
 log = get_logger(__name__)
+lifecycle = get_lifecycle_logger()
 
 
 @dataclass
@@ -73,8 +74,8 @@ class GatewayApp:
         self.port = int(self._runner.addresses[0][1])
         if self.health is not None:
             self.metrics_port = await self.health.start()
-        log.info("ws_gateway_started", ws_port=self.port, metrics_port=self.metrics_port,
-                 streams=self.reader_keys)
+        lifecycle.info("ws_gateway_started", ws_port=self.port, metrics_port=self.metrics_port,
+                       streams=self.reader_keys)
 
     @property
     def reader_keys(self) -> list[str]:

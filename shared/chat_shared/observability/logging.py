@@ -16,6 +16,9 @@ from opentelemetry import trace
 
 _SECRET_KEYS = ("authorization", "token", "password", "secret", "jwt", "db_source", "dsn")
 
+LIFECYCLE_LOGGER = "chat.lifecycle"
+"""The logger of the lines that say a process started and which ports it bound."""
+
 
 def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     for key in list(event):
@@ -66,6 +69,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Start lines are logged whatever LOG_LEVEL says: they are how a person or a tool (the
+    # development tools read the ports of a service started on port 0) finds the process.
+    logging.getLogger(LIFECYCLE_LOGGER).setLevel(logging.INFO)
     # asyncio and alembic are chatty at INFO; their warnings still come through.
     for noisy in ("asyncio", "alembic.runtime.migration"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
@@ -84,3 +90,8 @@ def _add_service(service: str) -> Any:
 
 def get_logger(name: str) -> Any:
     return structlog.stdlib.get_logger(name)
+
+
+def get_lifecycle_logger() -> Any:
+    """For a process's start line (at INFO, logged at any LOG_LEVEL)."""
+    return structlog.stdlib.get_logger(LIFECYCLE_LOGGER)

@@ -1,0 +1,197 @@
+"""A throwaway PostgreSQL cluster from the installed binaries: for the tests, chat-dev, chat-bench.
+
+Why not pytest-postgresql (tried, 10.0.0), which the house style names:
+
+- it runs the server through ``pg_ctl``, which refuses to run as root ("pg_ctl: cannot be run
+  as root"), and the tests and ``./dev run`` run as root on a fresh Debian machine; here, as
+  root, initdb and the server run as the ``postgres`` user Debian's package creates (or
+  ``nobody``);
+- it picks its port with port_for (free a moment ago) and fails when another process takes it
+  first; here the server's own bind is the reservation, and a taken port means another try on
+  another port (``ports.retry_on_port_in_use``), with readiness checked over the cluster's own
+  Unix socket, so a stranger answering on the port is never taken for this server;
+- it is a pytest fixture; chat-dev and chat-bench need the same server outside pytest.
+
+Tuned for speed, not durability (fsync off): nothing here outlives the process that made it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Self
+
+import psycopg
+from psycopg import sql
+
+from chat_devtools.errors import ServiceError
+from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
+from chat_devtools.process import ServiceProcess
+
+
+def find_pg_bin(name: str) -> str:
+    """A PostgreSQL server binary on PATH or in Debian's versioned directory (newest first)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    if not candidates:
+        raise FileNotFoundError(
+            f"PostgreSQL binary {name!r} not found; install it (apt-get install postgresql)")
+    return candidates[-1]
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise RuntimeError("running as root and no 'postgres' or 'nobody' user to run PostgreSQL")
+
+
+class LocalPostgres:
+    """A PostgreSQL cluster in a temporary directory, on a loopback port of its own.
+
+    Args:
+        port: the port to try first (default: a candidate); the first ``start`` moves on to
+            other candidates while the port is taken, a restart keeps the port it had.
+        base_dir: where the cluster lives (default: a new temporary directory, removed by
+            ``cleanup``).
+        attempts: how many ports the first ``start`` tries.
+    """
+
+    def __init__(self, port: int | None = None, base_dir: str | Path | None = None,
+                 attempts: int = 5) -> None:
+        self.port = port or 0
+        self._first_port = port
+        self._own_dir = base_dir is None
+        self.base = Path(base_dir or tempfile.mkdtemp(prefix="chat-pg-"))
+        self.data = self.base / "data"
+        self._attempts = attempts
+        self._user = _unprivileged_user()
+        self.process: ServiceProcess | None = None
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@{LOOPBACK}:{self.port}/{database}?sslmode=disable"
+
+    @property
+    def addr(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def _chown(self, path: Path) -> None:
+        if self._user is not None:
+            os.chown(path, self._user.pw_uid, self._user.pw_gid)
+
+    def init(self) -> None:
+        """initdb, once (a restart reuses the cluster)."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o755)
+        self._chown(self.base)
+        if (self.data / "PG_VERSION").exists():
+            return
+        user = self._user
+        subprocess.run(
+            [find_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--locale=C", "--no-sync"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+            extra_groups=[] if user else None)
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Starts the server and waits until it accepts connections.
+
+        Raises:
+            PortInUse: every port tried was taken.
+            ServiceError: the server exited or did not become ready.
+        """
+        self.init()
+        if self.process is not None:  # a restart: clients already have the address
+            self._run(self.port, timeout)
+            return self
+        first = self._first_port
+
+        def attempt() -> None:
+            nonlocal first
+            port, first = first or candidate_port(), None
+            self._run(port, timeout)
+
+        retry_on_port_in_use(attempt, self._attempts)
+        return self
+
+    def _run(self, port: int, timeout: float) -> None:
+        self.port = port
+        self.process = ServiceProcess(
+            "postgres",
+            [find_pg_bin("postgres"), "-D", str(self.data), "-p", str(port),
+             "-c", f"listen_addresses={LOOPBACK}", "-c", f"unix_socket_directories={self.base}",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=300", "-c", "shared_buffers=128MB"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+            ready=lambda _proc: self._accepts(port), log_path=self.base / "postgres.log",
+            stop_signal=signal.SIGINT, user=self._user)  # SIGINT: PostgreSQL's fast shutdown
+        self.process.start()
+        try:
+            self.process.wait_ready(timeout)
+        except ServiceError:
+            self.process.stop()
+            raise
+
+    def _accepts(self, port: int) -> bool:
+        # Over this cluster's own Unix socket: only this server listens there (whoever may
+        # answer on the TCP port), and it creates the socket after its TCP listener.
+        try:
+            with psycopg.connect(host=str(self.base), port=port, user="postgres",
+                                 dbname="postgres", connect_timeout=1):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def psql(self, query: str, database: str = "postgres") -> str:
+        """The output of ``psql -qAt`` running one statement (fails on an SQL error)."""
+        r = subprocess.run(
+            [shutil.which("psql") or find_pg_bin("psql"), "-h", LOOPBACK, "-p", str(self.port),
+             "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-qAtc", query],
+            check=True, capture_output=True, text=True,
+        )
+        return r.stdout.strip()
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """CREATE DATABASE (a copy of ``template`` when given); returns its DSN."""
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(statement)
+        return self.dsn(name)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
+        """Stops the server: SIGINT is a fast shutdown, SIGKILL a crash (recovery at restart)."""
+        if self.process is None or not self.process.running:
+            return
+        if sig == signal.SIGKILL:
+            self.process.kill()
+            self.process.wait(timeout)
+            self.process.stop()
+        else:
+            self.process.stop_signal = sig
+            self.process.stop(timeout)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.base, ignore_errors=True)

@@ -1,0 +1,114 @@
+"""A throwaway Redis server from the installed binary, for the tests, chat-dev and chat-bench.
+
+Why not pytest-redis (tried, 5.0.1): it picks its port with port_for and, when another process
+holds it by the time Redis starts, fails with mirakuru's AlreadyRunning; here the server's own
+bind is the reservation and a taken port means another try on another port
+(``ports.retry_on_port_in_use``), with readiness checked over the server's own Unix socket. It
+is also a pytest fixture only, and chat-dev and chat-bench need the same server outside pytest.
+Its per-test clean-up is one FLUSHALL, which the pytest plugin does itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+from typing import Self
+
+import redis
+
+from chat_devtools.errors import ServiceError
+from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
+from chat_devtools.process import ServiceProcess
+
+
+class LocalRedis:
+    """A Redis server that keeps nothing on disk, on a loopback port of its own.
+
+    Args:
+        port: the port to try first (default: a candidate); the first ``start`` moves on to
+            other candidates while the port is taken, a restart (after ``stop``) keeps the
+            port it had, since clients hold the address.
+        attempts: how many ports the first ``start`` tries.
+    """
+
+    def __init__(self, port: int | None = None, attempts: int = 5) -> None:
+        self.port = port or 0
+        self._first_port = port
+        self._attempts = attempts
+        self.dir = Path(tempfile.mkdtemp(prefix="chat-redis-"))
+        self.process: ServiceProcess | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def start(self, timeout: float = 15.0) -> Self:
+        """Starts the server and waits until it answers PING.
+
+        Raises:
+            PortInUse: every port tried was taken.
+            ServiceError: the server exited or did not become ready.
+        """
+        if self.process is not None:
+            self._run(self.port, timeout)
+            return self
+        first = self._first_port
+
+        def attempt() -> None:
+            nonlocal first
+            port, first = first or candidate_port(), None
+            self._run(port, timeout)
+
+        retry_on_port_in_use(attempt, self._attempts)
+        return self
+
+    def _run(self, port: int, timeout: float) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise FileNotFoundError(
+                "redis-server not found; install it (apt-get install redis-server)")
+        self.port = port
+        socket_path = self.dir / "redis.sock"
+        self.process = ServiceProcess(
+            "redis",
+            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--protected-mode", "no", "--logfile", "",
+             "--unixsocket", str(socket_path), "--unixsocketperm", "700"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            ready=lambda _proc: self._answers(socket_path), log_path=self.dir / "redis.log")
+        self.process.start()
+        try:
+            self.process.wait_ready(timeout)
+        except ServiceError:
+            self.process.stop()
+            raise
+
+    @staticmethod
+    def _answers(socket_path: Path) -> bool:
+        # Over the server's own Unix socket, created after its TCP listener: whoever else may
+        # answer on the port, this is the server started here.
+        client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1,
+                             socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.process is None or not self.process.running:
+            return
+        self.process.stop_signal = sig
+        self.process.stop(timeout)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""The pytest plugin (entry point ``pytest11``): throwaway PostgreSQL and Redis for the tests.
+
+Once per session: a PostgreSQL cluster with the schema migrated once into a template database,
+and a Redis server, both from the installed binaries on loopback ports of their own
+(``LocalPostgres``, ``LocalRedis``: their docstrings say why not pytest-postgresql/pytest-redis).
+Per test: a fresh copy of the migrated database (CREATE DATABASE ... TEMPLATE, a file copy
+instead of a migration) and a Redis with nothing in it.
+
+Fixtures: ``postgres`` and ``redis_server`` (the servers), ``db_source`` (the DSN of the test's
+own database), ``redis_addr`` (host:port of the flushed server).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from chat_devtools.local_postgres import LocalPostgres
+    from chat_devtools.local_redis import LocalRedis
+
+TEMPLATE_DB = "chat_template"
+"""The database migrated once per session; every test's database is a copy of it."""
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    from chat_devtools.local_postgres import LocalPostgres
+    from chat_migrations.cli import upgrade
+
+    pg = LocalPostgres().start()
+    try:
+        upgrade(pg.create_database(TEMPLATE_DB))
+        yield pg
+    finally:
+        pg.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis]:
+    from chat_devtools.local_redis import LocalRedis
+
+    server = LocalRedis().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def db_source(postgres: LocalPostgres) -> str:
+    """A fresh, migrated database for one test."""
+    return postgres.create_database(f"t_{os.getpid()}_{next(_databases)}", template=TEMPLATE_DB)
+
+
+@pytest.fixture
+def redis_addr(redis_server: LocalRedis) -> str:
+    """The session's Redis, empty (and running again if an earlier test stopped it)."""
+    import redis
+
+    if not redis_server.running:
+        redis_server.start()
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.addr
