@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import aiohttp
 import psycopg
 
-from chat_outbox_relay.operator.scaling import Reading
+from chat_relay_operator.scaling import Reading
 from chat_shared.db import redacted
 
 # Same numbers as the relay's own probe (chat_outbox_relay.relay), so the metric and the

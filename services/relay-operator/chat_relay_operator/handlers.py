@@ -22,9 +22,9 @@ from typing import Any
 
 import kopf
 
-from chat_outbox_relay.operator import metrics
-from chat_outbox_relay.operator.kube import KubeClient, KubeError, NotFound
-from chat_outbox_relay.operator.resource import (
+from chat_relay_operator import metrics
+from chat_relay_operator.kube import KubeClient, KubeError, NotFound
+from chat_relay_operator.resource import (
     GROUP,
     PAUSED_ANNOTATION,
     PLURAL,
@@ -36,9 +36,9 @@ from chat_outbox_relay.operator.resource import (
     merge_conditions,
     parse_spec,
 )
-from chat_outbox_relay.operator.scaling import RatePolicy, Reading, Recommender
-from chat_outbox_relay.operator.settings import OperatorConfig
-from chat_outbox_relay.operator.sources import (
+from chat_relay_operator.scaling import RatePolicy, Reading, Recommender
+from chat_relay_operator.settings import OperatorConfig
+from chat_relay_operator.sources import (
     BacklogSource,
     PostgresSource,
     PrometheusSource,
@@ -66,15 +66,12 @@ class _Outcome:
 class Autoscalers:
     """The runtime behind the handlers: per-resource state and the API client."""
 
-    def __init__(self, config: OperatorConfig,
+    def __init__(self, config: OperatorConfig, kube: KubeClient,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
+        self._kube = kube
         self._clock = clock
         self._states: dict[str, _State] = {}
-        self._kube: KubeClient | None = None
-
-    def bind(self, settings: kopf.OperatorSettings, logger: Any) -> None:
-        self._kube = KubeClient(settings, logger)
 
     async def reconcile(self, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
                         meta: kopf.Meta, name: str, namespace: str, uid: str,
@@ -101,7 +98,6 @@ class Autoscalers:
                     status: Mapping[str, Any], meta: kopf.Meta, name: str, namespace: str,
                     out: _Outcome, logger: Any) -> None:
         kube = self._kube
-        assert kube is not None, "startup handler binds the client"
         target = spec.target
         was = _reason_of(status, "Ready")
         if meta.get("annotations", {}).get(PAUSED_ANNOTATION) == "true":
@@ -179,7 +175,6 @@ class Autoscalers:
         """The resource's source, rebuilt only when its definition (or the DSN) changes."""
         src = spec.source
         if isinstance(src, PostgresRef):
-            assert self._kube is not None
             dsn = await self._kube.read_secret_key(namespace, src.secret_name, src.secret_key)
             key: object = ("postgres", dsn)
         else:
@@ -222,14 +217,15 @@ def operator_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, kube: KubeClient,
              clock: Callable[[], float] = time.monotonic) -> Autoscalers:
-    """Adds the autoscaler's handlers to ``registry`` (the composition root for kopf)."""
-    scalers = Autoscalers(config, clock)
+    """Adds the autoscaler's handlers to ``registry`` (the composition root for kopf).
 
-    @kopf.on.startup(registry=registry)
-    def _bind(settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
-        scalers.bind(settings, logger)
+    ``kube`` makes the operator's own API calls; the caller closes it once kopf has stopped
+    (kopf's cleanup handlers can run while a last timer tick is still in flight). kopf's own
+    calls go where the registry's login handlers say.
+    """
+    scalers = Autoscalers(config, kube, clock)
 
     # kopf's callback protocols spell out every kwarg; these handlers take the ones they use
     kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", registry=registry,
