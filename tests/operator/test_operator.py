@@ -169,7 +169,8 @@ async def test_pause_annotation_leaves_the_deployment_alone(kmock, run_operator,
     paused = {"chat.example.dev/paused": "true"}
     seed(kmock, 1, autoscaler(prom_source(prometheus), annotations=paused))
     prometheus.backlog = 900
-    async with run_operator():
+    # a rate-limit period longer than the test: one step of +4, however slow the machine
+    async with run_operator(scale_up_period=3600):
         await eventually(lambda: conditions(kmock)["Ready"]["reason"] == "Paused")
         assert scale_patches(kmock) == [] and prometheus.queries == 0
         await api_patch(kmock, f"/apis/chat.example.dev/v1/namespaces/{NS}/relayautoscalers/relay",
@@ -188,10 +189,8 @@ async def test_missing_target_is_reported_once(kmock, run_operator, prometheus):
         count = len(scale_gets())
         await eventually(lambda: len(scale_gets()) >= count + 3)  # several more ticks
     assert f"deployment {DEPLOY} not found" in conditions(kmock)["Ready"]["message"]
-    # on the transition, not every tick; a second one when the next tick's body (from kopf's
-    # watch) still predates the first tick's status write, which a loaded machine can delay
-    warnings = events(kmock, "TargetNotFound")
-    assert 1 <= len(warnings) <= 2 and {e["type"] for e in warnings} == {"Warning"}
+    [event] = events(kmock, "TargetNotFound")  # once, on the transition, not every tick
+    assert event["type"] == "Warning"
     assert scale_patches(kmock) == [] and prometheus.queries == 0
 
 

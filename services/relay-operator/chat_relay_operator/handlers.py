@@ -7,8 +7,10 @@ interval and each resource is polled on its own ``pollingIntervalSeconds``.
 Every tick is idempotent: it reads the world (annotations, HPAs, the scale subresource, the
 backlog), decides, patches ``scale`` only when the number differs, and writes only the status
 fields that changed. The only memory between ticks is the HPA-style recommendation window and the
-scale-up history (in memory, as the HPA keeps them) plus the failure count (also in status, so a
-new leader continues it).
+scale-up history (in memory, as the HPA keeps them) plus the failure count and the Ready reason
+(also in status, so a new leader continues them). A Warning event goes out when the Ready reason
+turns into a refusal; the reason this process last wrote is the one it compares with, since the
+status in a tick's body can predate the previous tick's status write (kopf's watch lags).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class _State:
     failures: int | None = None
     source: BacklogSource | None = None
     source_key: object = None
+    ready_reason: str | None = None
 
 
 @dataclass
@@ -87,19 +90,23 @@ class Autoscalers:
         except InvalidSpec as exc:
             out.conditions.append(condition("Ready", False, "InvalidSpec", str(exc)))
             _write_status(patch, status, out)
+            state.ready_reason = "InvalidSpec"
             return
         if state.last_poll is not None and now - state.last_poll < parsed.polling_interval_seconds:
             return
         state.last_poll = now
         await self._tick(state, parsed, body, status, meta, name, namespace, out, logger)
         _write_status(patch, status, out)
+        state.ready_reason = next((c["reason"] for c in out.conditions if c["type"] == "Ready"),
+                                  state.ready_reason)
 
     async def _tick(self, state: _State, spec: AutoscalerSpec, body: kopf.Body,
                     status: Mapping[str, Any], meta: kopf.Meta, name: str, namespace: str,
                     out: _Outcome, logger: Any) -> None:
         kube = self._kube
         target = spec.target
-        was = _reason_of(status, "Ready")
+        # what this process last wrote, else (a new leader) what status says
+        was = state.ready_reason or _reason_of(status, "Ready")
         if meta.get("annotations", {}).get(PAUSED_ANNOTATION) == "true":
             out.conditions.append(condition(
                 "Ready", False, "Paused",
