@@ -1,20 +1,24 @@
 """Each service's Dockerfile, checked by a small parser (hadolint is not installable here):
 multi-stage, pinned bases, dependencies in their own layer from uv.lock, non-root numeric USER,
 no ADD of URLs, no secrets, STOPSIGNAL SIGTERM, CMD = the service's console script, ports = the
-chart's. And .dockerignore keeps the build context to the workspace sources."""
+chart's. And .dockerignore keeps the build context to the workspace sources; what each image
+installs (its package's dependency closure in uv.lock) holds no other service."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from tests.k8s import support
 
-SERVICES = {"api": "api", "outbox-relay": "outboxRelay", "ws-gateway": "wsGateway"}
+SERVICES = {"api": "api", "outbox-relay": "outboxRelay", "relay-operator": "operator",
+            "ws-gateway": "wsGateway"}
 
 
 @dataclass
@@ -165,3 +169,52 @@ def test_dockerignore_keeps_the_context_to_workspace_sources() -> None:
                 if op == "COPY" and "--from=" not in args:
                     for src in args.split()[:-1]:
                         assert src.split("/")[0] in allowed, (service, src)
+
+
+def project(service: str) -> dict[str, Any]:
+    return tomllib.loads((support.ROOT / "services" / service / "pyproject.toml").read_text())
+
+
+def closure(package: str) -> set[str]:
+    """What ``uv sync --frozen --package <package>`` installs: the package and everything its
+    dependencies (with the extras asked for) pull in, per uv.lock, markers ignored."""
+    lock = tomllib.loads((support.ROOT / "uv.lock").read_text())
+    packages = {p["name"]: p for p in lock["package"]}
+    names: set[str] = set()
+    done: set[tuple[str, tuple[str, ...]]] = set()
+    todo: list[tuple[str, tuple[str, ...]]] = [(package, ())]
+    while todo:
+        key = todo.pop()
+        if key in done:
+            continue
+        done.add(key)
+        name, extras = key
+        names.add(name)
+        deps = list(packages[name].get("dependencies", []))
+        for extra in extras:
+            deps += packages[name].get("optional-dependencies", {}).get(extra, [])
+        todo += [(d["name"], tuple(d.get("extra", ()))) for d in deps]
+    return names
+
+
+def test_relay_image_ships_no_operator_and_the_operator_no_relay() -> None:
+    relay, operator = closure("chat-outbox-relay"), closure("chat-relay-operator")
+    assert "chat-shared" in relay and "psycopg" in relay  # the walk reaches transitive deps
+    assert not {"kopf", "lightkube", "chat-relay-operator"} & relay
+    assert {"kopf", "lightkube", "httpx2", "chat-shared"} <= operator
+    assert "chat-outbox-relay" not in operator
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_a_service_installs_and_imports_no_other_service(service: str) -> None:
+    """Services talk over the network, Kubernetes or the database, never through imports."""
+    others = {project(s)["project"]["name"] for s in SERVICES if s != service}
+    assert closure(project(service)["project"]["name"]) & others == set()
+    modules = {p for s in SERVICES if s != service
+               for p in project(s)["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]}
+    for path in (support.ROOT / "services" / service).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in modules, f"{path}: imports {name}"

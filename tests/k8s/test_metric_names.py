@@ -172,8 +172,8 @@ def test_prometheus_evaluates_every_rule_against_the_live_services(
 
 def settings_fields() -> dict[str, set[str]]:
     from chat_api.settings import ApiSettings
-    from chat_outbox_relay.operator.settings import OperatorConfig
     from chat_outbox_relay.settings import RelaySettings
+    from chat_relay_operator.settings import OperatorConfig
     from chat_shared.config import DatabaseSettings
     from chat_ws_gateway.settings import GatewaySettings
 

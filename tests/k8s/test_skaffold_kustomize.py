@@ -70,7 +70,8 @@ def test_configs_profiles_and_paths_exist() -> None:
     builds = [chat["build"]] + [p["build"] for p in chat["profiles"] if "build" in p]
     for build in builds:
         images = {a["image"] for a in build["artifacts"]}
-        assert images == {"chat-api", "chat-outbox-relay", "chat-ws-gateway"}
+        assert images == {"chat-api", "chat-outbox-relay", "chat-relay-operator",
+                          "chat-ws-gateway"}
         for a in build["artifacts"]:
             assert (support.ROOT / a["context"] / a["docker"]["dockerfile"]).is_file()
     for _, release, _ in releases():
@@ -91,6 +92,7 @@ def test_releases_render_with_skaffolds_values_and_validate(kube: str) -> None:
         images = {c["image"] for _, spec in support.pod_specs(docs) for c in spec["containers"]}
         assert images == {"registry.local/chat_api:dev-1234abcd",
                           "registry.local/chat_outbox_relay:dev-1234abcd",
+                          "registry.local/chat_relay_operator:dev-1234abcd",
                           "registry.local/chat_ws_gateway:dev-1234abcd"}, profile
         services = support.by_name(docs, "Service")
         forwards = section.get("portForward", chat["portForward"]) if profile != "base" \

@@ -4,7 +4,14 @@ The backlog comes from a small Prometheus query API served here (``FakePrometheu
 drive the operator the way the cluster would: by what the source answers, not by touching
 operator internals. Each test gets its own kopf registry, holding the operator's handlers plus
 the one login handler below (kopf decides logins per registry; two login handlers in one
-registry make logins fail, see K8S-TOOLING.md §10).
+registry make logins fail). The operator's own calls (lightkube) get a ``KubeConfig`` for the
+same kmock server.
+
+kmock answers what lightkube sends with two gaps filled here (``load_resources``): it serves a
+``scale`` GET or PATCH with the whole Deployment, where an API server answers an
+``autoscaling/v1`` Scale; and it merges every PATCH body as JSON, which is right for the merge
+patches the operator sends (``scale_patches`` checks their content type) and wrong for JSON or
+strategic patches.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from typing import Any
 import aiohttp
 import kmock as km
 import kopf
+import lightkube
 import pytest
 from aiohttp import web
+from lightkube.config.models import Cluster, User
 
-from chat_outbox_relay.operator.handlers import operator_settings, register
-from chat_outbox_relay.operator.settings import OperatorConfig
+from chat_relay_operator.handlers import operator_settings, register
+from chat_relay_operator.kube import KubeClient
+from chat_relay_operator.settings import OperatorConfig
 
 NS = "chat"
 DEPLOY = "relay"
@@ -36,6 +46,12 @@ _API: dict[str, str] = {}
 
 def _kmock_login(**_: Any) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(server=_API["url"], scheme="Bearer", token="test")
+
+
+def kmock_kube_config(kmock: km.KubernetesEmulator) -> lightkube.KubeConfig:
+    """What ``KubeConfig.from_env`` would find in a kubeconfig naming the kmock server."""
+    return lightkube.KubeConfig.from_one(cluster=Cluster(server=str(kmock.url).rstrip("/")),
+                                         user=User(token="test"))
 
 
 @dataclass
@@ -113,6 +129,27 @@ def load_resources(kmock: km.KubernetesEmulator) -> None:
         verbs={"get", "list", "watch", "patch", "create", "delete", "update"})
     kmock.resources[PEERING] = km.ResourceInfo(
         kind="KopfPeering", namespaced=True, verbs={"get", "list", "watch", "patch"})
+    # kmock has already merged a PATCH into the Deployment when this runs (kmock.objects)
+    kmock[km.resource("apps/v1/deployments"), km.subresource("scale")] << _scale_of(kmock)
+
+
+def _scale_of(kmock: km.KubernetesEmulator) -> Callable[[km.Request], dict[str, Any]]:
+    """The ``scale`` subresource as an API server answers it: an autoscaling/v1 Scale."""
+
+    def scale(request: km.Request) -> dict[str, Any]:
+        try:
+            deployment = kmock.objects["apps/v1/deployments", request.namespace, request.name]
+        except KeyError:
+            raise km.KubernetesObjectNotFoundError() from None
+        if deployment.deleted:
+            raise km.KubernetesObjectNotFoundError()
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": request.name, "namespace": request.namespace,
+                             "resourceVersion": deployment["metadata"]["resourceVersion"]},
+                "spec": {"replicas": deployment["spec"]["replicas"]},
+                "status": {"replicas": deployment.get("status", {}).get("replicas", 0)}}
+
+    return scale
 
 
 @pytest.fixture
@@ -128,7 +165,8 @@ def run_operator(kmock: km.KubernetesEmulator) -> Callable[..., Any]:
         kopf.on.login(registry=registry)(_kmock_login)
         config = OperatorConfig(_env_file=None, operator_tick_interval=0.05,  # type: ignore[call-arg]
                                 scale_up_period=scale_up_period, metrics_port=0)
-        register(registry, config)
+        kube = KubeClient(kmock_kube_config(kmock))
+        register(registry, config, kube)
         settings = operator_settings()
         settings.networking.error_backoffs = [0.1]
         stop = asyncio.Event()
@@ -139,7 +177,10 @@ def run_operator(kmock: km.KubernetesEmulator) -> Callable[..., Any]:
             yield
         finally:
             stop.set()
-            await asyncio.wait_for(task, 10)
+            try:
+                await asyncio.wait_for(task, 10)
+            finally:
+                await kube.close()
 
     return _run
 
@@ -158,9 +199,11 @@ async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
 
 
 def scale_patches(kmock: km.KubernetesEmulator) -> list[int]:
-    """Replica counts of every PATCH to the Deployment's scale subresource, in order."""
-    return [req.data["spec"]["replicas"] for req in list(kmock)
-            if req.method == "PATCH" and req.subresource == "scale"]
+    """Replica counts of every PATCH to the Deployment's scale subresource, in order (each
+    a JSON merge patch, the kind kmock applies as a real API server would)."""
+    patches = [req for req in list(kmock) if req.method == "PATCH" and req.subresource == "scale"]
+    assert {req.headers["Content-Type"] for req in patches} <= {"application/merge-patch+json"}
+    return [req.data["spec"]["replicas"] for req in patches]
 
 
 def status_patches(kmock: km.KubernetesEmulator) -> list[dict[str, Any]]:

@@ -158,16 +158,18 @@ def test_operator_deployment_runs_the_console_script_with_peering() -> None:
     assert container["command"] == ["chat-relay-operator"]
     relay_image = support.by_name(docs, "Deployment")[RELAY]["spec"]["template"]["spec"][
         "containers"][0]["image"]
-    assert container["image"] == relay_image  # the operator ships in the relay image
+    # its own image, not the relay's (which ships no kopf)
+    assert container["image"].startswith("ghcr.io/chat-service/chat-relay-operator:")
+    assert container["image"] != relay_image
     assert pod["serviceAccountName"] == OPERATOR and pod["automountServiceAccountToken"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     [peering] = support.of_kind(docs, "KopfPeering")
     assert env["PEERING_NAME"] == peering["metadata"]["name"]
     assert dep["spec"]["replicas"] >= 2  # peering makes the second one a standby
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    scripts = tomllib.loads(pathlib.Path(ROOT / "services/outbox-relay/pyproject.toml")
+    scripts = tomllib.loads(pathlib.Path(ROOT / "services/relay-operator/pyproject.toml")
                             .read_text())["project"]["scripts"]
-    assert scripts["chat-relay-operator"] == "chat_outbox_relay.operator.main:main"
+    assert scripts["chat-relay-operator"] == "chat_relay_operator.main:main"
 
 
 def test_prometheus_source_and_disabled_operator() -> None:

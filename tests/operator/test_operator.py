@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import kmock as km
+
 from tests.operator.conftest import (
     DEPLOY,
     NS,
@@ -167,11 +169,51 @@ async def test_pause_annotation_leaves_the_deployment_alone(kmock, run_operator,
     paused = {"chat.example.dev/paused": "true"}
     seed(kmock, 1, autoscaler(prom_source(prometheus), annotations=paused))
     prometheus.backlog = 900
-    async with run_operator():
+    # a rate-limit period longer than the test: one step of +4, however slow the machine
+    async with run_operator(scale_up_period=3600):
         await eventually(lambda: conditions(kmock)["Ready"]["reason"] == "Paused")
         assert scale_patches(kmock) == [] and prometheus.queries == 0
         await api_patch(kmock, f"/apis/chat.example.dev/v1/namespaces/{NS}/relayautoscalers/relay",
                         {"metadata": {"annotations": {"chat.example.dev/paused": "false"}}})
         await eventually(lambda: replicas(kmock) == 5)
         await eventually(lambda: conditions(kmock)["Ready"]["reason"] == "Scaling")
+    assert scale_patches(kmock) == [5]
+
+
+async def test_missing_target_is_reported_once(kmock, run_operator, prometheus):
+    kmock.objects[RA, NS, "relay"] = autoscaler(prom_source(prometheus))
+    async with run_operator():
+        await eventually(lambda: conditions(kmock)["Ready"]["reason"] == "TargetNotFound")
+        scale_gets = lambda: [r for r in list(kmock) if r.method == "GET"  # noqa: E731
+                              and r.subresource == "scale"]
+        count = len(scale_gets())
+        await eventually(lambda: len(scale_gets()) >= count + 3)  # several more ticks
+    assert f"deployment {DEPLOY} not found" in conditions(kmock)["Ready"]["message"]
+    [event] = events(kmock, "TargetNotFound")  # once, on the transition, not every tick
+    assert event["type"] == "Warning"
+    assert scale_patches(kmock) == [] and prometheus.queries == 0
+
+
+async def test_api_server_errors_are_retried_then_reported(kmock, run_operator, prometheus):
+    seed(kmock, 1, autoscaler(prom_source(prometheus)))
+    prometheus.backlog = 450
+    answers = [km.KubernetesError(status=503, reason="ServiceUnavailable"),
+               km.KubernetesError(status=403, reason="Forbidden")]
+
+    def failing_scale(request: km.Request) -> None:
+        if answers:
+            raise answers.pop(0)
+        raise km.ReactionMismatchError()  # spent: kmock goes on to the next reaction
+
+    # added before run_operator's own scale reaction, so this one answers first
+    kmock[km.resource("apps/v1/deployments"), km.subresource("scale")] << failing_scale
+    async with run_operator():
+        # 503, retried at once: 403, not retried, becomes the Ready condition
+        await eventually(lambda: conditions(kmock)["Ready"]["reason"] == "KubernetesError")
+        assert "403 Forbidden" in conditions(kmock)["Ready"]["message"]
+        # the next poll reads the scale again (the reaction is spent) and scales
+        await eventually(lambda: replicas(kmock) == 5)
+        await eventually(lambda: conditions(kmock)["Ready"]["reason"] == "Scaling")
+    gets = [r for r in list(kmock) if r.method == "GET" and r.subresource == "scale"]
+    assert len(gets) >= 3
     assert scale_patches(kmock) == [5]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat_outbox_relay.operator.scaling import (
+from chat_relay_operator.scaling import (
     RatePolicy,
     Reading,
     Recommender,

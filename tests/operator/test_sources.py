@@ -8,7 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from chat_outbox_relay.operator.sources import PostgresSource, PrometheusSource, SourceError
+from chat_relay_operator.sources import PostgresSource, PrometheusSource, SourceError
 from tests.operator.conftest import (
     DEPLOY,
     NS,

@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 SOURCES = ["shared/chat_shared", "services/api/chat_api", "services/outbox-relay/chat_outbox_relay",
+           "services/relay-operator/chat_relay_operator",
            "services/ws-gateway/chat_ws_gateway", "migrations/chat_migrations",
            "bench/chat_bench", "devtools/chat_devtools"]
 BIN = Path(sys.executable).parent

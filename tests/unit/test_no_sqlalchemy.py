@@ -56,7 +56,7 @@ def test_importing_each_service_loads_no_sqlalchemy() -> None:
     # A fresh interpreter: what the composition roots pull in, transitively.
     code = ("import sys\n"
             "import chat_api.app, chat_api.main, chat_outbox_relay.app, chat_outbox_relay.cli\n"
-            "import chat_outbox_relay.main, chat_outbox_relay.operator.sources\n"
+            "import chat_outbox_relay.main, chat_relay_operator.sources\n"
             "import chat_ws_gateway.app, chat_ws_gateway.main\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

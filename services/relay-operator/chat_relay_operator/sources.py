@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import aiohttp
 import psycopg
 
-from chat_outbox_relay.operator.scaling import Reading
+from chat_relay_operator.scaling import Reading
 from chat_shared.db import connect, redacted
 from chat_shared.errors import Unavailable
 from chat_shared.outbox import read_backlog

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chat_outbox_relay.operator.scaling import ScalingSpec
+from chat_relay_operator.scaling import ScalingSpec
 
 GROUP = "chat.example.dev"
 VERSION = "v1"

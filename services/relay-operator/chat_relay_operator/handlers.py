@@ -7,8 +7,10 @@ interval and each resource is polled on its own ``pollingIntervalSeconds``.
 Every tick is idempotent: it reads the world (annotations, HPAs, the scale subresource, the
 backlog), decides, patches ``scale`` only when the number differs, and writes only the status
 fields that changed. The only memory between ticks is the HPA-style recommendation window and the
-scale-up history (in memory, as the HPA keeps them) plus the failure count (also in status, so a
-new leader continues it).
+scale-up history (in memory, as the HPA keeps them) plus the failure count and the Ready reason
+(also in status, so a new leader continues them). A Warning event goes out when the Ready reason
+turns into a refusal; the reason this process last wrote is the one it compares with, since the
+status in a tick's body can predate the previous tick's status write (kopf's watch lags).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any
 
 import kopf
 
-from chat_outbox_relay.operator import metrics
-from chat_outbox_relay.operator.kube import KubeClient, KubeError, NotFound
-from chat_outbox_relay.operator.resource import (
+from chat_relay_operator import metrics
+from chat_relay_operator.kube import KubeClient, KubeError, NotFound
+from chat_relay_operator.resource import (
     GROUP,
     PAUSED_ANNOTATION,
     PLURAL,
@@ -36,9 +38,9 @@ from chat_outbox_relay.operator.resource import (
     merge_conditions,
     parse_spec,
 )
-from chat_outbox_relay.operator.scaling import RatePolicy, Reading, Recommender
-from chat_outbox_relay.operator.settings import OperatorConfig
-from chat_outbox_relay.operator.sources import (
+from chat_relay_operator.scaling import RatePolicy, Reading, Recommender
+from chat_relay_operator.settings import OperatorConfig
+from chat_relay_operator.sources import (
     BacklogSource,
     PostgresSource,
     PrometheusSource,
@@ -53,6 +55,7 @@ class _State:
     failures: int | None = None
     source: BacklogSource | None = None
     source_key: object = None
+    ready_reason: str | None = None
 
 
 @dataclass
@@ -66,15 +69,12 @@ class _Outcome:
 class Autoscalers:
     """The runtime behind the handlers: per-resource state and the API client."""
 
-    def __init__(self, config: OperatorConfig,
+    def __init__(self, config: OperatorConfig, kube: KubeClient,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
+        self._kube = kube
         self._clock = clock
         self._states: dict[str, _State] = {}
-        self._kube: KubeClient | None = None
-
-    def bind(self, settings: kopf.OperatorSettings, logger: Any) -> None:
-        self._kube = KubeClient(settings, logger)
 
     async def reconcile(self, body: kopf.Body, spec: kopf.Spec, status: kopf.Status,
                         meta: kopf.Meta, name: str, namespace: str, uid: str,
@@ -90,20 +90,23 @@ class Autoscalers:
         except InvalidSpec as exc:
             out.conditions.append(condition("Ready", False, "InvalidSpec", str(exc)))
             _write_status(patch, status, out)
+            state.ready_reason = "InvalidSpec"
             return
         if state.last_poll is not None and now - state.last_poll < parsed.polling_interval_seconds:
             return
         state.last_poll = now
         await self._tick(state, parsed, body, status, meta, name, namespace, out, logger)
         _write_status(patch, status, out)
+        state.ready_reason = next((c["reason"] for c in out.conditions if c["type"] == "Ready"),
+                                  state.ready_reason)
 
     async def _tick(self, state: _State, spec: AutoscalerSpec, body: kopf.Body,
                     status: Mapping[str, Any], meta: kopf.Meta, name: str, namespace: str,
                     out: _Outcome, logger: Any) -> None:
         kube = self._kube
-        assert kube is not None, "startup handler binds the client"
         target = spec.target
-        was = _reason_of(status, "Ready")
+        # what this process last wrote, else (a new leader) what status says
+        was = state.ready_reason or _reason_of(status, "Ready")
         if meta.get("annotations", {}).get(PAUSED_ANNOTATION) == "true":
             out.conditions.append(condition(
                 "Ready", False, "Paused",
@@ -179,7 +182,6 @@ class Autoscalers:
         """The resource's source, rebuilt only when its definition (or the DSN) changes."""
         src = spec.source
         if isinstance(src, PostgresRef):
-            assert self._kube is not None
             dsn = await self._kube.read_secret_key(namespace, src.secret_name, src.secret_key)
             key: object = ("postgres", dsn)
         else:
@@ -222,14 +224,15 @@ def operator_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig,
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, kube: KubeClient,
              clock: Callable[[], float] = time.monotonic) -> Autoscalers:
-    """Adds the autoscaler's handlers to ``registry`` (the composition root for kopf)."""
-    scalers = Autoscalers(config, clock)
+    """Adds the autoscaler's handlers to ``registry`` (the composition root for kopf).
 
-    @kopf.on.startup(registry=registry)
-    def _bind(settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
-        scalers.bind(settings, logger)
+    ``kube`` makes the operator's own API calls; the caller closes it once kopf has stopped
+    (kopf's cleanup handlers can run while a last timer tick is still in flight). kopf's own
+    calls go where the registry's login handlers say.
+    """
+    scalers = Autoscalers(config, kube, clock)
 
     # kopf's callback protocols spell out every kwarg; these handlers take the ones they use
     kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", registry=registry,
