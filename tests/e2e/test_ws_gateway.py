@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from chat_shared import events
 from chat_shared.events import MESSAGE_CREATED, Event, encode_entry, stream_key
 
 from tests.conftest import make_token
@@ -48,9 +49,9 @@ def message_event(conversation_id: str, seq: int, recipients: list[str], content
     return Event(event_id=event_id or str(uuid.uuid4()), type=MESSAGE_CREATED,
                  conversation_id=conversation_id, seq=seq, occurred_at=now,
                  recipients=recipients,
-                 payload={"message": {"id": str(uuid.uuid4()), "conversation_id": conversation_id,
-                                      "sender_id": sender, "content": content or f"m{seq}",
-                                      "seq": seq, "created_at": now.isoformat()}})
+                 payload=dict(events.message_created(events.message(
+                     str(uuid.uuid4()), conversation_id, sender, content or f"m{seq}", seq,
+                     now))))
 
 
 async def publish(redis: aioredis.Redis, *events: Event) -> None:

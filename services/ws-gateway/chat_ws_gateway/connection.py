@@ -250,10 +250,8 @@ class Connection:
                     rows = await self._history.messages_after(self.user_id, cid,
                                                               cursor.delivered)
                     for row in rows:
-                        text = protocol.message_frame(protocol.history_message(
-                            row.id, cid, row.seq, row.sender_id, row.content, row.created_at),
-                            None)
-                        await self._put(Outgoing(text, MESSAGE_CREATED, None))
+                        await self._put(Outgoing(protocol.history_frame(row), MESSAGE_CREATED,
+                                                 None))
                         cursor.delivered = row.seq
                         WS_CATCH_UP_MESSAGES.inc()
                     if len(rows) < self._history.page_size:
