@@ -196,6 +196,42 @@ async def test_a_slow_consumer_is_cut_off_with_4008_while_others_get_everything(
         gw.stop()
 
 
+async def test_a_client_that_reads_nothing_is_dropped_when_its_close_hangs(
+        db_source, redis_addr, tmp_path, producer, session):
+    """The close frame cannot reach a peer that stopped reading: after WS_CLOSE_TIMEOUT the
+    gateway aborts the connection instead of waiting for buffers the peer never drains."""
+    gw = await start_gateway(db_source, redis_addr, tmp_path, WS_SEND_QUEUE_SIZE=8,
+                             WS_CLOSE_TIMEOUT=1)
+    try:
+        conv = str(uuid.uuid4())
+        stalled = await ws_connect(session, gw, "stalled")  # never reads until the end
+        fast = await ws_connect(session, gw, "fast")
+        await fast.send_json({"type": "ping"})
+        assert (await next_frame(fast))["type"] == "pong"
+        big = "x" * 60_000
+        seq = 0
+        for _ in range(100):  # bounded: 400 x 60 KB is far more than the buffers hold
+            if gw.metric("ws_slow_client_disconnects_total") == 1:
+                break
+            batch = [message_event(conv, seq + i, ["stalled", "fast"], content=big)
+                     for i in range(1, 5)]
+            seq += 4
+            await publish(producer, *batch)
+            await messages(fast, 4)
+        assert gw.metric("ws_slow_client_disconnects_total") == 1
+        for _ in range(200):  # the socket leaves the hub once the abort ends its read loop
+            if gw.metric("ws_connections") == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert gw.metric("ws_connections") == 1, gw.log()[-3000:]
+        code, _ = await close_code(stalled, within=30)
+        assert code != 4008  # the close frame never left the server: the connection was cut
+        await fast.send_json({"type": "ping"})
+        assert (await next_frame(fast))["type"] == "pong"
+    finally:
+        gw.stop()
+
+
 async def test_token_expiry_closes_the_socket_with_4001(db_source, redis_addr, tmp_path, session):
     gw = await start_gateway(db_source, redis_addr, tmp_path)
     try:
