@@ -1,23 +1,240 @@
-"""The events that travel outbox -> Redis Streams -> WebSocket gateway (and outside consumers).
+"""The event contract: what travels outbox -> Redis Streams -> gateway and outside consumers.
 
-An event is written to the outbox in the transaction that causes it; its ``event_id`` is fixed
-then, so every re-publication after a crash or retry carries the same id.
+This module is the contract's one description. The API writes events (the payload SQL comes
+from ``payload_sql``), the relay publishes them (``entry_values``, also the field list of its Lua
+script), the gateway and any other consumer read them (``decode_entry``, ``decode_payload``).
+
+Events
+------
+An event is one change to a conversation, written to the ``outbox`` table in the transaction
+that makes the change: both commit or neither does. Its ``event_id`` (a UUID) is fixed then, so
+every publication of the event (after a relay crash, a retry, a dead-letter replay) carries the
+same id. ``seq`` is the event's position in its conversation (see each type).
+
+Types and payloads (JSON objects). Consumers ignore types and fields they do not know.
+
+``message.created``: a message was sent; ``seq`` is the message's seq::
+
+    {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
+                 "seq": integer, "created_at": timestamp}}
+
+``conversation.read``: a member's read position moved forward; ``seq`` is the new position::
+
+    {"conversation_id": uuid, "user_id": string, "last_read_seq": integer, "read_at": timestamp}
+
+A uuid is its canonical lower-case text. A timestamp is RFC 3339 text in UTC with microseconds
+and a ``Z``, ``2026-11-27T10:00:00.123456Z`` (``format_time``). It is formatted once, by whoever
+writes it (payload times by the SQL that writes the outbox row, ``occurred_at`` by the relay),
+and readers pass it on unchanged.
+
+Streams
+-------
+Events are appended to ``STREAM_SHARDS`` Redis streams named ``<prefix>:<shard>`` (prefix
+``STREAM_PREFIX``, default ``chat:events``; with the default single shard the one stream is
+``chat:events:0``). A conversation's shard is ``zlib.crc32(str(conversation_uuid).encode()) %
+STREAM_SHARDS`` (``shard_of``), so all of a conversation's events are in one stream. The relay
+trims each stream to about ``STREAM_MAXLEN`` entries (``XADD MAXLEN ~``).
+
+Every entry has exactly the fields of ``ENTRY_FIELDS``, all strings:
+``event_id`` (uuid), ``type``, ``conversation_id`` (uuid), ``seq`` (decimal), ``occurred_at``
+(timestamp: when the outbox row was written), ``recipients`` (JSON array of the member ids at
+the time of the event), ``payload`` (compact JSON, as above).
+
+Ordering and delivery
+---------------------
+- At least once: a row leaves the outbox only after Redis acknowledged its entry, so an event
+  may be published twice (never lost); consumers drop duplicates by ``event_id`` (for
+  ``message.created``, ``(conversation_id, seq)`` identifies it as well).
+- Per conversation, the first publication of each event is in outbox order, which for
+  ``message.created`` is ``seq`` order; a re-publication or a dead-letter replay can arrive
+  after newer events.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NewType, TypeAlias, TypedDict, get_type_hints, is_typeddict
+
+import orjson
+
+__all__ = [
+    "CONVERSATION_READ", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS", "MESSAGE_CREATED", "PAYLOADS",
+    "ConversationRead", "Event", "Message", "MessageCreated", "Timestamp", "UuidText",
+    "conversation_read", "decode_entry", "decode_payload", "describe_payload", "encode_entry",
+    "entry_values", "format_time", "message", "message_created", "parse_time", "payload_sql",
+    "shard_of", "stream_key", "stream_keys",
+]
 
 MESSAGE_CREATED = "message.created"
 CONVERSATION_READ = "conversation.read"
-EVENT_TYPES = (MESSAGE_CREATED, CONVERSATION_READ)
 
+# --- Payloads ---------------------------------------------------------------------------------
+
+UuidText = NewType("UuidText", str)
+"""A UUID as its canonical lower-case text."""
+Timestamp = NewType("Timestamp", str)
+"""RFC 3339 in UTC with microseconds and a ``Z``, as ``format_time`` writes it."""
+
+
+class Message(TypedDict):
+    id: UuidText
+    conversation_id: UuidText
+    sender_id: str
+    content: str
+    seq: int
+    created_at: Timestamp
+
+
+class MessageCreated(TypedDict):
+    message: Message
+
+
+class ConversationRead(TypedDict):
+    conversation_id: UuidText
+    user_id: str
+    last_read_seq: int
+    read_at: Timestamp
+
+
+PAYLOADS: Mapping[str, type] = {MESSAGE_CREATED: MessageCreated,
+                                CONVERSATION_READ: ConversationRead}
+"""Every event type and the one description of its payload."""
+
+_SQL_TIME = """to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+"""A timestamptz as ``format_time`` writes it (PostgreSQL's own JSON form trims zeros and
+carries the session's offset, so the writer formats the text itself)."""
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_KIND_NAMES: Mapping[object, str] = {UuidText: "uuid", str: "string", int: "integer",
+                                     Timestamp: "timestamp"}
+
+
+def _fields(shape: type) -> dict[str, Any]:
+    return get_type_hints(shape)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-11-27T10:00:00.123456Z``."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    # isoformat, not strftime: %Y does not pad years before 1000 to four digits.
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    """The aware datetime of a timestamp (the inverse of ``format_time``)."""
+    return datetime.fromisoformat(text)
+
+
+def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
+            created_at: datetime) -> Message:
+    """A message as events carry it (also the shape the gateway sends from PostgreSQL)."""
+    return {"id": UuidText(id), "conversation_id": UuidText(conversation_id),
+            "sender_id": sender_id, "content": content, "seq": seq,
+            "created_at": Timestamp(format_time(created_at))}
+
+
+def message_created(msg: Message) -> MessageCreated:
+    return {"message": msg}
+
+
+def conversation_read(conversation_id: str, user_id: str, last_read_seq: int,
+                      read_at: datetime) -> ConversationRead:
+    return {"conversation_id": UuidText(conversation_id), "user_id": user_id,
+            "last_read_seq": last_read_seq, "read_at": Timestamp(format_time(read_at))}
+
+
+SqlFields: TypeAlias = Mapping[str, "str | SqlFields"]
+"""SQL expressions by payload field; a nested payload object is a nested mapping."""
+
+
+def payload_sql(event_type: str, expressions: SqlFields) -> str:
+    """The ``jsonb_build_object(...)`` that writes ``event_type``'s payload in SQL.
+
+    ``expressions`` gives the SQL expression of every field of the payload (nested objects as
+    nested mappings), exactly the fields of its description: a missing or an unknown field is a
+    ValueError when the statement is built (at import), not a wrong event at run time.
+    Timestamps are formatted here, in the statement, as ``format_time`` would.
+    """
+    return _object_sql(PAYLOADS[event_type], expressions, event_type)
+
+
+def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
+    fields = _fields(shape)
+    if set(expressions) != set(fields):
+        raise ValueError(f"{where}: the payload's fields are {sorted(fields)}, "
+                         f"the SQL gives {sorted(expressions)}")
+    parts: list[str] = []
+    for name, kind in fields.items():
+        expression = expressions[name]
+        if is_typeddict(kind) and not isinstance(expression, str):
+            sql = _object_sql(kind, expression, f"{where}.{name}")
+        elif isinstance(expression, str) and kind in _KIND_NAMES:
+            sql = _SQL_TIME.format(expression) if kind is Timestamp else expression
+        else:
+            raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
+        parts.append(f"'{name}', {sql}")
+    return f"jsonb_build_object({', '.join(parts)})"
+
+
+def describe_payload(event_type: str) -> str:
+    """The payload's shape as the module docstring shows it (a test keeps the two in step)."""
+    return _describe(PAYLOADS[event_type])
+
+
+def _describe(kind: object) -> str:
+    if kind in _KIND_NAMES:
+        return _KIND_NAMES[kind]
+    inner = ", ".join(f'"{name}": {_describe(k)}' for name, k in _fields(kind).items())  # type: ignore[arg-type]
+    return "{" + inner + "}"
+
+
+def decode_payload(event_type: str, payload: Any) -> MessageCreated | ConversationRead:
+    """The payload, checked against its description (exact fields, types, timestamp form).
+
+    For consumers and tests that want the check; raises ValueError naming what differs
+    (also for a type this module does not know: a consumer skips those instead).
+    """
+    shape = PAYLOADS.get(event_type)
+    if shape is None:
+        raise ValueError(f"unknown event type {event_type!r}")
+    _check(shape, payload, event_type)
+    return payload  # type: ignore[no-any-return]
+
+
+def _check(kind: object, value: Any, where: str) -> None:
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif kind is UuidText:
+        ok = isinstance(value, str) and _is_uuid_text(value)
+    elif kind is Timestamp:
+        ok = isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
+    else:
+        fields = _fields(kind)  # type: ignore[arg-type]
+        if not isinstance(value, dict) or set(value) != set(fields):
+            got = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise ValueError(f"{where}: expected the fields {sorted(fields)}, got {got}")
+        for name, k in fields.items():
+            _check(k, value[name], f"{where}.{name}")
+        return
+    if not ok:
+        raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")
+
+
+def _is_uuid_text(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+# --- Events and stream entries ----------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -30,22 +247,11 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-def dumps(data: Any) -> str:
-    """Compact JSON, the one encoding used in the outbox and the streams."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-# --- Redis Streams layout (written by the outbox relay, read by the ws-gateway and outsiders) ---
-#
-# Events are appended to ``STREAM_SHARDS`` streams named ``<prefix>:<shard>`` (default prefix
-# ``chat:events``, so one shard means the single stream ``chat:events:0``). A conversation
-# always maps to the same shard, so all of its events are in one stream, in seq order.
-
 DEFAULT_STREAM_PREFIX = "chat:events"
 
 ENTRY_FIELDS = ("event_id", "type", "conversation_id", "seq", "occurred_at", "recipients",
                 "payload")
-"""The fields of every stream entry, all strings; recipients and payload are JSON."""
+"""The fields of every stream entry, in the order ``entry_values`` gives them."""
 
 
 def shard_of(conversation_id: str, shards: int) -> int:
@@ -69,24 +275,20 @@ def stream_keys(shards: int, prefix: str = DEFAULT_STREAM_PREFIX) -> list[str]:
     return [f"{prefix}:{i}" for i in range(max(1, shards))]
 
 
-def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-11-27T10:00:00.123456Z``."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _json(value: Any) -> str:
+    """Compact JSON, the one encoding of ``recipients`` and ``payload``."""
+    return orjson.dumps(value).decode()
+
+
+def entry_values(event: Event) -> tuple[str, str, str, str, str, str, str]:
+    """The values of an event's stream entry, in ENTRY_FIELDS order (the relay's XADD)."""
+    return (event.event_id, event.type, event.conversation_id, str(event.seq),
+            format_time(event.occurred_at), _json(event.recipients), _json(event.payload))
 
 
 def encode_entry(event: Event) -> dict[str, str]:
-    """The stream entry of an event (field order as in ENTRY_FIELDS)."""
-    return {
-        "event_id": event.event_id,
-        "type": event.type,
-        "conversation_id": event.conversation_id,
-        "seq": str(event.seq),
-        "occurred_at": format_time(event.occurred_at),
-        "recipients": dumps(list(event.recipients)),
-        "payload": dumps(event.payload),
-    }
+    """The stream entry of an event, field by field."""
+    return dict(zip(ENTRY_FIELDS, entry_values(event), strict=True))
 
 
 def decode_entry(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Event:
@@ -101,7 +303,7 @@ def decode_entry(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Event:
         type=f["type"],
         conversation_id=f["conversation_id"],
         seq=int(f["seq"]),
-        occurred_at=datetime.fromisoformat(f["occurred_at"].replace("Z", "+00:00")),
-        recipients=list(json.loads(f["recipients"])),
-        payload=dict(json.loads(f["payload"])),
+        occurred_at=parse_time(f["occurred_at"]),
+        recipients=list(orjson.loads(f["recipients"])),
+        payload=dict(orjson.loads(f["payload"])),
     )

@@ -16,19 +16,19 @@ import psycopg
 import redis as redis_sync
 from chat_devtools.process import http_get
 from chat_devtools.services import Relay
-from chat_shared.events import Event, decode_entry, stream_keys
+from chat_shared.events import MESSAGE_CREATED, Event, decode_entry, payload_sql, stream_keys
 from prometheus_client.parser import text_string_to_metric_families
 
 VENV_BIN = pathlib.Path(sys.executable).parent
 
 # The API's outbox row for a message (services/api/chat_api/storage/messages.py), by SQL.
-_INSERT = """
+_INSERT = f"""
     INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
     SELECT e.event_id, 'message.created', e.conversation_id, e.seq, ARRAY['alice', 'bob'],
-           jsonb_build_object('message', jsonb_build_object(
-               'id', gen_random_uuid(), 'conversation_id', e.conversation_id,
-               'sender_id', 'alice', 'content', 'message ' || e.seq, 'seq', e.seq,
-               'created_at', clock_timestamp()))
+           {payload_sql(MESSAGE_CREATED, {"message": {
+               "id": "gen_random_uuid()", "conversation_id": "e.conversation_id",
+               "sender_id": "'alice'", "content": "'message ' || e.seq", "seq": "e.seq",
+               "created_at": "clock_timestamp()"}})}
     FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[]) WITH ORDINALITY
          AS e(event_id, conversation_id, seq, n)
     ORDER BY e.n

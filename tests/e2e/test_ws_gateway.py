@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from chat_shared import events
 from chat_shared.events import MESSAGE_CREATED, Event, encode_entry, stream_key
 
 from tests.conftest import make_token
@@ -48,9 +49,9 @@ def message_event(conversation_id: str, seq: int, recipients: list[str], content
     return Event(event_id=event_id or str(uuid.uuid4()), type=MESSAGE_CREATED,
                  conversation_id=conversation_id, seq=seq, occurred_at=now,
                  recipients=recipients,
-                 payload={"message": {"id": str(uuid.uuid4()), "conversation_id": conversation_id,
-                                      "sender_id": sender, "content": content or f"m{seq}",
-                                      "seq": seq, "created_at": now.isoformat()}})
+                 payload=dict(events.message_created(events.message(
+                     str(uuid.uuid4()), conversation_id, sender, content or f"m{seq}", seq,
+                     now))))
 
 
 async def publish(redis: aioredis.Redis, *events: Event) -> None:
@@ -190,6 +191,42 @@ async def test_a_slow_consumer_is_cut_off_with_4008_while_others_get_everything(
         assert frames < count
         assert gw.metric("ws_slow_client_disconnects_total") == 1
         # The fast client is untouched.
+        await fast.send_json({"type": "ping"})
+        assert (await next_frame(fast))["type"] == "pong"
+    finally:
+        gw.stop()
+
+
+async def test_a_client_that_reads_nothing_is_dropped_when_its_close_hangs(
+        db_source, redis_addr, tmp_path, producer, session):
+    """The close frame cannot reach a peer that stopped reading: after WS_CLOSE_TIMEOUT the
+    gateway aborts the connection instead of waiting for buffers the peer never drains."""
+    gw = await start_gateway(db_source, redis_addr, tmp_path, WS_SEND_QUEUE_SIZE=8,
+                             WS_CLOSE_TIMEOUT=1)
+    try:
+        conv = str(uuid.uuid4())
+        stalled = await ws_connect(session, gw, "stalled")  # never reads until the end
+        fast = await ws_connect(session, gw, "fast")
+        await fast.send_json({"type": "ping"})
+        assert (await next_frame(fast))["type"] == "pong"
+        big = "x" * 60_000
+        seq = 0
+        for _ in range(100):  # bounded: 400 x 60 KB is far more than the buffers hold
+            if gw.metric("ws_slow_client_disconnects_total") == 1:
+                break
+            batch = [message_event(conv, seq + i, ["stalled", "fast"], content=big)
+                     for i in range(1, 5)]
+            seq += 4
+            await publish(producer, *batch)
+            await messages(fast, 4)
+        assert gw.metric("ws_slow_client_disconnects_total") == 1
+        for _ in range(200):  # the socket leaves the hub once the abort ends its read loop
+            if gw.metric("ws_connections") == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert gw.metric("ws_connections") == 1, gw.log()[-3000:]
+        code, _ = await close_code(stalled, within=30)
+        assert code != 4008  # the close frame never left the server: the connection was cut
         await fast.send_json({"type": "ping"})
         assert (await next_frame(fast))["type"] == "pong"
     finally:

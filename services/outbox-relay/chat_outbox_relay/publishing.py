@@ -16,11 +16,11 @@ Failures fall into two kinds, because a long Redis outage must not dead-letter t
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,33 +30,38 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat_outbox_relay.claiming import ClaimedRow, Failure
 from chat_shared.config import RedisSettings, parse_host_port
-from chat_shared.events import ENTRY_FIELDS, format_time, stream_key
+from chat_shared.events import ENTRY_FIELDS, entry_values, stream_key
 
-# KEYS[1]: the stream; ARGV[1]: MAXLEN ("0" = no trimming); then 7 values per event, in
-# ENTRY_FIELDS order. Returns {published count, error of the first refused event or ""}.
-_XADD_IN_ORDER = """
+
+def _xadd_in_order(fields: Sequence[str]) -> str:
+    """The Lua script that XADDs a conversation's events in order, stopping at the first refusal.
+
+    KEYS[1]: the stream; ARGV[1]: MAXLEN ("0" = no trimming); then ``len(fields)`` values per
+    event, in ``fields`` order. Returns {published count, error of the first refused event or ""}.
+    """
+    if not all(re.fullmatch(r"[a-z_]+", name) for name in fields):
+        raise ValueError(f"entry field names must be [a-z_]+ to be quoted in Lua: {fields}")
+    pairs = ", ".join(f"'{name}', ARGV[i+{k}]" for k, name in enumerate(fields))
+    return f"""
 local maxlen = ARGV[1]
 local n = 0
-for i = 2, #ARGV, 7 do
+for i = 2, #ARGV, {len(fields)} do
   local r
   if maxlen == '0' then
-    r = redis.pcall('XADD', KEYS[1], '*',
-      'event_id', ARGV[i], 'type', ARGV[i+1], 'conversation_id', ARGV[i+2], 'seq', ARGV[i+3],
-      'occurred_at', ARGV[i+4], 'recipients', ARGV[i+5], 'payload', ARGV[i+6])
+    r = redis.pcall('XADD', KEYS[1], '*', {pairs})
   else
-    r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-      'event_id', ARGV[i], 'type', ARGV[i+1], 'conversation_id', ARGV[i+2], 'seq', ARGV[i+3],
-      'occurred_at', ARGV[i+4], 'recipients', ARGV[i+5], 'payload', ARGV[i+6])
+    r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', {pairs})
   end
   if type(r) == 'table' and r.err then
-    return {n, r.err}
+    return {{n, r.err}}
   end
   n = n + 1
 end
-return {n, ''}
+return {{n, ''}}
 """
-assert ENTRY_FIELDS == ("event_id", "type", "conversation_id", "seq", "occurred_at",
-                        "recipients", "payload")  # the script spells them out in this order
+
+
+_XADD_IN_ORDER = _xadd_in_order(ENTRY_FIELDS)
 
 # Server-wide conditions that say "not now" rather than "not this event".
 _TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN",
@@ -144,10 +149,7 @@ class StreamPublisher:
         """The stream key and script arguments that publish ``chain``."""
         args: list[str] = [self._maxlen]
         for row in chain:
-            e = row.event
-            args += (e.event_id, e.type, e.conversation_id, str(e.seq),
-                     format_time(e.occurred_at), orjson.dumps(e.recipients).decode(),
-                     orjson.dumps(e.payload).decode())
+            args += entry_values(row.event)
         return stream_key(chain[0].event.conversation_id, self._shards, self._prefix), args
 
     async def _send(self, group: list[list[ClaimedRow]]) -> list[object]:

@@ -1,18 +1,15 @@
-"""One client connection: its bounded send queue, its writer, and per-conversation ordering.
+"""One client connection: its bounded send queue, its writer, and the I/O of ordering and resume.
 
 Fan-out calls ``deliver`` synchronously for every event and it never awaits: a frame is queued
 with ``put_nowait`` and the connection's own writer task drains the queue to the socket. A full
 queue means the client cannot keep up, and it is closed with 4008 (it reconnects and resumes),
 so a slow socket never delays anyone else.
 
-Ordering and resume, per conversation (``Cursor``):
-- ``delivered`` is the last seq this connection has sent (or the client's resume position);
-  a ``message.created`` at or below it is a duplicate and dropped, exactly the next one is sent.
-- A seq beyond the next one is a gap: the conversation switches to *filling*, live events are
-  held, the missing messages are read from PostgreSQL page by page, then the held events above
-  ``delivered`` are released. Resume is the same mechanism started from the client's position.
-- Until the client's first frame (or WS_RESUME_WAIT), every live event is held, so a resume
-  sent right after connecting is applied before anything is delivered: no gap at the seam.
+What goes out when, per conversation (duplicates, gaps filled from PostgreSQL, the seam with
+history on resume, the events held until the client's first frame), is decided by
+``ordering.Ordering``, a state machine without I/O. This module feeds it and carries out its
+answers: it queues frames, reads history pages (their rows wait for room in the queue: only this
+connection waits), and closes the socket.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -37,11 +34,20 @@ from chat_ws_gateway.metrics import (
     WS_FRAMES_SENT,
     WS_SLOW_CLIENT_DISCONNECTS,
 )
+from chat_ws_gateway.ordering import (
+    SEND_NOW,
+    Action,
+    CatchUpFailed,
+    Fetch,
+    Ordering,
+    Resumed,
+    Send,
+    SlowConsumer,
+)
 
 log = get_logger(__name__)
 
 CLOSE_INTERNAL_ERROR = 1011
-_MAX_FILL_ROUNDS = 5
 _FRAME_COUNTERS: dict[str, Any] = {}
 
 
@@ -59,31 +65,18 @@ class Outgoing(NamedTuple):
     """Epoch seconds of the event, for the delivery-lag histogram; None for other frames."""
 
 
-class Cursor:
-    """Delivery state of one conversation on one connection."""
-
-    __slots__ = ("delivered", "filling", "held", "high_water")
-
-    def __init__(self, delivered: int, filling: bool = False) -> None:
-        self.delivered = delivered
-        self.filling = filling
-        self.held: list[tuple[Event, str]] = []
-        self.high_water = delivered
-        """The highest seq seen while filling (held or dropped because ``held`` was full)."""
-
-
 class Connection:
     def __init__(self, ws: web.WebSocketResponse, user_id: str, *, history: History,
-                 queue_size: int, close_timeout: float, max_positions: int) -> None:
+                 queue_size: int, close_timeout: float, max_positions: int,
+                 transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
         self.user_id = user_id
         self._history = history
+        self._transport = transport
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue_size)
-        self._hold_limit = queue_size
         self._close_timeout = close_timeout
         self._max_positions = max_positions
-        self._cursors: dict[str, Cursor] = {}
-        self._pending: list[tuple[Event, str]] | None = []
+        self._order = Ordering(hold_limit=queue_size)
         self._timers: list[asyncio.TimerHandle] = []
         self._pending_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,8 +103,10 @@ class Connection:
         self.closing = True
         WS_CLOSES.labels(reason).inc()
         self._cancel_timers()
-        if self._writer is not None:
-            self._writer.cancel()
+        # The writer is not cancelled: it stops at its next frame. Blocked on a full socket, it
+        # waits on the drain future aiohttp shares with the close frame's write, and cancelling
+        # it would cancel that future and so the close, which would then never time out into
+        # the abort below (the socket would linger for as long as the peer does not read).
         self._spawn(self._close_socket(code, message), "ws-close")
 
     async def _close_socket(self, code: int, message: str) -> None:
@@ -119,9 +114,12 @@ class Connection:
             await asyncio.wait_for(self.ws.close(code=code, message=message.encode()),
                                    self._close_timeout)
         except (TimeoutError, ConnectionError, RuntimeError):
-            transport = self.ws._req.transport if self.ws._req is not None else None
-            if transport is not None:
-                transport.abort()
+            # A hung close ends in transport.close(), which still waits to flush what is
+            # buffered, and a peer that stopped reading never takes it: abort drops it.
+            # WebSocketResponse has no public abort; the request's public ``transport`` is the
+            # one it writes to.
+            if self._transport is not None:
+                self._transport.abort()
         finally:
             self.closed.set()
 
@@ -179,6 +177,8 @@ class Connection:
         try:
             while True:
                 item = await queue.get()
+                if self.closing:
+                    return
                 await ws.send_str(item.text)
                 _frames_sent(item.kind).inc()
                 if item.occurred_at is not None:
@@ -192,99 +192,76 @@ class Connection:
     def deliver(self, event: Event, frame: str) -> None:
         if self.closing:
             return
-        if self._pending is not None:
-            if len(self._pending) >= self._hold_limit:
+        step = self._order.live(event, frame)
+        if step is SEND_NOW:
+            self._enqueue(Outgoing(frame, event.type, event.occurred_at.timestamp()))
+        elif step is not None:
+            self._act(step)
+
+    def _act(self, action: Action) -> None:
+        """Carries out one answer of the ordering state machine."""
+        match action:
+            case Send(event, frame):
+                self._enqueue(Outgoing(frame, event.type, event.occurred_at.timestamp()))
+            case Fetch():
+                if not self.closing:
+                    self._spawn(self._fill(action))
+            case Resumed(cid, seq):
+                self._enqueue(Outgoing(protocol.resumed_frame(cid, seq), "resumed", None))
+            case CatchUpFailed(cid, missing_up_to):
+                log.error("ws_catch_up_failed", user_id=self.user_id, conversation_id=cid,
+                          error=f"seqs up to {missing_up_to} not found")
+                self._catch_up_failed(cid)
+            case SlowConsumer():
                 WS_SLOW_CLIENT_DISCONNECTS.inc()
                 self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer", "slow_consumer")
-                return
-            self._pending.append((event, frame))
-            return
-        self._route(event, frame)
 
-    def _route(self, event: Event, frame: str) -> None:
-        occurred = event.occurred_at.timestamp()
-        if event.type != MESSAGE_CREATED:
-            self._enqueue(Outgoing(frame, event.type, occurred))
-            return
-        cid = event.conversation_id
-        cursor = self._cursors.get(cid)
-        if cursor is None:
-            # First event of a conversation the client gave no position for: start here.
-            self._cursors[cid] = Cursor(event.seq)
-            self._enqueue(Outgoing(frame, MESSAGE_CREATED, occurred))
-            return
-        if cursor.filling:
-            self._hold(cursor, event, frame)
-            return
-        if event.seq <= cursor.delivered:
-            return  # duplicate (at-least-once publishing, or already sent from PostgreSQL)
-        if event.seq == cursor.delivered + 1:
-            cursor.delivered = event.seq
-            self._enqueue(Outgoing(frame, MESSAGE_CREATED, occurred))
-            return
-        cursor.filling = True
-        self._hold(cursor, event, frame)
-        self._spawn(self._fill(cid, cursor, announce=False))
-
-    def _hold(self, cursor: Cursor, event: Event, frame: str) -> None:
-        cursor.high_water = max(cursor.high_water, event.seq)
-        if len(cursor.held) < self._hold_limit:
-            cursor.held.append((event, frame))
-        # else: dropped here, and read from PostgreSQL instead (high_water says how far).
+    def _act_all(self, actions: list[Action]) -> None:
+        for action in actions:
+            self._act(action)
 
     def _end_pending(self) -> None:
+        self._stop_pending_timer()
+        self._act_all(self._order.end_pending())
+
+    def _stop_pending_timer(self) -> None:
         if self._pending_timer is not None:
             self._pending_timer.cancel()
             self._pending_timer = None
-        pending, self._pending = self._pending, None
-        for event, frame in pending or ():
-            self._route(event, frame)
 
     # --- catch-up from PostgreSQL -------------------------------------------------------------
 
-    async def _fill(self, cid: str, cursor: Cursor, *, announce: bool) -> None:
-        """Sends what PostgreSQL has after ``cursor.delivered``, then the held live events."""
+    async def _fill(self, fetch: Fetch) -> None:
+        """Reads the pages the state machine asks for, queues their rows, acts on its answers."""
+        cid = fetch.conversation_id
+        step: Fetch | None = fetch
         try:
-            for _round in range(_MAX_FILL_ROUNDS):
-                while True:
-                    rows = await self._history.messages_after(self.user_id, cid,
-                                                              cursor.delivered)
-                    for row in rows:
-                        text = protocol.message_frame(protocol.history_message(
-                            row.id, cid, row.seq, row.sender_id, row.content, row.created_at),
-                            None)
-                        await self._put(Outgoing(text, MESSAGE_CREATED, None))
-                        cursor.delivered = row.seq
-                        WS_CATCH_UP_MESSAGES.inc()
-                    if len(rows) < self._history.page_size:
-                        break
-                # From here to the end of the round nothing awaits: no live event can slip
-                # between the last row read and the release of the held ones.
-                held = sorted(cursor.held, key=lambda h: h[0].seq)
-                cursor.held = []
-                for i, (event, frame) in enumerate(held):
-                    if event.seq <= cursor.delivered:
-                        continue
-                    if event.seq != cursor.delivered + 1:
-                        cursor.held = held[i:]
-                        break
-                    cursor.delivered = event.seq
-                    self._enqueue(Outgoing(frame, MESSAGE_CREATED, event.occurred_at.timestamp()))
-                if not cursor.held and cursor.delivered >= cursor.high_water:
-                    cursor.filling = False
-                    if announce:
-                        self._enqueue(Outgoing(protocol.resumed_frame(cid, cursor.delivered),
-                                               "resumed", None))
-                    return
-                await asyncio.sleep(0.05 * (_round + 1))  # the gap's rows are committing
-            raise RuntimeError(f"conversation {cid}: seqs up to {cursor.high_water} not found")
+            while step is not None:
+                if step.delay:
+                    await asyncio.sleep(step.delay)  # the gap's rows are committing
+                rows = await self._history.messages_after(self.user_id, cid, step.after)
+                more = len(rows) >= self._history.page_size
+                for row in self._order.history_page(cid, rows, more):
+                    await self._put(Outgoing(protocol.history_frame(row), MESSAGE_CREATED, None))
+                    WS_CATCH_UP_MESSAGES.inc()
+                # From here to the next read nothing awaits: no live event can slip between
+                # the page's last row and the release of the held ones.
+                step = None
+                for action in self._order.history_sent(cid):
+                    if isinstance(action, Fetch):
+                        step = action
+                    else:
+                        self._act(action)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("ws_catch_up_failed", user_id=self.user_id, conversation_id=cid)
-            self.send_error(protocol.CATCH_UP_FAILED, "catch-up failed; reconnect and resume",
-                            conversation_id=cid)
-            self.close(CLOSE_INTERNAL_ERROR, "catch-up failed", "catch_up_failed")
+            self._catch_up_failed(cid)
+
+    def _catch_up_failed(self, cid: str) -> None:
+        self.send_error(protocol.CATCH_UP_FAILED, "catch-up failed; reconnect and resume",
+                        conversation_id=cid)
+        self.close(CLOSE_INTERNAL_ERROR, "catch-up failed", "catch_up_failed")
 
     # --- client frames --------------------------------------------------------------------------
 
@@ -313,20 +290,10 @@ class Connection:
             self.send_error(protocol.CATCH_UP_FAILED, "resume failed; reconnect and resume")
             self.close(CLOSE_INTERNAL_ERROR, "resume failed", "catch_up_failed")
             return
-        for cid, position in positions.items():
+        for cid in positions:
             if cid not in members:
                 # Same answer for "not a member" and "no such conversation": nothing leaks.
                 self.send_error(protocol.NOT_FOUND, "no such conversation", conversation_id=cid)
-                continue
-            cursor = self._cursors.get(cid)
-            if cursor is None:
-                cursor = self._cursors[cid] = Cursor(position, filling=True)
-                self._spawn(self._fill(cid, cursor, announce=True))
-            elif not cursor.filling and position > cursor.delivered:
-                cursor.delivered = cursor.high_water = position
-            # A position behind what this connection already sent changes nothing: the
-            # conversation's order on this connection is kept.
-        self._end_pending()
-
-
-Factory = Callable[[web.WebSocketResponse, str], Connection]
+        self._stop_pending_timer()
+        self._act_all(self._order.resume(
+            {cid: position for cid, position in positions.items() if cid in members}))

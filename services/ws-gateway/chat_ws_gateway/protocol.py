@@ -9,13 +9,15 @@ and the same string is queued for each of them.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 
-from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, Event, format_time
+from chat_shared import events
+from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, Event
+from chat_ws_gateway.history import StoredMessage
 
 # --- Close codes (4000-4999 are the application's range, RFC 6455 7.4.2) ---------------------
 CLOSE_GOING_AWAY = 1001
@@ -107,43 +109,33 @@ def resumed_frame(conversation_id: str, seq: int) -> str:
     return encode({"type": "resumed", "conversation_id": conversation_id, "seq": seq})
 
 
-def message_frame(message: dict[str, Any], event_id: str | None) -> str:
+def message_frame(message: Mapping[str, Any], event_id: str | None) -> str:
+    """A ``message.created`` frame; ``message`` as events carry it (``events.Message``)."""
     return encode({"type": MESSAGE_CREATED, "event_id": event_id,
                    "conversation_id": message["conversation_id"], "seq": message["seq"],
                    "message": message})
 
 
-def history_message(row_id: str, conversation_id: str, seq: int, sender_id: str, content: str,
-                    created_at: datetime) -> dict[str, Any]:
-    """A message read from PostgreSQL in the same shape as an event's payload message."""
-    return {"id": row_id, "conversation_id": conversation_id, "sender_id": sender_id,
-            "content": content, "seq": seq, "created_at": format_time(created_at)}
+def history_frame(message: StoredMessage) -> str:
+    """The frame of a message read from PostgreSQL: as its event's, without an event id."""
+    return message_frame(events.message(message.id, message.conversation_id, message.sender_id,
+                                        message.content, message.seq, message.created_at), None)
 
 
 def event_frame(event: Event) -> str | None:
-    """The frame of a live event, or None for an event type clients do not receive."""
+    """The frame of a live event, or None for an event type clients do not receive.
+
+    The payload's fields go out as the writer wrote them (the event contract fixes their form,
+    timestamps included); the envelope's ids come from the entry.
+    """
+    p = event.payload
     if event.type == MESSAGE_CREATED:
-        message = dict(event.payload.get("message") or {})
-        message["seq"] = event.seq
-        message["conversation_id"] = event.conversation_id
-        created = message.get("created_at")
-        if isinstance(created, str):
-            message["created_at"] = _normalise_time(created)
-        return message_frame(message, event.event_id)
+        return encode({"type": MESSAGE_CREATED, "event_id": event.event_id,
+                       "conversation_id": event.conversation_id, "seq": event.seq,
+                       "message": p.get("message") or {}})
     if event.type == CONVERSATION_READ:
-        p = event.payload
-        read_at = p.get("read_at")
         return encode({"type": CONVERSATION_READ, "event_id": event.event_id,
                        "conversation_id": event.conversation_id,
                        "user_id": p.get("user_id"), "last_read_seq": p.get("last_read_seq"),
-                       "read_at": _normalise_time(read_at) if isinstance(read_at, str)
-                       else read_at})
+                       "read_at": p.get("read_at")})
     return None
-
-
-def _normalise_time(text: str) -> str:
-    """PostgreSQL's JSON timestamps (``+00:00``) in the events' RFC 3339 ``Z`` form."""
-    try:
-        return str(format_time(datetime.fromisoformat(text.replace("Z", "+00:00"))))
-    except ValueError:
-        return text

@@ -96,7 +96,8 @@ class GatewayServer:
         await ws.prepare(request)
         conn = Connection(ws, principal.user_id, history=self._history,
                           queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
-                          max_positions=s.ws_max_resume_positions)
+                          max_positions=s.ws_max_resume_positions,
+                          transport=request.transport)
         self._hub.add(conn)
         conn.start(expires_at=principal.expires_at, resume_wait=s.ws_resume_wait)
         log.debug("ws_connected", user_id=principal.user_id)

@@ -10,9 +10,14 @@ import psycopg.errors
 from chat_api.models import MessageRecord
 from chat_api.storage.rows import message_from
 from chat_shared.db import Database
-from chat_shared.events import MESSAGE_CREATED
+from chat_shared.events import MESSAGE_CREATED, payload_sql
 
 IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
+
+# The event's payload as the event contract describes it (built and checked at import).
+_MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
+    "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
+    "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at"}})
 
 # One statement, one round trip: take the conversation's row lock while incrementing last_seq
 # (only for a member), insert the message with that seq, write its outbox event with the
@@ -39,11 +44,7 @@ _SEND = f"""
     ), evt AS (
         INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
         SELECT gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id, msg.seq,
-               conv.member_ids,
-               jsonb_build_object('message', jsonb_build_object(
-                   'id', msg.id, 'conversation_id', msg.conversation_id,
-                   'sender_id', msg.sender_id, 'content', msg.content, 'seq', msg.seq,
-                   'created_at', msg.created_at))
+               conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}
         FROM msg, conv
     ), seen AS (
         -- Sending implies having read the conversation up to one's own message, so a user's

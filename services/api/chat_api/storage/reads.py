@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from chat_api.models import ReadPosition
 from chat_shared.db import Database
-from chat_shared.events import CONVERSATION_READ
+from chat_shared.events import CONVERSATION_READ, payload_sql
+
+# The event's payload as the event contract describes it (built and checked at import).
+_CONVERSATION_READ_PAYLOAD = payload_sql(CONVERSATION_READ, {
+    "conversation_id": "t.conversation_id", "user_id": "t.user_id",
+    "last_read_seq": "t.new_seq", "read_at": "clock_timestamp()"})
 
 # GREATEST keeps the position from moving backwards; LEAST clamps it to the newest message.
 # The event is written only when the position moved, in the same statement.
@@ -27,9 +32,7 @@ _MARK = f"""
     ), evt AS (
         INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
         SELECT gen_random_uuid(), '{CONVERSATION_READ}', t.conversation_id, t.new_seq,
-               t.member_ids,
-               jsonb_build_object('conversation_id', t.conversation_id, 'user_id', t.user_id,
-                                  'last_read_seq', t.new_seq, 'read_at', clock_timestamp())
+               t.member_ids, {_CONVERSATION_READ_PAYLOAD}
         FROM target t WHERE t.new_seq > t.old_seq
     )
     SELECT new_seq, last_seq - new_seq AS unread FROM target
