@@ -22,10 +22,12 @@ from chat_shared.db import create_engine
 from chat_shared.events import stream_keys
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_logger
+from chat_shared.observability.loop_lag import EventLoopLagMonitor
 from chat_shared.redis_client import create_redis
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
 from chat_ws_gateway.hub import Hub
+from chat_ws_gateway.metrics import EVENT_LOOP_LAG
 from chat_ws_gateway.server import GatewayServer
 from chat_ws_gateway.settings import GatewaySettings
 from chat_ws_gateway.stream_reading import StreamReader
@@ -45,6 +47,8 @@ class GatewayApp:
     health: HealthServer | None
     port: int = 0
     metrics_port: int = 0
+    loop_lag: EventLoopLagMonitor = field(
+        default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     _runner: web.AppRunner | None = field(default=None, repr=False)
     _reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -58,6 +62,7 @@ class GatewayApp:
             return False
 
     async def start(self) -> None:
+        self.loop_lag.start()
         self._reader_task = asyncio.get_running_loop().create_task(self.reader.run(),
                                                                    name="stream-reader")
         # Bounded wait: with Redis down the gateway still starts (not ready) and keeps retrying.
@@ -96,6 +101,7 @@ class GatewayApp:
         await self.stream_redis.aclose()
         await self.redis.aclose()
         await self.engine.dispose()
+        await self.loop_lag.stop()
 
 
 def build_app(settings: GatewaySettings) -> GatewayApp:

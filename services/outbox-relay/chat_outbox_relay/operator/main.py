@@ -17,9 +17,11 @@ import sys
 import kopf
 
 from chat_outbox_relay.operator.handlers import operator_settings, register
+from chat_outbox_relay.operator.metrics import EVENT_LOOP_LAG
 from chat_outbox_relay.operator.settings import OperatorConfig
 from chat_shared.config import ConfigError, load_settings
 from chat_shared.observability.logging import configure_logging, get_logger
+from chat_shared.observability.loop_lag import EventLoopLagMonitor
 from chat_shared.observability.metrics import serve_metrics
 
 log = get_logger("chat_outbox_relay.operator")
@@ -42,15 +44,20 @@ async def run(config: OperatorConfig, namespace: str) -> None:
     register(registry, config)
     liveness = (f"http://{config.metrics_address}:{config.health_port}/healthz"
                 if config.health_port else None)
-    await kopf.operator(
-        registry=registry,
-        settings=operator_settings(),
-        namespaces=[namespace],
-        standalone=not config.peering_name,
-        peering_name=config.peering_name or None,
-        priority=random.randint(1, 1_000_000),
-        liveness_endpoint=liveness,
-    )
+    loop_lag = EventLoopLagMonitor(EVENT_LOOP_LAG)
+    loop_lag.start()
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=operator_settings(),
+            namespaces=[namespace],
+            standalone=not config.peering_name,
+            peering_name=config.peering_name or None,
+            priority=random.randint(1, 1_000_000),
+            liveness_endpoint=liveness,
+        )
+    finally:
+        await loop_lag.stop()
 
 
 def main() -> int:
