@@ -13,13 +13,13 @@ import contextlib
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import create_engine
 from chat_shared.events import stream_keys
+from chat_shared.http_serving import HttpListener
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor
@@ -49,7 +49,7 @@ class GatewayApp:
     metrics_port: int = 0
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
-    _runner: web.AppRunner | None = field(default=None, repr=False)
+    _listener: HttpListener | None = field(default=None, repr=False)
     _reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def ready(self) -> bool:
@@ -69,12 +69,8 @@ class GatewayApp:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reader.positioned.wait(), timeout=5.0)
         host, port = parse_host_port(self.settings.ws_server_address)
-        self._runner = web.AppRunner(self.server.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=4096)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._listener = HttpListener(self.server.app, shutdown_timeout=1.0)
+        self.port = await self._listener.start(host, port, backlog=4096)
         if self.health is not None:
             self.metrics_port = await self.health.start()
         log.info("ws_gateway_started", ws_port=self.port, metrics_port=self.metrics_port,
@@ -94,8 +90,8 @@ class GatewayApp:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.stop()
         if self.health is not None:
             await self.health.stop()
         await self.stream_redis.aclose()
