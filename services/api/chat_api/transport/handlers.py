@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 from google.protobuf.message import Message
@@ -48,8 +47,8 @@ class ChatHandlers:
     async def GetMessages(  # noqa: N802
         self, caller: str, req: chat_pb2.GetMessagesRequest
     ) -> chat_pb2.GetMessagesResponse:
-        before = req.before_timestamp.ToDatetime(tzinfo=UTC) if req.HasField(
-            "before_timestamp") else None
+        before = (convert.to_datetime(req.before_timestamp, "before_timestamp")
+                  if req.HasField("before_timestamp") else None)
         page = await self.messages.history(caller, req.conversation_id, req.limit,
                                            req.page_token, before, req.after_seq)
         resp = chat_pb2.GetMessagesResponse(next_page_token=page.next_page_token)
