@@ -30,7 +30,9 @@ class ChatHandlers:
     async def CreateConversation(  # noqa: N802 - named after the RPC
         self, caller: str, req: chat_pb2.CreateConversationRequest
     ) -> chat_pb2.CreateConversationResponse:
-        conv = await self.conversations.create(caller, list(req.member_ids), req.title)
+        # The repeated field itself, not a list copy: its size is checked before anything
+        # else touches its (up to a megabyte of) entries.
+        conv = await self.conversations.create(caller, req.member_ids, req.title)
         resp = chat_pb2.CreateConversationResponse()
         convert.fill_conversation(resp.conversation, conv)
         return resp
