@@ -51,8 +51,9 @@ class ChatHandlers:
     ) -> chat_pb2.GetMessagesResponse:
         before = (convert.to_datetime(req.before_timestamp, "before_timestamp")
                   if req.HasField("before_timestamp") else None)
+        after_seq = req.after_seq if req.HasField("after_seq") else None
         page = await self.messages.history(caller, req.conversation_id, req.limit,
-                                           req.page_token, before, req.after_seq)
+                                           req.page_token, before, after_seq)
         resp = chat_pb2.GetMessagesResponse(next_page_token=page.next_page_token)
         for record in page.items:
             convert.fill_message(resp.messages.add(), record)
