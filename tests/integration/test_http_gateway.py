@@ -108,6 +108,22 @@ async def test_get_messages_with_query_parameters(http):
     assert [m["content"] for m in before["messages"]] == ["m1", "m0"]
 
 
+async def test_after_seq_zero_pages_from_the_first_message(http):
+    """A present ``after_seq=0`` means "from the beginning, oldest first", not "not given"."""
+    conv = await create(http)
+    for i in range(7):
+        await post_message(http, conv["id"], f"m{i}")
+    path = f"/v1/conversations/{conv['id']}/messages"
+    status, body = await call(http, "GET", path, "bob", params={"after_seq": "0", "limit": "3"})
+    assert status == 200, body
+    assert [m["seq"] for m in body["messages"]] == ["1", "2", "3"]
+    status, rest = await call(http, "GET", path, "bob",
+                              params={"limit": "3", "page_token": body["next_page_token"]})
+    assert [m["seq"] for m in rest["messages"]] == ["4", "5", "6"]
+    status, newest = await call(http, "GET", path, "bob", params={"limit": "3"})
+    assert [m["seq"] for m in newest["messages"]] == ["7", "6", "5"]
+
+
 async def test_get_conversations_and_mark_as_read(http):
     conv = await create(http)
     await post_message(http, conv["id"], "one")

@@ -14,6 +14,7 @@ from datetime import UTC
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from chat_api.app import build_app
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from grpc_status import rpc_status
@@ -381,6 +382,31 @@ async def test_after_seq_returns_newer_messages_oldest_first_and_pages_onwards(s
     third = await get_messages(stub, "bob", conv.id, page_token=second.next_page_token, limit=3)
     assert [m.seq for m in third.messages] == [10]
     assert third.next_page_token == ""
+
+
+async def test_after_seq_zero_pages_from_the_first_message_oldest_first(stub):
+    # 0 is a position like any other ("after nothing"), not "not given": a client catching up
+    # from the beginning must not get the newest page instead.
+    conv = await create_conversation(stub, "alice", ["bob"])
+    await send_many(stub, "alice", conv.id, 7)
+    first = await get_messages(stub, "bob", conv.id, after_seq=0, limit=3)
+    assert [m.seq for m in first.messages] == [1, 2, 3]
+    second = await get_messages(stub, "bob", conv.id, page_token=first.next_page_token, limit=3)
+    assert [m.seq for m in second.messages] == [4, 5, 6]
+
+
+async def test_after_seq_left_out_pages_newest_first(stub):
+    conv = await create_conversation(stub, "alice", ["bob"])
+    await send_many(stub, "alice", conv.id, 7)
+    page = await get_messages(stub, "bob", conv.id, limit=3)
+    assert [m.seq for m in page.messages] == [7, 6, 5]
+
+
+async def test_after_seq_zero_cannot_be_combined_with_before_timestamp(stub):
+    conv = await create_conversation(stub, "alice", ["bob"])
+    err = await rpc_error(get_messages(stub, "alice", conv.id, after_seq=0,
+                                       before_timestamp=Timestamp(seconds=1_700_000_000)))
+    _assert_invalid(err, "after_seq")
 
 
 async def test_after_seq_at_the_newest_message_returns_nothing(stub):

@@ -104,13 +104,16 @@ def test_interface_metrics_are_exported(live_metrics: dict[str, set[str]]) -> No
     promised = {
         "api": ["chat_rpc_requests_total", "chat_rpc_duration_seconds_bucket",
                 "chat_rpc_in_flight", "chat_db_pool_connections", "chat_dependency_up",
-                "idempotency_hits_total", "idempotency_degraded_total"],
+                "idempotency_hits_total", "idempotency_degraded_total",
+                "chat_event_loop_lag_seconds_bucket"],
         "outbox-relay": ["outbox_pending_count", "outbox_processed_total",
                          "outbox_publish_errors_total", "outbox_dlq_total",
                          "outbox_publish_lag_seconds_bucket", "outbox_oldest_pending_age_seconds",
-                         "outbox_batch_duration_seconds_bucket"],
+                         "outbox_batch_duration_seconds_bucket",
+                         "outbox_relay_event_loop_lag_seconds_bucket"],
         "ws-gateway": ["ws_connections", "ws_frames_sent_total",
-                       "ws_slow_client_disconnects_total", "ws_delivery_lag_seconds_bucket"],
+                       "ws_slow_client_disconnects_total", "ws_delivery_lag_seconds_bucket",
+                       "ws_event_loop_lag_seconds_bucket"],
     }
     for service, names in promised.items():
         assert sorted(set(names) - live_metrics[service]) == [], service

@@ -34,6 +34,7 @@ from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import Database
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
+from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
 from chat_shared.redis_client import create_redis
 
@@ -45,6 +46,7 @@ DEPENDENCY_UP = Gauge("chat_dependency_up", "1 when the dependency answers its p
                       ["dependency"], multiprocess_mode="livemin")
 DB_POOL = Gauge("chat_db_pool_connections", "Database pool connections by state", ["state"],
                 multiprocess_mode="livesum")
+EVENT_LOOP_LAG = event_loop_lag_histogram("chat")
 
 
 @dataclass
@@ -59,12 +61,15 @@ class ApiApp:
     # HTTP/JSON gateway (issue 3): binds in start(), so http_port is known after it.
     http: HttpGateway | None = None
     http_port: int = 0
+    loop_lag: EventLoopLagMonitor = field(
+        default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
     _db_up: bool | None = None
     _redis_up: bool | None = None
     _draining: bool = False
 
     async def start(self) -> None:
+        self.loop_lag.start()
         # NOT_SERVING until the first probe has seen PostgreSQL answer.
         await self._set_health(False)
         # Connections are made in the background: the API starts (NOT_SERVING) with
@@ -132,6 +137,7 @@ class ApiApp:
             await self.server.stop(grace)
         await self.redis.aclose()
         await self.db.close()
+        await self.loop_lag.stop()
         log.info("api_stopped")
 
 

@@ -7,15 +7,17 @@ partitions and closes everything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from chat_outbox_relay.metrics import EVENT_LOOP_LAG
 from chat_outbox_relay.publishing import StreamPublisher, create_publisher_redis
 from chat_outbox_relay.relay import OutboxRelay
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
+from chat_shared.observability.loop_lag import EventLoopLagMonitor
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -28,8 +30,11 @@ class RelayApp:
     redis: aioredis.Redis
     health: HealthServer | None
     metrics_port: int = 0
+    loop_lag: EventLoopLagMonitor = field(
+        default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
 
     async def start(self) -> None:
+        self.loop_lag.start()
         if self.health is not None:
             self.metrics_port = await self.health.start()
         self.relay.start()
@@ -45,6 +50,7 @@ class RelayApp:
         await self.redis.aclose()
         if self.health is not None:
             await self.health.stop()
+        await self.loop_lag.stop()
         log.info("relay_stopped", clean=clean)
         return clean
 

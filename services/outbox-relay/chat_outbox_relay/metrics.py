@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from chat_shared.observability.loop_lag import event_loop_lag_histogram
+
 PENDING = Gauge("outbox_pending_count", "Rows waiting in the outbox (all partitions)")
 OLDEST_PENDING_AGE = Gauge("outbox_oldest_pending_age_seconds",
                            "Age of the oldest outbox row, seconds (0 when empty)")
@@ -26,6 +28,7 @@ BATCH_DURATION = Histogram(
 OWNED_PARTITIONS = Gauge("outbox_owned_partitions", "Outbox partitions this relay owns")
 DEPENDENCY_UP = Gauge("outbox_relay_dependency_up", "1 when the dependency answers the relay probe",
                       ["dependency"])
+EVENT_LOOP_LAG = event_loop_lag_histogram("outbox_relay")
 
 for _reason in ("unavailable", "rejected"):
     PUBLISH_ERRORS.labels(_reason)

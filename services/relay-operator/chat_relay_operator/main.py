@@ -23,9 +23,11 @@ import lightkube
 
 from chat_relay_operator.handlers import operator_settings, register
 from chat_relay_operator.kube import KubeClient
+from chat_relay_operator.metrics import EVENT_LOOP_LAG
 from chat_relay_operator.settings import OperatorConfig
 from chat_shared.config import ConfigError, load_settings
 from chat_shared.observability.logging import configure_logging, get_logger
+from chat_shared.observability.loop_lag import EventLoopLagMonitor
 from chat_shared.observability.metrics import serve_metrics
 
 log = get_logger("chat_relay_operator")
@@ -49,6 +51,8 @@ async def run(config: OperatorConfig, namespace: str, kube_config: lightkube.Kub
     register(registry, config, kube)
     liveness = (f"http://{config.metrics_address}:{config.health_port}/healthz"
                 if config.health_port else None)
+    loop_lag = EventLoopLagMonitor(EVENT_LOOP_LAG)
+    loop_lag.start()
     try:
         await kopf.operator(
             registry=registry,
@@ -60,6 +64,7 @@ async def run(config: OperatorConfig, namespace: str, kube_config: lightkube.Kub
             liveness_endpoint=liveness,
         )
     finally:
+        await loop_lag.stop()
         await kube.close()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from chat_shared.observability.loop_lag import event_loop_lag_histogram
+
 _LABELS = ["namespace", "name"]
 BACKLOG = Gauge("relay_autoscaler_backlog", "Outbox backlog last read by the autoscaler", _LABELS)
 OLDEST_AGE = Gauge("relay_autoscaler_oldest_age_seconds",
@@ -14,3 +16,4 @@ CURRENT = Gauge("relay_autoscaler_current_replicas", "Replica count of the targe
 SCALES = Counter("relay_autoscaler_scale_total", "Scale subresource patches made",
                  [*_LABELS, "direction"])
 SOURCE_ERRORS = Counter("relay_autoscaler_source_errors_total", "Failed backlog reads", _LABELS)
+EVENT_LOOP_LAG = event_loop_lag_histogram("relay_autoscaler")

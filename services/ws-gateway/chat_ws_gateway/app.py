@@ -13,18 +13,20 @@ import contextlib
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import Database
 from chat_shared.events import stream_keys
+from chat_shared.http_serving import HttpListener
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
+from chat_shared.observability.loop_lag import EventLoopLagMonitor
 from chat_shared.redis_client import create_redis
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
 from chat_ws_gateway.hub import Hub
+from chat_ws_gateway.metrics import EVENT_LOOP_LAG
 from chat_ws_gateway.server import GatewayServer
 from chat_ws_gateway.settings import GatewaySettings
 from chat_ws_gateway.stream_reading import StreamReader
@@ -45,7 +47,9 @@ class GatewayApp:
     health: HealthServer | None
     port: int = 0
     metrics_port: int = 0
-    _runner: web.AppRunner | None = field(default=None, repr=False)
+    loop_lag: EventLoopLagMonitor = field(
+        default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
+    _listener: HttpListener | None = field(default=None, repr=False)
     _reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def ready(self) -> bool:
@@ -58,6 +62,7 @@ class GatewayApp:
             return False
 
     async def start(self) -> None:
+        self.loop_lag.start()
         # Connections are made in the background: PostgreSQL down only fails catch-up reads.
         await self.db.open(wait=False)
         self._reader_task = asyncio.get_running_loop().create_task(self.reader.run(),
@@ -66,12 +71,8 @@ class GatewayApp:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reader.positioned.wait(), timeout=5.0)
         host, port = parse_host_port(self.settings.ws_server_address)
-        self._runner = web.AppRunner(self.server.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=4096)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._listener = HttpListener(self.server.app, shutdown_timeout=1.0)
+        self.port = await self._listener.start(host, port, backlog=4096)
         if self.health is not None:
             self.metrics_port = await self.health.start()
         lifecycle.info("ws_gateway_started", ws_port=self.port, metrics_port=self.metrics_port,
@@ -91,13 +92,14 @@ class GatewayApp:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.stop()
         if self.health is not None:
             await self.health.stop()
         await self.stream_redis.aclose()
         await self.redis.aclose()
         await self.db.close()
+        await self.loop_lag.stop()
 
 
 def build_app(settings: GatewaySettings) -> GatewayApp:

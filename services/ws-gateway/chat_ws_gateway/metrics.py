@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from chat_shared.observability.loop_lag import event_loop_lag_histogram
+
 WS_CONNECTIONS = Gauge("ws_connections", "Open WebSocket connections on this gateway")
 WS_FRAMES_SENT = Counter("ws_frames_sent_total", "Frames written to WebSocket clients", ["type"])
 WS_SLOW_CLIENT_DISCONNECTS = Counter(
@@ -21,3 +23,4 @@ STREAM_EVENTS = Counter("ws_stream_events_total", "Events read from the streams"
 STREAM_DUPLICATES = Counter("ws_stream_duplicate_events_total",
                             "Events dropped because their event_id was already dispatched")
 STREAM_UP = Gauge("ws_stream_up", "1 while the stream reader's last XREAD succeeded")
+EVENT_LOOP_LAG = event_loop_lag_histogram("ws")

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from chat_shared.http_serving import HttpListener
+
 Readiness = Callable[[], bool | Awaitable[bool]]
 
 
@@ -23,7 +25,7 @@ class HealthServer:
         self._host = host
         self._ready = ready
         self._registry = registry
-        self._runner: web.AppRunner | None = None
+        self._listener: HttpListener | None = None
         self.port = 0
         """The bound port once started (useful with port 0)."""
 
@@ -50,16 +52,11 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound sockets only here
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self._port
+        self._listener = HttpListener(app, shutdown_timeout=1.0)
+        self.port = await self._listener.start(self._host, self._port)
         return self.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None

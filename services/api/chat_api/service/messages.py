@@ -82,19 +82,21 @@ class MessageService:
 
     async def history(
         self, caller: str, conversation_id: str, limit: int, page_token: str,
-        before: datetime | None, after_seq: int,
+        before: datetime | None, after_seq: int | None,
     ) -> Page[MessageRecord]:
+        """A page of messages. ``after_seq`` None: not given (newest first); 0: from the
+        first message on, oldest first, as for any other position."""
         cid = validation.conversation_id(conversation_id)
         size = validation.limit(limit)
-        if after_seq < 0:
+        if after_seq is not None and after_seq < 0:
             raise InvalidArgument("after_seq", "must not be negative")
-        if after_seq and before is not None:
+        if after_seq is not None and before is not None:
             raise InvalidArgument("after_seq", "cannot be combined with before_timestamp")
         cursor = 0
         if page_token:
             cursor, ascending = page_tokens.parse_messages_token(page_token, cid)
             mode = PageMode.AFTER_SEQ if ascending else PageMode.BEFORE_SEQ
-        elif after_seq:
+        elif after_seq is not None:
             mode, cursor, ascending = PageMode.AFTER_SEQ, after_seq, True
         elif before is not None:
             mode, ascending = PageMode.BEFORE_TIME, False

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chat_api.models import ConversationRecord, ConversationSummary, MessageRecord
+from chat_shared.errors import InvalidArgument
 from chat_shared.protos.chat.v1 import chat_pb2
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -23,6 +24,18 @@ def fill_timestamp(out: Timestamp, value: datetime) -> None:
     delta = value - _EPOCH
     out.seconds = delta.days * 86400 + delta.seconds
     out.nanos = delta.microseconds * 1000
+
+
+def to_datetime(value: Timestamp, field: str) -> datetime:
+    """A request's Timestamp as an aware datetime; InvalidArgument naming ``field`` when it is
+    outside Timestamp's range (0001-01-01 to 9999-12-31, nanos 0..999,999,999), which the
+    binary encoding cannot prevent (the JSON one can, and HTTP rejects it while parsing)."""
+    try:
+        moment: datetime = value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "must be between 0001-01-01T00:00:00Z and "
+                                     "9999-12-31T23:59:59.999999999Z") from None
+    return moment
 
 
 def timestamp(value: datetime) -> Timestamp:

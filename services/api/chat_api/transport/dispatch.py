@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,14 @@ class Dispatcher:
     def methods(self) -> list[str]:
         return list(self._handlers)
 
-    async def call(self, ctx: CallContext, request: Any) -> Message:
-        """Runs one call; raises ChatError (never anything else) on failure."""
+    async def call(self, ctx: CallContext, request: Any,
+                   decode: Callable[[Any], Message] | None = None) -> Message:
+        """Runs one call; raises ChatError (never anything else) on failure.
+
+        ``decode`` turns what the transport received into the request message, after the
+        caller is authenticated and inside the call's timing (gRPC hands over raw bytes, so a
+        request that does not decode is an answer and a log line like any other call).
+        """
         handler = self._handlers.get(ctx.method)
         start = time.perf_counter()
         code = "OK"
@@ -71,6 +78,8 @@ class Dispatcher:
                 raise NotFound(f"unknown method {ctx.method}")
             principal = self._verifier.verify_authorization(ctx.authorization)
             ctx.user_id = principal.user_id
+            if decode is not None:
+                request = decode(request)
             return await handler(principal.user_id, request)
         except ChatError as exc:
             code = exc.code

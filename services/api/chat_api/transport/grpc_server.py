@@ -2,6 +2,12 @@
 
 Each RPC of chat.v1.ChatService gets a unary handler that hands the request to the shared
 Dispatcher, so a new RPC needs only its proto definition and its handler function.
+
+Requests arrive as bytes and are decoded by the Dispatcher (``decode``), not by grpc's
+request deserializer: an exception there never reaches our code, and grpc answers it with
+UNKNOWN "Unexpected <class 'google.protobuf.message.DecodeError'>". Decoded here, bytes that
+are not the request message (truncated, corrupt, invalid UTF-8 in a string field) are
+INVALID_ARGUMENT with a plain message, logged and counted like every call.
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from chat_api.transport.dispatch import CallContext, Dispatcher
 from chat_api.transport.grpc_errors import to_grpc_status
-from chat_shared.errors import ChatError
+from chat_shared.errors import ChatError, InvalidArgument
 from chat_shared.observability.tracing import recording, trace_id_from
 from chat_shared.protos.chat.v1 import chat_pb2
 
@@ -33,8 +40,21 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return found
 
 
-def _unary(dispatcher: Dispatcher, method: str) -> Callable[..., Awaitable[Any]]:
-    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _decoder(cls: type[Message]) -> Callable[[bytes], Message]:
+    problem = f"not a valid {cls.DESCRIPTOR.full_name} (the bytes do not decode)"
+
+    def decode(raw: bytes) -> Message:
+        try:
+            return cls.FromString(raw)
+        except DecodeError:
+            raise InvalidArgument("request", problem) from None
+
+    return decode
+
+
+def _unary(dispatcher: Dispatcher, method: str,
+           decode: Callable[[bytes], Message]) -> Callable[..., Awaitable[Any]]:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> Any:
         metadata = _metadata(context)
         ctx = CallContext(method=method, transport="grpc",
                           authorization=metadata.get("authorization"))
@@ -45,7 +65,7 @@ def _unary(dispatcher: Dispatcher, method: str) -> Callable[..., Awaitable[Any]]
             ctx.trace_id = trace_id_from(metadata.get("traceparent"))
         context.set_trailing_metadata((("x-request-id", ctx.request_id),))
         try:
-            return await dispatcher.call(ctx, request)
+            return await dispatcher.call(ctx, request, decode)
         except ChatError as exc:
             await context.abort_with_status(to_grpc_status(exc))
 
@@ -59,8 +79,8 @@ def chat_service_handler(dispatcher: Dispatcher) -> grpc.GenericRpcHandler:
         req_cls = GetMessageClass(method.input_type)
         resp_cls = GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _unary(dispatcher, method.name),
-            request_deserializer=req_cls.FromString,
+            _unary(dispatcher, method.name, _decoder(req_cls)),
+            request_deserializer=None,  # bytes: decoded in the Dispatcher (see above)
             response_serializer=resp_cls.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

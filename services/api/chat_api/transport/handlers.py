@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 from google.protobuf.message import Message
@@ -31,7 +30,9 @@ class ChatHandlers:
     async def CreateConversation(  # noqa: N802 - named after the RPC
         self, caller: str, req: chat_pb2.CreateConversationRequest
     ) -> chat_pb2.CreateConversationResponse:
-        conv = await self.conversations.create(caller, list(req.member_ids), req.title)
+        # The repeated field itself, not a list copy: its size is checked before anything
+        # else touches its (up to a megabyte of) entries.
+        conv = await self.conversations.create(caller, req.member_ids, req.title)
         resp = chat_pb2.CreateConversationResponse()
         convert.fill_conversation(resp.conversation, conv)
         return resp
@@ -48,10 +49,11 @@ class ChatHandlers:
     async def GetMessages(  # noqa: N802
         self, caller: str, req: chat_pb2.GetMessagesRequest
     ) -> chat_pb2.GetMessagesResponse:
-        before = req.before_timestamp.ToDatetime(tzinfo=UTC) if req.HasField(
-            "before_timestamp") else None
+        before = (convert.to_datetime(req.before_timestamp, "before_timestamp")
+                  if req.HasField("before_timestamp") else None)
+        after_seq = req.after_seq if req.HasField("after_seq") else None
         page = await self.messages.history(caller, req.conversation_id, req.limit,
-                                           req.page_token, before, req.after_seq)
+                                           req.page_token, before, after_seq)
         resp = chat_pb2.GetMessagesResponse(next_page_token=page.next_page_token)
         for record in page.items:
             convert.fill_message(resp.messages.add(), record)

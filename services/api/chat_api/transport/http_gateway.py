@@ -9,7 +9,9 @@ errors through its one table (http_errors). What only HTTP needs lives in the mi
 - ``X-Request-Id``: taken from the request (or generated), echoed, and the calls' log request_id;
 - CORS for the origins in CORS_ALLOWED_ORIGINS, including preflight;
 - gzip for JSON bodies over 1 KiB when the client accepts it;
-- every error, including the router's 404/405 and the 413 past HTTP_MAX_BODY_BYTES, as JSON.
+- every error, including the router's 404/405 and the 413 past HTTP_MAX_BODY_BYTES, as JSON;
+  requests aiohttp cannot parse too (chat_shared.http_serving answers those for us);
+- a client that goes away before its body has arrived is logged as 499, not as a failure.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from chat_api.transport.http_json import parse_request, render
 from chat_api.transport.http_routes import HttpBinding, http_bindings
 from chat_api.transport.openapi import openapi_document, render_openapi
 from chat_shared.errors import ChatError, Internal
+from chat_shared.http_serving import HttpListener
 from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import recording, trace_id_from
 
@@ -46,6 +49,8 @@ _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-Id"
 _CORS_MAX_AGE = "600"
 _REQUEST_ID_KEY = web.RequestKey("request_id", str)
+CLIENT_CLOSED_REQUEST = 499
+"""nginx's status for a request whose client left before the answer (never sent, only logged)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,30 +84,23 @@ class HttpGateway:
 
         self.app.router.add_get("/openapi.json", serve_openapi)
         self.app.router.add_get("/docs", serve_docs)
-        self._runner: web.AppRunner | None = None
+        self._listener: HttpListener | None = None
         self.port = 0
 
     async def start(
         self, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
     ) -> int:
         """Binds and serves; returns the bound port (useful when ``port`` is 0)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=shutdown_timeout)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True,
-                           reuse_port=reuse_port or None)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._listener = HttpListener(self.app, error_response=gateway_error,
+                                      shutdown_timeout=shutdown_timeout)
+        self.port = await self._listener.start(host, port, reuse_port=reuse_port)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops accepting, lets in-flight requests finish within ``grace`` seconds."""
-        if self._runner is not None:
-            if grace is not None:
-                # aiohttp takes the drain time at construction; ApiApp.stop() may pass another.
-                self._runner._shutdown_timeout = grace
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.stop(grace)
+            self._listener = None
 
     def _handler(self, binding: HttpBinding) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -159,6 +157,10 @@ class HttpGateway:
             return preflight
         try:
             return await handler(request)
+        except ConnectionResetError:
+            # The client left while its body was being read: nothing failed here, and the
+            # answer has nobody to go to; the log line says 499.
+            return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
         except ChatError as exc:
             return error_response(exc)
         except web.HTTPException as exc:

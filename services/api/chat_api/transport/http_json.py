@@ -6,6 +6,13 @@ integers may be numbers or strings, and an unknown field is an error rather than
 dropped. Every parse failure becomes InvalidArgument naming the field, which the error table
 turns into a 400 with a BadRequest field violation.
 
+Top-level string fields and lists of strings (``member_ids``) skip json_format: it scans each
+string for unpaired surrogates with a regular expression (0.18 s for a 1 MiB ``content``) and
+converts list entries one by one in Python (0.2 s for the 90,000 ids that fit in 1 MiB), all
+before any size check can run, on the loop every caller shares. orjson never yields an unpaired
+surrogate, and protobuf's own setters refuse text that is not UTF-8 (path and query values), so
+they are set directly, in C; the service checks sizes first thing.
+
 Responses use proto field names and print fields without presence even at their default
 (``"unread_count": "0"``, ``"next_page_token": ""``), as gRPC-Gateway v2's default marshaler
 does (EmitUnpopulated): a JSON client never has to guess whether a missing key means zero.
@@ -64,6 +71,7 @@ def parse_request(binding: HttpBinding, path_params: Mapping[str, str],
         raise InvalidArgument(key, "the request is in the body; query parameters are not accepted")
     for placeholder, path in binding.path_fields.items():
         _set_path(desc, data, path.split("."), path_params[placeholder])
+    strings = _take_strings(desc, data)
     message = GetMessageClass(desc)()
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=False)
@@ -71,9 +79,34 @@ def parse_request(binding: HttpBinding, path_params: Mapping[str, str],
         raise _invalid(str(exc)) from exc
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidArgument("body", f"not a valid {desc.name}") from exc
+    for name, value in strings.items():
+        try:
+            if isinstance(value, list):
+                getattr(message, name).extend(value)
+            else:
+                setattr(message, name, value)
+        except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+            problem = "must be a list of strings" if isinstance(value, list) else "must be text"
+            raise InvalidArgument(name, problem) from None
     if idempotency_header is not None:
         _apply_idempotency_header(message, idempotency_header)
     return message
+
+
+def _take_strings(desc: Descriptor, data: dict[str, Any]) -> dict[str, str | list[Any]]:
+    """Takes the values of top-level string fields (and lists for repeated ones) out of
+    ``data``; anything else, wrong types included, stays for json_format to judge."""
+    taken: dict[str, str | list[Any]] = {}
+    for key, value in list(data.items()):
+        fd = _field(desc, key)
+        if fd is None or fd.type != FieldDescriptor.TYPE_STRING:
+            continue
+        if not isinstance(value, list if fd.is_repeated else str):
+            continue
+        if fd.name in taken:
+            raise InvalidArgument(fd.name, "given more than once")
+        taken[fd.name] = data.pop(key)
+    return taken
 
 
 def render(message: Message, response_body: str = "") -> bytes:

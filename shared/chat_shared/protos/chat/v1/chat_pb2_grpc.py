@@ -81,7 +81,8 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMessages(self, request, context):
-        """Pages through a conversation's messages: newest first, or oldest first after `after_seq`.
+        """Pages through a conversation's messages: newest first, or oldest first after `after_seq`
+        when it is given (0 included: from the first message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
