@@ -8,8 +8,8 @@ run:
 test:
 	./dev test $(ARGS)
 
-# The whole-pipeline benchmark: prints a table against the issue-8 targets and writes
-# bench/results/latest.json; bench-readme regenerates README's Performance section from it.
+# The whole-pipeline benchmark: prints a table against the targets and writes
+# bench/results/latest.json; bench-readme regenerates docs/performance.md's figures from it.
 bench:
 	./dev bench $(ARGS)
 

@@ -10,7 +10,11 @@ measures:
 2. sustained throughput: --events rows preloaded while the relay is stopped, then drained by
    one relay; events/s from the first to the last entry's stream id (Redis ms clock).
 
+PostgreSQL runs on durable commits (its defaults) unless --unsafe-fast-db; the settings it ran
+with are read back from the server and printed first.
+
 Usage: uv run python scripts/bench_relay.py [--rate 1000] [--duration 10] [--events 50000]
+                                            [--unsafe-fast-db]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import psycopg
 import redis.asyncio as aioredis
 
+from chat_bench import database
 from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.local_redis import LocalRedis
 from chat_devtools.services import Relay
@@ -160,12 +165,19 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of latency run")
     parser.add_argument("--events", type=int, default=50_000, help="preloaded for throughput")
     parser.add_argument("--batch-sizes", default="100,500", help="throughput runs, comma list")
+    parser.add_argument("--unsafe-fast-db", action="store_true",
+                        help="PostgreSQL with fsync, synchronous_commit, full_page_writes off")
     args = parser.parse_args()
-    pg, rd = LocalPostgres().start(), LocalRedis().start()
+    pg = LocalPostgres(durable=not args.unsafe_fast_db).start()
+    rd = LocalRedis().start()
     log_dir = Path(pg.base)  # relay.log beside the cluster's files
     try:
         dsn = pg.create_database("bench")
         upgrade(dsn)
+        settings = {"settings": asyncio.run(database.read_settings(dsn))}
+        print(database.settings_line(settings))
+        if database.unsafe(settings):
+            print(f"({database.label(settings)}: every figure below is for comparison only)")
         print(f"latency: single-row commits at {args.rate} events/s for {args.duration:g} s, "
               "one relay (defaults: batch 100, 10 workers, LISTEN/NOTIFY + 100 ms poll)")
         relay = start_relay(dsn, rd.addr, 100, log_dir)

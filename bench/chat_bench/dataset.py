@@ -1,4 +1,5 @@
-"""A realistic data set, loaded through the API itself (works against any stack, no SQL).
+"""A realistic data set, loaded through the API itself (works against any stack, no SQL), over
+the run's transport (gRPC or HTTP/JSON).
 
 Users ``user-0000...``; conversations of 2 to 50 members with a few messages each; the user
 ``bench-user`` is in exactly 50 conversations (GetConversations(50) returns a full page), and
@@ -12,8 +13,9 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from chat_bench.clients import Api, User
+from chat_bench.clients import AsyncApi, User
 
 BENCH_USER = "bench-user"
 BENCH_PEER = "bench-peer"
@@ -32,6 +34,12 @@ class Dataset:
     messages: int = 0
 
 
+def settings(quick: bool) -> dict[str, Any]:
+    """The data set's size (recorded in the result's settings): smaller for a smoke run."""
+    return {"users": 200 if quick else 1000, "other_conversations": 20 if quick else 250,
+            "messages_per_conversation": 3 if quick else 8}
+
+
 async def _bounded(jobs: list[Callable[[], Awaitable[object]]], limit: int) -> list[object]:
     sem = asyncio.Semaphore(limit)
 
@@ -42,7 +50,7 @@ async def _bounded(jobs: list[Callable[[], Awaitable[object]]], limit: int) -> l
     return list(await asyncio.gather(*(run(j) for j in jobs)))
 
 
-async def load(api: Api, secret: str, *, users: int, other_conversations: int,
+async def load_dataset(api: AsyncApi, secret: str, *, users: int, other_conversations: int,
                messages_per_conversation: int, read_messages: int,
                progress: Callable[[str], None], seed: int = 8) -> Dataset:
     rng = random.Random(seed)
@@ -71,7 +79,7 @@ async def load(api: Api, secret: str, *, users: int, other_conversations: int,
     conversations = list(zip(ids, plans, strict=True))
 
     def send(sender: str, conv: str, content: str) -> Callable[[], Awaitable[object]]:
-        return lambda: api.send_grpc(user(sender), conv, content)
+        return lambda: api.send(user(sender), conv, content)
 
     sends = [send(BENCH_PEER, ids[0], f"unread {i}") for i in range(read_messages)]
     for conv, m in conversations[1:]:

@@ -38,22 +38,18 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-async def server_versions(db_source: str, redis_addr: str) -> dict[str, str]:
-    out = {"postgresql": "unknown", "redis": "unknown"}
-    if db_source:
-        import psycopg
-
-        dsn = db_source.replace("postgresql+psycopg://", "postgresql://")
-        async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            row = await (await conn.execute("SHOW server_version")).fetchone()
-            out["postgresql"] = str(row[0]) if row else "unknown"
+async def redis_version(redis_addr: str) -> str:
+    """The Redis server's version ("unknown" without an address). PostgreSQL's is read with
+    its settings (``chat_bench.database``)."""
     if redis_addr:
         import redis.asyncio as aioredis
 
         r = aioredis.Redis.from_url(f"redis://{redis_addr}", decode_responses=True)
-        out["redis"] = str((await r.info("server"))["redis_version"])
-        await r.aclose()
-    return out
+        try:
+            return str((await r.info("server"))["redis_version"])
+        finally:
+            await r.aclose()
+    return "unknown"
 
 
 def describe() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Local: throwaway PostgreSQL and Redis (``chat_devtools``), ``chat-migrate``, then the API, the
 relay and one gateway as ``ServiceProcess``es on loopback ports of their own
-(``chat_devtools.services``, the same classes the e2e tests use). Remote: only the addresses
+(``chat_devtools.services``, the same classes the e2e tests use). Unlike the tests' and
+``chat-dev``'s, this PostgreSQL keeps its durability defaults (fsync, synchronous_commit,
+full_page_writes on) unless the run asks for the fast, unsafe settings. Remote: only the addresses
 given on the command line; the figures that need a process of the stack (gateway memory) are
 then left out unless given.
 """
@@ -16,7 +18,7 @@ import pathlib
 import resource
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from chat_devtools.local_postgres import LocalPostgres
@@ -51,11 +53,17 @@ def raise_fd_limit() -> int:
 
 
 @contextlib.asynccontextmanager
-async def local_stack(jwt_secret: str, log_level: str,
-                      extra_env: dict[str, str]) -> AsyncIterator[Target]:
-    """PostgreSQL, Redis, migrations and the three services; everything is removed after."""
+async def local_stack(jwt_secret: str, log_level: str, extra_env: dict[str, str], *,
+                      durable: bool = True,
+                      pg_settings: Mapping[str, str] | None = None) -> AsyncIterator[Target]:
+    """PostgreSQL, Redis, migrations and the three services; everything is removed after.
+
+    Args:
+        durable: PostgreSQL with its durability defaults; False: ``UNSAFE_FAST``.
+        pg_settings: further PostgreSQL settings (``commit_delay``, ...).
+    """
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="chat-bench-"))
-    pg = LocalPostgres()
+    pg = LocalPostgres(durable=durable, settings=pg_settings)
     redis = LocalRedis()
     services: list[Api | Relay | Gateway] = []
     try:

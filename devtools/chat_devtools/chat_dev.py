@@ -5,7 +5,8 @@
    as the services do, so a stack stopped a moment ago (its connections in TIME_WAIT) is no
    obstacle.
 2. Throwaway PostgreSQL and Redis start when DB_SOURCE / REDIS_ADDR are unset; the migrations
-   are applied.
+   are applied. That PostgreSQL runs with fsync off (fast, not crash-safe), and the start-up
+   line says so.
 3. The three services run as processes with their output prefixed by their names; "running"
    and the addresses are printed once every one of them is ready (gRPC health for the API,
    /readyz for the others).
@@ -200,7 +201,9 @@ def _start_and_serve(stack: _Stack, env: dict[str, str], specs: list[ServiceSpec
         console.say("DB_SOURCE unset: starting a throwaway PostgreSQL ...")
         stack.pg = LocalPostgres().start()
         env["DB_SOURCE"] = stack.pg.create_database("chat")
-        console.say(f"PostgreSQL on {stack.pg.addr} (database chat)")
+        # A throwaway server tuned for speed (LocalPostgres' default): say what that costs.
+        console.say(f"PostgreSQL on {stack.pg.addr} (database chat) with fsync=off: a crash "
+                    "loses data; fine for trying it, never for data you keep")
     if not env.get("REDIS_ADDR"):
         console.say("REDIS_ADDR unset: starting a throwaway Redis ...")
         stack.redis = LocalRedis().start()

@@ -12,7 +12,11 @@ Why not pytest-postgresql (tried, 10.0.0), which the house style names:
   Unix socket, so a stranger answering on the port is never taken for this server;
 - it is a pytest fixture; chat-dev and chat-bench need the same server outside pytest.
 
-Tuned for speed, not durability (fsync off): nothing here outlives the process that made it.
+By default tuned for speed, not durability (``UNSAFE_FAST``: fsync, synchronous_commit and
+full_page_writes off): nothing here outlives the process that made it, and a test suite or a
+``./dev run`` session gains nothing from surviving a power cut. ``durable=True`` keeps the
+server's own defaults (every commit flushed to disk before it returns), which is what a
+benchmark must measure; ``settings`` adds any other ``-c name=value``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
@@ -34,6 +39,13 @@ from psycopg import sql
 from chat_devtools.errors import ServiceError
 from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
 from chat_devtools.process import ServiceProcess
+
+UNSAFE_FAST = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+"""The settings of a fast, crash-unsafe server: a crash (of the machine, or of PostgreSQL with
+``fsync`` off) may lose committed transactions or corrupt the cluster."""
+
+BASE_SETTINGS = {"max_connections": "300", "shared_buffers": "128MB"}
+"""Every cluster's: room for the services' pools and a benchmark's worker processes."""
 
 
 def find_pg_bin(name: str) -> str:
@@ -69,10 +81,13 @@ class LocalPostgres:
         base_dir: where the cluster lives (default: a new temporary directory, removed by
             ``cleanup``).
         attempts: how many ports the first ``start`` tries.
+        durable: run with PostgreSQL's durability defaults instead of ``UNSAFE_FAST``.
+        settings: further server settings (``-c name=value``), applied last.
     """
 
     def __init__(self, port: int | None = None, base_dir: str | Path | None = None,
-                 attempts: int = 5) -> None:
+                 attempts: int = 5, *, durable: bool = False,
+                 settings: Mapping[str, str] | None = None) -> None:
         self.port = port or 0
         self._first_port = port
         self._own_dir = base_dir is None
@@ -80,6 +95,9 @@ class LocalPostgres:
         self.data = self.base / "data"
         self._attempts = attempts
         self._user = _unprivileged_user()
+        self.durable = durable
+        self.settings = {**BASE_SETTINGS, **({} if durable else UNSAFE_FAST), **(settings or {})}
+        """What the server is started with (``-c``), besides its addresses."""
         self.process: ServiceProcess | None = None
 
     def dsn(self, database: str = "postgres") -> str:
@@ -105,9 +123,10 @@ class LocalPostgres:
         if (self.data / "PG_VERSION").exists():
             return
         user = self._user
+        # --no-sync only where nothing is meant to survive a crash anyway.
         subprocess.run(
             [find_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--locale=C", "--no-sync"],
+             "-E", "UTF8", "--locale=C", *([] if self.durable else ["--no-sync"])],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             user=user.pw_uid if user else None, group=user.pw_gid if user else None,
             extra_groups=[] if user else None)
@@ -135,12 +154,13 @@ class LocalPostgres:
 
     def _run(self, port: int, timeout: float) -> None:
         self.port = port
+        options = [arg for name, value in self.settings.items()
+                   for arg in ("-c", f"{name}={value}")]
         self.process = ServiceProcess(
             "postgres",
             [find_pg_bin("postgres"), "-D", str(self.data), "-p", str(port),
              "-c", f"listen_addresses={LOOPBACK}", "-c", f"unix_socket_directories={self.base}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=300", "-c", "shared_buffers=128MB"],
+             *options],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
             ready=lambda _proc: self._accepts(port), log_path=self.base / "postgres.log",
             stop_signal=signal.SIGINT, user=self._user)  # SIGINT: PostgreSQL's fast shutdown

@@ -84,6 +84,7 @@ async def test_chat_dev_runs_the_stack_restarts_a_crashed_service_and_stops_on_c
     proc, offset = start_stack(venv_bin)
     try:
         assert f"127.0.0.1:{9090 + offset}" in proc.output()
+        assert "with fsync=off: a crash loses data" in proc.output()  # said before it is used
         http, ws = f"http://127.0.0.1:{8080 + offset}", f"http://127.0.0.1:{8081 + offset}"
         alice = {"Authorization": f"Bearer {issue_token('alice', secret=DEV_JWT_SECRET)}"}
         bob = issue_token("bob", secret=DEV_JWT_SECRET)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chat_bench.medians import combine
+from chat_bench.medians import SUMMED, combine
 
 
 def run(p99: float, lost: int, n: int, shares: list[float]) -> dict[str, object]:
@@ -35,3 +35,10 @@ def test_lists_text_and_flags_come_from_the_first_run() -> None:
 def test_one_run_is_itself() -> None:
     one = run(12.5, 1, 7, [0.4])
     assert combine([one]) == one
+
+
+def test_a_phase_can_name_further_counts_to_sum() -> None:
+    runs = [{"p": {"dropped": 1, "p99_ms": 3.0}}, {"p": {"dropped": 2, "p99_ms": 5.0}},
+            {"p": {"dropped": 0, "p99_ms": 4.0}}]
+    assert combine(runs)["p"]["dropped"] == 1  # a median unless named
+    assert combine(runs, SUMMED | {"dropped"})["p"] == {"dropped": 3, "p99_ms": 4.0}

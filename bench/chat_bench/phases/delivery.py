@@ -1,8 +1,9 @@
-"""End-to-end delivery: SendMessage at a steady rate -> outbox -> relay -> gateway -> socket.
+"""The delivery phase: SendMessage at a steady rate -> outbox -> relay -> gateway -> socket.
 
 Sending runs in a client process of its own, paced open-loop (message n is due at
 start + n / rate, whatever the answers do); each message's content carries the monotonic clock
-(CLOCK_MONOTONIC, shared by all processes of the machine) read just before its RPC. The
+(CLOCK_MONOTONIC, shared by all processes of the machine) read just before its call (over
+the run's transport, gRPC or HTTP/JSON). The
 receivers (every member but the sender, each on its own socket) run in this process: a frame's
 latency is its arrival time minus that stamp. Every successful send must reach each of its
 receivers; whatever has not arrived when the drain time is over counts as lost.
@@ -13,19 +14,21 @@ at XADD (ms) and its ``occurred_at`` is the outbox row's ``created_at``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from datetime import datetime
 from typing import Any
 
 import aiohttp
-import grpc
 import redis.asyncio as aioredis
 
-from chat_bench.clients import Api, User, grpc_channel, token
+from chat_bench.clients import TRANSPORT_NAMES, CallFailed, User, open_api, token
+from chat_bench.phase import Check, Context, Phase, at_most, check
 from chat_bench.stats import CpuMeter, summarize
+from chat_bench.tables import fmt
 
 START_DELAY = 3.0
 MAX_IN_FLIGHT = 512
@@ -42,21 +45,20 @@ async def _pace(spec: dict[str, Any]) -> dict[str, Any]:
     ok: list[int] = []
     errors: dict[str, int] = {}
     late = 0
-    async with grpc_channel(spec["grpc"]) as channel:
-        api = Api(channel)
+    async with open_api(spec["transport"], spec["grpc"], spec["http"]) as (api, *_):
         users = {s: User(s, spec["secret"]) for _, s in conversations}
         for conv, sender in conversations[:5]:
-            await api.send_grpc(users[sender], conv, "warm-up")
+            await api.send(users[sender], conv, "warm-up")
         sem = asyncio.Semaphore(MAX_IN_FLIGHT)
 
         async def one(n: int) -> None:
             conv, sender = conversations[n % len(conversations)]
             try:
-                await api.send_grpc(users[sender], conv, f"{time.perf_counter():.6f} {n}",
-                                    deadline=10)
+                await api.send(users[sender], conv, f"{time.perf_counter():.6f} {n}",
+                               deadline=10)
                 ok.append(n)
-            except grpc.aio.AioRpcError as e:
-                errors[e.code().name] = errors.get(e.code().name, 0) + 1
+            except CallFailed as e:
+                errors[e.code] = errors.get(e.code, 0) + 1
             finally:
                 sem.release()
 
@@ -121,14 +123,13 @@ async def relay_lag(r: aioredis.Redis, since: dict[str, str],
     return [max(0.0, x) for x in lags], len(lags)
 
 
-async def measure(executor: Executor, grpc_addr: str, ws_url: str, redis_addr: str,
-                  stream_prefix: str, secret: str, rate: float, duration: float,
-                  conversations: int, receivers: int, drain: float,
+async def measure(executor: Executor, transport: str, grpc_addr: str, http_base: str,
+                  ws_url: str, redis_addr: str, stream_prefix: str, secret: str, rate: float,
+                  duration: float, conversations: int, receivers: int, drain: float,
                   progress: Callable[[str], None]) -> dict[str, Any]:
     total = int(rate * duration)
-    async with grpc_channel(grpc_addr) as channel, \
+    async with open_api(transport, grpc_addr, http_base) as (api, *_), \
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        api = Api(channel)
         progress(f"delivery: {conversations} conversations, 1 sender + {receivers} receivers "
                  "each; connecting receivers ...")
         plan = [(f"ws-sender-{i:03d}", [f"ws-recv-{i:03d}-{j}" for j in range(receivers)])
@@ -186,10 +187,12 @@ async def measure(executor: Executor, grpc_addr: str, ws_url: str, redis_addr: s
             await wait_quiet(r, keys)
         since = await _stream_position(r, keys) if r is not None else {}
         progress(f"delivery: {rate:g} messages/s for {duration:g} s ({total} messages) from 1 "
-                 f"client process, {len(sockets)} receiver sockets in this process ...")
+                 f"client process over {TRANSPORT_NAMES[transport]}, {len(sockets)} receiver "
+                 "sockets in this process ...")
         cpu = CpuMeter()
         result = await asyncio.get_running_loop().run_in_executor(executor, pacer_worker, {
-            "grpc": grpc_addr, "secret": secret, "rate": rate, "total": total,
+            "transport": transport, "grpc": grpc_addr, "http": http_base, "secret": secret,
+            "rate": rate, "total": total,
             "start": time.perf_counter() + START_DELAY,
             "conversations": [(c, s) for c, (s, _) in zip(convs, plan, strict=True)]})
         ok: list[int] = result["ok"]
@@ -216,7 +219,8 @@ async def measure(executor: Executor, grpc_addr: str, ws_url: str, redis_addr: s
             lags, _ = await relay_lag(r, since, set(convs))
             lag = summarize(lags)
             await r.aclose()
-    return {"rate_target": rate, "duration_s": duration, "messages_sent": len(ok),
+    return {"rate_target": rate, "transport": transport, "duration_s": duration,
+            "messages_sent": len(ok),
             "send_errors": sum(result["errors"].values()), "send_errors_by_code": result["errors"],
             "rate_achieved": round(total / result["offered_s"], 1) if result["offered_s"] else 0,
             "late_sends": result["late"], "conversations": conversations,
@@ -225,3 +229,61 @@ async def measure(executor: Executor, grpc_addr: str, ws_url: str, redis_addr: s
             "duplicates": duplicates, "latency": summarize(latencies), "relay_lag": lag,
             "client_processes": 2, "sender_cpu_share": result["cpu"],
             "receiver_cpu_share": receiver_cpu}
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    t, cfg = ctx.target, ctx.settings
+    return await measure(
+        ctx.executor, ctx.transport, t.grpc, t.http, t.ws, t.redis_addr, t.stream_prefix,
+        t.jwt_secret, cfg["rate"], cfg["delivery_duration"], cfg["delivery_conversations"],
+        cfg["receivers"], 15.0, ctx.progress)
+
+
+def targets(figures: Mapping[str, Any]) -> list[Check]:
+    latency, lag = figures.get("latency") or {}, figures.get("relay_lag") or {}
+    return [
+        check(f"send-to-socket p99 at {figures.get('rate_target', 500):g} msg/s",
+              latency.get("p99_ms"), "<= 50 ms", at_most(50), "ms"),
+        check("messages lost (send-to-socket)", figures.get("lost"), "0", at_most(0)),
+        check("relay commit-to-stream lag p99", lag.get("p99_ms"), "<= 25 ms",
+              at_most(25), "ms"),
+    ]
+
+
+def details(d: Mapping[str, Any]) -> list[str]:
+    lat, lag = d["latency"], d["relay_lag"]
+    # Runs before the transport was recorded sent over gRPC.
+    over = TRANSPORT_NAMES[d.get("transport", "grpc")]
+    return [f"Send-to-WebSocket: {d['messages_sent']:,} messages at {d['rate_achieved']:g} "
+            f"msg/s (target {d['rate_target']:g}, sent over {over}) over {d['conversations']} "
+            f"conversations, each to {d['receivers_per_conversation']} receivers "
+            f"({d['sockets']} sockets): {d['deliveries']:,} of {d['deliveries_expected']:,} "
+            f"frames, {d['lost']} lost, {d['duplicates']} duplicates, {d['send_errors']} send "
+            f"errors; latency p50 {fmt(lat.get('p50_ms'))} ms, p95 {fmt(lat.get('p95_ms'))} "
+            f"ms, p99 {fmt(lat.get('p99_ms'))} ms, max {fmt(lat.get('max_ms'))} ms. Relay "
+            f"commit-to-stream lag (entry id vs occurred_at, ms resolution) p50 "
+            f"{fmt(lag.get('p50_ms'))} ms, p99 {fmt(lag.get('p99_ms'))} ms. Clients: 1 sending "
+            f"process ({d['sender_cpu_share']:.0%} of a core), receivers in the main process "
+            f"({d['receiver_cpu_share']:.0%})."]
+
+
+def _options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--rate", type=float, help="messages/s of the delivery phase (500)")
+    group.add_argument("--delivery-duration", type=float,
+                       help="seconds of the delivery phase (15)")
+    group.add_argument("--receivers", type=int, default=2,
+                       help="receiving members per conversation in the delivery phase")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    def pick(value: Any, full: Any, small: Any) -> Any:
+        return value if value is not None else (small if args.quick else full)
+
+    return {"rate": pick(args.rate, 500.0, 100.0),
+            "delivery_duration": pick(args.delivery_duration, 15.0, 2.0),
+            "delivery_conversations": 20 if args.quick else 100, "receivers": args.receivers}
+
+
+PHASE = Phase(
+    name="delivery", about="send-to-WebSocket latency at a steady rate, and the relay's lag",
+    run=run, targets=targets, details=details, options=_options, settings=_settings)
