@@ -108,6 +108,18 @@ async def test_same_key_and_content_in_another_conversation_is_key_reused(stub):
     _assert_duplicate_of(err, original, reason=KEY_REUSED)
 
 
+async def test_a_used_key_sent_to_someone_elses_conversation_names_the_original(stub, db_source):
+    mine = await create_conversation(stub, "alice", ["bob"])
+    theirs = await create_conversation(stub, "bob", ["carol"])
+    original = await send(stub, "alice", mine.id, "hello", key="k1")
+
+    err = await rpc_error(_send_call(stub, "alice", theirs.id, "hello", "k1"))
+
+    # The key is the sender's own: it names her message, and nothing about the other one.
+    _assert_duplicate_of(err, original, reason=KEY_REUSED)
+    assert await db_rows(db_source, "SELECT count(*) FROM messages") == [(1,)]
+
+
 async def test_keys_are_per_sender(stub, db_source):
     conv = await create_conversation(stub, "alice", ["bob"])
     from_alice = await send(stub, "alice", conv.id, "same", key="shared-key")

@@ -1,28 +1,32 @@
 """SendMessage and GetMessages.
 
-Idempotency: (sender, idempotency_key) names one message, and the database's unique constraint
-alone decides it. The send statement (``storage.messages``) fails on a used key without taking
-a seq, and the send answers ALREADY_EXISTS naming the original message (its id, seq and
-conversation), read by the key.
+Idempotency: (sender, idempotency_key) names one message, and the database alone decides it.
+The send statement (``storage.messages``) answers a used key with the original message instead
+of inserting, without taking a seq; concurrent sends of one key meet at the unique constraint.
+Either way the send answers ALREADY_EXISTS naming the original (its id, seq and conversation).
 
 Redis is not on the send path, because it bought nothing there. It used to sit in front of
 the constraint (SET NX of the key, the insert only for the winner), which can only ever save
 work on a *retry*, while every *new* send pays for it. Measured with
-``scripts/measure_send_idempotency.py`` (sequential gRPC sends, 16 rounds of 300 alternating
-between the two, on a 2-core machine shared with other work, load average 6 to 8; each figure
-the median of the paired per-round differences, and in how many rounds it had that sign):
+``scripts/measure_send_idempotency.py`` (sequential gRPC sends, 12 rounds of 300 of each kind
+alternating between the variants, on a 2-core machine shared with other work, load average 5
+to 8; each figure the median of the per-round differences from the Redis variant, and in how
+many rounds the difference had that sign):
 
-- a new send without the reservation: 4.0 ms faster at the median (14 of 16 rounds) and
-  0.87 ms of API CPU less (16 of 16), about a quarter of a send's CPU on that machine;
-- a retry without it: 0.13 ms of CPU more (10 of 16), its latency no different (8 of 16).
+- a new send without Redis: 0.65 ms of API CPU less (11 of 12 rounds), about a fifth of a
+  send's CPU on that machine, and 2.2 ms faster at the median (9 of 12);
+- a retry without Redis: 0.85 ms of CPU less (9 of 12) and 1.2 ms faster (9 of 12), because
+  the send statement answers a retry itself (``storage.messages``). Before it did, a retry
+  without Redis was a failed insert and then a read: 0.25 ms of CPU and 1.8 ms more than with
+  Redis (8 of 12), the only thing Redis ever bought.
 
-So the reservation would pay only if most sends were retries. It also put Redis's faults on
-every send: with redis-py's default retries a killed Redis held sends for seconds (p99 8.9 s
-during a kill, 3.7 s during a 3 s stall: ``tests/integration/test_redis_faults.py``), and a
-burst of a thousand concurrent sends exhausted the client's pool (redis-py's asyncio pool holds
-100 connections by default), which the fast path took for a Redis fault and then skipped Redis
-for a second, counting every skipped send as "degraded". Without Redis, whatever it does
-(down, stalled, flushed) cannot slow a send or make two messages of one key.
+Redis also put its faults on every send: with redis-py's default retries a killed Redis held
+sends for seconds (p99 4.8 to 8.9 s during a kill, 3.7 to 4.3 s during a 3 s stall:
+``tests/integration/test_redis_faults.py``), and a burst of a thousand concurrent sends
+exhausted the client's pool (redis-py's asyncio pool holds 100 connections by default), which
+the fast path took for a Redis fault: it then skipped Redis for a second and counted every
+skipped send as "degraded". Without Redis, whatever it does (down, stalled, flushed) cannot slow
+a send or make two messages of one key.
 """
 
 from __future__ import annotations
