@@ -10,8 +10,9 @@ succeed (retries with ALREADY_EXISTS naming the original), and the database must
 message once with gapless seqs.
 
 Latency is measured at the client on a machine that may be busy with other work: the bound is
-twice the p99 before the fault with a floor of ``FLOOR`` seconds, far below the seconds a send
-waited on Redis, far above such a machine's noise.
+twice the p99 before the fault with a floor of ``FLOOR`` seconds, below the seconds a send
+waited on Redis (p99 3.7 s and more), above the stalls of a 2-core machine shared with other
+test runs (up to 1.5 s seen).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ BEFORE = 2.0        # seconds of sends before the fault
 FAULT = 3.0         # seconds of sends during the fault
 WARM_UP = 50        # sends before the measured ones
 RETRY_EVERY = 10    # every tenth send is followed by a retry of its key
-FLOOR = 1.5         # seconds: the p99 bound is never tighter than this
+FLOOR = 2.5         # seconds: the p99 bound is never tighter than this
 DEADLINE = 10.0     # the client's deadline per send
 
 
