@@ -17,25 +17,48 @@ Every connection any service opens (pooled or dedicated, async or sync) gets the
 Statements use psycopg's own named parameters (``%(name)s``), run as written. Statements that
 run often are prepared server-side by psycopg after a few executions per connection.
 
+Bounded in time: every unit of work on a pooled connection (``fetchone``, ``fetchall``,
+``connection``, ``transaction``, ``ping``) ends within a known time whatever the server does,
+including nothing at all (a frozen server, a network that drops everything):
+
+- waiting for a pooled connection: DB_POOL_TIMEOUT;
+- waiting for the server's answers: DB_STATEMENT_TIMEOUT plus ``ANSWER_GRACE``. A running server
+  cancels a statement at DB_STATEMENT_TIMEOUT itself and says so; the grace lets that answer
+  arrive first. A server that does not answer is never asked: the connection's socket is shut
+  down (``_sever``), the waiting query fails at once and the pool replaces the connection.
+  (psycopg answers a *cancelled* query by asking the server to cancel it and waiting up to
+  5 + 5 s for it to confirm, which is why a bound is not an ``asyncio.timeout`` here; TCP
+  keepalives and ``tcp_user_timeout`` do not help either: the kernel of a frozen server still
+  acknowledges every packet.)
+- both shorter when the caller's deadline (``chat_shared.deadlines``) comes first.
+
+Dedicated connections (``connect``, ``connect_sync``) serve background work and tools (advisory
+locks, LISTEN, the dead-letter CLI) and get ``statement_timeout`` and ``connect_timeout`` only.
+
 Errors: "the database cannot be reached or did not answer in time" (``OperationalError``, which
-includes a statement cancelled by ``statement_timeout``, and ``PoolTimeout``) becomes
-``chat_shared.errors.Unavailable``, which clients may retry. Every other error (a unique
-violation, a bad statement) passes through unchanged for the caller to interpret.
+includes a statement cancelled by ``statement_timeout``, ``PoolTimeout`` and a bound above)
+becomes ``chat_shared.errors.Unavailable``, which clients may retry; when it was the caller's
+deadline that ran out, ``DeadlineExceeded``. Every other error (a unique violation, a bad
+statement) passes through unchanged for the caller to interpret.
 
 Spans: each unit of work is named after what it does (``db.send_message``), as Synapse's
 ``runInteraction("name", ...)`` names its transactions; spans cost nothing unless recorded
 (``chat_shared.observability.tracing``).
 
-What this adds to psycopg_pool: only the conventions above in one place. ``Database.fetchone``
-and ``fetchall`` are the hot path of the API (one pooled connection, one statement, no
-allocation beyond psycopg's own), so they are written out rather than layered on
-``connection()``.
+What this adds to psycopg_pool: the conventions above in one place, and the bound on a server
+that does not answer (psycopg_pool bounds only the wait for a connection); that watchdog is a
+loop timer per unit of work, about 3 us. ``Database.fetchone`` and ``fetchall`` are the hot
+path of the API (one pooled connection, one statement, no allocation beyond psycopg's own), so
+they are written out rather than layered on ``connection()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
+import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,12 +68,14 @@ from psycopg.abc import Params, QueryNoTemplate
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from chat_shared import deadlines
 from chat_shared.config import DatabaseSettings
-from chat_shared.errors import Unavailable
+from chat_shared.errors import ChatError, DeadlineExceeded, Unavailable
 from chat_shared.observability.tracing import tracer
 
 __all__ = [
-    "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn", "Database", "connect",
+    "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
+    "Database", "connect",
     "connect_sync", "conninfo", "interaction", "redacted", "unavailable_on_connection_errors",
 ]
 
@@ -60,7 +85,10 @@ CONNECT_TIMEOUT = 5.0
 """Seconds to establish a connection (libpq counts whole seconds, at least 2)."""
 
 PING_TIMEOUT = 2.0
-"""Seconds ``Database.ping`` waits for a pooled connection."""
+"""Seconds ``Database.ping`` waits for a pooled connection, and then for the answer."""
+
+ANSWER_GRACE = 0.5
+"""Seconds past DB_STATEMENT_TIMEOUT that a unit of work waits for the server's answer."""
 
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
 """What "the database is unavailable" looks like from psycopg (see the module docstring)."""
@@ -156,6 +184,56 @@ def connect_sync(
                 connect_timeout=connect_timeout))
 
 
+def _within_deadline(wait: float) -> tuple[float, bool]:
+    """``wait``, or less when the caller's deadline comes first; and whether it does.
+
+    Raises:
+        DeadlineExceeded: the caller's deadline has passed already.
+    """
+    left = deadlines.remaining()
+    if left is None or left >= wait:
+        return wait, False
+    if left <= 0:
+        raise DeadlineExceeded("deadline exceeded before the database answered")
+    return left, True
+
+
+def _timed_out(by_caller: bool) -> ChatError:
+    if by_caller:
+        return DeadlineExceeded("deadline exceeded before the database answered")
+    return Unavailable("database unavailable: no answer in time")
+
+
+def _sever(conn: AsyncConn) -> None:
+    """Shuts the connection's socket down, so that whatever waits on it fails at once.
+
+    The socket then reads as end-of-file: the waiting query raises OperationalError, psycopg
+    marks the connection BAD, and the pool replaces it. ``shutdown``, not ``close``: the
+    descriptor stays psycopg's, so no other file can take its number while psycopg holds it.
+    """
+    with contextlib.suppress(Exception):  # already closed or broken: nothing waits on it
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """Severs a connection that is still in use ``seconds`` from now."""
+
+    __slots__ = ("_conn", "_handle", "fired")
+
+    def __init__(self, conn: AsyncConn, seconds: float) -> None:
+        self._conn = conn
+        self.fired = False
+        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        _sever(self._conn)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class Database:
     """A process's pool of sessions, and its units of work.
 
@@ -175,6 +253,8 @@ class Database:
             name=application_name,
             open=False,
         )
+        self._pool_wait = settings.db_pool_timeout
+        self._answer_wait = settings.db_statement_timeout + ANSWER_GRACE
 
     async def open(self, *, wait: bool = False) -> None:
         """Starts filling the pool; with ``wait=False`` the process starts even while
@@ -190,13 +270,11 @@ class Database:
 
         Raises:
             Unavailable: no connection, or the statement did not finish in time.
+            DeadlineExceeded: the caller's deadline passed first.
         """
         with _tracer.start_as_current_span(name):
-            try:
-                async with self.pool.connection() as conn:
-                    return await (await conn.execute(query, params)).fetchone()
-            except CONNECTION_ERRORS as exc:
-                raise Unavailable("database unavailable") from exc
+            async with self._bounded(self._pool_wait, self._answer_wait) as conn:
+                return await (await conn.execute(query, params)).fetchone()
 
     async def fetchall(self, name: str, query: QueryNoTemplate, params: Params | None = None
                        ) -> list[TupleRow]:
@@ -204,38 +282,72 @@ class Database:
 
         Raises:
             Unavailable: no connection, or the statement did not finish in time.
+            DeadlineExceeded: the caller's deadline passed first.
         """
         with _tracer.start_as_current_span(name):
-            try:
-                async with self.pool.connection() as conn:
-                    return await (await conn.execute(query, params)).fetchall()
-            except CONNECTION_ERRORS as exc:
-                raise Unavailable("database unavailable") from exc
+            async with self._bounded(self._pool_wait, self._answer_wait) as conn:
+                return await (await conn.execute(query, params)).fetchall()
 
     @contextlib.asynccontextmanager
     async def connection(self, name: str) -> AsyncIterator[AsyncConn]:
-        """A pooled connection for a unit of several statements, each committed on its own."""
-        with interaction(name):
-            async with self.pool.connection() as conn:
+        """A pooled connection for a unit of several statements, each committed on its own.
+
+        The whole block is one unit of work, bounded as one statement is (module docstring).
+        """
+        with _tracer.start_as_current_span(name):
+            async with self._bounded(self._pool_wait, self._answer_wait) as conn:
                 yield conn
 
     @contextlib.asynccontextmanager
     async def transaction(self, name: str) -> AsyncIterator[AsyncConn]:
         """A pooled connection inside one transaction: every statement of the block commits
-        together at its end, or none does (an exception rolls it back)."""
-        with interaction(name):
-            async with self.pool.connection() as conn, conn.transaction():
+        together at its end, or none does (an exception rolls it back). Bounded as
+        ``connection``."""
+        with _tracer.start_as_current_span(name):
+            async with self._bounded(self._pool_wait, self._answer_wait) as conn, \
+                    conn.transaction():
                 yield conn
 
     async def ping(self) -> bool:
-        """True when PostgreSQL answers a trivial query (waiting at most PING_TIMEOUT for a
-        connection: a probe must not queue behind a busy pool for long)."""
+        """True when PostgreSQL answers a trivial query within PING_TIMEOUT (and a pooled
+        connection came within PING_TIMEOUT: a probe must not queue behind a busy pool)."""
         try:
-            async with self.pool.connection(timeout=PING_TIMEOUT) as conn:
-                await conn.execute("SELECT 1")
+            with deadlines.deadline_after(None):  # the probe's own bounds, whoever calls
+                async with self._bounded(PING_TIMEOUT, PING_TIMEOUT) as conn:
+                    await conn.execute("SELECT 1")
             return True
         except Exception:  # noqa: BLE001 - any failure means "down" here
             return False
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, pool_wait: float, answer_wait: float
+                       ) -> AsyncIterator[AsyncConn]:
+        """A pooled connection for one unit of work, bounded as the module docstring says.
+
+        Args:
+            pool_wait: seconds to wait for a pooled connection.
+            answer_wait: seconds the unit of work may then wait for the server.
+        """
+        pool_wait, by_caller = _within_deadline(pool_wait)
+        try:
+            conn = await self.pool.getconn(timeout=pool_wait)
+        except PoolTimeout as exc:
+            raise _timed_out(by_caller) from exc
+        except psycopg.OperationalError as exc:  # the pool is closed
+            raise Unavailable("database unavailable") from exc
+        answer_wait, by_caller = _within_deadline(answer_wait)
+        watchdog = _Watchdog(conn, answer_wait)
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            if watchdog.fired:
+                raise _timed_out(by_caller) from exc
+            if isinstance(exc, psycopg.OperationalError):
+                raise Unavailable("database unavailable") from exc
+            raise
+        finally:
+            watchdog.cancel()
+            await self.pool.putconn(conn)
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (psycopg_pool's ``get_stats()``)."""

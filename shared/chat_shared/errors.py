@@ -7,7 +7,8 @@
      ├── NotFound             also what a non-member is told (they learn nothing)
      ├── AlreadyExists        duplicate send; carries reason and metadata (original message)
      ├── ResourceExhausted
-     ├── Unavailable          a dependency we cannot work without is down
+     ├── DeadlineExceeded     the caller's deadline passed before the work was done
+     ├── Unavailable          a dependency we cannot work without is down or did not answer
      └── Internal
 
 Each transport maps these to its own status in one table (gRPC: chat_api.transport.grpc_errors).
@@ -54,6 +55,10 @@ class AlreadyExists(ChatError):
 
 class ResourceExhausted(ChatError):
     code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(ChatError):
+    code = "DEADLINE_EXCEEDED"
 
 
 class Unavailable(ChatError):

@@ -27,15 +27,22 @@ class Service(Protocol):
     async def stop(self) -> object: ...
 
 
-def settings_or_none(prog: str, cls: type[S]) -> S | None:
-    """The process's settings, or None after printing why they are unusable (exit 2 then)."""
+def settings_or_none(prog: str, cls: type[S], *, needs_redis: bool = True) -> S | None:
+    """The process's settings, or None after printing why they are unusable (exit 2 then).
+
+    Args:
+        needs_redis: whether the process cannot start without REDIS_ADDR (the API does not
+            use Redis; the relay and the gateway do).
+    """
     try:
         settings = load_settings(cls)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
-    missing = [name for name, value in (("DB_SOURCE", settings.db_source),
-                                        ("REDIS_ADDR", settings.redis_addr)) if not value]
+    required = [("DB_SOURCE", settings.db_source)]
+    if needs_redis:
+        required.append(("REDIS_ADDR", settings.redis_addr))
+    missing = [name for name, value in required if not value]
     if missing:
         print(f"{prog}: {', '.join(missing)} not set (use `chat-dev` for a local stack)",
               file=sys.stderr)

@@ -20,10 +20,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from chat_devtools.local_postgres import LocalPostgres
+from chat_shared import deadlines
 from chat_shared.config import DatabaseSettings
 from chat_shared.db import Database, connect, connect_sync, conninfo
-from chat_shared.errors import Unavailable
-from chat_devtools.local_postgres import LocalPostgres
+from chat_shared.errors import DeadlineExceeded, Unavailable
 from chat_shared.observability import tracing
 
 
@@ -213,3 +214,30 @@ async def test_postgresql_down_is_unavailable_everywhere(own_postgres: LocalPost
         assert time.monotonic() - started < 30  # bounded: pool and connect timeouts
     finally:
         await database.close()
+
+
+# --- bounded by the caller's deadline (a frozen server: tests/integration/test_postgres_freeze) --
+
+async def test_a_statement_running_at_the_callers_deadline_ends_deadline_exceeded(
+        db: Database) -> None:
+    started = time.monotonic()
+    with deadlines.deadline_after(0.3), pytest.raises(DeadlineExceeded):
+        await db.fetchone("db.sleep", "SELECT pg_sleep(5)")
+    assert time.monotonic() - started < 2.0
+    # The connection it ran on was dropped, not returned busy: the next unit of work runs.
+    assert await db.fetchone("db.one", "SELECT 1") == (1,)
+
+
+async def test_a_deadline_already_passed_takes_no_connection(db: Database) -> None:
+    before = db.stats().get("requests_num", 0)
+    with deadlines.deadline_after(0.0), pytest.raises(DeadlineExceeded):
+        await db.fetchall("db.one", "SELECT 1")
+    assert db.stats().get("requests_num", 0) == before
+
+
+async def test_work_within_the_callers_deadline_is_not_affected(db: Database) -> None:
+    with deadlines.deadline_after(5.0):
+        assert await db.fetchone("db.sleep", "SELECT 1 FROM pg_sleep(0.2)") == (1,)
+        async with db.transaction("db.two") as conn:
+            await conn.execute("SELECT pg_sleep(0.2)")
+            await conn.execute("SELECT 1")

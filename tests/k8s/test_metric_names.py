@@ -104,8 +104,7 @@ def test_interface_metrics_are_exported(live_metrics: dict[str, set[str]]) -> No
     promised = {
         "api": ["chat_rpc_requests_total", "chat_rpc_duration_seconds_bucket",
                 "chat_rpc_in_flight", "chat_db_pool_connections", "chat_dependency_up",
-                "idempotency_hits_total", "idempotency_degraded_total",
-                "chat_event_loop_lag_seconds_bucket"],
+                "idempotency_hits_total", "chat_event_loop_lag_seconds_bucket"],
         "outbox-relay": ["outbox_pending_count", "outbox_processed_total",
                          "outbox_publish_errors_total", "outbox_dlq_total",
                          "outbox_publish_lag_seconds_bucket", "outbox_oldest_pending_age_seconds",

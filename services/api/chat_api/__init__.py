@@ -1,1 +1,1 @@
-"""chat-service API: gRPC chat.v1.ChatService over PostgreSQL and Redis."""
+"""chat-service API: gRPC chat.v1.ChatService (and its HTTP/JSON gateway) over PostgreSQL."""

@@ -12,13 +12,11 @@ import contextlib
 from dataclasses import dataclass, field
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
 
-from chat_api.idempotency import IdempotencyStore
 from chat_api.service.conversations import ConversationService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
@@ -36,7 +34,6 @@ from chat_shared.db import Database
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
-from chat_shared.redis_client import create_redis
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -53,7 +50,6 @@ EVENT_LOOP_LAG = event_loop_lag_histogram("chat")
 class ApiApp:
     settings: ApiSettings
     db: Database
-    redis: aioredis.Redis
     dispatcher: Dispatcher
     server: grpc.aio.Server
     health: health.aio.HealthServicer
@@ -65,7 +61,6 @@ class ApiApp:
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
     _db_up: bool | None = None
-    _redis_up: bool | None = None
     _draining: bool = False
 
     async def start(self) -> None:
@@ -91,12 +86,7 @@ class ApiApp:
 
     async def probe_once(self) -> None:
         db_up = await self.db.ping()
-        try:
-            redis_up = bool(await self.redis.ping())
-        except Exception:  # noqa: BLE001 - any failure means "down" here
-            redis_up = False
         DEPENDENCY_UP.labels("postgresql").set(int(db_up))
-        DEPENDENCY_UP.labels("redis").set(int(redis_up))
         stats = self.db.stats()
         size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
         DB_POOL.labels("checked_out").set(size - idle)
@@ -106,15 +96,9 @@ class ApiApp:
             (log.info if db_up else log.error)("dependency_changed", dependency="postgresql",
                                                up=db_up)
             await self._set_health(db_up)
-        if redis_up != self._redis_up:
-            # Redis only degrades the API (sends stay exactly-once without it): log, no health.
-            (log.info if redis_up else log.warning)("dependency_changed", dependency="redis",
-                                                    up=redis_up)
-        self._db_up, self._redis_up = db_up, redis_up
+        self._db_up = db_up
 
     async def _probe_dependencies(self) -> None:
-        # Loop on the flag, not only on cancel(): redis-py can swallow a cancellation that
-        # lands inside ping(), and stop() would then wait for this task forever.
         while not self._draining:
             try:
                 await self.probe_once()
@@ -135,7 +119,6 @@ class ApiApp:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         else:
             await self.server.stop(grace)
-        await self.redis.aclose()
         await self.db.close()
         await self.loop_lag.stop()
         log.info("api_stopped")
@@ -145,13 +128,11 @@ def build_app(settings: ApiSettings) -> ApiApp:
     # Every API unit of work is a single statement, atomic by itself: the shared sessions'
     # autocommit saves the BEGIN/COMMIT round trips.
     db = Database(settings, application_name="chat-api")
-    redis = create_redis(settings)
     handlers = ChatHandlers(
         conversations=ConversationService(ConversationRepository(db),
                                           settings.max_conversation_members),
-        messages=MessageService(MessageRepository(db),
-                                IdempotencyStore(redis, settings.idempotency_ttl),
-                                settings.max_message_length, settings.max_idempotency_key_length),
+        messages=MessageService(MessageRepository(db), settings.max_message_length,
+                                settings.max_idempotency_key_length),
         reads=ReadService(ReadRepository(db)),
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())
@@ -172,7 +153,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
-    app = ApiApp(settings=settings, db=db, redis=redis, dispatcher=dispatcher,
+    app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
                  server=server, health=health_servicer, grpc_port=bound)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins)

@@ -21,7 +21,7 @@ lifecycle = get_lifecycle_logger()
 
 
 def main() -> int:
-    settings = settings_or_none(PROG, ApiSettings)
+    settings = settings_or_none(PROG, ApiSettings, needs_redis=False)
     if settings is None:
         return 2
     if settings.api_workers > 1 and not is_worker():

@@ -21,7 +21,6 @@ class ApiSettings(ServiceSettings):
     max_message_length: int = Field(4096, ge=1, le=1_000_000, description="characters")
     max_idempotency_key_length: int = Field(255, ge=8, le=1024, description="characters")
     max_conversation_members: int = Field(1000, ge=2, le=100_000)
-    idempotency_ttl: Seconds = Field(86400.0, gt=0, description="seconds a send key is cached")
     shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to drain on SIGTERM")
     health_check_interval: Seconds = Field(2.0, gt=0, description="dependency probe period")
     # HTTP/JSON gateway (chat_api.transport.http_gateway).

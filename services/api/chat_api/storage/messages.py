@@ -21,16 +21,24 @@ _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
 
 # One statement, one round trip: take the conversation's row lock while incrementing last_seq
 # (only for a member), insert the message with that seq, write its outbox event with the
-# members as recipients, and move the sender's read position to the new message. A duplicate
-# (sender, idempotency_key) aborts the whole statement, so a retried key never burns a seq:
-# seq stays gapless.
+# members as recipients, and move the sender's read position to the new message.
+#
+# Idempotency, without burning a seq (seq stays gapless): a key that already names a committed
+# message (``prior``, one probe of the unique index) stops the statement before the row lock,
+# and the statement answers with that original, flagged as a duplicate: a retry costs one read,
+# no lock, no aborted write, no error. Concurrent sends of one key that all miss ``prior`` meet
+# at the unique constraint, which aborts the later statements whole (UniqueViolation).
 _SEND = f"""
-    WITH conv AS (
+    WITH prior AS (
+        SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
+        WHERE sender_id = %(sender_id)s AND idempotency_key = %(idempotency_key)s
+    ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
                last_message_at = clock_timestamp(),
                last_activity_at = clock_timestamp()
          WHERE c.id = %(conversation_id)s
+           AND NOT EXISTS (SELECT 1 FROM prior)
            AND EXISTS (SELECT 1 FROM conversation_members m
                         WHERE m.conversation_id = c.id AND m.user_id = %(sender_id)s)
         RETURNING c.id, c.last_seq, c.last_message_at, c.member_ids
@@ -54,7 +62,9 @@ _SEND = f"""
         WHERE m.conversation_id = msg.conversation_id AND m.user_id = msg.sender_id
           AND m.last_read_seq < msg.seq
     )
-    SELECT id, conversation_id, seq, sender_id, content, created_at FROM msg
+    SELECT false, id, conversation_id, seq, sender_id, content, created_at FROM msg
+    UNION ALL
+    SELECT true, id, conversation_id, seq, sender_id, content, created_at FROM prior
     """
 
 _BY_KEY = """
@@ -135,14 +145,18 @@ class MessageRepository:
                   "content": content, "idempotency_key": idempotency_key}
         try:
             row = await self._db.fetchone("db.send_message", _SEND, params)
-        except psycopg.errors.UniqueViolation as exc:
+        except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
             if exc.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
                 raise
             original = await self.by_idempotency_key(sender_id, idempotency_key)
             if original is None:
                 raise
             raise DuplicateKey(original) from exc
-        return message_from(row) if row is not None else None
+        if row is None:
+            return None
+        if row[0]:
+            raise DuplicateKey(message_from(row, 1))
+        return message_from(row, 1)
 
     async def by_idempotency_key(self, sender_id: str, key: str) -> MessageRecord | None:
         """The committed message that (sender, key) names, if any."""

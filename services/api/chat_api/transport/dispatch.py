@@ -3,10 +3,16 @@
 This is the interceptor chain in one place, so gRPC and HTTP behave the same: the same auth
 check, one log line per call (method, code, duration, user, request id, trace id), the same
 metrics, and unknown exceptions turned into INTERNAL without internals reaching the caller.
+
+Deadlines: the caller's (gRPC: the call's deadline; HTTP: a ``Grpc-Timeout`` header in gRPC's
+format, "500m", "2S", as gRPC-Gateway reads it) is set for the call's I/O through
+``chat_shared.deadlines``. The server answers DEADLINE_EXCEEDED a moment (``DEADLINE_LEAD``)
+before the caller gives up, so that its own answer, not a cancellation, ends the work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -18,8 +24,9 @@ from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram
 
 from chat_api.transport.handlers import Handler
+from chat_shared import deadlines
 from chat_shared.auth import TokenVerifier
-from chat_shared.errors import ChatError, Internal, NotFound
+from chat_shared.errors import ChatError, DeadlineExceeded, Internal, InvalidArgument, NotFound
 from chat_shared.observability.logging import get_logger
 
 log = get_logger("chat_api.rpc")
@@ -35,6 +42,29 @@ RPC_DURATION = Histogram(
 RPC_IN_FLIGHT = Gauge("chat_rpc_in_flight", "ChatService calls in progress", ["transport"],
                       multiprocess_mode="livesum")
 
+GRPC_TIMEOUT_HEADER = "Grpc-Timeout"
+"""The HTTP request header that carries the caller's deadline, as gRPC-Gateway reads it."""
+
+DEADLINE_LEAD = 0.02
+"""Seconds before the caller's deadline at which the call's I/O stops waiting. A gRPC server
+whose deadline passes cancels the call's task, and a cancelled psycopg query first tries to
+cancel it in the server, which a server that does not answer holds up for seconds."""
+
+
+def http_timeout(header: str | None) -> float | None:
+    """The caller's timeout from a ``Grpc-Timeout`` header; None when there is none.
+
+    Raises:
+        InvalidArgument: the header is not in gRPC's timeout format.
+    """
+    if header is None:
+        return None
+    try:
+        return deadlines.parse_grpc_timeout(header)
+    except ValueError:
+        raise InvalidArgument(GRPC_TIMEOUT_HEADER, "must be digits and a unit (H M S m u n), "
+                                                   "e.g. 500m or 2S") from None
+
 
 @dataclass
 class CallContext:
@@ -47,6 +77,8 @@ class CallContext:
     user_id: str = ""
     trace_id: str = ""
     """For the log line when no span carries one (spans not recorded); "" when a span does."""
+    timeout: float | None = None
+    """Seconds the caller waits for the answer; None when it set no deadline."""
 
 
 class Dispatcher:
@@ -80,9 +112,17 @@ class Dispatcher:
             ctx.user_id = principal.user_id
             if decode is not None:
                 request = decode(request)
-            return await handler(principal.user_id, request)
+            if ctx.timeout is None:
+                return await handler(principal.user_id, request)
+            if ctx.timeout <= DEADLINE_LEAD:
+                raise DeadlineExceeded("deadline exceeded before the call started")
+            with deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD):
+                return await handler(principal.user_id, request)
         except ChatError as exc:
             code = exc.code
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the caller went away (or its deadline passed)
             raise
         except Exception as exc:
             code = "INTERNAL"

@@ -57,7 +57,8 @@ def _unary(dispatcher: Dispatcher, method: str,
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> Any:
         metadata = _metadata(context)
         ctx = CallContext(method=method, transport="grpc",
-                          authorization=metadata.get("authorization"))
+                          authorization=metadata.get("authorization"),
+                          timeout=context.time_remaining())
         request_id = metadata.get("x-request-id")
         if request_id and len(request_id) <= 128:
             ctx.request_id = request_id

@@ -29,6 +29,7 @@ HTTP_STATUS: dict[str, int] = {
     "NOT_FOUND": 404,
     "ALREADY_EXISTS": 409,
     "RESOURCE_EXHAUSTED": 429,
+    "DEADLINE_EXCEEDED": 504,
     "UNAVAILABLE": 503,
     "INTERNAL": 500,
 }

@@ -29,7 +29,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from chat_api.transport.dispatch import CallContext, Dispatcher
+from chat_api.transport.dispatch import GRPC_TIMEOUT_HEADER, CallContext, Dispatcher, http_timeout
 from chat_api.transport.http_docs import docs_html
 from chat_api.transport.http_errors import error_response, gateway_error
 from chat_api.transport.http_json import parse_request, render
@@ -46,7 +46,7 @@ tracer = trace.get_tracer("chat_api.http")
 GZIP_MIN_BYTES = 1024
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-_CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-Id"
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, Grpc-Timeout, Idempotency-Key, X-Request-Id"
 _CORS_MAX_AGE = "600"
 _REQUEST_ID_KEY = web.RequestKey("request_id", str)
 CLIENT_CLOSED_REQUEST = 499
@@ -109,7 +109,8 @@ class HttpGateway:
                                     request.headers.get("Idempotency-Key"))
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
-                              request_id=request[_REQUEST_ID_KEY])
+                              request_id=request[_REQUEST_ID_KEY],
+                              timeout=http_timeout(request.headers.get(GRPC_TIMEOUT_HEADER)))
             response = await self._dispatcher.call(ctx, message)
             return web.Response(body=render(response, binding.response_body),
                                 content_type="application/json")
