@@ -29,6 +29,7 @@ from chat_outbox_relay.partitions import RELAY_APPLICATION_NAME, PartitionOwners
 from chat_outbox_relay.publishing import StreamPublisher
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared import db
+from chat_shared.backoff import Backoff
 from chat_shared.errors import Unavailable
 from chat_shared.observability.logging import get_logger
 from chat_shared.outbox import read_backlog
@@ -110,7 +111,7 @@ class OutboxRelay:
         s = self.settings
         next_rebalance = 0.0
         next_poll = 0.0
-        db_delay = s.outbox_retry_base
+        db_retry = Backoff(s.outbox_retry_base, _MAX_PAUSE)
         while not self._stopping:
             try:
                 conn = await self._work_connection()
@@ -134,7 +135,7 @@ class OutboxRelay:
                         if claimed < s.outbox_batch_size or self._redis_paused:
                             break
                     next_poll = time.monotonic() + s.poll_interval
-                db_delay = s.outbox_retry_base
+                db_retry.reset()
                 timeout = max(0.0, min(next_poll, next_rebalance) - time.monotonic())
                 if not self._wake.is_set() and timeout > 0:
                     with contextlib.suppress(TimeoutError):
@@ -144,6 +145,7 @@ class OutboxRelay:
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
                 # Connection lost (its locks and open batch went with it) or a statement
                 # failed: start over on a fresh connection; claimed rows were rolled back.
+                db_delay = db_retry.next_delay()
                 if isinstance(exc, Unavailable | psycopg.OperationalError | psycopg.InterfaceError
                               | OSError):
                     log.warning("database_unavailable", error=str(exc.__cause__ or exc),
@@ -153,7 +155,6 @@ class OutboxRelay:
                 self.db_up = False
                 await self._close_work_connection(release=False)
                 await self._sleep(db_delay)
-                db_delay = min(db_delay * 2, _MAX_PAUSE)
                 next_rebalance = 0.0
 
     def _partitions(self) -> str:
@@ -213,7 +214,7 @@ class OutboxRelay:
 
     async def _wait_for_redis(self) -> None:
         """Publishing is paused: wait (with backoff) until Redis answers again."""
-        delay = self.settings.outbox_retry_base
+        retry = Backoff(self.settings.outbox_retry_base, _MAX_PAUSE)
         while not self._stopping:
             if await self.publisher.ping():
                 log.info("redis_available")
@@ -221,8 +222,7 @@ class OutboxRelay:
                 self.redis_up = True
                 self._wake.set()
                 return
-            await self._sleep(delay)
-            delay = min(delay * 2, _MAX_PAUSE)
+            await self._sleep(retry.next_delay())
 
     async def _sleep(self, seconds: float) -> None:
         """Sleeps, but returns early on stop."""
@@ -254,14 +254,14 @@ class OutboxRelay:
     # --- side tasks --------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        delay = 0.1
+        retry = Backoff(0.1, _MAX_PAUSE)
         while not self._stopping:
             conn: AsyncConnection[Any] | None = None
             try:
                 conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-listen")
                 await conn.execute("LISTEN outbox")
                 self._wake.set()  # whatever was notified while we were not listening
-                delay = 0.1
+                retry.reset()
                 # notifies() holds the connection's lock while it lives: close the generator
                 # explicitly (aclosing) before the connection, or closing would wait for it.
                 async with contextlib.aclosing(conn.notifies()) as notifications:
@@ -270,9 +270,9 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - polling covers the gap; keep trying
+                delay = retry.next_delay()
                 log.warning("listen_failed", error=str(exc.__cause__ or exc), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_PAUSE)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
