@@ -31,6 +31,7 @@ from chat_outbox_relay.settings import RelaySettings
 from chat_shared import db
 from chat_shared.backoff import Backoff
 from chat_shared.errors import Unavailable
+from chat_shared.observability.dependencies import DependencyProbe
 from chat_shared.observability.logging import get_logger
 from chat_shared.outbox import read_backlog
 
@@ -52,8 +53,11 @@ class OutboxRelay:
         self.settings = settings
         self.publisher = publisher
         self.ownership = ownership or PartitionOwnership()
-        self.db_up = False
-        self.redis_up = False
+        self.dependencies = DependencyProbe(
+            metrics.DEPENDENCY_UP,
+            {"postgresql": self._probe_postgresql, "redis": self.publisher.ping},
+            timeout=settings.db_statement_timeout + 1.0)
+        self._probe_conn: AsyncConnection[Any] | None = None
         self._conn: AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -74,7 +78,7 @@ class OutboxRelay:
 
     def ready(self) -> bool:
         """Readiness: PostgreSQL and Redis both answered the last probe."""
-        return self.db_up and self.redis_up and not self._stopping
+        return self.dependencies.all_up() and not self._stopping
 
     async def stop(self, grace: float) -> bool:
         """Finishes the batch in hand (within ``grace``), releases the partitions.
@@ -152,7 +156,7 @@ class OutboxRelay:
                                 retry_in=db_delay)
                 else:
                     log.exception("batch_failed", retry_in=db_delay)
-                self.db_up = False
+                await self.dependencies.record("postgresql", False, str(exc.__cause__ or exc))
                 await self._close_work_connection(release=False)
                 await self._sleep(db_delay)
                 next_rebalance = 0.0
@@ -207,7 +211,7 @@ class OutboxRelay:
                 log.error("redis_unavailable", error=outcome.unavailable_error,
                           unpublished=len(outcome.unavailable))
             self._redis_paused = True
-            self.redis_up = False
+            await self.dependencies.record("redis", False, outcome.unavailable_error)
         log.debug("batch_done", claimed=len(rows), published=len(outcome.published),
                   rejected=len(outcome.rejected), dead=len(dead))
         return len(rows)
@@ -219,7 +223,7 @@ class OutboxRelay:
             if await self.publisher.ping():
                 log.info("redis_available")
                 self._redis_paused = False
-                self.redis_up = True
+                await self.dependencies.record("redis", True)
                 self._wake.set()
                 return
             await self._sleep(retry.next_delay())
@@ -279,39 +283,29 @@ class OutboxRelay:
                         await conn.close()
 
     async def _probe(self) -> None:
-        conn: AsyncConnection[Any] | None = None
         try:
             # Checks the flag too: redis-py can swallow a cancellation that lands in a call.
             while not self._stopping:
-                conn = await self._probe_once(conn)
+                await self.dependencies.probe_once()
                 await asyncio.sleep(self.settings.outbox_metrics_interval)
         finally:
+            conn, self._probe_conn = self._probe_conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
 
-    async def _probe_once(self, conn: AsyncConnection[Any] | None) -> AsyncConnection[Any] | None:
-        """Refreshes the pending gauges and readiness; returns the connection to reuse."""
+    async def _probe_postgresql(self) -> bool:
+        """Refreshes the pending gauges on the probe's own connection: PostgreSQL answered."""
         try:
-            if conn is None or conn.closed:
-                conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
-            backlog = await read_backlog(conn)
-            metrics.PENDING.set(backlog.pending)
-            metrics.OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
-            self.db_up = True
-        except Exception as exc:  # noqa: BLE001 - a failed probe means "down"
-            if self.db_up:
-                log.warning("dependency_changed", dependency="postgresql", up=False,
-                            error=str(exc.__cause__ or exc))
-            self.db_up = False
+            if self._probe_conn is None or self._probe_conn.closed:
+                self._probe_conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
+            backlog = await read_backlog(self._probe_conn)
+        except BaseException:
+            conn, self._probe_conn = self._probe_conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
-                conn = None
-        redis_up = await self.publisher.ping()
-        if redis_up != self.redis_up:
-            log.info("dependency_changed", dependency="redis", up=redis_up)
-        self.redis_up = redis_up
-        metrics.DEPENDENCY_UP.labels("postgresql").set(int(self.db_up))
-        metrics.DEPENDENCY_UP.labels("redis").set(int(self.redis_up))
-        return conn
+            raise
+        metrics.PENDING.set(backlog.pending)
+        metrics.OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
+        return True
