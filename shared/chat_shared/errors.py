@@ -3,10 +3,8 @@
     ChatError
      ├── InvalidArgument      bad input; names the field
      ├── Unauthenticated      missing, malformed, expired or wrongly signed credentials
-     ├── PermissionDenied
      ├── NotFound             also what a non-member is told (they learn nothing)
      ├── AlreadyExists        duplicate send; carries reason and metadata (original message)
-     ├── ResourceExhausted
      ├── DeadlineExceeded     the caller's deadline passed before the work was done
      ├── Unavailable          a dependency we cannot work without is down or did not answer
      └── Internal
@@ -41,20 +39,12 @@ class Unauthenticated(ChatError):
     code = "UNAUTHENTICATED"
 
 
-class PermissionDenied(ChatError):
-    code = "PERMISSION_DENIED"
-
-
 class NotFound(ChatError):
     code = "NOT_FOUND"
 
 
 class AlreadyExists(ChatError):
     code = "ALREADY_EXISTS"
-
-
-class ResourceExhausted(ChatError):
-    code = "RESOURCE_EXHAUSTED"
 
 
 class DeadlineExceeded(ChatError):

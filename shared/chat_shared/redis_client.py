@@ -7,11 +7,11 @@ held a call for seconds and a stalled one for as long as the stall. Here a call 
 - ``socket_connect_timeout`` and ``socket_timeout`` (REDIS_TIMEOUT) bound connecting and each
   answer;
 - ``retry=Retry(NoBackoff(), 0)`` and no ``retry_on_error``: a failure is raised at once, for
-  the caller to handle (the gateway's stream reader has its own backoff loop);
+  the caller to handle (the relay and the gateway back off with ``chat_shared.backoff``);
 - the pool never waits: redis.asyncio's pool raises MaxConnectionsError when all
   ``max_connections`` are in use, so a pool wait cannot outlast the bounds above either.
 
-(The relay's publisher builds its client the same way, sized for its pipelines.)
+(The relay and the gateway build every client here; the relay sizes its pool for its workers.)
 """
 
 from __future__ import annotations

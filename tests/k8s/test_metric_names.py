@@ -109,13 +109,21 @@ def test_interface_metrics_are_exported(live_metrics: dict[str, set[str]]) -> No
                          "outbox_publish_errors_total", "outbox_dlq_total",
                          "outbox_publish_lag_seconds_bucket", "outbox_oldest_pending_age_seconds",
                          "outbox_batch_duration_seconds_bucket",
-                         "outbox_relay_event_loop_lag_seconds_bucket"],
+                         "outbox_relay_event_loop_lag_seconds_bucket",
+                         "outbox_relay_dependency_up"],
         "ws-gateway": ["ws_connections", "ws_frames_sent_total",
                        "ws_slow_client_disconnects_total", "ws_delivery_lag_seconds_bucket",
-                       "ws_event_loop_lag_seconds_bucket"],
+                       "ws_event_loop_lag_seconds_bucket", "ws_dependency_up"],
     }
     for service, names in promised.items():
         assert sorted(set(names) - live_metrics[service]) == [], service
+
+
+def test_every_service_reports_its_dependencies_under_one_name_pattern(
+        live_metrics: dict[str, set[str]]) -> None:
+    for service in ("api", "outbox-relay", "ws-gateway"):
+        probes = sorted(n for n in live_metrics[service] if n.endswith("_dependency_up"))
+        assert len(probes) == 1, (service, probes)
 
 
 def prometheus_port(line: str) -> dict[str, int]:

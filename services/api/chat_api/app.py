@@ -30,7 +30,8 @@ from chat_api.transport.handlers import ChatHandlers
 from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
-from chat_shared.db import Database
+from chat_shared.db import PING_TIMEOUT, Database
+from chat_shared.observability.dependencies import DependencyProbe, dependency_gauge
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
@@ -39,11 +40,12 @@ log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
 
 # multiprocess_mode: how API_WORKERS processes combine (ignored with one process).
-DEPENDENCY_UP = Gauge("chat_dependency_up", "1 when the dependency answers its probe",
-                      ["dependency"], multiprocess_mode="livemin")
+DEPENDENCY_UP = dependency_gauge("chat", multiprocess_mode="livemin")
 DB_POOL = Gauge("chat_db_pool_connections", "Database pool connections by state", ["state"],
                 multiprocess_mode="livesum")
 EVENT_LOOP_LAG = event_loop_lag_histogram("chat")
+PROBE_TIMEOUT = 2 * PING_TIMEOUT + 1.0
+"""Longer than the ping's own bounds (pool wait + answer), so the ping's answer is the one used."""
 
 
 @dataclass
@@ -59,9 +61,14 @@ class ApiApp:
     http_port: int = 0
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
+    dependencies: DependencyProbe = field(init=False, repr=False)
     _probe: asyncio.Task[None] | None = field(default=None, repr=False)
-    _db_up: bool | None = None
     _draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.dependencies = DependencyProbe(DEPENDENCY_UP, {"postgresql": self.db.ping},
+                                            timeout=PROBE_TIMEOUT,
+                                            on_change=self._dependency_changed)
 
     async def start(self) -> None:
         self.loop_lag.start()
@@ -84,19 +91,17 @@ class ApiApp:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
+    async def _dependency_changed(self, _: str, up: bool) -> None:
+        if not self._draining:
+            await self._set_health(up)
+
     async def probe_once(self) -> None:
-        db_up = await self.db.ping()
-        DEPENDENCY_UP.labels("postgresql").set(int(db_up))
+        await self.dependencies.probe_once()
         stats = self.db.stats()
         size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
         DB_POOL.labels("checked_out").set(size - idle)
         DB_POOL.labels("idle").set(idle)
         DB_POOL.labels("waiting").set(stats.get("requests_waiting", 0))
-        if db_up != self._db_up and not self._draining:
-            (log.info if db_up else log.error)("dependency_changed", dependency="postgresql",
-                                               up=db_up)
-            await self._set_health(db_up)
-        self._db_up = db_up
 
     async def _probe_dependencies(self) -> None:
         while not self._draining:

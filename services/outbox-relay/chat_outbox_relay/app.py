@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from chat_outbox_relay.metrics import EVENT_LOOP_LAG
-from chat_outbox_relay.publishing import StreamPublisher, create_publisher_redis
+from chat_outbox_relay.publishing import StreamPublisher
 from chat_outbox_relay.relay import OutboxRelay
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor
+from chat_shared.redis_client import create_redis
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -60,7 +61,8 @@ def build_relay(settings: RelaySettings) -> RelayApp:
         raise ValueError("DB_SOURCE is not set")
     if not settings.redis_addr:
         raise ValueError("REDIS_ADDR is not set")
-    redis = create_publisher_redis(settings, settings.outbox_workers)
+    # One connection per publishing worker, plus the probe's and a spare.
+    redis = create_redis(settings, max_connections=max(4, settings.outbox_workers + 2))
     publisher = StreamPublisher(redis, shards=settings.stream_shards,
                                 maxlen=settings.stream_maxlen, prefix=settings.stream_prefix,
                                 workers=settings.outbox_workers)

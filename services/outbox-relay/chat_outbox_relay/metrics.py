@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from chat_shared.observability.dependencies import dependency_gauge
 from chat_shared.observability.loop_lag import event_loop_lag_histogram
 
 PENDING = Gauge("outbox_pending_count", "Rows waiting in the outbox (all partitions)")
@@ -26,8 +27,7 @@ BATCH_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 OWNED_PARTITIONS = Gauge("outbox_owned_partitions", "Outbox partitions this relay owns")
-DEPENDENCY_UP = Gauge("outbox_relay_dependency_up", "1 when the dependency answers the relay probe",
-                      ["dependency"])
+DEPENDENCY_UP = dependency_gauge("outbox_relay")
 EVENT_LOOP_LAG = event_loop_lag_histogram("outbox_relay")
 
 for _reason in ("unavailable", "rejected"):

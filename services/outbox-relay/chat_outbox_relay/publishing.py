@@ -22,14 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat_outbox_relay.claiming import ClaimedRow, Failure
-from chat_shared.config import RedisSettings, parse_host_port
 from chat_shared.events import ENTRY_FIELDS, entry_values, stream_key
 
 
@@ -70,17 +67,6 @@ _TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYA
 
 def is_transient(message: str) -> bool:
     return message.lstrip("-").startswith(_TRANSIENT_PREFIXES)
-
-
-def create_publisher_redis(settings: RedisSettings, max_connections: int) -> aioredis.Redis:
-    """A Redis client without redis-py's own retries: the relay has its retry policy."""
-    host, port = parse_host_port(settings.redis_addr, default_host="127.0.0.1")
-    return aioredis.Redis(
-        host=host, port=port, db=settings.redis_db, password=settings.redis_password or None,
-        socket_timeout=settings.redis_timeout, socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0), max_connections=max(4, max_connections + 2),
-        decode_responses=True,
-    )
 
 
 @dataclass

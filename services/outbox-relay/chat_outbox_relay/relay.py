@@ -29,7 +29,9 @@ from chat_outbox_relay.partitions import RELAY_APPLICATION_NAME, PartitionOwners
 from chat_outbox_relay.publishing import StreamPublisher
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared import db
+from chat_shared.backoff import Backoff
 from chat_shared.errors import Unavailable
+from chat_shared.observability.dependencies import DependencyProbe
 from chat_shared.observability.logging import get_logger
 from chat_shared.outbox import read_backlog
 
@@ -51,8 +53,11 @@ class OutboxRelay:
         self.settings = settings
         self.publisher = publisher
         self.ownership = ownership or PartitionOwnership()
-        self.db_up = False
-        self.redis_up = False
+        self.dependencies = DependencyProbe(
+            metrics.DEPENDENCY_UP,
+            {"postgresql": self._probe_postgresql, "redis": self.publisher.ping},
+            timeout=settings.db_statement_timeout + 1.0)
+        self._probe_conn: AsyncConnection[Any] | None = None
         self._conn: AsyncConnection[Any] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -73,7 +78,7 @@ class OutboxRelay:
 
     def ready(self) -> bool:
         """Readiness: PostgreSQL and Redis both answered the last probe."""
-        return self.db_up and self.redis_up and not self._stopping
+        return self.dependencies.all_up() and not self._stopping
 
     async def stop(self, grace: float) -> bool:
         """Finishes the batch in hand (within ``grace``), releases the partitions.
@@ -110,7 +115,7 @@ class OutboxRelay:
         s = self.settings
         next_rebalance = 0.0
         next_poll = 0.0
-        db_delay = s.outbox_retry_base
+        db_retry = Backoff(s.outbox_retry_base, _MAX_PAUSE)
         while not self._stopping:
             try:
                 conn = await self._work_connection()
@@ -134,7 +139,7 @@ class OutboxRelay:
                         if claimed < s.outbox_batch_size or self._redis_paused:
                             break
                     next_poll = time.monotonic() + s.poll_interval
-                db_delay = s.outbox_retry_base
+                db_retry.reset()
                 timeout = max(0.0, min(next_poll, next_rebalance) - time.monotonic())
                 if not self._wake.is_set() and timeout > 0:
                     with contextlib.suppress(TimeoutError):
@@ -144,16 +149,16 @@ class OutboxRelay:
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
                 # Connection lost (its locks and open batch went with it) or a statement
                 # failed: start over on a fresh connection; claimed rows were rolled back.
+                db_delay = db_retry.next_delay()
                 if isinstance(exc, Unavailable | psycopg.OperationalError | psycopg.InterfaceError
                               | OSError):
                     log.warning("database_unavailable", error=str(exc.__cause__ or exc),
                                 retry_in=db_delay)
                 else:
                     log.exception("batch_failed", retry_in=db_delay)
-                self.db_up = False
+                await self.dependencies.record("postgresql", False, str(exc.__cause__ or exc))
                 await self._close_work_connection(release=False)
                 await self._sleep(db_delay)
-                db_delay = min(db_delay * 2, _MAX_PAUSE)
                 next_rebalance = 0.0
 
     def _partitions(self) -> str:
@@ -206,23 +211,22 @@ class OutboxRelay:
                 log.error("redis_unavailable", error=outcome.unavailable_error,
                           unpublished=len(outcome.unavailable))
             self._redis_paused = True
-            self.redis_up = False
+            await self.dependencies.record("redis", False, outcome.unavailable_error)
         log.debug("batch_done", claimed=len(rows), published=len(outcome.published),
                   rejected=len(outcome.rejected), dead=len(dead))
         return len(rows)
 
     async def _wait_for_redis(self) -> None:
         """Publishing is paused: wait (with backoff) until Redis answers again."""
-        delay = self.settings.outbox_retry_base
+        retry = Backoff(self.settings.outbox_retry_base, _MAX_PAUSE)
         while not self._stopping:
             if await self.publisher.ping():
                 log.info("redis_available")
                 self._redis_paused = False
-                self.redis_up = True
+                await self.dependencies.record("redis", True)
                 self._wake.set()
                 return
-            await self._sleep(delay)
-            delay = min(delay * 2, _MAX_PAUSE)
+            await self._sleep(retry.next_delay())
 
     async def _sleep(self, seconds: float) -> None:
         """Sleeps, but returns early on stop."""
@@ -254,14 +258,14 @@ class OutboxRelay:
     # --- side tasks --------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        delay = 0.1
+        retry = Backoff(0.1, _MAX_PAUSE)
         while not self._stopping:
             conn: AsyncConnection[Any] | None = None
             try:
                 conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-listen")
                 await conn.execute("LISTEN outbox")
                 self._wake.set()  # whatever was notified while we were not listening
-                delay = 0.1
+                retry.reset()
                 # notifies() holds the connection's lock while it lives: close the generator
                 # explicitly (aclosing) before the connection, or closing would wait for it.
                 async with contextlib.aclosing(conn.notifies()) as notifications:
@@ -270,48 +274,38 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - polling covers the gap; keep trying
+                delay = retry.next_delay()
                 log.warning("listen_failed", error=str(exc.__cause__ or exc), retry_in=delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_PAUSE)
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
 
     async def _probe(self) -> None:
-        conn: AsyncConnection[Any] | None = None
         try:
             # Checks the flag too: redis-py can swallow a cancellation that lands in a call.
             while not self._stopping:
-                conn = await self._probe_once(conn)
+                await self.dependencies.probe_once()
                 await asyncio.sleep(self.settings.outbox_metrics_interval)
         finally:
+            conn, self._probe_conn = self._probe_conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
 
-    async def _probe_once(self, conn: AsyncConnection[Any] | None) -> AsyncConnection[Any] | None:
-        """Refreshes the pending gauges and readiness; returns the connection to reuse."""
+    async def _probe_postgresql(self) -> bool:
+        """Refreshes the pending gauges on the probe's own connection: PostgreSQL answered."""
         try:
-            if conn is None or conn.closed:
-                conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
-            backlog = await read_backlog(conn)
-            metrics.PENDING.set(backlog.pending)
-            metrics.OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
-            self.db_up = True
-        except Exception as exc:  # noqa: BLE001 - a failed probe means "down"
-            if self.db_up:
-                log.warning("dependency_changed", dependency="postgresql", up=False,
-                            error=str(exc.__cause__ or exc))
-            self.db_up = False
+            if self._probe_conn is None or self._probe_conn.closed:
+                self._probe_conn = await connect(self.settings, RELAY_APPLICATION_NAME + "-probe")
+            backlog = await read_backlog(self._probe_conn)
+        except BaseException:
+            conn, self._probe_conn = self._probe_conn, None
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
-                conn = None
-        redis_up = await self.publisher.ping()
-        if redis_up != self.redis_up:
-            log.info("dependency_changed", dependency="redis", up=redis_up)
-        self.redis_up = redis_up
-        metrics.DEPENDENCY_UP.labels("postgresql").set(int(self.db_up))
-        metrics.DEPENDENCY_UP.labels("redis").set(int(self.redis_up))
-        return conn
+            raise
+        metrics.PENDING.set(backlog.pending)
+        metrics.OLDEST_PENDING_AGE.set(backlog.oldest_age_seconds)
+        return True

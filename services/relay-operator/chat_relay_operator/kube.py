@@ -23,9 +23,12 @@ from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
 from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
 
+from chat_shared.backoff import Backoff
+
 FIELD_MANAGER = "chat-relay-operator"
-_BACKOFFS = (0.5, 1.0)
-"""Short retries: a poll comes again in seconds, a long retry loop would only delay it."""
+_ATTEMPTS = 3
+"""Few, short retries (0.5 s, then up to 1 s): a poll comes again in seconds, a long retry
+loop would only delay it."""
 
 T = TypeVar("T")
 
@@ -91,22 +94,24 @@ class KubeClient:
         return base64.b64decode(data[key]).decode()
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        for backoff in (*_BACKOFFS, None):
+        retry = Backoff(0.5, 1.0)
+        for attempt in range(1, _ATTEMPTS + 1):
+            last = attempt == _ATTEMPTS
             try:
                 return await call()
             except httpx2.HTTPStatusError as exc:  # lightkube's ApiError is one
                 code = exc.response.status_code
                 if code == 404:
                     raise NotFound(f"{what}: not found", 404) from exc
-                if backoff is None or not (code == 429 or code >= 500):
+                if last or not (code == 429 or code >= 500):
                     raise KubeError(f"{what}: {code} {_reason(exc.response)}", code) from exc
             except httpx2.TransportError as exc:
-                if backoff is None:
+                if last:
                     raise KubeError(f"{what}: {type(exc).__name__}") from exc
             except (httpx2.HTTPError, ConfigError) as exc:
                 # a request that cannot be sent, e.g. the token file is gone
                 raise KubeError(f"{what}: {type(exc).__name__}: {exc}") from exc
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(retry.next_delay())
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 

@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
-from chat_shared.db import Database
+from chat_shared.db import PING_TIMEOUT, Database
 from chat_shared.events import stream_keys
 from chat_shared.http_serving import HttpListener
+from chat_shared.observability.dependencies import DependencyProbe
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor
@@ -26,13 +27,18 @@ from chat_shared.redis_client import create_redis
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
 from chat_ws_gateway.hub import Hub
-from chat_ws_gateway.metrics import EVENT_LOOP_LAG
+from chat_ws_gateway.metrics import DEPENDENCY_UP, EVENT_LOOP_LAG
 from chat_ws_gateway.server import GatewayServer
 from chat_ws_gateway.settings import GatewaySettings
 from chat_ws_gateway.stream_reading import StreamReader
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
+
+PROBE_INTERVAL = 2.0
+"""Seconds between dependency probes (the API's HEALTH_CHECK_INTERVAL default)."""
+PROBE_TIMEOUT = 2 * PING_TIMEOUT + 1.0
+"""Longer than the database ping's own bounds, so its answer is the one used."""
 
 
 @dataclass
@@ -51,6 +57,13 @@ class GatewayApp:
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     _listener: HttpListener | None = field(default=None, repr=False)
     _reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _probe_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    dependencies: DependencyProbe = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.dependencies = DependencyProbe(
+            DEPENDENCY_UP, {"redis": self.redis.ping, "postgresql": self.db.ping},
+            timeout=PROBE_TIMEOUT)
 
     async def ready(self) -> bool:
         """Readiness: Redis answers and the reader is positioned on the streams."""
@@ -70,6 +83,10 @@ class GatewayApp:
         # Bounded wait: with Redis down the gateway still starts (not ready) and keeps retrying.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reader.positioned.wait(), timeout=5.0)
+        # Not awaited: with PostgreSQL down its check would hold the start for PING_TIMEOUT;
+        # /readyz says "not ready" until the first probe has answered.
+        self._probe_task = asyncio.get_running_loop().create_task(
+            self.dependencies.run(PROBE_INTERVAL), name="dependency-probe")
         host, port = parse_host_port(self.settings.ws_server_address)
         self._listener = HttpListener(self.server.app, shutdown_timeout=1.0)
         self.port = await self._listener.start(host, port, backlog=4096)
@@ -88,10 +105,11 @@ class GatewayApp:
         await self.hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down", "shutdown",
                                  grace=self.settings.shutdown_grace)
         log.info("ws_gateway_stopping", closed_sockets=open_sockets)
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
+        for task in (self._reader_task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._listener is not None:
             await self._listener.stop()
         if self.health is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from chat_shared.observability.dependencies import dependency_gauge
 from chat_shared.observability.loop_lag import event_loop_lag_histogram
 
 WS_CONNECTIONS = Gauge("ws_connections", "Open WebSocket connections on this gateway")
@@ -23,4 +24,5 @@ STREAM_EVENTS = Counter("ws_stream_events_total", "Events read from the streams"
 STREAM_DUPLICATES = Counter("ws_stream_duplicate_events_total",
                             "Events dropped because their event_id was already dispatched")
 STREAM_UP = Gauge("ws_stream_up", "1 while the stream reader's last XREAD succeeded")
+DEPENDENCY_UP = dependency_gauge("ws")
 EVENT_LOOP_LAG = event_loop_lag_histogram("ws")

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from chat_shared.backoff import Backoff
 from chat_shared.events import decode_entry
 from chat_shared.observability.logging import get_logger
 from chat_ws_gateway.hub import Hub
@@ -43,7 +44,7 @@ class StreamReader:
         return ids
 
     async def run(self) -> None:
-        backoff = 0.1
+        retry = Backoff(0.1, 5.0)
         while True:
             try:
                 if self._ids is None:
@@ -52,16 +53,16 @@ class StreamReader:
                 response = await self._redis.xread(self._ids, count=self._count,  # type: ignore[arg-type]
                                                    block=self._block_ms)
                 STREAM_UP.set(1)
-                backoff = 0.1
+                retry.reset()
                 await self._handle(response)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep reading after any Redis failure
                 STREAM_UP.set(0)
+                delay = retry.next_delay()
                 log.warning("stream_read_failed", error=f"{type(exc).__name__}: {exc}",
-                            retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                            retry_in=delay)
+                await asyncio.sleep(delay)
 
     async def _handle(self, response: Any) -> None:
         if not response:

@@ -82,8 +82,3 @@ def conversation(record: ConversationRecord) -> chat_pb2.Conversation:
     fill_conversation(out, record)
     return out
 
-
-def summary(record: ConversationSummary) -> chat_pb2.ConversationSummary:
-    out = chat_pb2.ConversationSummary()
-    fill_summary(out, record)
-    return out
