@@ -244,7 +244,7 @@ def _print_running(console: Console, specs: list[ServiceSpec], env: dict[str, st
     if env.get("ENVIRONMENT") == "development":
         lines.append(f"            or: curl -s -XPOST http://127.0.0.1:{ws_port}/demo/token "
                      "-d '{\"user_id\": \"alice\"}'")
-    lines.append(f"  live:     websocat -H 'Authorization: Bearer <token>' "
+    lines.append(f"  live:     uv run websocat -H 'Authorization: Bearer <token>' "
                  f"ws://127.0.0.1:{ws_port}/v1/ws")
     console.line("\n".join(lines) + "\n")
 

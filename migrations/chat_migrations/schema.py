@@ -85,7 +85,7 @@ messages = Table(
     Column("idempotency_key", Text, nullable=False),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
     UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
-    # The durable truth of idempotency: Redis is only the fast path in front of it.
+    # Idempotency itself: a send answers a used key from this constraint alone (no Redis).
     UniqueConstraint("sender_id", "idempotency_key", name="uq_messages_sender_idempotency_key"),
     CheckConstraint("seq > 0", name="messages_seq_check"),
     Index("ix_messages_conversation_created", "conversation_id", "created_at"),

@@ -70,13 +70,18 @@ class BaseSection(BaseSettings):
 class CommonSettings(BaseSection):
     """What every process reads: environment, logging, metrics, tracing."""
 
-    environment: Literal["development", "test", "staging", "production"] = "development"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    environment: Literal["development", "test", "staging", "production"] = Field(
+        "development",
+        description="where it runs; production refuses the development JWT_SECRET, and only "
+                    "development enables the demo token endpoint")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="lowest level logged (JSON lines on stdout)")
     metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
     metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
     otel_exporter_otlp_endpoint: str = Field(
         "", description="OTLP gRPC endpoint; empty = no export")
-    otel_service_name: str = ""
+    otel_service_name: str = Field(
+        "", description="service.name of exported spans; empty = the program's name")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -88,10 +93,15 @@ class DatabaseSettings(BaseSection):
     db_source: str = Field(
         "", description="PostgreSQL URL, e.g. postgresql://user:pass@host:5432/chat?sslmode=disable"
     )
-    db_pool_size: int = Field(10, ge=1, le=1000)
-    db_max_overflow: int = Field(10, ge=0, le=1000)
-    db_pool_timeout: Seconds = Field(5.0, gt=0, description="seconds to wait for a connection")
-    db_statement_timeout: Seconds = Field(10.0, gt=0, description="per statement, seconds")
+    db_pool_size: int = Field(10, ge=1, le=1000,
+                              description="connections the pool keeps open per process")
+    db_max_overflow: int = Field(10, ge=0, le=1000,
+                                 description="extra connections the pool may open under load")
+    db_pool_timeout: Seconds = Field(
+        5.0, gt=0, description="seconds to wait for a pooled connection")
+    db_statement_timeout: Seconds = Field(
+        10.0, gt=0, description="per-statement limit PostgreSQL enforces, seconds; a unit of "
+                                "work also stops waiting 0.5 s after it and drops the connection")
 
     @field_validator("db_source")
     @classmethod
@@ -103,8 +113,8 @@ class DatabaseSettings(BaseSection):
 
 class RedisSettings(BaseSection):
     redis_addr: str = Field("", description="host:port of Redis")
-    redis_password: str = ""
-    redis_db: int = Field(0, ge=0, le=15)
+    redis_password: str = Field("", description="Redis AUTH password; empty = none")
+    redis_db: int = Field(0, ge=0, le=15, description="Redis database number")
     redis_timeout: Seconds = Field(0.5, gt=0, description="socket timeout, seconds")
 
     @field_validator("redis_addr")
@@ -116,13 +126,14 @@ class RedisSettings(BaseSection):
 
 
 class AuthSettings(BaseSection):
-    jwt_secret: str = Field(DEV_JWT_SECRET, description="HS256 secret")
+    jwt_secret: str = Field(DEV_JWT_SECRET, description="HMAC (HS256) secret, 16+ characters")
     jwt_public_key: str = Field("", description="PEM public key for RS256/ES256")
     jwt_jwks_url: str = Field("", description="JWKS URL for RS256/ES256")
     jwt_algorithms: str = Field("HS256", description="comma-separated accepted algorithms")
-    jwt_issuer: str = ""
-    jwt_audience: str = ""
-    jwt_leeway: Seconds = Field(30.0, ge=0, le=600)
+    jwt_issuer: str = Field("", description="required `iss` claim; empty = not checked")
+    jwt_audience: str = Field("", description="required `aud` claim; empty = not checked")
+    jwt_leeway: Seconds = Field(30.0, ge=0, le=600,
+                                description="clock skew allowed on `exp` and `nbf`, seconds")
 
     @field_validator("jwt_algorithms")
     @classmethod

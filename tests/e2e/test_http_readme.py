@@ -1,8 +1,9 @@
-"""README's HTTP/JSON curl examples, run as written with the real curl against a chat-api process.
+"""docs/api.md's HTTP/JSON curl examples, run as written with the real curl against a chat-api.
 
-The ```sh blocks of the "## HTTP/JSON API" section run in one bash, exactly as README shows
-them; the only substitution is the address (README's 127.0.0.1:8080 becomes the test server's
-free port), and TOKEN is exported as README's "Trying it" section does before them.
+The ```sh blocks of its "## HTTP/JSON" section run in one bash, exactly as the document shows
+them; the only substitution is the address (127.0.0.1:8080 becomes the test server's free
+port), and TOKEN is exported as README's "Trying it" section does before them. They run in an
+empty directory, which must stay empty: the examples write no files.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from tests.conftest import ROOT, make_token
 
 
 def readme_blocks() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## HTTP/JSON API\n", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("\n## HTTP/JSON\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
-    assert blocks, "README's 'HTTP/JSON API' section has no sh block"
+    assert blocks, "docs/api.md's 'HTTP/JSON' section has no sh block"
     return "\n".join(blocks)
 
 
@@ -55,14 +56,15 @@ def test_readme_curl_blocks_run_as_written(api_http_port, tmp_path):
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == [], "the examples must not write files"
     before, _, retry = result.stdout.partition("HTTP/1.1 409 Conflict")
-    created, sent, history, listing, read = _json_documents(before)
-    conversation = created["conversation"]
+    sent, history, listing, read = _json_documents(before)
+    conversation = listing["conversations"][0]["conversation"]
+    assert conversation["id"] == sent["message"]["conversation_id"]
     assert conversation["title"] == "lunch"
     assert sorted(conversation["member_ids"]) == ["alice", "bob"]
     assert sent["message"]["content"] == "hi bob"
     assert [m["id"] for m in history["messages"]] == [sent["message"]["id"]]
-    assert listing["conversations"][0]["conversation"]["id"] == conversation["id"]
     assert read == {"last_read_seq": "1", "unread_count": "0"}
     # The retry: 409 with ErrorInfo naming the message the first send created.
     error = json.loads(retry.split("\n\n", 1)[1])

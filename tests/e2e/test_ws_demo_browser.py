@@ -74,8 +74,11 @@ async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: 
             bob_ctx = await browser.new_context(viewport={"width": 1100, "height": 700})
             alice, bob = await alice_ctx.new_page(), await bob_ctx.new_page()
             errors: list[str] = []
+            failed: list[str] = []  # the gateway's own answers (page, scripts, favicon)
             for page in (alice, bob):
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
+                        if r.url.startswith(demo.url) and r.status >= 400 else None)
             await sign_in(alice, demo.url, "alice")
             await sign_in(bob, demo.url, "bob")
 
@@ -111,6 +114,7 @@ async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: 
                 ["hello bob", "hi alice", "while you were away 1", "while you were away 2",
                  "and 3"], timeout=20_000)
             assert errors == []
+            assert failed == [], failed
 
             SCREENSHOT.parent.mkdir(exist_ok=True)
             await bob.screenshot(path=str(SCREENSHOT), full_page=True)

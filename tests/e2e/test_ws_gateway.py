@@ -294,6 +294,8 @@ async def test_demo_page_and_dev_tokens_only_in_development(
             assert r.status == 200 and r.content_type == "text/javascript"
         async with session.get(f"{dev.url}/demo/..%2Fserver.py") as r:
             assert r.status == 404
+        async with session.get(f"{dev.url}/favicon.ico") as r:  # every browser asks for it
+            assert r.status == 204 and "max-age" in r.headers["Cache-Control"]
         async with session.get(f"{dev.url}/demo/config.json") as r:
             assert await r.json() == {"api_url": "http://127.0.0.1:18080", "ws_path": "/v1/ws",
                                       "dev_tokens": True}

@@ -1,8 +1,9 @@
-"""README's "Deploy to Kubernetes" commands are the ones the tests render: each helm command
-renders (as `helm template` with the same release, chart, namespace, values files and --set) and
-validates; port-forwards name Services and ports of that rendering; skaffold profiles and
+"""docs/operations.md's "Deploy to Kubernetes" commands are the ones the tests render: each helm
+command renders (as `helm template` with the same release, chart, namespace, values files and
+--set) and validates; port-forwards name Services and ports of that rendering; skaffold profiles and
 kustomize paths exist; the promtool command passes; the grpcurl commands run as written
-against a real chat-api (the only change: the forwarded port becomes the test server's)."""
+against a real chat-api (the only change: the forwarded port becomes the test server's).
+README's "Trying it" port-forward names a Service and port of the same rendering."""
 
 from __future__ import annotations
 
@@ -26,17 +27,18 @@ from tests.k8s import support
 VENV_BIN = Path(sys.executable).parent
 
 
+DOC = support.ROOT / "docs" / "operations.md"
+
+
 def section() -> str:
-    text = (support.ROOT / "README.md").read_text()
-    assert "## Deploy to Kubernetes" in text
-    body = text.split("## Deploy to Kubernetes", 1)[1]
-    assert body.split("\n## ", 1)[1].startswith("Layout"), "the section comes right before Layout"
-    return body.split("\n## ", 1)[0]
+    text = DOC.read_text()
+    assert "\n## Deploy to Kubernetes\n" in text
+    return text.split("\n## Deploy to Kubernetes\n", 1)[1].split("\n## ", 1)[0]
 
 
-def commands() -> list[str]:
+def commands(body: str | None = None) -> list[str]:
     """Every command of the section's sh blocks and inline `code` (continuations joined)."""
-    body = section()
+    body = section() if body is None else body
     blocks = re.findall(r"```sh\n(.*?)```", body, re.S)
     lines = [ln for b in blocks for ln in b.replace("\\\n", " ").splitlines() if ln.strip()]
     inline = [c for c in re.findall(r"`((?:kubectl|helm|skaffold|docker) [^`]+)`", body)
@@ -104,7 +106,7 @@ def test_port_forwards_and_grpcurl_match_the_rendered_services() -> None:
             local, remote = (int(p) for p in mapping.split(":"))
             assert remote in {p["port"] for p in svc["spec"]["ports"]}, mapping
             forwarded.add(local)
-    grpcurl_ports = {int(p) for c in commands() if c.startswith("grpcurl")
+    grpcurl_ports = {int(p) for c in commands() if c.startswith("uv run grpcurl")
                      for p in re.findall(r"127\.0\.0\.1:(\d+)", c)}
     assert grpcurl_ports and grpcurl_ports <= forwarded
     # NOTES.txt prints the same port-forward commands.
@@ -112,6 +114,24 @@ def test_port_forwards_and_grpcurl_match_the_rendered_services() -> None:
                          "--dry-run=client", "-n", ns]).stdout.split("NOTES:", 1)[1]
     for argv in forwards:
         assert " ".join(a for a in argv if a != "&") in notes
+
+
+def test_readme_port_forward_names_the_charts_api_service() -> None:
+    """README's "Trying it" forwards `<release>-api` in the release's namespace, as installed."""
+    readme = (support.ROOT / "README.md").read_text()
+    trying = readme.split("\n## Trying it", 1)[1].split("\n## ", 1)[0]
+    forwards = [shlex.split(c) for c in commands(trying) if " port-forward " in c]
+    assert forwards, "README's 'Trying it' shows no kubectl port-forward"
+    (install,) = named("helm install")
+    ns, docs = helm_render(install)
+    services = support.by_name(docs, "Service")
+    for argv in forwards:
+        assert argv[:2] == ["kubectl", "-n"] and argv[2] == ns, argv
+        name = argv[4].removeprefix("svc/")
+        assert name == f"{install[2]}-api" and name in services, (name, sorted(services))
+        ports = {p["port"] for p in services[name]["spec"]["ports"]}
+        for mapping in argv[5:]:
+            assert int(mapping.split(":")[1]) in ports, mapping
 
 
 def test_skaffold_kustomize_and_promtool_commands_are_real() -> None:
@@ -148,7 +168,7 @@ def api_port(db_source: str, redis_addr: str, tmp_path: Path) -> Iterator[int]:
 
 
 def test_grpcurl_commands_run_against_a_real_api(api_port: int) -> None:
-    block = [c for c in commands() if c.startswith(("grpcurl", "export TOKEN"))]
+    block = [c for c in commands() if c.startswith(("uv run grpcurl", "export TOKEN"))]
     assert len(block) == 4
     assert any("uv run chat-token" in c for c in block)
     script = "set -e\n" + "\n".join(block).replace("127.0.0.1:9090", f"127.0.0.1:{api_port}")
@@ -158,7 +178,7 @@ def test_grpcurl_commands_run_against_a_real_api(api_port: int) -> None:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "JWT_SECRET": DEV_JWT_SECRET}
     deadline = time.monotonic() + 30
     while True:  # wait until the api serves (the health check in the block needs it)
-        probe = subprocess.run(["grpcurl", "-plaintext", f"127.0.0.1:{api_port}",
+        probe = subprocess.run([str(VENV_BIN / "grpcurl"), "-plaintext", f"127.0.0.1:{api_port}",
                                 "grpc.health.v1.Health/Check"], env=env, capture_output=True,
                                text=True, timeout=10)
         if '"SERVING"' in probe.stdout:

@@ -14,15 +14,19 @@ _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 class ApiSettings(ServiceSettings):
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
-    metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_port: int = Field(9100, ge=0, le=65535,
+                              description="Prometheus /metrics port (all workers); 0 = off")
     api_workers: int = Field(
         1, ge=1, le=64,
         description="processes serving the same ports (SO_REUSEPORT), to use more than one core")
     max_message_length: int = Field(4096, ge=1, le=1_000_000, description="characters")
     max_idempotency_key_length: int = Field(255, ge=8, le=1024, description="characters")
-    max_conversation_members: int = Field(1000, ge=2, le=100_000)
+    max_conversation_members: int = Field(
+        1000, ge=2, le=100_000,
+        description="member ids a CreateConversation may name, the caller included")
     shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to drain on SIGTERM")
-    health_check_interval: Seconds = Field(2.0, gt=0, description="dependency probe period")
+    health_check_interval: Seconds = Field(
+        2.0, gt=0, description="seconds between PostgreSQL health probes")
     # HTTP/JSON gateway (chat_api.transport.http_gateway).
     cors_allowed_origins: str = Field(
         "", description="comma-separated origins (https://app.example.com) or *; empty = no CORS")

@@ -29,7 +29,7 @@ class RelaySettings(ServiceSettings):
     stream_maxlen: int = Field(1_000_000, ge=0,
                                description="approximate entries kept per stream; 0 = no trim")
     stream_prefix: str = Field(DEFAULT_STREAM_PREFIX, min_length=1,
-                               description="stream key prefix; keys are <prefix>:<shard>")
+                               description="stream key prefix; keys are `<prefix>:<shard>`")
     shutdown_grace: Seconds = Field(10.0, ge=0,
                                     description="seconds to finish the batch in hand on SIGTERM")
 

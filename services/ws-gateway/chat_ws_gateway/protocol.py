@@ -1,8 +1,8 @@
 """The wire protocol of /v1/ws: JSON text frames, each an object with a ``type``.
 
 Server -> client: ``message.created``, ``conversation.read``, ``resumed``, ``pong``, ``error``.
-Client -> server: ``resume`` and ``ping``. Close codes are fixed here so the README, the server
-and the demo client agree. Frames that several sockets receive are encoded once (``encode``)
+Client -> server: ``resume`` and ``ping``. Close codes are fixed here so docs/websocket.md, the
+server and the demo client agree. Frames that several sockets receive are encoded once (``encode``)
 and the same string is queued for each of them.
 """
 

@@ -78,6 +78,7 @@ class GatewayServer:
         self.app.router.add_get("/demo/config.json", self._config)
         self.app.router.add_post("/demo/token", self._dev_token)
         self.app.router.add_get("/demo/{name}", self._static)
+        self.app.router.add_get("/favicon.ico", self._favicon)
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         if not self.accepting:
@@ -116,6 +117,11 @@ class GatewayServer:
 
     async def _index(self, _: web.Request) -> web.Response:
         return self._file("index.html")
+
+    async def _favicon(self, _: web.Request) -> web.Response:
+        # Browsers ask every page's origin for this; the demo has no icon, and "none" (204,
+        # cached for a day) keeps a 404 out of the console and the logs.
+        return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
     async def _static(self, request: web.Request) -> web.Response:
         return self._file(request.match_info["name"])

@@ -15,7 +15,7 @@ class GatewaySettings(ServiceSettings):
     metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
     stream_shards: int = Field(1, ge=1, le=1024, description="number of Redis streams (as relay)")
     stream_prefix: str = Field(DEFAULT_STREAM_PREFIX, min_length=1,
-                               description="stream key prefix; keys are <prefix>:<shard>")
+                               description="stream key prefix; keys are `<prefix>:<shard>`")
     stream_block: Seconds = Field(2.0, gt=0, le=60, description="XREAD BLOCK, seconds")
     stream_read_count: int = Field(500, ge=1, le=100_000, description="entries per XREAD")
     ws_send_queue_size: int = Field(
@@ -37,7 +37,8 @@ class GatewaySettings(ServiceSettings):
     api_public_url: str = Field(
         "", description="HTTP API base URL the demo page calls; empty = same host, port 8080")
     shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to close sockets on SIGTERM")
-    db_pool_size: int = Field(5, ge=1, le=1000)
+    db_pool_size: int = Field(5, ge=1, le=1000,
+                              description="connections kept open for catch-up reads")
 
     @field_validator("ws_server_address")
     @classmethod
