@@ -16,9 +16,12 @@ import subprocess
 import sys
 from typing import Any
 
-from chat_bench import report
+import pytest
 
+from chat_bench import report
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # minutes of load and process starts: `-m 'not slow'` skips
 
 BIN = pathlib.Path(sys.executable).parent
 LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms")

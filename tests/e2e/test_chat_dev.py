@@ -80,6 +80,7 @@ async def post_and_receive(session: aiohttp.ClientSession, http: str, conv: str,
     raise AssertionError(f"{content!r} did not reach the socket")
 
 
+@pytest.mark.slow
 async def test_chat_dev_runs_the_stack_restarts_a_crashed_service_and_stops_on_ctrl_c(venv_bin):
     proc, offset = start_stack(venv_bin)
     try:

@@ -8,6 +8,8 @@ import signal
 import uuid
 from collections import defaultdict
 
+import pytest
+
 from tests.e2e.test_relay_helpers import (
     RelayProcess,
     insert_events,
@@ -31,6 +33,7 @@ def lock_counts(dsn: str) -> list[int]:
     return [int(r[0]) for r in sql(dsn, _LOCKS_BY_BACKEND)]
 
 
+@pytest.mark.slow
 def test_three_relays_keep_every_conversation_in_seq_order(
     db_source: str, redis_addr: str, tmp_path: pathlib.Path
 ) -> None:
@@ -68,6 +71,7 @@ def test_three_relays_keep_every_conversation_in_seq_order(
     assert not bad, f"{len(bad)} conversations out of seq order, e.g. {next(iter(bad.items()))}"
 
 
+@pytest.mark.slow
 def test_partitions_rebalance_when_relays_join_and_leave(
     db_source: str, redis_addr: str, tmp_path: pathlib.Path
 ) -> None:

@@ -9,8 +9,9 @@ import time
 import uuid
 from collections import defaultdict
 
-from chat_devtools.local_redis import LocalRedis
+import pytest
 
+from chat_devtools.local_redis import LocalRedis
 from tests.e2e.test_relay_helpers import (
     RelayProcess,
     insert_events,
@@ -69,6 +70,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_exits_zero(
     assert '"relay_stopped"' in relay.log() and '"clean": true' in relay.log()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_batch_then_restart_loses_nothing(
     db_source: str, redis_addr: str, tmp_path: pathlib.Path
 ) -> None:

@@ -22,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -298,6 +299,7 @@ def fuzz(target: str, world: World) -> tuple[Counter[str], int]:
     return answers, next(calls) - 1
 
 
+@pytest.mark.slow
 async def test_no_input_makes_the_api_answer_internal_or_unknown_or_log_a_traceback(
         api_process: ApiUnderTest) -> None:
     world = await _world(api_process)

@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 
 import pytest
+
 from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.ports import closed_port
 
@@ -75,6 +76,7 @@ def test_upgrade_twice_is_a_no_op(postgres, empty_db, venv_bin, tmp_path) -> Non
     assert postgres.psql("SELECT version_num FROM alembic_version", name) == version
 
 
+@pytest.mark.slow
 def test_downgrade_base_removes_everything_and_upgrade_works_again(
     postgres, empty_db, venv_bin, tmp_path
 ) -> None:

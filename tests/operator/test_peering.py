@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.operator.conftest import (
     DEPLOY,
     NS,
@@ -20,6 +22,7 @@ from tests.operator.conftest import (
 )
 
 
+@pytest.mark.slow
 async def test_a_higher_priority_peer_keeps_this_replica_idle(kmock, run_operator, prometheus):
     lifetime = 3
     kmock.objects["apps/v1/deployments", NS, DEPLOY] = deployment(1)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 SOURCES = ["shared/chat_shared", "services/api/chat_api", "services/outbox-relay/chat_outbox_relay",
@@ -24,6 +26,7 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_mypy_strict_finds_nothing():
     result = _run(str(BIN / "mypy"), *SOURCES)
     assert result.returncode == 0, result.stdout + result.stderr
