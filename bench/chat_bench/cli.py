@@ -7,6 +7,8 @@
                                      each figure is reported as its median
     chat-bench --quick               fewer calls, shorter phases (a smoke run; used by a test)
     chat-bench --only rpc,delivery   some phases only
+    chat-bench --only scaling        the opt-in scaling phase (COPY-loads up to 2,000,000
+                                     messages; --scaling-size 0.1 for a tenth of that)
     chat-bench --transport http      every phase's sends and reads over HTTP/JSON (plain HTTP
                                      clients), comparable with any HTTP chat server
     chat-bench --unsafe-fast-db      PostgreSQL with fsync, synchronous_commit and
@@ -57,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer calls, shorter phases")
     p.add_argument("--only", action="append", default=[],
                    help=f"phases to run, comma-separated: {', '.join(ph.name for ph in PHASES)} "
-                        "(default: all)")
+                        "(default: all but the opt-in ones: "
+                        f"{', '.join(ph.name for ph in PHASES if not ph.default)})")
     p.add_argument("--repeat", type=int,
                    help="runs of the repeated phases (3; --quick: 1); each figure reported is "
                         "its median across the runs (losses, errors summed)")
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         names = [name for arg in args.only for name in arg.split(",") if name]
-        phases = by_name(names) if names else list(PHASES)
+        phases = by_name(names) if names else [p for p in PHASES if p.default]
         pg_settings = _pg_settings(args.pg_setting)
     except (KeyError, ValueError) as e:
         print(f"chat-bench: {e.args[0]}", file=sys.stderr)

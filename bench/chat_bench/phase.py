@@ -99,6 +99,8 @@ class Phase:
             repeated phases (e.g. a phase that fills the server with connections).
         summed: keys of counts that must never be averaged away across runs (besides
             ``medians.SUMMED``: lost, duplicates, errors, ...).
+        default: run when ``--only`` names no phase; False: only when named (a phase that
+            takes minutes, or writes a large data set into the database).
     """
 
     name: str
@@ -110,6 +112,7 @@ class Phase:
     settings: Callable[[argparse.Namespace], dict[str, Any]] = _no_settings
     repeated: bool = True
     summed: frozenset[str] = frozenset()
+    default: bool = True
 
 
 @dataclass

@@ -67,9 +67,12 @@ conversation_members = Table(
     Column("user_id", Text, nullable=False),
     Column("joined_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
     Column("last_read_seq", BigInteger, nullable=False, server_default=text("0")),
+    # The conversation's last_activity_at, written with it (migration 0005): the member's
+    # conversation list is a range of ix_conversation_members_inbox.
+    Column("last_activity_at", _TIMESTAMPTZ, nullable=False),
     PrimaryKeyConstraint("conversation_id", "user_id", name="conversation_members_pkey"),
     CheckConstraint("last_read_seq >= 0", name="conversation_members_last_read_seq_check"),
-    Index("ix_conversation_members_user", "user_id", "conversation_id"),
+    Index("ix_conversation_members_inbox", "user_id", "last_activity_at", "conversation_id"),
 )
 
 messages = Table(

@@ -21,7 +21,18 @@ _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
 
 # One statement, one round trip: take the conversation's row lock while incrementing last_seq
 # (only for a member), insert the message with that seq, write its outbox event with the
-# members as recipients, and move the sender's read position to the new message.
+# members as recipients, and update the member rows: every member's copy of the
+# conversation's last activity (the order of their conversation lists) and the sender's read
+# position (one UPDATE for both: a row that two parts of one statement update keeps only one
+# of the changes).
+#
+# The message's time is never earlier than the conversation's last activity (GREATEST): within
+# a conversation, created_at never decreases with seq, even if the clock steps back, which is
+# what lets a page "before a time" start from one index probe (``_PAGE["before_time"]``).
+#
+# The member rows make a send cost O(members): one row version and two index entries per
+# member (docs/performance.md, "The conversation list"); conversations have at most
+# MAX_CONVERSATION_MEMBERS (1,000 by default) members.
 #
 # Idempotency, without burning a seq (seq stays gapless): a key that already names a committed
 # message (``prior``, one probe of the unique index) stops the statement before the row lock,
@@ -35,8 +46,9 @@ _SEND = f"""
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
-               last_message_at = clock_timestamp(),
-               last_activity_at = clock_timestamp()
+               last_message_at = GREATEST(now.t, c.last_activity_at),
+               last_activity_at = GREATEST(now.t, c.last_activity_at)
+          FROM (SELECT clock_timestamp() AS t) now
          WHERE c.id = %(conversation_id)s
            AND NOT EXISTS (SELECT 1 FROM prior)
            AND EXISTS (SELECT 1 FROM conversation_members m
@@ -54,13 +66,16 @@ _SEND = f"""
         SELECT gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id, msg.seq,
                conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}
         FROM msg, conv
-    ), seen AS (
+    ), members AS (
         -- Sending implies having read the conversation up to one's own message, so a user's
         -- own messages never count as unread for them.
-        UPDATE conversation_members m SET last_read_seq = msg.seq
-        FROM msg
-        WHERE m.conversation_id = msg.conversation_id AND m.user_id = msg.sender_id
-          AND m.last_read_seq < msg.seq
+        UPDATE conversation_members m
+           SET last_activity_at = conv.last_message_at,
+               last_read_seq = CASE WHEN m.user_id = %(sender_id)s
+                                    THEN GREATEST(m.last_read_seq, conv.last_seq)
+                                    ELSE m.last_read_seq END
+          FROM conv
+         WHERE m.conversation_id = conv.id
     )
     SELECT false, id, conversation_id, seq, sender_id, content, created_at FROM msg
     UNION ALL
@@ -93,15 +108,35 @@ _PAGE_TAIL = """
     ) p ON true
     WHERE cm.conversation_id = %(conversation_id)s AND cm.user_id = %(user_id)s
 """
+# The seq of the newest message older than %(before)s: the newest time before it (one
+# backward probe of ix_messages_conversation_created), then the highest seq at exactly that
+# time (messages may share a timestamp). created_at never decreases with seq within a
+# conversation (``_SEND``), so every message up to that seq is older too. Computed for the
+# conversation named, member or not: the page below joins it only to a membership row.
+_BEFORE_TIME_POSITION = """
+    WITH pos AS (
+        SELECT max(s.seq) AS k FROM messages s
+        WHERE s.conversation_id = %(conversation_id)s
+          AND s.created_at = (SELECT max(t.created_at) FROM messages t
+                              WHERE t.conversation_id = %(conversation_id)s
+                                AND t.created_at < %(before)s)
+    )
+"""
 _PAGE = {
     "newest": _PAGE_HEAD + " AND m.seq > c.last_seq - CAST(%(limit)s AS bigint)"
               " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
     "before_seq": _PAGE_HEAD + " AND m.seq < %(cursor)s"
                   " AND m.seq >= CAST(%(cursor)s AS bigint) - CAST(%(limit)s AS bigint)"
                   " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
-    # Time is not a seq range; this one stays bounded only by LIMIT (a rarer, explicit query).
-    "before_time": _PAGE_HEAD + " AND m.created_at < %(before)s"
-                   " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
+    # A time is a position too: the newest message before it is found through the
+    # (conversation_id, created_at) index in one probe (``_BEFORE_TIME_POSITION``), and the page
+    # is then the seq range below it, like any other page. (Walking the seq index backwards
+    # with created_at as a filter read every newer message: 207 ms with 1,000,000 newer.)
+    "before_time": _BEFORE_TIME_POSITION + _PAGE_HEAD
+                   + " AND m.seq <= (SELECT k FROM pos)"
+                     " AND m.seq > (SELECT k FROM pos) - CAST(%(limit)s AS bigint)"
+                     " AND m.created_at < %(before)s"
+                     " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
     "after_seq": _PAGE_HEAD + " AND m.seq > %(cursor)s"
                  " AND m.seq <= CAST(%(cursor)s AS bigint) + CAST(%(limit)s AS bigint)"
                  " ORDER BY m.seq ASC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq ASC",
