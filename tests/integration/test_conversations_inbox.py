@@ -97,3 +97,37 @@ async def test_message_times_never_decrease_with_seq(stub, db_source: str) -> No
                   " WHERE id = %s RETURNING 1", conv.id)
     second = await send(stub, "alice", conv.id, "second")
     assert second.created_at.ToDatetime().year == 2099
+
+
+async def test_a_large_conversation_rewrites_its_members_rows_at_most_once_a_second(
+        stub, db_source: str) -> None:
+    from chat_api.storage.messages import EXACT_ORDER_MEMBERS
+
+    others = [f"m{i}" for i in range(EXACT_ORDER_MEMBERS + 5)]
+    conv = await create_conversation(stub, "alice", others)
+    small = await create_conversation(stub, "alice", ["bob"])
+    for c in (conv, small):  # every member's copy an hour behind
+        await db_rows(db_source, "UPDATE conversation_members SET last_activity_at ="
+                      " now() - interval '1 hour' WHERE conversation_id = %s RETURNING 1", c.id)
+
+    async def copies(conversation_id: str) -> dict[str, datetime]:
+        rows = await db_rows(db_source, "SELECT user_id, last_activity_at FROM"
+                             " conversation_members WHERE conversation_id = %s", conversation_id)
+        return dict(rows)
+
+    first = await send(stub, "alice", conv.id, "one")
+    after_first = await copies(conv.id)
+    utc = after_first["m0"].tzinfo
+    assert set(after_first.values()) == {first.created_at.ToDatetime(tzinfo=utc)}
+    # Within the second: only the sender's own row moves; the others keep the first send's time.
+    second = await send(stub, "m0", conv.id, "two")
+    after_second = await copies(conv.id)
+    assert after_second["m0"] > after_first["m0"]
+    assert {u: t for u, t in after_second.items() if u != "m0"} == {
+        u: t for u, t in after_first.items() if u != "m0"}
+    assert second.created_at.ToDatetime(tzinfo=utc) == after_second["m0"]
+    # A small conversation stays exact on every send.
+    for text in ("a", "b"):
+        sent = await send(stub, "alice", small.id, text)
+        assert set((await copies(small.id)).values()) == {
+            sent.created_at.ToDatetime(tzinfo=utc)}
