@@ -59,7 +59,7 @@ import contextlib
 import math
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -240,16 +240,32 @@ class Database:
     Built in the composition root; nothing connects until ``open()``.
     """
 
-    def __init__(self, settings: DatabaseSettings, *, application_name: str) -> None:
+    def __init__(self, settings: DatabaseSettings, *, application_name: str,
+                 generic_plans: bool = False,
+                 configure: Callable[[AsyncConn], Awaitable[None]] | None = None) -> None:
+        """
+        Args:
+            generic_plans: ``plan_cache_mode=force_generic_plan`` for the pool's sessions: a
+                prepared statement is planned once, not again for each of its first five
+                executions, so a connection's first calls cost what its later ones do. Only
+                for a process whose statements all have index plans as generic plans (the
+                API's do: ``tests/integration/test_plan_stability.py``).
+            configure: run on each new pooled connection before the pool hands it out (e.g.
+                preparing hot statements); an error there discards the connection.
+        """
         if not settings.db_source:
             raise ValueError("DB_SOURCE is not set")
+        session = _session_options(application_name=application_name,
+                                   statement_timeout=settings.db_statement_timeout)
+        if generic_plans:
+            session["options"] += " -c plan_cache_mode=force_generic_plan"
         self.pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
             conninfo(settings.db_source),
             min_size=min(2, settings.db_pool_size),
             max_size=settings.db_pool_size + settings.db_max_overflow,
             timeout=settings.db_pool_timeout,
-            kwargs=_session_options(application_name=application_name,
-                                   statement_timeout=settings.db_statement_timeout),
+            kwargs=session,
+            configure=configure,
             name=application_name,
             open=False,
         )

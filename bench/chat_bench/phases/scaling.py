@@ -7,12 +7,12 @@ one member ("scale-heavy") in ``conversations`` conversations of two members, an
 conversation ("the big one") that grows to ``big_messages`` messages; at the full size
 (``--scaling-size 1``) 20,000 conversations and 2,000,000 messages, 1,000,000 of them in the
 big conversation. After each step (and ANALYZE) it times the API's own statements, as the API
-runs them (psycopg, prepared after five executions), one call at a time over loopback: the
+runs them (psycopg, prepared; sessions with generic plans), one call at a time over loopback: the
 figures are the database's part of each RPC, which is the part that could grow with the data
 (the rest of an RPC does not read the data). For each statement the table shows the p50 at each
 step and the ratio of the largest step to the smallest; "first call" rows time a statement's
-first execution on a fresh connection (unprepared: parsed and planned for the values given)
-against warm calls (prepared).
+first call on a fresh connection, warmed as the API's pool warms each new connection
+(``chat_api.storage.warmup``), against warm calls.
 
 Opt-in (``--only scaling``): it loads for minutes at full size. It needs the database
 (``--db-source`` for a running stack) and writes into it: run it on a throwaway stack.
@@ -125,10 +125,6 @@ class _Loader:
         self.conversations, self.big = max(self.conversations, conversations), max(self.big, big)
 
 
-_CATALOG = ("SELECT 1 FROM conversations c, conversation_members m, messages s, outbox o"
-            " WHERE false")
-
-
 def _statements() -> dict[str, str]:
     # The API's own SQL (imported here, not at module level: only this phase needs the API's
     # package, which the benchmark's workspace has installed).
@@ -187,12 +183,15 @@ async def run(ctx: Context) -> dict[str, Any]:
     size = ctx.settings["scaling_size"]
     calls = ctx.settings["scaling_calls"]
     statements = _statements()
+    from chat_api.storage.warmup import warm_connection  # the API's package: see _statements
     conversations = max(2, round(FULL_CONVERSATIONS * size))
     big_total = max(200, round(FULL_BIG_MESSAGES * size))
     per_conversation = max(1, round((FULL_MESSAGES - FULL_BIG_MESSAGES) / FULL_CONVERSATIONS))
     loader = _Loader()
     steps: list[dict[str, Any]] = []
     session: dict[str, Any] = {"autocommit": True, "options": "-c TimeZone=UTC"}
+    # The API's own sessions: generic plans (chat_shared.db.Database(generic_plans=True)).
+    api_session = {**session, "options": "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"}
     async with await psycopg.AsyncConnection.connect(conninfo(dsn), **session) as conn:
         await loader.create_big(conn)
         for share, big_share in zip(STEPS, BIG_STEPS, strict=True):
@@ -212,11 +211,10 @@ async def run(ctx: Context) -> dict[str, Any]:
             for name, sql in statements.items():
                 # A fresh connection per statement: its first call, then warm calls.
                 async with await psycopg.AsyncConnection.connect(conninfo(dsn),
-                                                                 **session) as fresh:
-                    # A new server process loads its catalog caches on its first statement
-                    # (2-3 ms, whatever the data); that is the pool's cost per connection,
-                    # not the plan's, so another statement pays it first.
-                    await fresh.execute(_CATALOG)
+                                                                 **api_session) as fresh:
+                    # What the API's pool does to every new connection before handing it
+                    # out (its configure hook): each hot statement prepared once.
+                    await warm_connection(fresh)
                     first = await _time(fresh, sql, params[name], name, 1, -len(steps))
                     samples = await _time(fresh, sql, params[name], name, calls, len(steps))
                 step["latency"][name] = summarize(samples[10:])  # past psycopg's prepare

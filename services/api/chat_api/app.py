@@ -24,6 +24,7 @@ from chat_api.settings import ApiSettings
 from chat_api.storage.conversations import ConversationRepository
 from chat_api.storage.messages import MessageRepository
 from chat_api.storage.reads import ReadRepository
+from chat_api.storage.warmup import warm_connection
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
 from chat_api.transport.handlers import ChatHandlers
@@ -132,7 +133,10 @@ class ApiApp:
 def build_app(settings: ApiSettings) -> ApiApp:
     # Every API unit of work is a single statement, atomic by itself: the shared sessions'
     # autocommit saves the BEGIN/COMMIT round trips.
-    db = Database(settings, application_name="chat-api")
+    # Generic plans, prepared on each new connection before it serves: a connection's first
+    # call costs what its later ones do (chat_api.storage.warmup).
+    db = Database(settings, application_name="chat-api", generic_plans=True,
+                  configure=warm_connection)
     handlers = ChatHandlers(
         conversations=ConversationService(ConversationRepository(db),
                                           settings.max_conversation_members),
