@@ -211,6 +211,8 @@ def _check_types(desc: Descriptor, data: dict[str, Any], prefix: str) -> None:
         if fd.is_repeated:
             if not isinstance(value, list):
                 raise InvalidArgument(name, "must be a list")
+            if fd.type == FieldDescriptor.TYPE_STRING:
+                continue  # protobuf's setter checks the items, in C (_take_strings)
             for i, item in enumerate(value):
                 converted = _checked_single(fd, item, f"{name}[{i}]")
                 if converted is not item:
