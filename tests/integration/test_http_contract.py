@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import ROOT, make_token
 
 DOC = json.loads((ROOT / "services" / "api" / "openapi.json").read_text())
