@@ -14,10 +14,11 @@ import time
 import uuid
 from collections.abc import Callable
 
+from google.protobuf.message import Message
+
 from chat_api.transport import request_rules
 from chat_shared.errors import InvalidArgument
 from chat_shared.protos.chat.v1 import chat_pb2
-from google.protobuf.message import Message
 
 CID = str(uuid.uuid4())
 CASES: dict[str, Message] = {
