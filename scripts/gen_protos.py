@@ -49,8 +49,10 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
             rel = src.relative_to(tmp)
             text = src.read_text()
             # protoc writes absolute imports rooted at the proto path ("from chat.v1 import ...");
-            # our stubs live inside the chat_shared package, so root them there.
-            text = re.sub(r"^from chat\.", f"from {PACKAGE}.chat.", text, flags=re.M)
+            # our stubs live inside the chat_shared package, so root them there. buf/validate is
+            # vendored beside chat/ (shared/proto/buf/validate/validate.proto, protovalidate's
+            # v1.2.2): protovalidate itself ships no google.protobuf stubs of it.
+            text = re.sub(r"^from (chat|buf)\.", f"from {PACKAGE}.\\1.", text, flags=re.M)
             dest = out_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(text)

@@ -71,9 +71,17 @@ async def test_member_ids_read_back_everywhere_as_created_and_as_the_member_rows
     assert list(direct.member_ids) == ["Al", "bob"]
 
 
-async def test_create_drops_duplicate_members(stub) -> None:
-    conv = await create_conversation(stub, "alice", ["bob", "bob", "alice"], title="dupes")
-    assert list(conv.member_ids) == ["alice", "bob"]
+async def test_create_refuses_duplicate_members(stub) -> None:
+    # chat.proto declares member_ids unique: a repeated id is a client's mistake, said so.
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await create_conversation(stub, "alice", ["bob", "bob", "alice"], title="dupes")
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.details() == "member_ids: must not list the same value twice"
+
+
+async def test_listing_the_caller_alone_makes_a_conversation_of_one(stub) -> None:
+    conv = await create_conversation(stub, "alice", ["alice"], title="notes")
+    assert list(conv.member_ids) == ["alice"]
 
 
 async def test_title_is_trimmed(stub) -> None:

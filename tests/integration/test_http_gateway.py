@@ -136,7 +136,8 @@ async def test_get_conversations_and_mark_as_read(http):
     status, read = await call(http, "POST", f"/v1/conversations/{conv['id']}/read", "bob",
                               json={"up_to_seq": 1})
     assert (status, read) == (200, {"last_read_seq": "1", "unread_count": "1"})
-    status, read = await call(http, "POST", f"/v1/conversations/{conv['id']}/read", "bob")
+    status, read = await call(http, "POST", f"/v1/conversations/{conv['id']}/read", "bob",
+                              json={})
     assert (status, read) == (200, {"last_read_seq": "2", "unread_count": "0"})
 
 

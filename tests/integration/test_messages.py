@@ -15,8 +15,7 @@ from datetime import UTC
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from chat_api.app import build_app
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from chat_shared.protos.chat.v1 import chat_pb2
 from grpc_status import rpc_status
 
 from tests.conftest import auth
@@ -159,23 +158,6 @@ async def test_send_rejects_content_over_default_max_length(stub):
     )
     _assert_invalid(err, "content")
     assert "4096" in err.details()
-
-
-async def test_send_honours_configured_max_message_length(api_settings_factory):
-    app = build_app(api_settings_factory(max_message_length=10))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-            custom = chat_pb2_grpc.ChatServiceStub(channel)
-            conv = await create_conversation(custom, "alice", ["bob"])
-            assert (await send(custom, "alice", conv.id, "x" * 10)).seq == 1
-            err = await rpc_error(
-                custom.SendMessage(_send_request(conv.id, "x" * 11), metadata=auth("alice"))
-            )
-            _assert_invalid(err, "content")
-            assert "10" in err.details()
-    finally:
-        await app.stop(grace=1.0)
 
 
 async def test_send_requires_idempotency_key(stub):

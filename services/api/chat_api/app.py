@@ -138,10 +138,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
     db = Database(settings, application_name="chat-api", generic_plans=True,
                   configure=warm_connection)
     handlers = ChatHandlers(
-        conversations=ConversationService(ConversationRepository(db),
-                                          settings.max_conversation_members),
-        messages=MessageService(MessageRepository(db), settings.max_message_length,
-                                settings.max_idempotency_key_length),
+        conversations=ConversationService(ConversationRepository(db)),
+        messages=MessageService(MessageRepository(db)),
         reads=ReadService(ReadRepository(db)),
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())

@@ -19,11 +19,6 @@ class ApiSettings(ServiceSettings):
     api_workers: int = Field(
         1, ge=1, le=64,
         description="processes serving the same ports (SO_REUSEPORT), to use more than one core")
-    max_message_length: int = Field(4096, ge=1, le=1_000_000, description="characters")
-    max_idempotency_key_length: int = Field(255, ge=8, le=1024, description="characters")
-    max_conversation_members: int = Field(
-        1000, ge=2, le=100_000,
-        description="member ids a CreateConversation may name, the caller included")
     shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to drain on SIGTERM")
     health_check_interval: Seconds = Field(
         2.0, gt=0, description="seconds between PostgreSQL health probes")

@@ -39,7 +39,7 @@ from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
 from chat_api.service.reads import NOT_FOUND
 from chat_api.storage.messages import DuplicateKey, MessageRepository, PageMode
-from chat_shared.errors import AlreadyExists, InvalidArgument, NotFound
+from chat_shared.errors import AlreadyExists, NotFound
 
 IDEMPOTENCY_HITS = Counter(
     "idempotency_hits_total",
@@ -66,31 +66,14 @@ def _duplicate(original: MessageRecord, conversation_id: str, content: str) -> A
 
 
 class MessageService:
-    def __init__(
-        self, repo: MessageRepository, max_message_length: int, max_key_length: int,
-    ) -> None:
+    def __init__(self, repo: MessageRepository) -> None:
         self._repo = repo
-        self._max_len = max_message_length
-        self._max_key = max_key_length
-
-    def _validate_send(self, conversation_id: str, content: str, key: str) -> str:
-        cid = validation.conversation_id(conversation_id)
-        if not content.strip():
-            raise InvalidArgument("content", "must not be empty")
-        if len(content) > self._max_len:
-            raise InvalidArgument("content", f"must be at most {self._max_len} characters")
-        validation.no_control_chars(content, "content")
-        if not key:
-            raise InvalidArgument("idempotency_key", "is required")
-        if len(key) > self._max_key:
-            raise InvalidArgument("idempotency_key", f"must be at most {self._max_key} characters")
-        validation.no_control_chars(key, "idempotency_key")
-        return cid
 
     async def send(
         self, caller: str, conversation_id: str, content: str, key: str
     ) -> MessageRecord:
-        cid = self._validate_send(conversation_id, content, key)
+        """Sends (chat.proto's rules on the three fields hold already)."""
+        cid = validation.conversation_id(conversation_id)
         try:
             message = await self._repo.send(cid, caller, content, key)
         except DuplicateKey as dup:
@@ -105,13 +88,10 @@ class MessageService:
         before: datetime | None, after_seq: int | None,
     ) -> Page[MessageRecord]:
         """A page of messages. ``after_seq`` None: not given (newest first); 0: from the
-        first message on, oldest first, as for any other position."""
+        first message on, oldest first, as for any other position. chat.proto's rules hold
+        already (``after_seq`` not negative, not together with ``before``)."""
         cid = validation.conversation_id(conversation_id)
         size = validation.limit(limit)
-        if after_seq is not None and after_seq < 0:
-            raise InvalidArgument("after_seq", "must not be negative")
-        if after_seq is not None and before is not None:
-            raise InvalidArgument("after_seq", "cannot be combined with before_timestamp")
         cursor = 0
         if page_token:
             cursor, ascending = page_tokens.parse_messages_token(page_token, cid)

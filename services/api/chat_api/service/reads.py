@@ -5,7 +5,7 @@ from __future__ import annotations
 from chat_api.models import ReadPosition
 from chat_api.service import validation
 from chat_api.storage.reads import ReadRepository
-from chat_shared.errors import InvalidArgument, NotFound
+from chat_shared.errors import NotFound
 
 NOT_FOUND = "conversation not found"
 
@@ -15,9 +15,9 @@ class ReadService:
         self._repo = repo
 
     async def mark_as_read(self, caller: str, conversation_id: str, up_to_seq: int) -> ReadPosition:
+        """Moves the read position up to ``up_to_seq`` (0: everything; never negative, as
+        chat.proto's rule says)."""
         cid = validation.conversation_id(conversation_id)
-        if up_to_seq < 0:
-            raise InvalidArgument("up_to_seq", "must not be negative (0 means everything)")
         position = await self._repo.mark(cid, caller, up_to_seq)
         if position is None:
             raise NotFound(NOT_FOUND)

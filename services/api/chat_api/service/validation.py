@@ -1,44 +1,22 @@
-"""Input checks that name the offending field (the request's proto field name)."""
+"""What the service still does with already-validated input.
+
+Every rule on a request field is declared in chat.proto and enforced before a request reaches
+the service (chat_api.transport.request_rules); what is left here are meanings, not rules.
+"""
 
 from __future__ import annotations
 
-import re
 import uuid
 
-from chat_shared.errors import InvalidArgument
-
 DEFAULT_LIMIT = 50
-MAX_LIMIT = 100
-_USER_ID = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
+"""The page size when a request leaves ``limit`` at 0 (chat.proto allows 0..100)."""
 
 
-def conversation_id(value: str, field: str = "conversation_id") -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument(field, "must be a UUID") from None
-    return str(parsed)
+def conversation_id(value: str) -> str:
+    """The canonical (lower-case) form of a UUID that chat.proto's rule already accepted."""
+    return str(uuid.UUID(value))
 
 
-def user_id(value: str, field: str) -> str:
-    if not _USER_ID.fullmatch(value):
-        raise InvalidArgument(
-            field, "must be 1..128 characters without spaces or control characters")
-    return value
-
-
-def limit(value: int, field: str = "limit") -> int:
-    if value == 0:
-        return DEFAULT_LIMIT
-    if not 1 <= value <= MAX_LIMIT:
-        raise InvalidArgument(field, f"must be between 1 and {MAX_LIMIT} (0 means {DEFAULT_LIMIT})")
-    return value
-
-
-def no_control_chars(value: str, field: str) -> None:
-    # Newlines and tabs are content; other control characters and NUL (which PostgreSQL
-    # rejects in text) are not.
-    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", value):
-        raise InvalidArgument(field, "must not contain control characters")
+def limit(value: int) -> int:
+    """The page size: ``limit``, or the default when it is 0."""
+    return value or DEFAULT_LIMIT

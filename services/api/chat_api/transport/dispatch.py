@@ -1,8 +1,12 @@
-"""The call pipeline every transport shares: authenticate, run, record, recover.
+"""The call pipeline every transport shares: authenticate, decode, validate, run, record, recover.
 
 This is the interceptor chain in one place, so gRPC and HTTP behave the same: the same auth
 check, one log line per call (method, code, duration, user, request id, trace id), the same
 metrics, and unknown exceptions turned into INTERNAL without internals reaching the caller.
+
+Order matters: the caller is authenticated before anything it sent is read, so a caller
+without a valid token gets UNAUTHENTICATED whatever the request holds; only then is the request
+decoded and checked against chat.proto's rules (``request_rules``).
 
 Deadlines: the caller's (gRPC: the call's deadline; HTTP: a ``Grpc-Timeout`` header in gRPC's
 format, "500m", "2S", as gRPC-Gateway reads it) is set for the call's I/O through
@@ -23,6 +27,7 @@ import structlog
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram
 
+from chat_api.transport import request_rules
 from chat_api.transport.handlers import Handler
 from chat_shared import deadlines
 from chat_shared.auth import TokenVerifier
@@ -95,8 +100,9 @@ class Dispatcher:
         """Runs one call; raises ChatError (never anything else) on failure.
 
         ``decode`` turns what the transport received into the request message, after the
-        caller is authenticated and inside the call's timing (gRPC hands over raw bytes, so a
-        request that does not decode is an answer and a log line like any other call).
+        caller is authenticated and inside the call's timing (gRPC hands over raw bytes, HTTP
+        its path, query and body, so a request that does not decode is an answer and a log line
+        like any other call). It may also set ``ctx.timeout`` (HTTP reads it from a header).
         """
         handler = self._handlers.get(ctx.method)
         start = time.perf_counter()
@@ -112,6 +118,7 @@ class Dispatcher:
             ctx.user_id = principal.user_id
             if decode is not None:
                 request = decode(request)
+            request_rules.check(request)
             if ctx.timeout is None:
                 return await handler(principal.user_id, request)
             if ctx.timeout <= DEADLINE_LEAD:

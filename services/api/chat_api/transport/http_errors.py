@@ -60,6 +60,30 @@ def error_response(exc: ChatError, headers: dict[str, str] | None = None) -> web
     return _json_error(http_status(exc), error_body(status_proto(exc)), headers)
 
 
+WWW_AUTHENTICATE_REALM = "chat-service"
+
+
+def www_authenticate(exc: ChatError, authorization: str | None) -> dict[str, str] | None:
+    """The ``WWW-Authenticate`` challenge of a 401 (RFC 6750 section 3); None for other errors.
+
+    No error code when the request carried no credentials (the RFC asks for none then);
+    ``invalid_request`` when the Authorization header is not a bearer token;
+    ``invalid_token`` when a bearer token was sent and refused (expired, malformed, bad
+    signature). The description is the same safe text as the error body's message.
+    """
+    if exc.code != "UNAUTHENTICATED":
+        return None
+    challenge = f'Bearer realm="{WWW_AUTHENTICATE_REALM}"'
+    given = (authorization or "").strip()
+    if given:
+        scheme = given.split(None, 1)[0].lower()
+        error = "invalid_token" if scheme == "bearer" else "invalid_request"
+        # A quoted-string of printable ASCII (RFC 6750's error_description grammar).
+        description = "".join(c for c in exc.message if " " <= c <= "~" and c not in '"\\')
+        challenge += f', error="{error}", error_description="{description}"'
+    return {"WWW-Authenticate": challenge}
+
+
 def gateway_error(http: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """An HTTP-layer error (404 path, 405 method, 413 body) in the same body shape."""
     code = _GATEWAY_CODES.get(http, code_pb2.UNKNOWN if http < 500 else code_pb2.INTERNAL)

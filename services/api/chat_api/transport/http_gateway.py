@@ -11,7 +11,11 @@ errors through its one table (http_errors). What only HTTP needs lives in the mi
 - gzip for JSON bodies over 1 KiB when the client accepts it;
 - every error, including the router's 404/405 and the 413 past HTTP_MAX_BODY_BYTES, as JSON;
   requests aiohttp cannot parse too (chat_shared.http_serving answers those for us);
-- a client that goes away before its body has arrived is logged as 499, not as a failure.
+- a client that goes away before its body has arrived is logged as 499, not as a failure;
+- a 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750), with ``error="invalid_token"`` when
+  a bearer token was sent and refused.
+
+The request is parsed only once the Dispatcher has authenticated the caller.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_api.transport.dispatch import GRPC_TIMEOUT_HEADER, CallContext, Dispatcher, http_timeout
 from chat_api.transport.http_docs import docs_html
-from chat_api.transport.http_errors import error_response, gateway_error
+from chat_api.transport.http_errors import error_response, gateway_error, www_authenticate
 from chat_api.transport.http_json import parse_request, render
 from chat_api.transport.http_routes import HttpBinding, http_bindings
 from chat_api.transport.openapi import openapi_document, render_openapi
@@ -105,13 +110,18 @@ class HttpGateway:
     def _handler(self, binding: HttpBinding) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             body = await request.read() if binding.body else b""
-            message = parse_request(binding, request.match_info, request.query, body,
-                                    request.headers.get("Idempotency-Key"))
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
-                              request_id=request[_REQUEST_ID_KEY],
-                              timeout=http_timeout(request.headers.get(GRPC_TIMEOUT_HEADER)))
-            response = await self._dispatcher.call(ctx, message)
+                              request_id=request[_REQUEST_ID_KEY])
+
+            def decode(_: object) -> Message:
+                # Called by the Dispatcher once the caller is authenticated: nothing the
+                # caller sent (query, body, headers) is read before that.
+                ctx.timeout = http_timeout(request.headers.get(GRPC_TIMEOUT_HEADER))
+                return parse_request(binding, request.match_info, request.query, body,
+                                     request.headers.get("Idempotency-Key"))
+
+            response = await self._dispatcher.call(ctx, None, decode)
             return web.Response(body=render(response, binding.response_body),
                                 content_type="application/json")
 
@@ -163,7 +173,8 @@ class HttpGateway:
             # answer has nobody to go to; the log line says 499.
             return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
         except ChatError as exc:
-            return error_response(exc)
+            return error_response(exc, www_authenticate(exc, request.headers.get(
+                hdrs.AUTHORIZATION)))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

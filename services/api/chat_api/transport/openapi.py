@@ -6,18 +6,28 @@ the message descriptors and describe canonical JSON as the gateway writes it (pr
 without presence as required, because the gateway always prints them; request schemas forbid
 unknown properties, because the gateway rejects them.
 
+Request schemas also publish chat.proto's buf.validate rules, the ones the server enforces
+(``request_rules``): string lengths, UUIDs, CEL ``this.matches(r'...')`` rules as patterns,
+integer ranges, list sizes and uniqueness, required fields; a rule this module cannot publish
+stops the generator (and the server's start) rather than going unpublished. An integer in a
+request body is a JSON integer or a decimal string (proto3 JSON accepts both; the gateway
+accepts exactly what the schema says, see ``http_json``).
+
 The document is served at ``/openapi.json`` and committed as ``services/api/openapi.json``
 (``scripts/gen_openapi.py`` writes it; a test fails while it is stale).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 
+from chat_api.transport.http_json import _INT_RANGES, IDEMPOTENCY_FIELD
 from chat_api.transport.http_routes import HttpBinding, chat_service, http_bindings
+from chat_shared.protos.buf.validate import validate_pb2
 
 ERROR_SCHEMA = "google.rpc.Status"
 _INT64_PATTERN = r"^-?[0-9]+$"
@@ -87,16 +97,213 @@ def _single_schema(fd: FieldDescriptor, pending: list[Descriptor]) -> dict[str, 
 
 
 def _message_schema(desc: Descriptor, pending: list[Descriptor], *, response: bool,
-                    exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
-    properties = {fd.name: _field_schema(fd, pending) for fd in desc.fields
-                  if fd.name not in exclude}
+                    exclude: frozenset[str] = frozenset(),
+                    optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A message's schema; ``optional``: request fields that another part of the request
+    (a header) may supply, so the body need not hold them."""
+    if response:
+        properties = {fd.name: _field_schema(fd, pending) for fd in desc.fields
+                      if fd.name not in exclude}
+        required = [fd.name for fd in desc.fields if not _has_presence(fd)]
+    else:
+        properties = {fd.name: _request_field_schema(fd, pending, in_body=True)
+                      for fd in desc.fields if fd.name not in exclude}
+        if IDEMPOTENCY_FIELD in properties:
+            # The gateway takes it from the Idempotency-Key header when the body has none.
+            optional |= {IDEMPOTENCY_FIELD}
+            properties[IDEMPOTENCY_FIELD]["description"] = (
+                "Required here or in the Idempotency-Key header (equal when both are given).")
+        required = [fd.name for fd in desc.fields if fd.name not in exclude | optional
+                    and _is_required(fd)]
     schema: dict[str, Any] = {"type": "object", "properties": properties,
                               "additionalProperties": False}
-    if response:
-        required = [fd.name for fd in desc.fields if not _has_presence(fd)]
-        if required:
-            schema["required"] = required
+    if required:
+        schema["required"] = required
+    rules = _message_rules(desc)
+    if rules and not response:
+        schema["description"] = rules
     return schema
+
+
+def _rules(fd: FieldDescriptor) -> validate_pb2.FieldRules | None:
+    options = fd.GetOptions()
+    if not options.HasExtension(validate_pb2.field):
+        return None
+    rules: validate_pb2.FieldRules = options.Extensions[validate_pb2.field]
+    return rules
+
+
+def _is_required(fd: FieldDescriptor) -> bool:
+    """Whether the rules make the field required (in JSON: the key must be there)."""
+    rules = _rules(fd)
+    if rules is None:
+        return False
+    if rules.required:
+        return True
+    kind = rules.WhichOneof("type")
+    if kind == "string":
+        return rules.string.min_len > 0 or rules.string.uuid
+    if kind == "repeated":
+        return rules.repeated.min_items > 0
+    return False
+
+
+def _message_rules(desc: Descriptor) -> str:
+    """Message-level rules in words (OpenAPI 3.0 cannot state them across parameters)."""
+    options = desc.GetOptions()
+    if not options.HasExtension(validate_pb2.message):
+        return ""
+    rules = options.Extensions[validate_pb2.message]
+    if rules.cel:
+        raise ValueError(f"{desc.full_name}: message CEL rules cannot be published")
+    words = []
+    for rule in rules.oneof:
+        fields = ", ".join(rule.fields)
+        words.append(f"{'Exactly' if rule.required else 'At most'} one of {fields}.")
+    return " ".join(words)
+
+
+_CEL_MATCHES = re.compile(r"^this\.matches\(r'([^']*)'\)$")
+_UUID_PATTERN = ("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                 "[0-9a-fA-F]{12}$")
+
+
+def _cel_patterns(owner: str, cel: Any) -> list[str]:
+    patterns = []
+    for rule in cel:
+        m = _CEL_MATCHES.match(rule.expression)
+        if m is None:
+            raise ValueError(f"{owner}: CEL rule {rule.id!r} is not this.matches(r'...'), "
+                             "so it cannot be published as a pattern")
+        patterns.append(m.group(1))
+    return patterns
+
+
+def _with_patterns(schema: dict[str, Any], patterns: list[str]) -> dict[str, Any]:
+    if not patterns:
+        return schema
+    schema["pattern"] = patterns[0]
+    if len(patterns) > 1:
+        schema["allOf"] = [{"pattern": p} for p in patterns[1:]]
+    return schema
+
+
+def _string_rules(owner: str, rules: Any, cel: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    published = {"min_len", "max_len", "uuid"}
+    unknown = [f.name for f, _ in rules.ListFields() if f.name not in published]
+    if unknown:
+        raise ValueError(f"{owner}: string rules {unknown} cannot be published yet")
+    if rules.uuid:
+        schema.update(format="uuid", pattern=_UUID_PATTERN)
+    if rules.min_len:
+        schema["minLength"] = rules.min_len
+    if rules.HasField("max_len"):
+        schema["maxLength"] = rules.max_len
+    patterns = _cel_patterns(owner, cel)
+    if rules.uuid and patterns:
+        raise ValueError(f"{owner}: a UUID rule and a pattern cannot be published together")
+    return _with_patterns(schema, patterns)
+
+
+def _int_bounds(owner: str, fd_type: int, rules: Any) -> tuple[int, int]:
+    low, high = _INT_RANGES[fd_type]
+    if rules is None:
+        return low, high
+    unknown = [f.name for f, _ in rules.ListFields() if f.name not in ("gte", "lte", "gt", "lt")]
+    if unknown:
+        raise ValueError(f"{owner}: integer rules {unknown} cannot be published yet")
+    if rules.HasField("gte"):
+        low = max(low, rules.gte)
+    if rules.HasField("gt"):
+        low = max(low, rules.gt + 1)
+    if rules.HasField("lte"):
+        high = min(high, rules.lte)
+    if rules.HasField("lt"):
+        high = min(high, rules.lt - 1)
+    return low, high
+
+
+def _decimal_at_most(limit: str, *, zero: bool = True) -> str:
+    """A regex for the decimal numbers 0 (or 1) ..limit without leading zeros."""
+    n = len(limit)
+    alts = ["0"] if zero else []
+    if n > 1:
+        alts.append(f"[1-9][0-9]{{0,{n - 2}}}" if n > 2 else "[1-9]")
+    for i, digit in enumerate(limit):
+        d = int(digit)
+        first = 1 if i == 0 else 0
+        if d > first:
+            rest = n - i - 1
+            tail = f"[0-9]{{{rest}}}" if rest > 1 else ("[0-9]" if rest == 1 else "")
+            alts.append(limit[:i] + (f"[{first}-{d - 1}]" if d - 1 > first else str(first)
+                                     if d - 1 == first else "") + tail)
+    alts.append(limit)
+    return "|".join(a for a in alts if a)
+
+
+def _integer_string_pattern(owner: str, low: int, high: int) -> str:
+    """The decimal strings the gateway accepts for an integer in ``low..high``."""
+    if low == 0:
+        return f"^({_decimal_at_most(str(high))})$"
+    if low < 0 and high >= 0:
+        return f"^({_decimal_at_most(str(high))}|-({_decimal_at_most(str(-low), zero=False)}))$"
+    raise ValueError(f"{owner}: an integer range {low}..{high} cannot be published yet")
+
+
+def _int_schema(fd: FieldDescriptor, rules: Any, *, in_body: bool) -> dict[str, Any]:
+    owner = fd.full_name
+    low, high = _int_bounds(owner, fd.type, rules)
+    fmt = "int64" if fd.type in _SIXTY_FOUR_BIT else "int32"
+    number = {"type": "integer", "format": fmt, "minimum": low, "maximum": high}
+    if not in_body:
+        return number  # a query or path value is text: the same digits either way
+    text = {"type": "string", "format": fmt, "pattern": _integer_string_pattern(owner, low, high)}
+    return {"oneOf": [number, text],
+            "description": "A JSON integer or the same number as a decimal string."}
+
+
+_SIXTY_FOUR_BIT = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64,
+                   FieldDescriptor.TYPE_SFIXED64, FieldDescriptor.TYPE_UINT64,
+                   FieldDescriptor.TYPE_FIXED64}
+
+
+def _request_field_schema(fd: FieldDescriptor, pending: list[Descriptor], *,
+                          in_body: bool) -> dict[str, Any]:
+    """A request field's schema with its rules (what the server accepts, exactly)."""
+    rules = _rules(fd)
+    kind = rules.WhichOneof("type") if rules is not None else None
+    if fd.is_repeated and not (fd.message_type is not None
+                               and fd.message_type.GetOptions().map_entry):
+        repeated = rules.repeated if rules is not None and kind == "repeated" else None
+        item_rules = repeated.items if repeated is not None else None
+        items = _request_single(fd, pending, item_rules, in_body=in_body)
+        schema: dict[str, Any] = {"type": "array", "items": items}
+        if repeated is not None:
+            if repeated.min_items:
+                schema["minItems"] = repeated.min_items
+            if repeated.HasField("max_items"):
+                schema["maxItems"] = repeated.max_items
+            if repeated.unique:
+                schema["uniqueItems"] = True
+        return schema
+    return _request_single(fd, pending, rules, in_body=in_body)
+
+
+def _request_single(fd: FieldDescriptor, pending: list[Descriptor], rules: Any, *,
+                    in_body: bool) -> dict[str, Any]:
+    kind = rules.WhichOneof("type") if rules is not None else None
+    cel = rules.cel if rules is not None else []
+    if fd.type in _INT_RANGES:
+        if cel:
+            raise ValueError(f"{fd.full_name}: CEL rules on integers cannot be published")
+        return _int_schema(fd, getattr(rules, kind) if kind else None, in_body=in_body)
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return _string_rules(fd.full_name, rules.string if kind == "string" else
+                             validate_pb2.StringRules(), cel)
+    if kind is not None or cel:
+        raise ValueError(f"{fd.full_name}: {kind or 'CEL'} rules cannot be published yet")
+    return _single_schema(fd, pending)
 
 
 def _reachable(roots: list[Descriptor]) -> set[str]:
@@ -117,7 +324,7 @@ def _parameters(binding: HttpBinding, schemas_pending: list[Descriptor]) -> list
     for path in binding.path_fields.values():
         fd = _leaf(desc, path)
         params.append({"name": path, "in": "path", "required": True,
-                       "schema": _single_schema(fd, schemas_pending)})
+                       "schema": _request_field_schema(fd, schemas_pending, in_body=False)})
     if binding.body == "*":
         return params
     bound = {*binding.path_fields.values(), binding.body}
@@ -128,8 +335,8 @@ def _parameters(binding: HttpBinding, schemas_pending: list[Descriptor]) -> list
                             and fd.message_type.full_name not in _WELL_KNOWN)
         if is_plain_message:
             continue  # reachable as key.field=value, not documented field by field
-        schema = _field_schema(fd, schemas_pending)
-        param: dict[str, Any] = {"name": fd.name, "in": "query", "required": False,
+        schema = _request_field_schema(fd, schemas_pending, in_body=False)
+        param: dict[str, Any] = {"name": fd.name, "in": "query", "required": _is_required(fd),
                                  "schema": schema}
         if schema.get("type") == "array":
             param.update(style="form", explode=True)
@@ -191,6 +398,9 @@ def openapi_document(service: ServiceDescriptor | None = None) -> dict[str, Any]
                                 "schema": {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}}}},
             },
         }
+        rules = _message_rules(method.input_type)
+        if rules:
+            op["description"] = rules
         if binding.body:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": _body_schema(binding, pending, schemas)}}}
@@ -213,7 +423,12 @@ def openapi_document(service: ServiceDescriptor | None = None) -> dict[str, Any]
         "info": {"title": f"{service.full_name} HTTP/JSON API", "version": "v1",
                  "description": f"Generated from {service.file.name} "
                                 "(google.api.http annotations). JSON is protobuf's canonical "
-                                "JSON with proto field names."},
+                                "JSON with proto field names; responses write 64-bit integers "
+                                "as decimal strings, requests take an integer as a JSON integer "
+                                "or a decimal string. Request rules (lengths, ranges, patterns, "
+                                "required fields) are the proto's buf.validate rules. Every "
+                                "call needs a bearer token: without a valid one the answer is "
+                                "401, whatever the request holds."},
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.items())),
