@@ -18,6 +18,7 @@ from aiohttp import hdrs, web
 
 from chat_shared.auth import Principal, TokenVerifier, issue_token
 from chat_shared.errors import Unauthenticated
+from chat_shared.http_serving import BodyTimeout, read_body
 from chat_shared.observability.logging import get_logger
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
@@ -146,8 +147,12 @@ class GatewayServer:
             return _error(403, "forbidden", "development tokens are only issued when "
                                             "ENVIRONMENT=development")
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(await read_body(request, self._settings.http_body_timeout))
             user = body["user_id"].strip()
+        except BodyTimeout as exc:
+            response = _error(408, "request_timeout", str(exc))
+            response.force_close()
+            return response
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return _error(400, "invalid_argument", 'body must be {"user_id": "<id>"}')
         if not user or len(user) > 128:

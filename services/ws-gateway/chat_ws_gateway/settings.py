@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from chat_shared.config import Seconds, ServiceSettings, parse_host_port
+from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
 from chat_shared.events import DEFAULT_STREAM_PREFIX
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, HttpServerSettings):
     ws_server_address: str = Field("0.0.0.0:8081", description="host:port for WebSocket + demo")
     metrics_port: int = Field(9102, ge=0, le=65535,
                               description="/metrics, /healthz and /readyz port; 0 = off")
