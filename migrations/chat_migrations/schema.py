@@ -107,13 +107,19 @@ outbox = Table(
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", _TIMESTAMPTZ),
     Column("last_error", Text),
+    # When Redis acknowledged the event; NULL while it waits. Published rows are kept for
+    # OUTBOX_RETENTION (migration 0004) so that a lost stream can be refilled.
+    Column("published_at", _TIMESTAMPTZ),
     # Which relay partition the row belongs to (the relay's advisory locks, migration 0002).
     Column("partition", SmallInteger,
            Computed("get_byte(uuid_send(conversation_id), 15) % 64", persisted=True),
            nullable=False),
     UniqueConstraint("event_id", name="outbox_event_id_key"),
     Index("ix_outbox_conversation", "conversation_id", "id"),
-    Index("ix_outbox_partition", "partition", "id"),
+    Index("ix_outbox_partition", "partition", "id",
+          postgresql_where=text("published_at IS NULL")),
+    Index("ix_outbox_published_at", "published_at",
+          postgresql_where=text("published_at IS NOT NULL")),
     # Rows waiting for a retry hold back their conversation's later rows.
     Index("ix_outbox_retrying", "conversation_id", "id",
           postgresql_where=text("next_attempt_at IS NOT NULL")),

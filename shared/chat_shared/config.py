@@ -150,6 +150,22 @@ class AuthSettings(BaseSection):
         return self.jwt_algorithms.split(",")
 
 
+class HttpServerSettings(BaseSection):
+    """How long an HTTP server (the API's, the gateway's) waits on a slow or silent client."""
+
+    http_header_timeout: Seconds = Field(
+        10.0, gt=0, le=3600,
+        description="seconds a client has, from the first byte of a request, to send the whole "
+                    "request line and headers; then the connection is closed")
+    http_body_timeout: Seconds = Field(
+        30.0, gt=0, le=3600,
+        description="seconds to receive a request body once its headers arrived; then 408")
+    http_keepalive_timeout: Seconds = Field(
+        75.0, gt=0, le=3600,
+        description="seconds an idle keep-alive connection (or one that never sends a request) "
+                    "stays open")
+
+
 class ServiceSettings(CommonSettings, DatabaseSettings, RedisSettings, AuthSettings):
     """The shared sections together; each service subclasses this with its own fields."""
 

@@ -35,19 +35,39 @@ Events are appended to ``STREAM_SHARDS`` Redis streams named ``<prefix>:<shard>`
 STREAM_SHARDS`` (``shard_of``), so all of a conversation's events are in one stream. The relay
 trims each stream to about ``STREAM_MAXLEN`` entries (``XADD MAXLEN ~``).
 
-Every entry has exactly the fields of ``ENTRY_FIELDS``, all strings:
+Every entry has the fields of ``ENTRY_FIELDS``, all strings:
 ``event_id`` (uuid), ``type``, ``conversation_id`` (uuid), ``seq`` (decimal), ``occurred_at``
 (timestamp: when the outbox row was written), ``recipients`` (JSON array of the member ids at
-the time of the event), ``payload`` (compact JSON, as above).
+the time of the event), ``payload`` (compact JSON, as above); and ``epoch`` (``EPOCH_FIELD``,
+see below). Consumers ignore fields they do not know.
+
+Stream epochs
+-------------
+A stream can lose entries without its consumers noticing from the entry ids alone: Redis
+restarted without persistence, was flushed, or the key was deleted, and the relay recreated the
+stream with new entries. Each stream therefore has an epoch, an opaque string kept in the Redis
+key ``<stream>:epoch`` (``epoch_key``: ``chat:events:0:epoch``) and copied into the ``epoch``
+field of every entry. The relay sets a new epoch whenever it appends to a stream that does not
+exist, in the same script as the append, so every entry of a recreated stream carries the new
+epoch. A consumer remembers the epoch of the last entry it processed; an entry with another
+epoch (or a ``<stream>:epoch`` that differs from it) means the stream was recreated and entries
+may be missing between the two: resynchronise (from the API, or have the stream refilled with
+``chat-outbox republish``) before trusting positions again. Epochs are compared for equality
+only.
 
 Ordering and delivery
 ---------------------
-- At least once: a row leaves the outbox only after Redis acknowledged its entry, so an event
-  may be published twice (never lost); consumers drop duplicates by ``event_id`` (for
-  ``message.created``, ``(conversation_id, seq)`` identifies it as well).
+- At least once: an outbox row is marked published only after Redis acknowledged its entry,
+  so an event may be published twice (never lost); after a Redis fault the same event can
+  appear more than once, with the same ``event_id``. Consumers must drop duplicates by
+  ``event_id`` (for ``message.created``, ``(conversation_id, seq)`` identifies it as well).
 - Per conversation, the first publication of each event is in outbox order, which for
-  ``message.created`` is ``seq`` order; a re-publication or a dead-letter replay can arrive
-  after newer events.
+  ``message.created`` is ``seq`` order; a re-publication, a dead-letter replay or a
+  ``chat-outbox republish`` can arrive after newer events (a republish itself appends each
+  conversation's events in order).
+- Published rows stay in PostgreSQL for ``OUTBOX_RETENTION`` (default 7 days):
+  ``chat-outbox republish --since TIME`` (or ``--from-id ID``) appends them to their streams
+  again, same ``event_id``, so a stream that lost entries within that window can be refilled.
 """
 
 from __future__ import annotations
@@ -63,11 +83,11 @@ from typing import Any, NewType, TypeAlias, TypedDict, get_type_hints, is_typedd
 import orjson
 
 __all__ = [
-    "CONVERSATION_READ", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS", "MESSAGE_CREATED", "PAYLOADS",
-    "ConversationRead", "Event", "Message", "MessageCreated", "Timestamp", "UuidText",
+    "CONVERSATION_READ", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS", "EPOCH_FIELD", "MESSAGE_CREATED",
+    "PAYLOADS", "ConversationRead", "Event", "Message", "MessageCreated", "Timestamp", "UuidText",
     "conversation_read", "decode_entry", "decode_payload", "describe_payload", "encode_entry",
-    "entry_values", "format_time", "message", "message_created", "parse_time", "payload_sql",
-    "shard_of", "stream_key", "stream_keys",
+    "entry_values", "epoch_key", "format_time", "message", "message_created", "parse_time",
+    "payload_sql", "shard_of", "stream_key", "stream_keys",
 ]
 
 MESSAGE_CREATED = "message.created"
@@ -254,6 +274,10 @@ ENTRY_FIELDS = ("event_id", "type", "conversation_id", "seq", "occurred_at", "re
 """The fields of every stream entry, in the order ``entry_values`` gives them."""
 
 
+EPOCH_FIELD = "epoch"
+"""The entry field with the stream's epoch (set by the relay's script, not by ``entry_values``)."""
+
+
 def shard_of(conversation_id: str, shards: int) -> int:
     """The stream shard of a conversation: CRC-32 of its canonical UUID text, modulo shards.
 
@@ -273,6 +297,11 @@ def stream_key(conversation_id: str, shards: int, prefix: str = DEFAULT_STREAM_P
 def stream_keys(shards: int, prefix: str = DEFAULT_STREAM_PREFIX) -> list[str]:
     """Every stream of the layout, for consumers that read all of them."""
     return [f"{prefix}:{i}" for i in range(max(1, shards))]
+
+
+def epoch_key(stream: str) -> str:
+    """The Redis key that holds ``stream``'s epoch (see "Stream epochs")."""
+    return f"{stream}:epoch"
 
 
 def _json(value: Any) -> str:

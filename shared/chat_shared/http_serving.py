@@ -13,6 +13,18 @@ the kind of error and never the request's bytes, at most ``PARSE_ERROR_LOG_BURST
 ``PARSE_ERROR_LOG_INTERVAL`` seconds; the next line after a quiet spell counts what was left
 out (``suppressed``).
 
+Slow and silent clients. aiohttp's public knob is ``keepalive_timeout``: a connection waiting
+for its next request (or for its first: aiohttp arms the timer at connect) is closed when it
+runs out, however many bytes of a request have trickled in meanwhile. The protocol built here
+would default it to aiohttp's 3,630 s, so ``HttpListener`` always passes one (75 s by default,
+as ``web.AppRunner`` would). aiohttp has no header-read timeout (its ``slow_request_timeout``
+went away in 3.x), so a client that starts a request and goes silent would hold the socket for
+the whole keep-alive period. The guard here is the smallest that closes it: when bytes arrive
+while the protocol waits for a request and do not complete its head, a timer of
+``header_timeout`` seconds starts; a completed head cancels it, and if it fires while the
+protocol still waits, the connection is closed. Bytes that arrive while a handler runs (a body,
+WebSocket frames) never start it; bodies are bounded by their handlers (``read_body``).
+
 The application still runs under ``web.AppRunner`` (start-up, drain on stop); only the listening
 socket is opened here, with ``loop.create_server``, because the runner's sites would build
 aiohttp's own protocol. Every response of the application gets ``Server: chat-service``.
@@ -39,6 +51,9 @@ SERVER_HEADER = "chat-service"
 MAX_LINE_BYTES = 8190
 """Request line and each header line, in bytes (aiohttp's default, stated here on purpose:
 bearer tokens are far shorter, and a larger request line is refused before any routing)."""
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
 
 PARSE_ERROR_LOG_BURST = 10
 PARSE_ERROR_LOG_INTERVAL = 60.0
@@ -90,10 +105,48 @@ class _QuietRequestHandler(web.RequestHandler):
     """aiohttp's protocol with ``handle_error`` answering in the service's shape."""
 
     def __init__(self, manager: web.Server, *, error_response: ErrorResponse,
-                 limit: RateLimit, **kwargs: object) -> None:
+                 limit: RateLimit, header_timeout: float, **kwargs: object) -> None:
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._error_response = error_response
         self._limit = limit
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # The header-read guard (see the module docstring). ``_waiter`` is aiohttp's future that
+    # ``start()`` awaits while no request is queued: pending means "waiting for a request".
+    # The first bytes can arrive before ``start()`` first ran; then no request was parsed yet
+    # (``_request_count``). Tests send half a request over a real socket, so a change in
+    # aiohttp's internals shows there.
+
+    def _waiting_for_request(self) -> bool:
+        waiter = self._waiter
+        if waiter is not None:
+            return not waiter.done()
+        return self._request_count == 0 and not self._messages
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self._waiting_for_request()
+        super().data_received(data)
+        if self._waiting_for_request():
+            if waiting and data and self._head_timer is None:
+                self._head_timer = self._loop.call_later(self._header_timeout,
+                                                         self._head_timed_out)
+        elif self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._waiting_for_request():
+            log.info("http_header_timeout", peer=_peer(self.transport),
+                     timeout_seconds=self._header_timeout)
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
@@ -119,6 +172,27 @@ class _QuietRequestHandler(web.RequestHandler):
         return response
 
 
+def _peer(transport: asyncio.BaseTransport | None) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
+class BodyTimeout(Exception):
+    """The request's body did not arrive within its time (answered 408)."""
+
+
+async def read_body(request: web.BaseRequest, within: float) -> bytes:
+    """The request's body, which must arrive within ``within`` seconds.
+
+    Raises:
+        BodyTimeout: it did not; the connection cannot carry another request then.
+    """
+    try:
+        return await asyncio.wait_for(request.read(), within)
+    except TimeoutError:
+        raise BodyTimeout(f"request body not received within {within:g} s") from None
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -135,13 +209,17 @@ class HttpListener:
 
     def __init__(self, app: web.Application, *, error_response: ErrorResponse = plain_error,
                  shutdown_timeout: float = 10.0,
-                 parse_error_log: RateLimit | None = None) -> None:
+                 parse_error_log: RateLimit | None = None,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                 keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT) -> None:
         app.on_response_prepare.append(_set_server_header)
         self._app = app
         self._error_response = error_response
         self._shutdown_timeout = shutdown_timeout
         self._limit = parse_error_log or RateLimit(PARSE_ERROR_LOG_BURST,
                                                    PARSE_ERROR_LOG_INTERVAL)
+        self._header_timeout = header_timeout
+        self._keepalive_timeout = keepalive_timeout
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.port = 0
@@ -160,6 +238,8 @@ class HttpListener:
         def protocol() -> web.RequestHandler:
             return _QuietRequestHandler(server, error_response=self._error_response,
                                         limit=self._limit, loop=loop, access_log=None,
+                                        header_timeout=self._header_timeout,
+                                        keepalive_timeout=self._keepalive_timeout,
                                         max_line_size=MAX_LINE_BYTES,
                                         max_field_size=MAX_LINE_BYTES)
 

@@ -56,7 +56,8 @@ def sql(dsn: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 def outbox_count(dsn: str) -> int:
-    return int(sql(dsn, "SELECT count(*) FROM outbox")[0][0])
+    """Rows still to publish (published ones stay for OUTBOX_RETENTION)."""
+    return int(sql(dsn, "SELECT count(*) FROM outbox WHERE published_at IS NULL")[0][0])
 
 
 def redis_client(addr: str) -> redis_sync.Redis:

@@ -20,7 +20,14 @@ from chat_outbox_relay.app import RelayApp, build_relay
 from chat_outbox_relay.claiming import backoff
 from chat_outbox_relay.publishing import is_transient
 from chat_outbox_relay.settings import RelaySettings
-from chat_shared.events import ENTRY_FIELDS, Event, decode_entry, encode_entry, stream_key
+from chat_shared.events import (
+    ENTRY_FIELDS,
+    Event,
+    decode_entry,
+    encode_entry,
+    epoch_key,
+    stream_key,
+)
 from tests.conftest import coverage_env
 from tests.e2e.test_relay_helpers import (
     VENV_BIN,
@@ -118,7 +125,7 @@ def test_partition_migration_downgrades_and_upgrades(postgres: Any) -> None:
     assert part == uuid.UUID(conv).bytes[15] % 64
 
 
-async def test_publishes_exact_entry_and_removes_row(
+async def test_publishes_exact_entry_and_marks_row_published(
     db_source: str, redis_addr: str, start_relay: Callable[..., Any]
 ) -> None:
     conv = str(uuid.uuid4())
@@ -127,14 +134,17 @@ async def test_publishes_exact_entry_and_removes_row(
               (event_id,))[0]
     processed_before = sample("outbox_processed_total")
     await start_relay()
-    await eventually(lambda: outbox_count(db_source) == 0, 20, "the row to be removed")
+    await eventually(lambda: outbox_count(db_source) == 0, 20, "the row to be marked published")
     client = redis_client(redis_addr)
     entries = client.xrange("chat:events:0")
+    epoch = client.get(epoch_key("chat:events:0"))
     client.close()
     assert len(entries) == 1
     _, fields = entries[0]
     created_at: datetime = row[0]
+    assert epoch
     assert fields == {
+        "epoch": epoch,
         "event_id": event_id,
         "type": "message.created",
         "conversation_id": conv,
@@ -163,7 +173,7 @@ async def test_api_messages_reach_the_stream_in_seq_order(
         assert event.recipients == ["alice", "bob"]
         assert event.payload["message"]["id"] == message.id
         assert event.payload["message"]["content"] == message.content
-    await eventually(lambda: outbox_count(db_source) == 0, 20, "the rows to be removed")
+    await eventually(lambda: outbox_count(db_source) == 0, 20, "the rows to be marked published")
 
 
 async def test_poison_event_dead_letters_without_blocking_others_then_replays(

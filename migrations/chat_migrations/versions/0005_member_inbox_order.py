@@ -15,14 +15,14 @@ That index replaces ``(user_id, conversation_id)``: every lookup by member that 
 row that a send rewrites.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30
 """
 
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -163,5 +163,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
     app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
                  server=server, health=health_servicer, grpc_port=bound)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
-                           cors_origins=settings.cors_origins)
+                           cors_origins=settings.cors_origins,
+                           header_timeout=settings.http_header_timeout,
+                           body_timeout=settings.http_body_timeout,
+                           keepalive_timeout=settings.http_keepalive_timeout)
     return app

@@ -6,12 +6,12 @@ import re
 
 from pydantic import Field, field_validator
 
-from chat_shared.config import Seconds, ServiceSettings, parse_host_port
+from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
 
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(ServiceSettings, HttpServerSettings):
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
     metrics_port: int = Field(9100, ge=0, le=65535,

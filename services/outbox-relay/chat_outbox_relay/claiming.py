@@ -6,7 +6,9 @@ go only between batches. A row whose conversation has an earlier row waiting for
 not ready: a failing event holds back only its own conversation, and that conversation stays
 in order. Settling (delete the published, reschedule the failed, dead-letter the exhausted)
 happens only after Redis answered, so a crash before it leaves every claimed row in place, to
-be published again with the same event_id. Each settling statement is atomic (the dead-letter
+be published again with the same event_id. A published row is marked (``published_at``), not
+deleted: it stays for OUTBOX_RETENTION (``retention.py`` prunes it) so that a lost stream can
+be refilled (``chat-outbox republish``). Each settling statement is atomic (the dead-letter
 move is one statement); a crash between two of them only means that a failed event is tried
 once more without that attempt counted.
 """
@@ -27,6 +29,7 @@ _CLAIM = """
            o.payload, o.created_at, o.attempts
     FROM outbox o
     WHERE o.partition = ANY(%(partitions)s::smallint[])
+      AND o.published_at IS NULL
       AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
       AND NOT EXISTS (SELECT 1 FROM outbox w
                       WHERE w.conversation_id = o.conversation_id AND w.id < o.id
@@ -35,7 +38,12 @@ _CLAIM = """
     LIMIT %(limit)s
 """
 
-_DELETE = "DELETE FROM outbox WHERE id = ANY(%(ids)s::bigint[])"
+# next_attempt_at is cleared so the row leaves the retrying index (it only holds back
+# conversations while it waits).
+_MARK_PUBLISHED = """
+    UPDATE outbox SET published_at = clock_timestamp(), next_attempt_at = NULL
+    WHERE id = ANY(%(ids)s::bigint[])
+"""
 
 _RESCHEDULE = """
     UPDATE outbox o
@@ -112,7 +120,7 @@ async def settle(
     max_retries: int,
     retry_base: float,
 ) -> list[Failure]:
-    """Deletes published rows, reschedules failures, dead-letters exhausted ones.
+    """Marks published rows, reschedules failures, dead-letters exhausted ones.
 
     Returns the failures that went to the dead-letter table.
     """
@@ -121,7 +129,7 @@ async def settle(
     with interaction("db.outbox_settle"):
         async with conn.cursor() as cur:
             if published:
-                await cur.execute(_DELETE, {"ids": [r.id for r in published]})
+                await cur.execute(_MARK_PUBLISHED, {"ids": [r.id for r in published]})
             if retry:
                 await cur.execute(_RESCHEDULE, {
                     "ids": [f.row.id for f in retry],

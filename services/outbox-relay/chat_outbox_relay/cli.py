@@ -1,30 +1,46 @@
-"""``chat-outbox``: manage the outbox's dead letters.
+"""``chat-outbox``: manage the outbox's dead letters; refill streams from the outbox.
 
     chat-outbox dlq list [--limit N]        the dead letters, oldest first
     chat-outbox dlq show ID                 one dead letter in full (exit 1 if there is none)
     chat-outbox dlq replay ID               move it back into the outbox (same event_id)
     chat-outbox dlq replay --all            move every dead letter back
     chat-outbox dlq purge --older-than 7d   delete dead letters that failed before then
+    chat-outbox republish --since TIME      append events published since TIME to their streams
+    chat-outbox republish --from-id ID      ... those from outbox id ID on
 
-Reads DB_SOURCE and DB_STATEMENT_TIMEOUT from the environment (or app.env). Exit codes: 0 done,
+TIME is RFC 3339 (2026-11-30T10:00:00Z) or a duration back from now (90m, 2h, 1d). Republished
+entries carry their original event_id; the outbox keeps published rows for OUTBOX_RETENTION.
+
+Reads DB_SOURCE and DB_STATEMENT_TIMEOUT from the environment (or app.env); republish also the
+relay's REDIS_ADDR, STREAM_SHARDS, STREAM_PREFIX and STREAM_MAXLEN. Exit codes: 0 done,
 1 no such dead letter, 2 bad usage or configuration, 3 database unreachable (or a statement
-timed out).
+timed out), 4 Redis refused or could not take an entry (the message says the id to go on from).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from chat_outbox_relay.dead_letters import DeadLetter, DeadLetters
+from chat_outbox_relay.publishing import StreamPublisher
+from chat_shared.redis_client import create_redis
+from chat_outbox_relay.republishing import Progress, RepublishFailed, republish, start_id
+from chat_outbox_relay.settings import RelaySettings
+from chat_shared import db
 from chat_shared.config import ConfigError, DatabaseSettings, load_settings, parse_duration
 from chat_shared.db import connect_sync, unavailable_on_connection_errors
 from chat_shared.errors import Unavailable
 from chat_shared.events import format_time
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REDIS = 0, 1, 2, 3, 4
+PROGRESS_EVERY = 2.0
+"""Seconds between progress lines of a long republish."""
 
 
 def _duration(text: str) -> float:
@@ -32,6 +48,20 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _since(text: str) -> datetime:
+    """RFC 3339 time, or a duration back from now."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (use 2026-11-30T10:00:00Z or a duration such as 2h)") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     purge = cmd.add_parser("purge", help="delete old dead letters")
     purge.add_argument("--older-than", type=_duration, required=True,
                        help="e.g. 7d, 12h, 30m")
+    again = top.add_parser("republish", help="append published events to their streams again")
+    start = again.add_mutually_exclusive_group(required=True)
+    start.add_argument("--since", type=_since, help="published at or after this time")
+    start.add_argument("--from-id", type=int, help="from this outbox id on")
+    again.add_argument("--batch-size", type=int, default=1000, choices=range(1, 100_001),
+                       metavar="N", help="rows per page (default 1000)")
     return parser
 
 
@@ -120,8 +156,67 @@ def run(args: argparse.Namespace, store: DeadLetters) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _republish(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(RelaySettings)
+    except ConfigError as exc:
+        print(f"chat-outbox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    missing = [n for n, v in (("DB_SOURCE", settings.db_source),
+                              ("REDIS_ADDR", settings.redis_addr)) if not v]
+    if missing:
+        print(f"chat-outbox: {' and '.join(missing)} not set", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_republish_async(args, settings))
+
+
+async def _republish_async(args: argparse.Namespace, settings: RelaySettings) -> int:
+    redis = create_redis(settings, max_connections=max(4, settings.outbox_workers + 2))
+    publisher = StreamPublisher(redis, shards=settings.stream_shards,
+                                maxlen=settings.stream_maxlen, prefix=settings.stream_prefix,
+                                workers=settings.outbox_workers)
+    last_line = [time.monotonic()]
+
+    def progress(p: Progress) -> None:
+        if time.monotonic() - last_line[0] >= PROGRESS_EVERY:
+            last_line[0] = time.monotonic()
+            print(f"republished {p.published} event(s); at outbox id {p.last_id} of "
+                  f"{p.end_id}", flush=True)
+
+    conn = None
+    try:
+        conn = await db.connect(settings.db_source, application_name="chat-outbox",
+                                statement_timeout=settings.db_statement_timeout)
+        if args.since is not None:
+            first = await start_id(conn, args.since)
+            if first is None:
+                print(f"no event published since {format_time(args.since)} in the outbox")
+                return EXIT_OK
+        else:
+            first = args.from_id
+        print(f"republishing from outbox id {first}", flush=True)
+        count = await republish(conn, publisher, from_id=first, batch_size=args.batch_size,
+                                progress=progress)
+    except Unavailable as exc:
+        print(f"chat-outbox: the database did not answer: {exc.__cause__ or exc}",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RepublishFailed as exc:
+        print(f"chat-outbox: Redis did not take an entry ({exc}); {exc.published} event(s) "
+              f"republished; go on with --from-id {exc.resume_from}", file=sys.stderr)
+        return EXIT_REDIS
+    finally:
+        if conn is not None:
+            await conn.close()
+        await redis.aclose()
+    print(f"{count} event(s) republished")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.area == "republish":
+        return _republish(args)
     try:
         settings = load_settings(DatabaseSettings)
     except ConfigError as exc:

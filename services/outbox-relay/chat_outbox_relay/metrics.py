@@ -7,9 +7,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from chat_shared.observability.dependencies import dependency_gauge
 from chat_shared.observability.loop_lag import event_loop_lag_histogram
 
-PENDING = Gauge("outbox_pending_count", "Rows waiting in the outbox (all partitions)")
+PENDING = Gauge("outbox_pending_count", "Unpublished rows in the outbox (all partitions)")
 OLDEST_PENDING_AGE = Gauge("outbox_oldest_pending_age_seconds",
-                           "Age of the oldest outbox row, seconds (0 when empty)")
+                           "Age of the oldest unpublished outbox row, seconds (0 when none)")
 PROCESSED = Counter("outbox_processed_total", "Events published to Redis Streams")
 PUBLISH_ERRORS = Counter(
     "outbox_publish_errors_total",
@@ -17,6 +17,8 @@ PUBLISH_ERRORS = Counter(
     "or rejected (counted toward the event's retries)",
     ["reason"],
 )
+PRUNED = Counter("outbox_pruned_total",
+                 "Published outbox rows deleted after OUTBOX_RETENTION by this relay")
 DLQ = Counter("outbox_dlq_total", "Events moved to the dead-letter table")
 PUBLISH_LAG = Histogram(
     "outbox_publish_lag_seconds", "Outbox row creation to XADD acknowledged, seconds",

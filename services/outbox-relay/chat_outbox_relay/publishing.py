@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,22 +29,35 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat_outbox_relay.claiming import ClaimedRow, Failure
-from chat_shared.events import ENTRY_FIELDS, entry_values, stream_key
+from chat_shared.events import ENTRY_FIELDS, EPOCH_FIELD, entry_values, epoch_key, stream_key
 
 
 def _xadd_in_order(fields: Sequence[str]) -> str:
     """The Lua script that XADDs a conversation's events in order, stopping at the first refusal.
 
-    KEYS[1]: the stream; ARGV[1]: MAXLEN ("0" = no trimming); then ``len(fields)`` values per
-    event, in ``fields`` order. Returns {published count, error of the first refused event or ""}.
+    KEYS[1]: the stream; KEYS[2]: its epoch key (``events.epoch_key``). ARGV[1]: MAXLEN ("0" =
+    no trimming); ARGV[2]: a new epoch, used when the stream does not exist (or has no epoch
+    yet); then ``len(fields)`` values per event, in ``fields`` order. Every entry gets the
+    stream's epoch as its ``epoch`` field. Returns {published count, error of the first refused
+    event or ""}.
+
+    The epoch is read and, for a stream that is missing, replaced in the same script as the
+    XADD that recreates the stream, so no entry of a new stream carries the old epoch, whatever
+    the number of relays.
     """
-    if not all(re.fullmatch(r"[a-z_]+", name) for name in fields):
+    if not all(re.fullmatch(r"[a-z_]+", name) for name in (*fields, EPOCH_FIELD)):
         raise ValueError(f"entry field names must be [a-z_]+ to be quoted in Lua: {fields}")
-    pairs = ", ".join(f"'{name}', ARGV[i+{k}]" for k, name in enumerate(fields))
+    pairs = ", ".join([f"'{EPOCH_FIELD}', epoch"]
+                      + [f"'{name}', ARGV[i+{k}]" for k, name in enumerate(fields)])
     return f"""
 local maxlen = ARGV[1]
+local epoch = redis.call('GET', KEYS[2])
+if (not epoch) or redis.call('EXISTS', KEYS[1]) == 0 then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+end
 local n = 0
-for i = 2, #ARGV, {len(fields)} do
+for i = 3, #ARGV, {len(fields)} do
   local r
   if maxlen == '0' then
     r = redis.pcall('XADD', KEYS[1], '*', {pairs})
@@ -56,6 +71,12 @@ for i = 2, #ARGV, {len(fields)} do
 end
 return {{n, ''}}
 """
+
+
+def new_epoch() -> str:
+    """A fresh stream epoch: milliseconds since 1970 and 32 random bits (unique, and ordered by
+    time, for a human reading them; consumers only compare them for equality)."""
+    return f"{int(time.time() * 1000)}-{secrets.token_hex(4)}"
 
 
 _XADD_IN_ORDER = _xadd_in_order(ENTRY_FIELDS)
@@ -131,26 +152,27 @@ class StreamPublisher:
             else:
                 outcome.rejected.append(Failure(chain[count], message))
 
-    def _call(self, chain: list[ClaimedRow]) -> tuple[str, list[str]]:
-        """The stream key and script arguments that publish ``chain``."""
-        args: list[str] = [self._maxlen]
+    def _call(self, chain: list[ClaimedRow]) -> tuple[list[str], list[str]]:
+        """The keys (stream, epoch) and script arguments that publish ``chain``."""
+        args: list[str] = [self._maxlen, new_epoch()]
         for row in chain:
             args += entry_values(row.event)
-        return stream_key(chain[0].event.conversation_id, self._shards, self._prefix), args
+        stream = stream_key(chain[0].event.conversation_id, self._shards, self._prefix)
+        return [stream, epoch_key(stream)], args
 
     async def _send(self, group: list[list[ClaimedRow]]) -> list[object]:
         if len(group) == 1:
             # One conversation (the usual batch under light load): a plain EVALSHA costs
             # less than a pipeline of one. A refusal is its reply, as in a pipeline.
-            key, args = self._call(group[0])
+            keys, args = self._call(group[0])
             try:
-                return [await self._script(keys=[key], args=args)]
+                return [await self._script(keys=keys, args=args)]
             except ResponseError as exc:
                 return [exc]
         pipe = self._redis.pipeline(transaction=False)
         for chain in group:
-            key, args = self._call(chain)
-            pipe.eval(_XADD_IN_ORDER, 1, key, *args)
+            keys, args = self._call(chain)
+            pipe.eval(_XADD_IN_ORDER, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
     async def ping(self) -> bool:

@@ -8,9 +8,10 @@ batches, on the same connection that claims: if that connection dies, its locks 
 and the rows of a batch it had not settled are claimed again (same event_ids) by whoever owns
 them next.
 
-Three PostgreSQL connections, none from a pool (sessions of their own, with the shared
+Four PostgreSQL connections, none from a pool (sessions of their own, with the shared
 options of ``chat_shared.db.connect``): the work connection (locks + batches), the listener
-(LISTEN) and the probe (pending metrics, readiness).
+(LISTEN), the probe (pending metrics, readiness) and the pruner (published rows past
+OUTBOX_RETENTION, ``retention.py``; it connects only for a round).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from chat_outbox_relay import metrics
 from chat_outbox_relay.claiming import claim, settle
 from chat_outbox_relay.partitions import RELAY_APPLICATION_NAME, PartitionOwnership
 from chat_outbox_relay.publishing import StreamPublisher
+from chat_outbox_relay.retention import prune_batch
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared import db
 from chat_shared.backoff import Backoff
@@ -74,6 +76,7 @@ class OutboxRelay:
         self._tasks = [
             asyncio.create_task(self._listen(), name="relay-listen"),
             asyncio.create_task(self._probe(), name="relay-probe"),
+            asyncio.create_task(self._prune(), name="relay-prune"),
         ]
 
     def ready(self) -> bool:
@@ -281,6 +284,40 @@ class OutboxRelay:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
+
+    async def _prune(self) -> None:
+        """Every OUTBOX_PRUNE_INTERVAL, deletes what is past the retention, batch by batch."""
+        while not self._stopping:
+            await asyncio.sleep(self.settings.outbox_prune_interval)
+            try:
+                await self.prune_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("prune_failed", error=str(exc.__cause__ or exc))
+
+    async def prune_round(self, max_batches: int = 10_000) -> int:
+        """Prunes until nothing more is due (at most ``max_batches`` statements, so one round
+        ends even if rows keep coming due); returns how many rows it deleted."""
+        s = self.settings
+        total = 0
+        conn = await connect(s, RELAY_APPLICATION_NAME + "-prune")
+        try:
+            for _ in range(max_batches):
+                if self._stopping:
+                    break
+                deleted = await prune_batch(conn, retention=s.outbox_retention,
+                                            limit=s.outbox_prune_batch_size)
+                total += deleted
+                metrics.PRUNED.inc(deleted)
+                if deleted < s.outbox_prune_batch_size:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        if total:
+            log.info("outbox_pruned", rows=total, retention_seconds=s.outbox_retention)
+        return total
 
     async def _probe(self) -> None:
         try:

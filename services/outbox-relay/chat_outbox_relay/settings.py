@@ -25,6 +25,15 @@ class RelaySettings(ServiceSettings):
         1.0, gt=0, le=600, description="seconds between partition ownership checks")
     outbox_metrics_interval: Seconds = Field(
         1.0, gt=0, le=600, description="seconds between pending-count/readiness probes")
+    outbox_retention: Seconds = Field(
+        7 * 86400.0, ge=0, le=366 * 86400,
+        description="seconds published outbox rows are kept (for chat-outbox republish) before "
+                    "they are pruned; accepts 7d, 12h ...; 0 = prune at the next round")
+    outbox_prune_interval: Seconds = Field(
+        60.0, gt=0, le=86400, description="seconds between pruning rounds")
+    outbox_prune_batch_size: int = Field(
+        1000, ge=1, le=100_000,
+        description="rows deleted per pruning statement (small: short statements, few locks)")
     stream_shards: int = Field(1, ge=1, le=1024, description="number of Redis streams")
     stream_maxlen: int = Field(1_000_000, ge=0,
                                description="approximate entries kept per stream; 0 = no trim")

@@ -88,7 +88,10 @@ class GatewayApp:
         self._probe_task = asyncio.get_running_loop().create_task(
             self.dependencies.run(PROBE_INTERVAL), name="dependency-probe")
         host, port = parse_host_port(self.settings.ws_server_address)
-        self._listener = HttpListener(self.server.app, shutdown_timeout=1.0)
+        s = self.settings
+        self._listener = HttpListener(self.server.app, shutdown_timeout=1.0,
+                                      header_timeout=s.http_header_timeout,
+                                      keepalive_timeout=s.http_keepalive_timeout)
         self.port = await self._listener.start(host, port, backlog=4096)
         if self.health is not None:
             self.metrics_port = await self.health.start()

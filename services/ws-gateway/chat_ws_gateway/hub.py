@@ -24,6 +24,11 @@ class Hub:
         self._remember = remembered_event_ids
         self.count = 0
 
+    def connections_of(self, user_id: str) -> int:
+        """How many sockets ``user_id`` has open on this gateway."""
+        conns = self._by_user.get(user_id)
+        return len(conns) if conns else 0
+
     def add(self, conn: Connection) -> None:
         self._by_user.setdefault(conn.user_id, set()).add(conn)
         self.count += 1

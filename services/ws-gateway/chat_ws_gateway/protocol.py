@@ -27,6 +27,13 @@ CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_SLOW_CONSUMER = 4008
 """The client did not read fast enough and its send queue overflowed: reconnect and resume."""
 
+CLOSE_TOO_MANY_CONNECTIONS = 4029
+"""The user already holds ``WS_MAX_CONNECTIONS_PER_USER`` sockets on this gateway: the new one
+is closed at once. Close another (or wait) before reconnecting; do not retry in a loop."""
+CLOSE_TOO_MANY_FRAMES = 4030
+"""The client sent more than ``WS_MAX_INBOUND_FRAMES_PER_SECOND`` frames in a second: reconnect
+after a pause, resume, and send fewer frames."""
+
 SUBPROTOCOL = "bearer"
 """Browsers offer the subprotocols ``["bearer", "<token>"]``; the server echoes ``bearer``."""
 

@@ -18,11 +18,14 @@ from aiohttp import hdrs, web
 
 from chat_shared.auth import Principal, TokenVerifier, issue_token
 from chat_shared.errors import Unauthenticated
+from chat_shared.http_serving import BodyTimeout, read_body
 from chat_shared.observability.logging import get_logger
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
 from chat_ws_gateway.history import History
 from chat_ws_gateway.hub import Hub
+from chat_ws_gateway.limits import FrameBudget
+from chat_ws_gateway.metrics import WS_CLOSES
 from chat_ws_gateway.settings import GatewaySettings
 
 log = get_logger(__name__)
@@ -95,6 +98,16 @@ class GatewayServer:
             compress=False,  # a deflate context per socket costs far more memory than it saves
             timeout=s.ws_close_timeout)
         await ws.prepare(request)
+        # Counted and added with no await in between, so that concurrent opens cannot all
+        # pass the check. The socket is accepted and then closed, not refused with an HTTP
+        # status, because browsers do not show a failed upgrade's status to the page.
+        if self._hub.connections_of(principal.user_id) >= s.ws_max_connections_per_user:
+            WS_CLOSES.labels("too_many_connections").inc()
+            log.info("ws_refused", user_id=principal.user_id, reason="too_many_connections",
+                     limit=s.ws_max_connections_per_user)
+            await ws.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS,
+                           message=b"too many connections for this user")
+            return ws
         conn = Connection(ws, principal.user_id, history=self._history,
                           queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
                           max_positions=s.ws_max_resume_positions,
@@ -102,8 +115,15 @@ class GatewayServer:
         self._hub.add(conn)
         conn.start(expires_at=principal.expires_at, resume_wait=s.ws_resume_wait)
         log.debug("ws_connected", user_id=principal.user_id)
+        budget = FrameBudget(s.ws_max_inbound_frames_per_second)
         try:
             async for msg in ws:
+                if msg.type in (web.WSMsgType.TEXT, web.WSMsgType.BINARY) and not budget.take():
+                    log.info("ws_frame_rate_exceeded", user_id=principal.user_id,
+                             limit=s.ws_max_inbound_frames_per_second)
+                    conn.close(protocol.CLOSE_TOO_MANY_FRAMES, "too many frames",
+                               "too_many_frames")
+                    break
                 if msg.type == web.WSMsgType.TEXT:
                     await conn.on_text(msg.data)
                 elif msg.type == web.WSMsgType.BINARY:
@@ -152,8 +172,12 @@ class GatewayServer:
             return _error(403, "forbidden", "development tokens are only issued when "
                                             "ENVIRONMENT=development")
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(await read_body(request, self._settings.http_body_timeout))
             user = body["user_id"].strip()
+        except BodyTimeout as exc:
+            response = _error(408, "request_timeout", str(exc))
+            response.force_close()
+            return response
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return _error(400, "invalid_argument", 'body must be {"user_id": "<id>"}')
         if not user or len(user) > 128:

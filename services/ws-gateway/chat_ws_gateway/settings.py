@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from chat_shared.config import Seconds, ServiceSettings, parse_host_port
+from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
 from chat_shared.events import DEFAULT_STREAM_PREFIX
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, HttpServerSettings):
     ws_server_address: str = Field("0.0.0.0:8081", description="host:port for WebSocket + demo")
     metrics_port: int = Field(9102, ge=0, le=65535,
                               description="/metrics, /healthz and /readyz port; 0 = off")
@@ -30,6 +30,14 @@ class GatewaySettings(ServiceSettings):
         description="seconds live events wait for the client's first frame (its resume)")
     ws_close_timeout: Seconds = Field(
         10.0, gt=0, description="seconds a closing socket may take before it is aborted")
+    ws_max_connections_per_user: int = Field(
+        20, ge=1, le=100_000,
+        description="open sockets one user may hold on one gateway process; the next one is "
+                    "closed with 4029 (counted per process: N replicas allow up to N times this)")
+    ws_max_inbound_frames_per_second: int = Field(
+        50, ge=0, le=1_000_000,
+        description="frames a client may send per second (burst: one second's worth) before "
+                    "its socket is closed with 4030; 0 = no limit")
     ws_max_resume_positions: int = Field(1000, ge=1, le=100_000,
                                          description="conversations per resume frame")
     resume_page_size: int = Field(200, ge=1, le=10_000,

@@ -12,6 +12,7 @@ errors through its one table (http_errors). What only HTTP needs lives in the mi
 - every error, including the router's 404/405 and the 413 past HTTP_MAX_BODY_BYTES, as JSON;
   requests aiohttp cannot parse too (chat_shared.http_serving answers those for us);
 - a client that goes away before its body has arrived is logged as 499, not as a failure;
+  one whose body does not arrive within HTTP_BODY_TIMEOUT gets 408 and the connection closes;
 - a 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750), with ``error="invalid_token"`` when
   a bearer token was sent and refused.
 
@@ -41,7 +42,13 @@ from chat_api.transport.http_json import parse_request, render
 from chat_api.transport.http_routes import HttpBinding, http_bindings
 from chat_api.transport.openapi import openapi_document, render_openapi
 from chat_shared.errors import ChatError, Internal
-from chat_shared.http_serving import HttpListener
+from chat_shared.http_serving import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    BodyTimeout,
+    HttpListener,
+    read_body,
+)
 from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import recording, trace_id_from
 
@@ -65,8 +72,14 @@ class HttpGateway:
 
     def __init__(self, dispatcher: Dispatcher, *, max_body_bytes: int,
                  cors_origins: frozenset[str] = frozenset(),
-                 service: ServiceDescriptor | None = None) -> None:
+                 service: ServiceDescriptor | None = None,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+                 body_timeout: float = 30.0,
+                 keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT) -> None:
         self._dispatcher = dispatcher
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
+        self._keepalive_timeout = keepalive_timeout
         self._cors = cors_origins
         self._max_body = max_body_bytes
         self._templates: dict[str, str] = {}
@@ -97,7 +110,9 @@ class HttpGateway:
     ) -> int:
         """Binds and serves; returns the bound port (useful when ``port`` is 0)."""
         self._listener = HttpListener(self.app, error_response=gateway_error,
-                                      shutdown_timeout=shutdown_timeout)
+                                      shutdown_timeout=shutdown_timeout,
+                                      header_timeout=self._header_timeout,
+                                      keepalive_timeout=self._keepalive_timeout)
         self.port = await self._listener.start(host, port, reuse_port=reuse_port)
         return self.port
 
@@ -109,7 +124,7 @@ class HttpGateway:
 
     def _handler(self, binding: HttpBinding) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await request.read() if binding.body else b""
+            body = await read_body(request, self._body_timeout) if binding.body else b""
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
                               request_id=request[_REQUEST_ID_KEY])
@@ -168,6 +183,10 @@ class HttpGateway:
             return preflight
         try:
             return await handler(request)
+        except BodyTimeout as exc:
+            response = gateway_error(408, str(exc))
+            response.force_close()  # the rest of the body may still come: no next request
+            return response
         except ConnectionResetError:
             # The client left while its body was being read: nothing failed here, and the
             # answer has nobody to go to; the log line says 499.

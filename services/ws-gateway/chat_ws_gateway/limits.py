@@ -1,0 +1,37 @@
+"""What one client may take from a gateway: the arithmetic of its limits, without I/O.
+
+A user may hold at most ``WS_MAX_CONNECTIONS_PER_USER`` sockets on one gateway process (the
+hub counts them; see ``Hub.connections_of``) and each socket may send at most
+``WS_MAX_INBOUND_FRAMES_PER_SECOND`` frames per second, measured by a token bucket that holds
+one second's worth: a client may send that many frames at once, then that many per second.
+A real client sends a resume frame and a ping every few seconds, far below any sane limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class FrameBudget:
+    """A token bucket: ``rate`` tokens per second, at most ``rate`` held (burst of one second).
+
+    ``take()`` spends one token and says whether there was one. ``rate`` 0 means no limit.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = float(rate)
+        self._clock = clock
+        self._tokens = self._rate
+        self._at = clock()
+
+    def take(self) -> bool:
+        if self._rate <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
