@@ -29,7 +29,6 @@ from typing import Any
 
 from chat_outbox_relay.dead_letters import DeadLetter, DeadLetters
 from chat_outbox_relay.publishing import StreamPublisher
-from chat_shared.redis_client import create_redis
 from chat_outbox_relay.republishing import Progress, RepublishFailed, republish, start_id
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared import db
@@ -37,6 +36,7 @@ from chat_shared.config import ConfigError, DatabaseSettings, load_settings, par
 from chat_shared.db import connect_sync, unavailable_on_connection_errors
 from chat_shared.errors import Unavailable
 from chat_shared.events import format_time
+from chat_shared.redis_client import create_redis
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REDIS = 0, 1, 2, 3, 4
 PROGRESS_EVERY = 2.0
