@@ -23,7 +23,6 @@ from chat_devtools.errors import ServiceError
 from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
 from chat_devtools.process import ServiceProcess
 
-
 APPEND_ONLY_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec")
 """Redis persistence for a stream that must survive a restart: the append-only file, fsynced
 every second (a crash loses at most about a second of writes). The same in docker-compose.yml

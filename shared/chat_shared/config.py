@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
@@ -233,9 +233,12 @@ class AuthSettings(BaseSection):
 class CommonAuthSettings(CommonSettings, AuthSettings):
     """Common and auth settings together, for the rule that needs both: the JWT secret."""
 
+    verifies_tokens: ClassVar[bool] = True
+    """False for a process that never sees a token (the relay): no JWT_SECRET to require."""
+
     @model_validator(mode="after")
     def _real_secret_outside_development(self) -> CommonAuthSettings:
-        if not any(a.startswith("HS") for a in self.algorithm_list):
+        if not self.verifies_tokens or not any(a.startswith("HS") for a in self.algorithm_list):
             return self
         if not self.jwt_secret:
             if not self.development:

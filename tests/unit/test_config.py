@@ -252,3 +252,10 @@ def test_bad_secret_type_is_not_echoed() -> None:
 
 def test_jwt_algorithms_are_normalised() -> None:
     assert load(jwt_algorithms=" HS256 , RS256 ").algorithm_list == ["HS256", "RS256"]
+
+
+def test_the_relay_never_needs_a_token_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_outbox_relay.settings import RelaySettings
+
+    monkeypatch.delenv("JWT_SECRET")
+    assert load_settings(RelaySettings, _env_file=None).environment == "production"

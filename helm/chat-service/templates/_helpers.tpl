@@ -100,34 +100,39 @@ app.kubernetes.io/part-of: chat-service
 
 {{/* Credentials as files: the services read <NAME>_FILE, so no secret sits in the process
        environment (where /proc/<pid>/environ, crash dumps and `kubectl describe` can show it).
-       The env entries, the projected volume and its mount, shared by Deployments. */}}
+       The env entries, the projected volume and its mount, for a component's Deployment:
+       dict "root" . "component" "api". The relay never verifies a token: no JWT secret. */}}
 {{- define "chat.secretDir" -}}/var/run/secrets/chat{{- end }}
+{{- define "chat.needsJwtSecret" -}}
+{{- if and (include "chat.jwtSecretUsed" .root) (ne .component "outbox-relay") }}true{{ end }}
+{{- end }}
 {{- define "chat.secretFileEnv" -}}
 - {name: DB_SOURCE_FILE, value: {{ printf "%s/db-source" (include "chat.secretDir" .) | quote }}}
-{{- if include "chat.redisPasswordSet" . }}
+{{- if include "chat.redisPasswordSet" .root }}
 - {name: REDIS_PASSWORD_FILE, value: {{ printf "%s/redis-password" (include "chat.secretDir" .) | quote }}}
 {{- end }}
-{{- if include "chat.jwtSecretUsed" . }}
+{{- if include "chat.needsJwtSecret" . }}
 - {name: JWT_SECRET_FILE, value: {{ printf "%s/jwt-secret" (include "chat.secretDir" .) | quote }}}
 {{- end }}
 {{- end }}
 {{- define "chat.secretVolume" -}}
+{{- $v := .root.Values }}
 - name: credentials
   projected:
     defaultMode: 0440
     sources:
       - secret:
-          name: {{ include "chat.dbSecretName" . }}
-          items: [{key: {{ .Values.database.existingSecretKey }}, path: db-source}]
-      {{- if include "chat.redisPasswordSet" . }}
+          name: {{ include "chat.dbSecretName" .root }}
+          items: [{key: {{ $v.database.existingSecretKey }}, path: db-source}]
+      {{- if include "chat.redisPasswordSet" .root }}
       - secret:
-          name: {{ include "chat.redisSecretName" . }}
-          items: [{key: {{ .Values.redis.existingSecretKey }}, path: redis-password}]
+          name: {{ include "chat.redisSecretName" .root }}
+          items: [{key: {{ $v.redis.existingSecretKey }}, path: redis-password}]
       {{- end }}
-      {{- if include "chat.jwtSecretUsed" . }}
+      {{- if include "chat.needsJwtSecret" . }}
       - secret:
-          name: {{ include "chat.jwtSecretName" . }}
-          items: [{key: {{ .Values.jwt.existingSecretKey }}, path: jwt-secret}]
+          name: {{ include "chat.jwtSecretName" .root }}
+          items: [{key: {{ $v.jwt.existingSecretKey }}, path: jwt-secret}]
       {{- end }}
 {{- end }}
 {{- define "chat.secretMount" -}}
