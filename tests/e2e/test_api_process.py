@@ -232,6 +232,20 @@ def test_without_environment_a_real_secret_is_required(start_api, secret: str | 
     assert DEV_JWT_SECRET not in api.stderr + api.stdout
 
 
+async def test_credentials_can_come_from_files(start_api, api_env, tmp_path) -> None:
+    """JWT_SECRET_FILE and DB_SOURCE_FILE, as the chart mounts them: tokens signed with the
+    file's secret are accepted and the database in the file is the one used."""
+    (tmp_path / "jwt").write_text(TEST_SECRET + "\n")
+    (tmp_path / "dsn").write_text(api_env["DB_SOURCE"] + "\n")
+    api = start_api(ENVIRONMENT="production", JWT_SECRET=None, DB_SOURCE=None,
+                    JWT_SECRET_FILE=str(tmp_path / "jwt"), DB_SOURCE_FILE=str(tmp_path / "dsn"))
+    await asyncio.to_thread(api.wait_ready)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as ch:
+        message = await create_and_send(chat_pb2_grpc.ChatServiceStub(ch), "from files")
+    assert message.seq == 1
+    assert TEST_SECRET not in api.stdout + api.stderr
+
+
 def test_metrics_bind_where_the_service_binds(start_api) -> None:
     api = start_api(METRICS_ADDRESS=None)  # gRPC and HTTP on 127.0.0.1 (api_env)
     api.wait_ready()
