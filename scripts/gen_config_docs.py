@@ -23,6 +23,7 @@ from chat_shared.config import (
     AuthSettings,
     CommonSettings,
     DatabaseSettings,
+    HttpServerSettings,
     RedisSettings,
     parse_duration,
 )
@@ -35,6 +36,7 @@ SHARED: tuple[tuple[str, type[BaseModel]], ...] = (
     ("PostgreSQL", DatabaseSettings),
     ("Redis", RedisSettings),
     ("Authentication (JWT)", AuthSettings),
+    ("HTTP servers (chat-api, chat-ws-gateway)", HttpServerSettings),
 )
 SERVICES: tuple[tuple[str, type[BaseModel]], ...] = (
     ("chat-api", ApiSettings),

@@ -86,3 +86,26 @@ async def rpc_error(call) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as err:
         return err
     raise AssertionError(f"expected the call to fail, it returned {result!r}")
+
+
+def listening_hosts(port: int) -> set[str]:
+    """The addresses TCP sockets listen on at ``port`` on this host (from /proc/net/tcp and
+    tcp6): "127.0.0.1", "0.0.0.0", "::1", "::". Tells a loopback bind from a wildcard one."""
+    import ipaddress
+    import pathlib
+
+    hosts = set()
+    for table, size in (("tcp", 4), ("tcp6", 16)):
+        path = pathlib.Path("/proc/net") / table
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            hex_host, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            # The kernel prints each 32-bit word in host (little-endian) byte order.
+            raw = bytes.fromhex(hex_host)
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
+            hosts.add(str(ipaddress.ip_address(packed)))
+    return hosts

@@ -195,6 +195,12 @@ def _run(env: dict[str, str], specs: list[ServiceSpec], binaries: dict[str, str 
     return code if clean else 1
 
 
+def dev_redis() -> LocalRedis:
+    """chat-dev's Redis: with the append-only file, as a deployment should run it, so the
+    streams survive a restart of that Redis (the tests' Redis keeps nothing, for speed)."""
+    return LocalRedis(append_only=True)
+
+
 def _start_and_serve(stack: _Stack, env: dict[str, str], specs: list[ServiceSpec],
                      binaries: dict[str, str | None], migrate: str, console: Console) -> int:
     if not env.get("DB_SOURCE"):
@@ -206,9 +212,9 @@ def _start_and_serve(stack: _Stack, env: dict[str, str], specs: list[ServiceSpec
                     "loses data; fine for trying it, never for data you keep")
     if not env.get("REDIS_ADDR"):
         console.say("REDIS_ADDR unset: starting a throwaway Redis ...")
-        stack.redis = LocalRedis().start()
+        stack.redis = dev_redis().start()
         env["REDIS_ADDR"] = stack.redis.addr
-        console.say(f"Redis on {stack.redis.addr}")
+        console.say(f"Redis on {stack.redis.addr} (append-only file in {stack.redis.dir})")
     console.say("applying migrations ...")
     if subprocess.run([migrate], env=env).returncode != 0:
         console.error("migrations failed")

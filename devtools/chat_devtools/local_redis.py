@@ -23,18 +23,28 @@ from chat_devtools.errors import ServiceError
 from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
 from chat_devtools.process import ServiceProcess
 
+APPEND_ONLY_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec")
+"""Redis persistence for a stream that must survive a restart: the append-only file, fsynced
+every second (a crash loses at most about a second of writes). The same in docker-compose.yml
+and k8s/dev/redis.yaml."""
+
 
 class LocalRedis:
-    """A Redis server that keeps nothing on disk, on a loopback port of its own.
+    """A Redis server on a loopback port of its own; by default it keeps nothing on disk.
 
     Args:
         port: the port to try first (default: a candidate); the first ``start`` moves on to
             other candidates while the port is taken, a restart (after ``stop``) keeps the
             port it had, since clients hold the address.
         attempts: how many ports the first ``start`` tries.
+        append_only: keep the data in an append-only file (``APPEND_ONLY_ARGS``) in ``dir``,
+            which a restart of this server reads back: chat-dev's Redis. Off for the tests'
+            server, which is flushed before every test anyway.
     """
 
-    def __init__(self, port: int | None = None, attempts: int = 5) -> None:
+    def __init__(self, port: int | None = None, attempts: int = 5, *,
+                 append_only: bool = False) -> None:
+        self.append_only = append_only
         self.port = port or 0
         self._first_port = port
         self._attempts = attempts
@@ -78,7 +88,8 @@ class LocalRedis:
         socket_path = self.dir / "redis.sock"
         self.process = ServiceProcess(
             "redis",
-            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+            [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
+             *(APPEND_ONLY_ARGS if self.append_only else ("--appendonly", "no")),
              "--dir", str(self.dir), "--protected-mode", "no", "--logfile", "",
              "--unixsocket", str(socket_path), "--unixsocketperm", "700"],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},

@@ -4,19 +4,39 @@ Each process builds exactly one settings object at start (``load_settings``) fro
 sections below plus its own fields. A bad value stops the process with a message naming the
 environment variable, never a traceback. Durations accept Go-style strings ("24h", "500ms")
 or plain seconds, as the seed service's app.env did.
+
+Safe by default: with no ENVIRONMENT the process runs as production. Development conveniences
+(the development JWT secret, the gateway's demo token endpoint) exist only with
+ENVIRONMENT=development, and staging or production refuse to start without a real JWT_SECRET.
+A secret setting can also come from a file (``JWT_SECRET_FILE=/run/secrets/jwt``), the way
+Kubernetes and Docker mount secrets, so it never has to sit in the process environment.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.config import JsonDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEV_JWT_SECRET = "development-secret-do-not-use-in-production"
-"""The secret `chat-token` and local runs share. Production refuses to start with it."""
+"""The secret `chat-token` and local runs share: the default only with ENVIRONMENT=development;
+staging and production refuse to start with it."""
+
+DEPLOYED_ENVIRONMENTS = frozenset({"staging", "production"})
+"""Where a development convenience is a hole: these refuse the development secret."""
+
+SECRET: JsonDict = {"secret": True}
+"""``json_schema_extra`` of a secret field: never echoed in errors, readable from <NAME>_FILE."""
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 _UNIT_SECONDS = {
@@ -61,23 +81,68 @@ def parse_host_port(value: str, *, default_host: str = "0.0.0.0") -> tuple[str, 
     return host or default_host, int(port)
 
 
+def is_secret(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("secret"))
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """``<NAME>_FILE`` for each secret field: the named file's content (a trailing newline is
+    dropped, as ``echo`` and most secret stores write one). Setting both ``<NAME>`` and
+    ``<NAME>_FILE`` is an error rather than a silent precedence rule."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            variable = f"{name.upper()}_FILE"
+            path = os.environ.get(variable, "")
+            if not is_secret(field) or not path:
+                continue
+            if os.environ.get(name.upper()):
+                raise ConfigError(f"invalid configuration: set {name.upper()} or {variable}, "
+                                  f"not both")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    values[name] = f.read().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise ConfigError(f"invalid configuration: {variable}: cannot read {path!r}: "
+                                  f"{reason}") from None
+        return values
+
+
 class BaseSection(BaseSettings):
     model_config = SettingsConfigDict(
         env_file="app.env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, SecretFilesSource(settings_cls), dotenv_settings,
+                file_secret_settings)
 
 
 class CommonSettings(BaseSection):
     """What every process reads: environment, logging, metrics, tracing."""
 
     environment: Literal["development", "test", "staging", "production"] = Field(
-        "development",
-        description="where it runs; production refuses the development JWT_SECRET, and only "
-                    "development enables the demo token endpoint")
+        "production",
+        description="production (the default), staging, test or development; only "
+                    "development enables the development conveniences (the development "
+                    "JWT secret, the gateway's demo token endpoint)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="lowest level logged (JSON lines on stdout)")
     metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
-    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
+    metrics_address: str = Field(
+        "", description="host the metrics server binds; empty = the host the service itself "
+                        "binds (loopback stays loopback); 0.0.0.0 in a pod for Prometheus")
     otel_exporter_otlp_endpoint: str = Field(
         "", description="OTLP gRPC endpoint; empty = no export")
     otel_service_name: str = Field(
@@ -88,11 +153,27 @@ class CommonSettings(BaseSection):
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
 
+    @property
+    def development(self) -> bool:
+        """Development conveniences are on: only when ENVIRONMENT=development says so."""
+        return self.environment == "development"
+
+    def service_host(self) -> str:
+        """The host the process's own listener binds; a service with one overrides this.
+        Here (a process whose only listener is its metrics and probe port, which the kubelet
+        and Prometheus reach from outside the pod): all interfaces."""
+        return "0.0.0.0"
+
+    @property
+    def metrics_host(self) -> str:
+        """Where /metrics binds: METRICS_ADDRESS, else where the service binds."""
+        return self.metrics_address or self.service_host()
+
 
 class DatabaseSettings(BaseSection):
     db_source: str = Field(
         "", description="PostgreSQL URL, e.g. postgresql://user:pass@host:5432/chat?sslmode=disable"
-    )
+                        " (or DB_SOURCE_FILE: a file holding it)", json_schema_extra=SECRET)
     db_pool_size: int = Field(10, ge=1, le=1000,
                               description="connections the pool keeps open per process")
     db_max_overflow: int = Field(10, ge=0, le=1000,
@@ -113,7 +194,9 @@ class DatabaseSettings(BaseSection):
 
 class RedisSettings(BaseSection):
     redis_addr: str = Field("", description="host:port of Redis")
-    redis_password: str = Field("", description="Redis AUTH password; empty = none")
+    redis_password: str = Field(
+        "", description="Redis AUTH password, empty = none (or REDIS_PASSWORD_FILE: a file "
+                        "holding it)", json_schema_extra=SECRET)
     redis_db: int = Field(0, ge=0, le=15, description="Redis database number")
     redis_timeout: Seconds = Field(0.5, gt=0, description="socket timeout, seconds")
 
@@ -126,7 +209,12 @@ class RedisSettings(BaseSection):
 
 
 class AuthSettings(BaseSection):
-    jwt_secret: str = Field(DEV_JWT_SECRET, description="HMAC (HS256) secret, 16+ characters")
+    jwt_secret: str = Field(
+        "", description="HS256/384/512 signing secret, at least 16 characters (or "
+                        "JWT_SECRET_FILE: a file holding it); required with an HS algorithm "
+                        "unless ENVIRONMENT=development, where it defaults to the development "
+                        "secret, which staging and production refuse",
+        json_schema_extra=SECRET)
     jwt_public_key: str = Field("", description="PEM public key for RS256/ES256")
     jwt_jwks_url: str = Field("", description="JWKS URL for RS256/ES256")
     jwt_algorithms: str = Field("HS256", description="comma-separated accepted algorithms")
@@ -166,19 +254,33 @@ class HttpServerSettings(BaseSection):
                     "stays open")
 
 
-class ServiceSettings(CommonSettings, DatabaseSettings, RedisSettings, AuthSettings):
-    """The shared sections together; each service subclasses this with its own fields."""
+class CommonAuthSettings(CommonSettings, AuthSettings):
+    """Common and auth settings together, for the rule that needs both: the JWT secret."""
+
+    verifies_tokens: ClassVar[bool] = True
+    """False for a process that never sees a token (the relay): no JWT_SECRET to require."""
 
     @model_validator(mode="after")
-    def _production_needs_real_secret(self) -> ServiceSettings:
-        uses_hmac = any(a.startswith("HS") for a in self.algorithm_list)
-        if self.environment == "production" and uses_hmac and self.jwt_secret == DEV_JWT_SECRET:
-            raise ValueError(
-                "JWT_SECRET is the development secret; production refuses to start with it"
-            )
-        if any(a.startswith("HS") for a in self.algorithm_list) and len(self.jwt_secret) < 16:
+    def _real_secret_outside_development(self) -> CommonAuthSettings:
+        if not self.verifies_tokens or not any(a.startswith("HS") for a in self.algorithm_list):
+            return self
+        if not self.jwt_secret:
+            if not self.development:
+                raise ValueError(
+                    f"JWT_SECRET (or JWT_SECRET_FILE) must be set with ENVIRONMENT="
+                    f"{self.environment} (the development secret is only the default with "
+                    f"ENVIRONMENT=development)")
+            self.jwt_secret = DEV_JWT_SECRET
+        if self.environment in DEPLOYED_ENVIRONMENTS and self.jwt_secret == DEV_JWT_SECRET:
+            raise ValueError(f"JWT_SECRET is the development secret; ENVIRONMENT="
+                             f"{self.environment} refuses to start with it")
+        if len(self.jwt_secret) < 16:
             raise ValueError("JWT_SECRET must be at least 16 characters")
         return self
+
+
+class ServiceSettings(CommonAuthSettings, DatabaseSettings, RedisSettings):
+    """The shared sections together; each service subclasses this with its own fields."""
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -195,7 +297,8 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             name = loc.upper() if err["loc"] else "configuration"
             given = err.get("input")
             shown = "" if err["loc"] == () or isinstance(given, dict) else f" (got {given!r})"
-            if "SECRET" in name or "PASSWORD" in name:
+            field = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+            if "SECRET" in name or "PASSWORD" in name or (field and is_secret(field)):
                 shown = ""  # never echo secrets
             problems.append(f"{name}: {err['msg']}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Literal
 
 from chat_shared.auth import issue_token
-from chat_shared.config import (
-    AuthSettings,
-    CommonSettings,
-    ConfigError,
-    load_settings,
-    parse_duration,
-)
+from chat_shared.config import CommonAuthSettings, ConfigError, load_settings, parse_duration
 
 
-class _TokenSettings(CommonSettings, AuthSettings):
-    pass
+class _TokenSettings(CommonAuthSettings):
+    # A developer's tool, not a deployed service: with no ENVIRONMENT it signs with the
+    # development secret (the one a development stack accepts); with ENVIRONMENT=staging or
+    # production it needs the real JWT_SECRET like the services do.
+    environment: Literal["development", "test", "staging", "production"] = "development"
 
 
 def main(argv: list[str] | None = None) -> int:

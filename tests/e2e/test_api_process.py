@@ -25,6 +25,7 @@ from chat_shared.config import DEV_JWT_SECRET
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 
 from tests.conftest import TEST_SECRET, make_token
+from tests.helpers import listening_hosts
 
 GRACE_SECONDS = 20.0
 
@@ -81,9 +82,11 @@ def start_api(api_env: dict[str, str], venv_bin: pathlib.Path,
     """Starts `chat-api` with api_env (plus overrides); stops leftovers."""
     started: list[ApiProcess] = []
 
-    def start(**overrides: str) -> ApiProcess:
+    def start(**overrides: str | None) -> ApiProcess:
+        """``overrides``: variables to set, or to remove from the environment with None."""
         env = {**os.environ, **api_env, "METRICS_PORT": PICK, "METRICS_ADDRESS": "127.0.0.1",
-               "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE": str(GRACE_SECONDS), **overrides}
+               "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE": str(GRACE_SECONDS)}
+        env = {k: v for k, v in {**env, **overrides}.items() if v is not None}
         workdir = tmp_path / f"api{len(started)}"
         workdir.mkdir()
         api = ApiProcess(venv_bin, env, workdir)
@@ -218,6 +221,35 @@ def test_production_with_the_development_secret_refuses_to_start(start_api) -> N
     assert api.wait(30) != 0
     assert "JWT_SECRET" in api.stderr
     assert DEV_JWT_SECRET not in api.stderr + api.stdout
+
+
+@pytest.mark.parametrize("secret", [DEV_JWT_SECRET, None])
+def test_without_environment_a_real_secret_is_required(start_api, secret: str | None) -> None:
+    """No ENVIRONMENT is production: neither the development secret nor no secret at all."""
+    api = start_api(ENVIRONMENT=None, JWT_SECRET=secret)
+    assert api.wait(30) == 2
+    assert "JWT_SECRET" in api.stderr and "Traceback" not in api.stderr
+    assert DEV_JWT_SECRET not in api.stderr + api.stdout
+
+
+async def test_credentials_can_come_from_files(start_api, api_env, tmp_path) -> None:
+    """JWT_SECRET_FILE and DB_SOURCE_FILE, as the chart mounts them: tokens signed with the
+    file's secret are accepted and the database in the file is the one used."""
+    (tmp_path / "jwt").write_text(TEST_SECRET + "\n")
+    (tmp_path / "dsn").write_text(api_env["DB_SOURCE"] + "\n")
+    api = start_api(ENVIRONMENT="production", JWT_SECRET=None, DB_SOURCE=None,
+                    JWT_SECRET_FILE=str(tmp_path / "jwt"), DB_SOURCE_FILE=str(tmp_path / "dsn"))
+    await asyncio.to_thread(api.wait_ready)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as ch:
+        message = await create_and_send(chat_pb2_grpc.ChatServiceStub(ch), "from files")
+    assert message.seq == 1
+    assert TEST_SECRET not in api.stdout + api.stderr
+
+
+def test_metrics_bind_where_the_service_binds(start_api) -> None:
+    api = start_api(METRICS_ADDRESS=None)  # gRPC and HTTP on 127.0.0.1 (api_env)
+    api.wait_ready()
+    assert listening_hosts(api.metrics_port) == {"127.0.0.1"}
 
 
 def test_missing_db_source_exits_2_naming_it(start_api) -> None:

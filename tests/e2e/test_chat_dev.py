@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import random
 import re
 import signal
@@ -86,6 +87,9 @@ async def test_chat_dev_runs_the_stack_restarts_a_crashed_service_and_stops_on_c
     try:
         assert f"127.0.0.1:{9090 + offset}" in proc.output()
         assert "with fsync=off: a crash loses data" in proc.output()  # said before it is used
+        # Its Redis keeps the streams in an append-only file (the tests' own Redis does not).
+        redis_dir = re.search(r"append-only file in (\S+)\)", proc.output()).group(1)
+        assert list(pathlib.Path(redis_dir).rglob("*.aof")), os.listdir(redis_dir)
         http, ws = f"http://127.0.0.1:{8080 + offset}", f"http://127.0.0.1:{8081 + offset}"
         alice = {"Authorization": f"Bearer {issue_token('alice', secret=DEV_JWT_SECRET)}"}
         bob = issue_token("bob", secret=DEV_JWT_SECRET)

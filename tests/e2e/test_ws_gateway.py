@@ -19,6 +19,7 @@ from chat_shared import events
 from chat_shared.events import MESSAGE_CREATED, Event, encode_entry, stream_key
 
 from tests.conftest import make_token
+from tests.helpers import listening_hosts
 from tests.support.ws_stack import (
     Gateway,
     base_env,
@@ -307,12 +308,29 @@ async def test_demo_page_and_dev_tokens_only_in_development(
         assert (await next_frame(ws))["type"] == "pong"
         await ws.close()
         async with session.post(f"{prod.url}/demo/token", json={"user_id": "bob"}) as r:
-            assert r.status == 403
+            assert r.status == 404
         async with session.get(f"{prod.url}/demo/config.json") as r:
             assert (await r.json())["dev_tokens"] is False
     finally:
         dev.stop()
         prod.stop()
+
+
+async def test_without_environment_there_is_no_demo_token_and_metrics_stay_on_loopback(
+        db_source, redis_addr, tmp_path, session):
+    """No ENVIRONMENT is production: no token minting for anyone who asks, and /metrics binds
+    where the service binds (127.0.0.1 here), not every interface."""
+    env = base_env(db_source, redis_addr)
+    del env["ENVIRONMENT"], env["METRICS_ADDRESS"]
+    gw = await Gateway(env, tmp_path, "noenv").start().ready()
+    try:
+        async with session.post(f"{gw.url}/demo/token", json={"user_id": "bob"}) as r:
+            assert r.status == 404
+        async with session.get(f"{gw.url}/demo/config.json") as r:
+            assert (await r.json())["dev_tokens"] is False
+        assert listening_hosts(gw.metrics_port) == {"127.0.0.1"}
+    finally:
+        gw.stop()
 
 
 async def test_a_gap_in_the_stream_is_filled_from_postgresql_before_the_next_event(

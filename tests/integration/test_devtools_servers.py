@@ -66,3 +66,57 @@ def test_postgres_moves_to_another_port_when_its_first_is_taken(taken_port: int)
         assert pg.port == port and pg.psql("SELECT 1", "moved") == "1"
     finally:
         pg.cleanup()
+
+
+def _aof_files(server: LocalRedis) -> list[pathlib.Path]:
+    return sorted(p for p in server.dir.rglob("*.aof*") if p.is_file())
+
+
+def _wait_for_aof(server: LocalRedis, needle: bytes, within: float = 10.0) -> None:
+    """Until ``needle`` is in the append-only file (fsynced once a second): bounded."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if any(needle in p.read_bytes() for p in _aof_files(server)):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} not in {_aof_files(server)} within {within}s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_chat_devs_redis_keeps_its_streams_across_a_restart(sig: int) -> None:
+    from chat_devtools.chat_dev import dev_redis
+
+    server = dev_redis()
+    try:
+        server.start()
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        ids = [client.xadd("chat:events:0", {"n": str(i)}) for i in range(50)]
+        client.close()
+        _wait_for_aof(server, b"chat:events:0")
+        server.stop(sig)  # SIGKILL: no shutdown save, only what the AOF already holds
+        server.start()
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        assert [entry_id for entry_id, _ in client.xrange("chat:events:0")] == ids
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        client.close()
+    finally:
+        server.cleanup()
+
+
+def test_the_test_suites_redis_keeps_nothing_on_disk() -> None:
+    server = LocalRedis()
+    try:
+        server.start()
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        client.xadd("chat:events:0", {"n": "1"})
+        client.close()
+        server.stop()
+        assert _aof_files(server) == []
+        server.start()
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        assert client.xlen("chat:events:0") == 0
+        client.close()
+    finally:
+        server.cleanup()

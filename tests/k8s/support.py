@@ -53,6 +53,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "operator-off": ("ci/operator-off-values.yaml",),
     "dev": ("values-dev.yaml",),
     "ci": ("values-ci.yaml",),
+    "production": ("values-production.yaml",),
 }
 
 # Custom resources validated with prometheus-operator's models (cloudcoil, operator 0.80).
@@ -200,3 +201,25 @@ def load_yaml(path: pathlib.Path) -> Any:
 
 def alert_rules() -> list[dict[str, Any]]:
     return [r for g in load_yaml(RULES_FILE)["groups"] for r in g["rules"] if "alert" in r]
+
+
+def secret_files(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Credential (DB_SOURCE, ...) -> {"name": Secret, "key": key} for each ``<NAME>_FILE`` the
+    container reads, followed through its volume mounts to the Secret item behind the file
+    (a ``secret`` volume or a ``projected`` one)."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    found = {}
+    for e in container.get("env", []):
+        if not e["name"].endswith("_FILE") or "value" not in e:
+            continue
+        path = pathlib.PurePosixPath(e["value"])
+        (mount,) = [m for m in container.get("volumeMounts", [])
+                    if path.parent == pathlib.PurePosixPath(m["mountPath"])]
+        volume = volumes[mount["name"]]
+        sources = ([{"name": volume["secret"]["secretName"], "items": volume["secret"]["items"]}]
+                   if "secret" in volume else
+                   [s["secret"] for s in volume["projected"]["sources"] if "secret" in s])
+        (ref,) = [{"name": s["name"], "key": i["key"]} for s in sources for i in s["items"]
+                  if i["path"] == path.name]
+        found[e["name"].removesuffix("_FILE")] = ref
+    return found

@@ -98,7 +98,8 @@ def test_install_dry_run_prints_notes_with_port_forward_and_grpcurl() -> None:
 
 
 def test_packaged_chart_renders_the_same_objects(tmp_path: pathlib.Path) -> None:
-    """.helmignore keeps out only what the package does not need (the rules' unit tests)."""
+    """.helmignore keeps out only what the package does not need (the rules' unit tests, the
+    checkov skip list)."""
     support.run([support.tool("helm"), "package", str(support.CHART), "-d", str(tmp_path)])
     (tgz,) = tmp_path.glob("chat-service-*.tgz")
     with tarfile.open(tgz) as tar:
@@ -106,6 +107,8 @@ def test_packaged_chart_renders_the_same_objects(tmp_path: pathlib.Path) -> None
     assert "chat-service/files/alerts.rules.yaml" in names
     assert "chat-service/values.schema.json" in names
     assert "chat-service/files/alerts.rules.test.yaml" not in names
+    assert "chat-service/checkov-skips.yaml" not in names
+    assert "chat-service/values-production.yaml" in names  # an example a user starts from
     out = support.run([support.tool("helm"), "template", "chat-service", str(tgz),
                        *support.helm_args()]).stdout
     packaged = [d for d in yaml.safe_load_all(out) if d]

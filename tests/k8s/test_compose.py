@@ -108,3 +108,26 @@ def test_alertmanager_and_grafana_use_the_shared_files() -> None:
 def test_no_copies_of_chart_files_outside_the_chart(pattern: str) -> None:
     copies = [p for d in ("deploy", "k8s") for p in (support.ROOT / d).rglob(pattern)]
     assert copies == []
+
+
+def _redis_persistence(args: list[str]) -> dict[str, str]:
+    return {flag: args[args.index(flag) + 1] for flag in ("--appendonly", "--appendfsync")
+            if flag in args}
+
+
+def test_redis_keeps_an_append_only_file_like_chat_devs() -> None:
+    """The streams survive a Redis restart: AOF fsynced every second, in compose (on a named
+    volume), in skaffold's k8s/dev Redis and in chat-dev's local one (the same arguments)."""
+    from chat_devtools.local_redis import APPEND_ONLY_ARGS
+
+    want = _redis_persistence(list(APPEND_ONLY_ARGS))
+    assert want == {"--appendonly": "yes", "--appendfsync": "everysec"}
+    redis = compose()["services"]["redis"]
+    assert _redis_persistence(redis["command"]) == want
+    (volume,) = [v for v in redis["volumes"] if v.endswith(":/data")]
+    assert volume.split(":")[0] in compose()["volumes"], "a named volume, kept across restarts"
+    manifests = yaml.safe_load_all((support.ROOT / "k8s/dev/redis.yaml").read_text())
+    (deployment,) = [d for d in manifests if d and d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert _redis_persistence(container["args"]) == want
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]

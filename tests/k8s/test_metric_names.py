@@ -187,8 +187,12 @@ def settings_fields() -> dict[str, set[str]]:
     from chat_shared.config import DatabaseSettings
     from chat_ws_gateway.settings import GatewaySettings
 
+    from chat_shared.config import is_secret
+
     def names(cls: Any) -> set[str]:
-        return {n.upper() for n in cls.model_fields}
+        # A secret setting is also read from a file named by <NAME>_FILE.
+        return {n.upper() for n in cls.model_fields} | {
+            f"{n.upper()}_FILE" for n, f in cls.model_fields.items() if is_secret(f)}
 
     return {"api": names(ApiSettings), "outbox-relay": names(RelaySettings),
             "ws-gateway": names(GatewaySettings), "migrations": names(DatabaseSettings),
@@ -214,8 +218,8 @@ def test_chart_ports_are_the_services_defaults() -> None:
     from chat_ws_gateway.settings import GatewaySettings
 
     values = support.load_yaml(support.CHART / "values.yaml")
-    api, relay, ws = (ApiSettings(_env_file=None), RelaySettings(_env_file=None),
-                      GatewaySettings(_env_file=None))
+    dev = {"_env_file": None, "environment": "development"}  # the defaults, without a secret
+    api, relay, ws = ApiSettings(**dev), RelaySettings(**dev), GatewaySettings(**dev)
     assert values["api"]["containerPorts"] == {
         "grpc": int(api.grpc_server_address.rsplit(":", 1)[1]),
         "http": int(api.http_server_address.rsplit(":", 1)[1]), "metrics": api.metrics_port}

@@ -81,9 +81,8 @@ def test_existing_secret_command_uses_the_secrets_the_readme_creates() -> None:
     (upgrade,) = named("helm upgrade")
     _, docs = helm_render(upgrade)
     assert support.of_kind(docs, "Secret") == [], "every credential comes from the README's Secrets"
-    refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
-            for _, spec in support.pod_specs(docs) for c in spec["containers"]
-            for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    refs = {(ref["name"], ref["key"]) for _, spec in support.pod_specs(docs)
+            for c in spec["containers"] for ref in support.secret_files(spec, c).values()}
     assert refs == {(name, key) for name, key in created.items()}
     for kind in ("ServiceMonitor", "PrometheusRule"):
         for d in support.of_kind(docs, kind):

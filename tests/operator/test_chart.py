@@ -80,8 +80,8 @@ def test_chart_renders_operator_objects_that_validate(kube: str) -> None:
     docs = support.render("default", kube=kube)
     objs = operator_objects(docs)
     kinds = sorted(d["kind"] for d in objs)
-    assert kinds == ["Deployment", "KopfPeering", "PodDisruptionBudget", "RelayAutoscaler",
-                     "Role", "RoleBinding", "ServiceAccount"]
+    assert kinds == ["Deployment", "KopfPeering", "NetworkPolicy", "PodDisruptionBudget",
+                     "RelayAutoscaler", "Role", "RoleBinding", "ServiceAccount"]
     for doc in objs:
         if doc["kind"] == "RelayAutoscaler":
             assert instance_errors(doc) == []
@@ -110,10 +110,8 @@ def test_instance_targets_the_relay_and_reads_the_db_secret() -> None:
     assert ra["spec"]["scaleTargetRef"] == {"kind": "Deployment", "name": RELAY}
     assert RELAY in support.by_name(docs, "Deployment")
     secret = ra["spec"]["source"]["postgres"]["secretRef"]
-    dsn_env = next(e for e in support.by_name(docs, "Deployment")[RELAY]["spec"]["template"]
-                   ["spec"]["containers"][0]["env"] if e["name"] == "DB_SOURCE")
-    assert secret == {"name": dsn_env["valueFrom"]["secretKeyRef"]["name"],
-                      "key": dsn_env["valueFrom"]["secretKeyRef"]["key"]}
+    spec = support.by_name(docs, "Deployment")[RELAY]["spec"]["template"]["spec"]
+    assert secret == support.secret_files(spec, spec["containers"][0])["DB_SOURCE"]
 
 
 def test_relay_has_no_hpa_and_no_replicas_while_the_operator_manages_it() -> None:

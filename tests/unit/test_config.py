@@ -21,10 +21,14 @@ GOOD_SECRET = "a-secret-that-is-long-enough"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    # Settings read the process environment and ./app.env: start every test from neither.
+    # Settings read the process environment and ./app.env: start every test from neither,
+    # except for a usable JWT_SECRET (no ENVIRONMENT means production, which needs one).
     for name in ("ENVIRONMENT", "DB_SOURCE", "REDIS_ADDR", "METRICS_PORT", "LOG_LEVEL",
-                 "JWT_SECRET", "JWT_ALGORITHMS", "JWT_LEEWAY", "DB_POOL_TIMEOUT"):
+                 "JWT_SECRET", "JWT_ALGORITHMS", "JWT_LEEWAY", "DB_POOL_TIMEOUT",
+                 "METRICS_ADDRESS", "GRPC_SERVER_ADDRESS", "WS_SERVER_ADDRESS",
+                 "JWT_SECRET_FILE", "DB_SOURCE_FILE", "REDIS_PASSWORD_FILE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JWT_SECRET", GOOD_SECRET)
     monkeypatch.chdir(tmp_path)
 
 
@@ -137,11 +141,30 @@ def test_every_bad_variable_is_named_at_once() -> None:
     assert "METRICS_PORT" in str(exc.value) and "LOG_LEVEL" in str(exc.value)
 
 
-def test_production_refuses_the_development_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ENVIRONMENT", "production")
-    with pytest.raises(ConfigError, match="JWT_SECRET") as exc:
+def test_no_environment_means_production() -> None:
+    settings = load()
+    assert settings.environment == "production" and not settings.development
+
+
+@pytest.mark.parametrize("environment", [None, "production", "staging"])
+def test_deployed_environments_refuse_the_development_secret(
+        monkeypatch: pytest.MonkeyPatch, environment: str | None) -> None:
+    if environment:
+        monkeypatch.setenv("ENVIRONMENT", environment)
+    monkeypatch.setenv("JWT_SECRET", DEV_JWT_SECRET)
+    with pytest.raises(ConfigError, match="JWT_SECRET is the development secret") as exc:
         load()
     assert DEV_JWT_SECRET not in str(exc.value)
+
+
+@pytest.mark.parametrize("environment", [None, "production", "staging", "test"])
+def test_outside_development_a_secret_must_be_set(
+        monkeypatch: pytest.MonkeyPatch, environment: str | None) -> None:
+    if environment:
+        monkeypatch.setenv("ENVIRONMENT", environment)
+    monkeypatch.delenv("JWT_SECRET")
+    with pytest.raises(ConfigError, match="JWT_SECRET .*must be set"):
+        load()
 
 
 def test_production_accepts_a_real_secret() -> None:
@@ -149,8 +172,64 @@ def test_production_accepts_a_real_secret() -> None:
     assert settings.environment == "production"
 
 
-def test_development_accepts_the_development_secret() -> None:
-    assert load().jwt_secret == DEV_JWT_SECRET
+def test_development_defaults_to_the_development_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    monkeypatch.delenv("JWT_SECRET")
+    settings = load()
+    assert settings.development and settings.jwt_secret == DEV_JWT_SECRET
+
+
+def test_a_secret_is_read_from_its_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv("JWT_SECRET")
+    (tmp_path / "jwt").write_text(GOOD_SECRET + "\n")
+    (tmp_path / "db").write_text("postgresql://chat:pw@db:5432/chat")
+    (tmp_path / "redis").write_text("redis-pw")
+    monkeypatch.setenv("JWT_SECRET_FILE", str(tmp_path / "jwt"))
+    monkeypatch.setenv("DB_SOURCE_FILE", str(tmp_path / "db"))
+    monkeypatch.setenv("REDIS_PASSWORD_FILE", str(tmp_path / "redis"))
+    settings = load()
+    assert (settings.jwt_secret, settings.db_source, settings.redis_password) == (
+        GOOD_SECRET, "postgresql://chat:pw@db:5432/chat", "redis-pw")
+
+
+def test_a_secret_and_its_file_together_are_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    (tmp_path / "jwt").write_text(GOOD_SECRET)
+    monkeypatch.setenv("JWT_SECRET_FILE", str(tmp_path / "jwt"))
+    with pytest.raises(ConfigError, match="JWT_SECRET or JWT_SECRET_FILE, not both"):
+        load()
+
+
+def test_an_unreadable_secret_file_names_the_variable(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv("JWT_SECRET")
+    monkeypatch.setenv("JWT_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="JWT_SECRET_FILE: cannot read .*missing"):
+        load()
+
+
+def test_a_bad_value_from_a_secret_file_is_not_echoed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    (tmp_path / "db").write_text("mysql://chat:hunter2@db/chat")
+    monkeypatch.setenv("DB_SOURCE_FILE", str(tmp_path / "db"))
+    with pytest.raises(ConfigError, match="DB_SOURCE.*postgresql://") as exc:
+        load()
+    assert "hunter2" not in str(exc.value)
+
+
+def test_metrics_bind_where_the_service_binds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_api.settings import ApiSettings
+    from chat_outbox_relay.settings import RelaySettings
+    from chat_ws_gateway.settings import GatewaySettings
+
+    monkeypatch.setenv("GRPC_SERVER_ADDRESS", "127.0.0.1:9090")
+    monkeypatch.setenv("WS_SERVER_ADDRESS", "[::1]:8081")
+    assert load_settings(ApiSettings, _env_file=None).metrics_host == "127.0.0.1"
+    assert load_settings(GatewaySettings, _env_file=None).metrics_host == "::1"
+    # The relay's only listener is its metrics and probe port: reachable by default.
+    assert load_settings(RelaySettings, _env_file=None).metrics_host == "0.0.0.0"
+    monkeypatch.setenv("METRICS_ADDRESS", "0.0.0.0")
+    assert load_settings(ApiSettings, _env_file=None).metrics_host == "0.0.0.0"
 
 
 def test_production_without_hmac_does_not_need_a_secret() -> None:
@@ -173,3 +252,10 @@ def test_bad_secret_type_is_not_echoed() -> None:
 
 def test_jwt_algorithms_are_normalised() -> None:
     assert load(jwt_algorithms=" HS256 , RS256 ").algorithm_list == ["HS256", "RS256"]
+
+
+def test_the_relay_never_needs_a_token_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_outbox_relay.settings import RelaySettings
+
+    monkeypatch.delenv("JWT_SECRET")
+    assert load_settings(RelaySettings, _env_file=None).environment == "production"

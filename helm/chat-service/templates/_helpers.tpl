@@ -68,6 +68,11 @@ app.kubernetes.io/part-of: chat-service
 {{- end }}
 {{- end }}
 
+{{/* imagePullPolicy: image.pullPolicy, else IfNotPresent for a digest and Always for a tag. */}}
+{{- define "chat.pullPolicy" -}}
+{{- .root.Values.image.pullPolicy | default (ternary "IfNotPresent" "Always" (not (empty .values.image.digest))) }}
+{{- end }}
+
 {{/* Secret names holding each credential (the chart's own or an existing one). */}}
 {{- define "chat.secretName" -}}
 {{- include "chat.fullname" . }}
@@ -93,27 +98,45 @@ app.kubernetes.io/part-of: chat-service
 {{- if or (not .Values.database.existingSecret) (and .Values.redis.password (not .Values.redis.existingSecret)) (and (include "chat.jwtSecretUsed" .) (not .Values.jwt.existingSecret)) }}true{{ end }}
 {{- end }}
 
-{{/* Credentials as env entries (secretKeyRef), shared by Deployments and the migration Job. */}}
-{{- define "chat.secretEnv" -}}
-- name: DB_SOURCE
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "chat.dbSecretName" . }}
-      key: {{ .Values.database.existingSecretKey }}
-{{- if include "chat.redisPasswordSet" . }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "chat.redisSecretName" . }}
-      key: {{ .Values.redis.existingSecretKey }}
+{{/* Credentials as files: the services read <NAME>_FILE, so no secret sits in the process
+       environment (where /proc/<pid>/environ, crash dumps and `kubectl describe` can show it).
+       The env entries, the projected volume and its mount, for a component's Deployment:
+       dict "root" . "component" "api". The relay never verifies a token: no JWT secret. */}}
+{{- define "chat.secretDir" -}}/var/run/secrets/chat{{- end }}
+{{- define "chat.needsJwtSecret" -}}
+{{- if and (include "chat.jwtSecretUsed" .root) (ne .component "outbox-relay") }}true{{ end }}
 {{- end }}
-{{- if include "chat.jwtSecretUsed" . }}
-- name: JWT_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "chat.jwtSecretName" . }}
-      key: {{ .Values.jwt.existingSecretKey }}
+{{- define "chat.secretFileEnv" -}}
+- {name: DB_SOURCE_FILE, value: {{ printf "%s/db-source" (include "chat.secretDir" .) | quote }}}
+{{- if include "chat.redisPasswordSet" .root }}
+- {name: REDIS_PASSWORD_FILE, value: {{ printf "%s/redis-password" (include "chat.secretDir" .) | quote }}}
 {{- end }}
+{{- if include "chat.needsJwtSecret" . }}
+- {name: JWT_SECRET_FILE, value: {{ printf "%s/jwt-secret" (include "chat.secretDir" .) | quote }}}
+{{- end }}
+{{- end }}
+{{- define "chat.secretVolume" -}}
+{{- $v := .root.Values }}
+- name: credentials
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ include "chat.dbSecretName" .root }}
+          items: [{key: {{ $v.database.existingSecretKey }}, path: db-source}]
+      {{- if include "chat.redisPasswordSet" .root }}
+      - secret:
+          name: {{ include "chat.redisSecretName" .root }}
+          items: [{key: {{ $v.redis.existingSecretKey }}, path: redis-password}]
+      {{- end }}
+      {{- if include "chat.needsJwtSecret" . }}
+      - secret:
+          name: {{ include "chat.jwtSecretName" .root }}
+          items: [{key: {{ $v.jwt.existingSecretKey }}, path: jwt-secret}]
+      {{- end }}
+{{- end }}
+{{- define "chat.secretMount" -}}
+- {name: credentials, mountPath: {{ include "chat.secretDir" . }}, readOnly: true}
 {{- end }}
 
 {{/* Default topology spread: zones then nodes, never blocking scheduling. */}}

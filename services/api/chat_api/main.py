@@ -34,7 +34,7 @@ def main() -> int:
     configure_process(PROG, settings)
     # A worker's metrics are served by its supervisor (multiprocess mode).
     port = 0 if is_worker() else serve_metrics(settings.metrics_port,
-                                                 addr=settings.metrics_address)
+                                                 addr=settings.metrics_host)
     lifecycle.info("starting", grpc=settings.grpc_server_address, metrics_port=port,
                    environment=settings.environment)
     uvloop.run(run_until_signalled(lambda: build_app(settings)))

@@ -34,6 +34,9 @@ class ApiSettings(ServiceSettings, HttpServerSettings):
         parse_host_port(v)
         return v
 
+    def service_host(self) -> str:
+        return parse_host_port(self.grpc_server_address)[0]
+
     @field_validator("cors_allowed_origins")
     @classmethod
     def _origins(cls, v: str) -> str:

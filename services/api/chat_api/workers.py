@@ -72,7 +72,7 @@ def supervise(settings: ApiSettings) -> int:
     ]
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
-    port = serve_metrics(settings.metrics_port, registry=registry, addr=settings.metrics_address)
+    port = serve_metrics(settings.metrics_port, registry=registry, addr=settings.metrics_host)
     lifecycle.info("workers_started", workers=[w.pid for w in workers], metrics_port=port)
 
     stopping = False

@@ -67,6 +67,6 @@ def build_relay(settings: RelaySettings) -> RelayApp:
                                 maxlen=settings.stream_maxlen, prefix=settings.stream_prefix,
                                 workers=settings.outbox_workers)
     relay = OutboxRelay(settings, publisher)
-    health = (HealthServer(settings.metrics_port, relay.ready, host=settings.metrics_address)
+    health = (HealthServer(settings.metrics_port, relay.ready, host=settings.metrics_host)
               if settings.metrics_port > 0 else None)
     return RelayApp(settings=settings, relay=relay, redis=redis, health=health)

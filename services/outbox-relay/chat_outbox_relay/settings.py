@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from chat_shared.config import Seconds, ServiceSettings
@@ -9,9 +11,10 @@ from chat_shared.events import DEFAULT_STREAM_PREFIX
 
 
 class RelaySettings(ServiceSettings):
+    verifies_tokens: ClassVar[bool] = False  # it reads the outbox and writes streams: no tokens
+
     metrics_port: int = Field(9101, ge=0, le=65535,
                               description="/metrics, /healthz and /readyz port; 0 = off")
-    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
     outbox_batch_size: int = Field(100, ge=1, le=10_000, description="rows claimed per batch")
     outbox_workers: int = Field(10, ge=1, le=1000,
                                 description="concurrent Redis pipelines per batch")

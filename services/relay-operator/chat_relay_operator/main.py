@@ -49,7 +49,7 @@ async def run(config: OperatorConfig, namespace: str, kube_config: lightkube.Kub
     registry = kopf.get_default_registry()
     kube = KubeClient(kube_config)
     register(registry, config, kube)
-    liveness = (f"http://{config.metrics_address}:{config.health_port}/healthz"
+    liveness = (f"http://{config.metrics_host}:{config.health_port}/healthz"
                 if config.health_port else None)
     loop_lag = EventLoopLagMonitor(EVENT_LOOP_LAG)
     loop_lag.start()
@@ -77,7 +77,7 @@ def main() -> int:
         print(f"chat-relay-operator: {exc}", file=sys.stderr)
         return 2
     configure_logging("chat-relay-operator", config.log_level)
-    port = serve_metrics(config.metrics_port, addr=config.metrics_address)
+    port = serve_metrics(config.metrics_port, addr=config.metrics_host)
     log.info("starting", namespace=namespace, peering=config.peering_name or "standalone",
              metrics_port=port)
     asyncio.run(run(config, namespace, kube_config))

@@ -18,7 +18,9 @@ class OperatorConfig(CommonSettings):
         description="KopfPeering object that keeps two replicas from both acting; empty = "
                     "standalone (a single replica only)")
     metrics_port: int = Field(9103, ge=0, le=65535, description="/metrics port; 0 = off")
-    metrics_address: str = Field("0.0.0.0", description="address /metrics and /healthz bind")
+    metrics_address: str = Field(
+        "", description="host /metrics and /healthz bind; empty = all interfaces (the kubelet "
+                        "probes /healthz from outside the pod)")
     health_port: int = Field(8082, ge=0, le=65535,
                              description="kopf liveness endpoint port (/healthz); 0 = off")
     operator_tick_interval: Seconds = Field(

@@ -138,5 +138,5 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     app = GatewayApp(settings=settings, db=db, redis=redis, stream_redis=stream_redis,
                      hub=hub, reader=reader, server=server, health=None)
     if settings.metrics_port:
-        app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_address)
+        app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_host)
     return app

@@ -163,14 +163,15 @@ class GatewayServer:
 
     def _dev_tokens_allowed(self) -> bool:
         s = self._settings
-        return s.environment == "development" and any(
+        return s.development and any(
             a.startswith("HS") for a in s.algorithm_list)
 
     async def _dev_token(self, request: web.Request) -> web.Response:
-        """A token for any user id: development only, signed with the configured HS secret."""
+        """A token for any user id, signed with the configured HS secret: development only.
+        Elsewhere the same 404 as any unknown path, so a deployment that forgets ENVIRONMENT
+        neither mints tokens nor advertises that it could."""
         if not self._dev_tokens_allowed():
-            return _error(403, "forbidden", "development tokens are only issued when "
-                                            "ENVIRONMENT=development")
+            raise web.HTTPNotFound()
         try:
             body = orjson.loads(await read_body(request, self._settings.http_body_timeout))
             user = body["user_id"].strip()

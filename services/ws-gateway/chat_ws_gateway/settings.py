@@ -12,7 +12,6 @@ class GatewaySettings(ServiceSettings, HttpServerSettings):
     ws_server_address: str = Field("0.0.0.0:8081", description="host:port for WebSocket + demo")
     metrics_port: int = Field(9102, ge=0, le=65535,
                               description="/metrics, /healthz and /readyz port; 0 = off")
-    metrics_address: str = Field("0.0.0.0", description="address the metrics server binds")
     stream_shards: int = Field(1, ge=1, le=1024, description="number of Redis streams (as relay)")
     stream_prefix: str = Field(DEFAULT_STREAM_PREFIX, min_length=1,
                                description="stream key prefix; keys are `<prefix>:<shard>`")
@@ -53,6 +52,9 @@ class GatewaySettings(ServiceSettings, HttpServerSettings):
     def _address(cls, v: str) -> str:
         parse_host_port(v)
         return v
+
+    def service_host(self) -> str:
+        return parse_host_port(self.ws_server_address)[0]
 
     @field_validator("api_public_url")
     @classmethod
