@@ -20,6 +20,9 @@ import random
 
 __all__ = ["Backoff"]
 
+_RNG = random.Random()
+"""Our own generator, so the delays never perturb the process's shared random state."""
+
 
 class Backoff:
     """Delays for consecutive failures: ``next_delay()`` after each one, ``reset()`` on success."""
@@ -45,7 +48,7 @@ class Backoff:
         self.failures += 1
         # Full jitter spreads the reconnects of many replicas after a shared outage; the
         # floor keeps a tight loop from spinning when the draw is close to zero.
-        return max(self.initial / 2, random.uniform(0, ceiling)) if self.jitter else ceiling
+        return max(self.initial / 2, _RNG.uniform(0, ceiling)) if self.jitter else ceiling
 
     def reset(self) -> None:
         """The dependency answered: the next failure starts from ``initial`` again."""

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from chat_shared.auth import issue_token
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth, make_token
+from tests.integration.test_http_contract import IMPLEMENTATION_TEXT
 from tests.support.api_process import ApiUnderTest, api_process_fixture  # noqa: F401 - fixture
 
 SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"]
@@ -267,9 +268,11 @@ async def _world(api: ApiUnderTest) -> World:
     return World(conv.id, [messages_page.next_page_token, conversations_page.next_page_token])
 
 
-def fuzz(target: str, world: World) -> tuple[Counter[str], int]:
-    """Runs the fuzzer (blocking); returns the answers by code and the number of calls."""
+def fuzz(target: str, world: World) -> tuple[Counter[str], int, set[str]]:
+    """Runs the fuzzer (blocking); returns the answers by code, the number of calls and every
+    distinct error message the server sent."""
     answers: Counter[str] = Counter()
+    messages: set[str] = set()
     calls = itertools.count(1)
     per_method = {m.name: payloads(m.name, m.input_type, world) for m in SERVICE.methods}
     per_method["NoSuchMethod"] = st.binary(max_size=50)
@@ -291,12 +294,13 @@ def fuzz(target: str, world: World) -> tuple[Counter[str], int]:
                 code = grpc.StatusCode.OK
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
+                messages.add(err.details() or "")  # type: ignore[attr-defined]
                 assert code not in FORBIDDEN, (method, payload, err.details())  # type: ignore[attr-defined]
                 assert code != grpc.StatusCode.DEADLINE_EXCEEDED, (method, payload)
             answers[f"{method} {code.name}"] += 1
 
         one()
-    return answers, next(calls) - 1
+    return answers, next(calls) - 1, messages
 
 
 @pytest.mark.slow
@@ -305,11 +309,14 @@ async def test_no_input_makes_the_api_answer_internal_or_unknown_or_log_a_traceb
     world = await _world(api_process)
     since = api_process.log_size()
     started = time.monotonic()
-    answers, calls = await asyncio.to_thread(fuzz, api_process.grpc_target, world)
+    answers, calls, messages = await asyncio.to_thread(fuzz, api_process.grpc_target, world)
     elapsed = time.monotonic() - started
     print(f"\n{calls} calls in {elapsed:.1f} s; answers:\n"
           + "\n".join(f"  {k}: {v}" for k, v in sorted(answers.items())))
     assert calls >= 1000
+    # No error message shows the implementation (Python exception text, class names).
+    assert sorted(m for m in messages if IMPLEMENTATION_TEXT.search(m)) == []
+    assert len(messages) > 10  # the fuzzer did reach many different refusals
     # The fuzzer reached the service and its storage, not only the validation, of every RPC it
     # has a valid request for.
     answered_ok = {key.split()[0] for key in answers if key.endswith(" OK")}

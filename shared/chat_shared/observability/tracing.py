@@ -53,13 +53,18 @@ def recording() -> bool:
     return _recording
 
 
+_RNG = random.Random()
+"""Our own generator, not the module's shared one: a process's random state is not perturbed by
+every call (property-based tests in the same process watch the shared one)."""
+
+
 def trace_id_from(traceparent: str | None) -> str:
     """The trace id of a W3C ``traceparent`` value, or a new random one (32 hex digits)."""
     if traceparent:
         match = _TRACEPARENT.match(traceparent.strip().lower())
         if match and match.group(1) != "0" * 32:
             return match.group(1)
-    return f"{random.getrandbits(128):032x}"
+    return f"{_RNG.getrandbits(128):032x}"
 
 
 class Tracer:
