@@ -30,7 +30,8 @@ class _QuietHandler(WSGIRequestHandler):
         return SERVER_HEADER
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # a scrape is not worth a log line
+        """Writes nothing: wsgiref logs every request to stderr, and a scrape is not worth a
+        log line."""
 
 
 def _without_banner(app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]

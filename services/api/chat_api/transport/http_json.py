@@ -253,11 +253,11 @@ def _checked_single(fd: FieldDescriptor, value: Any, name: str) -> Any:
         if full_name in _WKT_TEXT:
             if not isinstance(value, str):
                 raise InvalidArgument(name, _expected(fd))
-        elif full_name.startswith("google.protobuf."):
-            pass  # Struct, Value, wrappers...: json_format knows their JSON forms
-        elif not isinstance(value, dict):
-            raise InvalidArgument(name, _expected(fd))
-        else:
+        # Other well-known types (Struct, Value, wrappers...) are left to json_format, which
+        # knows their JSON forms; every other message must be a JSON object, checked inside.
+        elif not full_name.startswith("google.protobuf."):
+            if not isinstance(value, dict):
+                raise InvalidArgument(name, _expected(fd))
             _check_types(fd.message_type, value, name + ".")
     return value
 
