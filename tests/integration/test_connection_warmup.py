@@ -39,3 +39,27 @@ async def test_the_warmup_changes_no_data(stub, db_source: str) -> None:
             "SELECT count(*) FROM pg_prepared_statements")).fetchone()
     assert prepared == (len(HOT_STATEMENTS),)  # every statement ran (none failed)
     assert await db_rows(db_source, counts) == before
+
+
+async def test_a_large_cursor_reuses_the_warmed_statement(stub, db_source: str) -> None:
+    """psycopg would send 100 as int2 and 100,000 as int4, two prepared statements of which the
+    warm-up prepared one: on the API's connections every int goes as int8."""
+    import psycopg
+
+    from chat_api.storage.messages import _PAGE
+    from chat_api.storage.warmup import warm_connection
+
+    conv = await create_conversation(stub, "alice", ["bob"])
+    await send(stub, "alice", conv.id, "hello")
+    async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+        await warm_connection(conn)
+        for cursor in (2, 40_000, 3_000_000_000):  # int2, int4 and int8 by value
+            for _ in range(6):  # past psycopg's prepare threshold
+                rows = await (await conn.execute(_PAGE["before_seq"], {
+                    "conversation_id": conv.id, "user_id": "alice", "cursor": cursor,
+                    "limit": 50})).fetchall()
+                # A page is a seq range below the cursor: only the smallest reaches seq 1.
+                assert len([r for r in rows if r[0] is not None]) == (cursor == 2)
+        prepared = await (await conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements")).fetchone()
+    assert prepared == (len(HOT_STATEMENTS),)

@@ -12,7 +12,8 @@ figures are the database's part of each RPC, which is the part that could grow w
 (the rest of an RPC does not read the data). For each statement the table shows the p50 at each
 step and the ratio of the largest step to the smallest; "first call" rows time a statement's
 first call on a fresh connection, warmed as the API's pool warms each new connection
-(``chat_api.storage.warmup``), against warm calls.
+(``chat_api.storage.warmup``): the median over ``FRESH_CONNECTIONS`` connections, against
+warm calls.
 
 Opt-in (``--only scaling``): it loads for minutes at full size. It needs the database
 (``--db-source`` for a running stack) and writes into it: run it on a throwaway stack.
@@ -22,6 +23,7 @@ It also reports the bytes each message costs on disk (table, TOAST and each inde
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import uuid
 from collections.abc import Mapping
@@ -46,6 +48,7 @@ EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 MIN_MEMBERSHIPS = 60  # a full first page (51 rows) at every step
 FLAT = 1.5
 FRESH_FACTOR = 2.0
+FRESH_CONNECTIONS = 7  # first calls timed per statement and step (their median)
 
 
 async def _one(conn: psycopg.AsyncConnection[Any], sql: str, params: Any = None
@@ -164,11 +167,11 @@ async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[s
 
 
 async def _time(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any],
-                name: str, calls: int, step: int) -> list[float]:
+                name: str, calls: int, tag: str) -> list[float]:
     samples = []
     for i in range(calls):
         if name == "SendMessage":
-            params = {**params, "idempotency_key": f"scale-{step}-{i}"}
+            params = {**params, "idempotency_key": f"scale-{tag}-{i}"}
         start = time.perf_counter()
         await (await conn.execute(sql, params)).fetchall()
         samples.append(time.perf_counter() - start)
@@ -209,16 +212,22 @@ async def run(ctx: Context) -> dict[str, Any]:
                                     "big_messages": loader.big, "messages": loader.messages,
                                     "load_s": round(loaded, 1), "latency": {}, "first_call": {}}
             for name, sql in statements.items():
-                # A fresh connection per statement: its first call, then warm calls.
-                async with await psycopg.AsyncConnection.connect(conninfo(dsn),
-                                                                 **api_session) as fresh:
-                    # What the API's pool does to every new connection before handing it
-                    # out (its configure hook): each hot statement prepared once.
-                    await warm_connection(fresh)
-                    first = await _time(fresh, sql, params[name], name, 1, -len(steps))
-                    samples = await _time(fresh, sql, params[name], name, calls, len(steps))
+                # Fresh connections per statement: each one's first call (one sample each is
+                # mostly noise: the median of FRESH_CONNECTIONS), then warm calls on the last.
+                firsts: list[float] = []
+                for attempt in range(FRESH_CONNECTIONS):
+                    async with await psycopg.AsyncConnection.connect(conninfo(dsn),
+                                                                     **api_session) as fresh:
+                        # What the API's pool does to every new connection before handing
+                        # it out (its configure hook): each hot statement prepared once.
+                        await warm_connection(fresh)
+                        firsts += await _time(fresh, sql, params[name], name, 1,
+                                              f"{len(steps)}-first-{attempt}")
+                        if attempt == FRESH_CONNECTIONS - 1:
+                            samples = await _time(fresh, sql, params[name], name, calls,
+                                                  f"{len(steps)}-warm")
                 step["latency"][name] = summarize(samples[10:])  # past psycopg's prepare
-                step["first_call"][name] = round(first[0] * 1000, 3)
+                step["first_call"][name] = round(statistics.median(firsts) * 1000, 3)
             steps.append(step)
         bytes_per_message = await _bytes_per_message(conn)
     return {"size": size, "calls": calls, "steps": steps, "bytes_per_message": bytes_per_message}
