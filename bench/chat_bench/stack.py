@@ -19,10 +19,11 @@ import resource
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.local_redis import LocalRedis
+from chat_devtools.process import ServiceProcess
 from chat_devtools.services import BIN, Api, Gateway, Relay, base_env
 
 
@@ -42,6 +43,15 @@ class Target:
     relay_metrics: str = ""
     log_dir: str = ""
     started_here: bool = False
+    # Each part's root process (its workers and backends are its descendants), for the CPU a
+    # message costs in each (``chat_bench.cpu``); empty for a running stack.
+    processes: dict[str, int] = field(default_factory=dict)
+
+
+def _pid(process: ServiceProcess | None) -> int:
+    if process is None:
+        raise RuntimeError("a server of the stack did not start")
+    return process.pid
 
 
 def raise_fd_limit() -> int:
@@ -89,7 +99,9 @@ async def local_stack(jwt_secret: str, log_level: str, extra_env: dict[str, str]
             gateway_pid=gateway.pid,
             gateway_metrics=f"http://127.0.0.1:{gateway.metrics_port}/metrics",
             relay_metrics=f"http://127.0.0.1:{relay.metrics_port}/metrics",
-            log_dir=str(log_dir), started_here=True)
+            log_dir=str(log_dir), started_here=True,
+            processes={"API": api.pid, "PostgreSQL": _pid(pg.process), "relay": relay.pid,
+                       "gateway": gateway.pid, "Redis": _pid(redis.process)})
         for service in services:
             service.alive()
     finally:

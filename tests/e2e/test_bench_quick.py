@@ -125,6 +125,14 @@ def test_throughput_and_idle_phases_on_the_unsafe_fast_database(tmp_path: pathli
         assert run["messages"] > 0 and run["messages_per_s"] > 0
         assert_latency(run["latency"], n=run["messages"])
         assert all(0 < share for share in run["client_cpu_share"])
+        # Where each message's CPU went: every part of the stack handled the sends.
+        cpu = run["cpu_ms_per_message"]
+        assert set(cpu) == {"API", "PostgreSQL", "relay", "gateway", "Redis",
+                            "load generator", "all"}
+        assert cpu["API"] > 0 and cpu["PostgreSQL"] > 0 and cpu["load generator"] > 0
+        assert cpu["all"] == pytest.approx(sum(v for k, v in cpu.items() if k != "all"),
+                                           abs=0.01)
+    assert "CPU per message, ms" in stdout
     idle = data["idle"]
     assert idle["opened"] == idle["still_open"] == idle["connections"] == 100
     assert idle["gateway_ws_connections"] == 100 and idle["failed"] == 0

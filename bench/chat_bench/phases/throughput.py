@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
+from chat_bench import cpu
 from chat_bench.clients import TRANSPORT_NAMES, AsyncApi, CallFailed, User, open_api
 from chat_bench.phase import Check, Context, Phase, at_least, at_most, check
 from chat_bench.stats import CpuMeter, summarize
@@ -70,16 +72,19 @@ async def _send_loop(spec: dict[str, Any]) -> dict[str, Any]:
                     errors[e.code] += 1
 
         await asyncio.sleep(max(0.0, start - time.perf_counter() - 0.5))
-        cpu = CpuMeter()
+        meter = CpuMeter()
         await asyncio.gather(*(sender(apis[i % len(apis)])
                                for i in range(spec["concurrency"])))
-        return {"latencies": latencies, "errors": dict(errors), "cpu": cpu.share()}
+        return {"latencies": latencies, "errors": dict(errors), "cpu": meter.share()}
 
 
 async def measure(executor: Executor, workers: int, transport: str, grpc_addr: str,
                   http_base: str, secret: str, conversations: list[tuple[str, list[str]]],
                   concurrency: int, duration: float,
-                  progress: Callable[[str], None]) -> dict[str, Any]:
+                  progress: Callable[[str], None],
+                  processes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """One closed-loop run; with ``processes`` (a stack started here), also the CPU each of
+    its parts spent per message over the window (``chat_bench.cpu``)."""
     progress(f"throughput: concurrency {concurrency} for {duration:g} s from {workers} client "
              f"processes over {len(conversations)} conversations "
              f"({TRANSPORT_NAMES[transport]}) ...")
@@ -92,13 +97,26 @@ async def measure(executor: Executor, workers: int, transport: str, grpc_addr: s
         "conversations": conversations,
         "concurrency": share, "start": start, "duration": duration, "seed": concurrency * 100 + i})
         for i, share in enumerate(shares) if share]
+
+    async def sample_window() -> tuple[dict[str, float], dict[str, float]]:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        before = cpu.snapshot(processes or {})
+        await asyncio.sleep(max(0.0, start + duration - time.perf_counter()))
+        return before, cpu.snapshot(processes or {})
+
+    sampler = asyncio.ensure_future(sample_window())
     results = await asyncio.gather(*futures)
+    before, after = await sampler
     latencies = [x for r in results for x in r["latencies"]]
     errors: Counter[str] = Counter()
     for r in results:
         errors.update(r["errors"])
+    # The clients' own CPU over about the same window, as the load generator's share.
+    clients = {"load generator": sum(r["cpu"] for r in results) * duration}
+    per_message = cpu.per_message(before, after, len(latencies), clients) if processes else {}
     return {"concurrency": concurrency, "transport": transport, "duration_s": duration,
-            "client_processes": len(results),
+            "client_processes": len(results), "cpu_ms_per_message": per_message,
+            "cores": os.cpu_count(),
             "messages": len(latencies), "messages_per_s": round(len(latencies) / duration, 1),
             "errors": sum(errors.values()), "errors_by_code": dict(errors),
             "client_cpu_share": [r["cpu"] for r in results], "latency": summarize(latencies)}
@@ -114,7 +132,8 @@ async def run(ctx: Context) -> dict[str, Any]:
         try:
             out[f"c{c}"] = await measure(
                 ctx.executor, ctx.client_count, ctx.transport, ctx.target.grpc, ctx.target.http,
-                ctx.target.jwt_secret, spread, c, ctx.settings["duration"], ctx.progress)
+                ctx.target.jwt_secret, spread, c, ctx.settings["duration"], ctx.progress,
+                ctx.target.processes)
         except Exception as e:  # the other levels still run
             ctx.failed(f"c{c}", e)
     return out
@@ -131,6 +150,24 @@ def targets(figures: Mapping[str, Any]) -> list[Check]:
     ]
 
 
+def _cpu_table(figures: Mapping[str, Any]) -> list[str]:
+    """CPU per message in each part of the stack, and what the cores allow at that cost."""
+    runs = [r for r in figures.values() if r.get("cpu_ms_per_message")]
+    if not runs:
+        return []
+    parts = [p for p in runs[0]["cpu_ms_per_message"] if p != "all"]
+    rows = [[str(r["concurrency"]), *(fmt(r["cpu_ms_per_message"].get(p)) for p in parts),
+             fmt(r["cpu_ms_per_message"]["all"]),
+             fmt(cpu.capacity(r["cpu_ms_per_message"], r.get("cores"))), fmt(r["messages_per_s"])]
+            for r in runs]
+    cores = runs[0].get("cores") or "?"
+    return ["", "CPU per message, ms (each part's processes sampled from /proc over the "
+            f"window; with every core busy, {cores} cores allow cores / all messages a "
+            "second):", "",
+            *table(["concurrency", *parts, "all", "msg/s the cores allow", "msg/s measured"],
+                   rows)]
+
+
 def details(figures: Mapping[str, Any]) -> list[str]:
     if not figures:
         return []
@@ -144,7 +181,7 @@ def details(figures: Mapping[str, Any]) -> list[str]:
     return [f"Send throughput ({TRANSPORT_NAMES[transport]}, "
             "closed loop, random conversation and member per call):", "",
             *table(["concurrency", "msg/s", "errors", "p50 ms", "p95 ms", "p99 ms",
-                    "client processes (CPU of a core)"], rows)]
+                    "client processes (CPU of a core)"], rows), *_cpu_table(figures)]
 
 
 def _options(group: argparse._ArgumentGroup) -> None:
