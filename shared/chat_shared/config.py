@@ -222,6 +222,12 @@ class AuthSettings(BaseSection):
     jwt_audience: str = Field("", description="required `aud` claim; empty = not checked")
     jwt_leeway: Seconds = Field(30.0, ge=0, le=600,
                                 description="clock skew allowed on `exp` and `nbf`, seconds")
+    jwt_tenant_claim: str = Field(
+        "tid", min_length=1, max_length=64,
+        description="the token claim that names the caller's tenant (docs/tenancy.md)")
+    require_tenant: bool = Field(
+        False, description="refuse tokens without the tenant claim; false = such tokens "
+                           "belong to the tenant `default`")
 
     @field_validator("jwt_algorithms")
     @classmethod
