@@ -12,7 +12,6 @@ with ``alg: none`` or an algorithm-confusion attempt (HS256 signed with a public
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +20,9 @@ import jwt
 
 from chat_shared.config import AuthSettings
 from chat_shared.errors import Unauthenticated
+from chat_shared.tenancy import DEFAULT_TENANT, TENANT_ID
 
 MAX_TOKEN_LENGTH = 8192
-DEFAULT_TENANT = "default"
-"""The tenant of a token without a tenant claim (and of every row that existed before tenants)."""
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-"""What a tenant id looks like: lower-case letters, digits, ``-`` and ``_``, 1..63 characters
-(it travels in Redis keys, stream entries and logs, so it stays plain)."""
 _CACHE_SIZE = 4096
 
 

@@ -183,6 +183,10 @@ class DatabaseSettings(BaseSection):
     db_statement_timeout: Seconds = Field(
         10.0, gt=0, description="per-statement limit PostgreSQL enforces, seconds; a unit of "
                                 "work also stops waiting 0.5 s after it and drops the connection")
+    database_role: str = Field(
+        "", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+        description="the role every session acts as (set at connection start; the login user "
+                    "must be a member); empty = the login user itself (docs/tenancy.md)")
 
     @field_validator("db_source")
     @classmethod

@@ -7,8 +7,9 @@ import argparse
 import sys
 from typing import Literal
 
-from chat_shared.auth import TENANT_ID, issue_token
+from chat_shared.auth import issue_token
 from chat_shared.config import CommonAuthSettings, ConfigError, load_settings, parse_duration
+from chat_shared.tenancy import TENANT_ID
 
 
 class _TokenSettings(CommonAuthSettings):

@@ -16,7 +16,7 @@ import pytest
 from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.ports import closed_port
 
-OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox",
+OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox", "tenants",
               "outbox_dead_letter"}
 _names = itertools.count()
 

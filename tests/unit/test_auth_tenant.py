@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import jwt
-from chat_shared.auth import DEFAULT_TENANT, TokenVerifier, issue_token
+import pytest
+
+from chat_shared.auth import TokenVerifier, issue_token
 from chat_shared.config import AuthSettings
 from chat_shared.errors import Unauthenticated
+from chat_shared.tenancy import DEFAULT_TENANT
 from chat_shared.token_cli import main as token_main
 
 SECRET = "unit-test-secret-long-enough-for-hs256"

@@ -12,6 +12,11 @@ _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
 class ApiSettings(ServiceSettings, HttpServerSettings):
+    database_role: str = Field(
+        "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+        description="the role the API's sessions act as: one that cannot bypass row-level "
+                    "security (migrations create chat_app); empty = the login user itself, "
+                    "which must then be such a role (docs/tenancy.md)")
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
     metrics_port: int = Field(9100, ge=0, le=65535,

@@ -101,7 +101,8 @@ class GatewayServer:
         # Counted and added with no await in between, so that concurrent opens cannot all
         # pass the check. The socket is accepted and then closed, not refused with an HTTP
         # status, because browsers do not show a failed upgrade's status to the page.
-        if self._hub.connections_of(principal.user_id) >= s.ws_max_connections_per_user:
+        if (self._hub.connections_of(principal.tenant_id, principal.user_id)
+                >= s.ws_max_connections_per_user):
             WS_CLOSES.labels("too_many_connections").inc()
             log.info("ws_refused", user_id=principal.user_id, reason="too_many_connections",
                      limit=s.ws_max_connections_per_user)
@@ -111,7 +112,7 @@ class GatewayServer:
         conn = Connection(ws, principal.user_id, history=self._history,
                           queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
                           max_positions=s.ws_max_resume_positions,
-                          transport=request.transport)
+                          transport=request.transport, tenant_id=principal.tenant_id)
         self._hub.add(conn)
         conn.start(expires_at=principal.expires_at, resume_wait=s.ws_resume_wait)
         log.debug("ws_connected", user_id=principal.user_id)

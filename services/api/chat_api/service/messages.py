@@ -1,6 +1,6 @@
 """SendMessage and GetMessages.
 
-Idempotency: (sender, idempotency_key) names one message, and the database alone decides it.
+Idempotency: (tenant, sender, idempotency_key) names one message, and the database alone decides it.
 The send statement (``storage.messages``) answers a used key with the original message instead
 of inserting, without taking a seq; concurrent sends of one key meet at the unique constraint.
 Either way the send answers ALREADY_EXISTS naming the original (its id, seq and conversation).
@@ -39,6 +39,7 @@ from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
 from chat_api.service.reads import NOT_FOUND
 from chat_api.storage.messages import DuplicateKey, MessageRepository, PageMode
+from chat_shared.auth import Principal
 from chat_shared.errors import AlreadyExists, NotFound
 
 IDEMPOTENCY_HITS = Counter(
@@ -70,12 +71,12 @@ class MessageService:
         self._repo = repo
 
     async def send(
-        self, caller: str, conversation_id: str, content: str, key: str
+        self, caller: Principal, conversation_id: str, content: str, key: str
     ) -> MessageRecord:
         """Sends (chat.proto's rules on the three fields hold already)."""
         cid = validation.conversation_id(conversation_id)
         try:
-            message = await self._repo.send(cid, caller, content, key)
+            message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key)
         except DuplicateKey as dup:
             IDEMPOTENCY_HITS.labels("database").inc()
             raise _duplicate(dup.original, cid, content) from None
@@ -84,7 +85,7 @@ class MessageService:
         return message
 
     async def history(
-        self, caller: str, conversation_id: str, limit: int, page_token: str,
+        self, caller: Principal, conversation_id: str, limit: int, page_token: str,
         before: datetime | None, after_seq: int | None,
     ) -> Page[MessageRecord]:
         """A page of messages. ``after_seq`` None: not given (newest first); 0: from the
@@ -102,7 +103,8 @@ class MessageService:
             mode, ascending = PageMode.BEFORE_TIME, False
         else:
             mode, ascending = PageMode.NEWEST, False
-        rows = await self._repo.page(cid, caller, mode, size + 1, cursor=cursor, before=before)
+        rows = await self._repo.page(caller.tenant_id, cid, caller.user_id, mode, size + 1,
+                                     cursor=cursor, before=before)
         if rows is None:
             raise NotFound(NOT_FOUND)
         token = ""

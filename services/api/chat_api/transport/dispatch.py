@@ -120,11 +120,11 @@ class Dispatcher:
                 request = decode(request)
             request_rules.check(request)
             if ctx.timeout is None:
-                return await handler(principal.user_id, request)
+                return await handler(principal, request)
             if ctx.timeout <= DEADLINE_LEAD:
                 raise DeadlineExceeded("deadline exceeded before the call started")
             with deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD):
-                return await handler(principal.user_id, request)
+                return await handler(principal, request)
         except ChatError as exc:
             code = exc.code
             raise
