@@ -137,12 +137,16 @@ async def test_hot_statements_read_a_bounded_number_of_rows_on_a_fresh_connectio
             _PAGE["after_seq"], {**page, "conversation_id": BIG, "cursor": 50000}, 2 * 51),
         "GetMessages before a time, 50,000 newer": (
             _PAGE["before_time"], {**page, "conversation_id": BIG, "before": middle}, 3 * 51),
-        "SendMessage": (_SEND, {"tenant": "default", "conversation_id": SMALL, "sender_id": HEAVY, "content": "x",
+        "SendMessage": (_SEND, {"tenant": "default", "conversation_id": SMALL,
+                                "sender_id": HEAVY, "content": "x",
                                 "idempotency_key": "plan-test"}, 10),
-        "MarkAsRead": (_MARK, {"tenant": "default", "conversation_id": BIG, "user_id": HEAVY, "up_to_seq": 0}, 10),
-        "gateway: member of": (_MEMBER_OF, {"tenant": "default", "user_id": HEAVY, "ids": [BIG, SMALL]}, 10),
+        "MarkAsRead": (_MARK, {"tenant": "default", "conversation_id": BIG, "user_id": HEAVY,
+                               "up_to_seq": 0}, 10),
+        "gateway: member of": (_MEMBER_OF, {"tenant": "default", "user_id": HEAVY,
+                                            "ids": [BIG, SMALL]}, 10),
         "gateway: catch-up": (
-            _AFTER, {"tenant": "default", "conversation_id": BIG, "user_id": HEAVY, "after": 50000, "limit": 100},
+            _AFTER, {"tenant": "default", "conversation_id": BIG, "user_id": HEAVY,
+                     "after": 50000, "limit": 100},
             2 * 100),
     }
     failures = []
