@@ -17,7 +17,8 @@ Roles (cluster-wide, created when missing, never with LOGIN):
 
 - ``chat_app``: what the API and the WebSocket gateway act as (``DATABASE_ROLE``). It does not
   own the tables and cannot bypass row-level security: it reads and writes conversations,
-  members, messages and the outbox of the tenant its transaction names, and reads the registry.
+  members, messages and the outbox of the tenant its transaction names, reads the registry and
+  may register a tenant id (TENANT_AUTO_CREATE).
 - ``chat_relay``: what the relay, its commands and the operator act as. It publishes every
   tenant's events, so the outbox and its dead letters have a second policy, ``relay_all``, for it
   alone; it has no grant on any other tenant-owned table.
@@ -120,7 +121,7 @@ def upgrade() -> None:
         END $$;
 
         GRANT USAGE ON SCHEMA public TO chat_app, chat_relay;
-        GRANT SELECT ON tenants TO chat_app;
+        GRANT SELECT, INSERT (id) ON tenants TO chat_app;
         GRANT SELECT, INSERT, UPDATE, DELETE
             ON conversations, conversation_members, messages, outbox TO chat_app;
         GRANT SELECT, INSERT, UPDATE, DELETE ON outbox, outbox_dead_letter TO chat_relay;

@@ -6,13 +6,16 @@ from collections.abc import Sequence
 
 from chat_api.models import ConversationRecord, ConversationSummary, Page
 from chat_api.service import page_tokens, validation
+from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.conversations import ConversationRepository, direct_key
 from chat_shared.auth import Principal
+from chat_shared.errors import InvalidArgument
 
 
 class ConversationService:
-    def __init__(self, repo: ConversationRepository) -> None:
+    def __init__(self, repo: ConversationRepository, tenants: TenantDirectory) -> None:
         self._repo = repo
+        self._tenants = tenants
 
     async def create(self, caller: Principal, member_ids: Sequence[str],
                      title: str) -> ConversationRecord:
@@ -23,6 +26,11 @@ class ConversationService:
         members = list(member_ids)
         if me not in members:
             members.append(me)
+        tenant = await self._tenants.admit(caller.tenant_id)
+        if len(members) > tenant.max_members:
+            raise InvalidArgument("member_ids", f"a conversation has at most "
+                                                f"{tenant.max_members} members (the creator "
+                                                f"included) in this tenant")
         title = title.strip()
         others = [m for m in members if m != me]
         direct = direct_key(me, others[0]) if len(others) == 1 and not title else None

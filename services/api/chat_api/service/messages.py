@@ -38,9 +38,10 @@ from prometheus_client import Counter
 from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
 from chat_api.service.reads import NOT_FOUND
+from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.messages import DuplicateKey, MessageRepository, PageMode
 from chat_shared.auth import Principal
-from chat_shared.errors import AlreadyExists, NotFound
+from chat_shared.errors import AlreadyExists, InvalidArgument, NotFound
 
 IDEMPOTENCY_HITS = Counter(
     "idempotency_hits_total",
@@ -67,14 +68,19 @@ def _duplicate(original: MessageRecord, conversation_id: str, content: str) -> A
 
 
 class MessageService:
-    def __init__(self, repo: MessageRepository) -> None:
+    def __init__(self, repo: MessageRepository, tenants: TenantDirectory) -> None:
         self._repo = repo
+        self._tenants = tenants
 
     async def send(
         self, caller: Principal, conversation_id: str, content: str, key: str
     ) -> MessageRecord:
         """Sends (chat.proto's rules on the three fields hold already)."""
         cid = validation.conversation_id(conversation_id)
+        tenant = await self._tenants.admit(caller.tenant_id)
+        if len(content) > tenant.max_message_length:
+            raise InvalidArgument("content", f"at most {tenant.max_message_length} characters "
+                                             f"in this tenant")
         try:
             message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key)
         except DuplicateKey as dup:
