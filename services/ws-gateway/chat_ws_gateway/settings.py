@@ -49,6 +49,10 @@ class GatewaySettings(ServiceSettings, HttpServerSettings):
         description="the role the gateway's sessions act as: one that cannot bypass row-level "
                     "security (migrations create chat_app); empty = the login user itself "
                     "(docs/tenancy.md)")
+    ws_tenant_check_interval: Seconds = Field(
+        2.0, gt=0, le=5,
+        description="seconds between re-reads of the tenant registry for the tenants with open "
+                    "sockets: a disabled tenant's sockets close (4403) within it")
     db_pool_size: int = Field(5, ge=1, le=1000,
                               description="connections kept open for catch-up reads")
 
