@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from chat_shared import events
 from chat_shared.events import MESSAGE_CREATED, Event, encode_entry, stream_key
 from tests.conftest import make_token
-from tests.support.ws_stack import Gateway, base_env, close_code, next_frame
+from tests.support.ws_stack import Gateway, base_env, close_code, messages, next_frame
 
 A, B = "acme", "globex"
 CLOSE_TENANT_DENIED = 4403
@@ -124,9 +124,7 @@ async def test_a_resume_with_another_tenants_ids_gets_nothing(gateway, session,
     assert cases == 12
     # The same resume in B's own tenant does catch up (the test can tell the difference).
     ws = await connect(session, gateway, "alice", B, positions={cid: 0})
-    frames = await frames_until_pong(ws)
-    assert [f["message"]["content"] for f in frames if f["type"] == "message.created"] == [
-        "b1", "b2", "b3"]
+    assert [f["message"]["content"] for f in await messages(ws, 3)] == ["b1", "b2", "b3"]
 
 
 async def test_a_disabled_tenants_sockets_close_with_4403(gateway, session, db_source) -> None:
