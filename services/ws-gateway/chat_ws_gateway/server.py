@@ -99,8 +99,11 @@ class GatewayServer:
             protocols=echo, heartbeat=s.ws_heartbeat or None, max_msg_size=s.ws_max_frame_bytes,
             compress=False,  # a deflate context per socket costs far more memory than it saves
             timeout=s.ws_close_timeout)
+        # Read before the handshake: from the handshake on, counting the user's sockets and
+        # adding this one happen with no await in between (below).
+        admitted = await self._tenant_admitted(principal.tenant_id)
         await ws.prepare(request)
-        if not await self._tenant_admitted(principal.tenant_id):
+        if not admitted:
             WS_CLOSES.labels("tenant_denied").inc()
             log.info("ws_refused", user_id=principal.user_id, tenant=principal.tenant_id,
                      reason="tenant_denied")
