@@ -16,7 +16,8 @@ from tests.helpers import create_conversation, send_many
 
 @pytest.fixture
 async def db(db_source: str):
-    db = Database(DatabaseSettings(_env_file=None, db_source=db_source, database_role="chat_app"),
+    db = Database(DatabaseSettings(_env_file=None, db_source=db_source,
+                                   database_role="chat_app"),
                   application_name="test-ws-history")
     await db.open(wait=True)
     yield db
