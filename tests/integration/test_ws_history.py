@@ -35,7 +35,8 @@ async def test_pages_walk_the_conversation_in_seq_order_for_members_only(stub, d
     conv = await create_conversation(stub, "alice", ["bob"])
     await send_many(stub, "alice", conv.id, 7)
     history = History(db, page_size=3)
-    pages = [await history.messages_after("default", "bob", conv.id, after) for after in (0, 3, 6, 7)]
+    pages = [await history.messages_after("default", "bob", conv.id, after)
+             for after in (0, 3, 6, 7)]
     assert [[m.seq for m in p] for p in pages] == [[1, 2, 3], [4, 5, 6], [7], []]
     assert pages[0][0].content == "m0" and pages[0][0].conversation_id == conv.id
     assert await history.messages_after("default", "mallory", conv.id, 0) == []
