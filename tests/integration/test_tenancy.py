@@ -423,3 +423,25 @@ def test_chat_error_codes_are_transport_free() -> None:
     exc: ChatError = PermissionDenied("tenant is disabled")
     assert GRPC_CODES[exc.code] == grpc.StatusCode.PERMISSION_DENIED
     assert HTTP_STATUS[exc.code] == 403
+
+
+async def test_the_tenant_setting_never_outlives_its_statement(db_source: str) -> None:
+    # One pooled connection, so every unit of work below runs on the same session: the
+    # setting is local to the statement's implicit transaction, also when the statement fails.
+    from chat_shared.config import DatabaseSettings
+    from chat_shared.db import Database
+
+    db = Database(DatabaseSettings(_env_file=None, db_source=db_source, db_pool_size=1,
+                                   db_max_overflow=0, database_role="chat_app"),
+                  application_name="test-tenant-setting")
+    await db.open(wait=True)
+    try:
+        setting = "SELECT coalesce(current_setting('app.tenant_id', true), '')"
+        assert await db.fetchone("t.in", setting, tenant=A) == (A,)
+        assert await db.fetchone("t.after", setting) == ("",)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await db.fetchone("t.fail", "SELECT 1 / 0", tenant=B)
+        assert await db.fetchone("t.after_failure", setting) == ("",)
+        assert db.stats().get("pool_size") == 1
+    finally:
+        await db.close()
