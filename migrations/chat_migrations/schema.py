@@ -13,7 +13,8 @@ name them (``conversations_direct_key_key``), so the comparison matches by name.
 
 What autogenerate does not compare, and so lives only in the migrations: CHECK constraints,
 the generated expression of ``outbox.partition`` (only that it is a generated column), the
-``outbox_notify`` function and trigger.
+``outbox_notify`` function and trigger, and the tenancy of migration 0006 beyond its columns and
+keys: row-level security, its policies, the roles and their grants (a test checks those).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Computed,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -41,9 +42,31 @@ metadata = MetaData()
 _NOW = text("clock_timestamp()")
 _TIMESTAMPTZ = TIMESTAMP(timezone=True)
 
+
+def _tenant_id() -> Column[str]:
+    """The owning tenant of a row (migration 0006): rows written without one, and every row
+    that predates tenants, belong to ``default``. Row-level security keeps tenants apart."""
+    return Column("tenant_id", Text, nullable=False, server_default=text("'default'::text"))
+
+
+TENANT_TABLES = ("conversations", "conversation_members", "messages", "outbox",
+                 "outbox_dead_letter")
+"""The tables whose rows belong to a tenant, each with row-level security forced on."""
+
+tenants = Table(
+    "tenants", metadata,
+    Column("id", Text, primary_key=True),
+    Column("status", Text, nullable=False, server_default=text("'active'::text")),
+    Column("limits", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    CheckConstraint("status = ANY (ARRAY['active'::text, 'disabled'::text])",
+                    name="tenants_status_check"),
+)
+
 conversations = Table(
     "conversations", metadata,
-    Column("id", UUID(as_uuid=False), primary_key=True),
+    _tenant_id(),
+    Column("id", UUID(as_uuid=False), nullable=False),
     Column("title", Text, nullable=False, server_default=text("''::text")),
     # The two members of a direct conversation, sorted; unique, so it exists once.
     Column("direct_key", Text),
@@ -54,44 +77,52 @@ conversations = Table(
     # Incremented under the sending transaction's row lock: seq is gapless.
     Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("member_ids", ARRAY(Text), nullable=False),
-    UniqueConstraint("direct_key", name="conversations_direct_key_key"),
+    PrimaryKeyConstraint("tenant_id", "id", name="conversations_pkey"),
+    UniqueConstraint("tenant_id", "direct_key", name="conversations_tenant_direct_key_key"),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="conversations_tenant_id_fkey"),
     CheckConstraint("last_seq >= 0", name="conversations_last_seq_check"),
 )
 
 conversation_members = Table(
     "conversation_members", metadata,
-    Column("conversation_id", UUID(as_uuid=False),
-           ForeignKey("conversations.id", ondelete="CASCADE",
-                      name="conversation_members_conversation_id_fkey"),
-           nullable=False),
+    _tenant_id(),
+    Column("conversation_id", UUID(as_uuid=False), nullable=False),
     Column("user_id", Text, nullable=False),
     Column("joined_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
     Column("last_read_seq", BigInteger, nullable=False, server_default=text("0")),
     # The conversation's last_activity_at, written with it (migration 0005): the member's
     # conversation list is a range of ix_conversation_members_inbox.
     Column("last_activity_at", _TIMESTAMPTZ, nullable=False),
-    PrimaryKeyConstraint("conversation_id", "user_id", name="conversation_members_pkey"),
+    PrimaryKeyConstraint("tenant_id", "conversation_id", "user_id",
+                         name="conversation_members_pkey"),
+    ForeignKeyConstraint(["tenant_id", "conversation_id"],
+                         ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
+                         name="conversation_members_conversation_fkey"),
     CheckConstraint("last_read_seq >= 0", name="conversation_members_last_read_seq_check"),
-    Index("ix_conversation_members_inbox", "user_id", "last_activity_at", "conversation_id"),
+    Index("ix_conversation_members_inbox", "tenant_id", "user_id", "last_activity_at",
+          "conversation_id"),
 )
 
 messages = Table(
     "messages", metadata,
-    Column("id", UUID(as_uuid=False), primary_key=True),
-    Column("conversation_id", UUID(as_uuid=False),
-           ForeignKey("conversations.id", ondelete="CASCADE",
-                      name="messages_conversation_id_fkey"),
-           nullable=False),
+    _tenant_id(),
+    Column("id", UUID(as_uuid=False), nullable=False),
+    Column("conversation_id", UUID(as_uuid=False), nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("sender_id", Text, nullable=False),
     Column("content", Text, nullable=False),
     Column("idempotency_key", Text, nullable=False),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
-    UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+    PrimaryKeyConstraint("tenant_id", "id", name="messages_pkey"),
+    ForeignKeyConstraint(["tenant_id", "conversation_id"],
+                         ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
+                         name="messages_conversation_fkey"),
+    UniqueConstraint("tenant_id", "conversation_id", "seq", name="uq_messages_conversation_seq"),
     # Idempotency itself: a send answers a used key from this constraint alone (no Redis).
-    UniqueConstraint("sender_id", "idempotency_key", name="uq_messages_sender_idempotency_key"),
+    UniqueConstraint("tenant_id", "sender_id", "idempotency_key",
+                     name="uq_messages_sender_idempotency_key"),
     CheckConstraint("seq > 0", name="messages_seq_check"),
-    Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+    Index("ix_messages_conversation_created", "tenant_id", "conversation_id", "created_at"),
 )
 
 outbox = Table(
@@ -104,6 +135,7 @@ outbox = Table(
     Column("recipients", ARRAY(Text), nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    _tenant_id(),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("next_attempt_at", _TIMESTAMPTZ),
     Column("last_error", Text),
@@ -138,6 +170,7 @@ outbox_dead_letter = Table(
     Column("attempts", Integer, nullable=False),
     Column("last_error", Text, nullable=False),
     Column("failed_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    _tenant_id(),
     UniqueConstraint("event_id", name="outbox_dead_letter_event_id_key"),
     Index("ix_outbox_dead_letter_failed_at", "failed_at"),
 )

@@ -183,6 +183,10 @@ class DatabaseSettings(BaseSection):
     db_statement_timeout: Seconds = Field(
         10.0, gt=0, description="per-statement limit PostgreSQL enforces, seconds; a unit of "
                                 "work also stops waiting 0.5 s after it and drops the connection")
+    database_role: str = Field(
+        "", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+        description="the role every session acts as (set at connection start; the login user "
+                    "must be a member); empty = the login user itself (docs/tenancy.md)")
 
     @field_validator("db_source")
     @classmethod
@@ -222,6 +226,12 @@ class AuthSettings(BaseSection):
     jwt_audience: str = Field("", description="required `aud` claim; empty = not checked")
     jwt_leeway: Seconds = Field(30.0, ge=0, le=600,
                                 description="clock skew allowed on `exp` and `nbf`, seconds")
+    jwt_tenant_claim: str = Field(
+        "tid", min_length=1, max_length=64,
+        description="the token claim that names the caller's tenant (docs/tenancy.md)")
+    require_tenant: bool = Field(
+        False, description="refuse tokens without the tenant claim; false = such tokens "
+                           "belong to the tenant `default`")
 
     @field_validator("jwt_algorithms")
     @classmethod

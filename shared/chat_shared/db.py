@@ -14,6 +14,14 @@ Every connection any service opens (pooled or dedicated, async or sync) gets the
   statements to commit together says so with ``async with conn.transaction()``
   (``Database.transaction``).
 
+The tenant (docs/tenancy.md): tenant-owned tables have row-level security on
+``current_setting('app.tenant_id')``, and a session acts as a role that cannot bypass it
+(``DATABASE_ROLE``, set at connection start: ``-c role=...``, no extra round trip). A unit of
+work for a tenant (``fetchone(..., tenant=...)``, ``tenant_execute``) sends
+``set_config('app.tenant_id', tenant, true)`` and its statement together in one pipeline: both
+run in one implicit transaction, which the setting lives and dies with, and cost one round trip.
+So a pooled connection never carries one tenant's setting into another's work.
+
 Statements use psycopg's own named parameters (``%(name)s``), run as written. Statements that
 run often are prepared server-side by psycopg after a few executions per connection.
 
@@ -75,8 +83,9 @@ from chat_shared.observability.tracing import tracer
 
 __all__ = [
     "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
-    "Database", "connect",
-    "connect_sync", "conninfo", "interaction", "redacted", "unavailable_on_connection_errors",
+    "Database", "SET_TENANT", "connect",
+    "connect_sync", "conninfo", "interaction", "redacted", "tenant_execute",
+    "unavailable_on_connection_errors",
 ]
 
 _tracer = tracer(__name__)
@@ -94,6 +103,9 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, Pool
 """What "the database is unavailable" looks like from psycopg (see the module docstring)."""
 
 AsyncConn = psycopg.AsyncConnection[TupleRow]
+
+SET_TENANT = "SELECT set_config('app.tenant_id', %s, true)"
+"""Names the tenant for the rest of the current transaction (row-level security reads it)."""
 
 
 def conninfo(db_source: str) -> str:
@@ -115,7 +127,8 @@ def redacted(db_source: str) -> str:
 
 
 def _session_options(
-    *, application_name: str, statement_timeout: float, connect_timeout: float = CONNECT_TIMEOUT
+    *, application_name: str, statement_timeout: float, connect_timeout: float = CONNECT_TIMEOUT,
+    role: str = "",
 ) -> dict[str, Any]:
     """The connection arguments every session gets (see the module docstring).
 
@@ -123,14 +136,31 @@ def _session_options(
         application_name: the process, as ``pg_stat_activity`` shows it.
         statement_timeout: seconds any one statement may run.
         connect_timeout: seconds to establish the connection.
+        role: the role the session acts as from its start (``DATABASE_ROLE``); "" = the login
+            user. A role that does not exist, or of which the login user is not a member,
+            fails the connection: a service never falls back to more rights than it asked for.
     """
+    options = (f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+               " -c TimeZone=UTC")
+    if role:
+        options += f" -c role={role}"
     return {
         "autocommit": True,
         "application_name": application_name,
-        "options": f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
-                   " -c TimeZone=UTC",
+        "options": options,
         "connect_timeout": max(1, math.ceil(connect_timeout)),
     }
+
+
+async def tenant_execute(conn: AsyncConn, tenant: str, query: QueryNoTemplate,
+                         params: Params | None = None) -> psycopg.AsyncCursor[TupleRow]:
+    """Runs ``query`` for ``tenant`` on ``conn`` (autocommit): the tenant setting and the
+    statement in one pipeline, one implicit transaction, one round trip. The cursor holds the
+    statement's rows."""
+    async with conn.pipeline():
+        await conn.execute(SET_TENANT, (tenant,), prepare=True)
+        cursor = await conn.execute(query, params)
+    return cursor
 
 
 @contextlib.contextmanager
@@ -153,7 +183,7 @@ def interaction(name: str) -> Iterator[None]:
 
 async def connect(
     db_source: str, *, application_name: str, statement_timeout: float,
-    connect_timeout: float = CONNECT_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT, role: str = "",
 ) -> AsyncConn:
     """A dedicated async session with the shared options, for work that needs a session of
     its own (advisory locks, LISTEN) or must not take a pool slot.
@@ -165,12 +195,12 @@ async def connect(
         return await psycopg.AsyncConnection.connect(
             conninfo(db_source), **_session_options(
                 application_name=application_name, statement_timeout=statement_timeout,
-                connect_timeout=connect_timeout))
+                connect_timeout=connect_timeout, role=role))
 
 
 def connect_sync(
     db_source: str, *, application_name: str, statement_timeout: float,
-    connect_timeout: float = CONNECT_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT, role: str = "",
 ) -> psycopg.Connection[TupleRow]:
     """A synchronous session with the shared options (command-line tools).
 
@@ -181,7 +211,7 @@ def connect_sync(
         return psycopg.Connection.connect(
             conninfo(db_source), **_session_options(
                 application_name=application_name, statement_timeout=statement_timeout,
-                connect_timeout=connect_timeout))
+                connect_timeout=connect_timeout, role=role))
 
 
 def _within_deadline(wait: float) -> tuple[float, bool]:
@@ -256,7 +286,8 @@ class Database:
         if not settings.db_source:
             raise ValueError("DB_SOURCE is not set")
         session = _session_options(application_name=application_name,
-                                   statement_timeout=settings.db_statement_timeout)
+                                   statement_timeout=settings.db_statement_timeout,
+                                   role=settings.database_role)
         if generic_plans:
             session["options"] += " -c plan_cache_mode=force_generic_plan"
         self.pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
@@ -280,9 +311,10 @@ class Database:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def fetchone(self, name: str, query: QueryNoTemplate, params: Params | None = None
-                       ) -> TupleRow | None:
-        """Runs one statement on a pooled connection; its first row, if any.
+    async def fetchone(self, name: str, query: QueryNoTemplate, params: Params | None = None,
+                       *, tenant: str | None = None) -> TupleRow | None:
+        """Runs one statement on a pooled connection (for ``tenant``, when given: see
+        ``tenant_execute``); its first row, if any.
 
         Raises:
             Unavailable: no connection, or the statement did not finish in time.
@@ -290,11 +322,14 @@ class Database:
         """
         with _tracer.start_as_current_span(name):
             async with self._bounded(self._pool_wait, self._answer_wait) as conn:
-                return await (await conn.execute(query, params)).fetchone()
+                if tenant is None:
+                    return await (await conn.execute(query, params)).fetchone()
+                return await (await tenant_execute(conn, tenant, query, params)).fetchone()
 
-    async def fetchall(self, name: str, query: QueryNoTemplate, params: Params | None = None
-                       ) -> list[TupleRow]:
-        """Runs one statement on a pooled connection; all its rows.
+    async def fetchall(self, name: str, query: QueryNoTemplate, params: Params | None = None,
+                       *, tenant: str | None = None) -> list[TupleRow]:
+        """Runs one statement on a pooled connection (for ``tenant``, when given: see
+        ``tenant_execute``); all its rows.
 
         Raises:
             Unavailable: no connection, or the statement did not finish in time.
@@ -302,7 +337,9 @@ class Database:
         """
         with _tracer.start_as_current_span(name):
             async with self._bounded(self._pool_wait, self._answer_wait) as conn:
-                return await (await conn.execute(query, params)).fetchall()
+                if tenant is None:
+                    return await (await conn.execute(query, params)).fetchall()
+                return await (await tenant_execute(conn, tenant, query, params)).fetchall()
 
     @contextlib.asynccontextmanager
     async def connection(self, name: str) -> AsyncIterator[AsyncConn]:

@@ -3,6 +3,7 @@
     ChatError
      ├── InvalidArgument      bad input; names the field
      ├── Unauthenticated      missing, malformed, expired or wrongly signed credentials
+     ├── PermissionDenied     valid credentials, but their tenant is unknown or disabled
      ├── NotFound             also what a non-member is told (they learn nothing)
      ├── AlreadyExists        duplicate send; carries reason and metadata (original message)
      ├── DeadlineExceeded     the caller's deadline passed before the work was done
@@ -37,6 +38,10 @@ class InvalidArgument(ChatError):
 
 class Unauthenticated(ChatError):
     code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ChatError):
+    code = "PERMISSION_DENIED"
 
 
 class NotFound(ChatError):

@@ -38,8 +38,11 @@ trims each stream to about ``STREAM_MAXLEN`` entries (``XADD MAXLEN ~``).
 Every entry has the fields of ``ENTRY_FIELDS``, all strings:
 ``event_id`` (uuid), ``type``, ``conversation_id`` (uuid), ``seq`` (decimal), ``occurred_at``
 (timestamp: when the outbox row was written), ``recipients`` (JSON array of the member ids at
-the time of the event), ``payload`` (compact JSON, as above); and ``epoch`` (``EPOCH_FIELD``,
-see below). Consumers ignore fields they do not know.
+the time of the event), ``payload`` (compact JSON, as above), ``tenant`` (the tenant the
+conversation belongs to: the recipients are user ids *of that tenant*, and a consumer routes
+the event only to that tenant's users); and ``epoch`` (``EPOCH_FIELD``, see below). An entry
+written before tenants existed has no ``tenant`` and belongs to the tenant ``default``.
+Consumers ignore fields they do not know.
 
 Stream epochs
 -------------
@@ -81,6 +84,8 @@ from datetime import UTC, datetime
 from typing import Any, NewType, TypeAlias, TypedDict, get_type_hints, is_typeddict
 
 import orjson
+
+from chat_shared.tenancy import DEFAULT_TENANT
 
 __all__ = [
     "CONVERSATION_READ", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS", "EPOCH_FIELD", "MESSAGE_CREATED",
@@ -265,12 +270,14 @@ class Event:
     occurred_at: datetime
     recipients: list[str]
     payload: dict[str, Any] = field(default_factory=dict)
+    tenant: str = DEFAULT_TENANT
+    """The tenant of the conversation; ``recipients`` are user ids within it."""
 
 
 DEFAULT_STREAM_PREFIX = "chat:events"
 
 ENTRY_FIELDS = ("event_id", "type", "conversation_id", "seq", "occurred_at", "recipients",
-                "payload")
+                "payload", "tenant")
 """The fields of every stream entry, in the order ``entry_values`` gives them."""
 
 
@@ -309,10 +316,11 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def entry_values(event: Event) -> tuple[str, str, str, str, str, str, str]:
+def entry_values(event: Event) -> tuple[str, str, str, str, str, str, str, str]:
     """The values of an event's stream entry, in ENTRY_FIELDS order (the relay's XADD)."""
     return (event.event_id, event.type, event.conversation_id, str(event.seq),
-            format_time(event.occurred_at), _json(event.recipients), _json(event.payload))
+            format_time(event.occurred_at), _json(event.recipients), _json(event.payload),
+            event.tenant)
 
 
 def encode_entry(event: Event) -> dict[str, str]:
@@ -324,7 +332,7 @@ def decode_entry(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Event:
     """An event from a stream entry's fields (str or bytes, as redis-py returns them)."""
     f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
          for k, v in fields.items()}
-    missing = [name for name in ENTRY_FIELDS if name not in f]
+    missing = [name for name in ENTRY_FIELDS if name not in f and name != "tenant"]
     if missing:
         raise ValueError(f"stream entry lacks field(s) {missing}")
     return Event(
@@ -335,4 +343,5 @@ def decode_entry(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Event:
         occurred_at=parse_time(f["occurred_at"]),
         recipients=list(orjson.loads(f["recipients"])),
         payload=dict(orjson.loads(f["payload"])),
+        tenant=f.get("tenant") or DEFAULT_TENANT,
     )

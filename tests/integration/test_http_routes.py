@@ -72,7 +72,7 @@ async def demo_http(api_settings_factory: Callable[..., Any]) -> AsyncIterator[s
         out.CopyFrom(thing)
         if req.DESCRIPTOR.name == "PutThingRequest":
             out.name = req.name
-        out.tags.append(f"by:{caller}")
+        out.tags.append(f"by:{caller.user_id}")
         return out
 
     dispatcher = Dispatcher(TokenVerifier(api_settings_factory()),

@@ -419,7 +419,8 @@ async def test_a_page_reads_only_its_own_rows_whatever_plan_postgresql_picks(stu
 
     conv = await create_conversation(stub, "alice", ["bob"])
     await send_many(stub, "alice", conv.id, 300)
-    params = {"conversation_id": conv.id, "user_id": "bob", "limit": 11, "cursor": 150}
+    params = {"tenant": "default", "conversation_id": conv.id, "user_id": "bob", "limit": 11,
+              "cursor": 150}
     async with await psycopg.AsyncConnection.connect(
             db_source, autocommit=True, cursor_factory=psycopg.AsyncClientCursor) as conn:
         await conn.execute("SET enable_indexscan = off")

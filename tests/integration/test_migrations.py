@@ -16,7 +16,7 @@ import pytest
 from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.ports import closed_port
 
-OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox",
+OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox", "tenants",
               "outbox_dead_letter"}
 _names = itertools.count()
 
@@ -151,3 +151,70 @@ def test_unreachable_database_fails_without_showing_the_password(venv_bin, tmp_p
     assert result.returncode == 1
     assert "upgrade failed" in result.stderr
     assert "s3cr3t-pw" not in result.stderr + result.stdout
+
+
+_ROWS_AT_0005 = (
+    "INSERT INTO conversations (id, title, created_by, member_ids) VALUES"
+    " ('00000000-0000-0000-0000-000000000001', 't', 'a', '{a,b}');"
+    " INSERT INTO conversation_members (conversation_id, user_id, last_activity_at) VALUES"
+    " ('00000000-0000-0000-0000-000000000001', 'a', now()),"
+    " ('00000000-0000-0000-0000-000000000001', 'b', now());"
+    " INSERT INTO messages (id, conversation_id, seq, sender_id, content, idempotency_key)"
+    " VALUES ('00000000-0000-0000-0000-0000000000aa', '00000000-0000-0000-0000-000000000001',"
+    " 1, 'a', 'hello', 'k1');"
+    " INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)"
+    " VALUES (gen_random_uuid(), 'message.created', '00000000-0000-0000-0000-000000000001', 1,"
+    " '{a,b}', '{}')")
+_TENANTS_OF = ("SELECT (SELECT string_agg(DISTINCT tenant_id, ',') FROM conversations) || '/' ||"
+               " (SELECT string_agg(DISTINCT tenant_id, ',') FROM conversation_members) || '/' ||"
+               " (SELECT string_agg(DISTINCT tenant_id, ',') FROM messages) || '/' ||"
+               " (SELECT string_agg(DISTINCT tenant_id, ',') FROM outbox)")
+
+
+def test_0006_puts_existing_rows_in_the_default_tenant_behind_row_level_security(
+    postgres, empty_db, venv_bin, tmp_path
+) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, "upgrade", "0005", db_source=dsn).returncode == 0
+    postgres.psql(_ROWS_AT_0005, name)
+    up = migrate(venv_bin, tmp_path, "upgrade", db_source=dsn)
+    assert up.returncode == 0, up.stderr
+    assert postgres.psql(_TENANTS_OF, name) == "default/default/default/default"
+    assert postgres.psql("SELECT id, status FROM tenants", name) == "default|active"
+    forced = postgres.psql(
+        "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class"
+        " WHERE relrowsecurity AND relforcerowsecurity AND relkind = 'r'", name)
+    assert forced == "conversation_members,conversations,messages,outbox,outbox_dead_letter"
+    # As the services' role: the default tenant's rows in its context, nothing in another's
+    # or without one.
+    seen = ("SET ROLE chat_app; SELECT set_config('app.tenant_id', '{}', false);"
+            " SELECT count(*) FROM messages")
+    assert postgres.psql(seen.format("default"), name).split()[-1] == "1"
+    assert postgres.psql(seen.format("acme"), name).split()[-1] == "0"
+    assert postgres.psql("SET ROLE chat_app; SELECT count(*) FROM conversations", name) == "0"
+    down = migrate(venv_bin, tmp_path, "downgrade", "0005", db_source=dsn)
+    assert down.returncode == 0, down.stderr
+    assert postgres.psql("SELECT count(*) FROM information_schema.columns"
+                         " WHERE column_name = 'tenant_id'", name) == "0"
+    assert "tenants" not in public_tables(postgres, name)
+    assert postgres.psql("SELECT content FROM messages", name) == "hello"
+    assert postgres.psql("SELECT count(*) FROM conversation_members", name) == "2"
+
+
+def test_0006_downgrade_refuses_while_another_tenant_has_rows(
+    postgres, empty_db, venv_bin, tmp_path
+) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, db_source=dsn).returncode == 0
+    postgres.psql(
+        "INSERT INTO tenants (id) VALUES ('acme');"
+        " INSERT INTO conversations (tenant_id, id, title, created_by, member_ids) VALUES"
+        " ('acme', gen_random_uuid(), 't', 'a', '{a}')", name)
+    down = migrate(venv_bin, tmp_path, "downgrade", "0005", db_source=dsn)
+    assert down.returncode == 1
+    assert "rows of tenants other than default exist" in down.stderr
+    # Nothing changed: the failed downgrade rolled back whole.
+    assert postgres.psql("SELECT version_num FROM alembic_version", name) == "0006"
+    assert postgres.psql("SELECT tenant_id FROM conversations", name) == "acme"
+    assert postgres.psql("SELECT relforcerowsecurity FROM pg_class"
+                         " WHERE relname = 'messages'", name) == "t"

@@ -123,7 +123,7 @@ async def test_hot_statements_read_a_bounded_number_of_rows_on_a_fresh_connectio
             " OFFSET 2500 LIMIT 1", (HEAVY,))
         deep_page = await cur.fetchone()
 
-    page = {"user_id": HEAVY, "limit": 51}
+    page = {"tenant": "default", "user_id": HEAVY, "limit": 51}
     cases: dict[str, tuple[str, dict[str, Any], int]] = {
         # statement: (SQL, values, rows of messages/conversation_members it may read)
         "GetConversations, first page": (_LIST_FIRST, page, 3 * 51),
@@ -137,19 +137,27 @@ async def test_hot_statements_read_a_bounded_number_of_rows_on_a_fresh_connectio
             _PAGE["after_seq"], {**page, "conversation_id": BIG, "cursor": 50000}, 2 * 51),
         "GetMessages before a time, 50,000 newer": (
             _PAGE["before_time"], {**page, "conversation_id": BIG, "before": middle}, 3 * 51),
-        "SendMessage": (_SEND, {"conversation_id": SMALL, "sender_id": HEAVY, "content": "x",
+        "SendMessage": (_SEND, {"tenant": "default", "conversation_id": SMALL,
+                                "sender_id": HEAVY, "content": "x",
                                 "idempotency_key": "plan-test"}, 10),
-        "MarkAsRead": (_MARK, {"conversation_id": BIG, "user_id": HEAVY, "up_to_seq": 0}, 10),
-        "gateway: member of": (_MEMBER_OF, {"user_id": HEAVY, "ids": [BIG, SMALL]}, 10),
+        "MarkAsRead": (_MARK, {"tenant": "default", "conversation_id": BIG, "user_id": HEAVY,
+                               "up_to_seq": 0}, 10),
+        "gateway: member of": (_MEMBER_OF, {"tenant": "default", "user_id": HEAVY,
+                                            "ids": [BIG, SMALL]}, 10),
         "gateway: catch-up": (
-            _AFTER, {"conversation_id": BIG, "user_id": HEAVY, "after": 50000, "limit": 100},
+            _AFTER, {"tenant": "default", "conversation_id": BIG, "user_id": HEAVY,
+                     "after": 50000, "limit": 100},
             2 * 100),
     }
     failures = []
     for name, (sql, params, max_rows) in cases.items():
         for generic in (False, True):
             # A fresh connection per statement and plan: nothing cached from an earlier call.
-            async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+            # As the services run it: the role row-level security holds, in the tenant's
+            # context, so the plans include the tenant policy.
+            async with await psycopg.AsyncConnection.connect(
+                    db_source, autocommit=True, options="-c role=chat_app") as conn:
+                await conn.execute("SELECT set_config('app.tenant_id', 'default', false)")
                 plan = await _explain(conn, sql, params, generic)
             kind = "generic plan" if generic else "first call's plan"
             failures += [f"{name} ({kind}): {p}" for p in _problems(plan, max_rows)]

@@ -236,13 +236,13 @@ async def test_catch_up_reads_and_transactions_end_in_time_while_postgresql_is_f
             await conn.execute("INSERT INTO frozen_tx VALUES (1)")
 
     try:
-        assert await history.messages_after("alice", conv, 0) == []
+        assert await history.messages_after("default", "alice", conv, 0) == []
         in_transaction = asyncio.ensure_future(_timed(transaction()))
         await began.wait()
         with frozen(pg):
             calls = asyncio.gather(
-                _timed(history.messages_after("alice", conv, 0)),
-                _timed(history.member_of("alice", [conv])),
+                _timed(history.messages_after("default", "alice", conv, 0)),
+                _timed(history.member_of("default", "alice", [conv])),
                 in_transaction,
                 _timed(db.ping()))
             await asyncio.wait([calls], timeout=FREEZE)
@@ -253,7 +253,7 @@ async def test_catch_up_reads_and_transactions_end_in_time_while_postgresql_is_f
         assert max(t for t, _ in results) < BOUND + SLACK
         # Resumed: reads work again, and the severed transaction did not commit.
         assert await _until(db.ping, within=10 + SLACK) is not None
-        assert await history.member_of("alice", [conv]) == set()
+        assert await history.member_of("default", "alice", [conv]) == set()
         assert await db.fetchone("db.t", "SELECT to_regclass('frozen_tx') IS NULL") == (True,)
     finally:
         await db.close()

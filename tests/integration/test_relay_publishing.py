@@ -152,6 +152,7 @@ async def test_publishes_exact_entry_and_marks_row_published(
         "occurred_at": created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "recipients": '["alice","bob"]',
         "payload": encode_entry(decode_entry({**fields}))["payload"],
+        "tenant": "default",
     }
     assert decode_entry(fields).payload == row[1]
     assert sample("outbox_processed_total") - processed_before == 1

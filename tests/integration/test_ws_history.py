@@ -16,7 +16,8 @@ from tests.helpers import create_conversation, send_many
 
 @pytest.fixture
 async def db(db_source: str):
-    db = Database(DatabaseSettings(_env_file=None, db_source=db_source),
+    db = Database(DatabaseSettings(_env_file=None, db_source=db_source,
+                                   database_role="chat_app"),
                   application_name="test-ws-history")
     await db.open(wait=True)
     yield db
@@ -34,16 +35,18 @@ async def test_pages_walk_the_conversation_in_seq_order_for_members_only(stub, d
     conv = await create_conversation(stub, "alice", ["bob"])
     await send_many(stub, "alice", conv.id, 7)
     history = History(db, page_size=3)
-    pages = [await history.messages_after("bob", conv.id, after) for after in (0, 3, 6, 7)]
+    pages = [await history.messages_after("default", "bob", conv.id, after)
+             for after in (0, 3, 6, 7)]
     assert [[m.seq for m in p] for p in pages] == [[1, 2, 3], [4, 5, 6], [7], []]
     assert pages[0][0].content == "m0" and pages[0][0].conversation_id == conv.id
-    assert await history.messages_after("mallory", conv.id, 0) == []
+    assert await history.messages_after("default", "mallory", conv.id, 0) == []
 
 
 async def test_a_position_at_the_int64_limit_reads_nothing_instead_of_failing(stub, db) -> None:
     conv = await create_conversation(stub, "alice", ["bob"])
     await send_many(stub, "alice", conv.id, 2)
-    assert await History(db, page_size=50).messages_after("bob", conv.id, 2**63 - 1) == []
+    assert await History(db, page_size=50).messages_after("default", "bob", conv.id,
+                                                              2**63 - 1) == []
 
 
 async def test_a_page_reads_only_its_own_rows_whatever_plan_postgresql_picks(stub,
@@ -51,7 +54,8 @@ async def test_a_page_reads_only_its_own_rows_whatever_plan_postgresql_picks(stu
     # Index scans off: the plan that stale statistics lead to (bitmap scan, then sort).
     conv = await create_conversation(stub, "alice", ["bob"])
     await send_many(stub, "alice", conv.id, 300)
-    params = {"conversation_id": conv.id, "user_id": "bob", "after": 100, "limit": 20}
+    params = {"tenant": "default", "conversation_id": conv.id, "user_id": "bob", "after": 100,
+              "limit": 20}
     async with await connect(db_source, application_name="test-explain",
                              statement_timeout=10) as conn:
         await conn.execute("SET enable_indexscan = off")

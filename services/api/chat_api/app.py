@@ -20,10 +20,12 @@ from prometheus_client import Gauge
 from chat_api.service.conversations import ConversationService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
+from chat_api.service.tenants import TenantDefaults, TenantDirectory
 from chat_api.settings import ApiSettings
 from chat_api.storage.conversations import ConversationRepository
 from chat_api.storage.messages import MessageRepository
 from chat_api.storage.reads import ReadRepository
+from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
@@ -137,12 +139,17 @@ def build_app(settings: ApiSettings) -> ApiApp:
     # call costs what its later ones do (chat_api.storage.warmup).
     db = Database(settings, application_name="chat-api", generic_plans=True,
                   configure=warm_connection)
+    tenants = TenantDirectory(
+        TenantRepository(db),
+        TenantDefaults(max_members=settings.tenant_max_members,
+                       max_message_length=settings.tenant_max_message_length),
+        ttl=settings.tenant_cache_ttl, auto_create=settings.tenant_auto_create)
     handlers = ChatHandlers(
-        conversations=ConversationService(ConversationRepository(db)),
-        messages=MessageService(MessageRepository(db)),
+        conversations=ConversationService(ConversationRepository(db), tenants),
+        messages=MessageService(MessageRepository(db), tenants),
         reads=ReadService(ReadRepository(db)),
     )
-    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry())
+    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants)
     server = grpc.aio.server(
         # The interceptor makes a server span per call: only worth its cost when recorded.
         interceptors=[aio_server_interceptor()] if recording() else [],  # type: ignore[no-untyped-call]

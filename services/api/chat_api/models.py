@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -51,3 +51,13 @@ class ReadPosition:
 class Page(Generic[T]):
     items: list[T]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A tenant's registry entry: whether it may use the service, and its own limits by name
+    (a name it does not set takes the service's setting)."""
+
+    id: str
+    active: bool
+    limits: dict[str, Any] = field(default_factory=dict)

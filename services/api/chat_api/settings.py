@@ -12,6 +12,25 @@ _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
 class ApiSettings(ServiceSettings, HttpServerSettings):
+    database_role: str = Field(
+        "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+        description="the role the API's sessions act as: one that cannot bypass row-level "
+                    "security (migrations create chat_app); empty = the login user itself, "
+                    "which must then be such a role (docs/tenancy.md)")
+    tenant_auto_create: bool = Field(
+        False, description="register a tenant the registry does not know on its first call; "
+                           "false = such a call is PERMISSION_DENIED (docs/tenancy.md)")
+    tenant_cache_ttl: Seconds = Field(
+        2.0, gt=0, le=5, description="seconds a tenant's registry entry is remembered: how long "
+                                     "`chat-tenant disable` takes to reach the API")
+    tenant_max_members: int = Field(
+        1000, ge=2, le=1000,
+        description="members per conversation (the creator included) for a tenant whose "
+                    "registry entry sets no max_members")
+    tenant_max_message_length: int = Field(
+        4096, ge=1, le=4096,
+        description="characters per message for a tenant whose registry entry sets no "
+                    "max_message_length")
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
     metrics_port: int = Field(9100, ge=0, le=65535,

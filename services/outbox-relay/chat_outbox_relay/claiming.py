@@ -26,7 +26,7 @@ from chat_shared.events import Event
 
 _CLAIM = """
     SELECT o.id, o.event_id::text, o.event_type, o.conversation_id::text, o.seq, o.recipients,
-           o.payload, o.created_at, o.attempts
+           o.payload, o.created_at, o.attempts, o.tenant_id
     FROM outbox o
     WHERE o.partition = ANY(%(partitions)s::smallint[])
       AND o.published_at IS NULL
@@ -61,12 +61,12 @@ _DEAD_LETTER = """
          USING unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
          WHERE o.id = f.id
         RETURNING o.event_id, o.event_type, o.conversation_id, o.seq, o.recipients, o.payload,
-                  o.created_at, o.attempts + 1 AS attempts, f.error
+                  o.created_at, o.attempts + 1 AS attempts, f.error, o.tenant_id
     )
     INSERT INTO outbox_dead_letter (event_id, event_type, conversation_id, seq, recipients,
-                                    payload, created_at, attempts, last_error)
+                                    payload, created_at, attempts, last_error, tenant_id)
     SELECT event_id, event_type, conversation_id, seq, recipients, payload, created_at,
-           attempts, error
+           attempts, error, tenant_id
     FROM gone
     ON CONFLICT (event_id) DO UPDATE
        SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
@@ -102,7 +102,7 @@ async def claim(conn: AsyncConnection, partitions: str, limit: int) -> list[Clai
     return [
         ClaimedRow(id=r[0], attempts=r[8], event=Event(
             event_id=r[1], type=r[2], conversation_id=r[3], seq=r[4], occurred_at=r[7],
-            recipients=list(r[5]), payload=r[6]))
+            recipients=list(r[5]), payload=r[6], tenant=r[9]))
         for r in rows
     ]
 

@@ -30,9 +30,9 @@ from typing import Any
 from chat_outbox_relay.dead_letters import DeadLetter, DeadLetters
 from chat_outbox_relay.publishing import StreamPublisher
 from chat_outbox_relay.republishing import Progress, RepublishFailed, republish, start_id
-from chat_outbox_relay.settings import RelaySettings
+from chat_outbox_relay.settings import RelayDatabaseSettings, RelaySettings
 from chat_shared import db
-from chat_shared.config import ConfigError, DatabaseSettings, load_settings, parse_duration
+from chat_shared.config import ConfigError, load_settings, parse_duration
 from chat_shared.db import connect_sync, unavailable_on_connection_errors
 from chat_shared.errors import Unavailable
 from chat_shared.events import format_time
@@ -186,7 +186,8 @@ async def _republish_async(args: argparse.Namespace, settings: RelaySettings) ->
     conn = None
     try:
         conn = await db.connect(settings.db_source, application_name="chat-outbox",
-                                statement_timeout=settings.db_statement_timeout)
+                                statement_timeout=settings.db_statement_timeout,
+                                role=settings.database_role)
         if args.since is not None:
             first = await start_id(conn, args.since)
             if first is None:
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.area == "republish":
         return _republish(args)
     try:
-        settings = load_settings(DatabaseSettings)
+        settings = load_settings(RelayDatabaseSettings)
     except ConfigError as exc:
         print(f"chat-outbox: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         conn = connect_sync(settings.db_source, application_name="chat-outbox",
-                            statement_timeout=settings.db_statement_timeout)
+                            statement_timeout=settings.db_statement_timeout,
+                            role=settings.database_role)
     except Unavailable as exc:
         print(f"chat-outbox: cannot reach the database: {exc.__cause__}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -23,11 +23,13 @@ _COLUMNS = ("id, event_id::text, event_type, conversation_id::text, seq, recipie
 _REPLAY = """
     WITH gone AS (
         DELETE FROM outbox_dead_letter WHERE {where}
-        RETURNING id, event_id, event_type, conversation_id, seq, recipients, payload, created_at
+        RETURNING id, event_id, event_type, conversation_id, seq, recipients, payload, created_at,
+                  tenant_id
     ), back AS (
         INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload,
-                            created_at)
-        SELECT event_id, event_type, conversation_id, seq, recipients, payload, created_at
+                            created_at, tenant_id)
+        SELECT event_id, event_type, conversation_id, seq, recipients, payload, created_at,
+               tenant_id
         FROM gone ORDER BY id
         RETURNING event_id
     )

@@ -46,7 +46,8 @@ _MAX_PAUSE = 5.0
 async def connect(settings: RelaySettings, application_name: str) -> AsyncConnection[Any]:
     """A session of the relay's own (Unavailable when PostgreSQL cannot be reached)."""
     return await db.connect(settings.db_source, application_name=application_name,
-                            statement_timeout=settings.db_statement_timeout)
+                            statement_timeout=settings.db_statement_timeout,
+                            role=settings.database_role)
 
 
 class OutboxRelay:

@@ -33,7 +33,7 @@ _FIRST_SINCE = """
 _LAST = "SELECT max(id) FROM outbox"
 _PAGE = """
     SELECT id, event_id::text, event_type, conversation_id::text, seq, recipients, payload,
-           created_at, attempts
+           created_at, attempts, tenant_id
     FROM outbox
     WHERE id >= %(start)s AND id <= %(end)s AND published_at IS NOT NULL
     ORDER BY id
@@ -89,7 +89,7 @@ async def republish(conn: AsyncConnection[Any], publisher: StreamPublisher, *, f
             break
         claimed = [ClaimedRow(id=r[0], attempts=r[8], event=Event(
             event_id=r[1], type=r[2], conversation_id=r[3], seq=r[4], occurred_at=r[7],
-            recipients=list(r[5]), payload=r[6])) for r in rows]
+            recipients=list(r[5]), payload=r[6], tenant=r[9])) for r in rows]
         outcome = await publisher.publish(claimed)
         published += len(outcome.published)
         failed = [f.row for f in outcome.rejected] + outcome.unavailable

@@ -6,12 +6,29 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from chat_shared.config import Seconds, ServiceSettings
+from chat_shared.config import DatabaseSettings, Seconds, ServiceSettings
 from chat_shared.events import DEFAULT_STREAM_PREFIX
+
+RELAY_ROLE = "chat_relay"
+"""The role the relay, its commands and the operator act as: it reads and writes every tenant's
+outbox and dead letters (its own row-level security policy) and nothing else."""
+
+_ROLE_DESCRIPTION = ("the role the relay's sessions act as: chat_relay reads every tenant's "
+                     "outbox and nothing else (docs/tenancy.md); empty = the login user itself")
+
+
+class RelayDatabaseSettings(DatabaseSettings):
+    """What ``chat-outbox`` reads: the database, as the relay's role."""
+
+    database_role: str = Field(RELAY_ROLE, pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+                               description=_ROLE_DESCRIPTION)
 
 
 class RelaySettings(ServiceSettings):
     verifies_tokens: ClassVar[bool] = False  # it reads the outbox and writes streams: no tokens
+
+    database_role: str = Field(RELAY_ROLE, pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+                               description=_ROLE_DESCRIPTION)
 
     metrics_port: int = Field(9101, ge=0, le=65535,
                               description="/metrics, /healthz and /readyz port; 0 = off")

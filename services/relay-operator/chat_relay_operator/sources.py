@@ -35,14 +35,22 @@ class PostgresSource:
     One short connection per read: polls are seconds apart and the operator must not hold a
     connection slot of the database it is protecting."""
 
-    def __init__(self, dsn: str, *, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, timeout_seconds: float = 5.0,
+                 role: str = "chat_relay") -> None:
+        """
+        Args:
+            role: the role the session acts as: the relay's (migrations create it), which may
+                read every tenant's outbox; the login user must be a member of it.
+        """
         self._dsn = dsn
         self._timeout = timeout_seconds
+        self._role = role
 
     async def read(self) -> Reading:
         try:
             conn = await connect(self._dsn, application_name="chat-relay-operator",
-                                 statement_timeout=self._timeout, connect_timeout=self._timeout)
+                                 statement_timeout=self._timeout, connect_timeout=self._timeout,
+                                 role=self._role)
             async with conn:
                 backlog = await read_backlog(conn)
         except (psycopg.Error, Unavailable) as exc:

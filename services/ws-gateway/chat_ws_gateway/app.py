@@ -31,6 +31,7 @@ from chat_ws_gateway.metrics import DEPENDENCY_UP, EVENT_LOOP_LAG
 from chat_ws_gateway.server import GatewayServer
 from chat_ws_gateway.settings import GatewaySettings
 from chat_ws_gateway.stream_reading import StreamReader
+from chat_ws_gateway.tenants import TenantWatch
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -58,6 +59,8 @@ class GatewayApp:
     _listener: HttpListener | None = field(default=None, repr=False)
     _reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _probe_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    tenant_watch: TenantWatch | None = field(default=None, repr=False)
+    _tenant_task: asyncio.Task[None] | None = field(default=None, repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +90,9 @@ class GatewayApp:
         # /readyz says "not ready" until the first probe has answered.
         self._probe_task = asyncio.get_running_loop().create_task(
             self.dependencies.run(PROBE_INTERVAL), name="dependency-probe")
+        if self.tenant_watch is not None:
+            self._tenant_task = asyncio.get_running_loop().create_task(
+                self.tenant_watch.run(), name="tenant-watch")
         host, port = parse_host_port(self.settings.ws_server_address)
         s = self.settings
         self._listener = HttpListener(self.server.app, shutdown_timeout=1.0,
@@ -108,7 +114,7 @@ class GatewayApp:
         await self.hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down", "shutdown",
                                  grace=self.settings.shutdown_grace)
         log.info("ws_gateway_stopping", closed_sockets=open_sockets)
-        for task in (self._reader_task, self._probe_task):
+        for task in (self._reader_task, self._probe_task, self._tenant_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -134,9 +140,11 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     reader = StreamReader(stream_redis, keys, hub, block_ms=int(settings.stream_block * 1000),
                           count=settings.stream_read_count)
     history = History(db, settings.resume_page_size)
-    server = GatewayServer(settings, TokenVerifier(settings), hub, history)
+    tenant_watch = TenantWatch(db, hub, settings.ws_tenant_check_interval)
+    server = GatewayServer(settings, TokenVerifier(settings), hub, history, tenant_watch)
     app = GatewayApp(settings=settings, db=db, redis=redis, stream_redis=stream_redis,
-                     hub=hub, reader=reader, server=server, health=None)
+                     hub=hub, reader=reader, server=server, health=None,
+                     tenant_watch=tenant_watch)
     if settings.metrics_port:
         app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_host)
     return app

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from chat_shared.events import MESSAGE_CREATED, Event
 from chat_shared.observability.logging import get_logger
+from chat_shared.tenancy import DEFAULT_TENANT
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
 from chat_ws_gateway.metrics import (
@@ -68,9 +69,11 @@ class Outgoing(NamedTuple):
 class Connection:
     def __init__(self, ws: web.WebSocketResponse, user_id: str, *, history: History,
                  queue_size: int, close_timeout: float, max_positions: int,
-                 transport: asyncio.Transport | None = None) -> None:
+                 transport: asyncio.Transport | None = None,
+                 tenant_id: str = DEFAULT_TENANT) -> None:
         self.ws = ws
         self.user_id = user_id
+        self.tenant_id = tenant_id
         self._history = history
         self._transport = transport
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue_size)
@@ -239,7 +242,8 @@ class Connection:
             while step is not None:
                 if step.delay:
                     await asyncio.sleep(step.delay)  # the gap's rows are committing
-                rows = await self._history.messages_after(self.user_id, cid, step.after)
+                rows = await self._history.messages_after(self.tenant_id, self.user_id, cid,
+                                                           step.after)
                 more = len(rows) >= self._history.page_size
                 for row in self._order.history_page(cid, rows, more):
                     await self._put(Outgoing(protocol.history_frame(row), MESSAGE_CREATED, None))
@@ -284,7 +288,8 @@ class Connection:
         if self._pending_timer is not None:
             self._pending_timer.cancel()
         try:
-            members = await self._history.member_of(self.user_id, list(positions))
+            members = await self._history.member_of(self.tenant_id, self.user_id,
+                                                      list(positions))
         except Exception:
             log.exception("ws_resume_failed", user_id=self.user_id)
             self.send_error(protocol.CATCH_UP_FAILED, "resume failed; reconnect and resume")

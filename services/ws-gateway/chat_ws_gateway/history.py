@@ -19,7 +19,8 @@ _MEMBER_OF = """
     SELECT i.id::text FROM unnest(CAST(%(ids)s AS uuid[])) AS i(id)
     CROSS JOIN LATERAL (
         SELECT 1 FROM conversation_members m
-        WHERE m.conversation_id = i.id AND m.user_id = %(user_id)s LIMIT 1) found
+        WHERE m.tenant_id = %(tenant)s AND m.conversation_id = i.id AND m.user_id = %(user_id)s
+        LIMIT 1) found
     """
 
 # Membership is joined in, so a user removed meanwhile gets nothing rather than history.
@@ -31,8 +32,9 @@ _MEMBER_OF = """
 _AFTER = """
     SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at
     FROM conversation_members cm
-    JOIN messages m ON m.conversation_id = cm.conversation_id
-    WHERE cm.conversation_id = %(conversation_id)s AND cm.user_id = %(user_id)s
+    JOIN messages m ON m.tenant_id = cm.tenant_id AND m.conversation_id = cm.conversation_id
+    WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
+      AND cm.user_id = %(user_id)s
       AND m.seq > %(after)s AND m.seq <= CAST(%(after)s AS bigint) + CAST(%(limit)s AS bigint)
     ORDER BY m.seq
     LIMIT %(limit)s
@@ -58,19 +60,23 @@ class History:
         self._db = db
         self.page_size = page_size
 
-    async def member_of(self, user_id: str, conversation_ids: list[str]) -> set[str]:
-        """The subset of ``conversation_ids`` (canonical UUID text) the user is a member of."""
+    async def member_of(self, tenant: str, user_id: str, conversation_ids: list[str]
+                        ) -> set[str]:
+        """The subset of ``conversation_ids`` (canonical UUID text) the user of ``tenant`` is
+        a member of."""
         if not conversation_ids:
             return set()
         rows = await self._db.fetchall("db.ws_member_of", _MEMBER_OF,
-                                       {"user_id": user_id, "ids": conversation_ids})
+                                       {"tenant": tenant, "user_id": user_id,
+                                        "ids": conversation_ids}, tenant=tenant)
         return {r[0] for r in rows}
 
-    async def messages_after(self, user_id: str, conversation_id: str,
+    async def messages_after(self, tenant: str, user_id: str, conversation_id: str,
                              after_seq: int) -> list[StoredMessage]:
         """One page (``page_size``) of the conversation's messages with seq > after_seq."""
         rows = await self._db.fetchall("db.ws_messages_after", _AFTER,
-                                       {"conversation_id": conversation_id, "user_id": user_id,
+                                       {"tenant": tenant, "conversation_id": conversation_id,
+                                        "user_id": user_id,
                                         "after": min(after_seq, MAX_POSITION),
-                                        "limit": self.page_size})
+                                        "limit": self.page_size}, tenant=tenant)
         return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4]) for r in rows]

@@ -1,9 +1,10 @@
 """The registry of this replica's connections and the fan-out of each event to its recipients.
 
 Every replica sees every event (it reads all stream shards), and delivers it only to the
-recipients connected here; a user with several connections gets it on each of them. Events are
-deduplicated by ``event_id`` here once (the relay publishes at least once), and the frame is
-encoded once for all the sockets it goes to.
+recipients connected here, of the event's tenant: connections are keyed by (tenant, user),
+since a user id names a person only within its tenant; a user with several connections gets
+it on each of them. Events are deduplicated by ``event_id`` here once (the relay publishes at
+least once), and the frame is encoded once for all the sockets it goes to.
 """
 
 from __future__ import annotations
@@ -19,28 +20,40 @@ from chat_ws_gateway.metrics import STREAM_DUPLICATES, WS_CONNECTIONS
 
 class Hub:
     def __init__(self, *, remembered_event_ids: int = 50_000) -> None:
-        self._by_user: dict[str, set[Connection]] = {}
+        self._by_user: dict[tuple[str, str], set[Connection]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remembered_event_ids
         self.count = 0
 
-    def connections_of(self, user_id: str) -> int:
-        """How many sockets ``user_id`` has open on this gateway."""
-        conns = self._by_user.get(user_id)
+    def connections_of(self, tenant: str, user_id: str) -> int:
+        """How many sockets ``user_id`` of ``tenant`` has open on this gateway."""
+        conns = self._by_user.get((tenant, user_id))
         return len(conns) if conns else 0
 
+    def tenants(self) -> set[str]:
+        """The tenants with a connection open here."""
+        return {tenant for tenant, _ in self._by_user}
+
+    def close_tenant(self, tenant: str, code: int, message: str, reason: str) -> int:
+        """Starts closing every connection of ``tenant``; returns how many."""
+        conns = [c for (t, _), cs in self._by_user.items() if t == tenant for c in cs]
+        for conn in conns:
+            conn.close(code, message, reason)
+        return len(conns)
+
     def add(self, conn: Connection) -> None:
-        self._by_user.setdefault(conn.user_id, set()).add(conn)
+        self._by_user.setdefault((conn.tenant_id, conn.user_id), set()).add(conn)
         self.count += 1
         WS_CONNECTIONS.inc()
 
     def remove(self, conn: Connection) -> None:
-        conns = self._by_user.get(conn.user_id)
+        key = (conn.tenant_id, conn.user_id)
+        conns = self._by_user.get(key)
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
         if not conns:
-            del self._by_user[conn.user_id]
+            del self._by_user[key]
         self.count -= 1
         WS_CONNECTIONS.dec()
 
@@ -54,8 +67,9 @@ class Hub:
             self._seen.popitem(last=False)
         frame: str | None = None
         delivered = 0
+        tenant = event.tenant
         for user_id in event.recipients:
-            conns = self._by_user.get(user_id)
+            conns = self._by_user.get((tenant, user_id))
             if not conns:
                 continue
             if frame is None:

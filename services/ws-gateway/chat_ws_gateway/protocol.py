@@ -30,6 +30,10 @@ CLOSE_SLOW_CONSUMER = 4008
 CLOSE_TOO_MANY_CONNECTIONS = 4029
 """The user already holds ``WS_MAX_CONNECTIONS_PER_USER`` sockets on this gateway: the new one
 is closed at once. Close another (or wait) before reconnecting; do not retry in a loop."""
+CLOSE_TENANT_DENIED = 4403
+"""The token's tenant is not registered or is disabled (at connect, or disabled while the
+socket was open: within WS_TENANT_CHECK_INTERVAL). Do not reconnect until the tenant is enabled
+again."""
 CLOSE_TOO_MANY_FRAMES = 4030
 """The client sent more than ``WS_MAX_INBOUND_FRAMES_PER_SECOND`` frames in a second: reconnect
 after a pause, resume, and send fewer frames."""

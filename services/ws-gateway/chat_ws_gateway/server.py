@@ -27,6 +27,7 @@ from chat_ws_gateway.hub import Hub
 from chat_ws_gateway.limits import FrameBudget
 from chat_ws_gateway.metrics import WS_CLOSES
 from chat_ws_gateway.settings import GatewaySettings
+from chat_ws_gateway.tenants import TenantWatch
 
 log = get_logger(__name__)
 
@@ -69,11 +70,12 @@ def authenticate(verifier: TokenVerifier, request: web.Request) -> Principal:
 
 class GatewayServer:
     def __init__(self, settings: GatewaySettings, verifier: TokenVerifier, hub: Hub,
-                 history: History) -> None:
+                 history: History, tenants: TenantWatch | None = None) -> None:
         self._settings = settings
         self._verifier = verifier
         self._hub = hub
         self._history = history
+        self._tenants = tenants
         self.accepting = True
         self.app = web.Application()
         self.app.router.add_get("/v1/ws", self._ws)
@@ -97,11 +99,22 @@ class GatewayServer:
             protocols=echo, heartbeat=s.ws_heartbeat or None, max_msg_size=s.ws_max_frame_bytes,
             compress=False,  # a deflate context per socket costs far more memory than it saves
             timeout=s.ws_close_timeout)
+        # Read before the handshake: from the handshake on, counting the user's sockets and
+        # adding this one happen with no await in between (below).
+        admitted = await self._tenant_admitted(principal.tenant_id)
         await ws.prepare(request)
+        if not admitted:
+            WS_CLOSES.labels("tenant_denied").inc()
+            log.info("ws_refused", user_id=principal.user_id, tenant=principal.tenant_id,
+                     reason="tenant_denied")
+            await ws.close(code=protocol.CLOSE_TENANT_DENIED,
+                           message=b"tenant is not registered or is disabled")
+            return ws
         # Counted and added with no await in between, so that concurrent opens cannot all
         # pass the check. The socket is accepted and then closed, not refused with an HTTP
         # status, because browsers do not show a failed upgrade's status to the page.
-        if self._hub.connections_of(principal.user_id) >= s.ws_max_connections_per_user:
+        if (self._hub.connections_of(principal.tenant_id, principal.user_id)
+                >= s.ws_max_connections_per_user):
             WS_CLOSES.labels("too_many_connections").inc()
             log.info("ws_refused", user_id=principal.user_id, reason="too_many_connections",
                      limit=s.ws_max_connections_per_user)
@@ -111,7 +124,7 @@ class GatewayServer:
         conn = Connection(ws, principal.user_id, history=self._history,
                           queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
                           max_positions=s.ws_max_resume_positions,
-                          transport=request.transport)
+                          transport=request.transport, tenant_id=principal.tenant_id)
         self._hub.add(conn)
         conn.start(expires_at=principal.expires_at, resume_wait=s.ws_resume_wait)
         log.debug("ws_connected", user_id=principal.user_id)
@@ -134,6 +147,18 @@ class GatewayServer:
             await conn.finish()
             log.debug("ws_disconnected", user_id=principal.user_id, code=ws.close_code)
         return ws
+
+    async def _tenant_admitted(self, tenant: str) -> bool:
+        """Whether the tenant is registered and active. A registry that cannot be read admits
+        the socket (PostgreSQL down must not close the gateway to everyone): the tenant watch
+        checks it again within WS_TENANT_CHECK_INTERVAL once the registry answers."""
+        if self._tenants is None:
+            return True
+        try:
+            return tenant in await self._tenants.active([tenant])
+        except Exception:  # noqa: BLE001 - see the docstring; the watch closes it later
+            log.warning("ws_tenant_check_failed", tenant=tenant, exc_info=True)
+            return True
 
     async def _index(self, _: web.Request) -> web.Response:
         return self._file("index.html")

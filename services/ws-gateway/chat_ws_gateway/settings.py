@@ -44,6 +44,15 @@ class GatewaySettings(ServiceSettings, HttpServerSettings):
     api_public_url: str = Field(
         "", description="HTTP API base URL the demo page calls; empty = same host, port 8080")
     shutdown_grace: Seconds = Field(10.0, ge=0, description="seconds to close sockets on SIGTERM")
+    database_role: str = Field(
+        "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
+        description="the role the gateway's sessions act as: one that cannot bypass row-level "
+                    "security (migrations create chat_app); empty = the login user itself "
+                    "(docs/tenancy.md)")
+    ws_tenant_check_interval: Seconds = Field(
+        2.0, gt=0, le=5,
+        description="seconds between re-reads of the tenant registry for the tenants with open "
+                    "sockets: a disabled tenant's sockets close (4403) within it")
     db_pool_size: int = Field(5, ge=1, le=1000,
                               description="connections kept open for catch-up reads")
 

@@ -6,29 +6,42 @@ from collections.abc import Sequence
 
 from chat_api.models import ConversationRecord, ConversationSummary, Page
 from chat_api.service import page_tokens, validation
+from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.conversations import ConversationRepository, direct_key
+from chat_shared.auth import Principal
+from chat_shared.errors import InvalidArgument
 
 
 class ConversationService:
-    def __init__(self, repo: ConversationRepository) -> None:
+    def __init__(self, repo: ConversationRepository, tenants: TenantDirectory) -> None:
         self._repo = repo
+        self._tenants = tenants
 
-    async def create(self, caller: str, member_ids: Sequence[str],
+    async def create(self, caller: Principal, member_ids: Sequence[str],
                      title: str) -> ConversationRecord:
-        """A new conversation (or the existing direct one). chat.proto's rules hold already:
-        1 to 999 distinct, well-formed ids, so at most 1,000 members with the caller."""
+        """A new conversation (or the existing direct one) in the caller's tenant, whose users
+        the member ids name. chat.proto's rules hold already: 1 to 999 distinct, well-formed
+        ids, so at most 1,000 members with the caller."""
+        me = caller.user_id
         members = list(member_ids)
-        if caller not in members:
-            members.append(caller)
+        if me not in members:
+            members.append(me)
+        tenant = await self._tenants.admit(caller.tenant_id)
+        if len(members) > tenant.max_members:
+            raise InvalidArgument("member_ids", f"a conversation has at most "
+                                                f"{tenant.max_members} members (the creator "
+                                                f"included) in this tenant")
         title = title.strip()
-        others = [m for m in members if m != caller]
-        direct = direct_key(caller, others[0]) if len(others) == 1 and not title else None
-        return await self._repo.create(caller, members, title, direct)
+        others = [m for m in members if m != me]
+        direct = direct_key(me, others[0]) if len(others) == 1 and not title else None
+        return await self._repo.create(caller.tenant_id, me, members, title, direct)
 
-    async def list(self, caller: str, limit: int, page_token: str) -> Page[ConversationSummary]:
+    async def list(self, caller: Principal, limit: int, page_token: str
+                   ) -> Page[ConversationSummary]:
         size = validation.limit(limit)
         after = page_tokens.parse_conversations_token(page_token) if page_token else None
-        rows = await self._repo.list_for_member(caller, size + 1, after)
+        rows = await self._repo.list_for_member(caller.tenant_id, caller.user_id, size + 1,
+                                                after)
         token = ""
         if len(rows) > size:
             rows = rows[:size]

@@ -1,6 +1,6 @@
 """SendMessage and GetMessages.
 
-Idempotency: (sender, idempotency_key) names one message, and the database alone decides it.
+Idempotency: (tenant, sender, idempotency_key) names one message, and the database alone decides it.
 The send statement (``storage.messages``) answers a used key with the original message instead
 of inserting, without taking a seq; concurrent sends of one key meet at the unique constraint.
 Either way the send answers ALREADY_EXISTS naming the original (its id, seq and conversation).
@@ -38,8 +38,10 @@ from prometheus_client import Counter
 from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
 from chat_api.service.reads import NOT_FOUND
+from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.messages import DuplicateKey, MessageRepository, PageMode
-from chat_shared.errors import AlreadyExists, NotFound
+from chat_shared.auth import Principal
+from chat_shared.errors import AlreadyExists, InvalidArgument, NotFound
 
 IDEMPOTENCY_HITS = Counter(
     "idempotency_hits_total",
@@ -66,16 +68,21 @@ def _duplicate(original: MessageRecord, conversation_id: str, content: str) -> A
 
 
 class MessageService:
-    def __init__(self, repo: MessageRepository) -> None:
+    def __init__(self, repo: MessageRepository, tenants: TenantDirectory) -> None:
         self._repo = repo
+        self._tenants = tenants
 
     async def send(
-        self, caller: str, conversation_id: str, content: str, key: str
+        self, caller: Principal, conversation_id: str, content: str, key: str
     ) -> MessageRecord:
         """Sends (chat.proto's rules on the three fields hold already)."""
         cid = validation.conversation_id(conversation_id)
+        tenant = await self._tenants.admit(caller.tenant_id)
+        if len(content) > tenant.max_message_length:
+            raise InvalidArgument("content", f"at most {tenant.max_message_length} characters "
+                                             f"in this tenant")
         try:
-            message = await self._repo.send(cid, caller, content, key)
+            message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key)
         except DuplicateKey as dup:
             IDEMPOTENCY_HITS.labels("database").inc()
             raise _duplicate(dup.original, cid, content) from None
@@ -84,7 +91,7 @@ class MessageService:
         return message
 
     async def history(
-        self, caller: str, conversation_id: str, limit: int, page_token: str,
+        self, caller: Principal, conversation_id: str, limit: int, page_token: str,
         before: datetime | None, after_seq: int | None,
     ) -> Page[MessageRecord]:
         """A page of messages. ``after_seq`` None: not given (newest first); 0: from the
@@ -102,7 +109,8 @@ class MessageService:
             mode, ascending = PageMode.BEFORE_TIME, False
         else:
             mode, ascending = PageMode.NEWEST, False
-        rows = await self._repo.page(cid, caller, mode, size + 1, cursor=cursor, before=before)
+        rows = await self._repo.page(caller.tenant_id, cid, caller.user_id, mode, size + 1,
+                                     cursor=cursor, before=before)
         if rows is None:
             raise NotFound(NOT_FOUND)
         token = ""

@@ -49,29 +49,32 @@ _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
 _SEND = f"""
     WITH prior AS (
         SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
-        WHERE sender_id = %(sender_id)s AND idempotency_key = %(idempotency_key)s
+        WHERE tenant_id = %(tenant)s AND sender_id = %(sender_id)s
+          AND idempotency_key = %(idempotency_key)s
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
                last_message_at = GREATEST(now.t, c.last_activity_at),
                last_activity_at = GREATEST(now.t, c.last_activity_at)
           FROM (SELECT clock_timestamp() AS t) now
-         WHERE c.id = %(conversation_id)s
+         WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
            AND NOT EXISTS (SELECT 1 FROM prior)
            AND EXISTS (SELECT 1 FROM conversation_members m
-                        WHERE m.conversation_id = c.id AND m.user_id = %(sender_id)s)
+                        WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id
+                          AND m.user_id = %(sender_id)s)
         RETURNING c.id, c.last_seq, c.last_message_at, c.member_ids,
                   cardinality(c.member_ids) AS members
     ), msg AS (
-        INSERT INTO messages (id, conversation_id, seq, sender_id, content, idempotency_key,
-                              created_at)
-        SELECT gen_random_uuid(), conv.id, conv.last_seq, %(sender_id)s, %(content)s,
+        INSERT INTO messages (tenant_id, id, conversation_id, seq, sender_id, content,
+                              idempotency_key, created_at)
+        SELECT %(tenant)s, gen_random_uuid(), conv.id, conv.last_seq, %(sender_id)s, %(content)s,
                %(idempotency_key)s, conv.last_message_at
         FROM conv
         RETURNING id, conversation_id, seq, sender_id, content, created_at
     ), evt AS (
-        INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
-        SELECT gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id, msg.seq,
+        INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
+                            payload)
+        SELECT %(tenant)s, gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id, msg.seq,
                conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}
         FROM msg, conv
     ), members AS (
@@ -83,7 +86,7 @@ _SEND = f"""
                                     THEN GREATEST(m.last_read_seq, conv.last_seq)
                                     ELSE m.last_read_seq END
           FROM conv
-         WHERE m.conversation_id = conv.id
+         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = conv.id
            AND (m.user_id = %(sender_id)s
                 OR conv.members <= {EXACT_ORDER_MEMBERS}  -- not the array: once per row
                 OR m.last_activity_at <= conv.last_message_at - interval '1 second')
@@ -95,7 +98,8 @@ _SEND = f"""
 
 _BY_KEY = """
     SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
-    WHERE sender_id = %(sender_id)s AND idempotency_key = %(idempotency_key)s
+    WHERE tenant_id = %(tenant)s AND sender_id = %(sender_id)s
+      AND idempotency_key = %(idempotency_key)s
     """
 
 # The membership row drives a lateral page of messages: no row at all means "not a member or
@@ -110,14 +114,16 @@ _BY_KEY = """
 # (The CASTs: psycopg sends a small Python int as smallint, and smallint + smallint overflows.)
 _PAGE_HEAD = """
     SELECT p.* FROM conversation_members cm
-    JOIN conversations c ON c.id = cm.conversation_id
+    JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
     LEFT JOIN LATERAL (
         SELECT m.id::text, m.conversation_id::text, m.seq, m.sender_id, m.content, m.created_at
-        FROM messages m WHERE m.conversation_id = cm.conversation_id
+        FROM messages m
+        WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
 """
 _PAGE_TAIL = """
     ) p ON true
-    WHERE cm.conversation_id = %(conversation_id)s AND cm.user_id = %(user_id)s
+    WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
+      AND cm.user_id = %(user_id)s
 """
 # The seq of the newest message older than %(before)s: the newest time before it (one
 # backward probe of ix_messages_conversation_created), then the highest seq at exactly that
@@ -126,10 +132,11 @@ _PAGE_TAIL = """
 # conversation named, member or not: the page below joins it only to a membership row.
 _BEFORE_TIME_POSITION = """
     WITH pos AS (
-        SELECT max(s.seq) AS k FROM messages s
-        WHERE s.conversation_id = %(conversation_id)s
+        SELECT max(s.seq) AS k, max(s.seq) - CAST(%(limit)s AS bigint) AS lo FROM messages s
+        WHERE s.tenant_id = %(tenant)s AND s.conversation_id = %(conversation_id)s
           AND s.created_at = (SELECT max(t.created_at) FROM messages t
-                              WHERE t.conversation_id = %(conversation_id)s
+                              WHERE t.tenant_id = %(tenant)s
+                                AND t.conversation_id = %(conversation_id)s
                                 AND t.created_at < %(before)s)
     )
 """
@@ -143,9 +150,15 @@ _PAGE = {
     # (conversation_id, created_at) index in one probe (``_BEFORE_TIME_POSITION``), and the page
     # is then the seq range below it, like any other page. (Walking the seq index backwards
     # with created_at as a filter read every newer message: 207 ms with 1,000,000 newer.)
-    "before_time": _BEFORE_TIME_POSITION + _PAGE_HEAD
-                   + " AND m.seq <= (SELECT k FROM pos)"
-                     " AND m.seq > (SELECT k FROM pos) - CAST(%(limit)s AS bigint)"
+    # The bounds are joined columns (``pos.k``, ``pos.lo``), not sub-selects or arithmetic on
+    # a column: under row-level security only leakproof conditions may run before the tenant
+    # policy, and neither a sub-select nor int8 subtraction (it can overflow) is leakproof, so
+    # such a bound could not be an index condition and the page read every older message
+    # (50,002 rows instead of 51: tests/integration/test_plan_stability.py).
+    "before_time": _BEFORE_TIME_POSITION
+                   + _PAGE_HEAD.replace("FROM messages m\n", "FROM pos, messages m\n")
+                   + " AND m.seq <= pos.k"
+                     " AND m.seq > pos.lo"
                      " AND m.created_at < %(before)s"
                      " ORDER BY m.seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC",
     "after_seq": _PAGE_HEAD + " AND m.seq > %(cursor)s"
@@ -167,7 +180,7 @@ class PageMode(enum.Enum):
 
 
 class DuplicateKey(Exception):
-    """The (sender, idempotency_key) pair already names a committed message."""
+    """The (tenant, sender, idempotency_key) triple already names a committed message."""
 
     # A plain class, not a frozen dataclass: ``raise`` sets __traceback__/__cause__ on the
     # instance, which a frozen (slotted) dataclass refuses, so the raise itself would fail.
@@ -181,20 +194,21 @@ class MessageRepository:
         self._db = db
 
     async def send(
-        self, conversation_id: str, sender_id: str, content: str, idempotency_key: str
+        self, tenant: str, conversation_id: str, sender_id: str, content: str,
+        idempotency_key: str,
     ) -> MessageRecord | None:
         """Commits the message and its outbox event; None when the sender is not a member.
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
-        params = {"conversation_id": conversation_id, "sender_id": sender_id,
+        params = {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
                   "content": content, "idempotency_key": idempotency_key}
         try:
-            row = await self._db.fetchone("db.send_message", _SEND, params)
+            row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
             if exc.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
                 raise
-            original = await self.by_idempotency_key(sender_id, idempotency_key)
+            original = await self.by_idempotency_key(tenant, sender_id, idempotency_key)
             if original is None:
                 raise
             raise DuplicateKey(original) from exc
@@ -204,24 +218,27 @@ class MessageRepository:
             raise DuplicateKey(message_from(row, 1))
         return message_from(row, 1)
 
-    async def by_idempotency_key(self, sender_id: str, key: str) -> MessageRecord | None:
-        """The committed message that (sender, key) names, if any."""
+    async def by_idempotency_key(self, tenant: str, sender_id: str, key: str
+                                 ) -> MessageRecord | None:
+        """The committed message that (tenant, sender, key) names, if any."""
         row = await self._db.fetchone("db.message_by_key", _BY_KEY,
-                                      {"sender_id": sender_id, "idempotency_key": key})
+                                      {"tenant": tenant, "sender_id": sender_id,
+                                       "idempotency_key": key}, tenant=tenant)
         return message_from(row) if row is not None else None
 
     async def page(
-        self, conversation_id: str, user_id: str, mode: PageMode, limit: int,
+        self, tenant: str, conversation_id: str, user_id: str, mode: PageMode, limit: int,
         cursor: int = 0, before: datetime | None = None,
     ) -> list[MessageRecord] | None:
         """One page of messages in the mode's order; None when the user is not a member."""
-        params: dict[str, object] = {"conversation_id": conversation_id, "user_id": user_id,
-                                     "limit": limit}
+        params: dict[str, object] = {"tenant": tenant, "conversation_id": conversation_id,
+                                     "user_id": user_id, "limit": limit}
         if mode in (PageMode.BEFORE_SEQ, PageMode.AFTER_SEQ):
             params["cursor"] = min(cursor, MAX_CURSOR)
         elif mode is PageMode.BEFORE_TIME:
             params["before"] = before
-        rows = await self._db.fetchall("db.get_messages", _PAGE[mode.value], params)
+        rows = await self._db.fetchall("db.get_messages", _PAGE[mode.value], params,
+                                       tenant=tenant)
         if not rows:
             return None
         return [message_from(r) for r in rows if r[0] is not None]

@@ -21,17 +21,21 @@ _MARK = f"""
                         LEAST(CASE WHEN CAST(%(up_to_seq)s AS bigint) = 0 THEN c.last_seq
                                    ELSE CAST(%(up_to_seq)s AS bigint) END,
                               c.last_seq)) AS new_seq
-        FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
-        WHERE m.conversation_id = %(conversation_id)s AND m.user_id = %(user_id)s
+        FROM conversation_members m
+        JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id
+        WHERE m.tenant_id = %(tenant)s AND m.conversation_id = %(conversation_id)s
+          AND m.user_id = %(user_id)s
         FOR UPDATE OF m
     ), upd AS (
         UPDATE conversation_members m SET last_read_seq = t.new_seq
         FROM target t
-        WHERE m.conversation_id = t.conversation_id AND m.user_id = t.user_id
+        WHERE m.tenant_id = %(tenant)s AND m.conversation_id = t.conversation_id
+          AND m.user_id = t.user_id
           AND t.new_seq > t.old_seq
     ), evt AS (
-        INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
-        SELECT gen_random_uuid(), '{CONVERSATION_READ}', t.conversation_id, t.new_seq,
+        INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
+                            payload)
+        SELECT %(tenant)s, gen_random_uuid(), '{CONVERSATION_READ}', t.conversation_id, t.new_seq,
                t.member_ids, {_CONVERSATION_READ_PAYLOAD}
         FROM target t WHERE t.new_seq > t.old_seq
     )
@@ -43,10 +47,12 @@ class ReadRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def mark(self, conversation_id: str, user_id: str, up_to_seq: int) -> ReadPosition | None:
+    async def mark(self, tenant: str, conversation_id: str, user_id: str, up_to_seq: int
+                   ) -> ReadPosition | None:
         """Moves the read position; None when the user is not a member."""
-        params = {"conversation_id": conversation_id, "user_id": user_id, "up_to_seq": up_to_seq}
-        row = await self._db.fetchone("db.mark_as_read", _MARK, params)
+        params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id,
+                  "up_to_seq": up_to_seq}
+        row = await self._db.fetchone("db.mark_as_read", _MARK, params, tenant=tenant)
         if row is None:
             return None
         return ReadPosition(last_read_seq=int(row[0]), unread_count=int(row[1]))

@@ -27,6 +27,7 @@ import structlog
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram
 
+from chat_api.service.tenants import TenantDirectory
 from chat_api.transport import request_rules
 from chat_api.transport.handlers import Handler
 from chat_shared import deadlines
@@ -80,6 +81,7 @@ class CallContext:
     authorization: str | None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     user_id: str = ""
+    tenant_id: str = ""
     trace_id: str = ""
     """For the log line when no span carries one (spans not recorded); "" when a span does."""
     timeout: float | None = None
@@ -87,9 +89,16 @@ class CallContext:
 
 
 class Dispatcher:
-    def __init__(self, verifier: TokenVerifier, handlers: dict[str, Handler]) -> None:
+    def __init__(self, verifier: TokenVerifier, handlers: dict[str, Handler],
+                 tenants: TenantDirectory | None = None) -> None:
+        """
+        Args:
+            tenants: admits each caller's tenant (registered and active) before the request
+                is read; None admits every tenant (tests of the pipeline alone).
+        """
         self._verifier = verifier
         self._handlers = handlers
+        self._tenants = tenants
 
     @property
     def methods(self) -> list[str]:
@@ -116,15 +125,18 @@ class Dispatcher:
                 raise NotFound(f"unknown method {ctx.method}")
             principal = self._verifier.verify_authorization(ctx.authorization)
             ctx.user_id = principal.user_id
+            ctx.tenant_id = principal.tenant_id
+            if self._tenants is not None:
+                await self._tenants.admit(principal.tenant_id)
             if decode is not None:
                 request = decode(request)
             request_rules.check(request)
             if ctx.timeout is None:
-                return await handler(principal.user_id, request)
+                return await handler(principal, request)
             if ctx.timeout <= DEADLINE_LEAD:
                 raise DeadlineExceeded("deadline exceeded before the call started")
             with deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD):
-                return await handler(principal.user_id, request)
+                return await handler(principal, request)
         except ChatError as exc:
             code = exc.code
             raise
@@ -133,7 +145,8 @@ class Dispatcher:
             raise
         except Exception as exc:
             code = "INTERNAL"
-            log.exception("rpc_failed", method=ctx.method, user=ctx.user_id)
+            log.exception("rpc_failed", method=ctx.method, user=ctx.user_id,
+                          tenant=ctx.tenant_id)
             raise Internal("internal error") from exc
         finally:
             elapsed = time.perf_counter() - start
@@ -141,6 +154,7 @@ class Dispatcher:
             RPC_REQUESTS.labels(ctx.method, code, ctx.transport).inc()
             RPC_DURATION.labels(ctx.method, ctx.transport).observe(elapsed)
             log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
-                     duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None)
+                     duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None,
+                     tenant=ctx.tenant_id or None)
             structlog.contextvars.unbind_contextvars(
                 *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))

@@ -16,9 +16,11 @@ from chat_api.service.conversations import ConversationService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
 from chat_api.transport import convert
+from chat_shared.auth import Principal
 from chat_shared.protos.chat.v1 import chat_pb2
 
-Handler = Callable[[str, Any], Awaitable[Message]]
+Handler = Callable[[Principal, Any], Awaitable[Message]]
+"""A handler takes the authenticated caller (user and tenant) and the decoded request."""
 
 
 @dataclass
@@ -28,7 +30,7 @@ class ChatHandlers:
     reads: ReadService
 
     async def CreateConversation(  # noqa: N802 - named after the RPC
-        self, caller: str, req: chat_pb2.CreateConversationRequest
+        self, caller: Principal, req: chat_pb2.CreateConversationRequest
     ) -> chat_pb2.CreateConversationResponse:
         # The repeated field itself, not a list copy: its size is checked before anything
         # else touches its (up to a megabyte of) entries.
@@ -38,7 +40,7 @@ class ChatHandlers:
         return resp
 
     async def SendMessage(  # noqa: N802
-        self, caller: str, req: chat_pb2.SendMessageRequest
+        self, caller: Principal, req: chat_pb2.SendMessageRequest
     ) -> chat_pb2.SendMessageResponse:
         msg = await self.messages.send(caller, req.conversation_id, req.content,
                                        req.idempotency_key)
@@ -47,7 +49,7 @@ class ChatHandlers:
         return resp
 
     async def GetMessages(  # noqa: N802
-        self, caller: str, req: chat_pb2.GetMessagesRequest
+        self, caller: Principal, req: chat_pb2.GetMessagesRequest
     ) -> chat_pb2.GetMessagesResponse:
         before = (convert.to_datetime(req.before_timestamp, "before_timestamp")
                   if req.HasField("before_timestamp") else None)
@@ -60,7 +62,7 @@ class ChatHandlers:
         return resp
 
     async def GetConversations(  # noqa: N802
-        self, caller: str, req: chat_pb2.GetConversationsRequest
+        self, caller: Principal, req: chat_pb2.GetConversationsRequest
     ) -> chat_pb2.GetConversationsResponse:
         page = await self.conversations.list(caller, req.limit, req.page_token)
         resp = chat_pb2.GetConversationsResponse(next_page_token=page.next_page_token)
@@ -69,7 +71,7 @@ class ChatHandlers:
         return resp
 
     async def MarkAsRead(  # noqa: N802
-        self, caller: str, req: chat_pb2.MarkAsReadRequest
+        self, caller: Principal, req: chat_pb2.MarkAsReadRequest
     ) -> chat_pb2.MarkAsReadResponse:
         pos = await self.reads.mark_as_read(caller, req.conversation_id, req.up_to_seq)
         return chat_pb2.MarkAsReadResponse(last_read_seq=pos.last_read_seq,

@@ -1,0 +1,96 @@
+"""Which tenants may call, and their limits: the registry, remembered for a few seconds.
+
+Every call's tenant (from its token) must be in the registry and active, or the call is
+PERMISSION_DENIED; with TENANT_AUTO_CREATE a tenant the registry does not know is registered
+on its first call instead. The answer (also "unknown") is remembered for TENANT_CACHE_TTL
+seconds, so the registry costs one read per tenant per few seconds, and ``chat-tenant disable``
+takes effect within that time.
+
+Limits: a tenant's registry entry may set ``max_members`` (members of a conversation, the
+creator included) and ``max_message_length`` (characters); a name it does not set takes the
+service's setting. Other names are kept for the limits to come (rate limits read them the same
+way, through ``Tenant.limit``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chat_api.models import TenantRecord
+from chat_api.storage.tenants import TenantRepository
+from chat_shared.errors import PermissionDenied
+
+LIMIT_NAMES = ("max_members", "max_message_length")
+"""The limits the API enforces today (``chat-tenant set-limit`` accepts these)."""
+
+_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TenantDefaults:
+    """The settings' limits, for every tenant that does not set its own."""
+
+    max_members: int
+    max_message_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    max_members: int
+    max_message_length: int
+    record: TenantRecord
+
+    def limit(self, name: str, default: int) -> int:
+        """The tenant's own value of the limit ``name``, else ``default``."""
+        return _limit(self.record, name, default)
+
+
+def _limit(record: TenantRecord, name: str, default: int) -> int:
+    value = record.limits.get(name)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return default
+
+
+class TenantDirectory:
+    def __init__(self, repo: TenantRepository, defaults: TenantDefaults, *,
+                 ttl: float, auto_create: bool,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._repo = repo
+        self._defaults = defaults
+        self._ttl = ttl
+        self._auto_create = auto_create
+        self._clock = clock
+        self._known: dict[str, tuple[float, TenantRecord | None]] = {}
+
+    async def admit(self, tenant_id: str) -> Tenant:
+        """The caller's tenant when it may call.
+
+        Raises:
+            PermissionDenied: the tenant is not registered (and not created) or is disabled.
+            Unavailable: the registry could not be read.
+        """
+        now = self._clock()
+        cached = self._known.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            record = cached[1]
+        else:
+            record = await self._repo.get(tenant_id)
+            if record is None and self._auto_create:
+                record = await self._repo.create(tenant_id)
+            if len(self._known) >= _CACHE_SIZE:
+                self._known.clear()
+            self._known[tenant_id] = (now + self._ttl, record)
+        if record is None:
+            raise PermissionDenied("tenant is not registered", reason="TENANT_UNKNOWN")
+        if not record.active:
+            raise PermissionDenied("tenant is disabled", reason="TENANT_DISABLED")
+        return self._tenant(record)
+
+    def _tenant(self, record: TenantRecord) -> Tenant:
+        d = self._defaults
+        return Tenant(record.id, _limit(record, "max_members", d.max_members),
+                      _limit(record, "max_message_length", d.max_message_length), record)
