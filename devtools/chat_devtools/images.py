@@ -197,6 +197,13 @@ def labels(info: Mapping[str, object]) -> dict[str, str]:
     return dict(found)
 
 
+def containers(cache: Path) -> set[str]:
+    """The ids of the working containers in the store."""
+    proc = subprocess.run([*buildah_argv(cache), "containers", "--quiet", "--notruncate"],
+                          capture_output=True, text=True, timeout=120)
+    return set(proc.stdout.split()) if proc.returncode == 0 else set()
+
+
 _UNITS = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
@@ -419,15 +426,27 @@ def build(root: Path, services: Sequence[str] = SERVICES, *, cache: Path | None 
         ensure_stand_ins(root, cache, environ.get("CHAT_IMAGES_DEBIAN_MIRROR", DEBIAN_MIRROR),
                          echo)
     built = []
-    with index_secrets(environ) as secrets:
-        for service in services:
-            image = build_service(service, root, cache, secrets, pull=pull)
-            echo(f"images: {image.name} built in {image.seconds:.0f}s, "
-                 f"{image.size_bytes / 1e6:.0f} MB")
-            built.append(image)
-    # The images these replaced, now untagged (a few hundred MB each).
-    run_logged([*buildah_argv(cache), "rmi", "--prune"], cache / "logs" / "prune.log",
-               what="removing replaced images")
+    before = containers(cache)
+    try:
+        with index_secrets(environ) as secrets:
+            for service in services:
+                image = build_service(service, root, cache, secrets, pull=pull)
+                echo(f"images: {image.name} built in {image.seconds:.0f}s, "
+                     f"{image.size_bytes / 1e6:.0f} MB")
+                built.append(image)
+    finally:
+        # buildah 1.28 leaves the working container of a stage that is only copied from (the
+        # uv stage) behind, a copy of its image each: removed here.
+        for leftover in containers(cache) - before:
+            subprocess.run([*buildah_argv(cache), "rm", leftover], capture_output=True,
+                           timeout=120)
+    # The images these replaced, now untagged (a few hundred MB each); one that a container
+    # still uses stays, and that is no reason to fail the build.
+    try:
+        run_logged([*buildah_argv(cache), "rmi", "--prune"], cache / "logs" / "prune.log",
+                   what="removing replaced images")
+    except ImageBuildError as e:
+        echo(f"images: (kept some replaced images) {e}")
     return built
 
 

@@ -32,6 +32,10 @@ from tests.k8s import support as k8s
 
 ROOT = k8s.ROOT
 SECRETS_DIR = "/var/run/secrets/chat"
+"""Where the chart mounts the credential files."""
+SECRETS_MOUNT = "/run/secrets/chat"
+"""The same directory as buildah must be told it: it follows no symlink in a mount's target,
+and /var/run is a link to /run in the image."""
 
 
 def buildah(*args: str, timeout: float = 600) -> str:
@@ -133,14 +137,17 @@ def service_pid(buildah_pid: int) -> int:
 
 
 class Container:
-    """An image's command under ``buildah run``; ``env`` is the container's whole environment
-    on top of the image's (its values may be ``PICK``, filled in at each start)."""
+    """An image's command under ``buildah run`` (default: the one the image names, its CMD);
+    ``env`` is the container's environment on top of the image's (its values may be ``PICK``,
+    filled in at each start)."""
 
-    def __init__(self, name: str, image: str, command: Sequence[str], env: Mapping[str, str],
-                 log_dir: pathlib.Path, *, ready: Probe | None = None,
+    def __init__(self, name: str, image: str, env: Mapping[str, str], log_dir: pathlib.Path,
+                 *, command: Sequence[str] | None = None, ready: Probe | None = None,
                  volumes: Sequence[str] = ()) -> None:
         self.name = name
         self.image = image
+        config = image_config(image)["config"]
+        self.command = list(command or [*(config.get("Entrypoint") or []), *config["Cmd"]])
         self.container = f"chat-smoke-{name}-{os.getpid()}"
         with contextlib.suppress(AssertionError):
             buildah("rm", self.container)
@@ -153,7 +160,7 @@ class Container:
                           "--network", "host", "--mount", "type=tmpfs,destination=/tmp",
                           *(arg for v in volumes for arg in ("--volume", v))])
         env_args = " ".join(f'-e "{key}=${{{key}}}"' for key in env)
-        script = f"exec {run} {env_args} {shlex.quote(self.container)} -- {shlex.join(command)}"
+        script = f"exec {run} {env_args} {shlex.quote(self.container)} -- {shlex.join(self.command)}"
         outer = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
         self.process = ServiceProcess(name, ["/bin/sh", "-c", script], env={**outer, **env},
                                       ready=ready, log_path=log_dir / f"{name}.log")
