@@ -160,7 +160,8 @@ class Container:
                           "--network", "host", "--mount", "type=tmpfs,destination=/tmp",
                           *(arg for v in volumes for arg in ("--volume", v))])
         env_args = " ".join(f'-e "{key}=${{{key}}}"' for key in env)
-        script = f"exec {run} {env_args} {shlex.quote(self.container)} -- {shlex.join(self.command)}"
+        script = (f"exec {run} {env_args} {shlex.quote(self.container)} -- "
+                  f"{shlex.join(self.command)}")
         outer = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
         self.process = ServiceProcess(name, ["/bin/sh", "-c", script], env={**outer, **env},
                                       ready=ready, log_path=log_dir / f"{name}.log")

@@ -103,7 +103,8 @@ def image_bundle(layer_files: Sequence[pathlib.Path]) -> bytes:
     bundle = b""
     for layer in layer_files:
         for info, tar in members(layer):
-            if info.name.removeprefix("./") == "etc/ssl/certs/ca-certificates.crt" and info.isfile():
+            path = info.name.removeprefix("./")
+            if path == "etc/ssl/certs/ca-certificates.crt" and info.isfile():
                 handle = tar.extractfile(info)
                 assert handle is not None
                 bundle = handle.read()
