@@ -140,6 +140,11 @@ def test_image_holds_the_service_and_nothing_it_must_not(
         tmp_path: pathlib.Path) -> None:
     image = built_images[service]
     print(f"{image.name}: {image.size_bytes / 1e6:.0f} MB")
+    # docs/operations.md gives each image's size: within a tenth of what was built.
+    documented = re.search(rf"^\| chat-{service} \| (\d+) MB \|$",
+                           (support.ROOT / "docs" / "operations.md").read_text(), flags=re.M)
+    assert documented, f"docs/operations.md gives no size for chat-{service}"
+    assert abs(int(documented.group(1)) * 1e6 - image.size_bytes) < image.size_bytes / 10
     oci = support.image_config(image.name)
     config = oci["config"]
     user, _, group = config["User"].partition(":")
