@@ -455,11 +455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="./dev images",
         description="Build the service images with buildah (local stand-ins for the base "
                     "images unless --pull).")
-    parser.add_argument("services", nargs="*", choices=[[], *SERVICES], metavar="SERVICE",
+    parser.add_argument("services", nargs="*", metavar="SERVICE",
                         help=f"only these ({', '.join(SERVICES)}); default all")
     parser.add_argument("--pull", action="store_true",
                         help="pull the real base images from their registries (no stand-ins)")
     args = parser.parse_args(argv)
+    unknown = [s for s in args.services if s not in SERVICES]
+    if unknown:
+        parser.error(f"no service {', '.join(unknown)}; one of {', '.join(SERVICES)}")
     root = Path.cwd()
     if not dockerfile("api", root).is_file():
         parser.error("run from the repository root (./dev images does)")

@@ -170,6 +170,12 @@ class Container:
         self.process.start()
         return self
 
+    def uid(self) -> int:
+        """The real user id the service's process runs as."""
+        status = pathlib.Path(f"/proc/{service_pid(self.process.pid)}/status").read_text()
+        (line,) = [ln for ln in status.splitlines() if ln.startswith("Uid:")]
+        return int(line.split()[1])
+
     def terminate(self, grace: float) -> int:
         """SIGTERM to the service's process; its exit code (buildah run passes it on)."""
         os.kill(service_pid(self.process.pid), signal.SIGTERM)

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import kmock as km
 import psycopg
 import pytest
 import yaml
@@ -48,7 +49,7 @@ def operator_ready(proc: ServiceProcess) -> bool:
 
 async def test_images_run_the_chat_pipeline(
         built_images: dict[str, images.BuiltImage], postgres: LocalPostgres, redis_addr: str,
-        kmock: object, tmp_path: pathlib.Path) -> None:
+        kmock: km.KubernetesEmulator, tmp_path: pathlib.Path) -> None:
     name = {service: image.name for service, image in built_images.items()}
     uid = int(support.image_config(name["api"])["config"]["User"].split(":")[0])
     db_source = postgres.create_database(f"images_{uuid.uuid4().hex[:8]}")  # empty: no schema
@@ -70,7 +71,7 @@ async def test_images_run_the_chat_pipeline(
     kube.mkdir(mode=0o755)
     (kube / "config").write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],  # type: ignore[attr-defined]
+        "clusters": [{"name": "kmock", "cluster": {"server": str(kmock.url).rstrip("/")}}],
         "users": [{"name": "kmock", "user": {"token": "test"}}],
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}]}))
     (kube / "config").chmod(0o444)
@@ -111,6 +112,8 @@ async def test_images_run_the_chat_pipeline(
             c.start()
         for c in services:
             await c.process.ready(120)
+        # As the image's own user, the one a pod's runAsNonRoot sees in the image.
+        assert {c.name: c.uid() for c in services} == {c.name: uid for c in services}
 
         # gRPC health, through the api container's port.
         with grpc.insecure_channel(f"{LOOPBACK}:{api.process.port('grpc_port')}") as channel:
