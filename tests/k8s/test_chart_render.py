@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import re
 import tarfile
 
 import pytest
@@ -114,3 +115,15 @@ def test_packaged_chart_renders_the_same_objects(tmp_path: pathlib.Path) -> None
     packaged = [d for d in yaml.safe_load_all(out) if d]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in packaged) == sorted(
         (d["kind"], d["metadata"]["name"]) for d in support.render())
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_config_map_numbers_are_written_as_the_services_parse_them(variant: str) -> None:
+    """helm reads a large number from values as a float and writes 1e+06 unless the template
+    converts it; the services' integer settings refuse that (seen when the relay's image first
+    ran with the chart's environment)."""
+    for cm in support.of_kind(support.render(variant), "ConfigMap"):
+        for key, value in (cm.get("data") or {}).items():
+            assert not re.fullmatch(r"[-+]?\d+(\.\d+)?[eE][-+]?\d+", value), (key, value)
+    data = support.by_name(support.render(variant), "ConfigMap")["chat-service"]["data"]
+    assert data["STREAM_MAXLEN"].isdigit() and data["STREAM_SHARDS"].isdigit()

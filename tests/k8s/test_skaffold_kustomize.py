@@ -70,15 +70,17 @@ def test_configs_profiles_and_paths_exist() -> None:
     builds = [chat["build"]] + [p["build"] for p in chat["profiles"] if "build" in p]
     for build in builds:
         images = {a["image"] for a in build["artifacts"]}
-        assert images == {"chat-api", "chat-outbox-relay", "chat-relay-operator",
-                          "chat-ws-gateway"}
+        assert images == {"ghcr.io/chat-service/chat-api", "ghcr.io/chat-service/chat-outbox-relay",
+                          "ghcr.io/chat-service/chat-relay-operator",
+                          "ghcr.io/chat-service/chat-ws-gateway"}
         for a in build["artifacts"]:
             assert (support.ROOT / a["context"] / a["docker"]["dockerfile"]).is_file()
     for _, release, _ in releases():
         assert (support.ROOT / release["chartPath"] / "Chart.yaml").is_file()
         for f in release["valuesFiles"]:
             assert (support.ROOT / f).is_file()
-        artifacts = {a["image"].replace("-", "_") for a in chat["build"]["artifacts"]}
+        # skaffold's template names: the image name with every non-alphanumeric as "_"
+        artifacts = {re.sub(r"[^A-Za-z0-9]", "_", a["image"]) for a in chat["build"]["artifacts"]}
         used = set(re.findall(r"IMAGE_(?:REPO|TAG)_(\w+)", str(release["setValueTemplates"])))
         assert used == artifacts
 
@@ -90,10 +92,9 @@ def test_releases_render_with_skaffolds_values_and_validate(kube: str) -> None:
         docs = render_release(release, kube)
         assert [e for d in docs for e in support.schema_errors(d, kube)] == []
         images = {c["image"] for _, spec in support.pod_specs(docs) for c in spec["containers"]}
-        assert images == {"registry.local/chat_api:dev-1234abcd",
-                          "registry.local/chat_outbox_relay:dev-1234abcd",
-                          "registry.local/chat_relay_operator:dev-1234abcd",
-                          "registry.local/chat_ws_gateway:dev-1234abcd"}, profile
+        assert images == {f"registry.local/ghcr_io_chat_service_chat_{name}:dev-1234abcd"
+                          for name in ("api", "outbox_relay", "relay_operator", "ws_gateway")}, \
+            profile
         services = support.by_name(docs, "Service")
         forwards = section.get("portForward", chat["portForward"]) if profile != "base" \
             else chat["portForward"]
