@@ -50,6 +50,7 @@ async def test_a_large_cursor_reuses_the_warmed_statement(stub, db_source: str) 
 
     from chat_api.storage.messages import _PAGE
     from chat_api.storage.warmup import warm_connection
+    from chat_shared.db import tenant_execute
 
     conv = await create_conversation(stub, "alice", ["bob"])
     await send(stub, "alice", conv.id, "hello")
@@ -57,11 +58,11 @@ async def test_a_large_cursor_reuses_the_warmed_statement(stub, db_source: str) 
         await warm_connection(conn)
         for cursor in (2, 40_000, 3_000_000_000):  # int2, int4 and int8 by value
             for _ in range(6):  # past psycopg's prepare threshold
-                rows = await (await conn.execute(_PAGE["before_seq"], {
-                    "conversation_id": conv.id, "user_id": "alice", "cursor": cursor,
-                    "limit": 50})).fetchall()
+                rows = await (await tenant_execute(conn, "default", _PAGE["before_seq"], {
+                    "tenant": "default", "conversation_id": conv.id, "user_id": "alice",
+                    "cursor": cursor, "limit": 50})).fetchall()
                 # A page is a seq range below the cursor: only the smallest reaches seq 1.
                 assert len([r for r in rows if r[0] is not None]) == (cursor == 2)
         prepared = await (await conn.execute(
             "SELECT count(*) FROM pg_prepared_statements")).fetchone()
-    assert prepared == (len(HOT_STATEMENTS),)
+    assert prepared == (len(HOT_STATEMENTS) + 1,)  # and the tenant setting
