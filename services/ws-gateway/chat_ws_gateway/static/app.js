@@ -263,24 +263,38 @@ function connect() {
   ws.onmessage = (ev) => {
     try { onEvent(JSON.parse(ev.data)); } catch (e) { console.error(e); }
   };
-  ws.onclose = async (ev) => {
-    clearInterval(state.pingTimer);
-    clearTimeout(state.pongDeadline);
-    if (!state.signedIn) return;
-    setStatus(`Disconnected (${ev.code}); reconnecting…`, "offline");
-    if (ev.code === 4001 || ev.code === 1006 && state.retry > 1) {
-      try { state.token = await getToken(state.user); } catch (_) { /* retried below */ }
-    }
-    const delay = Math.min(10000, 500 * 2 ** state.retry) * (0.75 + Math.random() / 2);
-    state.retry += 1;
-    state.retryTimer = setTimeout(connect, delay);
-  };
+  ws.onclose = (ev) => disconnected(ev.code);
+}
+
+// The socket is gone (closed by either side, or dropped by us when the browser went offline):
+// say so, and reconnect with backoff; the positions are kept, so the next socket resumes.
+async function disconnected(code) {
+  clearInterval(state.pingTimer);
+  clearTimeout(state.pongDeadline);
+  if (!state.signedIn) return;
+  setStatus(`Disconnected (${code}); reconnecting…`, "offline");
+  if (code === 4001 || code === 1006 && state.retry > 1) {
+    try { state.token = await getToken(state.user); } catch (_) { /* retried below */ }
+  }
+  const delay = Math.min(10000, 500 * 2 ** state.retry) * (0.75 + Math.random() / 2);
+  state.retry += 1;
+  clearTimeout(state.retryTimer);
+  state.retryTimer = setTimeout(connect, delay);
 }
 
 window.addEventListener("online", () => { if (state.signedIn) { state.retry = 0; connect(); } });
 // The browser knows the network is gone before TCP does: drop the socket now (the positions
 // are kept) and resume when it is back.
-window.addEventListener("offline", () => { if (state.ws) state.ws.close(); });
+// Not ws.close() alone: its closing handshake cannot reach the server while offline, and the
+// browser may wait a long time before it reports the close.
+window.addEventListener("offline", () => {
+  if (!state.ws) return;
+  const ws = state.ws;
+  state.ws = null;
+  ws.onclose = null;
+  ws.close();
+  disconnected(1006);
+});
 document.addEventListener("visibilitychange", () => {
   if (!document.hidden && state.current) markRead(state.current).catch(() => {});
 });
