@@ -20,10 +20,10 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+
 from chat_devtools.process import PICK, ServiceProcess, grpc_serving
 from chat_shared.config import DEV_JWT_SECRET
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
-
 from tests.conftest import TEST_SECRET, make_token
 from tests.helpers import listening_hosts
 
@@ -134,6 +134,33 @@ async def test_metrics_count_calls_by_method(running: ApiProcess, chat) -> None:
     send_ok = [ln for ln in lines if 'method="SendMessage"' in ln and 'code="OK"' in ln]
     assert len(send_ok) == 1
     assert float(send_ok[0].rsplit(" ", 1)[1]) == 1.0
+
+
+async def test_metrics_name_only_the_allowed_tenants(
+    start_api: Callable[..., ApiProcess],
+) -> None:
+    api = start_api(METRICS_TENANT_LABELS="acme", TENANT_AUTO_CREATE="true")
+    await api.ready()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as ch:
+        chat = chat_pb2_grpc.ChatServiceStub(ch)
+        for tenant, calls in (("acme", 2), ("globex", 3), ("initech", 1)):
+            meta = (("authorization", f"Bearer {make_token('alice', tenant=tenant)}"),)
+            for _ in range(calls):
+                await chat.GetConversations(chat_pb2.GetConversationsRequest(), metadata=meta)
+    url = f"http://127.0.0.1:{api.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    series = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in body.splitlines()
+              if ln.startswith("chat_tenant_rpc_requests_total{")}
+    # One series per allowed tenant, everyone else together: never one per tenant.
+    assert series == {'chat_tenant_rpc_requests_total{code="OK",tenant="acme"}': 2.0,
+                      'chat_tenant_rpc_requests_total{code="OK",tenant="other"}': 4.0}
+
+
+def test_a_tenant_label_that_is_no_tenant_id_exits_2_naming_the_variable(start_api) -> None:
+    api = start_api(METRICS_TENANT_LABELS="acme,Not A Tenant")
+    assert api.wait(30) == 2
+    assert "METRICS_TENANT_LABELS" in api.stderr
+    assert "Traceback" not in api.stderr
 
 
 async def test_stdout_is_one_json_object_per_line_with_call_fields(

@@ -7,6 +7,7 @@ import copy
 import pathlib
 import re
 import tarfile
+from typing import Any
 
 import pytest
 import yaml
@@ -127,3 +128,37 @@ def test_config_map_numbers_are_written_as_the_services_parse_them(variant: str)
             assert not re.fullmatch(r"[-+]?\d+(\.\d+)?[eE][-+]?\d+", value), (key, value)
     data = support.by_name(support.render(variant), "ConfigMap")["chat-service"]["data"]
     assert data["STREAM_MAXLEN"].isdigit() and data["STREAM_SHARDS"].isdigit()
+
+
+def _container_env(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, str]]:
+    """Deployment name -> its main container's explicit env (name -> value)."""
+    return {name: {e["name"]: e.get("value", "") for e in d["spec"]["template"]["spec"]
+                   ["containers"][0].get("env", []) if "value" in e}
+            for name, d in support.by_name(docs, "Deployment").items()}
+
+
+def test_each_service_acts_as_its_database_role_and_tenancy_values_reach_the_services() -> None:
+    env = _container_env(support.render())
+    assert env["chat-service-api"]["DATABASE_ROLE"] == "chat_app"
+    assert env["chat-service-ws-gateway"]["DATABASE_ROLE"] == "chat_app"
+    assert env["chat-service-outbox-relay"]["DATABASE_ROLE"] == "chat_relay"
+    assert env["chat-service-api"]["METRICS_TENANT_LABELS"] == ""
+    data = support.by_name(support.render(), "ConfigMap")["chat-service"]["data"]
+    assert (data["JWT_TENANT_CLAIM"], data["REQUIRE_TENANT"]) == ("tid", "false")
+
+    sets = ("database.roles.app=svc_app", "database.roles.relay=", "tenancy.requireTenant=true",
+            "tenancy.autoCreate=true", "tenancy.metricsTenantLabels={acme,globex}")
+    docs = tuple(d for d in yaml.safe_load_all(support.template(sets=sets).stdout) if d)
+    env = _container_env(docs)
+    assert env["chat-service-api"]["DATABASE_ROLE"] == "svc_app"
+    assert env["chat-service-outbox-relay"]["DATABASE_ROLE"] == ""
+    assert env["chat-service-api"]["TENANT_AUTO_CREATE"] == "true"
+    assert env["chat-service-api"]["METRICS_TENANT_LABELS"] == "acme,globex"
+    assert support.by_name(docs, "ConfigMap")["chat-service"]["data"]["REQUIRE_TENANT"] == "true"
+
+
+def test_the_values_schema_refuses_a_role_or_tenant_that_is_not_one() -> None:
+    for bad in ("database.roles.app=Robert'); DROP", "tenancy.metricsTenantLabels={Not A Tenant}"):
+        result = support.template(sets=(bad,), check=False)
+        assert result.returncode != 0, bad
+        assert "values don't meet the specifications of the schema" in result.stderr, bad

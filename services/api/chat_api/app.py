@@ -38,6 +38,7 @@ from chat_shared.observability.dependencies import DependencyProbe, dependency_g
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
+from chat_shared.tenancy import TenantLabel
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -149,7 +150,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
         messages=MessageService(MessageRepository(db), tenants),
         reads=ReadService(ReadRepository(db)),
     )
-    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants)
+    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants,
+                            TenantLabel(settings.tenant_labels))
     server = grpc.aio.server(
         # The interceptor makes a server span per call: only worth its cost when recorded.
         interceptors=[aio_server_interceptor()] if recording() else [],  # type: ignore[no-untyped-call]

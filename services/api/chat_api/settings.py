@@ -7,7 +7,9 @@ import re
 from pydantic import Field, field_validator
 
 from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
+from chat_shared.tenancy import TENANT_ID
 
+MAX_TENANT_LABELS = 50
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
@@ -31,6 +33,10 @@ class ApiSettings(ServiceSettings, HttpServerSettings):
         4096, ge=1, le=4096,
         description="characters per message for a tenant whose registry entry sets no "
                     "max_message_length")
+    metrics_tenant_labels: str = Field(
+        "", description="comma-separated tenant ids (at most 50) whose calls are counted under "
+                        "their own `tenant` label in chat_tenant_rpc_requests_total; every other "
+                        "tenant is counted as `other` (docs/tenancy.md)")
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
     metrics_port: int = Field(9100, ge=0, le=65535,
@@ -64,6 +70,22 @@ class ApiSettings(ServiceSettings, HttpServerSettings):
             if origin != "*" and not _ORIGIN.fullmatch(origin):
                 raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
         return ",".join(origins)
+
+    @field_validator("metrics_tenant_labels")
+    @classmethod
+    def _tenant_labels(cls, v: str) -> str:
+        tenants = [t.strip() for t in v.split(",") if t.strip()]
+        for tenant in tenants:
+            if not TENANT_ID.fullmatch(tenant):
+                raise ValueError(f"not a tenant id: {tenant!r}")
+        if len(tenants) > MAX_TENANT_LABELS:
+            raise ValueError(f"{len(tenants)} tenants; at most {MAX_TENANT_LABELS} (each is a "
+                             "time series per status code)")
+        return ",".join(tenants)
+
+    @property
+    def tenant_labels(self) -> frozenset[str]:
+        return frozenset(t for t in self.metrics_tenant_labels.split(",") if t)
 
     @property
     def cors_origins(self) -> frozenset[str]:

@@ -34,6 +34,7 @@ from chat_shared import deadlines
 from chat_shared.auth import TokenVerifier
 from chat_shared.errors import ChatError, DeadlineExceeded, Internal, InvalidArgument, NotFound
 from chat_shared.observability.logging import get_logger
+from chat_shared.tenancy import TenantLabel
 
 log = get_logger("chat_api.rpc")
 
@@ -44,6 +45,11 @@ RPC_REQUESTS = Counter(
 RPC_DURATION = Histogram(
     "chat_rpc_duration_seconds", "ChatService call duration", ["method", "transport"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+TENANT_RPC_REQUESTS = Counter(
+    "chat_tenant_rpc_requests_total",
+    "ChatService calls by tenant (the tenants of METRICS_TENANT_LABELS; every other tenant is "
+    "'other') and status code", ["tenant", "code"],
 )
 RPC_IN_FLIGHT = Gauge("chat_rpc_in_flight", "ChatService calls in progress", ["transport"],
                       multiprocess_mode="livesum")
@@ -90,15 +96,18 @@ class CallContext:
 
 class Dispatcher:
     def __init__(self, verifier: TokenVerifier, handlers: dict[str, Handler],
-                 tenants: TenantDirectory | None = None) -> None:
+                 tenants: TenantDirectory | None = None,
+                 tenant_label: TenantLabel | None = None) -> None:
         """
         Args:
             tenants: admits each caller's tenant (registered and active) before the request
                 is read; None admits every tenant (tests of the pipeline alone).
+            tenant_label: the ``tenant`` label of a call's tenant (bounded: an allow-list).
         """
         self._verifier = verifier
         self._handlers = handlers
         self._tenants = tenants
+        self._tenant_label = tenant_label or TenantLabel()
 
     @property
     def methods(self) -> list[str]:
@@ -153,6 +162,8 @@ class Dispatcher:
             RPC_IN_FLIGHT.labels(ctx.transport).dec()
             RPC_REQUESTS.labels(ctx.method, code, ctx.transport).inc()
             RPC_DURATION.labels(ctx.method, ctx.transport).observe(elapsed)
+            if ctx.tenant_id:  # an unauthenticated call has no tenant to count it under
+                TENANT_RPC_REQUESTS.labels(self._tenant_label(ctx.tenant_id), code).inc()
             log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
                      duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None,
                      tenant=ctx.tenant_id or None)
