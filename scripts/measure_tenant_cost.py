@@ -9,8 +9,11 @@ round so that the machine's noise falls on all alike:
   alone: what a statement cost before tenancy, apart from its tenant conditions;
 - ``policy``: the services' role (``chat_app``) with ``app.tenant_id`` set once for the session,
   the statement alone: the policy's own cost;
-- ``tenant``: the services' role, ``set_config`` and the statement in one pipeline, as the
-  services run every statement (``chat_shared.db.tenant_execute``).
+- ``tenant``: the services' role through ``chat_shared.db.tenant_execute``, as the services
+  run every statement, the same tenant each time: the session names it already, so the
+  statement runs alone (the usual case: one tenant, or a connection serving a tenant again);
+- ``switching``: the services' role, ``set_config`` and the statement in one pipeline, what
+  ``tenant_execute`` sends when the connection served another tenant last (the worst case).
 
 Prints, per statement and variant, the median over rounds of each round's median latency
 (client side, one connection, sequential) and each round's median difference from ``bypass``.
@@ -34,7 +37,7 @@ from chat_api.storage.conversations import _LIST_FIRST
 from chat_api.storage.messages import _PAGE, _SEND
 from chat_devtools.local_postgres import LocalPostgres
 from chat_migrations.cli import upgrade
-from chat_shared.db import conninfo, tenant_execute
+from chat_shared.db import SET_TENANT, conninfo, tenant_execute
 
 USER = "bench-user"
 TENANT = "default"
@@ -54,7 +57,7 @@ _DATA = """
     FROM conversations c, generate_series(1, 60) s;
     ANALYZE;
 """
-VARIANTS = ("bypass", "policy", "tenant")
+VARIANTS = ("bypass", "policy", "tenant", "switching")
 
 
 async def session(dsn: str, variant: str) -> psycopg.AsyncConnection[Any]:
@@ -85,6 +88,11 @@ async def run_one(conn: psycopg.AsyncConnection[Any], variant: str, sql: str,
     start = time.perf_counter()
     if variant == "tenant":
         await (await tenant_execute(conn, TENANT, sql, params)).fetchall()
+    elif variant == "switching":
+        async with conn.pipeline():
+            await conn.execute(SET_TENANT, (TENANT,), prepare=True)
+            cursor = await conn.execute(sql, params)
+        await cursor.fetchall()
     else:
         await (await conn.execute(sql, params, prepare=True)).fetchall()
     return time.perf_counter() - start
@@ -99,7 +107,7 @@ async def measure(dsn: str, rounds: int, calls: int) -> None:
             for i in range(10):
                 await run_one(conn, variant, *make(i))
     for r in range(rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
         for name, make in stmts.items():
             for variant in order:
                 times = [await run_one(conns[variant], variant, *make(r * calls + i))

@@ -17,10 +17,18 @@ Every connection any service opens (pooled or dedicated, async or sync) gets the
 The tenant (docs/tenancy.md): tenant-owned tables have row-level security on
 ``current_setting('app.tenant_id')``, and a session acts as a role that cannot bypass it
 (``DATABASE_ROLE``, set at connection start: ``-c role=...``, no extra round trip). A unit of
-work for a tenant (``fetchone(..., tenant=...)``, ``tenant_execute``) sends
-``set_config('app.tenant_id', tenant, true)`` and its statement together in one pipeline: both
-run in one implicit transaction, which the setting lives and dies with, and cost one round trip.
-So a pooled connection never carries one tenant's setting into another's work.
+work for a tenant (``fetchone(..., tenant=...)``, ``tenant_execute``) runs with the session
+naming that tenant, and any other work on a pooled connection runs with it naming none:
+
+- a session already naming the tenant runs the statement alone (no extra cost: a deployment
+  with one tenant, or a few busy ones, pays for the setting once per connection);
+- otherwise ``set_config('app.tenant_id', tenant, false)`` and the statement go together in one
+  pipeline (one round trip; about 0.1 ms of psycopg's pipeline bookkeeping), and the session
+  remembers the tenant once both succeeded. A failure rolls the setting back with the statement
+  and forgets what the session names, so the next unit of work sets it again;
+- work without a tenant (``fetchone`` without ``tenant``, ``connection``, ``transaction``) on a
+  session that names one first clears it: a statement that forgets its tenant sees no
+  tenant-owned row, never the rows of the tenant the connection served last.
 
 Statements use psycopg's own named parameters (``%(name)s``), run as written. Statements that
 run often are prepared server-side by psycopg after a few executions per connection.
@@ -67,6 +75,7 @@ import contextlib
 import math
 import os
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -84,7 +93,7 @@ from chat_shared.observability.tracing import tracer
 __all__ = [
     "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
     "Database", "SET_TENANT", "connect",
-    "connect_sync", "conninfo", "interaction", "redacted", "tenant_execute",
+    "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted", "tenant_execute",
     "unavailable_on_connection_errors",
 ]
 
@@ -104,8 +113,12 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, Pool
 
 AsyncConn = psycopg.AsyncConnection[TupleRow]
 
-SET_TENANT = "SELECT set_config('app.tenant_id', %s, true)"
-"""Names the tenant for the rest of the current transaction (row-level security reads it)."""
+SET_TENANT = "SELECT set_config('app.tenant_id', %s, false)"
+"""Names the tenant for the session (row-level security reads it); see ``tenant_execute``."""
+
+_session_tenant: weakref.WeakKeyDictionary[AsyncConn, str] = weakref.WeakKeyDictionary()
+"""The tenant each session names, or ``_UNKNOWN``; absent = none (never set by this process)."""
+_UNKNOWN = "?"  # not a tenant id (chat_shared.tenancy.TENANT_ID)
 
 
 def conninfo(db_source: str) -> str:
@@ -154,13 +167,25 @@ def _session_options(
 
 async def tenant_execute(conn: AsyncConn, tenant: str, query: QueryNoTemplate,
                          params: Params | None = None) -> psycopg.AsyncCursor[TupleRow]:
-    """Runs ``query`` for ``tenant`` on ``conn`` (autocommit): the tenant setting and the
-    statement in one pipeline, one implicit transaction, one round trip. The cursor holds the
+    """Runs ``query`` for ``tenant`` on ``conn``: alone when the session names ``tenant``
+    already, else after naming it in the same pipeline (module docstring). The cursor holds the
     statement's rows."""
+    if _session_tenant.get(conn) == tenant:
+        return await conn.execute(query, params)
+    # Until both succeed the session's setting is unknown: any later work clears or sets it.
+    _session_tenant[conn] = _UNKNOWN
     async with conn.pipeline():
         await conn.execute(SET_TENANT, (tenant,), prepare=True)
         cursor = await conn.execute(query, params)
+    _session_tenant[conn] = tenant  # both succeeded (a failure raised above)
     return cursor
+
+
+async def clear_tenant(conn: AsyncConn) -> None:
+    """Makes ``conn`` name no tenant, when this process may have left one on it."""
+    if conn in _session_tenant:
+        await conn.execute(SET_TENANT, ("",), prepare=True)
+        del _session_tenant[conn]
 
 
 @contextlib.contextmanager
@@ -323,6 +348,7 @@ class Database:
         with _tracer.start_as_current_span(name):
             async with self._bounded(self._pool_wait, self._answer_wait) as conn:
                 if tenant is None:
+                    await clear_tenant(conn)
                     return await (await conn.execute(query, params)).fetchone()
                 return await (await tenant_execute(conn, tenant, query, params)).fetchone()
 
@@ -338,6 +364,7 @@ class Database:
         with _tracer.start_as_current_span(name):
             async with self._bounded(self._pool_wait, self._answer_wait) as conn:
                 if tenant is None:
+                    await clear_tenant(conn)
                     return await (await conn.execute(query, params)).fetchall()
                 return await (await tenant_execute(conn, tenant, query, params)).fetchall()
 
@@ -349,6 +376,7 @@ class Database:
         """
         with _tracer.start_as_current_span(name):
             async with self._bounded(self._pool_wait, self._answer_wait) as conn:
+                await clear_tenant(conn)
                 yield conn
 
     @contextlib.asynccontextmanager
@@ -357,9 +385,10 @@ class Database:
         together at its end, or none does (an exception rolls it back). Bounded as
         ``connection``."""
         with _tracer.start_as_current_span(name):
-            async with self._bounded(self._pool_wait, self._answer_wait) as conn, \
-                    conn.transaction():
-                yield conn
+            async with self._bounded(self._pool_wait, self._answer_wait) as conn:
+                await clear_tenant(conn)
+                async with conn.transaction():
+                    yield conn
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query within PING_TIMEOUT (and a pooled

@@ -425,9 +425,11 @@ def test_chat_error_codes_are_transport_free() -> None:
     assert HTTP_STATUS[exc.code] == 403
 
 
-async def test_the_tenant_setting_never_outlives_its_statement(db_source: str) -> None:
-    # One pooled connection, so every unit of work below runs on the same session: the
-    # setting is local to the statement's implicit transaction, also when the statement fails.
+async def test_a_sessions_tenant_never_reaches_work_for_another_or_for_none(
+    db_source: str,
+) -> None:
+    # One pooled connection, so every unit of work below runs on the same session, which keeps
+    # the last tenant it served (so that tenant's next statement costs nothing extra).
     from chat_shared.config import DatabaseSettings
     from chat_shared.db import Database
 
@@ -437,11 +439,23 @@ async def test_the_tenant_setting_never_outlives_its_statement(db_source: str) -
     await db.open(wait=True)
     try:
         setting = "SELECT coalesce(current_setting('app.tenant_id', true), '')"
+        backend = "SELECT pg_backend_pid()"
+        pid = await db.fetchone("t.pid", backend, tenant=A)
         assert await db.fetchone("t.in", setting, tenant=A) == (A,)
-        assert await db.fetchone("t.after", setting) == ("",)
+        assert await db.fetchone("t.other", setting, tenant=B) == (B,)
+        assert await db.fetchone("t.none", setting) == ("",)
+        assert await db.fetchone("t.again", setting, tenant=A) == (A,)
         with pytest.raises(psycopg.errors.DivisionByZero):
             await db.fetchone("t.fail", "SELECT 1 / 0", tenant=B)
         assert await db.fetchone("t.after_failure", setting) == ("",)
+        assert await db.fetchone("t.after_failure_a", setting, tenant=A) == (A,)
+        async with db.connection("t.conn") as conn:
+            assert await (await conn.execute(setting)).fetchone() == ("",)
+        await db.fetchone("t.b", setting, tenant=B)
+        async with db.transaction("t.txn") as conn:
+            assert await (await conn.execute(setting)).fetchone() == ("",)
+        # The one session served all of it.
+        assert await db.fetchone("t.pid2", backend, tenant=B) == pid
         assert db.stats().get("pool_size") == 1
     finally:
         await db.close()
