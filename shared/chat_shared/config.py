@@ -183,6 +183,11 @@ class DatabaseSettings(BaseSection):
     db_statement_timeout: Seconds = Field(
         10.0, gt=0, description="per-statement limit PostgreSQL enforces, seconds; a unit of "
                                 "work also stops waiting 0.5 s after it and drops the connection")
+    db_transaction_pooler: bool = Field(
+        False, description="DB_SOURCE reaches PostgreSQL through a pooler in transaction mode "
+                           "(PgBouncer pool_mode=transaction), which shares server sessions "
+                           "between clients: the tenant is then named in every statement's own "
+                           "transaction instead of once per session (docs/tenancy.md)")
     database_role: str = Field(
         "", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role every session acts as (set at connection start; the login user "

@@ -30,6 +30,11 @@ naming that tenant, and any other work on a pooled connection runs with it namin
   session that names one first clears it: a statement that forgets its tenant sees no
   tenant-owned row, never the rows of the tenant the connection served last.
 
+Behind a pooler in transaction mode (PgBouncer; ``DB_TRANSACTION_POOLER``) a client's
+consecutive transactions may run on different server sessions, each left as another client set
+it, so nothing is remembered: every statement for a tenant goes with
+``set_config('app.tenant_id', tenant, true)``, local to its own implicit transaction.
+
 Statements use psycopg's own named parameters (``%(name)s``), run as written. Statements that
 run often are prepared server-side by psycopg after a few executions per connection.
 
@@ -92,7 +97,7 @@ from chat_shared.observability.tracing import tracer
 
 __all__ = [
     "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
-    "Database", "SET_TENANT", "connect",
+    "Database", "SET_TENANT", "SET_TENANT_LOCAL", "connect",
     "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted", "tenant_execute",
     "unavailable_on_connection_errors",
 ]
@@ -115,6 +120,11 @@ AsyncConn = psycopg.AsyncConnection[TupleRow]
 
 SET_TENANT = "SELECT set_config('app.tenant_id', %s, false)"
 """Names the tenant for the session (row-level security reads it); see ``tenant_execute``."""
+SET_TENANT_LOCAL = "SELECT set_config('app.tenant_id', %s, true)"
+"""Names the tenant for the current transaction only (behind a transaction pooler)."""
+
+_shared_sessions: weakref.WeakSet[AsyncConn] = weakref.WeakSet()
+"""Connections through a transaction pooler: their session state is not theirs to keep."""
 
 _session_tenant: weakref.WeakKeyDictionary[AsyncConn, str] = weakref.WeakKeyDictionary()
 """The tenant each session names, or ``_UNKNOWN``; absent = none (never set by this process)."""
@@ -170,6 +180,11 @@ async def tenant_execute(conn: AsyncConn, tenant: str, query: QueryNoTemplate,
     """Runs ``query`` for ``tenant`` on ``conn``: alone when the session names ``tenant``
     already, else after naming it in the same pipeline (module docstring). The cursor holds the
     statement's rows."""
+    if conn in _shared_sessions:
+        async with conn.pipeline():
+            await conn.execute(SET_TENANT_LOCAL, (tenant,), prepare=True)
+            cursor = await conn.execute(query, params)
+        return cursor
     if _session_tenant.get(conn) == tenant:
         return await conn.execute(query, params)
     # Until both succeed the session's setting is unknown: any later work clears or sets it.
@@ -321,12 +336,20 @@ class Database:
             max_size=settings.db_pool_size + settings.db_max_overflow,
             timeout=settings.db_pool_timeout,
             kwargs=session,
-            configure=configure,
+            configure=self._configure,
             name=application_name,
             open=False,
         )
+        self._shared_sessions = settings.db_transaction_pooler
+        self._configure_more = configure
         self._pool_wait = settings.db_pool_timeout
         self._answer_wait = settings.db_statement_timeout + ANSWER_GRACE
+
+    async def _configure(self, conn: AsyncConn) -> None:
+        if self._shared_sessions:
+            _shared_sessions.add(conn)
+        if self._configure_more is not None:
+            await self._configure_more(conn)
 
     async def open(self, *, wait: bool = False) -> None:
         """Starts filling the pool; with ``wait=False`` the process starts even while

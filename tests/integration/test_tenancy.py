@@ -459,3 +459,28 @@ async def test_a_sessions_tenant_never_reaches_work_for_another_or_for_none(
         assert db.stats().get("pool_size") == 1
     finally:
         await db.close()
+
+
+async def test_behind_a_transaction_pooler_the_tenant_lives_in_each_statements_transaction(
+    db_source: str,
+) -> None:
+    from chat_shared.config import DatabaseSettings
+    from chat_shared.db import Database
+
+    db = Database(DatabaseSettings(_env_file=None, db_source=db_source, db_pool_size=1,
+                                   db_max_overflow=0, database_role="chat_app",
+                                   db_transaction_pooler=True),
+                  application_name="test-tenant-pooler")
+    await db.open(wait=True)
+    try:
+        setting = "SELECT coalesce(current_setting('app.tenant_id', true), '')"
+        assert await db.fetchone("t.in", setting, tenant=A) == (A,)
+        # Nothing stays on the session for the next client of the server connection (the
+        # pool's own checkout: Database's would clear a remembered tenant first).
+        async with db.pool.connection() as conn:
+            assert await (await conn.execute(setting)).fetchone() == ("",)
+        assert await db.fetchone("t.again", setting, tenant=A) == (A,)
+        assert await db.fetchone("t.other", setting, tenant=B) == (B,)
+        assert db.stats().get("pool_size") == 1
+    finally:
+        await db.close()
