@@ -87,6 +87,7 @@ conversations = Table(
     UniqueConstraint("tenant_id", "direct_key", name="conversations_tenant_direct_key_key"),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="conversations_tenant_id_fkey"),
     CheckConstraint("last_seq >= 0", name="conversations_last_seq_check"),
+    CheckConstraint("last_pos >= 0", name="conversations_last_pos_check"),
 )
 
 conversation_members = Table(
@@ -112,6 +113,10 @@ conversation_members = Table(
                          ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
                          name="conversation_members_conversation_fkey"),
     CheckConstraint("last_read_seq >= 0", name="conversation_members_last_read_seq_check"),
+    CheckConstraint("role = ANY (ARRAY['owner'::text, 'admin'::text, 'member'::text])",
+                    name="conversation_members_role_check"),
+    CheckConstraint("visible_from_seq >= 0", name="conversation_members_visible_from_seq_check"),
+    CheckConstraint("deleted_unread >= 0", name="conversation_members_deleted_unread_check"),
     Index("ix_conversation_members_inbox", "tenant_id", "user_id", "last_activity_at",
           "conversation_id"),
 )
@@ -139,6 +144,7 @@ messages = Table(
     UniqueConstraint("tenant_id", "sender_id", "idempotency_key",
                      name="uq_messages_sender_idempotency_key"),
     CheckConstraint("seq > 0", name="messages_seq_check"),
+    CheckConstraint("version > 0", name="messages_version_check"),
     Index("ix_messages_conversation_created", "tenant_id", "conversation_id", "created_at"),
     Index("ix_messages_deleted", "tenant_id", "conversation_id", "seq",
           postgresql_where=text("deleted_at IS NOT NULL")),
