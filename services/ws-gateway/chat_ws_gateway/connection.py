@@ -246,6 +246,13 @@ class Connection:
                     await asyncio.sleep(step.delay)  # the gap's rows are committing
                 rows = await self._history.changes_after(self.tenant_id, self.user_id, cid,
                                                           step.after)
+                if rows is None:
+                    # Removed while catching up: its removal may be among what the read no
+                    # longer shows, so say it as a refused resume does, and stop there.
+                    self._order.abandon(cid)
+                    self.send_error(protocol.NOT_FOUND, "no such conversation",
+                                    conversation_id=cid)
+                    return
                 more = len(rows) >= self._history.page_size
                 for row in self._order.history_page(cid, rows, more):
                     frame = protocol.stored_change_frame(row)

@@ -49,20 +49,24 @@ _AFTER = """
 # is now), the conversation's settings, and the member's visibility limit. Membership is joined
 # in, like _AFTER; pos is gapless, so the page is the range (after, after + limit].
 _CHANGES_AFTER = """
-    SELECT ch.pos, ch.change_type, ch.message_id::text, ch.user_id, ch.emoji, ch.role,
-           ch.actor_id, m.seq, m.sender_id, m.content, m.created_at, m.version, m.edited_at,
-           m.deleted_at IS NOT NULL, c.title, c.history_visible_to_new_members,
-           cm.visible_from_seq
-    FROM conversation_members cm
+    SELECT x.* FROM conversation_members cm
     JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
-    JOIN conversation_changes ch ON ch.tenant_id = cm.tenant_id
-     AND ch.conversation_id = cm.conversation_id
-    LEFT JOIN messages m ON m.tenant_id = ch.tenant_id AND m.id = ch.message_id
+    LEFT JOIN LATERAL (
+        SELECT ch.pos, ch.change_type, ch.message_id::text, ch.user_id, ch.emoji, ch.role,
+               ch.actor_id, m.seq, m.sender_id, m.content, m.created_at, m.version,
+               m.edited_at, m.deleted_at IS NOT NULL, c.title,
+               c.history_visible_to_new_members, cm.visible_from_seq
+        FROM conversation_changes ch
+        LEFT JOIN messages m ON m.tenant_id = ch.tenant_id AND m.id = ch.message_id
+        WHERE ch.tenant_id = cm.tenant_id AND ch.conversation_id = cm.conversation_id
+          AND ch.pos > %(after)s
+          AND ch.pos <= CAST(%(after)s AS bigint) + CAST(%(limit)s AS bigint)
+        ORDER BY ch.pos
+        LIMIT %(limit)s
+    ) x ON true
     WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
       AND cm.user_id = %(user_id)s
-      AND ch.pos > %(after)s AND ch.pos <= CAST(%(after)s AS bigint) + CAST(%(limit)s AS bigint)
-    ORDER BY ch.pos
-    LIMIT %(limit)s
+    ORDER BY x.pos
     """
 
 # Far beyond any real seq and far enough below bigint's end that after + limit cannot
@@ -133,14 +137,17 @@ class History:
         return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4]) for r in rows]
 
     async def changes_after(self, tenant: str, user_id: str, conversation_id: str,
-                            after_pos: int) -> list[StoredChange]:
-        """One page (``page_size``) of the conversation's changes with pos > after_pos;
-        nothing when the user is not a member."""
+                            after_pos: int) -> list[StoredChange] | None:
+        """One page (``page_size``) of the conversation's changes with pos > after_pos; None
+        when the user is not a member (no row at all; a member with nothing new gets one row
+        of NULLs)."""
         rows = await self._db.fetchall("db.ws_changes_after", _CHANGES_AFTER,
                                        {"tenant": tenant, "conversation_id": conversation_id,
                                         "user_id": user_id,
                                         "after": min(after_pos, MAX_POSITION),
                                         "limit": self.page_size}, tenant=tenant)
+        if not rows:
+            return None
         return [StoredChange(conversation_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
                              r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]), r[14],
-                             bool(r[15]), int(r[16])) for r in rows]
+                             bool(r[15]), int(r[16])) for r in rows if r[0] is not None]

@@ -238,6 +238,10 @@ class Ordering:
         if cursor is not None and not cursor.filling:
             del self._cursors[conversation_id]
 
+    def abandon(self, conversation_id: str) -> None:
+        """The user is no longer a member: drop the conversation, held events included."""
+        self._cursors.pop(conversation_id, None)
+
     def history_page(self, conversation_id: str, rows: Sequence[R], more: bool) -> list[R]:
         """The rows of a page to send now, in order; live events stay held meanwhile.
 
