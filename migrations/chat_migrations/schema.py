@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Computed,
@@ -50,7 +51,7 @@ def _tenant_id() -> Column[str]:
 
 
 TENANT_TABLES = ("conversations", "conversation_members", "messages", "outbox",
-                 "outbox_dead_letter")
+                 "outbox_dead_letter", "conversation_changes", "message_reactions")
 """The tables whose rows belong to a tenant, each with row-level security forced on."""
 
 tenants = Table(
@@ -77,10 +78,16 @@ conversations = Table(
     # Incremented under the sending transaction's row lock: seq is gapless.
     Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("member_ids", ARRAY(Text), nullable=False),
+    # The change position (migration 0007): every ordered change takes the next one, under
+    # the same row lock as last_seq, so it is gapless too (``conversation_changes``).
+    Column("last_pos", BigInteger, nullable=False, server_default=text("0")),
+    Column("history_visible_to_new_members", Boolean, nullable=False,
+           server_default=text("true")),
     PrimaryKeyConstraint("tenant_id", "id", name="conversations_pkey"),
     UniqueConstraint("tenant_id", "direct_key", name="conversations_tenant_direct_key_key"),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="conversations_tenant_id_fkey"),
     CheckConstraint("last_seq >= 0", name="conversations_last_seq_check"),
+    CheckConstraint("last_pos >= 0", name="conversations_last_pos_check"),
 )
 
 conversation_members = Table(
@@ -93,12 +100,23 @@ conversation_members = Table(
     # The conversation's last_activity_at, written with it (migration 0005): the member's
     # conversation list is a range of ix_conversation_members_inbox.
     Column("last_activity_at", _TIMESTAMPTZ, nullable=False),
+    # owner (the creator), admin or member (migration 0007).
+    Column("role", Text, nullable=False, server_default=text("'member'::text")),
+    # Messages up to this seq are hidden from the member (added to a conversation that hides
+    # its history from new members); 0 shows all.
+    Column("visible_from_seq", BigInteger, nullable=False, server_default=text("0")),
+    # Deleted messages after last_read_seq: unread = last_seq - last_read_seq - this.
+    Column("deleted_unread", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("tenant_id", "conversation_id", "user_id",
                          name="conversation_members_pkey"),
     ForeignKeyConstraint(["tenant_id", "conversation_id"],
                          ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
                          name="conversation_members_conversation_fkey"),
     CheckConstraint("last_read_seq >= 0", name="conversation_members_last_read_seq_check"),
+    CheckConstraint("role = ANY (ARRAY['owner'::text, 'admin'::text, 'member'::text])",
+                    name="conversation_members_role_check"),
+    CheckConstraint("visible_from_seq >= 0", name="conversation_members_visible_from_seq_check"),
+    CheckConstraint("deleted_unread >= 0", name="conversation_members_deleted_unread_check"),
     Index("ix_conversation_members_inbox", "tenant_id", "user_id", "last_activity_at",
           "conversation_id"),
 )
@@ -113,6 +131,10 @@ messages = Table(
     Column("content", Text, nullable=False),
     Column("idempotency_key", Text, nullable=False),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("edited_at", _TIMESTAMPTZ),
+    # A tombstone: the row keeps its seq, its content is erased (migration 0007).
+    Column("deleted_at", _TIMESTAMPTZ),
     PrimaryKeyConstraint("tenant_id", "id", name="messages_pkey"),
     ForeignKeyConstraint(["tenant_id", "conversation_id"],
                          ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
@@ -122,7 +144,47 @@ messages = Table(
     UniqueConstraint("tenant_id", "sender_id", "idempotency_key",
                      name="uq_messages_sender_idempotency_key"),
     CheckConstraint("seq > 0", name="messages_seq_check"),
+    CheckConstraint("version > 0", name="messages_version_check"),
     Index("ix_messages_conversation_created", "tenant_id", "conversation_id", "created_at"),
+    Index("ix_messages_deleted", "tenant_id", "conversation_id", "seq",
+          postgresql_where=text("deleted_at IS NOT NULL")),
+)
+
+# The permanent log of a conversation's ordered changes, one row per position (migration
+# 0007): references only, never content, so a deletion erases content everywhere by erasing
+# it from ``messages``. The gateway's resume reads it after the client's position.
+conversation_changes = Table(
+    "conversation_changes", metadata,
+    _tenant_id(),
+    Column("conversation_id", UUID(as_uuid=False), nullable=False),
+    Column("pos", BigInteger, nullable=False),
+    Column("change_type", Text, nullable=False),
+    Column("message_id", UUID(as_uuid=False)),
+    Column("user_id", Text),
+    Column("emoji", Text),
+    Column("role", Text),
+    Column("actor_id", Text),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("tenant_id", "conversation_id", "pos",
+                         name="conversation_changes_pkey"),
+    ForeignKeyConstraint(["tenant_id", "conversation_id"],
+                         ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
+                         name="conversation_changes_conversation_fkey"),
+    CheckConstraint("pos > 0", name="conversation_changes_pos_check"),
+)
+
+message_reactions = Table(
+    "message_reactions", metadata,
+    _tenant_id(),
+    Column("message_id", UUID(as_uuid=False), nullable=False),
+    Column("emoji", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("conversation_id", UUID(as_uuid=False), nullable=False),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("tenant_id", "message_id", "emoji", "user_id",
+                         name="message_reactions_pkey"),
+    ForeignKeyConstraint(["tenant_id", "message_id"], ["messages.tenant_id", "messages.id"],
+                         ondelete="CASCADE", name="message_reactions_message_fkey"),
 )
 
 outbox = Table(

@@ -9,14 +9,68 @@ Events
 An event is one change to a conversation, written to the ``outbox`` table in the transaction
 that makes the change: both commit or neither does. Its ``event_id`` (a UUID) is fixed then, so
 every publication of the event (after a relay crash, a retry, a dead-letter replay) carries the
-same id. ``seq`` is the event's position in its conversation (see each type).
+same id.
+
+Positions
+---------
+Every conversation has two gapless counters, both assigned under the conversation's row lock
+in the transaction of the change:
+
+- ``seq`` numbers its *messages*: 1, 2, 3, ... (a deleted message keeps its seq as a
+  tombstone). It is the cursor of message pages and the basis of unread counts.
+- ``pos`` numbers its *ordered changes*: every event of ``ORDERED_TYPES`` (a message created,
+  updated or deleted, a reaction added or removed, a member added, removed or given a role, the
+  conversation updated) takes the next pos: 1, 2, 3, ... with no gap and no duplicate.
+  ``conversation.read`` is not ordered and takes none. So in a conversation where only messages
+  were ever sent, pos == seq.
+
+The stream entry's ``seq`` field is the event's **pos** for an ordered event (the message
+payload keeps the message's own ``seq``), and the new read position for ``conversation.read``.
+Each ordered change is also written to the permanent table ``conversation_changes`` (one row
+per pos, references only, never content), so a consumer that knows the last pos it applied can
+be brought to the current state by the changes after it, each rendered from the current rows:
+a change to a message renders the message as it is now (a since-deleted message as its
+tombstone), so replaying any suffix of the log in pos order ends in the server's state.
 
 Types and payloads (JSON objects). Consumers ignore types and fields they do not know.
 
-``message.created``: a message was sent; ``seq`` is the message's seq::
+``message.created``: a message was sent::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
-                 "seq": integer, "created_at": timestamp}}
+                 "seq": integer, "created_at": timestamp, "version": integer,
+                 "edited_at": timestamp or null, "deleted": boolean}}
+
+``message.updated``: its sender edited a message (``version`` counts the edits, from 1)::
+
+    {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
+                 "seq": integer, "created_at": timestamp, "version": integer,
+                 "edited_at": timestamp or null, "deleted": boolean}}
+
+``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true)::
+
+    {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
+                 "seq": integer, "created_at": timestamp, "version": integer,
+                 "edited_at": timestamp or null, "deleted": boolean}}
+
+``reaction.added`` / ``reaction.removed``: a user's reaction with an emoji to a message::
+
+    {"conversation_id": uuid, "message_id": uuid, "user_id": string, "emoji": string}
+
+``member.added`` / ``member.role_changed``: ``user_id`` is a member now, with ``role``
+(``owner``, ``admin`` or ``member``); ``actor_id`` made the change::
+
+    {"conversation_id": uuid, "user_id": string, "role": string, "actor_id": string}
+
+``member.removed``: ``user_id`` is no longer a member (left, when ``actor_id`` is the same
+user); the removed user is among its recipients, and receives nothing of the conversation
+after it::
+
+    {"conversation_id": uuid, "user_id": string, "actor_id": string}
+
+``conversation.updated``: the conversation's settings, as they are now::
+
+    {"conversation_id": uuid, "title": string, "history_visible_to_new_members": boolean,
+     "actor_id": string}
 
 ``conversation.read``: a member's read position moved forward; ``seq`` is the new position::
 
@@ -63,9 +117,9 @@ Ordering and delivery
 - At least once: an outbox row is marked published only after Redis acknowledged its entry,
   so an event may be published twice (never lost); after a Redis fault the same event can
   appear more than once, with the same ``event_id``. Consumers must drop duplicates by
-  ``event_id`` (for ``message.created``, ``(conversation_id, seq)`` identifies it as well).
-- Per conversation, the first publication of each event is in outbox order, which for
-  ``message.created`` is ``seq`` order; a re-publication, a dead-letter replay or a
+  ``event_id`` (for an ordered type, ``(conversation_id, seq)`` identifies it as well).
+- Per conversation, the first publication of each event is in outbox order, which for the
+  ordered types is ``pos`` order; a re-publication, a dead-letter replay or a
   ``chat-outbox republish`` can arrive after newer events (a republish itself appends each
   conversation's events in order).
 - Published rows stay in PostgreSQL for ``OUTBOX_RETENTION`` (default 7 days):
@@ -88,15 +142,32 @@ import orjson
 from chat_shared.tenancy import DEFAULT_TENANT
 
 __all__ = [
-    "CONVERSATION_READ", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS", "EPOCH_FIELD", "MESSAGE_CREATED",
-    "PAYLOADS", "ConversationRead", "Event", "Message", "MessageCreated", "Timestamp", "UuidText",
-    "conversation_read", "decode_entry", "decode_payload", "describe_payload", "encode_entry",
-    "entry_values", "epoch_key", "format_time", "message", "message_created", "parse_time",
-    "payload_sql", "shard_of", "stream_key", "stream_keys",
+    "CONVERSATION_READ", "CONVERSATION_UPDATED", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS",
+    "EPOCH_FIELD", "MEMBER_ADDED", "MEMBER_REMOVED", "MEMBER_ROLE_CHANGED", "MESSAGE_CREATED",
+    "MESSAGE_DELETED", "MESSAGE_TYPES", "MESSAGE_UPDATED", "ORDERED_TYPES", "PAYLOADS",
+    "REACTION_ADDED", "REACTION_REMOVED", "ConversationRead", "ConversationUpdated", "Event",
+    "MemberChanged", "MemberRemoved", "Message", "MessageCreated", "MessageEvent", "Reaction",
+    "Timestamp", "UuidText", "conversation_read", "decode_entry", "decode_payload",
+    "describe_payload", "encode_entry", "entry_values", "epoch_key", "format_time", "message",
+    "message_created", "parse_time", "payload_sql", "shard_of", "stream_key", "stream_keys",
 ]
 
 MESSAGE_CREATED = "message.created"
+MESSAGE_UPDATED = "message.updated"
+MESSAGE_DELETED = "message.deleted"
+REACTION_ADDED = "reaction.added"
+REACTION_REMOVED = "reaction.removed"
+MEMBER_ADDED = "member.added"
+MEMBER_REMOVED = "member.removed"
+MEMBER_ROLE_CHANGED = "member.role_changed"
+CONVERSATION_UPDATED = "conversation.updated"
 CONVERSATION_READ = "conversation.read"
+
+MESSAGE_TYPES = frozenset({MESSAGE_CREATED, MESSAGE_UPDATED, MESSAGE_DELETED})
+"""The types whose payload is the message as it is (``{"message": ...}``)."""
+ORDERED_TYPES = frozenset({*MESSAGE_TYPES, REACTION_ADDED, REACTION_REMOVED, MEMBER_ADDED,
+                           MEMBER_REMOVED, MEMBER_ROLE_CHANGED, CONVERSATION_UPDATED})
+"""The types that take a change position (``pos``, the entry's ``seq``): see "Positions"."""
 
 # --- Payloads ---------------------------------------------------------------------------------
 
@@ -104,6 +175,8 @@ UuidText = NewType("UuidText", str)
 """A UUID as its canonical lower-case text."""
 Timestamp = NewType("Timestamp", str)
 """RFC 3339 in UTC with microseconds and a ``Z``, as ``format_time`` writes it."""
+OptionalTimestamp = NewType("OptionalTimestamp", object)
+"""A ``Timestamp`` or null (JSON); in Python ``Timestamp | None``."""
 
 
 class Message(TypedDict):
@@ -113,10 +186,44 @@ class Message(TypedDict):
     content: str
     seq: int
     created_at: Timestamp
+    version: int
+    edited_at: OptionalTimestamp
+    deleted: bool
 
 
 class MessageCreated(TypedDict):
     message: Message
+
+
+MessageEvent = MessageCreated
+"""The payload of every type of ``MESSAGE_TYPES``: the message as it is."""
+
+
+class Reaction(TypedDict):
+    conversation_id: UuidText
+    message_id: UuidText
+    user_id: str
+    emoji: str
+
+
+class MemberChanged(TypedDict):
+    conversation_id: UuidText
+    user_id: str
+    role: str
+    actor_id: str
+
+
+class MemberRemoved(TypedDict):
+    conversation_id: UuidText
+    user_id: str
+    actor_id: str
+
+
+class ConversationUpdated(TypedDict):
+    conversation_id: UuidText
+    title: str
+    history_visible_to_new_members: bool
+    actor_id: str
 
 
 class ConversationRead(TypedDict):
@@ -126,8 +233,12 @@ class ConversationRead(TypedDict):
     read_at: Timestamp
 
 
-PAYLOADS: Mapping[str, type] = {MESSAGE_CREATED: MessageCreated,
-                                CONVERSATION_READ: ConversationRead}
+PAYLOADS: Mapping[str, type] = {
+    MESSAGE_CREATED: MessageCreated, MESSAGE_UPDATED: MessageCreated,
+    MESSAGE_DELETED: MessageCreated, REACTION_ADDED: Reaction, REACTION_REMOVED: Reaction,
+    MEMBER_ADDED: MemberChanged, MEMBER_ROLE_CHANGED: MemberChanged,
+    MEMBER_REMOVED: MemberRemoved, CONVERSATION_UPDATED: ConversationUpdated,
+    CONVERSATION_READ: ConversationRead}
 """Every event type and the one description of its payload."""
 
 _SQL_TIME = """to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
@@ -135,7 +246,8 @@ _SQL_TIME = """to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 carries the session's offset, so the writer formats the text itself)."""
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _KIND_NAMES: Mapping[object, str] = {UuidText: "uuid", str: "string", int: "integer",
-                                     Timestamp: "timestamp"}
+                                     Timestamp: "timestamp", bool: "boolean",
+                                     OptionalTimestamp: "timestamp or null"}
 
 
 def _fields(shape: type) -> dict[str, Any]:
@@ -156,11 +268,14 @@ def parse_time(text: str) -> datetime:
 
 
 def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
-            created_at: datetime) -> Message:
+            created_at: datetime, version: int = 1, edited_at: datetime | None = None,
+            deleted: bool = False) -> Message:
     """A message as events carry it (also the shape the gateway sends from PostgreSQL)."""
     return {"id": UuidText(id), "conversation_id": UuidText(conversation_id),
             "sender_id": sender_id, "content": content, "seq": seq,
-            "created_at": Timestamp(format_time(created_at))}
+            "created_at": Timestamp(format_time(created_at)), "version": version,
+            "edited_at": OptionalTimestamp(None if edited_at is None else format_time(edited_at)),
+            "deleted": deleted}
 
 
 def message_created(msg: Message) -> MessageCreated:
@@ -199,7 +314,12 @@ def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
         if is_typeddict(kind) and not isinstance(expression, str):
             sql = _object_sql(kind, expression, f"{where}.{name}")
         elif isinstance(expression, str) and kind in _KIND_NAMES:
-            sql = _SQL_TIME.format(expression) if kind is Timestamp else expression
+            if kind is Timestamp:
+                sql = _SQL_TIME.format(expression)
+            elif kind is OptionalTimestamp:  # to_char of NULL is NULL: JSON null
+                sql = _SQL_TIME.format(expression)
+            else:
+                sql = expression
         else:
             raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
         parts.append(f"'{name}', {sql}")
@@ -218,7 +338,7 @@ def _describe(kind: object) -> str:
     return "{" + inner + "}"
 
 
-def decode_payload(event_type: str, payload: Any) -> MessageCreated | ConversationRead:
+def decode_payload(event_type: str, payload: Any) -> Mapping[str, Any]:
     """The payload, checked against its description (exact fields, types, timestamp form).
 
     For consumers and tests that want the check; raises ValueError naming what differs
@@ -234,6 +354,10 @@ def decode_payload(event_type: str, payload: Any) -> MessageCreated | Conversati
 def _check(kind: object, value: Any, where: str) -> None:
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is OptionalTimestamp:
+        ok = value is None or (isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None)
     elif kind is str:
         ok = isinstance(value, str)
     elif kind is UuidText:

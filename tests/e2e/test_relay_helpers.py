@@ -16,7 +16,21 @@ import psycopg
 import redis as redis_sync
 from chat_devtools.process import http_get
 from chat_devtools.services import Relay
-from chat_shared.events import MESSAGE_CREATED, Event, decode_entry, payload_sql, stream_keys
+from chat_shared.events import (
+    CONVERSATION_UPDATED,
+    MEMBER_ADDED,
+    MEMBER_REMOVED,
+    MEMBER_ROLE_CHANGED,
+    MESSAGE_CREATED,
+    MESSAGE_DELETED,
+    MESSAGE_UPDATED,
+    REACTION_ADDED,
+    REACTION_REMOVED,
+    Event,
+    decode_entry,
+    payload_sql,
+    stream_keys,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 VENV_BIN = pathlib.Path(sys.executable).parent
@@ -28,19 +42,68 @@ _INSERT = f"""
            {payload_sql(MESSAGE_CREATED, {"message": {
                "id": "gen_random_uuid()", "conversation_id": "e.conversation_id",
                "sender_id": "'alice'", "content": "'message ' || e.seq", "seq": "e.seq",
-               "created_at": "clock_timestamp()"}})}
+               "created_at": "clock_timestamp()", "version": "1",
+               "edited_at": "NULL::timestamptz", "deleted": "false"}})}
     FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[]) WITH ORDINALITY
          AS e(event_id, conversation_id, seq, n)
     ORDER BY e.n
 """
 
 
-def insert_events(dsn: str, items: Iterable[tuple[str, int]]) -> list[str]:
-    """Commits one outbox row per (conversation_id, seq), in the given order; returns event ids."""
+MIXED_TYPES = (MESSAGE_CREATED, MESSAGE_UPDATED, REACTION_ADDED, REACTION_REMOVED,
+               MEMBER_ADDED, MEMBER_ROLE_CHANGED, MEMBER_REMOVED, CONVERSATION_UPDATED,
+               MESSAGE_DELETED)
+"""Every ordered type, in the order ``mixed_type`` gives them to positions."""
+
+
+def mixed_type(pos: int) -> str:
+    return MIXED_TYPES[(pos - 1) % len(MIXED_TYPES)]
+
+
+_MESSAGE = {"message": {
+    "id": "gen_random_uuid()", "conversation_id": "e.conversation_id", "sender_id": "'alice'",
+    "content": "'message ' || e.seq", "seq": "e.seq", "created_at": "clock_timestamp()",
+    "version": "1", "edited_at": "NULL::timestamptz", "deleted": "false"}}
+_REACTION = {"conversation_id": "e.conversation_id", "message_id": "gen_random_uuid()",
+             "user_id": "'bob'", "emoji": "'👍'"}
+_MEMBER = {"conversation_id": "e.conversation_id", "user_id": "'carol'", "role": "'member'",
+           "actor_id": "'alice'"}
+_PAYLOADS = {
+    MESSAGE_CREATED: _MESSAGE, MESSAGE_UPDATED: _MESSAGE, MESSAGE_DELETED: _MESSAGE,
+    REACTION_ADDED: _REACTION, REACTION_REMOVED: _REACTION, MEMBER_ADDED: _MEMBER,
+    MEMBER_ROLE_CHANGED: _MEMBER,
+    MEMBER_REMOVED: {"conversation_id": "e.conversation_id", "user_id": "'carol'",
+                     "actor_id": "'alice'"},
+    CONVERSATION_UPDATED: {"conversation_id": "e.conversation_id", "title": "'t'",
+                           "history_visible_to_new_members": "true", "actor_id": "'alice'"}}
+
+# Outbox rows of every ordered type as the API writes them (seq = the change's pos), the
+# type chosen by position as ``mixed_type`` does.
+_INSERT_MIXED = f"""
+    INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)
+    SELECT e.event_id, t.type, e.conversation_id, e.seq, ARRAY['alice', 'bob'],
+           CASE t.type {" ".join(f"WHEN '{k}' THEN {payload_sql(k, v)}" for k, v in _PAYLOADS.items())} END
+    FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[]) WITH ORDINALITY
+         AS e(event_id, conversation_id, seq, n)
+    CROSS JOIN LATERAL (SELECT (%s::text[])[((e.seq - 1) %% {len(MIXED_TYPES)}) + 1] AS type) t
+    ORDER BY e.n
+"""
+
+
+def insert_events(dsn: str, items: Iterable[tuple[str, int]], mixed: bool = False
+                  ) -> list[str]:
+    """Commits one outbox row per (conversation_id, seq), in the given order; returns event ids.
+
+    ``mixed``: the rows are of every ordered type (``mixed_type``), else ``message.created``.
+    """
     items = list(items)
     ids = [str(uuid.uuid4()) for _ in items]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(_INSERT, (ids, [c for c, _ in items], [s for _, s in items]))
+        if mixed:
+            conn.execute(_INSERT_MIXED, (ids, [c for c, _ in items], [s for _, s in items],
+                                         list(MIXED_TYPES)))
+        else:
+            conn.execute(_INSERT, (ids, [c for c, _ in items], [s for _, s in items]))
     return ids
 
 

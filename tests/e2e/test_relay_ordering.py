@@ -14,6 +14,7 @@ from tests.e2e.test_relay_helpers import (
     RelayProcess,
     insert_events,
     interleaved,
+    mixed_type,
     outbox_count,
     read_streams,
     relay_env,
@@ -34,7 +35,7 @@ def lock_counts(dsn: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_three_relays_keep_every_conversation_in_seq_order(
+def test_three_relays_keep_every_conversation_in_pos_order_across_every_event_type(
     db_source: str, redis_addr: str, tmp_path: pathlib.Path
 ) -> None:
     convs = [str(uuid.uuid4()) for _ in range(200)]
@@ -49,7 +50,7 @@ def test_three_relays_keep_every_conversation_in_seq_order(
                    and max(c) <= 22, 30, "the three relays to share the partitions")
         ids: list[str] = []
         for start in range(0, len(plan), 250):  # 40 committing transactions while relaying
-            ids += insert_events(db_source, plan[start:start + 250])
+            ids += insert_events(db_source, plan[start:start + 250], mixed=True)
         wait_until(lambda: outbox_count(db_source) == 0, 90, "all 10,000 events to be relayed")
         processed = [r.metric("outbox_processed_total") or 0 for r in relays]
     finally:
@@ -66,6 +67,7 @@ def test_three_relays_keep_every_conversation_in_seq_order(
         if e.event_id not in seen:
             seen.add(e.event_id)
             order[e.conversation_id].append(e.seq)
+            assert e.type == mixed_type(e.seq), e
     assert len(order) == 200
     bad = {c: s for c, s in order.items() if s != list(range(1, 51))}
     assert not bad, f"{len(bad)} conversations out of seq order, e.g. {next(iter(bad.items()))}"

@@ -118,7 +118,8 @@ async def test_resume_after_100_missed_messages_delivers_all_in_order_then_live(
         (got if frame["type"] == "message.created" else others).append(frame)
         assert len(got) + len(others) < 200, "far more frames than expected"
     await live
-    assert others == [{"type": "resumed", "conversation_id": conv.id, "seq": others[0]["seq"]}]
+    assert others == [{"type": "resumed", "conversation_id": conv.id, "seq": others[0]["seq"],
+                       "pos": others[0]["seq"]}]
     assert others[0]["seq"] >= 101  # the catch-up covered at least the 100 missed
     assert [f["seq"] for f in got] == list(range(2, 107))
     contents = [f["message"]["content"] for f in got]
@@ -168,5 +169,6 @@ async def test_resume_positions_of_other_peoples_conversations_leak_nothing(
                                 "message": "no such conversation",
                                 "conversation_id": private.id}
     assert by_type["message.created"]["message"]["content"] == "own"
-    assert by_type["resumed"] == {"type": "resumed", "conversation_id": mine.id, "seq": 1}
+    assert by_type["resumed"] == {"type": "resumed", "conversation_id": mine.id, "seq": 1,
+                                  "pos": 1}
     assert "secret" not in str(frames)

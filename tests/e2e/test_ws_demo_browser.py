@@ -105,9 +105,11 @@ async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: 
             # Bob's network drops; Alice keeps writing; Bob comes back and misses nothing.
             await bob_ctx.set_offline(True)
             await expect(bob.locator("#status")).to_contain_text("Disconnected", timeout=30_000)
-            for text in ("while you were away 1", "while you were away 2", "and 3"):
+            for count, text in enumerate(("while you were away 1", "while you were away 2",
+                                          "and 3"), 3):
+                # One send at a time: sends in flight together may commit in any order.
                 await send(alice, text)
-            await expect(alice.locator("#messages li")).to_have_count(5)
+                await expect(alice.locator("#messages li")).to_have_count(count)
             await bob_ctx.set_offline(False)
             await expect(bob.locator("#status")).to_have_text("Connected as bob", timeout=30_000)
             await expect(bob.locator("#messages li .content")).to_have_text(
@@ -122,5 +124,70 @@ async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: 
                                    full_page=True)
             assert SCREENSHOT.stat().st_size > 10_000
             print(f"\ndemo screenshot: {SCREENSHOT}")
+        finally:
+            await browser.close()
+
+
+async def test_members_edits_deletions_and_reactions_in_chromium(demo: Gateway):
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pages = {}
+            errors: list[str] = []
+            for user in ("alice", "bob"):
+                ctx = await browser.new_context(viewport={"width": 1100, "height": 800})
+                pages[user] = page = await ctx.new_page()
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                await sign_in(page, demo.url, user)
+            alice, bob = pages["alice"], pages["bob"]
+
+            await alice.get_by_label("Members (comma-separated user ids)").fill("bob, carol")
+            await alice.get_by_label("Title (optional)").fill("Team room")
+            await alice.get_by_role("button", name="Create").click()
+            await expect(alice.locator("#conv-title")).to_have_text("Team room")
+            await send(alice, "first draft")
+            await bob.locator("#conv-list button", has_text="Team room").click(timeout=20_000)
+            await expect(bob.locator("#messages li .content")).to_have_text(["first draft"],
+                                                                            timeout=20_000)
+
+            # Bob reacts; Alice sees the count live.
+            await bob.get_by_role("button", name="React 👍").click()
+            await expect(alice.locator("#messages li .reactions button.reaction").first
+                         ).to_have_text("👍 1", timeout=20_000)
+
+            # Alice edits her message (the browser's prompt) and Bob sees the new text.
+            alice.once("dialog", lambda dialog: asyncio.ensure_future(
+                dialog.accept("final text")))
+            await alice.get_by_role("button", name="Edit").click()
+            await expect(bob.locator("#messages li .content")).to_have_text(["final text"],
+                                                                            timeout=20_000)
+            await expect(bob.locator("#messages li .meta")).to_contain_text(["edited"])
+
+            # Alice deletes it: a tombstone on both sides, without its text or reactions.
+            await alice.get_by_role("button", name="Delete").click()
+            await expect(bob.locator("#messages li .content")).to_have_text(
+                ["message deleted"], timeout=20_000)
+            await expect(bob.locator("#messages li .reactions")).to_have_count(0)
+
+            # The members panel: Alice adds dave and removes carol; Bob's panel follows.
+            await alice.locator("#members-panel summary").click()
+            await alice.get_by_label("Users to add").fill("dave")
+            await alice.get_by_role("button", name="Add", exact=True).click()
+            await alice.get_by_role("button", name="Remove carol").click()
+            await bob.locator("#members-panel summary").click()
+            await expect(bob.locator("#member-list li > span")).to_have_text(
+                ["alice", "bob (you)", "dave"], timeout=20_000)
+            await expect(bob.locator("#add-member-form")).to_be_hidden()
+
+            # Bob leaves: the conversation is gone from his list, and stays gone for Alice's
+            # next events.
+            await bob.get_by_role("button", name="Leave conversation").click()
+            await expect(bob.locator("#conv-list button", has_text="Team room")).to_have_count(0)
+            await expect(alice.locator("#member-list li > span")).to_have_text(
+                ["alice (you)", "dave"], timeout=20_000)
+            await send(alice, "after bob left")
+            await expect(alice.locator("#messages li")).to_have_count(2)
+            await expect(bob.locator("#conv-list button", has_text="Team room")).to_have_count(0)
+            assert errors == []
         finally:
             await browser.close()

@@ -81,8 +81,9 @@ def b_conversation(db_source: str, messages: int) -> str:
     """A conversation of tenant B with alice as a member and ``messages`` messages."""
     cid = str(uuid.uuid4())
     with psycopg.connect(db_source, autocommit=True) as conn:
-        conn.execute("INSERT INTO conversations (tenant_id, id, created_by, member_ids, last_seq)"
-                     " VALUES (%s, %s, 'alice', '{alice,bob}', %s)", (B, cid, messages))
+        conn.execute("INSERT INTO conversations (tenant_id, id, created_by, member_ids, last_seq,"
+                     " last_pos) VALUES (%s, %s, 'alice', '{alice,bob}', %s, %s)",
+                     (B, cid, messages, messages))
         conn.execute("INSERT INTO conversation_members (tenant_id, conversation_id, user_id,"
                      " last_activity_at) VALUES (%s, %s, 'alice', now()), (%s, %s, 'bob', now())",
                      (B, cid, B, cid))
@@ -90,6 +91,13 @@ def b_conversation(db_source: str, messages: int) -> str:
             conn.execute("INSERT INTO messages (tenant_id, id, conversation_id, seq, sender_id,"
                          " content, idempotency_key) VALUES (%s, gen_random_uuid(), %s, %s,"
                          " 'bob', %s, %s)", (B, cid, seq, f"b{seq}", f"k{seq}"))
+            # Each message is its conversation's change at pos == seq (the gateway resumes
+            # from the change log).
+            conn.execute("INSERT INTO conversation_changes (tenant_id, conversation_id, pos,"
+                         " change_type, message_id, user_id, actor_id) SELECT tenant_id,"
+                         " conversation_id, seq, 'message.created', id, sender_id, sender_id"
+                         " FROM messages WHERE tenant_id = %s AND conversation_id = %s"
+                         " AND seq = %s", (B, cid, seq))
     return cid
 
 

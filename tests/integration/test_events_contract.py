@@ -15,16 +15,45 @@ from hypothesis import strategies as st
 
 from chat_shared import events
 from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, PAYLOADS, payload_sql
+from chat_shared.protos.chat.v1 import chat_pb2
+from tests.conftest import auth
 from tests.helpers import create_conversation, db_rows, mark_as_read, send
 
 
 async def test_every_event_type_the_api_writes_is_what_the_contract_describes(stub, db_source):
-    conv = await create_conversation(stub, "alice", ["bob"])
+    conv = await create_conversation(stub, "alice", ["bob"], title="all kinds")
     sent = await send(stub, "alice", conv.id, "héllo")
     await mark_as_read(stub, "bob", conv.id)
+    cid, a = conv.id, auth("alice")
+    await stub.AddMembers(chat_pb2.AddMembersRequest(conversation_id=cid, member_ids=["carol"]),
+                          metadata=a)
+    await stub.SetMemberRole(chat_pb2.SetMemberRoleRequest(conversation_id=cid, user_id="carol",
+                                                           role="admin"), metadata=a)
+    await stub.RemoveMember(chat_pb2.RemoveMemberRequest(conversation_id=cid, user_id="carol"),
+                            metadata=a)
+    await stub.UpdateConversation(chat_pb2.UpdateConversationRequest(
+        conversation_id=cid, title="renamed"), metadata=a)
+    other = await send(stub, "alice", cid, "second")
+    await stub.AddReaction(chat_pb2.AddReactionRequest(conversation_id=cid, message_id=other.id,
+                                                       emoji="👍"), metadata=a)
+    await stub.RemoveReaction(chat_pb2.RemoveReactionRequest(
+        conversation_id=cid, message_id=other.id, emoji="👍"), metadata=a)
+    await stub.EditMessage(chat_pb2.EditMessageRequest(conversation_id=cid, message_id=other.id,
+                                                       content="edited"), metadata=a)
+    await stub.DeleteMessage(chat_pb2.DeleteMessageRequest(conversation_id=cid,
+                                                           message_id=other.id), metadata=a)
     rows = await db_rows(db_source, "SELECT event_type, payload, created_at FROM outbox "
-                                    "ORDER BY id")
-    assert {r[0] for r in rows} == set(PAYLOADS), "a type the API writes is not tested here"
+                                    "WHERE event_type IN ('message.created', "
+                                    "'conversation.read') ORDER BY id LIMIT 2")
+    every = await db_rows(db_source, "SELECT event_type, payload FROM outbox ORDER BY id")
+    assert {r[0] for r in every} == set(PAYLOADS), "a type the API writes is not tested here"
+    for event_type, payload in every:
+        events.decode_payload(event_type, payload)
+    positions = await db_rows(db_source, "SELECT seq FROM outbox WHERE event_type <> "
+                                         "'conversation.read' ORDER BY id")
+    assert [p for (p,) in positions] == list(range(1, len(positions) + 1))
+    changes = await db_rows(db_source, "SELECT pos FROM conversation_changes ORDER BY pos")
+    assert [p for (p,) in changes] == [p for (p,) in positions]
     by_type = {r[0]: events.decode_payload(r[0], r[1]) for r in rows}
 
     # The SQL writes what the Python builder makes from the stored message.

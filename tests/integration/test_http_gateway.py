@@ -347,3 +347,36 @@ async def test_each_request_gets_a_server_span_in_the_callers_trace(http, spans)
     assert format(span.context.trace_id, "032x") == trace_id
     assert span.attributes["http.response.status_code"] == 200
     spans.clear()
+
+
+async def test_members_edits_deletions_and_reactions_over_http(http):
+    conv = await create(http, members=["bob"], title="routes")
+    cid = conv["id"]
+    status, body = await call(http, "POST", f"/v1/conversations/{cid}/members",
+                              json={"member_ids": ["carol"]})
+    assert status == 200 and body["conversation"]["member_ids"] == ["alice", "bob", "carol"]
+    assert body["conversation"]["role"] == "owner"
+    status, _ = await call(http, "PUT", f"/v1/conversations/{cid}/members/carol/role",
+                           json={"role": "admin"})
+    assert status == 200
+    status, body = await call(http, "PATCH", f"/v1/conversations/{cid}", json={"title": "new"})
+    assert status == 200 and body["conversation"]["title"] == "new"
+    msg = await post_message(http, cid, "hello")
+    path = f"/v1/conversations/{cid}/messages/{msg['id']}"
+    status, body = await call(http, "PATCH", path, json={"content": "hello!"})
+    assert status == 200 and body["message"]["version"] == 2
+    status, body = await call(http, "POST", f"{path}/reactions", "bob", json={"emoji": "👍"})
+    assert status == 200
+    assert body["message"]["reactions"] == [{"emoji": "👍", "count": 1, "reacted_by_me": True}]
+    status, body = await call(http, "DELETE", f"{path}/reactions", "bob", params={"emoji": "👍"})
+    assert status == 200 and body["message"]["reactions"] == []
+    status, body = await call(http, "DELETE", f"{path}/reactions", "bob", params={"emoji": "x"})
+    assert status == 400 and body["message"].startswith("emoji")
+    status, body = await call(http, "PATCH", path, "bob", json={"content": "not mine"})
+    assert status == 403
+    status, body = await call(http, "DELETE", path)
+    assert status == 200 and body["message"]["deleted"] and body["message"]["content"] == ""
+    status, _ = await call(http, "DELETE", f"/v1/conversations/{cid}/members/bob", "bob")
+    assert status == 200
+    status, _ = await call(http, "GET", f"/v1/conversations/{cid}/messages", "bob")
+    assert status == 404

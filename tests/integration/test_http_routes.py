@@ -91,6 +91,14 @@ def test_chat_routes_come_from_the_annotations():
         ("GET", "/v1/conversations/{conversation_id}/messages", ""),
         ("GET", "/v1/conversations", ""),
         ("POST", "/v1/conversations/{conversation_id}/read", "*"),
+        ("POST", "/v1/conversations/{conversation_id}/members", "*"),
+        ("DELETE", "/v1/conversations/{conversation_id}/members/{user_id}", ""),
+        ("PUT", "/v1/conversations/{conversation_id}/members/{user_id}/role", "*"),
+        ("PATCH", "/v1/conversations/{conversation_id}", "*"),
+        ("PATCH", "/v1/conversations/{conversation_id}/messages/{message_id}", "*"),
+        ("DELETE", "/v1/conversations/{conversation_id}/messages/{message_id}", ""),
+        ("POST", "/v1/conversations/{conversation_id}/messages/{message_id}/reactions", "*"),
+        ("DELETE", "/v1/conversations/{conversation_id}/messages/{message_id}/reactions", ""),
     }
 
 

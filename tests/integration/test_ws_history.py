@@ -65,3 +65,31 @@ async def test_a_page_reads_only_its_own_rows_whatever_plan_postgresql_picks(stu
     read = _scans_of_messages(plan)
     assert read and read[0]["Node Type"] == "Bitmap Heap Scan", read
     assert sum(n["Actual Rows"] * n["Actual Loops"] for n in read) == 20  # not 200
+
+
+async def test_the_change_log_pages_by_pos_rendered_from_current_rows_for_members_only(
+        stub, db) -> None:
+    from chat_shared.protos.chat.v1 import chat_pb2
+
+    from tests.conftest import auth
+
+    conv = await create_conversation(stub, "alice", ["bob"], title="log")
+    [first, second] = await send_many(stub, "alice", conv.id, 2)
+    await stub.DeleteMessage(chat_pb2.DeleteMessageRequest(conversation_id=conv.id,
+                                                           message_id=first.id),
+                             metadata=auth("alice"))
+    await stub.AddReaction(chat_pb2.AddReactionRequest(conversation_id=conv.id,
+                                                       message_id=second.id, emoji="👍"),
+                           metadata=auth("bob"))
+    history = History(db, page_size=3)
+    page = await history.changes_after("default", "bob", conv.id, 0)
+    assert page is not None
+    assert [(c.seq, c.type) for c in page] == [
+        (1, "message.created"), (2, "message.created"), (3, "message.deleted")]
+    # The deleted message's creation renders as it is now: a tombstone without content.
+    assert (page[0].deleted, page[0].content) == (True, "")
+    rest = await history.changes_after("default", "bob", conv.id, 3)
+    assert rest is not None and [(c.seq, c.type, c.emoji) for c in rest] == [
+        (4, "reaction.added", "👍")]
+    assert await history.changes_after("default", "bob", conv.id, 4) == []
+    assert await history.changes_after("default", "mallory", conv.id, 0) is None

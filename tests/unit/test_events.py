@@ -34,7 +34,8 @@ from chat_shared.events import (
 CID = "4e921278-2ab6-40b3-85c7-a8711678e514"
 WHEN = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
 MESSAGE_SQL = {"message": {"id": "m.id", "conversation_id": "m.cid", "sender_id": "m.s",
-                           "content": "m.c", "seq": "m.seq", "created_at": "m.at"}}
+                           "content": "m.c", "seq": "m.seq", "created_at": "m.at",
+                           "version": "m.v", "edited_at": "m.e", "deleted": "m.d"}}
 
 aware_times = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
                            timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
@@ -80,7 +81,11 @@ def test_the_python_builders_write_what_the_checker_accepts() -> None:
     msg = events.message(CID, CID, "alice", "héllo", 7, WHEN)
     assert decode_payload(MESSAGE_CREATED, events.message_created(msg)) == {"message": {
         "id": CID, "conversation_id": CID, "sender_id": "alice", "content": "héllo", "seq": 7,
-        "created_at": "2026-11-27T10:00:00.123456Z"}}
+        "created_at": "2026-11-27T10:00:00.123456Z", "version": 1, "edited_at": None,
+        "deleted": False}}
+    edited = events.message(CID, CID, "alice", "", 7, WHEN, 2, WHEN, True)
+    assert decode_payload("message.deleted", events.message_created(edited))["message"][
+        "edited_at"] == "2026-11-27T10:00:00.123456Z"
     read = events.conversation_read(CID, "bob", 3, WHEN)
     assert decode_payload(CONVERSATION_READ, read)["read_at"] == "2026-11-27T10:00:00.123456Z"
 

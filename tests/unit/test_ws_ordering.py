@@ -17,7 +17,19 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, Event
+from chat_shared.events import (
+    CONVERSATION_READ,
+    CONVERSATION_UPDATED,
+    MEMBER_ADDED,
+    MEMBER_REMOVED,
+    MEMBER_ROLE_CHANGED,
+    MESSAGE_CREATED,
+    MESSAGE_DELETED,
+    MESSAGE_UPDATED,
+    REACTION_ADDED,
+    REACTION_REMOVED,
+    Event,
+)
 from chat_ws_gateway.ordering import (
     MAX_FILL_ROUNDS,
     RETRY_DELAY,
@@ -77,6 +89,25 @@ def test_in_order_events_go_out_at_once_and_duplicates_are_dropped() -> None:
     assert live(order, msg(A, 6)) is None  # same seq, another event id: still a duplicate
     assert live(order, msg(B, 1)) is SEND_NOW  # conversations are independent
     assert order.cursor(A).delivered == 6  # type: ignore[union-attr]
+
+
+def test_every_ordered_change_type_shares_the_conversations_positions() -> None:
+    order = started()
+    kinds = [MESSAGE_CREATED, REACTION_ADDED, MESSAGE_UPDATED, MEMBER_ADDED, MEMBER_REMOVED,
+             MEMBER_ROLE_CHANGED, CONVERSATION_UPDATED, REACTION_REMOVED, MESSAGE_DELETED]
+    for pos, kind in enumerate(kinds, 1):
+        assert live(order, Event(str(uuid.uuid4()), kind, A, pos, NOW, ["u"])) is SEND_NOW
+    # A change of any type beyond the next position is a gap, a repeated one a duplicate.
+    assert live(order, Event(str(uuid.uuid4()), REACTION_ADDED, A, 9, NOW, ["u"])) is None
+    assert live(order, Event(str(uuid.uuid4()), MEMBER_ADDED, A, 11, NOW, ["u"])) == Fetch(A, 9)
+
+
+def test_a_conversation_left_starts_afresh_at_the_first_event_of_a_return() -> None:
+    order = started()
+    live(order, msg(A, 1))
+    order.forget(A)
+    assert live(order, Event(str(uuid.uuid4()), MEMBER_ADDED, A, 7, NOW, ["u"])) is SEND_NOW
+    assert live(order, msg(A, 8)) is SEND_NOW
 
 
 def test_a_gap_holds_live_events_reads_history_then_releases_them_in_seq_order() -> None:

@@ -4,9 +4,9 @@ what a module declares), registered here. Adding a phase: docs/performance.md.""
 from __future__ import annotations
 
 from chat_bench.phase import Phase
-from chat_bench.phases import delivery, idle, rpc, scaling, throughput
+from chat_bench.phases import changes, delivery, idle, rpc, scaling, throughput
 
-PHASES: tuple[Phase, ...] = (rpc.PHASE, throughput.PHASE, delivery.PHASE, idle.PHASE,
+PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, throughput.PHASE, delivery.PHASE, idle.PHASE,
                              scaling.PHASE)
 
 

@@ -91,13 +91,15 @@ class _Loader:
         new = range(self.conversations, conversations)
         async with conn.cursor() as cur:
             async with cur.copy("COPY conversations (id, title, created_by, created_at,"
-                                " last_message_at, last_activity_at, last_seq, member_ids)"
+                                " last_message_at, last_activity_at, last_seq, last_pos,"
+                                " member_ids)"
                                 " FROM STDIN") as copy:
                 for i in new:
                     created = EPOCH + timedelta(seconds=i)
                     last = created + timedelta(milliseconds=per_conversation)
                     await copy.write_row((_cid(i), f"c{i}", HEAVY, created, last, last,
-                                          per_conversation, [HEAVY, f"scale-{i}"]))
+                                          per_conversation, per_conversation,
+                                          [HEAVY, f"scale-{i}"]))
             async with cur.copy("COPY conversation_members (conversation_id, user_id,"
                                 " last_activity_at, last_read_seq) FROM STDIN") as copy:
                 for i in new:
@@ -119,8 +121,8 @@ class _Loader:
             if big > self.big:
                 last = EPOCH + timedelta(milliseconds=big)
                 await cur.execute(
-                    "UPDATE conversations SET last_seq = %s, last_message_at = %s,"
-                    " last_activity_at = %s WHERE id = %s", (big, last, last, BIG))
+                    "UPDATE conversations SET last_seq = %s, last_pos = %s, last_message_at = %s,"
+                    " last_activity_at = %s WHERE id = %s", (big, big, last, last, BIG))
                 await cur.execute(
                     "UPDATE conversation_members SET last_activity_at = %s"
                     " WHERE conversation_id = %s", (last, BIG))

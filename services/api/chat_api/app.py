@@ -18,11 +18,15 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
 
 from chat_api.service.conversations import ConversationService
+from chat_api.service.members import MemberService
+from chat_api.service.message_changes import MessageChangeService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
 from chat_api.service.tenants import TenantDefaults, TenantDirectory
 from chat_api.settings import ApiSettings
 from chat_api.storage.conversations import ConversationRepository
+from chat_api.storage.members import MemberRepository
+from chat_api.storage.message_changes import MessageChangeRepository
 from chat_api.storage.messages import MessageRepository
 from chat_api.storage.reads import ReadRepository
 from chat_api.storage.tenants import TenantRepository
@@ -149,6 +153,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
         conversations=ConversationService(ConversationRepository(db), tenants),
         messages=MessageService(MessageRepository(db), tenants),
         reads=ReadService(ReadRepository(db)),
+        members=MemberService(MemberRepository(db), tenants),
+        message_changes=MessageChangeService(MessageChangeRepository(db), tenants),
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants,
                             TenantLabel(settings.tenant_labels))

@@ -10,6 +10,13 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class ReactionCount:
+    emoji: str
+    count: int
+    reacted_by_me: bool
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: str
     conversation_id: str
@@ -17,6 +24,10 @@ class MessageRecord:
     content: str
     seq: int
     created_at: datetime
+    version: int = 1
+    edited_at: datetime | None = None
+    deleted: bool = False
+    reactions: tuple[ReactionCount, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,10 @@ class ConversationRecord:
     created_at: datetime
     last_message_at: datetime | None
     last_seq: int
+    role: str = ""
+    """The caller's role: owner, admin or member."""
+    history_visible_to_new_members: bool = True
+    last_pos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +50,12 @@ class ConversationSummary:
     last_read_seq: int
     last_message: MessageRecord | None
     last_activity_at: datetime
+    deleted_unread: int = 0
+    """Deleted messages after the read position: they do not count as unread."""
 
     @property
     def unread_count(self) -> int:
-        return max(0, self.conversation.last_seq - self.last_read_seq)
+        return max(0, self.conversation.last_seq - self.last_read_seq - self.deleted_unread)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from chat_shared.events import MESSAGE_CREATED, Event
+from chat_shared.events import MEMBER_REMOVED, Event
 from chat_shared.observability.logging import get_logger
 from chat_shared.tenancy import DEFAULT_TENANT
 from chat_ws_gateway import protocol
@@ -198,6 +198,8 @@ class Connection:
         step = self._order.live(event, frame)
         if step is SEND_NOW:
             self._enqueue(Outgoing(frame, event.type, event.occurred_at.timestamp()))
+            if event.type == MEMBER_REMOVED and event.payload.get("user_id") == self.user_id:
+                self._order.forget(event.conversation_id)
         elif step is not None:
             self._act(step)
 
@@ -242,11 +244,21 @@ class Connection:
             while step is not None:
                 if step.delay:
                     await asyncio.sleep(step.delay)  # the gap's rows are committing
-                rows = await self._history.messages_after(self.tenant_id, self.user_id, cid,
-                                                           step.after)
+                rows = await self._history.changes_after(self.tenant_id, self.user_id, cid,
+                                                          step.after)
+                if rows is None:
+                    # Removed while catching up: its removal may be among what the read no
+                    # longer shows, so say it as a refused resume does, and stop there.
+                    self._order.abandon(cid)
+                    self.send_error(protocol.NOT_FOUND, "no such conversation",
+                                    conversation_id=cid)
+                    return
                 more = len(rows) >= self._history.page_size
                 for row in self._order.history_page(cid, rows, more):
-                    await self._put(Outgoing(protocol.history_frame(row), MESSAGE_CREATED, None))
+                    frame = protocol.stored_change_frame(row)
+                    if frame is None:
+                        continue  # a change this member does not see; its pos is passed
+                    await self._put(Outgoing(frame, row.type, None))
                     WS_CATCH_UP_MESSAGES.inc()
                 # From here to the next read nothing awaits: no live event can slip between
                 # the page's last row and the release of the held ones.

@@ -1,7 +1,12 @@
-"""Read-only PostgreSQL queries for catch-up: who is a member, and the messages after a seq.
+"""Read-only PostgreSQL queries for catch-up: who is a member, and the changes after a pos.
 
-The stream only holds recent events; PostgreSQL holds every message, so a reconnecting client
-is caught up from here (by ``seq``, the only cursor that has neither gaps nor ties).
+The stream only holds recent events; PostgreSQL holds every change of a conversation in its
+permanent log (``conversation_changes``, one row per ``pos``: see chat_shared.events,
+"Positions"), so a reconnecting client is caught up from here, by ``pos``, the cursor that
+has neither gaps nor ties. The log holds references only; each change is rendered from the
+rows as they are now (``protocol.stored_change_frame``): a message renders as it is now (a
+since-deleted one as its tombstone), so the client ends in the server's state, and content
+erased by a deletion never comes back.
 """
 
 from __future__ import annotations
@@ -40,6 +45,30 @@ _AFTER = """
     LIMIT %(limit)s
     """
 
+# The page of changes after a position, with what renders each: the message it is about (as it
+# is now), the conversation's settings, and the member's visibility limit. Membership is joined
+# in, like _AFTER; pos is gapless, so the page is the range (after, after + limit].
+_CHANGES_AFTER = """
+    SELECT x.* FROM conversation_members cm
+    JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
+    LEFT JOIN LATERAL (
+        SELECT ch.pos, ch.change_type, ch.message_id::text, ch.user_id, ch.emoji, ch.role,
+               ch.actor_id, m.seq, m.sender_id, m.content, m.created_at, m.version,
+               m.edited_at, m.deleted_at IS NOT NULL, c.title,
+               c.history_visible_to_new_members, cm.visible_from_seq
+        FROM conversation_changes ch
+        LEFT JOIN messages m ON m.tenant_id = ch.tenant_id AND m.id = ch.message_id
+        WHERE ch.tenant_id = cm.tenant_id AND ch.conversation_id = cm.conversation_id
+          AND ch.pos > %(after)s
+          AND ch.pos <= CAST(%(after)s AS bigint) + CAST(%(limit)s AS bigint)
+        ORDER BY ch.pos
+        LIMIT %(limit)s
+    ) x ON true
+    WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
+      AND cm.user_id = %(user_id)s
+    ORDER BY x.pos
+    """
+
 # Far beyond any real seq and far enough below bigint's end that after + limit cannot
 # overflow; a larger position (the protocol accepts any int64) reads as this one: nothing.
 MAX_POSITION = 2**62
@@ -53,6 +82,32 @@ class StoredMessage:
     sender_id: str
     content: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChange:
+    """One change of the log with what renders it (message columns None when it is about no
+    message)."""
+
+    conversation_id: str
+    seq: int
+    """The change's position (``pos``); named ``seq`` for the ordering state machine."""
+    type: str
+    message_id: str | None
+    user_id: str | None
+    emoji: str | None
+    role: str | None
+    actor_id: str | None
+    message_seq: int | None
+    sender_id: str | None
+    content: str | None
+    created_at: datetime | None
+    version: int | None
+    edited_at: datetime | None
+    deleted: bool
+    title: str
+    history_visible: bool
+    visible_from_seq: int
 
 
 class History:
@@ -80,3 +135,19 @@ class History:
                                         "after": min(after_seq, MAX_POSITION),
                                         "limit": self.page_size}, tenant=tenant)
         return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    async def changes_after(self, tenant: str, user_id: str, conversation_id: str,
+                            after_pos: int) -> list[StoredChange] | None:
+        """One page (``page_size``) of the conversation's changes with pos > after_pos; None
+        when the user is not a member (no row at all; a member with nothing new gets one row
+        of NULLs)."""
+        rows = await self._db.fetchall("db.ws_changes_after", _CHANGES_AFTER,
+                                       {"tenant": tenant, "conversation_id": conversation_id,
+                                        "user_id": user_id,
+                                        "after": min(after_pos, MAX_POSITION),
+                                        "limit": self.page_size}, tenant=tenant)
+        if not rows:
+            return None
+        return [StoredChange(conversation_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
+                             r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]), r[14],
+                             bool(r[15]), int(r[16])) for r in rows if r[0] is not None]

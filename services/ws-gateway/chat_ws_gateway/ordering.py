@@ -21,8 +21,10 @@ queued                                        and ``Resumed``; or ``CatchUpFaile
 
 The rules, per conversation (a ``Cursor``):
 
-- ``delivered`` is the last seq this connection has sent (or the client's resume position).
-  A ``message.created`` at or below it is a duplicate and dropped; exactly the next one is sent.
+- Positions are the conversation's change positions (``pos``; the entry's ``seq`` of an
+  ordered event, see chat_shared.events "Positions"), called ``seq`` here.
+- ``delivered`` is the last pos this connection has sent (or the client's resume position).
+  An ordered event at or below it is a duplicate and dropped; exactly the next one is sent.
 - A seq beyond the next one is a gap: the conversation *fills*. Live events are held, the missing
   messages are read from PostgreSQL page by page (``Fetch``, ``history_page``), and once the
   last page (one that is not full) has been queued (``history_sent``) the held events above
@@ -51,7 +53,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, TypeVar
 
-from chat_shared.events import MESSAGE_CREATED, Event
+from chat_shared.events import ORDERED_TYPES, Event
 
 MAX_FILL_ROUNDS = 5
 """Rounds of catch-up (each reads history until a short page) before giving up."""
@@ -177,7 +179,7 @@ class Ordering:
                 return SLOW_CONSUMER
             pending.append((event, frame))
             return None
-        if event.type != MESSAGE_CREATED:
+        if event.type not in ORDERED_TYPES:
             return SEND_NOW
         cid = event.conversation_id
         cursor = self._cursors.get(cid)
@@ -228,6 +230,17 @@ class Ordering:
                 cursor.delivered = cursor.high_water = position
         actions += self.end_pending()
         return actions
+
+    def forget(self, conversation_id: str) -> None:
+        """The user left the conversation: a later return to it starts from its first event
+        then (no catch-up across the time away)."""
+        cursor = self._cursors.get(conversation_id)
+        if cursor is not None and not cursor.filling:
+            del self._cursors[conversation_id]
+
+    def abandon(self, conversation_id: str) -> None:
+        """The user is no longer a member: drop the conversation, held events included."""
+        self._cursors.pop(conversation_id, None)
 
     def history_page(self, conversation_id: str, rows: Sequence[R], more: bool) -> list[R]:
         """The rows of a page to send now, in order; live events stay held meanwhile.

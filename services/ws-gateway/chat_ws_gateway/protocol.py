@@ -1,6 +1,9 @@
 """The wire protocol of /v1/ws: JSON text frames, each an object with a ``type``.
 
-Server -> client: ``message.created``, ``conversation.read``, ``resumed``, ``pong``, ``error``.
+Server -> client: the ordered changes (``message.created``, ``message.updated``,
+``message.deleted``, ``reaction.added``, ``reaction.removed``, ``member.added``,
+``member.removed``, ``member.role_changed``, ``conversation.updated``: each with its ``pos``),
+``conversation.read``, ``resumed``, ``pong``, ``error``.
 Client -> server: ``resume`` and ``ping``. Close codes are fixed here so docs/websocket.md, the
 server and the demo client agree. Frames that several sockets receive are encoded once (``encode``)
 and the same string is queued for each of them.
@@ -16,8 +19,20 @@ from typing import Any
 import orjson
 
 from chat_shared import events
-from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, Event
-from chat_ws_gateway.history import StoredMessage
+from chat_shared.events import (
+    CONVERSATION_READ,
+    CONVERSATION_UPDATED,
+    MEMBER_ADDED,
+    MEMBER_REMOVED,
+    MEMBER_ROLE_CHANGED,
+    MESSAGE_CREATED,
+    MESSAGE_TYPES,
+    ORDERED_TYPES,
+    REACTION_ADDED,
+    REACTION_REMOVED,
+    Event,
+)
+from chat_ws_gateway.history import StoredChange, StoredMessage
 
 # --- Close codes (4000-4999 are the application's range, RFC 6455 7.4.2) ---------------------
 CLOSE_GOING_AWAY = 1001
@@ -115,16 +130,18 @@ def pong_frame() -> str:
     return encode({"type": "pong"})
 
 
-def resumed_frame(conversation_id: str, seq: int) -> str:
-    """Sent when a conversation's catch-up is complete: live events follow."""
-    return encode({"type": "resumed", "conversation_id": conversation_id, "seq": seq})
+def resumed_frame(conversation_id: str, pos: int) -> str:
+    """Sent when a conversation's catch-up is complete up to ``pos``: live events follow.
+    (``seq`` repeats ``pos`` for clients written when the two were the same.)"""
+    return encode({"type": "resumed", "conversation_id": conversation_id, "pos": pos,
+                   "seq": pos})
 
 
 def message_frame(message: Mapping[str, Any], event_id: str | None) -> str:
     """A ``message.created`` frame; ``message`` as events carry it (``events.Message``)."""
     return encode({"type": MESSAGE_CREATED, "event_id": event_id,
                    "conversation_id": message["conversation_id"], "seq": message["seq"],
-                   "message": message})
+                   "pos": message["seq"], "message": message})
 
 
 def history_frame(message: StoredMessage) -> str:
@@ -140,13 +157,55 @@ def event_frame(event: Event) -> str | None:
     timestamps included); the envelope's ids come from the entry.
     """
     p = event.payload
-    if event.type == MESSAGE_CREATED:
-        return encode({"type": MESSAGE_CREATED, "event_id": event.event_id,
-                       "conversation_id": event.conversation_id, "seq": event.seq,
-                       "message": p.get("message") or {}})
+    if event.type in ORDERED_TYPES:
+        return change_frame(event.type, event.conversation_id, event.seq, p, event.event_id)
     if event.type == CONVERSATION_READ:
         return encode({"type": CONVERSATION_READ, "event_id": event.event_id,
                        "conversation_id": event.conversation_id,
                        "user_id": p.get("user_id"), "last_read_seq": p.get("last_read_seq"),
                        "read_at": p.get("read_at")})
     return None
+
+
+def change_frame(event_type: str, conversation_id: str, pos: int, payload: Mapping[str, Any],
+                 event_id: str | None) -> str:
+    """The frame of an ordered change: its payload's fields beside ``type``, ``event_id``,
+    ``conversation_id`` and ``pos``; a message change also has the message's ``seq``."""
+    frame: dict[str, Any] = {**payload, "type": event_type, "event_id": event_id,
+                             "conversation_id": conversation_id, "pos": pos}
+    if event_type in MESSAGE_TYPES:
+        frame["seq"] = (payload.get("message") or {}).get("seq")
+    return encode(frame)
+
+
+def stored_change_frame(change: StoredChange) -> str | None:
+    """The frame of a change read from the log, rendered from the rows as they are now; None
+    for a change the member does not see (about a message from before they joined a
+    conversation that hides its history)."""
+    t, cid = change.type, change.conversation_id
+    payload: dict[str, Any]
+    if change.message_id is not None and (
+            change.message_seq is None or change.message_seq <= change.visible_from_seq):
+        return None
+    if t in MESSAGE_TYPES:
+        assert change.created_at is not None and change.message_seq is not None
+        payload = {"message": events.message(
+            change.message_id or "", cid, change.sender_id or "",
+            "" if change.deleted else change.content or "", change.message_seq,
+            change.created_at, change.version or 1, change.edited_at, change.deleted)}
+    elif t in (REACTION_ADDED, REACTION_REMOVED):
+        payload = {"conversation_id": cid, "message_id": change.message_id,
+                   "user_id": change.user_id, "emoji": change.emoji}
+    elif t in (MEMBER_ADDED, MEMBER_ROLE_CHANGED):
+        payload = {"conversation_id": cid, "user_id": change.user_id, "role": change.role,
+                   "actor_id": change.actor_id}
+    elif t == MEMBER_REMOVED:
+        payload = {"conversation_id": cid, "user_id": change.user_id,
+                   "actor_id": change.actor_id}
+    elif t == CONVERSATION_UPDATED:
+        payload = {"conversation_id": cid, "title": change.title,
+                   "history_visible_to_new_members": change.history_visible,
+                   "actor_id": change.actor_id}
+    else:
+        return None
+    return change_frame(t, cid, change.seq, payload, None)

@@ -7,26 +7,36 @@ from datetime import datetime
 from typing import Any
 
 from chat_api.models import ConversationRecord, ConversationSummary
-from chat_api.storage.rows import message_from
+from chat_api.storage.rows import message_columns, message_from
 from chat_shared.db import Database, tenant_execute
 
 _CREATE = """
     WITH ins AS (
-        INSERT INTO conversations (tenant_id, id, title, direct_key, created_by, member_ids)
+        INSERT INTO conversations (tenant_id, id, title, direct_key, created_by, member_ids,
+                                   history_visible_to_new_members)
         VALUES (%(tenant)s, gen_random_uuid(), %(title)s, %(direct_key)s, %(creator)s,
-                CAST(%(members)s AS text[]))
+                CAST(%(members)s AS text[]), %(history_visible)s)
         ON CONFLICT (tenant_id, direct_key) DO NOTHING
-        RETURNING id, title, created_at, last_message_at, last_seq, member_ids, last_activity_at
+        RETURNING id, title, created_at, last_message_at, last_seq, member_ids, last_activity_at,
+                  history_visible_to_new_members, last_pos
     ), mem AS (
-        INSERT INTO conversation_members (tenant_id, conversation_id, user_id, last_activity_at)
-        SELECT %(tenant)s, ins.id, u, ins.last_activity_at FROM ins, unnest(ins.member_ids) AS u
+        INSERT INTO conversation_members (tenant_id, conversation_id, user_id, last_activity_at,
+                                          role)
+        SELECT %(tenant)s, ins.id, u, ins.last_activity_at,
+               CASE WHEN u = %(creator)s THEN 'owner' ELSE 'member' END
+        FROM ins, unnest(ins.member_ids) AS u
     )
-    SELECT id, title, created_at, last_message_at, last_seq, member_ids FROM ins
+    SELECT id, title, created_at, last_message_at, last_seq, member_ids,
+           history_visible_to_new_members, last_pos, 'owner' FROM ins
     """
 
 _BY_DIRECT_KEY = """
-    SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids
-    FROM conversations c WHERE c.tenant_id = %(tenant)s AND c.direct_key = %(direct_key)s
+    SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids,
+           c.history_visible_to_new_members, c.last_pos, m.role
+    FROM conversations c
+    JOIN conversation_members m ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id
+     AND m.user_id = %(creator)s
+    WHERE c.tenant_id = %(tenant)s AND c.direct_key = %(direct_key)s
     """
 
 # The member's page of the list comes from ix_conversation_members_inbox (tenant_id, user_id,
@@ -45,13 +55,15 @@ _BY_DIRECT_KEY = """
 # (conversation, created_at) index, reading all of a conversation's messages.
 #
 # Columns: 0-4 the conversation, 5 last_activity_at, 6 last_read_seq, 7 member ids,
-# 8-13 the last message (NULLs when there is none).
-_LIST_HEAD = """
+# 8-10 the caller's role, the history setting and last_pos, 11 deleted_unread,
+# 12-20 the last message (NULLs when there is none, or when the member may not see it).
+_LIST_HEAD = f"""
     SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, p.last_activity_at,
-           p.last_read_seq, c.member_ids,
-           lm.id::text, lm.conversation_id::text, lm.seq, lm.sender_id, lm.content, lm.created_at
+           p.last_read_seq, c.member_ids, p.role, c.history_visible_to_new_members, c.last_pos,
+           p.deleted_unread, {message_columns("lm")}
     FROM (
-        SELECT cm.tenant_id, cm.conversation_id, cm.last_activity_at, cm.last_read_seq
+        SELECT cm.tenant_id, cm.conversation_id, cm.last_activity_at, cm.last_read_seq,
+               cm.role, cm.visible_from_seq, cm.deleted_unread
         FROM conversation_members cm
         WHERE cm.tenant_id = %(tenant)s AND cm.user_id = %(user_id)s
 """
@@ -59,14 +71,15 @@ _LIST_TAIL = """
         ORDER BY cm.last_activity_at DESC, cm.conversation_id DESC LIMIT %(limit)s
     ) p
     CROSS JOIN LATERAL (
-        SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids
+        SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids,
+               c.history_visible_to_new_members, c.last_pos
         FROM conversations c WHERE c.tenant_id = p.tenant_id AND c.id = p.conversation_id
         LIMIT 1
     ) c
     LEFT JOIN LATERAL (
-        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.created_at
-        FROM messages m
+        SELECT m.* FROM messages m
         WHERE m.tenant_id = p.tenant_id AND m.conversation_id = c.id AND m.seq = c.last_seq
+          AND m.seq > p.visible_from_seq
         LIMIT 1
     ) lm ON true
     ORDER BY p.last_activity_at DESC, p.conversation_id DESC
@@ -85,10 +98,12 @@ def direct_key(a: str, b: str) -> str:
     return json.dumps(sorted((a, b)), separators=(",", ":"))
 
 
-def _conversation(row: tuple[Any, ...], members: list[str]) -> ConversationRecord:
+def _conversation(row: tuple[Any, ...], members: list[str], role: str, history_visible: bool,
+                  last_pos: int) -> ConversationRecord:
     return ConversationRecord(
         id=str(row[0]), title=row[1], member_ids=members, created_at=row[2],
-        last_message_at=row[3], last_seq=int(row[4]),
+        last_message_at=row[3], last_seq=int(row[4]), role=role,
+        history_visible_to_new_members=history_visible, last_pos=last_pos,
     )
 
 
@@ -97,11 +112,12 @@ class ConversationRepository:
         self._db = db
 
     async def create(
-        self, tenant: str, creator: str, members: list[str], title: str, direct: str | None
+        self, tenant: str, creator: str, members: list[str], title: str, direct: str | None,
+        history_visible: bool = True,
     ) -> ConversationRecord:
         """Creates the conversation, or returns the existing direct one with the same key."""
         params = {"tenant": tenant, "title": title, "direct_key": direct, "creator": creator,
-                  "members": sorted(members)}
+                  "members": sorted(members), "history_visible": history_visible}
         async with self._db.connection("db.create_conversation") as conn:
             row = await (await tenant_execute(conn, tenant, _CREATE, params)).fetchone()
             if row is None:
@@ -109,10 +125,10 @@ class ConversationRepository:
                 # conflicting insert waited for it to commit, so this statement sees it).
                 row = await (await tenant_execute(
                     conn, tenant, _BY_DIRECT_KEY,
-                    {"tenant": tenant, "direct_key": direct})).fetchone()
+                    {"tenant": tenant, "direct_key": direct, "creator": creator})).fetchone()
         if row is None:
             raise RuntimeError("direct conversation vanished between insert and select")
-        return _conversation(row, list(row[5]))
+        return _conversation(row, list(row[5]), row[8], bool(row[6]), int(row[7]))
 
     async def list_for_member(
         self, tenant: str, user_id: str, limit: int, after: tuple[datetime, str] | None
@@ -126,10 +142,12 @@ class ConversationRepository:
         rows = await self._db.fetchall("db.list_conversations", stmt, params, tenant=tenant)
         return [
             ConversationSummary(
-                conversation=_conversation(row, list(row[7])),
+                conversation=_conversation(row, list(row[7]), row[8], bool(row[9]),
+                                           int(row[10])),
                 last_read_seq=int(row[6]),
-                last_message=message_from(row, 8) if row[8] is not None else None,
+                last_message=message_from(row, 12) if row[12] is not None else None,
                 last_activity_at=row[5],
+                deleted_unread=int(row[11]),
             )
             for row in rows
         ]

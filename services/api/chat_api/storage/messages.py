@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from datetime import datetime
 
 import psycopg.errors
 
-from chat_api.models import MessageRecord
-from chat_api.storage.rows import message_from
+from chat_api.models import MessageRecord, ReactionCount
+from chat_api.storage.rows import MESSAGE_COLUMNS, message_columns, message_from
 from chat_shared.db import Database
 from chat_shared.events import MESSAGE_CREATED, payload_sql
 
@@ -21,7 +22,11 @@ above it, at most once a second (see ``_SEND``)."""
 # The event's payload as the event contract describes it (built and checked at import).
 _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
     "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
-    "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at"}})
+    "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
+    "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false"}})
+
+MAX_REACTIONS = 20
+"""A message shows its 20 most used reactions (ties by emoji)."""
 
 # One statement, one round trip: take the conversation's row lock while incrementing last_seq
 # (only for a member), insert the message with that seq, write its outbox event with the
@@ -41,6 +46,12 @@ _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
 # the second, and a busy 1,000-member conversation pays the 13 ms once a second instead of on
 # every send. Smaller conversations (nearly all of them) stay exact.
 #
+# Positions: the same row update takes the message's seq and the change's pos (both gapless,
+# see chat_shared.events "Positions"), writes the change log row and the event at that pos.
+# Membership is checked on the conversation row's own copy (member_ids) besides the member
+# row: after waiting for the row lock, PostgreSQL re-reads the locked row, not the sub-select,
+# so a send that waited for a RemoveMember of its sender is refused.
+#
 # Idempotency, without burning a seq (seq stays gapless): a key that already names a committed
 # message (``prior``, one probe of the unique index) stops the statement before the row lock,
 # and the statement answers with that original, flagged as a duplicate: a retry costs one read,
@@ -48,21 +59,23 @@ _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
 # at the unique constraint, which aborts the later statements whole (UniqueViolation).
 _SEND = f"""
     WITH prior AS (
-        SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
-        WHERE tenant_id = %(tenant)s AND sender_id = %(sender_id)s
-          AND idempotency_key = %(idempotency_key)s
+        SELECT {message_columns("p")} FROM messages p
+        WHERE p.tenant_id = %(tenant)s AND p.sender_id = %(sender_id)s
+          AND p.idempotency_key = %(idempotency_key)s
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
+               last_pos = c.last_pos + 1,
                last_message_at = GREATEST(now.t, c.last_activity_at),
                last_activity_at = GREATEST(now.t, c.last_activity_at)
           FROM (SELECT clock_timestamp() AS t) now
          WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
            AND NOT EXISTS (SELECT 1 FROM prior)
+           AND c.member_ids @> ARRAY[CAST(%(sender_id)s AS text)]
            AND EXISTS (SELECT 1 FROM conversation_members m
                         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id
                           AND m.user_id = %(sender_id)s)
-        RETURNING c.id, c.last_seq, c.last_message_at, c.member_ids,
+        RETURNING c.id, c.last_seq, c.last_pos, c.last_message_at, c.member_ids,
                   cardinality(c.member_ids) AS members
     ), msg AS (
         INSERT INTO messages (tenant_id, id, conversation_id, seq, sender_id, content,
@@ -70,12 +83,18 @@ _SEND = f"""
         SELECT %(tenant)s, gen_random_uuid(), conv.id, conv.last_seq, %(sender_id)s, %(content)s,
                %(idempotency_key)s, conv.last_message_at
         FROM conv
-        RETURNING id, conversation_id, seq, sender_id, content, created_at
+        RETURNING {message_columns("messages")}
+    ), chg AS (
+        INSERT INTO conversation_changes (tenant_id, conversation_id, pos, change_type,
+                                          message_id, user_id, actor_id)
+        SELECT %(tenant)s, conv.id, conv.last_pos, '{MESSAGE_CREATED}', msg.id, msg.sender_id,
+               msg.sender_id
+        FROM msg, conv
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
                             payload)
-        SELECT %(tenant)s, gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id, msg.seq,
-               conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}
+        SELECT %(tenant)s, gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id,
+               conv.last_pos, conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}
         FROM msg, conv
     ), members AS (
         -- Sending implies having read the conversation up to one's own message, so a user's
@@ -84,23 +103,36 @@ _SEND = f"""
            SET last_activity_at = conv.last_message_at,
                last_read_seq = CASE WHEN m.user_id = %(sender_id)s
                                     THEN GREATEST(m.last_read_seq, conv.last_seq)
-                                    ELSE m.last_read_seq END
+                                    ELSE m.last_read_seq END,
+               deleted_unread = CASE WHEN m.user_id = %(sender_id)s THEN 0
+                                     ELSE m.deleted_unread END
           FROM conv
          WHERE m.tenant_id = %(tenant)s AND m.conversation_id = conv.id
            AND (m.user_id = %(sender_id)s
                 OR conv.members <= {EXACT_ORDER_MEMBERS}  -- not the array: once per row
                 OR m.last_activity_at <= conv.last_message_at - interval '1 second')
     )
-    SELECT false, id, conversation_id, seq, sender_id, content, created_at FROM msg
+    SELECT false, * FROM msg
     UNION ALL
-    SELECT true, id, conversation_id, seq, sender_id, content, created_at FROM prior
+    SELECT true, * FROM prior
     """
 
-_BY_KEY = """
-    SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
-    WHERE tenant_id = %(tenant)s AND sender_id = %(sender_id)s
-      AND idempotency_key = %(idempotency_key)s
+_BY_KEY = f"""
+    SELECT {message_columns("m")} FROM messages m
+    WHERE m.tenant_id = %(tenant)s AND m.sender_id = %(sender_id)s
+      AND m.idempotency_key = %(idempotency_key)s
     """
+
+# The reactions of a message in the page, aggregated in the page's own statement (one index
+# range of message_reactions per message of the page, empty for most): the 20 most used, each
+# as [emoji, count, whether the caller is among them].
+REACTIONS_SQL = f"""
+        (SELECT jsonb_agg(jsonb_build_array(r.emoji, r.n, r.mine) ORDER BY r.n DESC, r.emoji)
+           FROM (SELECT x.emoji, count(*) AS n, bool_or(x.user_id = %(user_id)s) AS mine
+                   FROM message_reactions x
+                  WHERE x.tenant_id = %(tenant)s AND x.message_id = m.id
+                  GROUP BY x.emoji ORDER BY count(*) DESC, x.emoji LIMIT {MAX_REACTIONS}) r)
+"""
 
 # The membership row drives a lateral page of messages: no row at all means "not a member or
 # no such conversation"; one row of NULLs means "a member, and the page is empty".
@@ -112,13 +144,17 @@ _BY_KEY = """
 # bitmap scan of the *whole* conversation plus a sort, 1.07 ms for 3,000 messages instead of
 # 0.045 ms, and the cost grew with the conversation. Measured on the bench data set.
 # (The CASTs: psycopg sends a small Python int as smallint, and smallint + smallint overflows.)
-_PAGE_HEAD = """
+#
+# A member added to a conversation that hides its history sees the messages after
+# ``visible_from_seq`` only (0 for everyone else).
+_PAGE_HEAD = f"""
     SELECT p.* FROM conversation_members cm
     JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
     LEFT JOIN LATERAL (
-        SELECT m.id::text, m.conversation_id::text, m.seq, m.sender_id, m.content, m.created_at
+        SELECT {message_columns("m")}, {REACTIONS_SQL}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
+          AND m.seq > cm.visible_from_seq
 """
 _PAGE_TAIL = """
     ) p ON true
@@ -241,4 +277,15 @@ class MessageRepository:
                                        tenant=tenant)
         if not rows:
             return None
-        return [message_from(r) for r in rows if r[0] is not None]
+        return [with_reactions(message_from(r), r[MESSAGE_COLUMNS]) for r in rows
+                if r[0] is not None]
+
+
+def with_reactions(message: MessageRecord, aggregated: list[list[object]] | None
+                   ) -> MessageRecord:
+    """The message with its reactions as ``REACTIONS_SQL`` aggregates them."""
+    if not aggregated:
+        return message
+    return dataclasses.replace(message, reactions=tuple(
+        ReactionCount(str(e), int(n), bool(mine))  # type: ignore[call-overload]
+        for e, n, mine in aggregated))

@@ -13,10 +13,14 @@ _CONVERSATION_READ_PAYLOAD = payload_sql(CONVERSATION_READ, {
 
 # GREATEST keeps the position from moving backwards; LEAST clamps it to the newest message.
 # The event is written only when the position moved, in the same statement.
+#
+# Deleted messages do not count as unread: ``deleted_unread`` (the tombstones after the read
+# position) is recomputed when the position moves, from the tombstones' partial index
+# (ix_messages_deleted: nearly always an empty range, as a member usually reads up to the end).
 _MARK = f"""
     WITH target AS (
         SELECT m.conversation_id, m.user_id, m.last_read_seq AS old_seq, c.last_seq,
-               c.member_ids,
+               c.member_ids, m.deleted_unread, m.visible_from_seq,
                GREATEST(m.last_read_seq,
                         LEAST(CASE WHEN CAST(%(up_to_seq)s AS bigint) = 0 THEN c.last_seq
                                    ELSE CAST(%(up_to_seq)s AS bigint) END,
@@ -26,9 +30,18 @@ _MARK = f"""
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = %(conversation_id)s
           AND m.user_id = %(user_id)s
         FOR UPDATE OF m
-    ), upd AS (
-        UPDATE conversation_members m SET last_read_seq = t.new_seq
+    ), counted AS (
+        SELECT t.*, CASE WHEN t.new_seq > t.old_seq THEN (
+                   SELECT count(*) FROM messages d
+                    WHERE d.tenant_id = %(tenant)s AND d.conversation_id = t.conversation_id
+                      AND d.deleted_at IS NOT NULL AND d.seq > t.new_seq
+                      AND d.seq > t.visible_from_seq)
+                   ELSE t.deleted_unread END AS deleted_after
         FROM target t
+    ), upd AS (
+        UPDATE conversation_members m SET last_read_seq = t.new_seq,
+                                          deleted_unread = t.deleted_after
+        FROM counted t
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = t.conversation_id
           AND m.user_id = t.user_id
           AND t.new_seq > t.old_seq
@@ -39,7 +52,7 @@ _MARK = f"""
                t.member_ids, {_CONVERSATION_READ_PAYLOAD}
         FROM target t WHERE t.new_seq > t.old_seq
     )
-    SELECT new_seq, last_seq - new_seq AS unread FROM target
+    SELECT new_seq, GREATEST(0, last_seq - new_seq - deleted_after) AS unread FROM counted
     """
 
 

@@ -6,10 +6,19 @@ from typing import Any
 
 from chat_api.models import MessageRecord
 
+MESSAGE_COLUMNS = 9
+"""id, conversation_id, seq, sender_id, content, created_at, version, edited_at, deleted."""
+
+
+def message_columns(alias: str) -> str:
+    """The select list ``message_from`` reads, of the messages row ``alias``."""
+    a = alias
+    return (f"{a}.id, {a}.conversation_id, {a}.seq, {a}.sender_id, {a}.content, "
+            f"{a}.created_at, {a}.version, {a}.edited_at, {a}.deleted_at IS NOT NULL")
+
 
 def message_from(row: tuple[Any, ...], offset: int = 0) -> MessageRecord:
-    """A message from the columns id, conversation_id, seq, sender_id, content, created_at
-    starting at ``offset`` in ``row``."""
+    """A message from the columns of ``message_columns`` starting at ``offset`` in ``row``."""
     return MessageRecord(
         id=str(row[offset]),
         conversation_id=str(row[offset + 1]),
@@ -17,4 +26,7 @@ def message_from(row: tuple[Any, ...], offset: int = 0) -> MessageRecord:
         sender_id=row[offset + 3],
         content=row[offset + 4],
         created_at=row[offset + 5],
+        version=int(row[offset + 6]),
+        edited_at=row[offset + 7],
+        deleted=bool(row[offset + 8]),
     )

@@ -51,6 +51,16 @@ def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
     out.content = record.content
     out.seq = record.seq
     fill_timestamp(out.created_at, record.created_at)
+    out.version = record.version
+    if record.edited_at is not None:
+        fill_timestamp(out.edited_at, record.edited_at)
+    if record.deleted:
+        out.deleted = True
+    for reaction in record.reactions:
+        r = out.reactions.add()
+        r.emoji = reaction.emoji
+        r.count = reaction.count
+        r.reacted_by_me = reaction.reacted_by_me
 
 
 def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) -> None:
@@ -59,6 +69,9 @@ def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) ->
     out.member_ids.extend(record.member_ids)
     fill_timestamp(out.created_at, record.created_at)
     out.last_seq = record.last_seq
+    out.role = record.role
+    out.history_visible_to_new_members = record.history_visible_to_new_members
+    out.last_pos = record.last_pos
     if record.last_message_at is not None:
         fill_timestamp(out.last_message_at, record.last_message_at)
 

@@ -13,6 +13,8 @@ from typing import Any
 from google.protobuf.message import Message
 
 from chat_api.service.conversations import ConversationService
+from chat_api.service.members import MemberService
+from chat_api.service.message_changes import MessageChangeService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
 from chat_api.transport import convert
@@ -28,13 +30,18 @@ class ChatHandlers:
     conversations: ConversationService
     messages: MessageService
     reads: ReadService
+    members: MemberService
+    message_changes: MessageChangeService
 
     async def CreateConversation(  # noqa: N802 - named after the RPC
         self, caller: Principal, req: chat_pb2.CreateConversationRequest
     ) -> chat_pb2.CreateConversationResponse:
         # The repeated field itself, not a list copy: its size is checked before anything
         # else touches its (up to a megabyte of) entries.
-        conv = await self.conversations.create(caller, req.member_ids, req.title)
+        history_visible = (req.history_visible_to_new_members
+                           if req.HasField("history_visible_to_new_members") else True)
+        conv = await self.conversations.create(caller, req.member_ids, req.title,
+                                               history_visible)
         resp = chat_pb2.CreateConversationResponse()
         convert.fill_conversation(resp.conversation, conv)
         return resp
@@ -76,6 +83,73 @@ class ChatHandlers:
         pos = await self.reads.mark_as_read(caller, req.conversation_id, req.up_to_seq)
         return chat_pb2.MarkAsReadResponse(last_read_seq=pos.last_read_seq,
                                            unread_count=pos.unread_count)
+
+    async def AddMembers(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.AddMembersRequest
+    ) -> chat_pb2.AddMembersResponse:
+        conv = await self.members.add(caller, req.conversation_id, req.member_ids)
+        resp = chat_pb2.AddMembersResponse()
+        convert.fill_conversation(resp.conversation, conv)
+        return resp
+
+    async def RemoveMember(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.RemoveMemberRequest
+    ) -> chat_pb2.RemoveMemberResponse:
+        await self.members.remove(caller, req.conversation_id, req.user_id)
+        return chat_pb2.RemoveMemberResponse()
+
+    async def SetMemberRole(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.SetMemberRoleRequest
+    ) -> chat_pb2.SetMemberRoleResponse:
+        await self.members.set_role(caller, req.conversation_id, req.user_id, req.role)
+        return chat_pb2.SetMemberRoleResponse()
+
+    async def UpdateConversation(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.UpdateConversationRequest
+    ) -> chat_pb2.UpdateConversationResponse:
+        conv = await self.members.update(
+            caller, req.conversation_id,
+            req.title if req.HasField("title") else None,
+            (req.history_visible_to_new_members
+             if req.HasField("history_visible_to_new_members") else None))
+        resp = chat_pb2.UpdateConversationResponse()
+        convert.fill_conversation(resp.conversation, conv)
+        return resp
+
+    async def EditMessage(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.EditMessageRequest
+    ) -> chat_pb2.EditMessageResponse:
+        msg = await self.message_changes.edit(caller, req.conversation_id, req.message_id,
+                                              req.content)
+        resp = chat_pb2.EditMessageResponse()
+        convert.fill_message(resp.message, msg)
+        return resp
+
+    async def DeleteMessage(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.DeleteMessageRequest
+    ) -> chat_pb2.DeleteMessageResponse:
+        msg = await self.message_changes.delete(caller, req.conversation_id, req.message_id)
+        resp = chat_pb2.DeleteMessageResponse()
+        convert.fill_message(resp.message, msg)
+        return resp
+
+    async def AddReaction(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.AddReactionRequest
+    ) -> chat_pb2.AddReactionResponse:
+        msg = await self.message_changes.react(caller, req.conversation_id, req.message_id,
+                                               req.emoji, add=True)
+        resp = chat_pb2.AddReactionResponse()
+        convert.fill_message(resp.message, msg)
+        return resp
+
+    async def RemoveReaction(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.RemoveReactionRequest
+    ) -> chat_pb2.RemoveReactionResponse:
+        msg = await self.message_changes.react(caller, req.conversation_id, req.message_id,
+                                               req.emoji, add=False)
+        resp = chat_pb2.RemoveReactionResponse()
+        convert.fill_message(resp.message, msg)
+        return resp
 
     def registry(self) -> dict[str, Handler]:
         """Method name -> handler, for every RPC of chat.v1.ChatService."""

@@ -1,17 +1,19 @@
 // chat-service demo client: plain JavaScript, no build step, no dependencies.
 //
 // Reads and writes go to the HTTP/JSON API; live events come over the gateway's WebSocket.
-// The client remembers, per conversation, the highest seq it has seen, and sends those
-// positions in a "resume" frame on every (re)connect, so nothing sent while it was offline
-// is lost; messages are kept by seq, so a message seen twice is shown once.
+// The client remembers, per conversation, the last change position (pos) it has applied, and
+// sends those positions in a "resume" frame on every (re)connect, so no change made while it
+// was offline is lost; messages are kept by seq, and every message frame replaces the copy
+// (an edit, a tombstone), so a change seen twice is shown once.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = {
   config: null, user: "", token: "", ws: null, retry: 0, retryTimer: null, pingTimer: null,
   pongDeadline: null, convs: new Map(), messages: new Map(), positions: new Map(),
-  current: null, reloadTimer: null, signedIn: false,
+  current: null, reloadTimer: null, messagesTimer: null, signedIn: false,
 };
+const QUICK_REACTIONS = ["👍", "🎉", "❤️"];
 
 function setStatus(text, cls) {
   const el = $("status");
@@ -53,8 +55,8 @@ function convName(c) {
   return others.length ? others.join(", ") : "(just you)";
 }
 
-function see(cid, seq) {
-  if (seq > (state.positions.get(cid) || 0)) state.positions.set(cid, seq);
+function see(cid, pos) {
+  if (pos > (state.positions.get(cid) || 0)) state.positions.set(cid, pos);
 }
 
 async function loadConversations() {
@@ -63,14 +65,32 @@ async function loadConversations() {
     const c = s.conversation;
     const lastSeq = Number(c.last_seq);
     state.convs.set(c.id, {
-      id: c.id, title: c.title, member_ids: c.member_ids, last_seq: lastSeq,
+      id: c.id, title: c.title, member_ids: c.member_ids, last_seq: lastSeq, role: c.role,
       last_read_seq: Number(s.last_read_seq), unread: Number(s.unread_count),
     });
     // What the list reports is what this client has "seen" as far as resume is concerned;
     // the message history itself is fetched when the conversation is opened.
-    see(c.id, lastSeq);
+    see(c.id, Number(c.last_pos));
+  }
+  for (const cid of [...state.convs.keys()]) {  // left or removed meanwhile
+    if (!data.conversations.some((s) => s.conversation.id === cid)) forget(cid);
   }
   renderConversations();
+  renderMembers();
+}
+
+function forget(cid) {
+  state.convs.delete(cid);
+  state.messages.delete(cid);
+  state.positions.delete(cid);
+  if (state.current === cid) {
+    state.current = null;
+    $("messages").replaceChildren();
+    $("conv-title").textContent = "Pick a conversation";
+    $("send-form").hidden = true;
+  }
+  renderConversations();
+  renderMembers();
 }
 
 function scheduleReload() {
@@ -112,10 +132,9 @@ async function openConversation(cid) {
   $("send-form").hidden = false;
   renderConversations();
   renderMessages();
+  renderMembers();
   try {
-    const data = await api("GET", `/v1/conversations/${cid}/messages?limit=50`);
-    for (const m of data.messages) addMessage(m);
-    renderMessages();
+    await loadMessages(cid);
     await markRead(cid);
     $("message").focus();
   } catch (e) { showError(e.message); }
@@ -143,7 +162,70 @@ $("create-form").addEventListener("submit", async (ev) => {
   } catch (e) { showError(e.message); }
 });
 
+// --- members -----------------------------------------------------------------------------------
+
+function renderMembers() {
+  const c = state.convs.get(state.current);
+  $("members-panel").hidden = !c;
+  if (!c) return;
+  const manager = c.role === "owner" || c.role === "admin";
+  $("my-role").textContent = `You are ${c.role || "a member"}.`;
+  const list = $("member-list");
+  list.replaceChildren();
+  for (const user of c.member_ids) {
+    const li = document.createElement("li");
+    const name = document.createElement("span");
+    name.textContent = user === state.user ? `${user} (you)` : user;
+    li.append(name);
+    if (manager && user !== state.user) {
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "Remove";
+      remove.setAttribute("aria-label", `Remove ${user}`);
+      remove.addEventListener("click", () => act(
+        api("DELETE", `/v1/conversations/${c.id}/members/${encodeURIComponent(user)}`)));
+      li.append(remove);
+    }
+    list.append(li);
+  }
+  $("add-member-form").hidden = !manager;
+}
+
+async function act(call) {
+  showError("");
+  try { await call; } catch (e) { showError(e.message); }
+}
+
+$("add-member-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const users = $("add-member").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (!users.length || !state.current) return;
+  $("add-member").value = "";
+  act(api("POST", `/v1/conversations/${state.current}/members`, { member_ids: users })
+    .then(() => loadConversations()));
+});
+
+$("leave").addEventListener("click", () => {
+  const cid = state.current;
+  if (!cid) return;
+  act(api("DELETE", `/v1/conversations/${cid}/members/${encodeURIComponent(state.user)}`)
+    .then(() => forget(cid)));
+});
+
 // --- messages ----------------------------------------------------------------------------------
+
+async function loadMessages(cid) {
+  const data = await api("GET", `/v1/conversations/${cid}/messages?limit=50`);
+  for (const m of data.messages) addMessage(m);
+  if (cid === state.current) renderMessages();
+}
+
+function scheduleMessagesReload(cid) {
+  if (cid !== state.current) return;
+  clearTimeout(state.messagesTimer);
+  state.messagesTimer = setTimeout(
+    () => loadMessages(cid).catch((e) => showError(e.message)), 150);
+}
 
 function addMessage(m) {
   const cid = m.conversation_id;
@@ -151,36 +233,86 @@ function addMessage(m) {
   if (!state.messages.has(cid)) state.messages.set(cid, new Map());
   const byseq = state.messages.get(cid);
   const fresh = !byseq.has(seq);
-  byseq.set(seq, { ...m, seq });
-  see(cid, seq);
+  const before = byseq.get(seq);
+  // An event's message carries no reactions: keep the ones known (a tombstone has none).
+  const reactions = m.reactions || (m.deleted ? [] : (before && before.reactions) || []);
+  byseq.set(seq, { ...m, seq, reactions });
   return fresh;
+}
+
+function messageButton(label, text, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function react(m, emoji, mine) {
+  const path = `/v1/conversations/${m.conversation_id}/messages/${m.id}/reactions`;
+  act((mine ? api("DELETE", `${path}?emoji=${encodeURIComponent(emoji)}`)
+            : api("POST", path, { emoji })).then((r) => {
+    addMessage(r.message);
+    renderMessages();
+  }));
 }
 
 function renderMessages() {
   const list = $("messages");
   const byseq = state.messages.get(state.current) || new Map();
-  if (list.dataset.cid !== String(state.current)) {  // another conversation: start over
-    list.replaceChildren();
-    list.dataset.cid = String(state.current);
-  }
-  const shown = new Set([...list.children].map((li) => Number(li.dataset.seq)));
-  const seqs = [...byseq.keys()].sort((a, b) => a - b);
-  for (const seq of seqs) {
-    if (shown.has(seq)) continue;
+  list.dataset.cid = String(state.current);
+  // Messages change (edits, tombstones, reactions): the list is drawn again each time.
+  list.replaceChildren();
+  for (const seq of [...byseq.keys()].sort((a, b) => a - b)) {
     const m = byseq.get(seq);
     const li = document.createElement("li");
     li.dataset.seq = String(seq);
-    li.className = m.sender_id === state.user ? "mine" : "";
+    li.className = (m.sender_id === state.user ? "mine" : "") + (m.deleted ? " deleted" : "");
     const meta = document.createElement("span");
     meta.className = "meta";
     const time = m.created_at ? new Date(m.created_at).toLocaleTimeString() : "";
-    meta.textContent = `${m.sender_id} · #${seq} · ${time}`;
+    meta.textContent = `${m.sender_id} · #${seq} · ${time}` + (m.edited_at ? " · edited" : "");
     const body = document.createElement("span");
     body.className = "content";
-    body.textContent = m.content;
+    body.textContent = m.deleted ? "message deleted" : m.content;
     li.append(meta, body);
-    const after = [...list.children].find((el) => Number(el.dataset.seq) > seq);
-    list.insertBefore(li, after || null);
+    if (!m.deleted) {
+      const row = document.createElement("span");
+      row.className = "reactions";
+      const shown = new Set();
+      for (const r of m.reactions || []) {
+        shown.add(r.emoji);
+        const b = messageButton(`${r.emoji} ${r.count}${r.reacted_by_me ? ", yours" : ""}`,
+                                `${r.emoji} ${r.count}`, () => react(m, r.emoji, r.reacted_by_me));
+        b.className = "reaction" + (r.reacted_by_me ? " mine" : "");
+        b.setAttribute("aria-pressed", String(Boolean(r.reacted_by_me)));
+        row.append(b);
+      }
+      for (const emoji of QUICK_REACTIONS) {
+        if (!shown.has(emoji)) {
+          const b = messageButton(`React ${emoji}`, emoji, () => react(m, emoji, false));
+          b.className = "reaction quick";
+          row.append(b);
+        }
+      }
+      if (m.sender_id === state.user) {
+        row.append(messageButton("Edit", "Edit", () => {
+          const content = window.prompt("Edit message", m.content);
+          if (content === null || !content.trim() || content === m.content) return;
+          act(api("PATCH", `/v1/conversations/${m.conversation_id}/messages/${m.id}`,
+                  { content }).then((r) => { addMessage(r.message); renderMessages(); }));
+        }));
+      }
+      const c = state.convs.get(m.conversation_id);
+      if (m.sender_id === state.user || (c && (c.role === "owner" || c.role === "admin"))) {
+        row.append(messageButton("Delete", "Delete", () => act(
+          api("DELETE", `/v1/conversations/${m.conversation_id}/messages/${m.id}`)
+            .then((r) => { addMessage(r.message); renderMessages(); }))));
+      }
+      li.append(row);
+    }
+    list.append(li);
   }
   list.scrollTop = list.scrollHeight;
 }
@@ -210,8 +342,24 @@ $("send-form").addEventListener("submit", async (ev) => {
 
 // --- live events ---------------------------------------------------------------------------------
 
+const MEMBERSHIP = new Set(["member.added", "member.removed", "member.role_changed",
+                            "conversation.updated"]);
+
 function onEvent(frame) {
-  if (frame.type === "message.created") {
+  if (frame.pos !== undefined && frame.type !== "resumed") see(frame.conversation_id, frame.pos);
+  if (frame.type === "message.updated" || frame.type === "message.deleted") {
+    addMessage(frame.message);
+    if (frame.conversation_id === state.current) renderMessages();
+  } else if (frame.type === "reaction.added" || frame.type === "reaction.removed") {
+    // Counts are the server's: read the page again rather than count here.
+    scheduleMessagesReload(frame.conversation_id);
+  } else if (MEMBERSHIP.has(frame.type)) {
+    if (frame.type === "member.removed" && frame.user_id === state.user) {
+      forget(frame.conversation_id);
+    } else {
+      scheduleReload();
+    }
+  } else if (frame.type === "message.created") {
     const m = frame.message;
     const cid = m.conversation_id;
     const fresh = addMessage(m);

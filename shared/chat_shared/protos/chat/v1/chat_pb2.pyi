@@ -12,36 +12,60 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at")
+    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at", "edited_at", "version", "deleted", "reactions")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EDITED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    REACTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation_id: str
     sender_id: str
     content: str
     seq: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    edited_at: _timestamp_pb2.Timestamp
+    version: int
+    deleted: bool
+    reactions: _containers.RepeatedCompositeFieldContainer[Reaction]
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ..., reactions: _Optional[_Iterable[_Union[Reaction, _Mapping]]] = ...) -> None: ...
+
+class Reaction(_message.Message):
+    __slots__ = ("emoji", "count", "reacted_by_me")
+    EMOJI_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REACTED_BY_ME_FIELD_NUMBER: _ClassVar[int]
+    emoji: str
+    count: int
+    reacted_by_me: bool
+    def __init__(self, emoji: _Optional[str] = ..., count: _Optional[int] = ..., reacted_by_me: _Optional[bool] = ...) -> None: ...
 
 class Conversation(_message.Message):
-    __slots__ = ("id", "title", "member_ids", "created_at", "last_message_at", "last_seq")
+    __slots__ = ("id", "title", "member_ids", "created_at", "last_message_at", "last_seq", "role", "history_visible_to_new_members", "last_pos")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_MESSAGE_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_VISIBLE_TO_NEW_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_POS_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     member_ids: _containers.RepeatedScalarFieldContainer[str]
     created_at: _timestamp_pb2.Timestamp
     last_message_at: _timestamp_pb2.Timestamp
     last_seq: int
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., member_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_message_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    role: str
+    history_visible_to_new_members: bool
+    last_pos: int
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., member_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_message_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., role: _Optional[str] = ..., history_visible_to_new_members: _Optional[bool] = ..., last_pos: _Optional[int] = ...) -> None: ...
 
 class ConversationSummary(_message.Message):
     __slots__ = ("conversation", "unread_count", "last_message", "last_read_seq")
@@ -56,12 +80,14 @@ class ConversationSummary(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., unread_count: _Optional[int] = ..., last_message: _Optional[_Union[Message, _Mapping]] = ..., last_read_seq: _Optional[int] = ...) -> None: ...
 
 class CreateConversationRequest(_message.Message):
-    __slots__ = ("member_ids", "title")
+    __slots__ = ("member_ids", "title", "history_visible_to_new_members")
     MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_VISIBLE_TO_NEW_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     member_ids: _containers.RepeatedScalarFieldContainer[str]
     title: str
-    def __init__(self, member_ids: _Optional[_Iterable[str]] = ..., title: _Optional[str] = ...) -> None: ...
+    history_visible_to_new_members: bool
+    def __init__(self, member_ids: _Optional[_Iterable[str]] = ..., title: _Optional[str] = ..., history_visible_to_new_members: _Optional[bool] = ...) -> None: ...
 
 class CreateConversationResponse(_message.Message):
     __slots__ = ("conversation",)
@@ -138,3 +164,121 @@ class MarkAsReadResponse(_message.Message):
     last_read_seq: int
     unread_count: int
     def __init__(self, last_read_seq: _Optional[int] = ..., unread_count: _Optional[int] = ...) -> None: ...
+
+class AddMembersRequest(_message.Message):
+    __slots__ = ("conversation_id", "member_ids")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    member_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_id: _Optional[str] = ..., member_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AddMembersResponse(_message.Message):
+    __slots__ = ("conversation",)
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
+
+class RemoveMemberRequest(_message.Message):
+    __slots__ = ("conversation_id", "user_id")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    user_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class RemoveMemberResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetMemberRoleRequest(_message.Message):
+    __slots__ = ("conversation_id", "user_id", "role")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    user_id: str
+    role: str
+    def __init__(self, conversation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class SetMemberRoleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UpdateConversationRequest(_message.Message):
+    __slots__ = ("conversation_id", "title", "history_visible_to_new_members")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_VISIBLE_TO_NEW_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    title: str
+    history_visible_to_new_members: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., title: _Optional[str] = ..., history_visible_to_new_members: _Optional[bool] = ...) -> None: ...
+
+class UpdateConversationResponse(_message.Message):
+    __slots__ = ("conversation",)
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
+
+class EditMessageRequest(_message.Message):
+    __slots__ = ("conversation_id", "message_id", "content")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    message_id: str
+    content: str
+    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class EditMessageResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class DeleteMessageRequest(_message.Message):
+    __slots__ = ("conversation_id", "message_id")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    message_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ...) -> None: ...
+
+class DeleteMessageResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class AddReactionRequest(_message.Message):
+    __slots__ = ("conversation_id", "message_id", "emoji")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    EMOJI_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    message_id: str
+    emoji: str
+    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., emoji: _Optional[str] = ...) -> None: ...
+
+class AddReactionResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class RemoveReactionRequest(_message.Message):
+    __slots__ = ("conversation_id", "message_id", "emoji")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    EMOJI_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    message_id: str
+    emoji: str
+    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., emoji: _Optional[str] = ...) -> None: ...
+
+class RemoveReactionResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,46 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.MarkAsReadRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.MarkAsReadResponse.FromString,
                 _registered_method=True)
+        self.AddMembers = channel.unary_unary(
+                '/chat.v1.ChatService/AddMembers',
+                request_serializer=chat_dot_v1_dot_chat__pb2.AddMembersRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.AddMembersResponse.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/chat.v1.ChatService/RemoveMember',
+                request_serializer=chat_dot_v1_dot_chat__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.RemoveMemberResponse.FromString,
+                _registered_method=True)
+        self.SetMemberRole = channel.unary_unary(
+                '/chat.v1.ChatService/SetMemberRole',
+                request_serializer=chat_dot_v1_dot_chat__pb2.SetMemberRoleRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.SetMemberRoleResponse.FromString,
+                _registered_method=True)
+        self.UpdateConversation = channel.unary_unary(
+                '/chat.v1.ChatService/UpdateConversation',
+                request_serializer=chat_dot_v1_dot_chat__pb2.UpdateConversationRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.UpdateConversationResponse.FromString,
+                _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/chat.v1.ChatService/EditMessage',
+                request_serializer=chat_dot_v1_dot_chat__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.EditMessageResponse.FromString,
+                _registered_method=True)
+        self.DeleteMessage = channel.unary_unary(
+                '/chat.v1.ChatService/DeleteMessage',
+                request_serializer=chat_dot_v1_dot_chat__pb2.DeleteMessageRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.DeleteMessageResponse.FromString,
+                _registered_method=True)
+        self.AddReaction = channel.unary_unary(
+                '/chat.v1.ChatService/AddReaction',
+                request_serializer=chat_dot_v1_dot_chat__pb2.AddReactionRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.AddReactionResponse.FromString,
+                _registered_method=True)
+        self.RemoveReaction = channel.unary_unary(
+                '/chat.v1.ChatService/RemoveReaction',
+                request_serializer=chat_dot_v1_dot_chat__pb2.RemoveReactionRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.RemoveReactionResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -102,6 +142,67 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMembers(self, request, context):
+        """Adds members (owner or admin only; not to a direct conversation). Each added user is a
+        member.added event; users already members are left as they are.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Removes a member (owner or admin; an admin cannot remove the owner); removing oneself is
+        leaving, which any member may do. The removed user's next call about the conversation
+        answers NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberRole(self, request, context):
+        """Gives a member the role admin or member (owner or admin only; the owner's role does not
+        change).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConversation(self, request, context):
+        """Changes the title and settings of a (group) conversation (owner or admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditMessage(self, request, context):
+        """Replaces a message's content (its sender only; not a deleted message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessage(self, request, context):
+        """Deletes a message (its sender, or an owner or admin): it stays in the order as a
+        tombstone (deleted, content erased). Deleting a deleted message changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddReaction(self, request, context):
+        """Adds the caller's reaction with an emoji to a message (idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveReaction(self, request, context):
+        """Removes the caller's reaction with an emoji from a message (idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +230,46 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.MarkAsRead,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.MarkAsReadRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.MarkAsReadResponse.SerializeToString,
+            ),
+            'AddMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMembers,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.AddMembersRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.AddMembersResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'SetMemberRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberRole,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.SetMemberRoleRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.SetMemberRoleResponse.SerializeToString,
+            ),
+            'UpdateConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConversation,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.UpdateConversationRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.UpdateConversationResponse.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.EditMessageRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.EditMessageResponse.SerializeToString,
+            ),
+            'DeleteMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessage,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.DeleteMessageRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.DeleteMessageResponse.SerializeToString,
+            ),
+            'AddReaction': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddReaction,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.AddReactionRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.AddReactionResponse.SerializeToString,
+            ),
+            'RemoveReaction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveReaction,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.RemoveReactionRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.RemoveReactionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +407,222 @@ class ChatService:
             '/chat.v1.ChatService/MarkAsRead',
             chat_dot_v1_dot_chat__pb2.MarkAsReadRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.MarkAsReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/AddMembers',
+            chat_dot_v1_dot_chat__pb2.AddMembersRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.AddMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/RemoveMember',
+            chat_dot_v1_dot_chat__pb2.RemoveMemberRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/SetMemberRole',
+            chat_dot_v1_dot_chat__pb2.SetMemberRoleRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.SetMemberRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/UpdateConversation',
+            chat_dot_v1_dot_chat__pb2.UpdateConversationRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.UpdateConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/EditMessage',
+            chat_dot_v1_dot_chat__pb2.EditMessageRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.EditMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/DeleteMessage',
+            chat_dot_v1_dot_chat__pb2.DeleteMessageRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.DeleteMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddReaction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/AddReaction',
+            chat_dot_v1_dot_chat__pb2.AddReactionRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.AddReactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveReaction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/RemoveReaction',
+            chat_dot_v1_dot_chat__pb2.RemoveReactionRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.RemoveReactionResponse.FromString,
             options,
             channel_credentials,
             insecure,

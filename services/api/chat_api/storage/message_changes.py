@@ -1,0 +1,185 @@
+"""Changes to a sent message: EditMessage, DeleteMessage, AddReaction and RemoveReaction.
+
+Each is an ordered change (``storage.changes``): the conversation's row lock, then the
+caller's ``check`` with the message as it is now, then one statement that makes the change,
+logs it and writes its event, pipelined with the read of the message the RPC answers with.
+
+A deletion leaves a tombstone: the row keeps its id, seq and place, its content becomes ""
+and its reactions are deleted (the ``message.deleted`` event says so to clients: a tombstone
+has none). The change log never held the content, so from the deletion's commit on no read,
+resume or event carries it. Unread counts: a deleted message after a member's read position
+is counted in ``conversation_members.deleted_unread`` (incremented here, recomputed by
+MarkAsRead from the tombstones' partial index), and ``unread = last_seq - last_read_seq -
+deleted_unread`` stays one subtraction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chat_api.models import MessageRecord
+from chat_api.storage.changes import Locked, change_ctes, locked
+from chat_api.storage.messages import REACTIONS_SQL, with_reactions
+from chat_api.storage.rows import MESSAGE_COLUMNS, message_columns, message_from
+from chat_shared.db import AsyncConn, Database
+from chat_shared.events import (
+    MESSAGE_DELETED,
+    MESSAGE_UPDATED,
+    REACTION_ADDED,
+    REACTION_REMOVED,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetMessage:
+    """The message a change is about, as it is under the lock."""
+
+    sender_id: str
+    deleted: bool
+    reacted: bool
+    """Whether the caller has reacted with the request's emoji (False without one)."""
+
+
+# The message, if the caller may see it (a member added to a conversation that hides its
+# history does not see the messages from before).
+_TARGET = """
+    SELECT m.sender_id, m.deleted_at IS NOT NULL,
+           EXISTS (SELECT 1 FROM message_reactions r
+                    WHERE r.tenant_id = m.tenant_id AND r.message_id = m.id
+                      AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s)
+    FROM messages m
+    JOIN conversation_members cm ON cm.tenant_id = m.tenant_id
+     AND cm.conversation_id = m.conversation_id AND cm.user_id = %(user_id)s
+    WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
+      AND m.conversation_id = %(conversation_id)s AND m.seq > cm.visible_from_seq
+    """
+
+_READ = f"""
+    SELECT {message_columns("m")}, {REACTIONS_SQL}
+    FROM messages m WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
+    """
+
+_CONV = """
+    WITH conv AS (
+        UPDATE conversations c SET last_pos = c.last_pos + 1
+         WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
+        RETURNING c.id, c.last_pos, c.member_ids
+    )"""
+
+
+def _message_payload(deleted: str) -> dict[str, object]:
+    return {"message": {
+        "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
+        "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
+        "version": "msg.version", "edited_at": "msg.edited_at", "deleted": deleted}}
+
+
+_MESSAGE_REFS = {"message_id": "msg.id", "user_id": "msg.sender_id",
+                 "actor_id": "CAST(%(user_id)s AS text)"}
+
+_EDIT = _CONV + """, msg AS (
+        UPDATE messages m
+           SET content = %(content)s, version = m.version + 1, edited_at = clock_timestamp()
+         WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
+        RETURNING m.*
+    )""" + change_ctes(
+    MESSAGE_UPDATED, source="conv, msg", pos="conv.last_pos", refs=_MESSAGE_REFS,
+    recipients="conv.member_ids", payload=_message_payload("false")) + """
+    SELECT 1 FROM conv
+    """
+
+_DELETE = _CONV + """, msg AS (
+        UPDATE messages m SET content = '', deleted_at = clock_timestamp()
+         WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
+        RETURNING m.*
+    ), reactions AS (
+        DELETE FROM message_reactions r
+         WHERE r.tenant_id = %(tenant)s AND r.message_id = %(message_id)s
+    ), unread AS (
+        UPDATE conversation_members cm SET deleted_unread = cm.deleted_unread + 1
+          FROM msg
+         WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
+           AND cm.last_read_seq < msg.seq AND cm.visible_from_seq < msg.seq
+    )""" + change_ctes(
+    MESSAGE_DELETED, source="conv, msg", pos="conv.last_pos", refs=_MESSAGE_REFS,
+    recipients="conv.member_ids", payload=_message_payload("true")) + """
+    SELECT 1 FROM conv
+    """
+
+_REACTION_REFS = {"message_id": "CAST(%(message_id)s AS uuid)",
+                  "user_id": "CAST(%(user_id)s AS text)", "emoji": "CAST(%(emoji)s AS text)",
+                  "actor_id": "CAST(%(user_id)s AS text)"}
+_REACTION_PAYLOAD = {"conversation_id": "conv.id", "message_id": "CAST(%(message_id)s AS uuid)",
+                     "user_id": "CAST(%(user_id)s AS text)", "emoji": "CAST(%(emoji)s AS text)"}
+
+_REACT = _CONV + """, rx AS (
+        INSERT INTO message_reactions (tenant_id, message_id, emoji, user_id, conversation_id)
+        VALUES (%(tenant)s, %(message_id)s, %(emoji)s, %(user_id)s, %(conversation_id)s)
+    )""" + change_ctes(
+    REACTION_ADDED, source="conv", pos="conv.last_pos", refs=_REACTION_REFS,
+    recipients="conv.member_ids", payload=_REACTION_PAYLOAD) + """
+    SELECT 1 FROM conv
+    """
+
+_UNREACT = _CONV + """, rx AS (
+        DELETE FROM message_reactions r
+         WHERE r.tenant_id = %(tenant)s AND r.message_id = %(message_id)s
+           AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s
+    )""" + change_ctes(
+    REACTION_REMOVED, source="conv", pos="conv.last_pos", refs=_REACTION_REFS,
+    recipients="conv.member_ids", payload=_REACTION_PAYLOAD) + """
+    SELECT 1 FROM conv
+    """
+
+Check = Callable[[Locked, TargetMessage], bool]
+"""Raises when the caller may not make the change; answers whether there is one to make
+(False: the change is a no-op, e.g. a reaction that is there already)."""
+
+
+class MessageChangeRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def edit(self, tenant: str, conversation_id: str, user_id: str, message_id: str,
+                   content: str, check: Check) -> MessageRecord | None:
+        return await self._change("db.edit_message", _EDIT, tenant, conversation_id, user_id,
+                                  message_id, check, content=content)
+
+    async def delete(self, tenant: str, conversation_id: str, user_id: str, message_id: str,
+                     check: Check) -> MessageRecord | None:
+        return await self._change("db.delete_message", _DELETE, tenant, conversation_id,
+                                  user_id, message_id, check)
+
+    async def react(self, tenant: str, conversation_id: str, user_id: str, message_id: str,
+                    emoji: str, add: bool, check: Check) -> MessageRecord | None:
+        return await self._change("db.add_reaction" if add else "db.remove_reaction",
+                                  _REACT if add else _UNREACT, tenant, conversation_id,
+                                  user_id, message_id, check, emoji=emoji)
+
+    async def _change(self, name: str, statement: str, tenant: str, conversation_id: str,
+                      user_id: str, message_id: str, check: Check, *, content: str = "",
+                      emoji: str = "") -> MessageRecord | None:
+        """The change, and the message after it; None when the caller is not a member or
+        cannot see the message (one answer for every "not yours")."""
+        params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id,
+                  "message_id": message_id, "content": content, "emoji": emoji}
+        async with locked(self._db, name, tenant, conversation_id, user_id,
+                          (_TARGET, params)) as (conn, conv, row):
+            if conv is None or row is None:
+                return None
+            if check(conv, TargetMessage(row[0], bool(row[1]), bool(row[2]))):
+                async with conn.pipeline():
+                    await conn.execute(statement, params)
+                    read = await conn.execute(_READ, params)
+                return _message(await read.fetchone())
+            return await _read(conn, params)
+
+
+async def _read(conn: AsyncConn, params: dict[str, str]) -> MessageRecord:
+    return _message(await (await conn.execute(_READ, params)).fetchone())
+
+
+def _message(row: tuple[object, ...] | None) -> MessageRecord:
+    assert row is not None  # read under the lock, after the check found it
+    return with_reactions(message_from(row), row[MESSAGE_COLUMNS])  # type: ignore[arg-type]

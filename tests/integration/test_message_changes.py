@@ -1,0 +1,132 @@
+"""EditMessage, DeleteMessage (tombstones), AddReaction and RemoveReaction over gRPC against
+real PostgreSQL."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from chat_shared.protos.chat.v1 import chat_pb2
+
+from tests.conftest import auth
+from tests.helpers import (
+    create_conversation,
+    db_rows,
+    get_messages,
+    mark_as_read,
+    rpc_error,
+    send,
+)
+
+
+def edit(stub, caller: str, cid: str, mid: str, content: str):
+    return stub.EditMessage(chat_pb2.EditMessageRequest(conversation_id=cid, message_id=mid,
+                                                        content=content), metadata=auth(caller))
+
+
+def delete(stub, caller: str, cid: str, mid: str):
+    return stub.DeleteMessage(chat_pb2.DeleteMessageRequest(conversation_id=cid, message_id=mid),
+                              metadata=auth(caller))
+
+
+def react(stub, caller: str, cid: str, mid: str, emoji: str, add: bool = True):
+    cls = chat_pb2.AddReactionRequest if add else chat_pb2.RemoveReactionRequest
+    call = stub.AddReaction if add else stub.RemoveReaction
+    return call(cls(conversation_id=cid, message_id=mid, emoji=emoji), metadata=auth(caller))
+
+
+async def test_the_sender_edits_and_every_read_shows_the_new_version(stub, db_source) -> None:
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, "first")
+    assert msg.version == 1 and not msg.HasField("edited_at")
+    edited = (await edit(stub, "alice", conv.id, msg.id, "second")).message
+    assert (edited.content, edited.version, edited.seq) == ("second", 2, 1)
+    assert edited.HasField("edited_at")
+    [read] = (await get_messages(stub, "bob", conv.id)).messages
+    assert (read.content, read.version) == ("second", 2)
+    assert (await rpc_error(edit(stub, "bob", conv.id, msg.id, "x"))).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert (await rpc_error(edit(stub, "mallory", conv.id, msg.id, "x"))).code() == \
+        grpc.StatusCode.NOT_FOUND
+    [(payload,)] = await db_rows(db_source, "SELECT payload FROM outbox"
+                                            " WHERE event_type = 'message.updated'")
+    assert payload["message"]["content"] == "second" and payload["message"]["version"] == 2
+
+
+async def test_a_deleted_message_is_a_tombstone_everywhere_and_no_longer_unread(
+        stub, db_source) -> None:
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    secret = await send(stub, "alice", conv.id, "secret words")
+    await send(stub, "alice", conv.id, "kept")
+    await react(stub, "bob", conv.id, secret.id, "👍")
+    gone = (await delete(stub, "alice", conv.id, secret.id)).message
+    assert gone.deleted and gone.content == "" and gone.seq == 1 and not gone.reactions
+    again = (await delete(stub, "alice", conv.id, secret.id)).message
+    assert again.deleted
+    page = await get_messages(stub, "bob", conv.id)
+    assert [(m.seq, m.deleted, m.content) for m in page.messages] == [
+        (2, False, "kept"), (1, True, "")]
+    listed = await stub.GetConversations(chat_pb2.GetConversationsRequest(),
+                                         metadata=auth("bob"))
+    assert listed.conversations[0].unread_count == 1
+    assert (await mark_as_read(stub, "bob", conv.id, 1)).unread_count == 1
+    assert (await rpc_error(edit(stub, "alice", conv.id, secret.id, "back"))).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert (await rpc_error(react(stub, "bob", conv.id, secret.id, "👍"))).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
+    [(content,)] = await db_rows(db_source, "SELECT content FROM messages WHERE id = %s",
+                                 secret.id)
+    assert content == ""
+    types = [t for (t,) in await db_rows(db_source, "SELECT change_type FROM"
+                                                    " conversation_changes ORDER BY pos")]
+    assert types == ["message.created", "message.created", "reaction.added", "message.deleted"]
+
+
+async def test_only_the_sender_or_a_manager_deletes(stub) -> None:
+    conv = await create_conversation(stub, "alice", ["bob", "carol"], title="t")
+    msg = await send(stub, "bob", conv.id, "mine")
+    assert (await rpc_error(delete(stub, "carol", conv.id, msg.id))).code() == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert (await delete(stub, "alice", conv.id, msg.id)).message.deleted
+
+
+async def test_reactions_are_one_per_user_and_emoji_idempotent_and_aggregated(stub,
+                                                                             db_source) -> None:
+    conv = await create_conversation(stub, "alice", ["bob", "carol"], title="t")
+    msg = await send(stub, "alice", conv.id, "react to me")
+    await react(stub, "bob", conv.id, msg.id, "👍")
+    await react(stub, "bob", conv.id, msg.id, "👍")  # again: nothing changes
+    await react(stub, "carol", conv.id, msg.id, "👍")
+    after = (await react(stub, "carol", conv.id, msg.id, "👨‍👩‍👧")).message
+    assert [(r.emoji, r.count, r.reacted_by_me) for r in after.reactions] == [
+        ("👍", 2, True), ("👨‍👩‍👧", 1, True)]
+    [seen] = (await get_messages(stub, "alice", conv.id)).messages
+    assert [(r.emoji, r.count, r.reacted_by_me) for r in seen.reactions] == [
+        ("👍", 2, False), ("👨‍👩‍👧", 1, False)]
+    await react(stub, "bob", conv.id, msg.id, "👍", add=False)
+    await react(stub, "bob", conv.id, msg.id, "👍", add=False)
+    [seen] = (await get_messages(stub, "bob", conv.id)).messages
+    assert [(r.emoji, r.count, r.reacted_by_me) for r in seen.reactions] == [
+        ("👍", 1, False), ("👨‍👩‍👧", 1, False)]
+    types = [t for (t,) in await db_rows(db_source, "SELECT event_type FROM outbox"
+                                                    " ORDER BY id")]
+    assert types.count("reaction.added") == 3 and types.count("reaction.removed") == 1
+
+
+async def test_at_most_twenty_reactions_most_used_first(stub) -> None:
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, "many")
+    faces = [chr(0x1F600 + i) for i in range(22)]
+    for face in faces:
+        await react(stub, "alice", conv.id, msg.id, face)
+    await react(stub, "bob", conv.id, msg.id, faces[-1])
+    [seen] = (await get_messages(stub, "bob", conv.id)).messages
+    assert len(seen.reactions) == 20
+    assert (seen.reactions[0].emoji, seen.reactions[0].count) == (faces[-1], 2)
+
+
+@pytest.mark.parametrize("emoji", ["a", "👍👍", "1", " ", "👍 "])
+async def test_an_emoji_is_exactly_one_emoji(stub, emoji: str) -> None:
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, "x")
+    err = await rpc_error(react(stub, "alice", conv.id, msg.id, emoji))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("emoji")
