@@ -38,6 +38,7 @@ from chat_shared.observability.dependencies import DependencyProbe, dependency_g
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
+from chat_shared.ratelimit import RateLimiter, build_limiter
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -62,6 +63,7 @@ class ApiApp:
     # HTTP/JSON gateway (issue 3): binds in start(), so http_port is known after it.
     http: HttpGateway | None = None
     http_port: int = 0
+    limiter: RateLimiter | None = None
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
@@ -128,6 +130,8 @@ class ApiApp:
         else:
             await self.server.stop(grace)
         await self.db.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         await self.loop_lag.stop()
         log.info("api_stopped")
 
@@ -149,7 +153,9 @@ def build_app(settings: ApiSettings) -> ApiApp:
         messages=MessageService(MessageRepository(db), tenants),
         reads=ReadService(ReadRepository(db)),
     )
-    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants)
+    # Rate limits: shared through REDIS_ADDR (connected on the first check); None when off.
+    limiter = build_limiter(settings, settings)
+    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants, limiter)
     server = grpc.aio.server(
         # The interceptor makes a server span per call: only worth its cost when recorded.
         interceptors=[aio_server_interceptor()] if recording() else [],  # type: ignore[no-untyped-call]
@@ -168,7 +174,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
     app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
-                 server=server, health=health_servicer, grpc_port=bound)
+                 server=server, health=health_servicer, grpc_port=bound, limiter=limiter)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,
