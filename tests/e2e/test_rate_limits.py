@@ -45,19 +45,23 @@ async def test_two_workers_grant_one_budget(api_env, tmp_path):
             batches = await asyncio.gather(*(_calls(api.grpc_port, 30, "alice")
                                              for _ in range(4)))
             codes += [c for batch in batches for c in batch]
-        granted = codes.count(grpc.StatusCode.OK)
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == len(
+            codes) - codes.count(grpc.StatusCode.OK)
+        # Refused after: once the budget is spent, further calls are refused. A process may
+        # let one more through on an answer the other process made stale (the limiter
+        # decides ahead of Redis when the last answer left room); then it knows.
+        after = await _calls(api.grpc_port, 20, "alice")
+        assert after.count(grpc.StatusCode.OK) <= 1, after
+        assert set(after[1:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, after
+        granted = codes.count(grpc.StatusCode.OK) + after.count(grpc.StatusCode.OK)
         assert abs(granted - GRANTED) <= GRANTED // 100, granted
-        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == len(codes) - granted
-        # Refused after: once the budget is spent, every further call is refused.
-        assert set(await _calls(api.grpc_port, 20, "alice")) == {
-            grpc.StatusCode.RESOURCE_EXHAUSTED}
         pids = {line["pid"] for line in _log_lines(tmp_path)
                 if line.get("msg") == "rpc" and line.get("user") == "alice"}
         assert len(pids) == 2, f"alice's calls were served by {pids}"
         url = f"http://127.0.0.1:{api.metrics_port}/metrics"
         body = (await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())).decode()
         assert metric_sum(body, 'chat_ratelimit_requests_total{class="read",result="limited"}'
-                          ) == len(codes) - granted + 20
+                          ) == len(codes) + len(after) - granted
         # The limited client is logged once a minute per process, not once per call.
         logged = [line for line in _log_lines(tmp_path) if line.get("msg") == "rate_limited"]
         assert 1 <= len(logged) <= 2

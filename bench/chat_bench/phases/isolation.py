@@ -146,7 +146,8 @@ async def isolation(ctx: Context, api_proc: Api, duration: float) -> dict[str, A
                 "duration": duration + 1.0}
         loop = asyncio.get_running_loop()
         abusing = (loop.run_in_executor(ctx.clients, abuse, spec) if ctx.clients is not None
-                   else asyncio.ensure_future(_abuse(**spec)))
+                   else asyncio.ensure_future(_abuse(addr, secret, abuse_conv, ABUSE_RATE,
+                                                     duration + 1.0)))
         await asyncio.sleep(0.5)
         before = cpu.snapshot({"API": api_proc.pid})
         with_abuser = await _well_behaved(api, good, good_conv, duration)

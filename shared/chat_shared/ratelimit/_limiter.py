@@ -8,18 +8,23 @@
 - ``chat:rl:{ip:<address>}:anon``: requests from one client address whose credentials were
   missing or refused (``anonymous``), so guessing tokens is slow.
 
-Refusals are cheap: a refusal says when the key lets a request through again, and until then
-this process refuses the same key from memory without asking Redis (nothing but time can change
-a GCRA refusal). Limited clients are logged at most once a minute each; every decision is
-counted in ``chat_ratelimit_requests_total{class,result}`` (allowed, limited, fail_open) and a
+Allowed requests rarely wait for Redis: when a key's last answer left budget to spare, the
+next request goes ahead and the script runs beside it (``RateLimiter._ahead`` says why that
+stays within one request per process of exact); near the limit every request waits for
+Redis's answer. Refusals are cheap: a refusal says when the key lets a request through again,
+and until then this process refuses the same key from memory without asking Redis (nothing
+but time can change a GCRA refusal). Limited clients are logged at most once a minute each;
+every decision is counted in ``chat_ratelimit_requests_total{class,result}`` (allowed, limited, fail_open) and a
 tenant's ceiling refusals in ``chat_ratelimit_tenant_ceiling_total{tenant,class}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -47,9 +52,22 @@ CEILING = Counter("chat_ratelimit_tenant_ceiling_total",
                   "Requests refused because the tenant as a whole reached its ceiling",
                   ["tenant", "class"])
 
+_KNOWN_FOR = 10.0
+"""Seconds a key's last answer from Redis may decide a request without waiting (``_ahead``)."""
 LOG_EVERY = 60.0
 """Seconds between two log lines about the same limited client."""
 _MAX_REMEMBERED = 100_000
+
+
+@dataclass(slots=True)
+class _Known:
+    """What Redis last said about a key: requests left, seconds to a whole budget, when."""
+
+    remaining: int
+    reset: float
+    at: float
+    ahead: bool = False
+    """A request of the key went ahead and its script's answer has not come yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +154,9 @@ class RateLimiter:
         self._refused: dict[str, tuple[float, Decision]] = {}
         self._logged: dict[str, float] = {}
         self._refusing: dict[str, float] = {}
+        self._known: dict[str, _Known] = {}
+        self._in_flight: dict[str, int] = {}
+        self._confirming: set[asyncio.Task[None]] = set()
         self._counters = {(c, r): DECISIONS.labels(c, r)
                           for c in (*CLASSES, ANONYMOUS, "typing")
                           for r in ("allowed", "limited", "fail_open")}
@@ -148,11 +169,13 @@ class RateLimiter:
             limits: this tenant's limits for the class; None = the defaults.
         """
         limits = limits or self.policy[cls]
-        key, ceiling_key = _keys(cls, tenant, subject)
-        ceiling = limits.tenant if ceiling_key else None
         user = limits.user
         if user.unlimited:
             return Decision(True, user, user.burst, 0.0)
+        key, ceiling_key = _keys(cls, tenant, subject)
+        ceiling = limits.tenant if ceiling_key else None
+        if ceiling is not None and ceiling.unlimited:
+            ceiling, ceiling_key = None, ""
         now = self._clock()
         for remembered_key in (key, ceiling_key) if ceiling_key else (key,):
             remembered = self._refused.get(remembered_key)
@@ -165,33 +188,135 @@ class RateLimiter:
             decision = self._local.check(key, user, ceiling_key, ceiling)
         else:
             c_t = c_tau = 0
-            if ceiling is not None and not ceiling.unlimited:
+            if ceiling is not None:
                 c_t, c_tau = _us(ceiling.interval), _us(ceiling.interval * ceiling.burst)
-            try:
-                allowed, scope, retry_us, remaining, reset_us = await self._redis.check(
-                    key, ceiling_key, _us(user.interval), _us(user.interval * user.burst),
+            args = (key, ceiling_key, _us(user.interval), _us(user.interval * user.burst),
                     c_t, c_tau)
-            except RedisUnavailable:
-                decision = self._local.check(key, user, ceiling_key, ceiling)
-                decision = Decision(decision.allowed, user, decision.remaining, decision.reset,
-                                    decision.retry_after, decision.scope, fail_open=True)
+            ahead = self._ahead(key, ceiling_key, user, now)
+            pending = self._redis.submit(*args) if ahead is not None else None
+            if ahead is not None and pending is not None:
+                decision = ahead
+                self._known[key].ahead = True
+                self._flight(key, ceiling_key, 1)
+                task = asyncio.create_task(self._confirm(cls, pending, args, user, ceiling))
+                self._confirming.add(task)
+                task.add_done_callback(self._confirming.discard)
             else:
-                decision = Decision(bool(allowed), user, remaining, reset_us / 1e6,
-                                    retry_us / 1e6, ("", "user", "tenant")[scope])
-        if decision.fail_open:
+                decision = await self._ask(args, user, ceiling)
+        return self._decided(cls, tenant, subject, key, ceiling_key, decision, now)
+
+    def _ahead(self, key: str, ceiling_key: str, user: Limit, now: float) -> Decision | None:
+        """An allowed decision without waiting for Redis, when Redis's last answers left room
+        for this request beside every script of the key still in flight, and no earlier such
+        decision of the key is unconfirmed; else None (then the request waits for Redis).
+
+        Why: a round trip to Redis on every call costs each call its latency. The script of a
+        request decided ahead is sent at once, so Redis runs this process's scripts in the
+        order of its decisions: one process alone stays exact. Several processes spending
+        one budget at once may each let one request through on an answer another process
+        made stale (at most one unconfirmed request per key and process), after which the
+        refusal is remembered. Near the limit (no room to spare) every request waits.
+        """
+        known = self._known.get(key)
+        if (known is None or known.ahead or now - known.at > _KNOWN_FOR
+                or known.remaining - self._in_flight.get(key, 0) < 1):
+            return None
+        if ceiling_key:
+            tenant_known = self._known.get(ceiling_key)
+            if (tenant_known is None or now - tenant_known.at > _KNOWN_FOR
+                    or tenant_known.remaining - self._in_flight.get(ceiling_key, 0) < 1):
+                return None
+        left = known.remaining - self._in_flight.get(key, 0) - 1
+        return Decision(True, user, left,
+                        max(known.reset - (now - known.at), 0.0) + user.interval)
+
+    def _flight(self, key: str, ceiling_key: str, delta: int) -> None:
+        """Counts the scripts of a key sent and not yet answered."""
+        for k in (key, ceiling_key) if ceiling_key else (key,):
+            count = self._in_flight.get(k, 0) + delta
+            if count > 0:
+                self._in_flight[k] = count
+            else:
+                self._in_flight.pop(k, None)
+
+    async def _ask(self, args: tuple[str, str, int, int, int, int], user: Limit,
+                   ceiling: Limit | None) -> Decision:
+        """Redis's decision, or the local one (fail open) when Redis does not answer in time."""
+        assert self._redis is not None
+        key, ceiling_key = args[0], args[1]
+        self._flight(key, ceiling_key, 1)
+        try:
+            answer = await self._redis.check(*args)
+        except RedisUnavailable:
+            d = self._local.check(key, user, ceiling_key, ceiling)
+            return Decision(d.allowed, user, d.remaining, d.reset, d.retry_after, d.scope,
+                            fail_open=True)
+        finally:
+            self._flight(key, ceiling_key, -1)
+        return self._learn(key, ceiling_key, answer, user)
+
+    def _learn(self, key: str, ceiling_key: str, answer: list[int], user: Limit) -> Decision:
+        """The decision in Redis's answer, remembered for ``_ahead``."""
+        allowed, scope, retry_us, remaining, reset_us, left = answer
+        now = self._clock()
+        self._remember(key, remaining, reset_us / 1e6, now)
+        if ceiling_key and left >= 0:
+            self._remember(ceiling_key, left, 0.0, now)
+        return Decision(bool(allowed), user, remaining, reset_us / 1e6, retry_us / 1e6,
+                        ("", "user", "tenant")[scope])
+
+    async def _confirm(self, cls: str, pending: Any, args: tuple[str, str, int, int, int, int],
+                       user: Limit, ceiling: Limit | None) -> None:
+        """Reads Redis's answer for a request that went ahead (``_ahead``). If Redis refused
+        it (other processes spent the budget), later requests of the key are refused from
+        here until the refusal's retry time; the request itself has gone through. If Redis did
+        not answer, the local limiter counts the request (as it does every fail-open one)."""
+        assert self._redis is not None
+        key, ceiling_key = args[0], args[1]
+        try:
+            answer = await self._redis.answer(pending, args)
+        except RedisUnavailable:
+            self._local.check(key, user, ceiling_key, ceiling)
             self._counters[cls, "fail_open"].inc()
-        if decision.allowed:
-            self._counters[cls, "allowed"].inc()
-            return decision
-        refused_key = ceiling_key if decision.scope == "tenant" else key
+            return
+        finally:
+            self._flight(key, ceiling_key, -1)
+            known = self._known.get(key)
+            if known is not None:
+                known.ahead = False
+        decision = self._learn(key, ceiling_key, answer, user)
+        if not decision.allowed:
+            self._remember_refusal(ceiling_key if decision.scope == "tenant" else key, cls,
+                                   decision, self._clock())
+
+    def _remember(self, key: str, remaining: int, reset: float, now: float) -> None:
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= _MAX_REMEMBERED:
+                self._known.clear()
+            self._known[key] = _Known(remaining, reset, now)
+        else:
+            known.remaining, known.reset, known.at = remaining, reset, now
+
+    def _remember_refusal(self, key: str, cls: str, decision: Decision, now: float) -> None:
         if len(self._refused) >= _MAX_REMEMBERED:
             self._refused = {k: v for k, v in self._refused.items() if v[0] > now}
             if len(self._refused) >= _MAX_REMEMBERED:
                 self._refused.clear()
         until = now + decision.retry_after
-        self._refused[refused_key] = (until, decision)
+        self._refused[key] = (until, decision)
         if until > self._refusing.get(cls, 0.0):
             self._refusing[cls] = until
+
+    def _decided(self, cls: str, tenant: str, subject: str, key: str, ceiling_key: str,
+                 decision: Decision, now: float) -> Decision:
+        if decision.fail_open:
+            self._counters[cls, "fail_open"].inc()
+        if decision.allowed:
+            self._counters[cls, "allowed"].inc()
+            return decision
+        self._remember_refusal(ceiling_key if decision.scope == "tenant" else key, cls,
+                               decision, now)
         self._refusal(cls, tenant, subject, decision, now)
         return decision
 
@@ -230,5 +355,8 @@ class RateLimiter:
                  rate=decision.limit.rate, burst=decision.limit.burst)
 
     async def close(self) -> None:
+        for task in list(self._confirming):
+            task.cancel()
+        await asyncio.gather(*self._confirming, return_exceptions=True)
         if self._redis is not None:
             await self._redis.close()

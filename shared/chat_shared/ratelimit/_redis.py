@@ -50,38 +50,67 @@ class RedisGcra:
     def timeout(self) -> float:
         return self._timeout
 
-    async def check(self, user_key: str, ceiling_key: str, user_t: int, user_tau: int,
-                    ceiling_t: int, ceiling_tau: int) -> list[int]:
-        """The script's answer (see ``_script``) for one request; times in microseconds.
+    async def check(self, *args: str | int) -> list[int]:
+        """The script's answer (see ``_script``) for one request: ``args`` are the user's
+        key, the ceiling's key, then the two limits' T and tau in microseconds.
 
         Raises:
             RedisUnavailable: no answer within the timeout, or Redis is known to be down.
         """
-        conn = self._conn
-        if conn is None or not conn.is_open:
+        pending = self.submit(*args)
+        if pending is None:
             if self._clock() < self._down_until:
                 raise RedisUnavailable("redis is down")
             conn = await self._connect()
+            pending = self._send(conn, args)
+        return await self.answer(pending, args)
+
+    def submit(self, *args: str | int) -> tuple[RespConnection, asyncio.Future[Reply],
+                                                 asyncio.TimerHandle] | None:
+        """Sends the script now (so Redis runs it in the order of the decisions) when the
+        connection is open; None when it is not (then ``check`` connects, or Redis is down).
+        The reply is bounded by the timeout from this moment; ``answer`` reads it."""
+        conn = self._conn
+        if conn is None or not conn.is_open:
+            return None
+        return self._send(conn, args)
+
+    def _send(self, conn: RespConnection, args: tuple[str | int, ...]
+              ) -> tuple[RespConnection, asyncio.Future[Reply], asyncio.TimerHandle]:
         if conn.pending >= MAX_PENDING:
             self._mark_down()
-            raise RedisUnavailable("redis is not keeping up")
-        args = (2, user_key, ceiling_key, user_t, user_tau, ceiling_t, ceiling_tau)
+            fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+            fut.set_exception(ConnectionError("redis is not keeping up"))
+        else:
+            fut = conn.send(encode("EVALSHA", GCRA_SHA, 2, *args))
+        handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
+        return conn, fut, handle
+
+    async def answer(self, pending: tuple[RespConnection, asyncio.Future[Reply],
+                                          asyncio.TimerHandle],
+                     args: tuple[str | int, ...]) -> list[int]:
+        """The reply of a ``submit``ted script (loaded with EVAL on NOSCRIPT).
+
+        Raises:
+            RedisUnavailable: no answer within the timeout.
+        """
+        conn, fut, handle = pending
         try:
-            reply = await self._bounded(conn, encode("EVALSHA", GCRA_SHA, *args))
+            reply = await self._reply(fut, handle)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise RedisUnavailable(str(exc)) from exc
+            fut = conn.send(encode("EVAL", GCRA_SCRIPT, 2, *args))
+            handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
             try:
-                reply = await self._bounded(conn, encode("EVAL", GCRA_SCRIPT, *args))
+                reply = await self._reply(fut, handle)
             except ReplyError as exc2:
                 raise RedisUnavailable(str(exc2)) from exc2
-        if not isinstance(reply, list) or len(reply) != 5:
+        if not isinstance(reply, list) or len(reply) != 6:
             raise RedisUnavailable(f"unexpected script reply {reply!r}")
         return [int(v) for v in reply]
 
-    async def _bounded(self, conn: RespConnection, command: bytes) -> Reply:
-        fut = conn.send(command)
-        handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
+    async def _reply(self, fut: asyncio.Future[Reply], handle: asyncio.TimerHandle) -> Reply:
         try:
             return await fut
         except (TimeoutError, ConnectionError) as exc:

@@ -1,0 +1,81 @@
+"""The shared limiter against a real Redis: the script, the answers ahead of Redis, fail-open."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from chat_shared.ratelimit import ClassLimits, Limit, LocalLimiter, RateLimiter, RedisGcra
+
+SLOW = Limit(0.001, 50)  # a burst of 50 and (for a test's length) no refill
+
+
+def limiter(redis_addr: str, timeout: float = 0.5) -> RateLimiter:
+    host, port = redis_addr.rsplit(":", 1)
+    return RateLimiter({"send": ClassLimits(SLOW, Limit(0.001, 1000))},
+                       RedisGcra(host, int(port), timeout=timeout))
+
+
+async def test_redis_and_the_local_limiter_agree(redis_addr: str) -> None:
+    shared = limiter(redis_addr)
+    local = LocalLimiter()
+    try:
+        remote = [await shared.check("send", "t", "alice") for _ in range(52)]
+        here = [local.check("k", SLOW) for _ in range(52)]
+        assert [d.allowed for d in remote] == [d.allowed for d in here] == [True] * 50 + [False] * 2
+        assert [d.remaining for d in remote[:50]] == [d.remaining for d in here[:50]]
+        assert remote[50].retry_after == pytest.approx(here[50].retry_after, rel=0.01)
+        assert not any(d.fail_open for d in remote)
+    finally:
+        await shared.close()
+
+
+async def test_processes_sharing_a_budget_exceed_it_by_at_most_one_request_each(
+        redis_addr: str) -> None:
+    """Three limiters (as three processes) spend one user's budget of 50 at once, 20
+    requests in flight each: each may let one request through on an answer that another
+    spent meanwhile, never more."""
+    processes = [limiter(redis_addr) for _ in range(3)]
+    try:
+        async def spend(lim: RateLimiter) -> int:
+            allowed = 0
+            for _ in range(5):
+                decisions = await asyncio.gather(*(lim.check("send", "t", "bob")
+                                                   for _ in range(20)))
+                allowed += sum(d.allowed for d in decisions)
+            return allowed
+
+        granted = sum(await asyncio.gather(*(spend(p) for p in processes)))
+        assert 50 <= granted <= 50 + len(processes)
+    finally:
+        for p in processes:
+            await p.close()
+
+
+async def test_one_process_alone_is_exact_also_with_calls_in_flight(redis_addr: str) -> None:
+    lim = limiter(redis_addr)
+    try:
+        granted = 0
+        for _ in range(10):
+            decisions = await asyncio.gather(*(lim.check("send", "t", "carol")
+                                               for _ in range(10)))
+            granted += sum(d.allowed for d in decisions)
+        assert granted == 50
+    finally:
+        await lim.close()
+
+
+async def test_an_unreachable_redis_fails_open_to_the_same_limits() -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    closed = probe.getsockname()[1]
+    probe.close()
+    lim = limiter(f"127.0.0.1:{closed}", timeout=0.05)
+    try:
+        decisions = [await lim.check("send", "t", "dave") for _ in range(52)]
+        assert all(d.fail_open for d in decisions[:51])  # the 52nd: the refusal remembered
+        assert [d.allowed for d in decisions] == [True] * 50 + [False] * 2
+    finally:
+        await lim.close()
