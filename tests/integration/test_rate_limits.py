@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth, make_token
 from tests.helpers import error_info
+from tests.integration.test_tenant_cli import tenant as tenant_cli
 
 
 def md(user: str, tenant: str | None = None) -> tuple[tuple[str, str], ...]:
@@ -164,11 +165,13 @@ async def test_the_tenant_ceiling_refuses_every_user_of_the_tenant(
         await app.stop(grace=1.0)
 
 
-async def test_a_tenant_override_from_the_registry_applies(lstub: Any, db_source: str) -> None:
-    with psycopg.connect(db_source, autocommit=True) as conn:
-        conn.execute("""INSERT INTO tenants (id, limits) VALUES
-                        ('acme', '{"rate_limit.send.burst": 6}'),
-                        ('globex', '{}') ON CONFLICT DO NOTHING""")
+async def test_a_tenant_override_from_the_registry_applies(lstub: Any, db_source: str,
+                                                          venv_bin: Any, tmp_path: Any) -> None:
+    """Set as an operator does: ``chat-tenant set-limit acme rate_limit.send.burst 6``."""
+    for args in (("create", "acme"), ("create", "globex"),
+                 ("set-limit", "acme", "rate_limit.send.burst", "6")):
+        done = await asyncio.to_thread(tenant_cli, venv_bin, tmp_path, db_source, *args)
+        assert done.returncode == 0, done.stderr
     for tenant, burst in (("acme", 6), ("globex", 3)):
         cid = await conversation(lstub, "alice", tenant)
         codes = [(await send(lstub, cid, "alice", tenant))[0] for _ in range(burst + 1)]

@@ -79,3 +79,27 @@ async def test_an_unreachable_redis_fails_open_to_the_same_limits() -> None:
         assert [d.allowed for d in decisions] == [True] * 50 + [False] * 2
     finally:
         await lim.close()
+
+
+async def test_a_user_with_room_does_not_wait_for_redis(redis_addr: str) -> None:
+    """After the first answer, a user's requests go ahead while their checks run beside them
+    (one at a time here, as calls that take a moment each); all are counted in Redis."""
+    lim = limiter(redis_addr)
+    try:
+        decisions = []
+        for _ in range(10):
+            decisions.append(await lim.check("send", "t", "erin"))
+            await asyncio.sleep(0.01)  # the call's own work, during which the check answers
+        assert [d.ahead for d in decisions] == [False] + [True] * 9
+        assert [d.remaining for d in decisions] == list(range(49, 39, -1))
+        host, port = redis_addr.rsplit(":", 1)
+        import redis.asyncio as aioredis
+        r = aioredis.Redis(host=host, port=int(port))
+        assert await r.exists("chat:rl:{t}:u:erin:send")
+        await r.aclose()
+        # All ten were counted in Redis: 40 left, so 40 more pass and the 41st does not.
+        more = [await lim.check("send", "t", "erin") for _ in range(41)]
+        await asyncio.sleep(0.05)
+        assert sum(d.allowed for d in more) == 40
+    finally:
+        await lim.close()

@@ -50,6 +50,8 @@ class Decision:
     ``retry_after``: seconds until a request would pass (0 when allowed). ``remaining``: the
     requests that could follow at once. ``reset``: seconds until the whole burst is back.
     ``scope``: what refused ("user", "tenant" for the tenant's ceiling) or "" when allowed.
+    ``fail_open``: decided in the process (Redis did not answer in time); ``ahead``: allowed
+    on Redis's previous answer while this request's own check runs beside it.
     """
 
     allowed: bool
@@ -59,6 +61,7 @@ class Decision:
     retry_after: float = 0.0
     scope: str = ""
     fail_open: bool = False
+    ahead: bool = False
 
 
 def gcra_step(tat: float, now: float, limit: Limit) -> tuple[bool, float, float, int]:

@@ -228,7 +228,7 @@ class RateLimiter:
                 return None
         left = known.remaining - self._in_flight.get(key, 0) - 1
         return Decision(True, user, left,
-                        max(known.reset - (now - known.at), 0.0) + user.interval)
+                        max(known.reset - (now - known.at), 0.0) + user.interval, ahead=True)
 
     def _flight(self, key: str, ceiling_key: str, delta: int) -> None:
         """Counts the scripts of a key sent and not yet answered."""
