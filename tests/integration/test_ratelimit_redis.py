@@ -103,3 +103,22 @@ async def test_a_user_with_room_does_not_wait_for_redis(redis_addr: str) -> None
         assert sum(d.allowed for d in more) == 40
     finally:
         await lim.close()
+
+
+async def test_falling_open_continues_the_shared_budget() -> None:
+    """Redis dies after a user spent 40 of 50: the local limiter carries on from 10 left,
+    not from a fresh burst of 50."""
+    from chat_devtools.local_redis import LocalRedis
+
+    own = LocalRedis().start()
+    lim = limiter(own.addr, timeout=0.05)
+    try:
+        spent = [await lim.check("send", "t", "frank") for _ in range(40)]
+        assert all(d.allowed and not d.fail_open for d in spent)
+        own.stop()
+        after = [await lim.check("send", "t", "frank") for _ in range(15)]
+        assert all(d.fail_open for d in after[:11])
+        assert [d.allowed for d in after] == [True] * 10 + [False] * 5
+    finally:
+        await lim.close()
+        own.cleanup()

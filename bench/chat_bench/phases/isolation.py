@@ -22,6 +22,7 @@ import collections
 import pathlib
 import tempfile
 import time
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,7 @@ from chat_bench.clients import CallFailed, GrpcApi, Sequential, User, grpc_chann
 from chat_bench.phase import Check, Context, Phase, at_most, check
 from chat_bench.stats import summarize
 from chat_bench.tables import fmt, table
-from chat_devtools.services import Api, base_env
+from chat_devtools.services import Api, base_env, metric_sum
 
 GOOD_RATE = 20.0
 ABUSE_RATE = 1000.0
@@ -153,6 +154,7 @@ async def isolation(ctx: Context, api_proc: Api, duration: float) -> dict[str, A
         with_abuser = await _well_behaved(api, good, good_conv, duration)
         after = cpu.snapshot({"API": api_proc.pid})
         abused = await abusing
+        fail_open = await asyncio.to_thread(_fail_open, api_proc)
     finally:
         await channel.close()
     outcomes = abused["outcomes"]
@@ -170,7 +172,17 @@ async def isolation(ctx: Context, api_proc: Api, duration: float) -> dict[str, A
                    "achieved_rate": abused["started"] / abused["seconds"]},
         "api_cpu_ms_per_call": (api_cpu * 1000 / calls_in_window
                                 if api_cpu is not None else None),
+        "fail_open_decisions": fail_open,
     }
+
+
+def _fail_open(api_proc: Api) -> float:
+    """The API's decisions made without Redis (Redis too slow to answer within the timeout)."""
+    url = f"http://127.0.0.1:{api_proc.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback, ours
+        body = resp.read().decode()
+    return sum(metric_sum(body, f'chat_ratelimit_requests_total{{class="{c}",result="fail_open"}}')
+               for c in ("send", "read", "write-other"))
 
 
 async def run(ctx: Context) -> dict[str, Any]:
@@ -181,7 +193,8 @@ async def run(ctx: Context) -> dict[str, Any]:
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="chat-bench-isolation-"))
     env = base_env(t.db_source, t.redis_addr, t.jwt_secret, ENVIRONMENT="development",
                    LOG_LEVEL="WARNING")
-    on = Api({**env, "RATE_LIMIT_ENABLED": "true"}, log_dir, name="api-limits-on")
+    on = Api({**env, "RATE_LIMIT_ENABLED": "true"}, log_dir, name="api-limits-on",
+             metrics=True)
     off = Api({**env, "RATE_LIMIT_ENABLED": "false"}, log_dir, name="api-limits-off")
     try:
         on.start()
@@ -243,7 +256,9 @@ def details(figures: Mapping[str, Any]) -> list[str]:
         f"{fmt(figures.get('p99_ratio'))}x. The abuser's {ab['attempted']} calls: "
         f"{ab['allowed']} allowed, {ab['refused']} refused "
         f"({(share or 0) * 100:.1f} %), others {ab['outcomes']}; the API's CPU per call "
-        f"in that window {fmt(figures.get('api_cpu_ms_per_call'))} ms.", "",
+        f"in that window {fmt(figures.get('api_cpu_ms_per_call'))} ms; decisions made without "
+        f"Redis (it did not answer within 50 ms) in the whole phase: "
+        f"{fmt(figures.get('fail_open_decisions'))}.", "",
         f"Limiter cost: {cost['calls']} sequential GetConversations per API and transport, "
         f"limits off and on alternating call by call, ms:", "",
         *table(["transport", "mean off", "mean on", "added (mean)", "added (p50)"], cost_rows),

@@ -99,6 +99,12 @@ class LocalLimiter:
     def __len__(self) -> int:
         return len(self._tats)
 
+    def seed(self, key: str, tat: float) -> None:
+        """Starts ``key`` from what the shared limiter last knew (its TAT, on this process's
+        clock), so falling back to this limiter does not hand out a fresh burst."""
+        if tat > self._tats.get(key, 0.0):
+            self._tats[key] = tat
+
     def check(self, key: str, limit: Limit, ceiling_key: str = "",
               ceiling: Limit | None = None) -> Decision:
         """The decision for one request under ``limit`` (and the tenant's ``ceiling``)."""

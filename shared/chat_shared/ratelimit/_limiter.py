@@ -14,8 +14,10 @@ stays within one request per process of exact); near the limit every request wai
 Redis's answer. Refusals are cheap: a refusal says when the key lets a request through again,
 and until then this process refuses the same key from memory without asking Redis (nothing
 but time can change a GCRA refusal). Limited clients are logged at most once a minute each;
-every decision is counted in ``chat_ratelimit_requests_total{class,result}`` (allowed, limited, fail_open) and a
-tenant's ceiling refusals in ``chat_ratelimit_tenant_ceiling_total{tenant,class}``.
+every decision is counted in ``chat_ratelimit_requests_total{class,result}`` (allowed,
+limited, fail_open) and a tenant's ceiling refusals in
+``chat_ratelimit_tenant_ceiling_total{tenant,class}``. When Redis does not answer in time the
+local limiter decides, starting from what Redis last said about the key.
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ class RateLimiter:
         try:
             answer = await self._redis.check(*args)
         except RedisUnavailable:
+            self._seed_local(key, ceiling_key, user, ceiling)
             d = self._local.check(key, user, ceiling_key, ceiling)
             return Decision(d.allowed, user, d.remaining, d.reset, d.retry_after, d.scope,
                             fail_open=True)
@@ -276,6 +279,7 @@ class RateLimiter:
         try:
             answer = await self._redis.answer(pending, args)
         except RedisUnavailable:
+            self._seed_local(key, ceiling_key, user, ceiling)
             self._local.check(key, user, ceiling_key, ceiling)
             self._counters[cls, "fail_open"].inc()
             return
@@ -288,6 +292,19 @@ class RateLimiter:
         if not decision.allowed:
             self._remember_refusal(ceiling_key if decision.scope == "tenant" else key, cls,
                                    decision, self._clock())
+
+    def _seed_local(self, key: str, ceiling_key: str, user: Limit,
+                    ceiling: Limit | None) -> None:
+        """Hands the local limiter what Redis last said (the budget left then, less the checks
+        still in flight), so a fail-open decision continues the shared budget rather than
+        starting a fresh one."""
+        for k, limit in ((key, user), (ceiling_key, ceiling)):
+            known = self._known.get(k) if k else None
+            if known is None or limit is None:
+                continue
+            # In flight: the checks sent after that answer, less this one (counted below).
+            spent = limit.burst - known.remaining + max(self._in_flight.get(k, 0) - 1, 0)
+            self._local.seed(k, known.at + spent * limit.interval)
 
     def _remember(self, key: str, remaining: int, reset: float, now: float) -> None:
         known = self._known.get(key)
