@@ -176,7 +176,7 @@ class RateLimiter:
             return Decision(True, user, user.burst, 0.0)
         key, ceiling_key = _keys(cls, tenant, subject)
         ceiling = limits.tenant if ceiling_key else None
-        if ceiling is not None and ceiling.unlimited:
+        if ceiling is None or ceiling.unlimited:
             ceiling, ceiling_key = None, ""
         now = self._clock()
         for remembered_key in (key, ceiling_key) if ceiling_key else (key,):
