@@ -39,7 +39,7 @@ from chat_api.models import TenantRecord
 from chat_api.service.tenants import Tenant, TenantDirectory
 from chat_api.transport import request_rules
 from chat_api.transport.handlers import Handler
-from chat_api.transport.rate_classes import RATE_CLASSES
+from chat_api.transport.rate_classes import DEFAULT_RATE_CLASS, RATE_CLASSES
 from chat_shared import deadlines
 from chat_shared.auth import Principal, TokenVerifier
 from chat_shared.errors import (
@@ -128,19 +128,15 @@ class Dispatcher:
             tenants: admits each caller's tenant (registered and active) before the request
                 is read; None admits every tenant (tests of the pipeline alone).
             limiter: the rate limiter; None = no limits (RATE_LIMIT_ENABLED=false).
-            rate_classes: each method's rate-limit class.
-
-        Raises:
-            ValueError: a handler has no rate-limit class.
+            rate_classes: each method's rate-limit class; a method missing there counts as
+                ``write-other`` (the strictest of the call classes), so a new RPC is never
+                unlimited (tests/integration/test_rate_limits.py checks the table is whole).
         """
         self._verifier = verifier
         self._handlers = handlers
         self._tenants = tenants
         self._limiter = limiter
-        unclassed = sorted(set(handlers) - set(rate_classes))
-        if unclassed:
-            raise ValueError(f"methods without a rate-limit class: {unclassed}")
-        self._classes = rate_classes
+        self._classes = {m: rate_classes.get(m, DEFAULT_RATE_CLASS) for m in handlers}
         self._tenant_limits: dict[str, tuple[TenantRecord, dict[str, ClassLimits]]] = {}
 
     @property
