@@ -127,3 +127,19 @@ def test_config_map_numbers_are_written_as_the_services_parse_them(variant: str)
             assert not re.fullmatch(r"[-+]?\d+(\.\d+)?[eE][-+]?\d+", value), (key, value)
     data = support.by_name(support.render(variant), "ConfigMap")["chat-service"]["data"]
     assert data["STREAM_MAXLEN"].isdigit() and data["STREAM_SHARDS"].isdigit()
+
+
+def test_rate_limits_reach_the_config_map_as_the_services_parse_them(
+        tmp_path: pathlib.Path) -> None:
+    values = tmp_path / "limits.yaml"  # a file: --set would make 0.5 a string
+    values.write_text("rateLimits:\n  enabled: false\n  perUser: {send: {rate: 0.5, burst: 30}}\n"
+                      "  tenantCeiling: {read: {rate: 1000000, burst: 10000}}\n"
+                      "  anonymous: {rate: 2, burst: 7}\n")
+    out = support.template([str(values)]).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    data = support.by_name(docs, "ConfigMap")["chat-service"]["data"]
+    assert data["RATE_LIMIT_SEND_RATE"] == "0.5"
+    assert data["RATE_LIMIT_TENANT_READ_RATE"] == "1000000"
+    assert data["RATE_LIMIT_ANON_BURST"] == "7"
+    assert data["RATE_LIMIT_ENABLED"] == "false"
+    assert data["RATE_LIMIT_READ_RATE"] == "50" and data["RATE_LIMIT_READ_BURST"] == "100"
