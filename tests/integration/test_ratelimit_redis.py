@@ -138,3 +138,28 @@ async def test_typing_notices_once_per_interval_per_conversation(redis_addr: str
         assert await typing.allow("t", "gina", "c1")
     finally:
         await shared.close()
+
+
+async def test_a_stalled_redis_is_asked_once_then_left_alone() -> None:
+    """A server that accepts and never answers: the first check waits out the timeout, the
+    next ones (within a second) decide locally at once without sending anything."""
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append((reader, writer))
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    lim = limiter(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout=0.05)
+    try:
+        decisions = [await lim.check("send", "t", "ivan") for _ in range(5)]
+        assert all(d.allowed and d.fail_open for d in decisions)
+        await lim.close()  # the server reads what was sent, up to the end of the stream
+        [(reader, writer)] = held
+        received = await asyncio.wait_for(reader.read(), 5)
+        assert received.count(b"EVALSHA") == 1
+    finally:
+        await lim.close()
+        for _, writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -57,10 +57,10 @@ class RedisGcra:
         Raises:
             RedisUnavailable: no answer within the timeout, or Redis is known to be down.
         """
+        if self._clock() < self._down_until:
+            raise RedisUnavailable("redis is down or too slow (left alone for a moment)")
         pending = self.submit(*args)
         if pending is None:
-            if self._clock() < self._down_until:
-                raise RedisUnavailable("redis is down")
             conn = await self._connect()
             pending = self._send(conn, args)
         return await self.answer(pending, args)
@@ -68,10 +68,11 @@ class RedisGcra:
     def submit(self, *args: str | int) -> tuple[RespConnection, asyncio.Future[Reply],
                                                  asyncio.TimerHandle] | None:
         """Sends the script now (so Redis runs it in the order of the decisions) when the
-        connection is open; None when it is not (then ``check`` connects, or Redis is down).
+        connection is open; None when it is not, or while Redis is left alone after a failure
+        (then ``check`` connects, or raises at once).
         The reply is bounded by the timeout from this moment; ``answer`` reads it."""
         conn = self._conn
-        if conn is None or not conn.is_open:
+        if conn is None or not conn.is_open or self._clock() < self._down_until:
             return None
         return self._send(conn, args)
 
