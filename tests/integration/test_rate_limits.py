@@ -106,8 +106,16 @@ async def conversation(stub: Any, user: str, tenant: str | None = None) -> str:
 
 async def test_burst_then_refused_with_retry_info_that_tells_the_truth(lstub: Any) -> None:
     cid = await conversation(lstub, "alice")
-    codes = [(await send(lstub, cid, "alice"))[0] for _ in range(3)]
-    assert codes == [grpc.StatusCode.OK] * 3
+    first = lstub.SendMessage(chat_pb2.SendMessageRequest(
+        conversation_id=cid, content="hi", idempotency_key=uuid.uuid4().hex),
+        metadata=md("alice"))
+    await first
+    allowed_trailer = dict(await first.trailing_metadata())
+    assert allowed_trailer["ratelimit-policy"] == '"send";q=3;w=2'
+    assert allowed_trailer["ratelimit"].startswith('"send";r=2;t=')
+    assert "x-request-id" in allowed_trailer
+    codes = [(await send(lstub, cid, "alice"))[0] for _ in range(2)]
+    assert codes == [grpc.StatusCode.OK] * 2
     code, err = await send(lstub, cid, "alice")
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = error_info(err)
