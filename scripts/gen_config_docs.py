@@ -27,6 +27,7 @@ from chat_shared.config import (
     RedisSettings,
     parse_duration,
 )
+from chat_shared.ratelimit import RateLimitSettings
 from chat_ws_gateway.settings import GatewaySettings
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -37,6 +38,7 @@ SHARED: tuple[tuple[str, type[BaseModel]], ...] = (
     ("Redis", RedisSettings),
     ("Authentication (JWT)", AuthSettings),
     ("HTTP servers (chat-api, chat-ws-gateway)", HttpServerSettings),
+    ("Rate limits (chat-api, chat-ws-gateway; docs/rate-limits.md)", RateLimitSettings),
 )
 SERVICES: tuple[tuple[str, type[BaseModel]], ...] = (
     ("chat-api", ApiSettings),

@@ -55,6 +55,8 @@ def api_env(db_source: str, redis_addr: str) -> dict[str, str]:
         "METRICS_PORT": "0",
         "HEALTH_CHECK_INTERVAL": "0.2",
         "LOG_LEVEL": "WARNING",
+        # Most tests make many calls quickly; the rate-limit tests turn the limits on.
+        "RATE_LIMIT_ENABLED": "false",
     }
 
 

@@ -31,7 +31,10 @@ def base_env(db_source: str, redis_addr: str, jwt_secret: str,
     env = {k: v for k, v in os.environ.items() if k in _KEEP}
     env.update({"ENVIRONMENT": "test", "DB_SOURCE": db_source, "REDIS_ADDR": redis_addr,
                 "JWT_SECRET": jwt_secret, "REDIS_TIMEOUT": "2s", "LOG_LEVEL": "INFO",
-                "METRICS_ADDRESS": LOOPBACK})
+                "METRICS_ADDRESS": LOOPBACK,
+                # Tests and bench phases make many calls quickly as few users; the ones about
+                # rate limits turn them on (RATE_LIMIT_ENABLED=true in ``overrides``).
+                "RATE_LIMIT_ENABLED": "false"})
     env.update({k.upper(): str(v) for k, v in overrides.items()})
     return env
 

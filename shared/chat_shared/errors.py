@@ -6,6 +6,8 @@
      ├── PermissionDenied     valid credentials, but their tenant is unknown or disabled
      ├── NotFound             also what a non-member is told (they learn nothing)
      ├── AlreadyExists        duplicate send; carries reason and metadata (original message)
+     ├── ResourceExhausted    a limit is reached
+     │    └── RateLimited     too many requests: carries when to retry and which limit
      ├── DeadlineExceeded     the caller's deadline passed before the work was done
      ├── Unavailable          a dependency we cannot work without is down or did not answer
      └── Internal
@@ -50,6 +52,29 @@ class NotFound(ChatError):
 
 class AlreadyExists(ChatError):
     code = "ALREADY_EXISTS"
+
+
+class ResourceExhausted(ChatError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class RateLimited(ResourceExhausted):
+    """The caller sent more than its rate limit allows; ``retry_after`` seconds from now a
+    request of the same class passes. ``scope`` is what refused: ``user`` (the caller's own
+    limit), ``tenant`` (its tenant's ceiling) or ``client`` (an address with refused
+    credentials); ``subject`` names it for QuotaFailure; ``headers`` are the IETF RateLimit
+    headers of the decision."""
+
+    def __init__(self, cls: str, scope: str, subject: str, retry_after: float,
+                 headers: dict[str, str]) -> None:
+        super().__init__(f"rate limit of {cls!r} requests reached; retry in "
+                         f"{retry_after:.3f} s", reason="RATE_LIMITED",
+                         metadata={"class": cls, "scope": scope})
+        self.cls = cls
+        self.scope = scope
+        self.subject = subject
+        self.retry_after = retry_after
+        self.headers = headers
 
 
 class DeadlineExceeded(ChatError):

@@ -210,3 +210,18 @@ def test_http_transport_sends_and_reads_over_http_only(tmp_path: pathlib.Path) -
     assert d["deliveries"] == d["deliveries_expected"] > 0
     assert "over HTTP/JSON" in stdout and "| SendMessage mean, HTTP " in stdout
     assert "HTTP / gRPC" not in stdout
+
+
+def test_isolation_phase(tmp_path: pathlib.Path) -> None:
+    data, stdout = run_bench(tmp_path, "--only", "isolation", "--isolation-seconds", "2",
+                             "--cost-calls", "20")
+    iso = data["isolation"]
+    assert_latency(iso["alone"], 40)  # 20 sends/s for 2 s, every one answered
+    assert iso["with_abuser"]["n"] >= 1
+    abuser = iso["abuser"]
+    assert abuser["refused"] > 0 and abuser["allowed"] >= 30  # at least its burst passed
+    assert abuser["attempted"] + abuser["outcomes"].get("skipped", 0) == abuser["started"]
+    for transport in ("grpc", "http"):
+        assert_latency(iso["cost"][transport]["on"], 20)
+        assert_latency(iso["cost"][transport]["off"], 20)
+    assert "limiter cost per call (mean, gRPC)" in "\n".join(verdict_rows(stdout))

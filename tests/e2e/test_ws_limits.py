@@ -99,3 +99,29 @@ async def test_a_client_flooding_frames_is_closed_with_4030(
         assert gw.metric('ws_closes_total{reason="too_many_frames"}') == 1
     finally:
         gw.stop()
+
+
+async def test_a_user_opening_sockets_too_fast_is_closed_with_4031(
+        db_source, redis_addr, tmp_path, session):
+    """The connect class of the shared rate limits (RATE_LIMIT_CONNECT_*), counted in Redis."""
+    gw = await _gateway(db_source, redis_addr, tmp_path, RATE_LIMIT_ENABLED="true",
+                        RATE_LIMIT_CONNECT_RATE="0.01", RATE_LIMIT_CONNECT_BURST="2")
+    try:
+        alice = [await ws_connect(session, gw, "alice") for _ in range(2)]
+        for ws in alice:
+            await ws.send_json({"type": "ping"})
+            assert (await next_frame(ws))["type"] == "pong"
+        extra = await ws_connect(session, gw, "alice", resume=False)
+        msg = await extra.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert msg.data == protocol.CLOSE_CONNECT_RATE_LIMITED
+        assert msg.extra.startswith("connect rate limit; retry after ")
+        bob = await ws_connect(session, gw, "bob")  # another user is not affected
+        await bob.send_json({"type": "ping"})
+        assert (await next_frame(bob))["type"] == "pong"
+        host, port = redis_addr.rsplit(":", 1)
+        r = aioredis.Redis(host=host, port=int(port))
+        assert await r.exists("chat:rl:{default}:u:alice:connect")
+        await r.aclose()
+    finally:
+        gw.stop()

@@ -162,3 +162,17 @@ def test_the_values_schema_refuses_a_role_or_tenant_that_is_not_one() -> None:
         result = support.template(sets=(bad,), check=False)
         assert result.returncode != 0, bad
         assert "values don't meet the specifications of the schema" in result.stderr, bad
+def test_rate_limits_reach_the_config_map_as_the_services_parse_them(
+        tmp_path: pathlib.Path) -> None:
+    values = tmp_path / "limits.yaml"  # a file: --set would make 0.5 a string
+    values.write_text("rateLimits:\n  enabled: false\n  perUser: {send: {rate: 0.5, burst: 30}}\n"
+                      "  tenantCeiling: {read: {rate: 1000000, burst: 10000}}\n"
+                      "  anonymous: {rate: 2, burst: 7}\n")
+    out = support.template([str(values)]).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    data = support.by_name(docs, "ConfigMap")["chat-service"]["data"]
+    assert data["RATE_LIMIT_SEND_RATE"] == "0.5"
+    assert data["RATE_LIMIT_TENANT_READ_RATE"] == "1000000"
+    assert data["RATE_LIMIT_ANON_BURST"] == "7"
+    assert data["RATE_LIMIT_ENABLED"] == "false"
+    assert data["RATE_LIMIT_READ_RATE"] == "50" and data["RATE_LIMIT_READ_BURST"] == "100"

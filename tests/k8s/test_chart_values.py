@@ -25,6 +25,9 @@ REJECTED = {
     "privileged escalation": (["securityContext.allowPrivilegeEscalation=true"],
                               "/securityContext/allowPrivilegeEscalation"),
     "bad redis address": (["redis.addr=redis"], "/redis/addr"),
+    "negative rate limit": (["rateLimits.perUser.send.rate=-1"], "/rateLimits/perUser/send/rate"),
+    "fractional burst": (["rateLimits.tenantCeiling.read.burst=1.5"],
+                         "/rateLimits/tenantCeiling/read/burst"),
 }
 
 FAILED_BY_TEMPLATE = {

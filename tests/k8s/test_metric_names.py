@@ -47,7 +47,8 @@ def live_services(postgres: LocalPostgres, redis_server: LocalRedis,
     db_source = postgres.create_database(f"k8s_metrics_{os.getpid()}", template=TEMPLATE_DB)
     if not redis_server.running:
         redis_server.start()
-    env = base_env(db_source, redis_server.addr, TEST_SECRET, LOG_LEVEL="WARNING")
+    env = base_env(db_source, redis_server.addr, TEST_SECRET, LOG_LEVEL="WARNING",
+                   RATE_LIMIT_ENABLED="true")  # its metrics are read by rules and panels
     services = {"api": Api(env, tmp_path, metrics=True),
                 "outbox-relay": Relay(env, tmp_path, quick_intervals=False),
                 "ws-gateway": Gateway(env, tmp_path)}

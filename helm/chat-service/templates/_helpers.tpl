@@ -167,3 +167,9 @@ app.kubernetes.io/part-of: chat-service
 {{- else if .values.autoscaling.enabled }}hpa
 {{- end }}
 {{- end }}
+
+{{/* A number that may have a fraction (a rate limit), written as the services parse it: whole
+numbers without helm's float notation (1000000, not 1e+06), fractions as they are (0.5). */}}
+{{- define "chat.rate" -}}
+{{- if eq (float64 .) (floor .) -}}{{ . | int64 }}{{- else -}}{{ . }}{{- end -}}
+{{- end }}

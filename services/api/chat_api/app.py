@@ -42,6 +42,7 @@ from chat_shared.observability.dependencies import DependencyProbe, dependency_g
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
+from chat_shared.ratelimit import RateLimiter, build_limiter
 from chat_shared.tenancy import TenantLabel
 
 log = get_logger(__name__)
@@ -67,6 +68,7 @@ class ApiApp:
     # HTTP/JSON gateway (issue 3): binds in start(), so http_port is known after it.
     http: HttpGateway | None = None
     http_port: int = 0
+    limiter: RateLimiter | None = None
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
@@ -133,6 +135,8 @@ class ApiApp:
         else:
             await self.server.stop(grace)
         await self.db.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         await self.loop_lag.stop()
         log.info("api_stopped")
 
@@ -156,8 +160,10 @@ def build_app(settings: ApiSettings) -> ApiApp:
         members=MemberService(MemberRepository(db), tenants),
         message_changes=MessageChangeService(MessageChangeRepository(db), tenants),
     )
-    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants,
-                            TenantLabel(settings.tenant_labels))
+    # Rate limits: shared through REDIS_ADDR (connected on the first check); None when off.
+    limiter = build_limiter(settings, settings)
+    dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants, limiter,
+                            tenant_label=TenantLabel(settings.tenant_labels))
     server = grpc.aio.server(
         # The interceptor makes a server span per call: only worth its cost when recorded.
         interceptors=[aio_server_interceptor()] if recording() else [],  # type: ignore[no-untyped-call]
@@ -176,7 +182,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
     app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
-                 server=server, health=health_servicer, grpc_port=bound)
+                 server=server, health=health_servicer, grpc_port=bound, limiter=limiter)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,

@@ -7,13 +7,14 @@ import re
 from pydantic import Field, field_validator
 
 from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
+from chat_shared.ratelimit import RateLimitSettings
 from chat_shared.tenancy import TENANT_ID
 
 MAX_TENANT_LABELS = 50
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 
-class ApiSettings(ServiceSettings, HttpServerSettings):
+class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings):
     database_role: str = Field(
         "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role the API's sessions act as: one that cannot bypass row-level "

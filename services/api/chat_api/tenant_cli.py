@@ -6,7 +6,8 @@
     chat-tenant disable ID                its calls answer PERMISSION_DENIED and its
                                           WebSockets close (4403) within a few seconds
     chat-tenant enable ID                 active again
-    chat-tenant set-limit ID NAME VALUE   a limit of its own (max_members, max_message_length);
+    chat-tenant set-limit ID NAME VALUE   a limit of its own (max_members, max_message_length,
+                                          rate_limit.send.rate ...: docs/rate-limits.md);
                                           VALUE "default" removes it
 
 It writes the registry as the user of DB_SOURCE, the tables' owner that runs chat-migrate (the

@@ -23,6 +23,7 @@ from chat_shared.observability.dependencies import DependencyProbe
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor
+from chat_shared.ratelimit import RateLimiter, build_limiter
 from chat_shared.redis_client import create_redis
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
@@ -60,6 +61,7 @@ class GatewayApp:
     _reader_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _probe_task: asyncio.Task[None] | None = field(default=None, repr=False)
     tenant_watch: TenantWatch | None = field(default=None, repr=False)
+    limiter: RateLimiter | None = field(default=None, repr=False)
     _tenant_task: asyncio.Task[None] | None = field(default=None, repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
 
@@ -126,6 +128,8 @@ class GatewayApp:
         await self.stream_redis.aclose()
         await self.redis.aclose()
         await self.db.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         await self.loop_lag.stop()
 
 
@@ -141,10 +145,12 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
                           count=settings.stream_read_count)
     history = History(db, settings.resume_page_size)
     tenant_watch = TenantWatch(db, hub, settings.ws_tenant_check_interval)
-    server = GatewayServer(settings, TokenVerifier(settings), hub, history, tenant_watch)
+    limiter = build_limiter(settings, settings)
+    server = GatewayServer(settings, TokenVerifier(settings), hub, history, tenant_watch,
+                           limiter)
     app = GatewayApp(settings=settings, db=db, redis=redis, stream_redis=stream_redis,
                      hub=hub, reader=reader, server=server, health=None,
-                     tenant_watch=tenant_watch)
+                     tenant_watch=tenant_watch, limiter=limiter)
     if settings.metrics_port:
         app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_host)
     return app

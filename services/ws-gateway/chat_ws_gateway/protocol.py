@@ -53,6 +53,12 @@ CLOSE_TOO_MANY_FRAMES = 4030
 """The client sent more than ``WS_MAX_INBOUND_FRAMES_PER_SECOND`` frames in a second: reconnect
 after a pause, resume, and send fewer frames."""
 
+CLOSE_CONNECT_RATE_LIMITED = 4031
+"""The user opened sockets faster than RATE_LIMIT_CONNECT_RATE allows (burst
+RATE_LIMIT_CONNECT_BURST, counted across every gateway replica), or its tenant as a whole did:
+the new one is closed at once. The close reason says how many seconds to wait
+(``retry after <s> s``); reconnect after that, with backoff."""
+
 SUBPROTOCOL = "bearer"
 """Browsers offer the subprotocols ``["bearer", "<token>"]``; the server echoes ``bearer``."""
 

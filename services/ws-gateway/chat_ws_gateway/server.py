@@ -20,6 +20,7 @@ from chat_shared.auth import Principal, TokenVerifier, issue_token
 from chat_shared.errors import Unauthenticated
 from chat_shared.http_serving import BodyTimeout, read_body
 from chat_shared.observability.logging import get_logger
+from chat_shared.ratelimit import Decision, RateLimiter, TypingLimit
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
 from chat_ws_gateway.history import History
@@ -70,8 +71,19 @@ def authenticate(verifier: TokenVerifier, request: web.Request) -> Principal:
 
 class GatewayServer:
     def __init__(self, settings: GatewaySettings, verifier: TokenVerifier, hub: Hub,
-                 history: History, tenants: TenantWatch | None = None) -> None:
+                 history: History, tenants: TenantWatch | None = None,
+                 limiter: RateLimiter | None = None) -> None:
+        """
+        Args:
+            limiter: the shared rate limiter (class ``connect`` for each new socket); None =
+                RATE_LIMIT_ENABLED is false.
+        """
         self._settings = settings
+        self._limiter = limiter
+        self.typing: TypingLimit | None = (
+            TypingLimit(limiter, settings.rate_limit_typing_interval) if limiter else None)
+        """The typing-notice limit: ``await typing.allow(tenant, user, conversation_id)``
+        before a ``typing`` frame is forwarded (None when limits are off)."""
         self._verifier = verifier
         self._hub = hub
         self._history = history
@@ -102,6 +114,7 @@ class GatewayServer:
         # Read before the handshake: from the handshake on, counting the user's sockets and
         # adding this one happen with no await in between (below).
         admitted = await self._tenant_admitted(principal.tenant_id)
+        connect = await self._connect_allowed(principal) if admitted else None
         await ws.prepare(request)
         if not admitted:
             WS_CLOSES.labels("tenant_denied").inc()
@@ -109,6 +122,12 @@ class GatewayServer:
                      reason="tenant_denied")
             await ws.close(code=protocol.CLOSE_TENANT_DENIED,
                            message=b"tenant is not registered or is disabled")
+            return ws
+        if connect is not None and not connect.allowed:
+            WS_CLOSES.labels("connect_rate_limited").inc()
+            await ws.close(code=protocol.CLOSE_CONNECT_RATE_LIMITED,
+                           message=f"connect rate limit; retry after "
+                                   f"{connect.retry_after:.3f} s".encode())
             return ws
         # Counted and added with no await in between, so that concurrent opens cannot all
         # pass the check. The socket is accepted and then closed, not refused with an HTTP
@@ -147,6 +166,13 @@ class GatewayServer:
             await conn.finish()
             log.debug("ws_disconnected", user_id=principal.user_id, code=ws.close_code)
         return ws
+
+    async def _connect_allowed(self, principal: Principal) -> Decision | None:
+        """The limiter's decision for a new socket (class ``connect``); None when off. The
+        limiter logs each limited user once a minute."""
+        if self._limiter is None:
+            return None
+        return await self._limiter.check("connect", principal.tenant_id, principal.user_id)
 
     async def _tenant_admitted(self, tenant: str) -> bool:
         """Whether the tenant is registered and active. A registry that cannot be read admits

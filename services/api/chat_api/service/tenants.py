@@ -8,8 +8,8 @@ takes effect within that time.
 
 Limits: a tenant's registry entry may set ``max_members`` (members of a conversation, the
 creator included) and ``max_message_length`` (characters); a name it does not set takes the
-service's setting. Other names are kept for the limits to come (rate limits read them the same
-way, through ``Tenant.limit``).
+service's setting. The rate limits read theirs (``rate_limit.send.rate`` ...) through
+``Tenant.limit`` (chat_api.transport.dispatch).
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from chat_api.models import TenantRecord
 from chat_api.storage.tenants import TenantRepository
 from chat_shared.errors import PermissionDenied
+from chat_shared.ratelimit import LIMIT_NAMES as RATE_LIMIT_NAMES
 
-LIMIT_NAMES = ("max_members", "max_message_length")
-"""The limits the API enforces today (``chat-tenant set-limit`` accepts these)."""
+LIMIT_NAMES = ("max_members", "max_message_length", *RATE_LIMIT_NAMES)
+"""The limits the API enforces (``chat-tenant set-limit`` accepts these): the rate limits are
+``rate_limit.<class>.rate|burst`` per user and ``rate_limit.tenant.<class>.rate|burst`` for
+the tenant's ceiling (docs/rate-limits.md)."""
 
 _CACHE_SIZE = 10_000
 

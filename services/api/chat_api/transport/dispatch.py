@@ -8,6 +8,14 @@ Order matters: the caller is authenticated before anything it sent is read, so a
 without a valid token gets UNAUTHENTICATED whatever the request holds; only then is the request
 decoded and checked against chat.proto's rules (``request_rules``).
 
+Rate limits (``chat_shared.ratelimit``, docs/rate-limits.md) come right after authentication,
+before the request is decoded: a refused call costs a token check and, at most once per
+refusal period, one Redis round trip, never a parse or a database statement, and it writes no
+per-call log line (the limiter logs each limited client once a minute). The class of each
+method is in ``rate_classes``. A caller whose credentials are missing or refused is counted
+against its client address (class ``anon``); once that is exhausted, the address is refused
+before its token is even looked at, so guessing tokens is slow.
+
 Deadlines: the caller's (gRPC: the call's deadline; HTTP: a ``Grpc-Timeout`` header in gRPC's
 format, "500m", "2S", as gRPC-Gateway reads it) is set for the call's I/O through
 ``chat_shared.deadlines``. The server answers DEADLINE_EXCEEDED a moment (``DEADLINE_LEAD``)
@@ -27,13 +35,25 @@ import structlog
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram
 
-from chat_api.service.tenants import TenantDirectory
+from chat_api.models import TenantRecord
+from chat_api.service.tenants import Tenant, TenantDirectory
 from chat_api.transport import request_rules
 from chat_api.transport.handlers import Handler
+from chat_api.transport.rate_classes import DEFAULT_RATE_CLASS, RATE_CLASSES
 from chat_shared import deadlines
-from chat_shared.auth import TokenVerifier
-from chat_shared.errors import ChatError, DeadlineExceeded, Internal, InvalidArgument, NotFound
+from chat_shared.auth import Principal, TokenVerifier
+from chat_shared.errors import (
+    ChatError,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from chat_shared.observability.logging import get_logger
+from chat_shared.ratelimit import ANONYMOUS, ClassLimits, Decision, RateLimiter, tenant_overrides
+from chat_shared.ratelimit import headers as rate_limit_headers
 from chat_shared.tenancy import TenantLabel
 
 log = get_logger("chat_api.rpc")
@@ -92,22 +112,41 @@ class CallContext:
     """For the log line when no span carries one (spans not recorded); "" when a span does."""
     timeout: float | None = None
     """Seconds the caller waits for the answer; None when it set no deadline."""
+    client_address: Callable[[], str] | None = None
+    """The caller's address (for the ``anon`` limit); asked only when credentials fail."""
+    rate_limit: tuple[str, Decision] | None = None
+    """Set by the pipeline: the call's class and the limiter's decision (for the headers)."""
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """The IETF RateLimit headers of the call's decision; {} without one."""
+        if self.rate_limit is None:
+            return {}
+        return rate_limit_headers(*self.rate_limit)
 
 
 class Dispatcher:
     def __init__(self, verifier: TokenVerifier, handlers: dict[str, Handler],
                  tenants: TenantDirectory | None = None,
+                 limiter: RateLimiter | None = None,
+                 rate_classes: dict[str, str] = RATE_CLASSES,
                  tenant_label: TenantLabel | None = None) -> None:
         """
         Args:
             tenants: admits each caller's tenant (registered and active) before the request
                 is read; None admits every tenant (tests of the pipeline alone).
+            limiter: the rate limiter; None = no limits (RATE_LIMIT_ENABLED=false).
+            rate_classes: each method's rate-limit class; a method missing there counts as
+                ``write-other`` (the strictest of the call classes), so a new RPC is never
+                unlimited (tests/integration/test_rate_limits.py checks the table is whole).
             tenant_label: the ``tenant`` label of a call's tenant (bounded: an allow-list).
         """
         self._verifier = verifier
         self._handlers = handlers
         self._tenants = tenants
         self._tenant_label = tenant_label or TenantLabel()
+        self._limiter = limiter
+        self._classes = {m: rate_classes.get(m, DEFAULT_RATE_CLASS) for m in handlers}
+        self._tenant_limits: dict[str, tuple[TenantRecord, dict[str, ClassLimits]]] = {}
 
     @property
     def methods(self) -> list[str]:
@@ -125,6 +164,7 @@ class Dispatcher:
         handler = self._handlers.get(ctx.method)
         start = time.perf_counter()
         code = "OK"
+        limited = False
         RPC_IN_FLIGHT.labels(ctx.transport).inc()
         structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
         if ctx.trace_id:
@@ -132,11 +172,14 @@ class Dispatcher:
         try:
             if handler is None:
                 raise NotFound(f"unknown method {ctx.method}")
-            principal = self._verifier.verify_authorization(ctx.authorization)
+            principal = await self._authenticate(ctx)
             ctx.user_id = principal.user_id
             ctx.tenant_id = principal.tenant_id
+            tenant = None
             if self._tenants is not None:
-                await self._tenants.admit(principal.tenant_id)
+                tenant = await self._tenants.admit(principal.tenant_id)
+            if self._limiter is not None:
+                await self._limit(ctx, self._limiter, principal, tenant)
             if decode is not None:
                 request = decode(request)
             request_rules.check(request)
@@ -146,6 +189,10 @@ class Dispatcher:
                 raise DeadlineExceeded("deadline exceeded before the call started")
             with deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD):
                 return await handler(principal, request)
+        except RateLimited as exc:
+            code = exc.code
+            limited = True
+            raise
         except ChatError as exc:
             code = exc.code
             raise
@@ -164,8 +211,66 @@ class Dispatcher:
             RPC_DURATION.labels(ctx.method, ctx.transport).observe(elapsed)
             if ctx.tenant_id:  # an unauthenticated call has no tenant to count it under
                 TENANT_RPC_REQUESTS.labels(self._tenant_label(ctx.tenant_id), code).inc()
-            log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
-                     duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None,
-                     tenant=ctx.tenant_id or None)
+            if not limited:  # refusals: counted above, logged by the limiter once a minute
+                log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
+                         duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None,
+                         tenant=ctx.tenant_id or None)
             structlog.contextvars.unbind_contextvars(
                 *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))
+
+    async def _authenticate(self, ctx: CallContext) -> Principal:
+        """The caller; with limits on, refused credentials count against the client address.
+
+        Raises:
+            Unauthenticated: the credentials are missing or refused.
+            RateLimited: the address has had too many refused credentials (then the
+                credentials are not even looked at).
+        """
+        limiter = self._limiter
+        if limiter is None or ctx.client_address is None:
+            return self._verifier.verify_authorization(ctx.authorization)
+        if limiter.refusing(ANONYMOUS):
+            address = ctx.client_address()
+            remembered = limiter.remembered_refusal(ANONYMOUS, "", address)
+            if remembered is not None:
+                ctx.rate_limit = (ANONYMOUS, remembered)
+                raise _limited(ANONYMOUS, remembered, f"client:{address}")
+        try:
+            return self._verifier.verify_authorization(ctx.authorization)
+        except Unauthenticated:
+            address = ctx.client_address()
+            decision = await limiter.check(ANONYMOUS, "", address)
+            ctx.rate_limit = (ANONYMOUS, decision)
+            if not decision.allowed:
+                raise _limited(ANONYMOUS, decision, f"client:{address}") from None
+            raise
+
+    async def _limit(self, ctx: CallContext, limiter: RateLimiter, principal: Principal,
+                     tenant: Tenant | None) -> None:
+        cls = self._classes[ctx.method]
+        limits = None
+        if tenant is not None and tenant.record.limits:
+            limits = self._limits_of(tenant, limiter)[cls]
+        decision = await limiter.check(cls, principal.tenant_id, principal.user_id, limits)
+        ctx.rate_limit = (cls, decision)
+        if not decision.allowed:
+            subject = (f"tenant:{principal.tenant_id}" if decision.scope == "tenant"
+                       else f"user:{principal.user_id}")
+            raise _limited(cls, decision, subject)
+
+    def _limits_of(self, tenant: Tenant, limiter: RateLimiter) -> dict[str, ClassLimits]:
+        """The tenant's limits, worked out again only when its registry entry was re-read."""
+        cached = self._tenant_limits.get(tenant.id)
+        if cached is not None and cached[0] is tenant.record:
+            return cached[1]
+        limits = tenant_overrides(limiter.policy, tenant.limit)
+        if len(self._tenant_limits) >= 10_000:
+            self._tenant_limits.clear()
+        self._tenant_limits[tenant.id] = (tenant.record, limits)
+        return limits
+
+
+def _limited(cls: str, decision: Decision, subject: str) -> RateLimited:
+    scope = "client" if cls == ANONYMOUS else decision.scope or "user"
+    return RateLimited(cls, scope, subject, decision.retry_after,
+                       rate_limit_headers(cls, decision))

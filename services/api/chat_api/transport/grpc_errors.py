@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from chat_shared.errors import ERROR_DOMAIN, ChatError, InvalidArgument
+from chat_shared.errors import ERROR_DOMAIN, ChatError, InvalidArgument, RateLimited
 
 GRPC_CODES: dict[str, grpc.StatusCode] = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -37,10 +39,39 @@ def status_proto(exc: ChatError) -> status_pb2.Status:
             error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
         ]))
         status.details.append(detail)
+    if isinstance(exc, RateLimited):
+        # RetryInfo rounded up to the millisecond: a retry after it is never too early.
+        ms = max(math.ceil(exc.retry_after * 1000), 1)
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(
+            seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)))
+        status.details.append(detail)
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject=exc.subject,
+                description=f"{exc.cls} requests: {exc.headers.get('RateLimit-Policy', '')}")
+        ]))
+        status.details.append(detail)
     return status
 
 
 def to_grpc_status(exc: ChatError) -> grpc.Status:
-    return rpc_status.to_status(status_proto(exc))
+    status = rpc_status.to_status(status_proto(exc))
+    if isinstance(exc, RateLimited):
+        # The same headers HTTP sends, as trailing metadata (lower-case keys, as gRPC wants).
+        extra = tuple((k.lower(), v) for k, v in exc.headers.items())
+        status = _Status(status.code, status.details, (*status.trailing_metadata, *extra))
+    return status
+
+
+class _Status(grpc.Status):  # type: ignore[misc]  # grpc is untyped here
+    """A grpc.Status with its own trailing metadata (grpc.Status is an interface)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str,
+                 trailing_metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
 
 

@@ -40,6 +40,16 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return found
 
 
+def peer_address(peer: str) -> str:
+    """The address in grpc's peer string ("ipv4:10.0.0.7:51234", "ipv6:[::1]:5", "unix:...")."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:].partition("]")[0]
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return rest or peer
+
+
 def _decoder(cls: type[Message]) -> Callable[[bytes], Message]:
     problem = f"not a valid {cls.DESCRIPTOR.full_name} (the bytes do not decode)"
 
@@ -58,7 +68,8 @@ def _unary(dispatcher: Dispatcher, method: str,
         metadata = _metadata(context)
         ctx = CallContext(method=method, transport="grpc",
                           authorization=metadata.get("authorization"),
-                          timeout=context.time_remaining())
+                          timeout=context.time_remaining(),
+                          client_address=lambda: peer_address(context.peer()))
         request_id = metadata.get("x-request-id")
         if request_id and len(request_id) <= 128:
             ctx.request_id = request_id
@@ -66,9 +77,14 @@ def _unary(dispatcher: Dispatcher, method: str,
             ctx.trace_id = trace_id_from(metadata.get("traceparent"))
         context.set_trailing_metadata((("x-request-id", ctx.request_id),))
         try:
-            return await dispatcher.call(ctx, request, decode)
+            response = await dispatcher.call(ctx, request, decode)
         except ChatError as exc:
             await context.abort_with_status(to_grpc_status(exc))
+        if ctx.rate_limit is not None:  # the same RateLimit headers HTTP sends
+            context.set_trailing_metadata((
+                ("x-request-id", ctx.request_id),
+                *((k.lower(), v) for k, v in ctx.rate_limit_headers().items())))
+        return response
 
     return handle
 

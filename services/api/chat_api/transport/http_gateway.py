@@ -14,7 +14,10 @@ errors through its one table (http_errors). What only HTTP needs lives in the mi
 - a client that goes away before its body has arrived is logged as 499, not as a failure;
   one whose body does not arrive within HTTP_BODY_TIMEOUT gets 408 and the connection closes;
 - a 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750), with ``error="invalid_token"`` when
-  a bearer token was sent and refused.
+  a bearer token was sent and refused;
+- rate limits: every answer of a limited call carries the IETF ``RateLimit`` and
+  ``RateLimit-Policy`` headers, a refusal is 429 with ``Retry-After`` too (docs/rate-limits.md),
+  and refusals write no access-log line.
 
 The request is parsed only once the Dispatcher has authenticated the caller.
 """
@@ -41,7 +44,7 @@ from chat_api.transport.http_errors import error_response, gateway_error, www_au
 from chat_api.transport.http_json import parse_request, render
 from chat_api.transport.http_routes import HttpBinding, http_bindings
 from chat_api.transport.openapi import openapi_document, render_openapi
-from chat_shared.errors import ChatError, Internal
+from chat_shared.errors import ChatError, Internal, RateLimited
 from chat_shared.http_serving import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -60,6 +63,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, Grpc-Timeout, Idempotency-Key, X-Request-Id"
 _CORS_MAX_AGE = "600"
+_CORS_EXPOSE_HEADERS = f"{REQUEST_ID_HEADER}, RateLimit, RateLimit-Policy, Retry-After"
 _REQUEST_ID_KEY = web.RequestKey("request_id", str)
 CLIENT_CLOSED_REQUEST = 499
 """nginx's status for a request whose client left before the answer (never sent, only logged)."""
@@ -127,7 +131,8 @@ class HttpGateway:
             body = await read_body(request, self._body_timeout) if binding.body else b""
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
-                              request_id=request[_REQUEST_ID_KEY])
+                              request_id=request[_REQUEST_ID_KEY],
+                              client_address=lambda: request.remote or "")
 
             def decode(_: object) -> Message:
                 # Called by the Dispatcher once the caller is authenticated: nothing the
@@ -138,7 +143,8 @@ class HttpGateway:
 
             response = await self._dispatcher.call(ctx, None, decode)
             return web.Response(body=render(response, binding.response_body),
-                                content_type="application/json")
+                                content_type="application/json",
+                                headers=ctx.rate_limit_headers() or None)
 
         return handle
 
@@ -161,9 +167,10 @@ class HttpGateway:
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-            log.info("http_request", method=request.method, path=request.path,
-                     status=response.status, request_id=request_id,
-                     duration_ms=round((time.perf_counter() - start) * 1000, 3))
+            if response.status != 429:  # refusals: the limiter logs each client once a minute
+                log.info("http_request", method=request.method, path=request.path,
+                         status=response.status, request_id=request_id,
+                         duration_ms=round((time.perf_counter() - start) * 1000, 3))
             return response
 
     @staticmethod
@@ -191,6 +198,8 @@ class HttpGateway:
             # The client left while its body was being read: nothing failed here, and the
             # answer has nobody to go to; the log line says 499.
             return web.Response(status=CLIENT_CLOSED_REQUEST, reason="Client Closed Request")
+        except RateLimited as exc:
+            return error_response(exc, exc.headers)
         except ChatError as exc:
             return error_response(exc, www_authenticate(exc, request.headers.get(
                 hdrs.AUTHORIZATION)))
@@ -242,7 +251,7 @@ class HttpGateway:
         origin = request.headers.get(hdrs.ORIGIN, "")
         if self._origin_allowed(origin):
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
-            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = REQUEST_ID_HEADER
+            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = _CORS_EXPOSE_HEADERS
 
 
 

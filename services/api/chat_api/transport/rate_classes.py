@@ -1,0 +1,27 @@
+"""Which rate-limit class each ChatService method counts against: the one table.
+
+A method missing here counts as ``DEFAULT_RATE_CLASS`` (the strictest class of calls), so a
+new RPC is never unlimited; a test checks every RPC of chat.proto is here. The classes and
+their limits: docs/rate-limits.md.
+"""
+
+from __future__ import annotations
+
+RATE_CLASSES: dict[str, str] = {
+    "SendMessage": "send",
+    "GetMessages": "read",
+    "GetConversations": "read",
+    "CreateConversation": "write-other",
+    "MarkAsRead": "write-other",
+    # Changes to a message are content, like a send.
+    "EditMessage": "send",
+    "DeleteMessage": "send",
+    "AddReaction": "write-other",
+    "RemoveReaction": "write-other",
+    "AddMembers": "write-other",
+    "RemoveMember": "write-other",
+    "SetMemberRole": "write-other",
+    "UpdateConversation": "write-other",
+}
+
+DEFAULT_RATE_CLASS = "write-other"

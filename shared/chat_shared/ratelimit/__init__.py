@@ -1,0 +1,54 @@
+"""Rate limits shared by every replica: GCRA in Redis, with a local fallback.
+
+Public face::
+
+    limiter = build_limiter(settings)           # None when RATE_LIMIT_ENABLED is false
+    decision = await limiter.check("send", tenant, user, limits)
+    if not decision.allowed: ...                # decision.retry_after seconds
+
+``policy_from_settings`` gives the default limits by class, ``tenant_overrides`` applies a
+tenant's registry values, ``headers`` renders the IETF RateLimit headers of a decision, and
+``TypingLimit`` is the typing-notice limit for the WebSocket gateway. docs/rate-limits.md
+describes the whole.
+"""
+
+from __future__ import annotations
+
+from chat_shared.config import RedisSettings, parse_host_port
+from chat_shared.ratelimit._gcra import Decision, Limit, LocalLimiter, ceil_seconds, gcra_step
+from chat_shared.ratelimit._headers import headers, policy_header, state_header
+from chat_shared.ratelimit._limiter import (
+    ANONYMOUS,
+    CLASSES,
+    LIMIT_NAMES,
+    ClassLimits,
+    RateLimiter,
+    policy_from_settings,
+    tenant_overrides,
+)
+from chat_shared.ratelimit._redis import RedisGcra, RedisUnavailable
+from chat_shared.ratelimit._typing import TYPING, TypingLimit
+from chat_shared.ratelimit.settings import RateLimitSettings
+
+__all__ = [
+    "ANONYMOUS", "CLASSES", "LIMIT_NAMES", "TYPING", "ClassLimits", "Decision", "Limit",
+    "LocalLimiter", "RateLimitSettings", "RateLimiter", "RedisGcra", "RedisUnavailable",
+    "TypingLimit", "build_limiter", "ceil_seconds", "gcra_step", "headers", "policy_from_settings",
+    "policy_header", "state_header", "tenant_overrides",
+]
+
+
+def build_limiter(settings: RateLimitSettings, redis_settings: RedisSettings | None = None
+                  ) -> RateLimiter | None:
+    """The process's limiter: shared through REDIS_ADDR when set, else this process alone.
+
+    Nothing connects here: the first check (or ``RateLimiter.connect``) does.
+    """
+    if not settings.rate_limit_enabled:
+        return None
+    redis = None
+    if redis_settings is not None and redis_settings.redis_addr:
+        host, port = parse_host_port(redis_settings.redis_addr, default_host="127.0.0.1")
+        redis = RedisGcra(host, port, timeout=settings.rate_limit_redis_timeout,
+                          password=redis_settings.redis_password, db=redis_settings.redis_db)
+    return RateLimiter(policy_from_settings(settings), redis)

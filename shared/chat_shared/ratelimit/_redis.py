@@ -1,0 +1,168 @@
+"""The limiter's Redis side: the GCRA script over ``RespConnection``, bounded, never retried.
+
+Every check ends within ``timeout`` seconds or raises ``RedisUnavailable``, and the caller
+falls back to its local limiter. While Redis is known to be down (a refused connection, a
+lost one, a reply that did not come in time) no request waits on it: for ``down_for`` seconds
+every check fails at once, then the next check tries again (one connect, bounded by the same
+timeout). The script is run by its SHA (EVALSHA, 40 bytes instead of the whole script) and
+loaded with EVAL when Redis answers NOSCRIPT (a restarted or flushed server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from chat_shared.ratelimit._resp import Reply, ReplyError, RespConnection, encode
+from chat_shared.ratelimit._script import GCRA_SCRIPT, GCRA_SHA
+
+__all__ = ["RedisGcra", "RedisUnavailable"]
+
+MAX_PENDING = 10_000
+"""Commands waiting for replies on the socket; past this Redis is treated as stalled."""
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time (or cannot be reached): decide locally."""
+
+
+def _expire(fut: asyncio.Future[Reply]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+class RedisGcra:
+    def __init__(self, host: str, port: int, *, timeout: float, password: str = "",
+                 db: int = 0, down_for: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._host, self._port = host, port
+        self._timeout = timeout
+        self._password = password
+        self._db = db
+        self._down_for = down_for
+        self._clock = clock
+        self._conn: RespConnection | None = None
+        self._connecting: asyncio.Task[RespConnection] | None = None
+        self._down_until = 0.0
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    async def check(self, *args: str | int) -> list[int]:
+        """The script's answer (see ``_script``) for one request: ``args`` are the user's
+        key, the ceiling's key, then the two limits' T and tau in microseconds.
+
+        Raises:
+            RedisUnavailable: no answer within the timeout, or Redis is known to be down.
+        """
+        if self._clock() < self._down_until:
+            raise RedisUnavailable("redis is down or too slow (left alone for a moment)")
+        pending = self.submit(*args)
+        if pending is None:
+            conn = await self._connect()
+            pending = self._send(conn, args)
+        return await self.answer(pending, args)
+
+    def submit(self, *args: str | int) -> tuple[RespConnection, asyncio.Future[Reply],
+                                                 asyncio.TimerHandle] | None:
+        """Sends the script now (so Redis runs it in the order of the decisions) when the
+        connection is open; None when it is not, or while Redis is left alone after a failure
+        (then ``check`` connects, or raises at once).
+        The reply is bounded by the timeout from this moment; ``answer`` reads it."""
+        conn = self._conn
+        if conn is None or not conn.is_open or self._clock() < self._down_until:
+            return None
+        return self._send(conn, args)
+
+    def _send(self, conn: RespConnection, args: tuple[str | int, ...]
+              ) -> tuple[RespConnection, asyncio.Future[Reply], asyncio.TimerHandle]:
+        if conn.pending >= MAX_PENDING:
+            self._mark_down()
+            fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+            fut.set_exception(ConnectionError("redis is not keeping up"))
+        else:
+            fut = conn.send(encode("EVALSHA", GCRA_SHA, 2, *args))
+        handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
+        return conn, fut, handle
+
+    async def answer(self, pending: tuple[RespConnection, asyncio.Future[Reply],
+                                          asyncio.TimerHandle],
+                     args: tuple[str | int, ...]) -> list[int]:
+        """The reply of a ``submit``ted script (loaded with EVAL on NOSCRIPT).
+
+        Raises:
+            RedisUnavailable: no answer within the timeout.
+        """
+        conn, fut, handle = pending
+        try:
+            reply = await self._reply(fut, handle)
+        except ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise RedisUnavailable(str(exc)) from exc
+            fut = conn.send(encode("EVAL", GCRA_SCRIPT, 2, *args))
+            handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
+            try:
+                reply = await self._reply(fut, handle)
+            except ReplyError as exc2:
+                raise RedisUnavailable(str(exc2)) from exc2
+        if not isinstance(reply, list) or len(reply) != 6:
+            raise RedisUnavailable(f"unexpected script reply {reply!r}")
+        return [int(v) for v in reply]
+
+    async def _reply(self, fut: asyncio.Future[Reply], handle: asyncio.TimerHandle) -> Reply:
+        try:
+            return await fut
+        except (TimeoutError, ConnectionError) as exc:
+            self._mark_down()
+            raise RedisUnavailable(f"redis did not answer: {type(exc).__name__}") from exc
+        finally:
+            handle.cancel()
+
+    def _mark_down(self) -> None:
+        self._down_until = self._clock() + self._down_for
+
+    async def _connect(self) -> RespConnection:
+        """The open connection, opened now if needed; concurrent callers share one attempt."""
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._open(), name="ratelimit-redis-connect")
+            # Retrieved here when no caller waited for the end (they gave up at the timeout).
+            self._connecting.add_done_callback(
+                lambda t: None if t.cancelled() else t.exception())
+        try:
+            conn = await asyncio.wait_for(asyncio.shield(self._connecting), self._timeout)
+        except (TimeoutError, OSError, ReplyError) as exc:
+            self._mark_down()
+            raise RedisUnavailable(f"cannot reach redis: {exc or type(exc).__name__}") from exc
+        return conn
+
+    async def _open(self) -> RespConnection:
+        try:
+            conn = await asyncio.wait_for(RespConnection.open(self._host, self._port),
+                                          self._timeout * 4)
+            setup = []
+            if self._password:
+                setup.append(conn.send(encode("AUTH", self._password)))
+            if self._db:
+                setup.append(conn.send(encode("SELECT", self._db)))
+            if setup:
+                await asyncio.wait_for(asyncio.gather(*setup), self._timeout * 4)
+        except BaseException:
+            self._mark_down()
+            raise
+        old, self._conn = self._conn, conn
+        if old is not None:
+            old.close()
+        return conn
+
+    async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            try:
+                await self._connecting
+            except BaseException:  # noqa: BLE001,S110 - closing: whatever it ended with
+                pass
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
