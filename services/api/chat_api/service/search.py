@@ -160,9 +160,6 @@ class SearchService:
         if filters.conversation_id is not None:
             filters = SearchFilters(validation.conversation_id(filters.conversation_id),
                                     filters.sender_id, filters.after, filters.before)
-        if filters.after is not None and filters.before is not None \
-                and filters.after >= filters.before:
-            raise InvalidArgument("before", "must be later than after")
         parsed = parse_query(query)
         size = limit or DEFAULT_LIMIT
         cursor = parse_search_token(page_token, query, filters) if page_token else None
