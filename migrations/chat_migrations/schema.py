@@ -13,8 +13,10 @@ name them (``conversations_direct_key_key``), so the comparison matches by name.
 
 What autogenerate does not compare, and so lives only in the migrations: CHECK constraints,
 the generated expression of ``outbox.partition`` (only that it is a generated column), the
-``outbox_notify`` function and trigger, and the tenancy of migration 0006 beyond its columns and
-keys: row-level security, its policies, the roles and their grants (a test checks those).
+``outbox_notify`` function and trigger, the ``messages_search_vector`` trigger and the
+``chat_search`` text search configuration (migration 0008s), and the tenancy of migration
+0006 beyond its columns and keys: row-level security, its policies, the roles and their
+grants (a test checks those).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, TSVECTOR, UUID
 
 metadata = MetaData()
 
@@ -135,6 +137,9 @@ messages = Table(
     Column("edited_at", _TIMESTAMPTZ),
     # A tombstone: the row keeps its seq, its content is erased (migration 0007).
     Column("deleted_at", _TIMESTAMPTZ),
+    # to_tsvector('chat_search', content), set by the messages_search_vector trigger in the
+    # content's own transaction (migration 0008s); NULL never stays after that migration.
+    Column("search_vector", TSVECTOR),
     PrimaryKeyConstraint("tenant_id", "id", name="messages_pkey"),
     ForeignKeyConstraint(["tenant_id", "conversation_id"],
                          ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
@@ -148,6 +153,7 @@ messages = Table(
     Index("ix_messages_conversation_created", "tenant_id", "conversation_id", "created_at"),
     Index("ix_messages_deleted", "tenant_id", "conversation_id", "seq",
           postgresql_where=text("deleted_at IS NOT NULL")),
+    Index("ix_messages_search", "search_vector", postgresql_using="gin"),
 )
 
 # The permanent log of a conversation's ordered changes, one row per position (migration

@@ -1,7 +1,8 @@
 """The demo web client in a real headless Chromium (Debian's, driven by Playwright; no
 downloaded browser): two users on their own pages, a conversation created in the UI, messages
 sent over the HTTP API appearing live for the other user, and a network drop that loses
-nothing. The last screenshot is saved to artifacts/demo.png.
+nothing; a search in the search box that jumps to the message found. The last screenshot is
+saved to artifacts/demo.png.
 """
 
 from __future__ import annotations
@@ -115,6 +116,16 @@ async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: 
             await expect(bob.locator("#messages li .content")).to_have_text(
                 ["hello bob", "hi alice", "while you were away 1", "while you were away 2",
                  "and 3"], timeout=20_000)
+
+            # Bob searches; the hit shows its matched words marked and jumps to the message.
+            await bob.get_by_label("Search messages").fill("away 2")
+            hit = bob.locator("#search-results button")
+            await expect(hit).to_have_count(1, timeout=20_000)
+            await expect(hit.locator("mark")).to_have_text(["away", "2"])
+            await hit.click()
+            await expect(bob.locator("#conv-title")).to_have_text("Demo day")
+            await expect(bob.locator("#messages li.found .content")).to_have_text(
+                "while you were away 2")
             assert errors == []
             assert failed == [], failed
 

@@ -71,6 +71,7 @@ MAX_KEY = 255                         # chat.proto: SendMessageRequest.idempoten
 MAX_USER_ID = 128
 MAX_TITLE = 200
 MAX_PAGE = 100
+MAX_SEARCH_PAGE = 50                  # chat.proto: SearchMessagesRequest.limit
 INT64_MAX, INT32_MAX = 2**63 - 1, 2**31 - 1
 MAX_TIMESTAMP = "9999-12-31T23:59:59.999999999Z"
 CALLER, BYSTANDER = "alice", "bystander"
@@ -113,6 +114,11 @@ LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
     "GetConversations": lambda s: chat_pb2.GetConversationsRequest(limit=MAX_PAGE),
     "MarkAsRead": lambda s: chat_pb2.MarkAsReadRequest(
         conversation_id=s.big_conversation, up_to_seq=INT64_MAX),
+    # 32 words (the most a query may have) in 256 characters, the last one a prefix, with
+    # every filter and the largest page.
+    "SearchMessages": lambda s: chat_pb2.SearchMessagesRequest(
+        query=" ".join(["ab\u00e9\u20ac\U0001f600ab"] * 31 + ["a" * 8]),
+        conversation_id=s.big_conversation, sender_id=CALLER, limit=MAX_SEARCH_PAGE),
 }
 """The largest request each RPC accepts (every field at the limit the service enforces)."""
 

@@ -129,8 +129,12 @@ async def b_world(stub: Any) -> dict[str, Any]:
         await conversation(stub, B, "alice", [f"x{i}"], title=f"t{i}")
     listed = await stub.GetConversations(chat_pb2.GetConversationsRequest(limit=1),
                                          metadata=md("alice", B))
+    found = await stub.SearchMessages(chat_pb2.SearchMessagesRequest(query="b0 OR b1", limit=1),
+                                      metadata=md("bob", B))
     assert first.next_page_token and ascending.next_page_token and listed.next_page_token
+    assert found.next_page_token
     return {"conv": conv, "sent": sent, "messages_token": first.next_page_token,
+            "search_token": found.next_page_token,
             "ascending_token": ascending.next_page_token,
             "conversations_token": listed.next_page_token}
 
@@ -191,6 +195,13 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
         metadata=md(u, A)))
     grpc_case("GetConversations", lambda u: tstub.GetConversations(
         chat_pb2.GetConversationsRequest(limit=100), metadata=md(u, A)))
+    grpc_case("SearchMessages all conversations", lambda u: tstub.SearchMessages(
+        chat_pb2.SearchMessagesRequest(query="b0 OR b1 OR b2 OR b3 OR b4"), metadata=md(u, A)))
+    grpc_case("SearchMessages conversation_id", lambda u: tstub.SearchMessages(
+        chat_pb2.SearchMessagesRequest(query="b0", conversation_id=conv_b), metadata=md(u, A)))
+    grpc_case("SearchMessages page_token", lambda u: tstub.SearchMessages(
+        chat_pb2.SearchMessagesRequest(query="b0 OR b1", limit=1,
+                                       page_token=world["search_token"]), metadata=md(u, A)))
     grpc_case("CreateConversation with B's members", lambda u: tstub.CreateConversation(
         chat_pb2.CreateConversationRequest(member_ids=["bob", "carol"], title="b-only"),
         metadata=md(u, A)))
@@ -228,6 +239,9 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
     http_case("conversations", "GET", "/v1/conversations", params={"limit": "100"})
     http_case("conversations page_token", "GET", "/v1/conversations",
               params={"page_token": world["conversations_token"]})
+    http_case("search", "GET", "/v1/messages:search", params={"query": "b0 OR b1 OR b2"})
+    http_case("search conversation_id", "GET", "/v1/messages:search",
+              params={"query": "b0", "conversation_id": conv_b})
     http_case("create with B's members", "POST", "/v1/conversations",
               {"member_ids": ["bob", "carol"], "title": "b-only"})
 
@@ -249,7 +263,7 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
     finally:
         await session.close()
     print(f"cross-tenant matrix: {run_count} cases run, {len(leaks)} leaks")
-    assert run_count == 4 * 24
+    assert run_count == 4 * 29
     assert not leaks, "\n".join(leaks)
     # A's calls changed nothing B sees: no message, no read position, no conversation.
     assert await b_snapshot(tstub) == before_b
