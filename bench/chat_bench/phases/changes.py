@@ -23,13 +23,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 
 from chat_bench.clients import User
 from chat_bench.dataset import BENCH_PEER, BENCH_USER
 from chat_bench.phase import Check, Context, Phase, at_most, check
 from chat_bench.stats import summarize
 from chat_bench.tables import fmt, table
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 
 WARMUP = 20
 MESSAGES = 60
