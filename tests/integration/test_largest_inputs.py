@@ -88,6 +88,10 @@ class Seed:
 
     big_conversation: str
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    members: list[str] = field(default_factory=list)
+    """The big conversation's members but the caller (ids of the longest length)."""
+    message_ids: list[str] = field(default_factory=list)
+    """The caller's messages in it: the first is edited and reacted to, the second deleted."""
 
     def unique(self, length: int) -> str:
         return f"{next(self.counter):x}-{uuid.uuid4().hex}".ljust(length, "k")[:length]
@@ -97,6 +101,10 @@ def _members(seed: Seed) -> list[str]:
     # Distinct ids of the longest accepted length; with the caller, exactly the limit.
     prefix = seed.unique(16)
     return [f"{prefix}-{i:05d}".ljust(MAX_USER_ID, "m") for i in range(MAX_MEMBERS - 1)]
+
+
+LONG_EMOJI = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+"""One emoji of seven code points (the flag of Scotland, a tag sequence)."""
 
 
 def _content() -> str:
@@ -119,6 +127,24 @@ LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
     "SearchMessages": lambda s: chat_pb2.SearchMessagesRequest(
         query=" ".join(["ab\u00e9\u20ac\U0001f600ab"] * 31 + ["a" * 8]),
         conversation_id=s.big_conversation, sender_id=CALLER, limit=MAX_SEARCH_PAGE),
+    # Every member again: the longest list AddMembers takes to a conversation at the limit.
+    "AddMembers": lambda s: chat_pb2.AddMembersRequest(
+        conversation_id=s.big_conversation, member_ids=s.members),
+    "RemoveMember": lambda s: chat_pb2.RemoveMemberRequest(
+        conversation_id=s.big_conversation, user_id=s.unique(MAX_USER_ID)),
+    "SetMemberRole": lambda s: chat_pb2.SetMemberRoleRequest(
+        conversation_id=s.big_conversation, user_id=s.members[-1], role="member"),
+    "UpdateConversation": lambda s: chat_pb2.UpdateConversationRequest(
+        conversation_id=s.big_conversation, title="U" * MAX_TITLE,
+        history_visible_to_new_members=True),
+    "EditMessage": lambda s: chat_pb2.EditMessageRequest(
+        conversation_id=s.big_conversation, message_id=s.message_ids[0], content=_content()),
+    "DeleteMessage": lambda s: chat_pb2.DeleteMessageRequest(
+        conversation_id=s.big_conversation, message_id=s.message_ids[1]),
+    "AddReaction": lambda s: chat_pb2.AddReactionRequest(
+        conversation_id=s.big_conversation, message_id=s.message_ids[0], emoji=LONG_EMOJI),
+    "RemoveReaction": lambda s: chat_pb2.RemoveReactionRequest(
+        conversation_id=s.big_conversation, message_id=s.message_ids[0], emoji=LONG_EMOJI),
 }
 """The largest request each RPC accepts (every field at the limit the service enforces)."""
 
@@ -262,9 +288,11 @@ async def _seed(api: ApiUnderTest) -> Seed:
         big = await stub.CreateConversation(LARGEST_VALID["CreateConversation"](seed),
                                             metadata=auth(CALLER), timeout=30)
         seed.big_conversation = big.conversation.id
+        seed.members = [m for m in big.conversation.member_ids if m != CALLER]
         for _ in range(MAX_PAGE):
-            await stub.SendMessage(LARGEST_VALID["SendMessage"](seed), metadata=auth(CALLER),
-                                   timeout=30)
+            sent = await stub.SendMessage(LARGEST_VALID["SendMessage"](seed),
+                                          metadata=auth(CALLER), timeout=30)
+            seed.message_ids.append(sent.message.id)
         for i in range(MAX_PAGE):
             await stub.CreateConversation(chat_pb2.CreateConversationRequest(
                 member_ids=[f"peer-{i}"]), metadata=auth(CALLER), timeout=30)
@@ -292,8 +320,15 @@ def grpc_cases(seed: Seed) -> list[tuple[str, str, Callable[[], Message], float]
                 _grpc_fill(request, f)
                 return request
             cases.append((f"{method.name} {fd.name} filled to 1 MiB", method.name, filled,
-                          LIMIT_MS))
+                          _filled_limit(method.name, fd)))
     return cases
+
+
+def _filled_limit(method: str, fd: FieldDescriptor) -> float:
+    """A bool "at its limit" is the largest valid request itself (true), with its budget."""
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return DATABASE_BOUND.get(method, LIMIT_MS)
+    return LIMIT_MS
 
 
 async def test_largest_grpc_inputs_answer_within_50ms_of_server_time(
@@ -397,6 +432,8 @@ def _json_largest(fd: FieldDescriptor, budget: int) -> Any:
         return str(INT32_MAX)
     if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Timestamp":
         return MAX_TIMESTAMP
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return True
     raise AssertionError(f"no HTTP filler for {fd.full_name}: add one here")
 
 
@@ -412,7 +449,8 @@ def http_cases(seed: Seed) -> list[tuple[str, Callable[[], HttpCall], float]]:
                       DATABASE_BOUND.get(binding.method.name, LIMIT_MS)))
         for fd in binding.method.input_type.fields:
             cases.append((f"{route} {fd.name} at its limit",
-                          lambda b=binding, m=make, f=fd: _http_fill(b, m(seed), f), LIMIT_MS))
+                          lambda b=binding, m=make, f=fd: _http_fill(b, m(seed), f),
+                          _filled_limit(binding.method.name, fd)))
     return cases
 
 

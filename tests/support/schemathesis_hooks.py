@@ -8,7 +8,11 @@ cannot state, which the document states in words instead:
 - ``page_token``: any string fits its schema, but only a token the server issued is valid;
 - ``after_seq`` with ``before_timestamp``: two query parameters that exclude each other (the
   operation's description says "At most one of after_seq, before_timestamp");
-- ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both.
+- ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both;
+- ``member_ids`` of AddMembers: at most the tenant's member limit *with the members the
+  conversation has already*, which depends on the conversation, not on the request;
+- ``emoji``: exactly one emoji, as Unicode's emoji data defines it (skin tones, sequences,
+  flags): no regular expression states that, the field's description does in words.
 
 Every other positive case must be accepted, and each exemption is counted and printed.
 
@@ -32,6 +36,8 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("after_seq", "cannot be combined with before_timestamp"): "after_seq with before_timestamp",
     ("idempotency_key", "is required"): "idempotency key in neither body nor header",
     ("idempotency_key", "differs from the Idempotency-Key header"): "body and header keys differ",
+    ("emoji", "must be a single emoji"): "a string that is not one emoji",
+    ("member_ids", "a conversation has at most"): "more members than the conversation has room for",
 }
 _ACCEPTED = {401, 403, 404, 409, 429}
 EXEMPTIONS: Counter[str] = Counter()

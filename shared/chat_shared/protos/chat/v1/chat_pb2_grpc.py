@@ -158,7 +158,7 @@ class ChatServiceServicer:
     def RemoveMember(self, request, context):
         """Removes a member (owner or admin; an admin cannot remove the owner); removing oneself is
         leaving, which any member may do. The removed user's next call about the conversation
-        answers NOT_FOUND.
+        answers NOT_FOUND. Removing a user who is not a member changes nothing (idempotent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
