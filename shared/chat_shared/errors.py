@@ -6,6 +6,8 @@
      ├── PermissionDenied     valid credentials, but their tenant is unknown or disabled
      ├── NotFound             also what a non-member is told (they learn nothing)
      ├── AlreadyExists        duplicate send; carries reason and metadata (original message)
+     ├── FailedPrecondition   the request is valid but the state forbids it (an upload used
+     │                        twice, an upload that is not in the store as declared)
      ├── DeadlineExceeded     the caller's deadline passed before the work was done
      ├── Unavailable          a dependency we cannot work without is down or did not answer
      └── Internal
@@ -50,6 +52,10 @@ class NotFound(ChatError):
 
 class AlreadyExists(ChatError):
     code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ChatError):
+    code = "FAILED_PRECONDITION"
 
 
 class DeadlineExceeded(ChatError):

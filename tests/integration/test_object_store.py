@@ -1,0 +1,56 @@
+"""chat_api.storage.objects against the real (moto-based) S3 server: presigned upload, HEAD,
+ranged read, delete; a dead store is a bounded ObjectStoreError."""
+
+from __future__ import annotations
+
+
+import pytest
+import requests
+
+from chat_api.settings import ObjectStoreSettings
+from chat_api.storage.objects import ObjectStore, ObjectStoreError
+from chat_devtools.local_s3 import LocalS3
+from chat_devtools.ports import closed_port
+
+
+def _settings(s3: LocalS3, **overrides: object) -> ObjectStoreSettings:
+    env = {k.lower(): v for k, v in s3.env().items()}
+    env.update(overrides)
+    return ObjectStoreSettings(**env)  # type: ignore[arg-type]
+
+
+async def test_upload_head_read_delete(s3: LocalS3) -> None:
+    store = ObjectStore(_settings(s3))
+    await store.open()
+    try:
+        post = await store.presign_post("t/c/u", "text/plain", 5, 60)
+        resp = requests.post(post.url, data=post.fields, files={"file": ("a", b"hello")},
+                             timeout=10)
+        assert resp.status_code == 204, resp.text
+        head = await store.head("t/c/u")
+        assert head is not None and (head.size, head.content_type) == (5, "text/plain")
+        assert await store.read("t/c/u", 3) == b"hel"
+        url = await store.presign_get("t/c/u", 60, disposition='attachment; filename="a.txt"')
+        got = requests.get(url, timeout=10)
+        assert got.content == b"hello"
+        await store.delete(["t/c/u", "t/c/never-existed"])
+        assert await store.head("t/c/u") is None
+        assert await store.read("t/c/u", 3) is None
+    finally:
+        await store.close()
+
+
+async def test_a_dead_store_fails_fast_without_retries(s3: LocalS3) -> None:
+    with closed_port() as port:
+        store = ObjectStore(_settings(s3, s3_endpoint=f"http://127.0.0.1:{port}",
+                                      s3_timeout=0.5))
+        await store.open()
+        try:
+            with pytest.raises(ObjectStoreError):
+                await store.head("t/c/u")
+            with pytest.raises(ObjectStoreError):
+                await store.delete(["t/c/u"])
+            # Presigning needs no store at all.
+            assert (await store.presign_post("t/c/u", "text/plain", 5, 60)).fields["key"] == "t/c/u"
+        finally:
+            await store.close()
