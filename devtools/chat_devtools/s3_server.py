@@ -173,7 +173,9 @@ def enforcing(app: WsgiApp, secret: str, clock: Callable[[], datetime] | None = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from moto.moto_server.threaded_moto_server import MotoRequestHandler
+    from moto.moto_server.threaded_moto_server import (  # type: ignore[attr-defined]
+        MotoRequestHandler,
+    )
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import run_simple
 

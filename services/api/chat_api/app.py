@@ -17,13 +17,16 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
 
+from chat_api.service.attachments import AttachmentService
 from chat_api.service.conversations import ConversationService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
 from chat_api.service.tenants import TenantDefaults, TenantDirectory
 from chat_api.settings import ApiSettings
+from chat_api.storage.attachments import AttachmentRepository
 from chat_api.storage.conversations import ConversationRepository
 from chat_api.storage.messages import MessageRepository
+from chat_api.storage.objects import ObjectStore
 from chat_api.storage.reads import ReadRepository
 from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
@@ -63,6 +66,7 @@ class ApiApp:
     # HTTP/JSON gateway (issue 3): binds in start(), so http_port is known after it.
     http: HttpGateway | None = None
     http_port: int = 0
+    store: ObjectStore | None = None
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
@@ -81,6 +85,8 @@ class ApiApp:
         # Connections are made in the background: the API starts (NOT_SERVING) with
         # PostgreSQL down and turns SERVING when the probe reaches it.
         await self.db.open(wait=False)
+        if self.store is not None:
+            await self.store.open()  # no connection: aiobotocore connects on the first call
         await self.server.start()
         if self.http is not None:
             host, port = parse_host_port(self.settings.http_server_address)
@@ -129,6 +135,8 @@ class ApiApp:
         else:
             await self.server.stop(grace)
         await self.db.close()
+        if self.store is not None:
+            await self.store.close()
         await self.loop_lag.stop()
         log.info("api_stopped")
 
@@ -145,10 +153,16 @@ def build_app(settings: ApiSettings) -> ApiApp:
         TenantDefaults(max_members=settings.tenant_max_members,
                        max_message_length=settings.tenant_max_message_length),
         ttl=settings.tenant_cache_ttl, auto_create=settings.tenant_auto_create)
+    store = ObjectStore(settings) if settings.s3_endpoint else None
+    attachments = None if store is None else AttachmentService(
+        AttachmentRepository(db), store, tenants, content_types=settings.content_types,
+        max_bytes=settings.attachment_max_bytes,
+        max_per_message=settings.max_attachments_per_message)
     handlers = ChatHandlers(
         conversations=ConversationService(ConversationRepository(db), tenants),
-        messages=MessageService(MessageRepository(db), tenants),
+        messages=MessageService(MessageRepository(db), tenants, attachments),
         reads=ReadService(ReadRepository(db)),
+        attachments=attachments,
     )
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants,
                             TenantLabel(settings.tenant_labels))
@@ -170,7 +184,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
     app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
-                 server=server, health=health_servicer, grpc_port=bound)
+                 server=server, health=health_servicer, grpc_port=bound, store=store)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,

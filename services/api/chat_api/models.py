@@ -10,6 +10,36 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentRecord:
+    """An attachment as a message shows it."""
+
+    id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int = 0
+    height: int = 0
+    thumbnail_ready: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """An upload row as attaching and downloading need it."""
+
+    id: str
+    conversation_id: str
+    uploader: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    object_key: str
+    attached: bool
+    thumbnail_key: str | None = None
+    attached_with_key: str | None = None
+    """The idempotency key of the message it is attached to (a retried send names it again)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: str
     conversation_id: str
@@ -17,6 +47,7 @@ class MessageRecord:
     content: str
     seq: int
     created_at: datetime
+    attachments: tuple[AttachmentRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

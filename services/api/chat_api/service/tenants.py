@@ -22,7 +22,7 @@ from chat_api.models import TenantRecord
 from chat_api.storage.tenants import TenantRepository
 from chat_shared.errors import PermissionDenied
 
-LIMIT_NAMES = ("max_members", "max_message_length")
+LIMIT_NAMES = ("max_members", "max_message_length", "max_attachment_bytes")
 """The limits the API enforces today (``chat-tenant set-limit`` accepts these)."""
 
 _CACHE_SIZE = 10_000

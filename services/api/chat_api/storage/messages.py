@@ -8,7 +8,7 @@ from datetime import datetime
 import psycopg.errors
 
 from chat_api.models import MessageRecord
-from chat_api.storage.rows import message_from
+from chat_api.storage.rows import ATTACHMENTS_JSON, message_from
 from chat_shared.db import Database
 from chat_shared.events import MESSAGE_CREATED, payload_sql
 
@@ -41,6 +41,13 @@ _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
 # the second, and a busy 1,000-member conversation pays the 13 ms once a second instead of on
 # every send. Smaller conversations (nearly all of them) stay exact.
 #
+# Attachments (docs/attachments.md): ``ready`` locks the listed uploads that are still free
+# (uploaded by the sender to this conversation, not attached), and the statement sends only when
+# every listed one is (``conv``'s count condition); ``att`` then moves them to the message in
+# the same statement, so a message and its attachments commit together, and an upload belongs
+# to one message: a concurrent send of the same upload waits on the row lock, then finds it
+# attached and sends nothing (the caller tells that apart, ``MessageRepository.send``).
+#
 # Idempotency, without burning a seq (seq stays gapless): a key that already names a committed
 # message (``prior``, one probe of the unique index) stops the statement before the row lock,
 # and the statement answers with that original, flagged as a duplicate: a retry costs one read,
@@ -51,6 +58,13 @@ _SEND = f"""
         SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
         WHERE tenant_id = %(tenant)s AND sender_id = %(sender_id)s
           AND idempotency_key = %(idempotency_key)s
+    ), ready AS (
+        SELECT a.id FROM attachments a
+        WHERE a.tenant_id = %(tenant)s AND a.id = ANY(CAST(%(attachment_ids)s AS uuid[]))
+          AND a.conversation_id = %(conversation_id)s AND a.uploader = %(sender_id)s
+          AND a.status = 'uploaded'
+          AND NOT EXISTS (SELECT 1 FROM prior)
+        FOR UPDATE
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
@@ -59,6 +73,7 @@ _SEND = f"""
           FROM (SELECT clock_timestamp() AS t) now
          WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
            AND NOT EXISTS (SELECT 1 FROM prior)
+           AND (SELECT count(*) FROM ready) = cardinality(CAST(%(attachment_ids)s AS uuid[]))
            AND EXISTS (SELECT 1 FROM conversation_members m
                         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id
                           AND m.user_id = %(sender_id)s)
@@ -71,6 +86,13 @@ _SEND = f"""
                %(idempotency_key)s, conv.last_message_at
         FROM conv
         RETURNING id, conversation_id, seq, sender_id, content, created_at
+    ), att AS (
+        UPDATE attachments a
+           SET status = 'attached', message_id = msg.id,
+               position = array_position(CAST(%(attachment_ids)s AS uuid[]), a.id)
+          FROM msg
+         WHERE a.tenant_id = %(tenant)s AND a.id IN (SELECT id FROM ready)
+        RETURNING a.id, a.filename, a.content_type, a.size_bytes, a.position
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
                             payload)
@@ -91,15 +113,24 @@ _SEND = f"""
                 OR conv.members <= {EXACT_ORDER_MEMBERS}  -- not the array: once per row
                 OR m.last_activity_at <= conv.last_message_at - interval '1 second')
     )
-    SELECT false, id, conversation_id, seq, sender_id, content, created_at FROM msg
+    SELECT false, id, conversation_id, seq, sender_id, content, created_at,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'id', att.id, 'filename', att.filename, 'content_type', att.content_type,
+                'size_bytes', att.size_bytes, 'width', 0, 'height', 0,
+                'thumbnail_ready', false) ORDER BY att.position), '[]'::jsonb) FROM att)
+    FROM msg
     UNION ALL
-    SELECT true, id, conversation_id, seq, sender_id, content, created_at FROM prior
+    SELECT true, id, conversation_id, seq, sender_id, content, created_at,
+           """ + ATTACHMENTS_JSON.format(tenant="%(tenant)s", message="prior.id") + """
+    FROM prior
     """
 
 _BY_KEY = """
-    SELECT id, conversation_id, seq, sender_id, content, created_at FROM messages
-    WHERE tenant_id = %(tenant)s AND sender_id = %(sender_id)s
-      AND idempotency_key = %(idempotency_key)s
+    SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.created_at,
+           """ + ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id") + """
+    FROM messages m
+    WHERE m.tenant_id = %(tenant)s AND m.sender_id = %(sender_id)s
+      AND m.idempotency_key = %(idempotency_key)s
     """
 
 # The membership row drives a lateral page of messages: no row at all means "not a member or
@@ -116,7 +147,8 @@ _PAGE_HEAD = """
     SELECT p.* FROM conversation_members cm
     JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
     LEFT JOIN LATERAL (
-        SELECT m.id::text, m.conversation_id::text, m.seq, m.sender_id, m.content, m.created_at
+        SELECT m.id::text, m.conversation_id::text, m.seq, m.sender_id, m.content, m.created_at,
+               """ + ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id") + """ AS att
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
 """
@@ -195,14 +227,18 @@ class MessageRepository:
 
     async def send(
         self, tenant: str, conversation_id: str, sender_id: str, content: str,
-        idempotency_key: str,
+        idempotency_key: str, attachment_ids: list[str] | None = None,
     ) -> MessageRecord | None:
-        """Commits the message and its outbox event; None when the sender is not a member.
+        """Commits the message, its attachments and its outbox event; None when the sender is
+        not a member, or when an upload listed is not free (attached by now, not the
+        sender's, not of this conversation: the caller checked them before, so only a
+        concurrent send of the same upload gets here).
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
         params = {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
-                  "content": content, "idempotency_key": idempotency_key}
+                  "content": content, "idempotency_key": idempotency_key,
+                  "attachment_ids": attachment_ids or []}
         try:
             row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
@@ -215,8 +251,8 @@ class MessageRepository:
         if row is None:
             return None
         if row[0]:
-            raise DuplicateKey(message_from(row, 1))
-        return message_from(row, 1)
+            raise DuplicateKey(message_from(row, 1, attachments=True))
+        return message_from(row, 1, attachments=True)
 
     async def by_idempotency_key(self, tenant: str, sender_id: str, key: str
                                  ) -> MessageRecord | None:
@@ -224,7 +260,7 @@ class MessageRepository:
         row = await self._db.fetchone("db.message_by_key", _BY_KEY,
                                       {"tenant": tenant, "sender_id": sender_id,
                                        "idempotency_key": key}, tenant=tenant)
-        return message_from(row) if row is not None else None
+        return message_from(row, attachments=True) if row is not None else None
 
     async def page(
         self, tenant: str, conversation_id: str, user_id: str, mode: PageMode, limit: int,
@@ -241,4 +277,4 @@ class MessageRepository:
                                        tenant=tenant)
         if not rows:
             return None
-        return [message_from(r) for r in rows if r[0] is not None]
+        return [message_from(r, attachments=True) for r in rows if r[0] is not None]

@@ -111,7 +111,8 @@ class ObjectStore:
                 data: bytes = await body.read()
             return data[:max_bytes]
 
-        return await self._call(fetch())
+        data: bytes | None = await self._call(fetch())
+        return data
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         await self._call(self._client.put_object(Bucket=self.bucket, Key=key, Body=data,

@@ -51,6 +51,10 @@ def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
     out.content = record.content
     out.seq = record.seq
     fill_timestamp(out.created_at, record.created_at)
+    for a in record.attachments:
+        out.attachments.add(id=a.id, filename=a.filename, content_type=a.content_type,
+                            size_bytes=a.size_bytes, width=a.width, height=a.height,
+                            thumbnail_ready=a.thumbnail_ready)
 
 
 def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) -> None:

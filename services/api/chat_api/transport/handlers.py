@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from chat_api.service.attachments import AttachmentService, disabled
 from chat_api.service.conversations import ConversationService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
@@ -28,6 +29,8 @@ class ChatHandlers:
     conversations: ConversationService
     messages: MessageService
     reads: ReadService
+    attachments: AttachmentService | None = None
+    """None when no object store is configured: the attachment RPCs answer FAILED_PRECONDITION."""
 
     async def CreateConversation(  # noqa: N802 - named after the RPC
         self, caller: Principal, req: chat_pb2.CreateConversationRequest
@@ -43,7 +46,7 @@ class ChatHandlers:
         self, caller: Principal, req: chat_pb2.SendMessageRequest
     ) -> chat_pb2.SendMessageResponse:
         msg = await self.messages.send(caller, req.conversation_id, req.content,
-                                       req.idempotency_key)
+                                       req.idempotency_key, req.attachment_ids)
         resp = chat_pb2.SendMessageResponse()
         convert.fill_message(resp.message, msg)
         return resp
@@ -76,6 +79,28 @@ class ChatHandlers:
         pos = await self.reads.mark_as_read(caller, req.conversation_id, req.up_to_seq)
         return chat_pb2.MarkAsReadResponse(last_read_seq=pos.last_read_seq,
                                            unread_count=pos.unread_count)
+
+    async def CreateUpload(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.CreateUploadRequest
+    ) -> chat_pb2.CreateUploadResponse:
+        if self.attachments is None:
+            raise disabled()
+        ticket = await self.attachments.create_upload(
+            caller, req.conversation_id, req.filename, req.content_type, req.size_bytes)
+        resp = chat_pb2.CreateUploadResponse(upload_id=ticket.upload_id, url=ticket.url,
+                                             method="POST", fields=ticket.fields)
+        convert.fill_timestamp(resp.expires_at, ticket.expires_at)
+        return resp
+
+    async def GetAttachmentUrl(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.GetAttachmentUrlRequest
+    ) -> chat_pb2.GetAttachmentUrlResponse:
+        if self.attachments is None:
+            raise disabled()
+        signed = await self.attachments.download_url(caller, req.attachment_id, req.thumbnail)
+        resp = chat_pb2.GetAttachmentUrlResponse(url=signed.url)
+        convert.fill_timestamp(resp.expires_at, signed.expires_at)
+        return resp
 
     def registry(self) -> dict[str, Handler]:
         """Method name -> handler, for every RPC of chat.v1.ChatService."""

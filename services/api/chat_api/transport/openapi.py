@@ -244,8 +244,8 @@ def _decimal_at_most(limit: str, *, zero: bool = True) -> str:
 
 def _integer_string_pattern(owner: str, low: int, high: int) -> str:
     """The decimal strings the gateway accepts for an integer in ``low..high``."""
-    if low == 0:
-        return f"^({_decimal_at_most(str(high))})$"
+    if low in (0, 1):
+        return f"^({_decimal_at_most(str(high), zero=low == 0)})$"
     if low < 0 and high >= 0:
         return f"^({_decimal_at_most(str(high))}|-({_decimal_at_most(str(-low), zero=False)}))$"
     raise ValueError(f"{owner}: an integer range {low}..{high} cannot be published yet")

@@ -1,0 +1,145 @@
+"""Attachments: upload rows (CreateUpload), the checks before a send, downloads, the sweeper.
+
+Attaching itself is part of the send statement (``storage.messages``): a message and its
+attachments commit together. Every statement here runs for one tenant (row-level security),
+and a caller who is not a member of the conversation gets the same empty answer as for an id
+that does not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from chat_api.models import UploadRecord
+from chat_shared.db import Database
+
+_CREATE = """
+    INSERT INTO attachments (tenant_id, id, conversation_id, uploader, filename, content_type,
+                             size_bytes, object_key)
+    SELECT %(tenant)s, %(id)s, m.conversation_id, %(user_id)s, %(filename)s, %(content_type)s,
+           %(size_bytes)s, %(object_key)s
+    FROM conversation_members m
+    WHERE m.tenant_id = %(tenant)s AND m.conversation_id = %(conversation_id)s
+      AND m.user_id = %(user_id)s
+    RETURNING created_at
+    """
+
+_COLUMNS = """a.id::text, a.conversation_id::text, a.uploader, a.filename, a.content_type,
+              a.size_bytes, a.object_key, a.status = 'attached', a.thumbnail_key"""
+
+# The uploads a send lists, with the idempotency key of the message each is attached to (a
+# retried send lists the same uploads: it must get ALREADY_EXISTS, not FAILED_PRECONDITION).
+_FOR_SEND = f"""
+    SELECT {_COLUMNS}, mm.idempotency_key
+    FROM attachments a
+    LEFT JOIN messages mm ON mm.tenant_id = a.tenant_id AND mm.id = a.message_id
+                         AND mm.sender_id = %(user_id)s
+    WHERE a.tenant_id = %(tenant)s AND a.id = ANY(CAST(%(ids)s AS uuid[]))
+    """
+
+# A download: only for a member of the attachment's conversation, and an upload not yet
+# attached only for its uploader.
+_FOR_DOWNLOAD = f"""
+    SELECT {_COLUMNS}, NULL
+    FROM attachments a
+    JOIN conversation_members m ON m.tenant_id = a.tenant_id
+                               AND m.conversation_id = a.conversation_id
+                               AND m.user_id = %(user_id)s
+    WHERE a.tenant_id = %(tenant)s AND a.id = %(id)s
+      AND (a.status = 'attached' OR a.uploader = %(user_id)s)
+    """
+
+# Objects of a deleted message: what a delete must remove from the store (the file and its
+# thumbnail), for the delete's own statement or a queue of deletions to use.
+_OF_MESSAGE = """
+    SELECT a.object_key, a.thumbnail_key FROM attachments a
+    WHERE a.tenant_id = %(tenant)s AND a.message_id = %(message_id)s
+    """
+
+# The sweeper: uploads never attached, older than the cut-off, claimed with SKIP LOCKED so
+# replicas sweeping at once take different rows, and deleted in the same statement. The
+# objects are deleted from the store after the rows (an object without a row is harmless and
+# a later sweep of the store's listing is not needed: a failed store delete is logged, and the
+# object stays unreachable, since no row names it).
+_SWEEP = """
+    WITH claimed AS (
+        SELECT a.tenant_id, a.id FROM attachments a
+        WHERE a.tenant_id = %(tenant)s AND a.status = 'uploaded'
+          AND a.created_at < %(before)s
+        ORDER BY a.created_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM attachments a USING claimed
+    WHERE a.tenant_id = claimed.tenant_id AND a.id = claimed.id
+    RETURNING a.object_key, a.size_bytes
+    """
+
+_TENANTS = "SELECT id FROM tenants ORDER BY id"
+
+_SET_THUMBNAIL = """
+    UPDATE attachments SET width = %(width)s, height = %(height)s,
+                           thumbnail_key = %(thumbnail_key)s
+    WHERE tenant_id = %(tenant)s AND id = %(id)s
+    """
+
+
+def _upload(row: tuple[Any, ...]) -> UploadRecord:
+    return UploadRecord(id=row[0], conversation_id=row[1], uploader=row[2], filename=row[3],
+                        content_type=row[4], size_bytes=int(row[5]), object_key=row[6],
+                        attached=bool(row[7]), thumbnail_key=row[8], attached_with_key=row[9])
+
+
+class AttachmentRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, tenant: str, upload_id: str, conversation_id: str, user_id: str,
+                     filename: str, content_type: str, size_bytes: int, object_key: str
+                     ) -> datetime | None:
+        """Records an upload; None when the user is not a member of the conversation."""
+        row = await self._db.fetchone("db.create_upload", _CREATE, {
+            "tenant": tenant, "id": upload_id, "conversation_id": conversation_id,
+            "user_id": user_id, "filename": filename, "content_type": content_type,
+            "size_bytes": size_bytes, "object_key": object_key}, tenant=tenant)
+        return row[0] if row is not None else None
+
+    async def for_send(self, tenant: str, user_id: str, ids: list[str]) -> list[UploadRecord]:
+        rows = await self._db.fetchall("db.uploads_for_send", _FOR_SEND,
+                                       {"tenant": tenant, "user_id": user_id, "ids": ids},
+                                       tenant=tenant)
+        return [_upload(r) for r in rows]
+
+    async def for_download(self, tenant: str, user_id: str, attachment_id: str
+                           ) -> UploadRecord | None:
+        row = await self._db.fetchone("db.attachment_for_download", _FOR_DOWNLOAD,
+                                      {"tenant": tenant, "user_id": user_id,
+                                       "id": attachment_id}, tenant=tenant)
+        return _upload(row) if row is not None else None
+
+    async def objects_of_message(self, tenant: str, message_id: str) -> list[str]:
+        """The store keys of a message's attachments and thumbnails: what deleting the
+        message must delete from the store."""
+        rows = await self._db.fetchall("db.objects_of_message", _OF_MESSAGE,
+                                       {"tenant": tenant, "message_id": message_id},
+                                       tenant=tenant)
+        return [key for row in rows for key in row if key]
+
+    async def set_thumbnail(self, tenant: str, attachment_id: str, width: int, height: int,
+                            thumbnail_key: str | None) -> None:
+        await self._db.fetchone("db.set_thumbnail", _SET_THUMBNAIL + " RETURNING id", {
+            "tenant": tenant, "id": attachment_id, "width": width, "height": height,
+            "thumbnail_key": thumbnail_key}, tenant=tenant)
+
+    async def tenants(self) -> list[str]:
+        rows = await self._db.fetchall("db.attachment_tenants", _TENANTS)
+        return [r[0] for r in rows]
+
+    async def sweep(self, tenant: str, before: datetime, limit: int) -> list[tuple[str, int]]:
+        """Deletes up to ``limit`` of the tenant's uploads never attached and created before
+        ``before``; their (object key, size)."""
+        rows = await self._db.fetchall("db.sweep_uploads", _SWEEP,
+                                       {"tenant": tenant, "before": before, "limit": limit},
+                                       tenant=tenant)
+        return [(r[0], int(r[1])) for r in rows]
