@@ -17,6 +17,8 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
 
+from chat_api.service import attachment_sweeper
+from chat_api.service.attachment_sweeper import OrphanSweeper
 from chat_api.service.attachments import AttachmentService
 from chat_api.service.conversations import ConversationService
 from chat_api.service.messages import MessageService
@@ -67,6 +69,8 @@ class ApiApp:
     http: HttpGateway | None = None
     http_port: int = 0
     store: ObjectStore | None = None
+    sweeper: OrphanSweeper | None = None
+    _sweep: asyncio.Task[None] | None = field(default=None, repr=False)
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
@@ -93,6 +97,9 @@ class ApiApp:
             self.http_port = await self.http.start(host, port, self.settings.shutdown_grace,
                                                    reuse_port=self.settings.api_workers > 1)
         self._probe = asyncio.create_task(self._probe_dependencies(), name="dependency-probe")
+        if self.sweeper is not None and self.settings.attachment_sweep_interval > 0:
+            self._sweep = asyncio.create_task(
+                self.sweeper.run(self.settings.attachment_sweep_interval), name="orphan-sweeper")
         lifecycle.info("api_started", grpc_port=self.grpc_port, http_port=self.http_port)
 
     async def _set_health(self, serving: bool) -> None:
@@ -130,6 +137,7 @@ class ApiApp:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        await attachment_sweeper.stop(self._sweep)
         if self.http is not None:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         else:
@@ -185,6 +193,9 @@ def build_app(settings: ApiSettings) -> ApiApp:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
     app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
                  server=server, health=health_servicer, grpc_port=bound, store=store)
+    if store is not None:
+        app.sweeper = OrphanSweeper(AttachmentRepository(db), store,
+                                    orphan_after=settings.attachment_orphan_after)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,
