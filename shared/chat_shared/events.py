@@ -16,7 +16,20 @@ Types and payloads (JSON objects). Consumers ignore types and fields they do not
 ``message.created``: a message was sent; ``seq`` is the message's seq::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
-                 "seq": integer, "created_at": timestamp}}
+                 "seq": integer, "created_at": timestamp,
+                 "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
+                                   "size_bytes": integer}]}}
+
+``message.updated``: something about a sent message changed (today: an attachment's thumbnail
+is ready); ``seq`` is the message's seq, so it is *not* a new position in the conversation and
+consumers must not treat it as one::
+
+    {"message_id": uuid, "attachments": [{"id": uuid, "filename": string, "content_type": string,
+                                          "size_bytes": integer, "width": integer,
+                                          "height": integer, "thumbnail_ready": boolean}]}
+
+A field marked ``?`` may be absent (events written before it existed, a message without
+attachments): readers treat it as empty.
 
 ``conversation.read``: a member's read position moved forward; ``seq`` is the new position::
 
@@ -81,7 +94,16 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NewType, TypeAlias, TypedDict, get_type_hints, is_typeddict
+from typing import (
+    Any,
+    NewType,
+    TypeAlias,
+    TypedDict,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 import orjson
 
@@ -89,6 +111,7 @@ from chat_shared.tenancy import DEFAULT_TENANT
 
 __all__ = [
     "CONVERSATION_READ", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS", "EPOCH_FIELD", "MESSAGE_CREATED",
+    "MESSAGE_UPDATED", "MessageUpdated",
     "PAYLOADS", "ConversationRead", "Event", "Message", "MessageCreated", "Timestamp", "UuidText",
     "conversation_read", "decode_entry", "decode_payload", "describe_payload", "encode_entry",
     "entry_values", "epoch_key", "format_time", "message", "message_created", "parse_time",
@@ -96,6 +119,7 @@ __all__ = [
 ]
 
 MESSAGE_CREATED = "message.created"
+MESSAGE_UPDATED = "message.updated"
 CONVERSATION_READ = "conversation.read"
 
 # --- Payloads ---------------------------------------------------------------------------------
@@ -106,13 +130,41 @@ Timestamp = NewType("Timestamp", str)
 """RFC 3339 in UTC with microseconds and a ``Z``, as ``format_time`` writes it."""
 
 
-class Message(TypedDict):
+class AttachmentSummary(TypedDict):
+    id: UuidText
+    filename: str
+    content_type: str
+    size_bytes: int
+
+
+class _MessageFields(TypedDict):
     id: UuidText
     conversation_id: UuidText
     sender_id: str
     content: str
     seq: int
     created_at: Timestamp
+
+
+class Message(_MessageFields, total=False):
+    # Optional (total=False): absent in events written before attachments, and in frames the
+    # gateway builds from PostgreSQL.
+    attachments: list[AttachmentSummary]
+
+
+class AttachmentState(TypedDict):
+    id: UuidText
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    thumbnail_ready: bool
+
+
+class MessageUpdated(TypedDict):
+    message_id: UuidText
+    attachments: list[AttachmentState]
 
 
 class MessageCreated(TypedDict):
@@ -127,6 +179,7 @@ class ConversationRead(TypedDict):
 
 
 PAYLOADS: Mapping[str, type] = {MESSAGE_CREATED: MessageCreated,
+                                MESSAGE_UPDATED: MessageUpdated,
                                 CONVERSATION_READ: ConversationRead}
 """Every event type and the one description of its payload."""
 
@@ -135,11 +188,15 @@ _SQL_TIME = """to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 carries the session's offset, so the writer formats the text itself)."""
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _KIND_NAMES: Mapping[object, str] = {UuidText: "uuid", str: "string", int: "integer",
-                                     Timestamp: "timestamp"}
+                                     bool: "boolean", Timestamp: "timestamp"}
 
 
 def _fields(shape: type) -> dict[str, Any]:
     return get_type_hints(shape)
+
+
+def _optional(shape: type) -> frozenset[str]:
+    return frozenset(getattr(shape, "__optional_keys__", ()))
 
 
 def format_time(value: datetime) -> str:
@@ -190,15 +247,19 @@ def payload_sql(event_type: str, expressions: SqlFields) -> str:
 
 def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
     fields = _fields(shape)
-    if set(expressions) != set(fields):
+    required = set(fields) - _optional(shape)
+    if not required <= set(expressions) <= set(fields):
         raise ValueError(f"{where}: the payload's fields are {sorted(fields)}, "
                          f"the SQL gives {sorted(expressions)}")
     parts: list[str] = []
     for name, kind in fields.items():
+        if name not in expressions:
+            continue
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
             sql = _object_sql(kind, expression, f"{where}.{name}")
-        elif isinstance(expression, str) and kind in _KIND_NAMES:
+        elif isinstance(expression, str) and (kind in _KIND_NAMES or get_origin(kind) is list):
+            # A list is one SQL expression that builds the JSON array itself.
             sql = _SQL_TIME.format(expression) if kind is Timestamp else expression
         else:
             raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
@@ -214,11 +275,16 @@ def describe_payload(event_type: str) -> str:
 def _describe(kind: object) -> str:
     if kind in _KIND_NAMES:
         return _KIND_NAMES[kind]
-    inner = ", ".join(f'"{name}": {_describe(k)}' for name, k in _fields(kind).items())  # type: ignore[arg-type]
+    if get_origin(kind) is list:
+        return "[" + _describe(get_args(kind)[0]) + "]"
+    optional = _optional(kind)  # type: ignore[arg-type]
+    inner = ", ".join(f'"{name}"{"?" if name in optional else ""}: {_describe(k)}'
+                      for name, k in _fields(kind).items())  # type: ignore[arg-type]
     return "{" + inner + "}"
 
 
-def decode_payload(event_type: str, payload: Any) -> MessageCreated | ConversationRead:
+def decode_payload(event_type: str, payload: Any
+                   ) -> MessageCreated | MessageUpdated | ConversationRead:
     """The payload, checked against its description (exact fields, types, timestamp form).
 
     For consumers and tests that want the check; raises ValueError naming what differs
@@ -234,6 +300,14 @@ def decode_payload(event_type: str, payload: Any) -> MessageCreated | Conversati
 def _check(kind: object, value: Any, where: str) -> None:
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")
+        for i, item in enumerate(value):
+            _check(get_args(kind)[0], item, f"{where}[{i}]")
+        return
     elif kind is str:
         ok = isinstance(value, str)
     elif kind is UuidText:
@@ -242,11 +316,13 @@ def _check(kind: object, value: Any, where: str) -> None:
         ok = isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
     else:
         fields = _fields(kind)  # type: ignore[arg-type]
-        if not isinstance(value, dict) or set(value) != set(fields):
+        required = set(fields) - _optional(kind)  # type: ignore[arg-type]
+        if not isinstance(value, dict) or not required <= set(value) <= set(fields):
             got = sorted(value) if isinstance(value, dict) else type(value).__name__
             raise ValueError(f"{where}: expected the fields {sorted(fields)}, got {got}")
         for name, k in fields.items():
-            _check(k, value[name], f"{where}.{name}")
+            if name in value:
+                _check(k, value[name], f"{where}.{name}")
         return
     if not ok:
         raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")

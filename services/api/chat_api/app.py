@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +33,7 @@ from chat_api.storage.objects import ObjectStore
 from chat_api.storage.reads import ReadRepository
 from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
+from chat_api.thumbnail_worker import ThumbnailWorker
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
 from chat_api.transport.handlers import ChatHandlers
@@ -39,6 +41,8 @@ from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import PING_TIMEOUT, Database
+from chat_shared.events import stream_keys
+from chat_shared.redis_client import create_redis
 from chat_shared.observability.dependencies import DependencyProbe, dependency_gauge
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
@@ -70,6 +74,9 @@ class ApiApp:
     http_port: int = 0
     store: ObjectStore | None = None
     sweeper: OrphanSweeper | None = None
+    thumbnails: ThumbnailWorker | None = None
+    _thumbnails: asyncio.Task[None] | None = field(default=None, repr=False)
+    redis: Any = None
     _sweep: asyncio.Task[None] | None = field(default=None, repr=False)
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
@@ -97,6 +104,9 @@ class ApiApp:
             self.http_port = await self.http.start(host, port, self.settings.shutdown_grace,
                                                    reuse_port=self.settings.api_workers > 1)
         self._probe = asyncio.create_task(self._probe_dependencies(), name="dependency-probe")
+        if self.thumbnails is not None:
+            self._thumbnails = asyncio.create_task(self.thumbnails.run(),
+                                                   name="thumbnail-worker")
         if self.sweeper is not None and self.settings.attachment_sweep_interval > 0:
             self._sweep = asyncio.create_task(
                 self.sweeper.run(self.settings.attachment_sweep_interval), name="orphan-sweeper")
@@ -138,11 +148,14 @@ class ApiApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
         await attachment_sweeper.stop(self._sweep)
+        await attachment_sweeper.stop(self._thumbnails)
         if self.http is not None:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         else:
             await self.server.stop(grace)
         await self.db.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self.store is not None:
             await self.store.close()
         await self.loop_lag.stop()
@@ -196,6 +209,14 @@ def build_app(settings: ApiSettings) -> ApiApp:
     if store is not None:
         app.sweeper = OrphanSweeper(AttachmentRepository(db), store,
                                     orphan_after=settings.attachment_orphan_after)
+        if settings.thumbnails and settings.redis_addr:
+            # XREADGROUP blocks for a second: the socket waits that long plus REDIS_TIMEOUT.
+            app.redis = create_redis(settings.model_copy(
+                update={"redis_timeout": settings.redis_timeout + 1.0}), max_connections=4)
+            app.thumbnails = ThumbnailWorker(
+                app.redis, AttachmentRepository(db), store,
+                streams=stream_keys(settings.stream_shards, settings.stream_prefix),
+                max_pixels=settings.thumbnail_max_pixels, size=settings.thumbnail_size)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,

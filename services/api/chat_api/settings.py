@@ -14,6 +14,7 @@ from chat_shared.config import (
     ServiceSettings,
     parse_host_port,
 )
+from chat_shared.events import DEFAULT_STREAM_PREFIX
 from chat_shared.tenancy import TENANT_ID
 
 MAX_TENANT_LABELS = 50
@@ -111,6 +112,11 @@ class ApiSettings(ServiceSettings, HttpServerSettings, ObjectStoreSettings):
         "", description="comma-separated tenant ids (at most 50) whose calls are counted under "
                         "their own `tenant` label in chat_tenant_rpc_requests_total; every other "
                         "tenant is counted as `other` (docs/tenancy.md)")
+    stream_shards: int = Field(1, ge=1, le=1024,
+                               description="number of Redis streams (as the relay): the "
+                                           "thumbnail worker reads them all")
+    stream_prefix: str = Field(DEFAULT_STREAM_PREFIX, min_length=1,
+                               description="stream key prefix (as the relay)")
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
     metrics_port: int = Field(9100, ge=0, le=65535,

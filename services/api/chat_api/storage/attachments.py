@@ -13,6 +13,7 @@ from typing import Any
 
 from chat_api.models import UploadRecord
 from chat_shared.db import Database
+from chat_shared.events import MESSAGE_UPDATED, payload_sql
 
 _CREATE = """
     INSERT INTO attachments (tenant_id, id, conversation_id, uploader, filename, content_type,
@@ -78,10 +79,41 @@ _SWEEP = """
 
 _TENANTS = "SELECT id FROM tenants ORDER BY id"
 
-_SET_THUMBNAIL = """
-    UPDATE attachments SET width = %(width)s, height = %(height)s,
-                           thumbnail_key = %(thumbnail_key)s
-    WHERE tenant_id = %(tenant)s AND id = %(id)s
+_OF_MESSAGE_FOR_THUMBNAILS = """
+    SELECT a.id::text, a.object_key, a.size_bytes, a.content_type, a.thumbnail_key
+    FROM attachments a
+    WHERE a.tenant_id = %(tenant)s AND a.message_id = %(message_id)s
+    ORDER BY a.position
+    """
+
+# The thumbnail and its announcement in one statement: the attachment row gets its dimensions
+# and thumbnail key, and a ``message.updated`` event with the message's attachments as they
+# are now goes into the outbox (the statement's snapshot still shows the row before the
+# update, hence the CASEs naming the new values).
+_UPDATED_PAYLOAD = payload_sql(MESSAGE_UPDATED, {
+    "message_id": "m.id",
+    "attachments": """(SELECT jsonb_agg(jsonb_build_object(
+        'id', a.id, 'filename', a.filename, 'content_type', a.content_type,
+        'size_bytes', a.size_bytes,
+        'width', CASE WHEN a.id = %(id)s THEN %(width)s ELSE coalesce(a.width, 0) END,
+        'height', CASE WHEN a.id = %(id)s THEN %(height)s ELSE coalesce(a.height, 0) END,
+        'thumbnail_ready', a.id = %(id)s OR a.thumbnail_key IS NOT NULL) ORDER BY a.position)
+        FROM attachments a WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id)"""})
+_SET_THUMBNAIL = f"""
+    WITH upd AS (
+        UPDATE attachments SET width = %(width)s, height = %(height)s,
+                               thumbnail_key = %(thumbnail_key)s
+        WHERE tenant_id = %(tenant)s AND id = %(id)s AND message_id IS NOT NULL
+        RETURNING message_id
+    )
+    INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
+                        payload)
+    SELECT %(tenant)s, gen_random_uuid(), '{MESSAGE_UPDATED}', m.conversation_id, m.seq,
+           c.member_ids, {_UPDATED_PAYLOAD}
+    FROM upd
+    JOIN messages m ON m.tenant_id = %(tenant)s AND m.id = upd.message_id
+    JOIN conversations c ON c.tenant_id = %(tenant)s AND c.id = m.conversation_id
+    RETURNING event_id
     """
 
 
@@ -126,11 +158,22 @@ class AttachmentRepository:
                                        tenant=tenant)
         return [key for row in rows for key in row if key]
 
+    async def of_message(self, tenant: str, message_id: str
+                         ) -> list[tuple[str, str, int, str, str | None]]:
+        """(id, object key, size, content type, thumbnail key) of a message's attachments."""
+        rows = await self._db.fetchall("db.attachments_of_message", _OF_MESSAGE_FOR_THUMBNAILS,
+                                       {"tenant": tenant, "message_id": message_id},
+                                       tenant=tenant)
+        return [(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows]
+
     async def set_thumbnail(self, tenant: str, attachment_id: str, width: int, height: int,
-                            thumbnail_key: str | None) -> None:
-        await self._db.fetchone("db.set_thumbnail", _SET_THUMBNAIL + " RETURNING id", {
+                            thumbnail_key: str) -> bool:
+        """Records the thumbnail and writes its ``message.updated`` event; False when the
+        attachment (or its message) is gone."""
+        row = await self._db.fetchone("db.set_thumbnail", _SET_THUMBNAIL, {
             "tenant": tenant, "id": attachment_id, "width": width, "height": height,
             "thumbnail_key": thumbnail_key}, tenant=tenant)
+        return row is not None
 
     async def tenants(self) -> list[str]:
         rows = await self._db.fetchall("db.attachment_tenants", _TENANTS)

@@ -18,10 +18,15 @@ EXACT_ORDER_MEMBERS = 32
 """Up to this many members a send moves the conversation up every member's list at once;
 above it, at most once a second (see ``_SEND``)."""
 
-# The event's payload as the event contract describes it (built and checked at import).
-_MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
+# The event's payload as the event contract describes it (built and checked at import). The
+# attachments (the ``att`` CTE's rows) are NULL for a message without any, and
+# jsonb_strip_nulls then leaves the optional field out (no other field is ever NULL).
+_MESSAGE_CREATED_PAYLOAD = "jsonb_strip_nulls(" + payload_sql(MESSAGE_CREATED, {"message": {
     "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
-    "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at"}})
+    "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
+    "attachments": "(SELECT jsonb_agg(jsonb_build_object('id', att.id, 'filename', att.filename,"
+                   " 'content_type', att.content_type, 'size_bytes', att.size_bytes)"
+                   " ORDER BY att.position) FROM att)"}}) + ")"
 
 # One statement, one round trip: take the conversation's row lock while incrementing last_seq
 # (only for a member), insert the message with that seq, write its outbox event with the
