@@ -24,7 +24,9 @@ async def test_every_event_type_the_api_writes_is_what_the_contract_describes(st
     await mark_as_read(stub, "bob", conv.id)
     rows = await db_rows(db_source, "SELECT event_type, payload, created_at FROM outbox "
                                     "ORDER BY id")
-    assert {r[0] for r in rows} == set(PAYLOADS), "a type the API writes is not tested here"
+    # message.updated is written by the thumbnail worker: tests/integration/test_thumbnails.py
+    assert {r[0] for r in rows} == set(PAYLOADS) - {events.MESSAGE_UPDATED}, \
+        "a type the API writes is not tested here"
     by_type = {r[0]: events.decode_payload(r[0], r[1]) for r in rows}
 
     # The SQL writes what the Python builder makes from the stored message.
