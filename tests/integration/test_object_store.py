@@ -54,3 +54,19 @@ async def test_a_dead_store_fails_fast_without_retries(s3: LocalS3) -> None:
             assert (await store.presign_post("t/c/u", "text/plain", 5, 60)).fields["key"] == "t/c/u"
         finally:
             await store.close()
+
+
+async def test_presigned_urls_name_the_public_endpoint(s3: LocalS3) -> None:
+    public = s3.endpoint.replace("127.0.0.1", "localhost")
+    store = ObjectStore(_settings(s3, s3_public_endpoint=public))
+    await store.open()
+    try:
+        post = await store.presign_post("t/c/p", "text/plain", 2, 60)
+        assert post.url.startswith(public + "/")
+        resp = requests.post(post.url, data=post.fields, files={"file": ("a", b"hi")},
+                             timeout=10)
+        assert resp.status_code == 204, resp.text
+        assert (await store.presign_get("t/c/p", 60)).startswith(public + "/")
+        assert await store.read("t/c/p", 2) == b"hi"  # the API's own calls: S3_ENDPOINT
+    finally:
+        await store.close()

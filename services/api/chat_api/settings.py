@@ -32,6 +32,10 @@ class ObjectStoreSettings(BaseSection):
         "", description="URL of the S3 API (https://s3.eu-west-1.amazonaws.com, "
                         "http://minio:9000); empty = attachments are off (their RPCs answer "
                         "FAILED_PRECONDITION)")
+    s3_public_endpoint: str = Field(
+        "", description="the store's URL as clients reach it, named in presigned URLs, when "
+                        "that is not S3_ENDPOINT (an in-cluster service name, say); empty = "
+                        "S3_ENDPOINT")
     s3_region: str = Field("us-east-1", min_length=1, description="the store's region (signing)")
     s3_bucket: str = Field("chat-attachments", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
                            description="the bucket attachments are stored in")
@@ -67,7 +71,7 @@ class ObjectStoreSettings(BaseSection):
         True, description="run the thumbnail worker (a consumer of message.created) in this "
                           "process; needs REDIS_ADDR and S3_ENDPOINT")
 
-    @field_validator("s3_endpoint")
+    @field_validator("s3_endpoint", "s3_public_endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
         if v and not re.fullmatch(r"https?://[^/\s]+/?", v):

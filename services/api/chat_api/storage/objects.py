@@ -57,6 +57,7 @@ class ObjectStore:
         self._timeout = settings.s3_timeout
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._signer: Any = None
 
     async def open(self) -> None:
         s = self._settings
@@ -70,16 +71,24 @@ class ObjectStore:
             "s3", endpoint_url=s.s3_endpoint, region_name=s.s3_region,
             aws_access_key_id=s.s3_access_key_id or None,
             aws_secret_access_key=s.s3_secret_access_key or None, config=config))
+        # Presigned URLs name the endpoint clients reach (SigV4 signs the host): a second
+        # client for signing only, which never connects.
+        self._signer = self._client
+        if s.s3_public_endpoint and s.s3_public_endpoint != s.s3_endpoint:
+            self._signer = await self._stack.enter_async_context(session.create_client(
+                "s3", endpoint_url=s.s3_public_endpoint, region_name=s.s3_region,
+                aws_access_key_id=s.s3_access_key_id or None,
+                aws_secret_access_key=s.s3_secret_access_key or None, config=config))
 
     async def close(self) -> None:
         await self._stack.aclose()
-        self._client = None
+        self._client = self._signer = None
 
     async def presign_post(self, key: str, content_type: str, size: int, expires: int
                            ) -> PresignedPost:
         """A browser-form upload of exactly ``size`` bytes of ``content_type`` to ``key``:
         the store refuses any other size, type or key (the policy's conditions)."""
-        post = await self._client.generate_presigned_post(
+        post = await self._signer.generate_presigned_post(
             self.bucket, key, Fields={"Content-Type": content_type},
             Conditions=[["content-length-range", size, size], {"Content-Type": content_type}],
             ExpiresIn=expires)
@@ -92,7 +101,7 @@ class ObjectStore:
             params["ResponseContentDisposition"] = disposition
         if content_type:
             params["ResponseContentType"] = content_type
-        url: str = await self._client.generate_presigned_url(
+        url: str = await self._signer.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires)
         return url
 
