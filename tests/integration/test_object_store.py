@@ -70,3 +70,36 @@ async def test_presigned_urls_name_the_public_endpoint(s3: LocalS3) -> None:
         assert await store.read("t/c/p", 2) == b"hi"  # the API's own calls: S3_ENDPOINT
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("path_style", [True, False])
+async def test_the_fast_presigned_get_is_what_botocore_signs(s3: LocalS3, path_style: bool
+                                                            ) -> None:
+    """The URL signed here equals the client's generate_presigned_url (same second)."""
+    store = ObjectStore(_settings(s3, s3_path_style=path_style))
+    await store.open()
+    try:
+        key, disposition = "t/c/a b~ü", "attachment; filename=\"a b.pdf\"; filename*=UTF-8''a%20b"
+        for _ in range(5):  # until both are signed within one second (X-Amz-Date)
+            ours = await store.presign_get(key, 300, disposition=disposition,
+                                           content_type="application/pdf")
+            theirs = await store._signer.generate_presigned_url(
+                "get_object", ExpiresIn=300, Params={
+                    "Bucket": store.bucket, "Key": key, "ResponseContentType": "application/pdf",
+                    "ResponseContentDisposition": disposition})
+            if _date(ours) == _date(theirs):
+                break
+        assert _params(ours) == _params(theirs)
+        assert ours.split("?")[0] == theirs.split("?")[0]
+    finally:
+        await store.close()
+
+
+def _params(url: str) -> dict[str, list[str]]:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(url).query)
+
+
+def _date(url: str) -> str:
+    return _params(url)["X-Amz-Date"][0]

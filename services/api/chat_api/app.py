@@ -42,11 +42,11 @@ from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import PING_TIMEOUT, Database
 from chat_shared.events import stream_keys
-from chat_shared.redis_client import create_redis
 from chat_shared.observability.dependencies import DependencyProbe, dependency_gauge
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
+from chat_shared.redis_client import create_redis
 from chat_shared.tenancy import TenantLabel
 
 log = get_logger(__name__)

