@@ -91,6 +91,8 @@ def test_chat_routes_come_from_the_annotations():
         ("GET", "/v1/conversations/{conversation_id}/messages", ""),
         ("GET", "/v1/conversations", ""),
         ("POST", "/v1/conversations/{conversation_id}/read", "*"),
+        ("POST", "/v1/conversations/{conversation_id}/uploads", "*"),
+        ("GET", "/v1/attachments/{attachment_id}/url", ""),
     }
 
 

@@ -113,6 +113,12 @@ LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
     "GetConversations": lambda s: chat_pb2.GetConversationsRequest(limit=MAX_PAGE),
     "MarkAsRead": lambda s: chat_pb2.MarkAsReadRequest(
         conversation_id=s.big_conversation, up_to_seq=INT64_MAX),
+    # Without an object store here these answer FAILED_PRECONDITION: quick, not a 5xx.
+    "CreateUpload": lambda s: chat_pb2.CreateUploadRequest(
+        conversation_id=s.big_conversation, filename="f" * 1024, content_type="a/" + "b" * 125,
+        size_bytes=INT64_MAX),
+    "GetAttachmentUrl": lambda s: chat_pb2.GetAttachmentUrlRequest(
+        attachment_id=str(uuid.uuid4()), thumbnail=True),
 }
 """The largest request each RPC accepts (every field at the limit the service enforces)."""
 
