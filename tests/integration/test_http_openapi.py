@@ -53,7 +53,9 @@ async def test_openapi_is_served_and_documents_every_route(api):
     ops = {op.ok().label for op in doc.get_all_operations()}
     assert ops == {"POST /v1/conversations", "POST /v1/messages", "GET /v1/conversations",
                    "GET /v1/conversations/{conversation_id}/messages",
-                   "POST /v1/conversations/{conversation_id}/read"}
+                   "POST /v1/conversations/{conversation_id}/read",
+                   "POST /v1/conversations/{conversation_id}/uploads",
+                   "GET /v1/attachments/{attachment_id}/url"}
     for op_id in ("CreateConversation", "SendMessage", "GetMessages", "GetConversations",
                   "MarkAsRead"):
         assert f"id='{op_id}'" in page

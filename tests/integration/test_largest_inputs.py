@@ -386,7 +386,7 @@ def _http_fill(binding: HttpBinding, base: Message, fd: FieldDescriptor) -> Http
 
 def _json_largest(fd: FieldDescriptor, budget: int) -> Any:
     if fd.is_repeated and fd.type == FieldDescriptor.TYPE_STRING:
-        return _distinct(budget, overhead=3)
+        return _distinct(budget, overhead=4)  # quotes, comma and space (json.dumps)
     if fd.type == FieldDescriptor.TYPE_STRING:
         return _text(budget)
     if fd.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64,
@@ -397,6 +397,8 @@ def _json_largest(fd: FieldDescriptor, budget: int) -> Any:
         return str(INT32_MAX)
     if fd.message_type is not None and fd.message_type.full_name == "google.protobuf.Timestamp":
         return MAX_TIMESTAMP
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return True
     raise AssertionError(f"no HTTP filler for {fd.full_name}: add one here")
 
 

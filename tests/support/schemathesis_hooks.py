@@ -8,7 +8,11 @@ cannot state, which the document states in words instead:
 - ``page_token``: any string fits its schema, but only a token the server issued is valid;
 - ``after_seq`` with ``before_timestamp``: two query parameters that exclude each other (the
   operation's description says "At most one of after_seq, before_timestamp");
-- ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both.
+- ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both;
+- ``content_type`` and ``size_bytes`` of an upload: the allowed types and the size limit are
+  the server's settings and the tenant's limits, not the document's;
+- FAILED_PRECONDITION (code 9): the request is valid but the server's state refuses it (an
+  upload not in the store, attachments not configured), which no schema can state.
 
 Every other positive case must be accepted, and each exemption is counted and printed.
 
@@ -32,7 +36,10 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("after_seq", "cannot be combined with before_timestamp"): "after_seq with before_timestamp",
     ("idempotency_key", "is required"): "idempotency key in neither body nor header",
     ("idempotency_key", "differs from the Idempotency-Key header"): "body and header keys differ",
+    ("content_type", "is not an allowed type"): "upload type not allowed by the server",
+    ("size_bytes", "at most"): "upload over the tenant's size limit",
 }
+FAILED_PRECONDITION = 9
 _ACCEPTED = {401, 403, 404, 409, 429}
 EXEMPTIONS: Counter[str] = Counter()
 _OUT = os.environ.get("CONTRACT_FUZZ_EXEMPTIONS", "")
@@ -87,6 +94,8 @@ def positive_data_acceptance_but_server_state(ctx: CheckContext, response: Any,
     if status < 400 or status >= 500 or status in _ACCEPTED:
         return None
     name = _exemption(body) if status == 400 else None
+    if status == 400 and isinstance(body, dict) and body.get("code") == FAILED_PRECONDITION:
+        name = "FAILED_PRECONDITION: " + str((body.get("details") or [{}])[0].get("reason"))
     if name is not None:
         EXEMPTIONS[name] += 1
         if _OUT:

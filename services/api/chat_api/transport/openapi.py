@@ -145,6 +145,11 @@ def _is_required(fd: FieldDescriptor) -> bool:
         return rules.string.min_len > 0 or rules.string.uuid
     if kind == "repeated":
         return rules.repeated.min_items > 0
+    if kind in ("int32", "int64"):
+        # 0 (what a missing key means) breaks the rule: the key must be there.
+        ints = getattr(rules, kind)
+        return bool((ints.HasField("gt") and ints.gt >= 0)
+                    or (ints.HasField("gte") and ints.gte > 0))
     return False
 
 
