@@ -38,19 +38,35 @@ Types and payloads (JSON objects). Consumers ignore types and fields they do not
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
-                 "edited_at": timestamp or null, "deleted": boolean}}
+                 "edited_at": timestamp or null, "deleted": boolean,
+                 "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
+                                   "size_bytes": integer, "width": integer, "height": integer,
+                                   "thumbnail_ready": boolean}]}}
 
-``message.updated``: its sender edited a message (``version`` counts the edits, from 1)::
+``message.updated``: a message changed: its sender edited it (``version`` counts the edits,
+from 1), or a thumbnail of one of its attachments became ready (``thumbnail_ready``, the
+image's ``width`` and ``height``; the version stays). Either way it is an ordered change at a
+new pos, and the payload is the whole message as it is now::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
-                 "edited_at": timestamp or null, "deleted": boolean}}
+                 "edited_at": timestamp or null, "deleted": boolean,
+                 "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
+                                   "size_bytes": integer, "width": integer, "height": integer,
+                                   "thumbnail_ready": boolean}]}}
 
-``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true)::
+``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true, no
+attachments: their files are deleted from the store with it)::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
-                 "edited_at": timestamp or null, "deleted": boolean}}
+                 "edited_at": timestamp or null, "deleted": boolean,
+                 "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
+                                   "size_bytes": integer, "width": integer, "height": integer,
+                                   "thumbnail_ready": boolean}]}}
+
+A field marked ``?`` may be absent (events written before it existed, a message without
+attachments): readers treat it as empty.
 
 ``reaction.added`` / ``reaction.removed``: a user's reaction with an emoji to a message::
 
@@ -132,10 +148,19 @@ from __future__ import annotations
 import re
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NewType, TypeAlias, TypedDict, get_type_hints, is_typeddict
+from typing import (
+    Any,
+    NewType,
+    TypeAlias,
+    TypedDict,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 import orjson
 
@@ -145,11 +170,12 @@ __all__ = [
     "CONVERSATION_READ", "CONVERSATION_UPDATED", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS",
     "EPOCH_FIELD", "MEMBER_ADDED", "MEMBER_REMOVED", "MEMBER_ROLE_CHANGED", "MESSAGE_CREATED",
     "MESSAGE_DELETED", "MESSAGE_TYPES", "MESSAGE_UPDATED", "ORDERED_TYPES", "PAYLOADS",
-    "REACTION_ADDED", "REACTION_REMOVED", "ConversationRead", "ConversationUpdated", "Event",
-    "MemberChanged", "MemberRemoved", "Message", "MessageCreated", "MessageEvent", "Reaction",
-    "Timestamp", "UuidText", "conversation_read", "decode_entry", "decode_payload",
-    "describe_payload", "encode_entry", "entry_values", "epoch_key", "format_time", "message",
-    "message_created", "parse_time", "payload_sql", "shard_of", "stream_key", "stream_keys",
+    "REACTION_ADDED", "REACTION_REMOVED", "Attachment", "ConversationRead",
+    "ConversationUpdated", "Event", "MemberChanged", "MemberRemoved", "Message",
+    "MessageCreated", "MessageEvent", "Reaction", "Timestamp", "UuidText", "conversation_read",
+    "decode_entry", "decode_payload", "describe_payload", "encode_entry", "entry_values",
+    "epoch_key", "format_time", "message", "message_created", "parse_time", "payload_sql",
+    "shard_of", "stream_key", "stream_keys",
 ]
 
 MESSAGE_CREATED = "message.created"
@@ -179,7 +205,18 @@ OptionalTimestamp = NewType("OptionalTimestamp", object)
 """A ``Timestamp`` or null (JSON); in Python ``Timestamp | None``."""
 
 
-class Message(TypedDict):
+class Attachment(TypedDict):
+    id: UuidText
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    """Pixels, once the thumbnail worker has read the image; 0 before and for other files."""
+    height: int
+    thumbnail_ready: bool
+
+
+class _MessageFields(TypedDict):
     id: UuidText
     conversation_id: UuidText
     sender_id: str
@@ -189,6 +226,12 @@ class Message(TypedDict):
     version: int
     edited_at: OptionalTimestamp
     deleted: bool
+
+
+class Message(_MessageFields, total=False):
+    # Optional (total=False): absent in events written before attachments, and for a message
+    # without any (and so for every tombstone).
+    attachments: list[Attachment]
 
 
 class MessageCreated(TypedDict):
@@ -254,6 +297,10 @@ def _fields(shape: type) -> dict[str, Any]:
     return get_type_hints(shape)
 
 
+def _optional(shape: type) -> frozenset[str]:
+    return frozenset(getattr(shape, "__optional_keys__", ()))
+
+
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-11-27T10:00:00.123456Z``."""
     if value.tzinfo is None:
@@ -269,13 +316,18 @@ def parse_time(text: str) -> datetime:
 
 def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
             created_at: datetime, version: int = 1, edited_at: datetime | None = None,
-            deleted: bool = False) -> Message:
-    """A message as events carry it (also the shape the gateway sends from PostgreSQL)."""
-    return {"id": UuidText(id), "conversation_id": UuidText(conversation_id),
-            "sender_id": sender_id, "content": content, "seq": seq,
-            "created_at": Timestamp(format_time(created_at)), "version": version,
-            "edited_at": OptionalTimestamp(None if edited_at is None else format_time(edited_at)),
-            "deleted": deleted}
+            deleted: bool = False, attachments: Sequence[Attachment] = ()) -> Message:
+    """A message as events carry it (also the shape the gateway sends from PostgreSQL);
+    ``attachments`` only when it has any."""
+    out: Message = {
+        "id": UuidText(id), "conversation_id": UuidText(conversation_id),
+        "sender_id": sender_id, "content": content, "seq": seq,
+        "created_at": Timestamp(format_time(created_at)), "version": version,
+        "edited_at": OptionalTimestamp(None if edited_at is None else format_time(edited_at)),
+        "deleted": deleted}
+    if attachments:
+        out["attachments"] = list(attachments)
+    return out
 
 
 def message_created(msg: Message) -> MessageCreated:
@@ -305,25 +357,34 @@ def payload_sql(event_type: str, expressions: SqlFields) -> str:
 
 def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
     fields = _fields(shape)
-    if set(expressions) != set(fields):
+    required = set(fields) - _optional(shape)
+    if not required <= set(expressions) <= set(fields):
         raise ValueError(f"{where}: the payload's fields are {sorted(fields)}, "
                          f"the SQL gives {sorted(expressions)}")
+    optional = _optional(shape)
     parts: list[str] = []
+    extras: list[str] = []
     for name, kind in fields.items():
+        if name not in expressions:
+            continue
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
             sql = _object_sql(kind, expression, f"{where}.{name}")
-        elif isinstance(expression, str) and kind in _KIND_NAMES:
-            if kind is Timestamp:
-                sql = _SQL_TIME.format(expression)
-            elif kind is OptionalTimestamp:  # to_char of NULL is NULL: JSON null
-                sql = _SQL_TIME.format(expression)
-            else:
-                sql = expression
+        elif isinstance(expression, str) and (kind in _KIND_NAMES or get_origin(kind) is list):
+            # A list is one SQL expression that builds the JSON array itself. A timestamp and
+            # an optional one alike: to_char of NULL is NULL, JSON null.
+            sql = (_SQL_TIME.format(expression) if kind in (Timestamp, OptionalTimestamp)
+                   else expression)
         else:
             raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
-        parts.append(f"'{name}', {sql}")
-    return f"jsonb_build_object({', '.join(parts)})"
+        if name in optional:
+            # Left out when NULL: jsonb_strip_nulls of the one-field object (the expression's
+            # own value must hold no nulls, which it would strip too).
+            extras.append(f"jsonb_strip_nulls(jsonb_build_object('{name}', {sql}))")
+        else:
+            parts.append(f"'{name}', {sql}")
+    built = f"jsonb_build_object({', '.join(parts)})"
+    return f"({' || '.join([built, *extras])})" if extras else built
 
 
 def describe_payload(event_type: str) -> str:
@@ -334,7 +395,11 @@ def describe_payload(event_type: str) -> str:
 def _describe(kind: object) -> str:
     if kind in _KIND_NAMES:
         return _KIND_NAMES[kind]
-    inner = ", ".join(f'"{name}": {_describe(k)}' for name, k in _fields(kind).items())  # type: ignore[arg-type]
+    if get_origin(kind) is list:
+        return "[" + _describe(get_args(kind)[0]) + "]"
+    optional = _optional(kind)  # type: ignore[arg-type]
+    inner = ", ".join(f'"{name}"{"?" if name in optional else ""}: {_describe(k)}'
+                      for name, k in _fields(kind).items())  # type: ignore[arg-type]
     return "{" + inner + "}"
 
 
@@ -358,6 +423,12 @@ def _check(kind: object, value: Any, where: str) -> None:
         ok = isinstance(value, bool)
     elif kind is OptionalTimestamp:
         ok = value is None or (isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None)
+    elif get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")
+        for i, item in enumerate(value):
+            _check(get_args(kind)[0], item, f"{where}[{i}]")
+        return
     elif kind is str:
         ok = isinstance(value, str)
     elif kind is UuidText:
@@ -366,11 +437,13 @@ def _check(kind: object, value: Any, where: str) -> None:
         ok = isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
     else:
         fields = _fields(kind)  # type: ignore[arg-type]
-        if not isinstance(value, dict) or set(value) != set(fields):
+        required = set(fields) - _optional(kind)  # type: ignore[arg-type]
+        if not isinstance(value, dict) or not required <= set(value) <= set(fields):
             got = sorted(value) if isinstance(value, dict) else type(value).__name__
             raise ValueError(f"{where}: expected the fields {sorted(fields)}, got {got}")
         for name, k in fields.items():
-            _check(k, value[name], f"{where}.{name}")
+            if name in value:
+                _check(k, value[name], f"{where}.{name}")
         return
     if not ok:
         raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")

@@ -139,7 +139,7 @@ async def test_hot_statements_read_a_bounded_number_of_rows_on_a_fresh_connectio
             _PAGE["before_time"], {**page, "conversation_id": BIG, "before": middle}, 3 * 51),
         "SendMessage": (_SEND, {"tenant": "default", "conversation_id": SMALL,
                                 "sender_id": HEAVY, "content": "x",
-                                "idempotency_key": "plan-test"}, 10),
+                                "idempotency_key": "plan-test", "attachment_ids": []}, 10),
         "MarkAsRead": (_MARK, {"tenant": "default", "conversation_id": BIG, "user_id": HEAVY,
                                "up_to_seq": 0}, 10),
         "gateway: member of": (_MEMBER_OF, {"tenant": "default", "user_id": HEAVY,

@@ -12,7 +12,11 @@ cannot state, which the document states in words instead:
 - ``member_ids`` of AddMembers: at most the tenant's member limit *with the members the
   conversation has already*, which depends on the conversation, not on the request;
 - ``emoji``: exactly one emoji, as Unicode's emoji data defines it (skin tones, sequences,
-  flags): no regular expression states that, the field's description does in words.
+  flags): no regular expression states that, the field's description does in words;
+- ``content_type`` and ``size_bytes`` of an upload: the allowed types and the size limit are
+  the server's settings and the tenant's limits, not the document's;
+- FAILED_PRECONDITION (code 9): the request is valid but the server's state refuses it (an
+  upload not in the store, attachments not configured), which no schema can state.
 
 Every other positive case must be accepted, and each exemption is counted and printed.
 
@@ -38,7 +42,10 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("idempotency_key", "differs from the Idempotency-Key header"): "body and header keys differ",
     ("emoji", "must be a single emoji"): "a string that is not one emoji",
     ("member_ids", "a conversation has at most"): "more members than the conversation has room for",
+    ("content_type", "is not an allowed type"): "upload type not allowed by the server",
+    ("size_bytes", "at most"): "upload over the tenant's size limit",
 }
+FAILED_PRECONDITION = 9
 _ACCEPTED = {401, 403, 404, 409, 429}
 EXEMPTIONS: Counter[str] = Counter()
 _OUT = os.environ.get("CONTRACT_FUZZ_EXEMPTIONS", "")
@@ -93,6 +100,8 @@ def positive_data_acceptance_but_server_state(ctx: CheckContext, response: Any,
     if status < 400 or status >= 500 or status in _ACCEPTED:
         return None
     name = _exemption(body) if status == 400 else None
+    if status == 400 and isinstance(body, dict) and body.get("code") == FAILED_PRECONDITION:
+        name = "FAILED_PRECONDITION: " + str((body.get("details") or [{}])[0].get("reason"))
     if name is not None:
         EXEMPTIONS[name] += 1
         if _OUT:

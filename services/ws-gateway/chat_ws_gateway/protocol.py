@@ -198,7 +198,8 @@ def stored_change_frame(change: StoredChange) -> str | None:
         payload = {"message": events.message(
             change.message_id or "", cid, change.sender_id or "",
             "" if change.deleted else change.content or "", change.message_seq,
-            change.created_at, change.version or 1, change.edited_at, change.deleted)}
+            change.created_at, change.version or 1, change.edited_at, change.deleted,
+            () if change.deleted else change.attachments or ())}
     elif t in (REACTION_ADDED, REACTION_REMOVED):
         payload = {"conversation_id": cid, "message_id": change.message_id,
                    "user_id": change.user_id, "emoji": change.emoji}

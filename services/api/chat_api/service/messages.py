@@ -31,17 +31,19 @@ a send or make two messages of one key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from prometheus_client import Counter
 
 from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
+from chat_api.service.attachments import AttachmentService, disabled
 from chat_api.service.reads import NOT_FOUND
 from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.messages import DuplicateKey, MessageRepository, PageMode
 from chat_shared.auth import Principal
-from chat_shared.errors import AlreadyExists, InvalidArgument, NotFound
+from chat_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 IDEMPOTENCY_HITS = Counter(
     "idempotency_hits_total",
@@ -68,26 +70,42 @@ def _duplicate(original: MessageRecord, conversation_id: str, content: str) -> A
 
 
 class MessageService:
-    def __init__(self, repo: MessageRepository, tenants: TenantDirectory) -> None:
+    def __init__(self, repo: MessageRepository, tenants: TenantDirectory,
+                 attachments: AttachmentService | None = None) -> None:
         self._repo = repo
         self._tenants = tenants
+        self._attachments = attachments
 
     async def send(
-        self, caller: Principal, conversation_id: str, content: str, key: str
+        self, caller: Principal, conversation_id: str, content: str, key: str,
+        attachment_ids: Sequence[str] = (),
     ) -> MessageRecord:
-        """Sends (chat.proto's rules on the three fields hold already)."""
+        """Sends (chat.proto's rules on the fields hold already). Attachments are checked in
+        the store before the send statement, which attaches them with the message."""
         cid = validation.conversation_id(conversation_id)
         tenant = await self._tenants.admit(caller.tenant_id)
         if len(content) > tenant.max_message_length:
             raise InvalidArgument("content", f"at most {tenant.max_message_length} characters "
                                              f"in this tenant")
+        ids: list[str] = []
+        if attachment_ids:
+            if self._attachments is None:
+                raise disabled()
+            ids = await self._attachments.check_for_send(caller, cid, attachment_ids, key)
         try:
-            message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key)
+            message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key,
+                                            ids)
         except DuplicateKey as dup:
             IDEMPOTENCY_HITS.labels("database").inc()
             raise _duplicate(dup.original, cid, content) from None
         if message is None:
+            if ids and self._attachments is not None and \
+                    await self._attachments.used_elsewhere(caller, ids):
+                raise FailedPrecondition("attachment_ids: an upload was attached to another "
+                                         "message meanwhile", reason="ATTACHMENT_ALREADY_USED")
             raise NotFound(NOT_FOUND)
+        if self._attachments is not None and message.attachments:
+            self._attachments.count_attached(message)
         return message
 
     async def history(

@@ -9,7 +9,12 @@ from datetime import datetime
 import psycopg.errors
 
 from chat_api.models import MessageRecord, ReactionCount
-from chat_api.storage.rows import MESSAGE_COLUMNS, message_columns, message_from
+from chat_api.storage.rows import (
+    ATTACHMENTS_JSON,
+    MESSAGE_COLUMNS,
+    message_columns,
+    message_from,
+)
 from chat_shared.db import Database
 from chat_shared.events import MESSAGE_CREATED, payload_sql
 
@@ -19,11 +24,17 @@ EXACT_ORDER_MEMBERS = 32
 """Up to this many members a send moves the conversation up every member's list at once;
 above it, at most once a second (see ``_SEND``)."""
 
-# The event's payload as the event contract describes it (built and checked at import).
-_MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
+# The event's payload as the event contract describes it (built and checked at import). The
+# attachments (the ``att`` CTE's rows) are NULL for a message without any, and
+# jsonb_strip_nulls then leaves the optional field out (no other field is ever NULL).
+_MESSAGE_CREATED_PAYLOAD = "jsonb_strip_nulls(" + payload_sql(MESSAGE_CREATED, {"message": {
     "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
     "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
-    "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false"}})
+    "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false",
+    "attachments": "(SELECT jsonb_agg(jsonb_build_object('id', att.id, 'filename', att.filename,"
+                   " 'content_type', att.content_type, 'size_bytes', att.size_bytes,"
+                   " 'width', 0, 'height', 0, 'thumbnail_ready', false)"
+                   " ORDER BY att.position) FROM att)"}})
 
 MAX_REACTIONS = 20
 """A message shows its 20 most used reactions (ties by emoji)."""
@@ -52,6 +63,15 @@ MAX_REACTIONS = 20
 # row: after waiting for the row lock, PostgreSQL re-reads the locked row, not the sub-select,
 # so a send that waited for a RemoveMember of its sender is refused.
 #
+# Attachments (docs/attachments.md): ``ready`` locks the listed uploads that are still free
+# (uploaded by the sender to this conversation, not attached), and the statement sends only when
+# every listed one is (``conv``'s count condition); ``att`` then moves them to the message in
+# the same statement, so a message and its attachments commit together, and an upload belongs
+# to one message: a concurrent send of the same upload waits on the row lock, then finds it
+# attached and sends nothing (the caller tells that apart, ``MessageRepository.send``).
+# ``ready`` runs before ``conv`` takes a position, so a send that finds an upload taken takes
+# no seq and no pos (both stay gapless).
+#
 # Idempotency, without burning a seq (seq stays gapless): a key that already names a committed
 # message (``prior``, one probe of the unique index) stops the statement before the row lock,
 # and the statement answers with that original, flagged as a duplicate: a retry costs one read,
@@ -62,6 +82,13 @@ _SEND = f"""
         SELECT {message_columns("p")} FROM messages p
         WHERE p.tenant_id = %(tenant)s AND p.sender_id = %(sender_id)s
           AND p.idempotency_key = %(idempotency_key)s
+    ), ready AS (
+        SELECT a.id FROM attachments a
+        WHERE a.tenant_id = %(tenant)s AND a.id = ANY(CAST(%(attachment_ids)s AS uuid[]))
+          AND a.conversation_id = %(conversation_id)s AND a.uploader = %(sender_id)s
+          AND a.status = 'uploaded'
+          AND NOT EXISTS (SELECT 1 FROM prior)
+        FOR UPDATE
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
@@ -72,6 +99,7 @@ _SEND = f"""
          WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
            AND NOT EXISTS (SELECT 1 FROM prior)
            AND c.member_ids @> ARRAY[CAST(%(sender_id)s AS text)]
+           AND (SELECT count(*) FROM ready) = cardinality(CAST(%(attachment_ids)s AS uuid[]))
            AND EXISTS (SELECT 1 FROM conversation_members m
                         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id
                           AND m.user_id = %(sender_id)s)
@@ -90,6 +118,13 @@ _SEND = f"""
         SELECT %(tenant)s, conv.id, conv.last_pos, '{MESSAGE_CREATED}', msg.id, msg.sender_id,
                msg.sender_id
         FROM msg, conv
+    ), att AS (
+        UPDATE attachments a
+           SET status = 'attached', message_id = msg.id,
+               position = array_position(CAST(%(attachment_ids)s AS uuid[]), a.id)
+          FROM msg
+         WHERE a.tenant_id = %(tenant)s AND a.id IN (SELECT id FROM ready)
+        RETURNING a.id, a.filename, a.content_type, a.size_bytes, a.position
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
                             payload)
@@ -112,13 +147,21 @@ _SEND = f"""
                 OR conv.members <= {EXACT_ORDER_MEMBERS}  -- not the array: once per row
                 OR m.last_activity_at <= conv.last_message_at - interval '1 second')
     )
-    SELECT false, * FROM msg
+    SELECT false, *,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'id', att.id, 'filename', att.filename, 'content_type', att.content_type,
+                'size_bytes', att.size_bytes, 'width', 0, 'height', 0,
+                'thumbnail_ready', false) ORDER BY att.position), '[]'::jsonb) FROM att)
+    FROM msg
     UNION ALL
-    SELECT true, * FROM prior
+    SELECT true, *, """ + ATTACHMENTS_JSON.format(tenant="%(tenant)s", message="prior.id") + """
+    FROM prior
     """
 
 _BY_KEY = f"""
-    SELECT {message_columns("m")} FROM messages m
+    SELECT {message_columns("m")},
+           """ + ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id") + """
+    FROM messages m
     WHERE m.tenant_id = %(tenant)s AND m.sender_id = %(sender_id)s
       AND m.idempotency_key = %(idempotency_key)s
     """
@@ -151,7 +194,9 @@ _PAGE_HEAD = f"""
     SELECT p.* FROM conversation_members cm
     JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
     LEFT JOIN LATERAL (
-        SELECT {message_columns("m")}, {REACTIONS_SQL}
+        SELECT {message_columns("m")},
+               """ + ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id") + f""",
+               {REACTIONS_SQL}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
           AND m.seq > cm.visible_from_seq
@@ -231,14 +276,18 @@ class MessageRepository:
 
     async def send(
         self, tenant: str, conversation_id: str, sender_id: str, content: str,
-        idempotency_key: str,
+        idempotency_key: str, attachment_ids: list[str] | None = None,
     ) -> MessageRecord | None:
-        """Commits the message and its outbox event; None when the sender is not a member.
+        """Commits the message, its attachments and its outbox event; None when the sender is
+        not a member, or when an upload listed is not free (attached by now, not the
+        sender's, not of this conversation: the caller checked them before, so only a
+        concurrent send of the same upload gets here).
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
         params = {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
-                  "content": content, "idempotency_key": idempotency_key}
+                  "content": content, "idempotency_key": idempotency_key,
+                  "attachment_ids": attachment_ids or []}
         try:
             row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
@@ -251,8 +300,8 @@ class MessageRepository:
         if row is None:
             return None
         if row[0]:
-            raise DuplicateKey(message_from(row, 1))
-        return message_from(row, 1)
+            raise DuplicateKey(message_from(row, 1, attachments=True))
+        return message_from(row, 1, attachments=True)
 
     async def by_idempotency_key(self, tenant: str, sender_id: str, key: str
                                  ) -> MessageRecord | None:
@@ -260,7 +309,7 @@ class MessageRepository:
         row = await self._db.fetchone("db.message_by_key", _BY_KEY,
                                       {"tenant": tenant, "sender_id": sender_id,
                                        "idempotency_key": key}, tenant=tenant)
-        return message_from(row) if row is not None else None
+        return message_from(row, attachments=True) if row is not None else None
 
     async def page(
         self, tenant: str, conversation_id: str, user_id: str, mode: PageMode, limit: int,
@@ -277,8 +326,8 @@ class MessageRepository:
                                        tenant=tenant)
         if not rows:
             return None
-        return [with_reactions(message_from(r), r[MESSAGE_COLUMNS]) for r in rows
-                if r[0] is not None]
+        return [with_reactions(message_from(r, attachments=True), r[MESSAGE_COLUMNS + 1])
+                for r in rows if r[0] is not None]
 
 
 def with_reactions(message: MessageRecord, aggregated: list[list[object]] | None
