@@ -25,9 +25,9 @@ EXACT_ORDER_MEMBERS = 32
 above it, at most once a second (see ``_SEND``)."""
 
 # The event's payload as the event contract describes it (built and checked at import). The
-# attachments (the ``att`` CTE's rows) are NULL for a message without any, and
-# jsonb_strip_nulls then leaves the optional field out (no other field is ever NULL).
-_MESSAGE_CREATED_PAYLOAD = "jsonb_strip_nulls(" + payload_sql(MESSAGE_CREATED, {"message": {
+# attachments (the ``att`` CTE's rows) are NULL for a message without any, and ``payload_sql``
+# then leaves the optional field out. No thumbnail is ready yet at the send.
+_MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
     "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
     "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
     "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false",
