@@ -54,13 +54,6 @@ _FOR_DOWNLOAD = f"""
       AND (a.status = 'attached' OR (a.status = 'uploaded' AND a.uploader = %(user_id)s))
     """
 
-# Objects of a deleted message: what a delete must remove from the store (the file and its
-# thumbnail), for the delete's own statement or a queue of deletions to use.
-_OF_MESSAGE = """
-    SELECT a.object_key, a.thumbnail_key FROM attachments a
-    WHERE a.tenant_id = %(tenant)s AND a.message_id = %(message_id)s
-    """
-
 # The sweeper: uploads never attached, older than the cut-off, claimed with SKIP LOCKED so
 # replicas sweeping at once take different rows, and deleted in the same statement. The
 # objects are deleted from the store after the rows (an object without a row is harmless and
@@ -181,14 +174,6 @@ class AttachmentRepository:
                                       {"tenant": tenant, "user_id": user_id,
                                        "id": attachment_id}, tenant=tenant)
         return _upload(row) if row is not None else None
-
-    async def objects_of_message(self, tenant: str, message_id: str) -> list[str]:
-        """The store keys of a message's attachments and thumbnails: what deleting the
-        message must delete from the store."""
-        rows = await self._db.fetchall("db.objects_of_message", _OF_MESSAGE,
-                                       {"tenant": tenant, "message_id": message_id},
-                                       tenant=tenant)
-        return [key for row in rows for key in row if key]
 
     async def of_message(self, tenant: str, message_id: str
                          ) -> list[tuple[str, str, int, str, str | None]]:

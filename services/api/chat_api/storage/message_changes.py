@@ -10,10 +10,11 @@ has none) and its attachments are erased in the same statement: detached from th
 (no read, resume or event shows them again, and GetAttachmentUrl finds nothing) and marked
 ``erased``, a queued deletion of their objects (file and thumbnail) that the sweeper carries
 out on its next pass (``AttachmentRepository.sweep_erased``). The change log never held the
-content, so from the deletion's commit on no read, resume or event carries it. Unread counts: a deleted message after a member's read position
-is counted in ``conversation_members.deleted_unread`` (incremented here, recomputed by
-MarkAsRead from the tombstones' partial index), and ``unread = last_seq - last_read_seq -
-deleted_unread`` stays one subtraction.
+content, so from the deletion's commit on no read, resume or event carries it. Unread counts:
+a deleted message after a member's read position is counted in
+``conversation_members.deleted_unread`` (incremented here, recomputed by MarkAsRead from the
+tombstones' partial index), and ``unread = last_seq - last_read_seq - deleted_unread`` stays
+one subtraction.
 """
 
 from __future__ import annotations
