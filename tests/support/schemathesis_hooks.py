@@ -11,6 +11,9 @@ cannot state, which the document states in words instead:
 - ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both;
 - ``member_ids`` of AddMembers: at most the tenant's member limit *with the members the
   conversation has already*, which depends on the conversation, not on the request;
+- ``query`` of SearchMessages: at least one word to find (letters or digits, not only excluded
+  words) and at most 32 words: what counts as a word is the search syntax's, which the
+  field's comment in chat.proto states in words;
 - ``emoji``: exactly one emoji, as Unicode's emoji data defines it (skin tones, sequences,
   flags): no regular expression states that, the field's description does in words;
 - ``content_type`` and ``size_bytes`` of an upload: the allowed types and the size limit are
@@ -41,6 +44,8 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("idempotency_key", "is required"): "idempotency key in neither body nor header",
     ("idempotency_key", "differs from the Idempotency-Key header"): "body and header keys differ",
     ("emoji", "must be a single emoji"): "a string that is not one emoji",
+    ("query", "must contain a word to find"): "a search with no word to find",
+    ("query", "must have at most"): "a search with too many words",
     ("member_ids", "a conversation has at most"): "more members than the conversation has room for",
     ("content_type", "is not an allowed type"): "upload type not allowed by the server",
     ("size_bytes", "at most"): "upload over the tenant's size limit",
