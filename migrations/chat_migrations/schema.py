@@ -77,10 +77,13 @@ conversations = Table(
     # Incremented under the sending transaction's row lock: seq is gapless.
     Column("last_seq", BigInteger, nullable=False, server_default=text("0")),
     Column("member_ids", ARRAY(Text), nullable=False),
+    # The newest root-level message's root_seq (migration 0007t), under the same row lock.
+    Column("last_root_seq", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("tenant_id", "id", name="conversations_pkey"),
     UniqueConstraint("tenant_id", "direct_key", name="conversations_tenant_direct_key_key"),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="conversations_tenant_id_fkey"),
     CheckConstraint("last_seq >= 0", name="conversations_last_seq_check"),
+    CheckConstraint("last_root_seq >= 0", name="conversations_last_root_seq_check"),
 )
 
 conversation_members = Table(
@@ -113,6 +116,14 @@ messages = Table(
     Column("content", Text, nullable=False),
     Column("idempotency_key", Text, nullable=False),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    # Threads (migration 0007t): the root a reply answers (NULL on a root-level message), the
+    # message's position among root-level messages (on a reply: the newest root's before it)
+    # and in its thread, and on a root its thread's counter and newest reply's time.
+    Column("thread_root_id", UUID(as_uuid=False)),
+    Column("root_seq", BigInteger, nullable=False),
+    Column("thread_seq", BigInteger),
+    Column("reply_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_reply_at", _TIMESTAMPTZ),
     PrimaryKeyConstraint("tenant_id", "id", name="messages_pkey"),
     ForeignKeyConstraint(["tenant_id", "conversation_id"],
                          ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
@@ -122,7 +133,17 @@ messages = Table(
     UniqueConstraint("tenant_id", "sender_id", "idempotency_key",
                      name="uq_messages_sender_idempotency_key"),
     CheckConstraint("seq > 0", name="messages_seq_check"),
+    CheckConstraint("reply_count >= 0", name="messages_reply_count_check"),
+    CheckConstraint("(thread_root_id IS NULL) = (thread_seq IS NULL)",
+                    name="messages_thread_seq_check"),
     Index("ix_messages_conversation_created", "tenant_id", "conversation_id", "created_at"),
+    ForeignKeyConstraint(["tenant_id", "thread_root_id"], ["messages.tenant_id", "messages.id"],
+                         ondelete="CASCADE", name="messages_thread_root_fkey"),
+    # The main timeline (root-level messages) and each thread, as gapless ranges.
+    Index("uq_messages_root_seq", "tenant_id", "conversation_id", "root_seq", unique=True,
+          postgresql_where=text("thread_root_id IS NULL")),
+    Index("uq_messages_thread_seq", "tenant_id", "thread_root_id", "thread_seq", unique=True,
+          postgresql_where=text("thread_root_id IS NOT NULL")),
 )
 
 outbox = Table(

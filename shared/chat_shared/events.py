@@ -16,7 +16,11 @@ Types and payloads (JSON objects). Consumers ignore types and fields they do not
 ``message.created``: a message was sent; ``seq`` is the message's seq::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
-                 "seq": integer, "created_at": timestamp}}
+                 "seq": integer, "created_at": timestamp, "thread_root_id"?: uuid}}
+
+A field marked ``?`` may be absent: ``thread_root_id`` is there only on a thread reply (it names
+the root-level message the reply answers) and absent on a root-level message, as in every
+event written before threads existed.
 
 ``conversation.read``: a member's read position moved forward; ``seq`` is the new position::
 
@@ -106,13 +110,20 @@ Timestamp = NewType("Timestamp", str)
 """RFC 3339 in UTC with microseconds and a ``Z``, as ``format_time`` writes it."""
 
 
-class Message(TypedDict):
+class _MessageFields(TypedDict):
     id: UuidText
     conversation_id: UuidText
     sender_id: str
     content: str
     seq: int
     created_at: Timestamp
+
+
+# The optional fields through ``total=False`` rather than ``NotRequired``: with postponed
+# annotations, Python 3.11's TypedDict does not see a ``NotRequired`` inside the annotation text.
+class Message(_MessageFields, total=False):
+    thread_root_id: UuidText
+    """Only on a thread reply: the root-level message it answers."""
 
 
 class MessageCreated(TypedDict):
@@ -142,6 +153,11 @@ def _fields(shape: type) -> dict[str, Any]:
     return get_type_hints(shape)
 
 
+def _optional(shape: type) -> frozenset[str]:
+    """The fields of a payload object that may be absent (``NotRequired``)."""
+    return frozenset(getattr(shape, "__optional_keys__", ()))
+
+
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-11-27T10:00:00.123456Z``."""
     if value.tzinfo is None:
@@ -156,11 +172,14 @@ def parse_time(text: str) -> datetime:
 
 
 def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
-            created_at: datetime) -> Message:
+            created_at: datetime, thread_root_id: str | None = None) -> Message:
     """A message as events carry it (also the shape the gateway sends from PostgreSQL)."""
-    return {"id": UuidText(id), "conversation_id": UuidText(conversation_id),
-            "sender_id": sender_id, "content": content, "seq": seq,
-            "created_at": Timestamp(format_time(created_at))}
+    out: Message = {"id": UuidText(id), "conversation_id": UuidText(conversation_id),
+                    "sender_id": sender_id, "content": content, "seq": seq,
+                    "created_at": Timestamp(format_time(created_at))}
+    if thread_root_id is not None:
+        out["thread_root_id"] = UuidText(thread_root_id)
+    return out
 
 
 def message_created(msg: Message) -> MessageCreated:
@@ -183,7 +202,8 @@ def payload_sql(event_type: str, expressions: SqlFields) -> str:
     ``expressions`` gives the SQL expression of every field of the payload (nested objects as
     nested mappings), exactly the fields of its description: a missing or an unknown field is a
     ValueError when the statement is built (at import), not a wrong event at run time.
-    Timestamps are formatted here, in the statement, as ``format_time`` would.
+    Timestamps are formatted here, in the statement, as ``format_time`` would. An optional
+    field (``?``) is left out of the object where its expression is NULL.
     """
     return _object_sql(PAYLOADS[event_type], expressions, event_type)
 
@@ -193,7 +213,9 @@ def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
     if set(expressions) != set(fields):
         raise ValueError(f"{where}: the payload's fields are {sorted(fields)}, "
                          f"the SQL gives {sorted(expressions)}")
+    optional = _optional(shape)
     parts: list[str] = []
+    extra: list[str] = []
     for name, kind in fields.items():
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
@@ -202,8 +224,12 @@ def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
             sql = _SQL_TIME.format(expression) if kind is Timestamp else expression
         else:
             raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
-        parts.append(f"'{name}', {sql}")
-    return f"jsonb_build_object({', '.join(parts)})"
+        (extra if name in optional else parts).append(f"'{name}', {sql}")
+    built = f"jsonb_build_object({', '.join(parts)})"
+    if extra:
+        # Only the optional keys are stripped of NULLs: a required field stays as written.
+        built = f"({built} || jsonb_strip_nulls(jsonb_build_object({', '.join(extra)})))"
+    return built
 
 
 def describe_payload(event_type: str) -> str:
@@ -214,7 +240,9 @@ def describe_payload(event_type: str) -> str:
 def _describe(kind: object) -> str:
     if kind in _KIND_NAMES:
         return _KIND_NAMES[kind]
-    inner = ", ".join(f'"{name}": {_describe(k)}' for name, k in _fields(kind).items())  # type: ignore[arg-type]
+    optional = _optional(kind)  # type: ignore[arg-type]
+    inner = ", ".join(f'"{name}"{"?" if name in optional else ""}: {_describe(k)}'
+                      for name, k in _fields(kind).items())  # type: ignore[arg-type]
     return "{" + inner + "}"
 
 
@@ -242,11 +270,13 @@ def _check(kind: object, value: Any, where: str) -> None:
         ok = isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
     else:
         fields = _fields(kind)  # type: ignore[arg-type]
-        if not isinstance(value, dict) or set(value) != set(fields):
+        required = set(fields) - _optional(kind)  # type: ignore[arg-type]
+        if not isinstance(value, dict) or not required <= set(value) <= set(fields):
             got = sorted(value) if isinstance(value, dict) else type(value).__name__
             raise ValueError(f"{where}: expected the fields {sorted(fields)}, got {got}")
         for name, k in fields.items():
-            _check(k, value[name], f"{where}.{name}")
+            if name in value:
+                _check(k, value[name], f"{where}.{name}")
         return
     if not ok:
         raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")

@@ -91,36 +91,37 @@ class _Loader:
         new = range(self.conversations, conversations)
         async with conn.cursor() as cur:
             async with cur.copy("COPY conversations (id, title, created_by, created_at,"
-                                " last_message_at, last_activity_at, last_seq, member_ids)"
-                                " FROM STDIN") as copy:
+                                " last_message_at, last_activity_at, last_seq, last_root_seq,"
+                                " member_ids) FROM STDIN") as copy:
                 for i in new:
                     created = EPOCH + timedelta(seconds=i)
                     last = created + timedelta(milliseconds=per_conversation)
                     await copy.write_row((_cid(i), f"c{i}", HEAVY, created, last, last,
-                                          per_conversation, [HEAVY, f"scale-{i}"]))
+                                          per_conversation, per_conversation,
+                                          [HEAVY, f"scale-{i}"]))
             async with cur.copy("COPY conversation_members (conversation_id, user_id,"
                                 " last_activity_at, last_read_seq) FROM STDIN") as copy:
                 for i in new:
                     last = EPOCH + timedelta(seconds=i, milliseconds=per_conversation)
                     await copy.write_row((_cid(i), HEAVY, last, per_conversation))
                     await copy.write_row((_cid(i), f"scale-{i}", last, 0))
-            async with cur.copy("COPY messages (id, conversation_id, seq, sender_id, content,"
-                                " idempotency_key, created_at) FROM STDIN") as copy:
+            async with cur.copy("COPY messages (id, conversation_id, seq, root_seq, sender_id,"
+                                " content, idempotency_key, created_at) FROM STDIN") as copy:
                 for i in new:
                     created = EPOCH + timedelta(seconds=i)
                     cid = _cid(i)
                     for seq in range(1, per_conversation + 1):
-                        await copy.write_row((uuid.uuid4(), cid, seq, HEAVY, CONTENT,
+                        await copy.write_row((uuid.uuid4(), cid, seq, seq, HEAVY, CONTENT,
                                               f"{cid}:{seq}",
                                               created + timedelta(milliseconds=seq)))
                 for seq in range(self.big + 1, big + 1):
-                    await copy.write_row((uuid.uuid4(), BIG, seq, HEAVY, CONTENT, f"big:{seq}",
+                    await copy.write_row((uuid.uuid4(), BIG, seq, seq, HEAVY, CONTENT, f"big:{seq}",
                                           EPOCH + timedelta(milliseconds=seq)))
             if big > self.big:
                 last = EPOCH + timedelta(milliseconds=big)
                 await cur.execute(
-                    "UPDATE conversations SET last_seq = %s, last_message_at = %s,"
-                    " last_activity_at = %s WHERE id = %s", (big, last, last, BIG))
+                    "UPDATE conversations SET last_seq = %s, last_root_seq = %s, last_message_at = %s,"
+                    " last_activity_at = %s WHERE id = %s", (big, big, last, last, BIG))
                 await cur.execute(
                     "UPDATE conversation_members SET last_activity_at = %s"
                     " WHERE conversation_id = %s", (last, BIG))

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from chat_api.models import ConversationRecord, ConversationSummary
-from chat_api.storage.rows import message_from
+from chat_api.storage.rows import message_columns, message_from
 from chat_shared.db import Database, tenant_execute
 
 _CREATE = """
@@ -45,11 +45,11 @@ _BY_DIRECT_KEY = """
 # (conversation, created_at) index, reading all of a conversation's messages.
 #
 # Columns: 0-4 the conversation, 5 last_activity_at, 6 last_read_seq, 7 member ids,
-# 8-13 the last message (NULLs when there is none).
+# 8-17 the last message (``rows.MESSAGE_COLUMNS``; NULLs when there is none).
 _LIST_HEAD = """
     SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, p.last_activity_at,
            p.last_read_seq, c.member_ids,
-           lm.id::text, lm.conversation_id::text, lm.seq, lm.sender_id, lm.content, lm.created_at
+           """ + message_columns("lm") + """
     FROM (
         SELECT cm.tenant_id, cm.conversation_id, cm.last_activity_at, cm.last_read_seq
         FROM conversation_members cm
@@ -64,7 +64,8 @@ _LIST_TAIL = """
         LIMIT 1
     ) c
     LEFT JOIN LATERAL (
-        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.created_at
+        SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.content, m.created_at,
+               m.thread_root_id, m.reply_count, m.last_reply_at, m.thread_seq
         FROM messages m
         WHERE m.tenant_id = p.tenant_id AND m.conversation_id = c.id AND m.seq = c.last_seq
         LIMIT 1

@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63hat/v1/chat.proto\x12\x07\x63hat.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x0b\n\x03seq\x18\x05 \x01(\x03\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_message_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x06 \x01(\x03\"\x97\x01\n\x13\x43onversationSummary\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.Conversation\x12\x14\n\x0cunread_count\x18\x02 \x01(\x03\x12&\n\x0clast_message\x18\x03 \x01(\x0b\x32\x10.chat.v1.Message\x12\x15\n\rlast_read_seq\x18\x04 \x01(\x03\"\xeb\x02\n\x19\x43reateConversationRequest\x12\x8b\x01\n\nmember_ids\x18\x01 \x03(\tBw\xbaHt\x92\x01q\x08\x01\x10\xe7\x07\x18\x01\"hr\x05\x10\x01\x18\x80\x01\xba\x01^\n\x07user_id\x12-must not contain spaces or control characters\x1a$this.matches(r\'^[^\\x00-\\x20\\x7f]*$\')\x12\xbf\x01\n\x05title\x18\x02 \x01(\tB\xaf\x01\xbaH\xab\x01r\x03\x18\xc8\x01\xba\x01\xa2\x01\n\x15no_control_characters\x12Rmust not contain control characters (tab, newline and carriage return are allowed)\x1a\x35this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')\"I\n\x1a\x43reateConversationResponse\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.Conversation\"\x9f\x04\n\x12SendMessageRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x97\x02\n\x07\x63ontent\x18\x02 \x01(\tB\x85\x02\xbaH\x81\x02r\x05\x10\x01\x18\x80 \xba\x01\xa2\x01\n\x15no_control_characters\x12Rmust not contain control characters (tab, newline and carriage return are allowed)\x1a\x35this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')\xba\x01Q\n\tnot_blank\x12\'must not be only spaces and line breaks\x1a\x1bthis.matches(r\'[^ \\t\\n\\r]\')\x12\xcb\x01\n\x0fidempotency_key\x18\x03 \x01(\tB\xb1\x01\xbaH\xad\x01r\x05\x10\x01\x18\xff\x01\xba\x01\xa2\x01\n\x15no_control_characters\x12Rmust not contain control characters (tab, newline and carriage return are allowed)\x1a\x35this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')\"8\n\x13SendMessageResponse\x12!\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.Message\"\xf8\x01\n\x12GetMessagesRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x05limit\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x34\n\x10\x62\x65\x66ore_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\tafter_seq\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00H\x00\x88\x01\x01:\"\xbaH\x1f\"\x1d\n\tafter_seq\n\x10\x62\x65\x66ore_timestampB\x0c\n\n_after_seq\"R\n\x13GetMessagesResponse\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x17GetConversationsRequest\x12\x18\n\x05limit\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"h\n\x18GetConversationsResponse\x12\x33\n\rconversations\x18\x01 \x03(\x0b\x32\x1c.chat.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x11MarkAsReadRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\tup_to_seq\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"A\n\x12MarkAsReadResponse\x12\x15\n\rlast_read_seq\x18\x01 \x01(\x03\x12\x14\n\x0cunread_count\x18\x02 \x01(\x03\x32\xdd\x04\n\x0b\x43hatService\x12{\n\x12\x43reateConversation\x12\".chat.v1.CreateConversationRequest\x1a#.chat.v1.CreateConversationResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/conversations:\x01*\x12\x61\n\x0bSendMessage\x12\x1b.chat.v1.SendMessageRequest\x1a\x1c.chat.v1.SendMessageResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/messages:\x01*\x12~\n\x0bGetMessages\x12\x1b.chat.v1.GetMessagesRequest\x1a\x1c.chat.v1.GetMessagesResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/conversations/{conversation_id}/messages\x12r\n\x10GetConversations\x12 .chat.v1.GetConversationsRequest\x1a!.chat.v1.GetConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12z\n\nMarkAsRead\x12\x1a.chat.v1.MarkAsReadRequest\x1a\x1b.chat.v1.MarkAsReadResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/conversations/{conversation_id}/read:\x01*B9Z7github.com/chat-service/chat-service/gen/chat/v1;chatv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x63hat/v1/chat.proto\x12\x07\x63hat.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x0b\n\x03seq\x18\x05 \x01(\x03\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ethread_root_id\x18\x14 \x01(\t\x12\x13\n\x0breply_count\x18\x15 \x01(\x03\x12\x31\n\rlast_reply_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\nmember_ids\x18\x03 \x03(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_message_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x06 \x01(\x03\"\x97\x01\n\x13\x43onversationSummary\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.Conversation\x12\x14\n\x0cunread_count\x18\x02 \x01(\x03\x12&\n\x0clast_message\x18\x03 \x01(\x0b\x32\x10.chat.v1.Message\x12\x15\n\rlast_read_seq\x18\x04 \x01(\x03\"\xeb\x02\n\x19\x43reateConversationRequest\x12\x8b\x01\n\nmember_ids\x18\x01 \x03(\tBw\xbaHt\x92\x01q\x08\x01\x10\xe7\x07\x18\x01\"hr\x05\x10\x01\x18\x80\x01\xba\x01^\n\x07user_id\x12-must not contain spaces or control characters\x1a$this.matches(r\'^[^\\x00-\\x20\\x7f]*$\')\x12\xbf\x01\n\x05title\x18\x02 \x01(\tB\xaf\x01\xbaH\xab\x01r\x03\x18\xc8\x01\xba\x01\xa2\x01\n\x15no_control_characters\x12Rmust not contain control characters (tab, newline and carriage return are allowed)\x1a\x35this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')\"I\n\x1a\x43reateConversationResponse\x12+\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x15.chat.v1.Conversation\"\xc4\x04\n\x12SendMessageRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x97\x02\n\x07\x63ontent\x18\x02 \x01(\tB\x85\x02\xbaH\x81\x02r\x05\x10\x01\x18\x80 \xba\x01\xa2\x01\n\x15no_control_characters\x12Rmust not contain control characters (tab, newline and carriage return are allowed)\x1a\x35this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')\xba\x01Q\n\tnot_blank\x12\'must not be only spaces and line breaks\x1a\x1bthis.matches(r\'[^ \\t\\n\\r]\')\x12\xcb\x01\n\x0fidempotency_key\x18\x03 \x01(\tB\xb1\x01\xbaH\xad\x01r\x05\x10\x01\x18\xff\x01\xba\x01\xa2\x01\n\x15no_control_characters\x12Rmust not contain control characters (tab, newline and carriage return are allowed)\x1a\x35this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')\x12#\n\x0ethread_root_id\x18\x04 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"8\n\x13SendMessageResponse\x12!\n\x07message\x18\x01 \x01(\x0b\x32\x10.chat.v1.Message\"\x98\x02\n\x12GetMessagesRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x05limit\x18\x02 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x34\n\x10\x62\x65\x66ore_timestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\tafter_seq\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00H\x00\x88\x01\x01\x12\x1e\n\x16include_thread_replies\x18\x06 \x01(\x08:\"\xbaH\x1f\"\x1d\n\tafter_seq\n\x10\x62\x65\x66ore_timestampB\x0c\n\n_after_seq\"R\n\x13GetMessagesResponse\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb7\x01\n\x10GetThreadRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x19\n\x07root_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x05limit\x18\x03 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x1f\n\tafter_seq\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00H\x00\x88\x01\x01\x42\x0c\n\n_after_seq\"p\n\x11GetThreadResponse\x12\x1e\n\x04root\x18\x01 \x01(\x0b\x32\x10.chat.v1.Message\x12\"\n\x08messages\x18\x02 \x03(\x0b\x32\x10.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"Q\n\x17GetConversationsRequest\x12\x18\n\x05limit\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"h\n\x18GetConversationsResponse\x12\x33\n\rconversations\x18\x01 \x03(\x0b\x32\x1c.chat.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x11MarkAsReadRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\tup_to_seq\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"A\n\x12MarkAsReadResponse\x12\x15\n\rlast_read_seq\x18\x01 \x01(\x03\x12\x14\n\x0cunread_count\x18\x02 \x01(\x03\x32\xe1\x05\n\x0b\x43hatService\x12{\n\x12\x43reateConversation\x12\".chat.v1.CreateConversationRequest\x1a#.chat.v1.CreateConversationResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/conversations:\x01*\x12\x61\n\x0bSendMessage\x12\x1b.chat.v1.SendMessageRequest\x1a\x1c.chat.v1.SendMessageResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/messages:\x01*\x12~\n\x0bGetMessages\x12\x1b.chat.v1.GetMessagesRequest\x1a\x1c.chat.v1.GetMessagesResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/conversations/{conversation_id}/messages\x12\x81\x01\n\tGetThread\x12\x19.chat.v1.GetThreadRequest\x1a\x1a.chat.v1.GetThreadResponse\"=\x82\xd3\xe4\x93\x02\x37\x12\x35/v1/conversations/{conversation_id}/threads/{root_id}\x12r\n\x10GetConversations\x12 .chat.v1.GetConversationsRequest\x1a!.chat.v1.GetConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12z\n\nMarkAsRead\x12\x1a.chat.v1.MarkAsReadRequest\x1a\x1b.chat.v1.MarkAsReadResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/conversations/{conversation_id}/read:\x01*B9Z7github.com/chat-service/chat-service/gen/chat/v1;chatv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['content']._serialized_options = b'\272H\201\002r\005\020\001\030\200 \272\001\242\001\n\025no_control_characters\022Rmust not contain control characters (tab, newline and carriage return are allowed)\0325this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')\272\001Q\n\tnot_blank\022\'must not be only spaces and line breaks\032\033this.matches(r\'[^ \\t\\n\\r]\')'
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
   _globals['_SENDMESSAGEREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\272H\255\001r\005\020\001\030\377\001\272\001\242\001\n\025no_control_characters\022Rmust not contain control characters (tab, newline and carriage return are allowed)\0325this.matches(r\'^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$\')'
+  _globals['_SENDMESSAGEREQUEST'].fields_by_name['thread_root_id']._loaded_options = None
+  _globals['_SENDMESSAGEREQUEST'].fields_by_name['thread_root_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_GETMESSAGESREQUEST'].fields_by_name['conversation_id']._loaded_options = None
   _globals['_GETMESSAGESREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_GETMESSAGESREQUEST'].fields_by_name['limit']._loaded_options = None
@@ -55,6 +57,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMESSAGESREQUEST'].fields_by_name['after_seq']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_GETMESSAGESREQUEST']._loaded_options = None
   _globals['_GETMESSAGESREQUEST']._serialized_options = b'\272H\037\"\035\n\tafter_seq\n\020before_timestamp'
+  _globals['_GETTHREADREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_GETTHREADREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_GETTHREADREQUEST'].fields_by_name['root_id']._loaded_options = None
+  _globals['_GETTHREADREQUEST'].fields_by_name['root_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_GETTHREADREQUEST'].fields_by_name['limit']._loaded_options = None
+  _globals['_GETTHREADREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\006\032\004\030d(\000'
+  _globals['_GETTHREADREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_GETTHREADREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\004'
+  _globals['_GETTHREADREQUEST'].fields_by_name['after_seq']._loaded_options = None
+  _globals['_GETTHREADREQUEST'].fields_by_name['after_seq']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_GETCONVERSATIONSREQUEST'].fields_by_name['limit']._loaded_options = None
   _globals['_GETCONVERSATIONSREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\006\032\004\030d(\000'
   _globals['_GETCONVERSATIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -69,36 +81,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATSERVICE'].methods_by_name['SendMessage']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/messages:\001*'
   _globals['_CHATSERVICE'].methods_by_name['GetMessages']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['GetMessages']._serialized_options = b'\202\323\344\223\002.\022,/v1/conversations/{conversation_id}/messages'
+  _globals['_CHATSERVICE'].methods_by_name['GetThread']._loaded_options = None
+  _globals['_CHATSERVICE'].methods_by_name['GetThread']._serialized_options = b'\202\323\344\223\0027\0225/v1/conversations/{conversation_id}/threads/{root_id}'
   _globals['_CHATSERVICE'].methods_by_name['GetConversations']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['GetConversations']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/conversations'
   _globals['_CHATSERVICE'].methods_by_name['MarkAsRead']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['MarkAsRead']._serialized_options = b'\202\323\344\223\002-\"(/v1/conversations/{conversation_id}/read:\001*'
   _globals['_MESSAGE']._serialized_start=124
-  _globals['_MESSAGE']._serialized_end=267
-  _globals['_CONVERSATION']._serialized_start=270
-  _globals['_CONVERSATION']._serialized_end=450
-  _globals['_CONVERSATIONSUMMARY']._serialized_start=453
-  _globals['_CONVERSATIONSUMMARY']._serialized_end=604
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=607
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=970
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=972
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=1045
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=1048
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1591
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=1593
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1649
-  _globals['_GETMESSAGESREQUEST']._serialized_start=1652
-  _globals['_GETMESSAGESREQUEST']._serialized_end=1900
-  _globals['_GETMESSAGESRESPONSE']._serialized_start=1902
-  _globals['_GETMESSAGESRESPONSE']._serialized_end=1984
-  _globals['_GETCONVERSATIONSREQUEST']._serialized_start=1986
-  _globals['_GETCONVERSATIONSREQUEST']._serialized_end=2067
-  _globals['_GETCONVERSATIONSRESPONSE']._serialized_start=2069
-  _globals['_GETCONVERSATIONSRESPONSE']._serialized_end=2173
-  _globals['_MARKASREADREQUEST']._serialized_start=2175
-  _globals['_MARKASREADREQUEST']._serialized_end=2257
-  _globals['_MARKASREADRESPONSE']._serialized_start=2259
-  _globals['_MARKASREADRESPONSE']._serialized_end=2324
-  _globals['_CHATSERVICE']._serialized_start=2327
-  _globals['_CHATSERVICE']._serialized_end=2932
+  _globals['_MESSAGE']._serialized_end=363
+  _globals['_CONVERSATION']._serialized_start=366
+  _globals['_CONVERSATION']._serialized_end=546
+  _globals['_CONVERSATIONSUMMARY']._serialized_start=549
+  _globals['_CONVERSATIONSUMMARY']._serialized_end=700
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=703
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=1066
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=1068
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=1141
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1144
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1724
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1726
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1782
+  _globals['_GETMESSAGESREQUEST']._serialized_start=1785
+  _globals['_GETMESSAGESREQUEST']._serialized_end=2065
+  _globals['_GETMESSAGESRESPONSE']._serialized_start=2067
+  _globals['_GETMESSAGESRESPONSE']._serialized_end=2149
+  _globals['_GETTHREADREQUEST']._serialized_start=2152
+  _globals['_GETTHREADREQUEST']._serialized_end=2335
+  _globals['_GETTHREADRESPONSE']._serialized_start=2337
+  _globals['_GETTHREADRESPONSE']._serialized_end=2449
+  _globals['_GETCONVERSATIONSREQUEST']._serialized_start=2451
+  _globals['_GETCONVERSATIONSREQUEST']._serialized_end=2532
+  _globals['_GETCONVERSATIONSRESPONSE']._serialized_start=2534
+  _globals['_GETCONVERSATIONSRESPONSE']._serialized_end=2638
+  _globals['_MARKASREADREQUEST']._serialized_start=2640
+  _globals['_MARKASREADREQUEST']._serialized_end=2722
+  _globals['_MARKASREADRESPONSE']._serialized_start=2724
+  _globals['_MARKASREADRESPONSE']._serialized_end=2789
+  _globals['_CHATSERVICE']._serialized_start=2792
+  _globals['_CHATSERVICE']._serialized_end=3529
 # @@protoc_insertion_point(module_scope)
