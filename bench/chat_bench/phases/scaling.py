@@ -120,8 +120,9 @@ class _Loader:
             if big > self.big:
                 last = EPOCH + timedelta(milliseconds=big)
                 await cur.execute(
-                    "UPDATE conversations SET last_seq = %s, last_root_seq = %s, last_message_at = %s,"
-                    " last_activity_at = %s WHERE id = %s", (big, big, last, last, BIG))
+                    "UPDATE conversations SET last_seq = %s, last_root_seq = %s,"
+                    " last_message_at = %s, last_activity_at = %s WHERE id = %s",
+                    (big, big, last, last, BIG))
                 await cur.execute(
                     "UPDATE conversation_members SET last_activity_at = %s"
                     " WHERE conversation_id = %s", (last, BIG))

@@ -62,7 +62,8 @@ def upgrade() -> None:
             ON DELETE CASCADE;
         CREATE UNIQUE INDEX uq_messages_root_seq ON messages (tenant_id, conversation_id, root_seq)
             WHERE thread_root_id IS NULL;
-        CREATE UNIQUE INDEX uq_messages_thread_seq ON messages (tenant_id, thread_root_id, thread_seq)
+        CREATE UNIQUE INDEX uq_messages_thread_seq
+            ON messages (tenant_id, thread_root_id, thread_seq)
             WHERE thread_root_id IS NOT NULL;
         """
     )

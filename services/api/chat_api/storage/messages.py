@@ -255,8 +255,9 @@ _ROOT_PAGE = {
                   + _ROOT_PAGE_HEAD + _DESCENDING,
     # The newest message before the time (``_BEFORE_TIME_POSITION``) and its root_seq: the
     # roots up to it are older too (created_at never decreases with seq).
-    "before_time": _BEFORE_TIME_POSITION + _ROOT_HEAD.replace(
-                       "FROM conversation_members cm", "FROM pos CROSS JOIN conversation_members cm")
+    "before_time": _BEFORE_TIME_POSITION
+                   + _ROOT_HEAD.replace("FROM conversation_members cm",
+                                        "FROM pos CROSS JOIN conversation_members cm")
                    + _ROOT_AT.replace("%(cursor)s", "pos.k")
                    + _ROOT_BOUNDS.format(hi="at.root_seq") + _ROOT_PAGE_HEAD
                    + " AND m.created_at < %(before)s" + _DESCENDING,

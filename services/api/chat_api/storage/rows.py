@@ -6,7 +6,6 @@ from typing import Any
 
 from chat_api.models import MessageRecord
 
-
 MESSAGE_COLUMNS = ("{m}.id::text, {m}.conversation_id::text, {m}.seq, {m}.sender_id, {m}.content,"
                    " {m}.created_at, {m}.thread_root_id::text, {m}.reply_count,"
                    " {m}.last_reply_at, {m}.thread_seq")
