@@ -23,6 +23,13 @@ _MEMBER_OF = """
         LIMIT 1) found
     """
 
+# The conversation's members as its row keeps them (the copy ``member_ids``, written with the
+# membership rows): the recipients of a typing signal. One probe of the primary key.
+_MEMBERS = """
+    SELECT c.member_ids FROM conversations c
+    WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
+    """
+
 # Membership is joined in, so a user removed meanwhile gets nothing rather than history.
 # seq is gapless, so the page is also the range (after, after + limit]: with it in the WHERE
 # clause the statement reads one page whatever plan PostgreSQL picks, also when statistics
@@ -30,7 +37,7 @@ _MEMBER_OF = """
 # messages after the position (the same fix and measurements as the API's GetMessages).
 # The CASTs: a small int is sent as smallint, and smallint + smallint overflows.
 _AFTER = """
-    SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at
+    SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at, m.thread_root_id::text
     FROM conversation_members cm
     JOIN messages m ON m.tenant_id = cm.tenant_id AND m.conversation_id = cm.conversation_id
     WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
@@ -53,6 +60,8 @@ class StoredMessage:
     sender_id: str
     content: str
     created_at: datetime
+    thread_root_id: str | None = None
+    """A thread reply's root-level message (replies are caught up like any message)."""
 
 
 class History:
@@ -71,6 +80,13 @@ class History:
                                         "ids": conversation_ids}, tenant=tenant)
         return {r[0] for r in rows}
 
+    async def members(self, tenant: str, conversation_id: str) -> list[str]:
+        """The user ids of the conversation's members (empty when there is no such one)."""
+        row = await self._db.fetchone("db.ws_members", _MEMBERS,
+                                      {"tenant": tenant, "conversation_id": conversation_id},
+                                      tenant=tenant)
+        return list(row[0]) if row is not None else []
+
     async def messages_after(self, tenant: str, user_id: str, conversation_id: str,
                              after_seq: int) -> list[StoredMessage]:
         """One page (``page_size``) of the conversation's messages with seq > after_seq."""
@@ -79,4 +95,5 @@ class History:
                                         "user_id": user_id,
                                         "after": min(after_seq, MAX_POSITION),
                                         "limit": self.page_size}, tenant=tenant)
-        return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4]) for r in rows]
+        return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4], r[5])
+                for r in rows]
