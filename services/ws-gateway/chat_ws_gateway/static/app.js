@@ -4,6 +4,11 @@
 // The client remembers, per conversation, the highest seq it has seen, and sends those
 // positions in a "resume" frame on every (re)connect, so nothing sent while it was offline
 // is lost; messages are kept by seq, so a message seen twice is shown once.
+//
+// Threads: the main list shows root-level messages, each with its reply count; "Reply" opens
+// the thread in a side panel (GetThread), whose form sends with thread_root_id. Typing: the
+// message inputs send a "typing" frame (at most one a second from here; the server passes on
+// one per 3 s), and other members' typing shows under the list for expires_in_ms.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -11,6 +16,7 @@ const state = {
   config: null, user: "", token: "", ws: null, retry: 0, retryTimer: null, pingTimer: null,
   pongDeadline: null, convs: new Map(), messages: new Map(), positions: new Map(),
   current: null, reloadTimer: null, signedIn: false,
+  thread: null, typing: new Map(), typingSentAt: 0, typingTimer: null,
 };
 
 function setStatus(text, cls) {
@@ -106,7 +112,9 @@ function renderConversations() {
 }
 
 async function openConversation(cid) {
+  if (state.thread && state.thread.cid !== cid) $("thread-close").click();
   state.current = cid;
+  renderTyping();
   const c = state.convs.get(cid);
   $("conv-title").textContent = c ? convName(c) : "Conversation";
   $("send-form").hidden = false;
@@ -163,27 +171,155 @@ function renderMessages() {
     list.replaceChildren();
     list.dataset.cid = String(state.current);
   }
-  const shown = new Set([...list.children].map((li) => Number(li.dataset.seq)));
+  const shown = new Map([...list.children].map((li) => [Number(li.dataset.seq), li]));
   const seqs = [...byseq.keys()].sort((a, b) => a - b);
   for (const seq of seqs) {
-    if (shown.has(seq)) continue;
     const m = byseq.get(seq);
-    const li = document.createElement("li");
-    li.dataset.seq = String(seq);
-    li.className = m.sender_id === state.user ? "mine" : "";
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    const time = m.created_at ? new Date(m.created_at).toLocaleTimeString() : "";
-    meta.textContent = `${m.sender_id} · #${seq} · ${time}`;
-    const body = document.createElement("span");
-    body.className = "content";
-    body.textContent = m.content;
-    li.append(meta, body);
+    if (m.thread_root_id) continue;  // replies live in their thread
+    if (shown.has(seq)) { updateReplies(shown.get(seq), m); continue; }
+    const li = messageItem(m);
+    const replies = document.createElement("button");
+    replies.type = "button";
+    replies.className = "replies";
+    replies.addEventListener("click", () => openThread(m.conversation_id, m.id));
+    li.append(replies);
+    updateReplies(li, m);
     const after = [...list.children].find((el) => Number(el.dataset.seq) > seq);
     list.insertBefore(li, after || null);
   }
   list.scrollTop = list.scrollHeight;
 }
+
+function messageItem(m) {
+  const li = document.createElement("li");
+  li.dataset.seq = String(m.seq);
+  li.className = m.sender_id === state.user ? "mine" : "";
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const time = m.created_at ? new Date(m.created_at).toLocaleTimeString() : "";
+  meta.textContent = `${m.sender_id} · #${m.seq} · ${time}`;
+  const body = document.createElement("span");
+  body.className = "content";
+  body.textContent = m.content;
+  li.append(meta, body);
+  return li;
+}
+
+function updateReplies(li, m) {
+  const count = Number(m.reply_count || 0);
+  const button = li.querySelector(".replies");
+  const text = count === 0 ? "Reply" : count === 1 ? "1 reply" : `${count} replies`;
+  if (button && button.textContent !== text) button.textContent = text;
+}
+
+// --- threads ---------------------------------------------------------------------------------------
+
+async function openThread(cid, rootId) {
+  state.thread = { cid, rootId };
+  $("thread-panel").hidden = false;
+  $("app").classList.add("with-thread");
+  $("thread-messages").replaceChildren();
+  $("thread-root").replaceChildren();
+  try {
+    const data = await api("GET", `/v1/conversations/${cid}/threads/${rootId}?limit=100`);
+    addMessage(data.root);
+    for (const m of data.messages) addMessage(m);
+    renderThread();
+    renderMessages();
+    $("thread-message").focus();
+  } catch (e) { showError(e.message); }
+}
+
+function renderThread() {
+  const t = state.thread;
+  if (!t) return;
+  const byseq = state.messages.get(t.cid) || new Map();
+  const root = [...byseq.values()].find((m) => m.id === t.rootId);
+  if (root && !$("thread-root").children.length) {
+    const div = messageItem(root);
+    $("thread-root").append(div);
+  }
+  const list = $("thread-messages");
+  const shown = new Set([...list.children].map((li) => Number(li.dataset.seq)));
+  const replies = [...byseq.values()].filter((m) => m.thread_root_id === t.rootId)
+    .sort((a, b) => a.seq - b.seq);
+  for (const m of replies) {
+    if (shown.has(m.seq)) continue;
+    const after = [...list.children].find((el) => Number(el.dataset.seq) > m.seq);
+    list.insertBefore(messageItem(m), after || null);
+  }
+  list.scrollTop = list.scrollHeight;
+}
+
+// A live reply changes its root's count: read the root again (one small call) rather than
+// guess whether the count already included it.
+async function refreshRoot(cid, rootId) {
+  try {
+    const data = await api("GET", `/v1/conversations/${cid}/threads/${rootId}?limit=1`);
+    addMessage(data.root);
+    if (cid === state.current) renderMessages();
+  } catch (e) { console.warn(e); }
+}
+
+$("thread-close").addEventListener("click", () => {
+  state.thread = null;
+  $("thread-panel").hidden = true;
+  $("app").classList.remove("with-thread");
+});
+
+$("thread-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const t = state.thread;
+  const input = $("thread-message");
+  const content = input.value.trim();
+  if (!t || !content) return;
+  input.value = "";
+  try {
+    const r = await sendMessage({ conversation_id: t.cid, content, thread_root_id: t.rootId });
+    addMessage(r.message);
+    renderThread();
+    await refreshRoot(t.cid, t.rootId);
+  } catch (e) { showError(e.message); input.value = content; }
+});
+
+// --- typing ----------------------------------------------------------------------------------------
+
+function sendTyping(cid) {
+  const now = Date.now();
+  if (!cid || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  if (now - state.typingSentAt < 1000) return;
+  state.typingSentAt = now;
+  state.ws.send(JSON.stringify({ type: "typing", conversation_id: cid }));
+}
+
+function onTyping(frame) {
+  if (frame.user_id === state.user) return;
+  const key = `${frame.conversation_id} ${frame.user_id}`;
+  state.typing.set(key, { cid: frame.conversation_id, user: frame.user_id,
+                          until: Date.now() + Number(frame.expires_in_ms || 5000) });
+  renderTyping();
+}
+
+function stopTyping(cid, user) {
+  if (state.typing.delete(`${cid} ${user}`)) renderTyping();
+}
+
+function renderTyping() {
+  const now = Date.now();
+  for (const [key, t] of state.typing) if (t.until <= now) state.typing.delete(key);
+  const users = [...state.typing.values()].filter((t) => t.cid === state.current)
+    .map((t) => t.user).sort();
+  $("typing").textContent = users.length === 0 ? ""
+    : users.length === 1 ? `${users[0]} is typing…` : `${users.join(", ")} are typing…`;
+  clearTimeout(state.typingTimer);
+  if (state.typing.size) {
+    const next = Math.min(...[...state.typing.values()].map((t) => t.until)) - now;
+    state.typingTimer = setTimeout(renderTyping, Math.max(50, next));
+  }
+}
+
+$("message").addEventListener("input", () => sendTyping(state.current));
+$("thread-message").addEventListener("input", () => sendTyping(state.thread && state.thread.cid));
 
 $("send-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -191,22 +327,26 @@ $("send-form").addEventListener("submit", async (ev) => {
   const input = $("message");
   const content = input.value.trim();
   if (!content || !state.current) return;
-  const body = { conversation_id: state.current, content,
-                 idempotency_key: crypto.randomUUID ? crypto.randomUUID()
-                   : String(Date.now()) + Math.random() };
   input.value = "";
+  try {
+    const r = await sendMessage({ conversation_id: state.current, content });
+    if (addMessage(r.message) && r.message.conversation_id === state.current) renderMessages();
+  } catch (e) { showError(e.message); input.value = content; }
+});
+
+async function sendMessage(fields) {
+  const body = { ...fields, idempotency_key: crypto.randomUUID ? crypto.randomUUID()
+                   : String(Date.now()) + Math.random() };
   // A send that fails on the network is retried with the same key: never sent twice.
   for (let attempt = 0; ; attempt++) {
     try {
-      const r = await api("POST", "/v1/messages", body);
-      if (addMessage(r.message) && r.message.conversation_id === state.current) renderMessages();
-      return;
+      return await api("POST", "/v1/messages", body);
     } catch (e) {
-      if (attempt >= 2 || !(e instanceof TypeError)) { showError(e.message); input.value = content; return; }
+      if (attempt >= 2 || !(e instanceof TypeError)) throw e;
       await new Promise((ok) => setTimeout(ok, 500 * (attempt + 1)));
     }
   }
-});
+}
 
 // --- live events ---------------------------------------------------------------------------------
 
@@ -215,9 +355,14 @@ function onEvent(frame) {
     const m = frame.message;
     const cid = m.conversation_id;
     const fresh = addMessage(m);
+    stopTyping(cid, m.sender_id);
     const c = state.convs.get(cid);
     if (!c) { scheduleReload(); return; }
     c.last_seq = Math.max(c.last_seq, Number(m.seq));
+    if (m.thread_root_id && fresh) {
+      if (state.thread && state.thread.rootId === m.thread_root_id) renderThread();
+      refreshRoot(cid, m.thread_root_id);
+    }
     if (cid === state.current) {
       renderMessages();
       if (fresh && m.sender_id !== state.user) markRead(cid).catch(() => {});
@@ -232,6 +377,8 @@ function onEvent(frame) {
       c.unread = Math.max(0, c.last_seq - c.last_read_seq);
       renderConversations();
     }
+  } else if (frame.type === "typing") {
+    onTyping(frame);
   } else if (frame.type === "pong") {
     clearTimeout(state.pongDeadline);
   } else if (frame.type === "error") {
@@ -296,6 +443,8 @@ $("signin-form").addEventListener("submit", async (ev) => {
     state.token = await getToken(user);
     state.user = user;
     state.convs.clear(); state.messages.clear(); state.positions.clear();
+    state.typing.clear();
+    if (state.thread) $("thread-close").click();
     state.current = null;
     $("messages").replaceChildren();
     $("conv-title").textContent = "Pick a conversation";
