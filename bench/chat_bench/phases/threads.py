@@ -32,6 +32,9 @@ WARMUP = 30
 PAGE = 50
 THREAD_TARGET_MS = 1.2
 TIMELINE_TARGET_MS = 1.0  # the rpc phase's GetMessages(50) target
+MIXED_FACTOR = 1.2
+"""A page of the timeline that skips replies costs at most this much more than a page of a
+conversation without threads (measured side by side, so it holds on a loaded machine too)."""
 USERS = ("bench-thread-a", "bench-thread-b")
 
 
@@ -130,7 +133,15 @@ def targets(figures: Mapping[str, Any]) -> list[Check]:
         check("GetMessages(50) root-level, replies mixed in, mean, gRPC",
               _mean(figures, "GetMessages root-level"), f"<= {TIMELINE_TARGET_MS:g} ms",
               at_most(TIMELINE_TARGET_MS), "ms"),
+        check("GetMessages(50) root-level, replies mixed in / no threads",
+              _ratio(figures, "GetMessages root-level", "GetMessages no threads"),
+              f"<= {MIXED_FACTOR:g}x", at_most(MIXED_FACTOR), "x"),
     ]
+
+
+def _ratio(figures: Mapping[str, Any], name: str, base: str) -> float | None:
+    value, reference = _mean(figures, name), _mean(figures, base)
+    return value / reference if value is not None and reference else None
 
 
 def details(figures: Mapping[str, Any]) -> list[str]:
