@@ -72,7 +72,8 @@ def statements() -> dict[str, Callable[[int], tuple[str, dict[str, Any]]]]:
     return {
         "SendMessage": lambda i: (_SEND, {
             "tenant": TENANT, "conversation_id": f"00000000-0000-0000-0000-{2 + i % 150:012x}",
-            "sender_id": USER, "content": "hello", "idempotency_key": uuid.uuid4().hex}),
+            "sender_id": USER, "content": "hello", "idempotency_key": uuid.uuid4().hex,
+            "thread_root_id": None}),
         "GetMessages(50)": lambda i: (_PAGE["newest"], {
             "tenant": TENANT, "conversation_id": conv, "user_id": USER, "limit": 51}),
         "GetConversations(50)": lambda i: (_LIST_FIRST, {

@@ -163,7 +163,8 @@ async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[s
         "GetMessages(50) after_seq": {**page, "cursor": loader.big // 2},
         # Every message but the oldest 50 is newer than this time.
         "GetMessages(50) before_timestamp": {**page, "before": before},
-        "SendMessage": {"conversation_id": _cid(0), "sender_id": HEAVY, "content": CONTENT},
+        "SendMessage": {"conversation_id": _cid(0), "sender_id": HEAVY, "content": CONTENT,
+                        "thread_root_id": None},
         "MarkAsRead": {"conversation_id": _cid(0), "user_id": HEAVY, "up_to_seq": 0},
     }
 
