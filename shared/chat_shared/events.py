@@ -200,23 +200,26 @@ def payload_sql(event_type: str, expressions: SqlFields) -> str:
     """The ``jsonb_build_object(...)`` that writes ``event_type``'s payload in SQL.
 
     ``expressions`` gives the SQL expression of every field of the payload (nested objects as
-    nested mappings), exactly the fields of its description: a missing or an unknown field is a
-    ValueError when the statement is built (at import), not a wrong event at run time.
-    Timestamps are formatted here, in the statement, as ``format_time`` would. An optional
-    field (``?``) is left out of the object where its expression is NULL.
+    nested mappings), the fields of its description: a missing required field or an unknown
+    field is a ValueError when the statement is built (at import), not a wrong event at run
+    time. Timestamps are formatted here, in the statement, as ``format_time`` would. An
+    optional field (``?``) may be left out, and is left out of the object where its expression
+    is NULL.
     """
     return _object_sql(PAYLOADS[event_type], expressions, event_type)
 
 
 def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
     fields = _fields(shape)
-    if set(expressions) != set(fields):
+    optional = _optional(shape)
+    if not set(fields) - optional <= set(expressions) <= set(fields):
         raise ValueError(f"{where}: the payload's fields are {sorted(fields)}, "
                          f"the SQL gives {sorted(expressions)}")
-    optional = _optional(shape)
     parts: list[str] = []
     extra: list[str] = []
     for name, kind in fields.items():
+        if name not in expressions:  # an optional field this writer never sets
+            continue
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
             sql = _object_sql(kind, expression, f"{where}.{name}")

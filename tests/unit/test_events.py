@@ -59,6 +59,10 @@ def test_payload_sql_follows_the_description_and_formats_times_in_the_statement(
         in sql
     # An optional field is left out where it is NULL; the required ones are kept as written.
     assert "|| jsonb_strip_nulls(jsonb_build_object('thread_root_id', m.root))" in sql
+    # A writer that never sets it may leave it out.
+    without = {"message": {k: v for k, v in MESSAGE_SQL["message"].items()
+                           if k != "thread_root_id"}}
+    assert "thread_root_id" not in payload_sql(MESSAGE_CREATED, without)
     read = payload_sql(CONVERSATION_READ, {"conversation_id": "t.c", "user_id": "t.u",
                                            "last_read_seq": "t.n", "read_at": "now()"})
     assert read.startswith("jsonb_build_object('conversation_id', t.c, 'user_id', t.u, "
