@@ -3,7 +3,8 @@
 It builds, through the API, two conversations of two users with the same number of messages:
 "mixed", where three of every four messages are replies (most to one busy thread, the rest to
 recent roots), and "plain", root-level messages only. Then it times, one call at a time over
-gRPC (the blocking stub, as the rpc phase), alternating call by call so drift hits all alike:
+gRPC whatever ``--transport`` says (the blocking stub, as the rpc phase), alternating call by
+call so drift hits all alike:
 GetThread(50) of the busy thread, GetMessages(50) of mixed's main timeline (root-level only:
 a page that skips the replies between its roots), GetMessages(50) of mixed with its replies,
 GetMessages(50) of plain (the same page without threads) and SendMessage of a reply.
@@ -128,12 +129,12 @@ def _mean(figures: Mapping[str, Any], name: str) -> Any:
 
 def targets(figures: Mapping[str, Any]) -> list[Check]:
     return [
-        check("GetThread(50) mean, gRPC", _mean(figures, "GetThread"),
+        check("threads: GetThread(50) mean", _mean(figures, "GetThread"),
               f"<= {THREAD_TARGET_MS:g} ms", at_most(THREAD_TARGET_MS), "ms"),
-        check("GetMessages(50) root-level, replies mixed in, mean, gRPC",
+        check("threads: GetMessages(50) root-level, replies mixed in, mean",
               _mean(figures, "GetMessages root-level"), f"<= {TIMELINE_TARGET_MS:g} ms",
               at_most(TIMELINE_TARGET_MS), "ms"),
-        check("GetMessages(50) root-level, replies mixed in / no threads",
+        check("threads: GetMessages(50) root-level, replies mixed in / no threads",
               _ratio(figures, "GetMessages root-level", "GetMessages no threads"),
               f"<= {MIXED_FACTOR:g}x", at_most(MIXED_FACTOR), "x"),
     ]
