@@ -275,15 +275,19 @@ _ROOT_PAGE = {
 # conversation), and the page, a range of thread_seq (the reply's gapless position in its
 # thread) read from uq_messages_thread_seq, with bounds as columns for the same reason as
 # above. Column 0 says whether the root is root-level, 1-10 are the root, 11 its id as a uuid,
-# the rest the page's reply (NULLs for an empty page). No row: not a member, or no such message
-# in the conversation.
+# the rest the page's reply (NULLs for an empty page). The root's content is on one row only
+# (it may be 4,096 characters; a page has up to 101 rows). No row: not a member, or no such
+# message in the conversation.
 #
 # ``after_seq`` is a conversation seq: the replies after it are those above the highest
 # thread_seq whose seq is at most it, found by a binary search over thread_seq (seq and
 # thread_seq grow together within a thread): about log2(reply_count) probes of the thread's
 # key, 17 for 90,000 replies, instead of reading every reply before the position.
 _THREAD_HEAD = """
-    SELECT r.thread_root_id IS NULL, r.*, p.* FROM conversation_members cm
+    SELECT r.thread_root_id IS NULL, r.id, r.conversation_id, r.seq, r.sender_id,
+           CASE WHEN row_number() OVER () = 1 THEN r.content END, r.created_at,
+           r.thread_root_id, r.reply_count, r.last_reply_at, r.thread_seq, r.rid, p.*
+    FROM conversation_members cm
     CROSS JOIN LATERAL (
         SELECT """ + message_columns("r") + """, r.id AS rid FROM messages r
         WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
@@ -456,7 +460,8 @@ class MessageRepository:
         if not rows[0][0]:
             return RootState.NOT_ROOT
         page = 2 + len(MESSAGE_COLUMNS.split(","))  # the flag, the root, the root's uuid
-        return ThreadPage(message_from(rows[0], 1),
+        root = next(r for r in rows if r[5] is not None)  # the row with the root's content
+        return ThreadPage(message_from(root, 1),
                           [message_from(r, page) for r in rows if r[page] is not None])
 
     async def page(
