@@ -78,4 +78,5 @@ async def test_reflection_describes_the_chat_service(channel) -> None:
     chat = next(f for f in files if f.package == "chat.v1")
     (service,) = chat.service
     assert {m.name for m in service.method} == {
-        "CreateConversation", "SendMessage", "GetMessages", "GetConversations", "MarkAsRead"}
+        "CreateConversation", "SendMessage", "GetMessages", "GetThread", "GetConversations",
+        "MarkAsRead"}

@@ -136,8 +136,8 @@ def _rules(fd: FieldDescriptor) -> validate_pb2.FieldRules | None:
 def _is_required(fd: FieldDescriptor) -> bool:
     """Whether the rules make the field required (in JSON: the key must be there)."""
     rules = _rules(fd)
-    if rules is None:
-        return False
+    if rules is None or rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
+        return False  # the rules hold only for a value that is given
     if rules.required:
         return True
     kind = rules.WhichOneof("type")
@@ -299,8 +299,17 @@ def _request_single(fd: FieldDescriptor, pending: list[Descriptor], rules: Any, 
             raise ValueError(f"{fd.full_name}: CEL rules on integers cannot be published")
         return _int_schema(fd, getattr(rules, kind) if kind else None, in_body=in_body)
     if fd.type == FieldDescriptor.TYPE_STRING:
-        return _string_rules(fd.full_name, rules.string if kind == "string" else
-                             validate_pb2.StringRules(), cel)
+        schema = _string_rules(fd.full_name, rules.string if kind == "string" else
+                               validate_pb2.StringRules(), cel)
+        if rules is not None and rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
+            # Empty means "not given", which the rules let through.
+            if set(schema) - {"type", "format", "pattern", "description"}:
+                raise ValueError(f"{fd.full_name}: only an optional UUID can be published "
+                                 "with IGNORE_IF_ZERO_VALUE yet")
+            schema.pop("format", None)
+            if "pattern" in schema:
+                schema["pattern"] = f"^$|{schema['pattern']}"
+        return schema
     if kind is not None or cel:
         raise ValueError(f"{fd.full_name}: {kind or 'CEL'} rules cannot be published yet")
     return _single_schema(fd, pending)
