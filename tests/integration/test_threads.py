@@ -310,6 +310,7 @@ async def test_a_root_or_thread_page_reads_only_its_rows_whatever_plan_postgresq
     # still keep the page to its own rows, here with replies and roots interleaved.
     import psycopg
     from chat_api.storage.messages import _ROOT_PAGE, _THREAD_PAGE
+    from chat_api.storage.rows import MESSAGE_COLUMNS
 
     conv = await create_conversation(stub, "alice", ["bob"])
     root = await send(stub, "alice", conv.id, "root")
@@ -343,8 +344,87 @@ async def test_a_root_or_thread_page_reads_only_its_rows_whatever_plan_postgresq
         expected = {"newest": range(301, 279, -2), "before_seq": range(149, 127, -2),
                     "after_seq": range(151, 173, 2)}[mode]
     else:
-        seqs = [r[12 + 2] for r in rows]
+        # The flag, the root's columns, its reactions and id, then the reply (seq its third).
+        seqs = [r[3 + MESSAGE_COLUMNS + 2] for r in rows]
         # thread_seq t is at seq 2t; the cursor (100) is a thread position, after_seq a seq.
         expected = {"newest": range(300, 278, -2), "before": range(198, 176, -2),
                     "after": range(202, 224, 2), "after_seq": range(152, 174, 2)}[mode]
     assert seqs == list(expected)
+
+
+# --- replies in the change log, edits, tombstones and reactions -------------------------------
+
+
+async def test_a_reply_is_an_ordinary_change_edited_deleted_and_reacted_to_like_any_message(
+        stub, db_source):
+    # A reply is the conversation's next change (pos) like any message, and the changes to a
+    # message work on replies; deleting a root leaves a tombstone that keeps its thread.
+    from tests.integration.test_message_changes import delete, edit, react
+
+    conv = await create_conversation(stub, "alice", ["bob"])
+    root = await send(stub, "alice", conv.id, "question")
+    answer = await reply(stub, "bob", conv.id, root.id, "answer")
+    changes = await db_rows(db_source, "SELECT pos, change_type, message_id::text"
+                                       " FROM conversation_changes WHERE conversation_id = %s"
+                                       " ORDER BY pos", conv.id)
+    assert changes == [(1, "message.created", root.id), (2, "message.created", answer.id)]
+    [(payload, pos)] = await db_rows(db_source, "SELECT payload, seq FROM outbox"
+                                                " WHERE payload->'message'->>'id' = %s",
+                                     answer.id)
+    assert pos == 2 and payload["message"]["thread_root_id"] == root.id
+    assert (payload["message"]["version"], payload["message"]["deleted"]) == (1, False)
+
+    edited = (await edit(stub, "bob", conv.id, answer.id, "better answer")).message
+    assert (edited.version, edited.thread_root_id) == (2, root.id)
+    await react(stub, "alice", conv.id, answer.id, "👍")
+    await react(stub, "bob", conv.id, root.id, "🎉")
+    thread = await get_thread(stub, "alice", conv.id, root.id)
+    [got] = thread.messages
+    assert (got.content, got.version, got.HasField("edited_at")) == ("better answer", 2, True)
+    assert [(r.emoji, r.count, r.reacted_by_me) for r in got.reactions] == [("👍", 1, True)]
+    assert [(r.emoji, r.count, r.reacted_by_me) for r in thread.root.reactions] == \
+        [("🎉", 1, False)]
+    [listed] = (await get_messages(stub, "alice", conv.id)).messages  # root-level only
+    assert (listed.id, listed.reply_count) == (root.id, 1)
+    assert [r.emoji for r in listed.reactions] == ["🎉"]
+
+    deleted_root = (await delete(stub, "alice", conv.id, root.id)).message
+    assert deleted_root.deleted and deleted_root.content == ""
+    thread = await get_thread(stub, "bob", conv.id, root.id)
+    assert thread.root.deleted and thread.root.content == "" and not thread.root.reactions
+    assert [m.content for m in thread.messages] == ["better answer"]
+    gone = (await delete(stub, "bob", conv.id, answer.id)).message
+    assert gone.deleted and gone.thread_root_id == root.id
+    thread = await get_thread(stub, "bob", conv.id, root.id)
+    assert [(m.id, m.deleted, m.content) for m in thread.messages] == [(answer.id, True, "")]
+    types = [r[0] for r in await db_rows(
+        db_source, "SELECT change_type FROM conversation_changes WHERE conversation_id = %s"
+                   " ORDER BY pos", conv.id)]
+    assert types == ["message.created", "message.created", "message.updated", "reaction.added",
+                     "reaction.added", "message.deleted", "message.deleted"]
+    [(payload,)] = await db_rows(db_source, "SELECT payload FROM outbox"
+                                            " WHERE event_type = 'message.deleted'"
+                                            " AND payload->'message'->>'id' = %s", answer.id)
+    assert payload["message"]["thread_root_id"] == root.id
+
+
+async def test_a_member_who_cannot_see_a_root_cannot_read_or_answer_its_thread(stub):
+    from tests.integration.test_members import add
+
+    resp = await stub.CreateConversation(chat_pb2.CreateConversationRequest(
+        member_ids=["bob"], title="private", history_visible_to_new_members=False),
+        metadata=auth("alice"))
+    cid = resp.conversation.id
+    old = await send(stub, "alice", cid, "old")
+    await reply(stub, "bob", cid, old.id, "old answer")
+    await add(stub, "alice", cid, ["carol"])
+    expected = await _not_found_details(stub)
+    err = await rpc_error(get_thread(stub, "carol", cid, old.id))
+    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, expected)
+    err = await rpc_error(reply(stub, "carol", cid, old.id, "late"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    new = await send(stub, "bob", cid, "new")
+    answered = await reply(stub, "carol", cid, new.id, "seen")
+    assert [m.id for m in (await get_thread(stub, "carol", cid, new.id)).messages] == \
+        [answered.id]
+    assert [m.content for m in (await get_messages(stub, "carol", cid)).messages] == ["new"]

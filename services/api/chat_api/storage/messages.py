@@ -61,7 +61,8 @@ MAX_REACTIONS = 20
 # at the unique constraint, which aborts the later statements whole (UniqueViolation).
 #
 # Threads (migration 0008): a reply (``thread_root_id`` given) is sent only when the root is a
-# root-level message of the same conversation (``root``, one probe of the primary key); the
+# root-level message of the same conversation that the sender may see (``root``, one probe of
+# the primary key and one of the sender's membership: ``visible_from_seq``); the
 # root's ``reply_count`` and ``last_reply_at`` are updated here (``thread``), after the
 # conversation's row lock, which serialises the conversation's sends, so the counter is exact
 # and the reply's ``thread_seq`` (the new count) gapless. A root-level message takes the next
@@ -74,8 +75,11 @@ _SEND = f"""
           AND p.idempotency_key = %(idempotency_key)s
     ), root AS (
         SELECT r.id FROM messages r
+        JOIN conversation_members rm ON rm.tenant_id = r.tenant_id
+         AND rm.conversation_id = r.conversation_id AND rm.user_id = %(sender_id)s
         WHERE r.tenant_id = %(tenant)s AND r.id = CAST(%(thread_root_id)s AS uuid)
           AND r.conversation_id = %(conversation_id)s AND r.thread_root_id IS NULL
+          AND r.seq > rm.visible_from_seq
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
@@ -169,7 +173,7 @@ REACTIONS_SQL = reactions_sql("m")
 _THREAD_ROOT_STATE = """
     SELECT (SELECT r.thread_root_id IS NULL FROM messages r
             WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
-              AND r.conversation_id = cm.conversation_id)
+              AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq)
     FROM conversation_members cm
     WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
       AND cm.user_id = %(user_id)s
@@ -280,7 +284,7 @@ _ROOT_PAGE_HEAD = f"""
         SELECT {message_columns("m")}, {REACTIONS_SQL}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
-          AND m.thread_root_id IS NULL
+          AND m.thread_root_id IS NULL AND m.seq > cm.visible_from_seq
 """
 _DESCENDING = (" AND m.root_seq <= b.hi AND m.root_seq > b.lo"
                " ORDER BY m.root_seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC")
@@ -334,7 +338,7 @@ _THREAD_HEAD = f"""
         SELECT {message_columns("r")}, {reactions_sql("r")} AS reactions, r.id AS rid
         FROM messages r
         WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
-          AND r.conversation_id = cm.conversation_id
+          AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq
         LIMIT 1
     ) r
 """
