@@ -9,6 +9,11 @@ cannot state, which the document states in words instead:
 - ``after_seq`` with ``before_timestamp``: two query parameters that exclude each other (the
   operation's description says "At most one of after_seq, before_timestamp");
 - ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both.
+- ``emoji``: one emoji (a single grapheme cluster that is an emoji, as chat.proto and
+  docs/api.md say); the document publishes its length, as a pattern for every emoji sequence
+  is beyond a JSON Schema regex;
+- ``member_ids`` of AddMembers: the member limit counts the conversation's members as they
+  are (server state), not only the request's ids.
 
 Every other positive case must be accepted, and each exemption is counted and printed.
 
@@ -32,6 +37,8 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("after_seq", "cannot be combined with before_timestamp"): "after_seq with before_timestamp",
     ("idempotency_key", "is required"): "idempotency key in neither body nor header",
     ("idempotency_key", "differs from the Idempotency-Key header"): "body and header keys differ",
+    ("emoji", "must be a single emoji"): "emoji that is not one emoji",
+    ("member_ids", "a conversation has at most"): "member limit reached (server state)",
 }
 _ACCEPTED = {401, 403, 404, 409, 429}
 EXEMPTIONS: Counter[str] = Counter()

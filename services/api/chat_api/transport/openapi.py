@@ -383,6 +383,23 @@ def _error_schemas() -> dict[str, Any]:
     }
 
 
+# Which answers name what a member operation needs: a conversation (its id) and one of its
+# members (its first member id). Published as links, so a client (and a stateful fuzzer) follows
+# them with a real member; without them, tools that infer links from names took the
+# conversation's id for ``user_id`` (the last ``*_id`` of the path) and got NOT_FOUND.
+_CONVERSATION_ANSWERS = ("CreateConversation", "AddMembers", "UpdateConversation")
+_MEMBER_OPERATIONS = ("RemoveMember", "SetMemberRole")
+
+
+def _links(method: str, methods: set[str]) -> dict[str, Any]:
+    if method not in _CONVERSATION_ANSWERS:
+        return {}
+    return {target: {"operationId": target, "parameters": {
+                "conversation_id": "$response.body#/conversation/id",
+                "user_id": "$response.body#/conversation/member_ids/0"}}
+            for target in _MEMBER_OPERATIONS if target in methods}
+
+
 def openapi_document(service: ServiceDescriptor | None = None) -> dict[str, Any]:
     """The OpenAPI 3.0 document for every annotated RPC of a service (chat.v1.ChatService)."""
     service = service or chat_service()
@@ -418,6 +435,9 @@ def openapi_document(service: ServiceDescriptor | None = None) -> dict[str, Any]
                 "name": "Idempotency-Key", "in": "header", "required": False,
                 "description": "Used as idempotency_key when the body has none.",
                 "schema": {"type": "string"}})
+        links = _links(method.name, set(service.methods_by_name))
+        if links:
+            op["responses"]["200"]["links"] = links
         paths.setdefault(binding.openapi_path, {})[binding.http_method.lower()] = op
     while pending:
         desc = pending.pop()
