@@ -13,8 +13,10 @@ name them (``conversations_direct_key_key``), so the comparison matches by name.
 
 What autogenerate does not compare, and so lives only in the migrations: CHECK constraints,
 the generated expression of ``outbox.partition`` (only that it is a generated column), the
-``outbox_notify`` function and trigger, and the tenancy of migration 0006 beyond its columns and
-keys: row-level security, its policies, the roles and their grants (a test checks those).
+``outbox_notify`` function and trigger, the ``messages_search_vector`` trigger and the
+``chat_search`` text search configuration (migration 0008s), and the tenancy of migration
+0006 beyond its columns and keys: row-level security, its policies, the roles and their
+grants (a test checks those).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, TSVECTOR, UUID
 
 metadata = MetaData()
 
@@ -83,7 +85,7 @@ conversations = Table(
     Column("last_pos", BigInteger, nullable=False, server_default=text("0")),
     Column("history_visible_to_new_members", Boolean, nullable=False,
            server_default=text("true")),
-    # The newest root-level message's root_seq (migration 0008), under the same row lock.
+    # The newest root-level message's root_seq (migration 0009), under the same row lock.
     Column("last_root_seq", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("tenant_id", "id", name="conversations_pkey"),
     UniqueConstraint("tenant_id", "direct_key", name="conversations_tenant_direct_key_key"),
@@ -138,7 +140,7 @@ messages = Table(
     Column("edited_at", _TIMESTAMPTZ),
     # A tombstone: the row keeps its seq, its content is erased (migration 0007).
     Column("deleted_at", _TIMESTAMPTZ),
-    # Threads (migration 0008): the root a reply answers (NULL on a root-level message), the
+    # Threads (migration 0009): the root a reply answers (NULL on a root-level message), the
     # message's position among root-level messages (on a reply: the newest root's before it)
     # and in its thread, and on a root its thread's counter and newest reply's time.
     Column("thread_root_id", UUID(as_uuid=False)),
@@ -146,6 +148,9 @@ messages = Table(
     Column("thread_seq", BigInteger),
     Column("reply_count", BigInteger, nullable=False, server_default=text("0")),
     Column("last_reply_at", _TIMESTAMPTZ),
+    # to_tsvector('chat_search', content), set by the messages_search_vector trigger in the
+    # content's own transaction (migration 0008s); NULL never stays after that migration.
+    Column("search_vector", TSVECTOR),
     PrimaryKeyConstraint("tenant_id", "id", name="messages_pkey"),
     ForeignKeyConstraint(["tenant_id", "conversation_id"],
                          ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
@@ -169,6 +174,7 @@ messages = Table(
           postgresql_where=text("thread_root_id IS NULL")),
     Index("uq_messages_thread_seq", "tenant_id", "thread_root_id", "thread_seq", unique=True,
           postgresql_where=text("thread_root_id IS NOT NULL")),
+    Index("ix_messages_search", "search_vector", postgresql_using="gin"),
 )
 
 # The permanent log of a conversation's ordered changes, one row per position (migration

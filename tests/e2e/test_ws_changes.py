@@ -139,3 +139,27 @@ async def test_a_resume_from_any_position_ends_in_the_servers_state(
     assert view.as_seen_by("bob") == await server_view(stack.stub, "bob", conv.id)
     # What the replay says about the deleted message is its tombstone, never its content.
     assert "soon gone" not in str(view.messages)
+
+
+async def test_a_new_member_of_a_conversation_hiding_history_resumes_only_what_follows(
+        stack: Stack, session: aiohttp.ClientSession) -> None:
+    conv = (await stack.stub.CreateConversation(chat_pb2.CreateConversationRequest(
+        member_ids=["bob"], title="private", history_visible_to_new_members=False),
+        metadata=auth("alice"))).conversation
+    old = await send(stack.stub, "alice", conv.id, "before carol")
+    await stack.stub.AddReaction(chat_pb2.AddReactionRequest(
+        conversation_id=conv.id, message_id=old.id, emoji="👀"), metadata=auth("bob"))
+    await stack.stub.AddMembers(chat_pb2.AddMembersRequest(conversation_id=conv.id,
+                                                           member_ids=["carol"]),
+                                metadata=auth("alice"))
+    await send(stack.stub, "bob", conv.id, "after carol")
+    ws = await ws_connect(session, stack.gateway, "carol", positions={conv.id: 0})
+    frames = []
+    for _ in range(10):
+        frame = await next_frame(ws)
+        frames.append(frame)
+        if frame["type"] == "resumed":
+            break
+    assert [(f["type"], f["pos"]) for f in frames] == [
+        ("member.added", 3), ("message.created", 4), ("resumed", 4)]
+    assert "before carol" not in str(frames) and "👀" not in str(frames)

@@ -1,8 +1,8 @@
 """The demo web client in a real headless Chromium (Debian's, driven by Playwright; no
 downloaded browser): two users on their own pages, a conversation created in the UI, messages
 sent over the HTTP API appearing live for the other user, a network drop that loses nothing,
-a typing indicator, and a thread in the side panel. The last screenshot is saved to
-artifacts/demo.png.
+a typing indicator, a thread in the side panel, and a search in the search box that jumps to
+the message found. The last screenshot is saved to artifacts/demo.png.
 """
 
 from __future__ import annotations
@@ -149,6 +149,15 @@ async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: 
             await expect(alice.locator("#thread-messages li .content")).to_have_text(
                 ["in a thread", "got it"], timeout=20_000)
             await expect(first.get_by_role("button", name="2 replies")).to_be_visible()
+            # Bob searches; the hit shows its matched words marked and jumps to the message.
+            await bob.get_by_label("Search messages").fill("away 2")
+            hit = bob.locator("#search-results button")
+            await expect(hit).to_have_count(1, timeout=20_000)
+            await expect(hit.locator("mark")).to_have_text(["away", "2"])
+            await hit.click()
+            await expect(bob.locator("#conv-title")).to_have_text("Demo day")
+            await expect(bob.locator("#messages li.found .content")).to_have_text(
+                "while you were away 2")
             assert errors == []
             assert failed == [], failed
 

@@ -62,7 +62,8 @@ async def test_openapi_is_served_and_documents_every_route(api):
                    "PATCH /v1/conversations/{conversation_id}/messages/{message_id}",
                    "DELETE /v1/conversations/{conversation_id}/messages/{message_id}",
                    "POST /v1/conversations/{conversation_id}/messages/{message_id}/reactions",
-                   "DELETE /v1/conversations/{conversation_id}/messages/{message_id}/reactions"}
+                   "DELETE /v1/conversations/{conversation_id}/messages/{message_id}/reactions",
+                   "GET /v1/messages:search"}
     for op_id in ("CreateConversation", "SendMessage", "GetMessages", "GetThread",
                   "GetConversations", "MarkAsRead"):
         assert f"id='{op_id}'" in page

@@ -100,6 +100,7 @@ def test_chat_routes_come_from_the_annotations():
         ("DELETE", "/v1/conversations/{conversation_id}/messages/{message_id}", ""),
         ("POST", "/v1/conversations/{conversation_id}/messages/{message_id}/reactions", "*"),
         ("DELETE", "/v1/conversations/{conversation_id}/messages/{message_id}/reactions", ""),
+        ("GET", "/v1/messages:search", ""),
     }
 
 

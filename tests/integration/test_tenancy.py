@@ -129,8 +129,12 @@ async def b_world(stub: Any) -> dict[str, Any]:
         await conversation(stub, B, "alice", [f"x{i}"], title=f"t{i}")
     listed = await stub.GetConversations(chat_pb2.GetConversationsRequest(limit=1),
                                          metadata=md("alice", B))
+    found = await stub.SearchMessages(chat_pb2.SearchMessagesRequest(query="b0 OR b1", limit=1),
+                                      metadata=md("bob", B))
     assert first.next_page_token and ascending.next_page_token and listed.next_page_token
+    assert found.next_page_token
     return {"conv": conv, "sent": sent, "messages_token": first.next_page_token,
+            "search_token": found.next_page_token,
             "ascending_token": ascending.next_page_token,
             "conversations_token": listed.next_page_token}
 
@@ -191,11 +195,51 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
         metadata=md(u, A)))
     grpc_case("GetConversations", lambda u: tstub.GetConversations(
         chat_pb2.GetConversationsRequest(limit=100), metadata=md(u, A)))
+    grpc_case("SearchMessages all conversations", lambda u: tstub.SearchMessages(
+        chat_pb2.SearchMessagesRequest(query="b0 OR b1 OR b2 OR b3 OR b4"), metadata=md(u, A)))
+    grpc_case("SearchMessages conversation_id", lambda u: tstub.SearchMessages(
+        chat_pb2.SearchMessagesRequest(query="b0", conversation_id=conv_b), metadata=md(u, A)))
+    grpc_case("SearchMessages page_token", lambda u: tstub.SearchMessages(
+        chat_pb2.SearchMessagesRequest(query="b0 OR b1", limit=1,
+                                       page_token=world["search_token"]), metadata=md(u, A)))
     grpc_case("CreateConversation with B's members", lambda u: tstub.CreateConversation(
         chat_pb2.CreateConversationRequest(member_ids=["bob", "carol"], title="b-only"),
         metadata=md(u, A)))
     grpc_case("CreateConversation direct with B's member", lambda u: tstub.CreateConversation(
         chat_pb2.CreateConversationRequest(member_ids=["bob"]), metadata=md(u, A)))
+
+    # The changes to a conversation and its messages, with B's ids (and B's message in A's own
+    # conversation): nothing changes for B, nothing of B's is named.
+    b_msg = world["sent"][0].id
+    grpc_case("AddMembers", lambda u: tstub.AddMembers(
+        chat_pb2.AddMembersRequest(conversation_id=conv_b, member_ids=["mallory"]),
+        metadata=md(u, A)))
+    grpc_case("RemoveMember", lambda u: tstub.RemoveMember(
+        chat_pb2.RemoveMemberRequest(conversation_id=conv_b, user_id="bob"), metadata=md(u, A)))
+    grpc_case("SetMemberRole", lambda u: tstub.SetMemberRole(
+        chat_pb2.SetMemberRoleRequest(conversation_id=conv_b, user_id="bob", role="admin"),
+        metadata=md(u, A)))
+    grpc_case("UpdateConversation", lambda u: tstub.UpdateConversation(
+        chat_pb2.UpdateConversationRequest(conversation_id=conv_b, title="hijacked"),
+        metadata=md(u, A)))
+    grpc_case("EditMessage", lambda u: tstub.EditMessage(
+        chat_pb2.EditMessageRequest(conversation_id=conv_b, message_id=b_msg, content="x"),
+        metadata=md(u, A)))
+    grpc_case("EditMessage B's message in A's conversation", lambda u: tstub.EditMessage(
+        chat_pb2.EditMessageRequest(conversation_id=own_a.id, message_id=b_msg, content="x"),
+        metadata=md(u, A)))
+    grpc_case("DeleteMessage", lambda u: tstub.DeleteMessage(
+        chat_pb2.DeleteMessageRequest(conversation_id=conv_b, message_id=b_msg),
+        metadata=md(u, A)))
+    grpc_case("DeleteMessage B's message in A's conversation", lambda u: tstub.DeleteMessage(
+        chat_pb2.DeleteMessageRequest(conversation_id=own_a.id, message_id=b_msg),
+        metadata=md(u, A)))
+    grpc_case("AddReaction", lambda u: tstub.AddReaction(
+        chat_pb2.AddReactionRequest(conversation_id=conv_b, message_id=b_msg, emoji="👍"),
+        metadata=md(u, A)))
+    grpc_case("RemoveReaction", lambda u: tstub.RemoveReaction(
+        chat_pb2.RemoveReactionRequest(conversation_id=conv_b, message_id=b_msg,
+                                       emoji="👍"), metadata=md(u, A)))
 
     # HTTP: the same calls through the gateway's routes.
     base = f"http://127.0.0.1:{tenant_api.http_port}"
@@ -228,8 +272,20 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
     http_case("conversations", "GET", "/v1/conversations", params={"limit": "100"})
     http_case("conversations page_token", "GET", "/v1/conversations",
               params={"page_token": world["conversations_token"]})
+    http_case("search", "GET", "/v1/messages:search", params={"query": "b0 OR b1 OR b2"})
+    http_case("search conversation_id", "GET", "/v1/messages:search",
+              params={"query": "b0", "conversation_id": conv_b})
     http_case("create with B's members", "POST", "/v1/conversations",
               {"member_ids": ["bob", "carol"], "title": "b-only"})
+
+    http_case("add members", "POST", f"/v1/conversations/{conv_b}/members",
+              {"member_ids": ["mallory"]})
+    http_case("remove member", "DELETE", f"/v1/conversations/{conv_b}/members/bob")
+    http_case("update conversation", "PATCH", f"/v1/conversations/{conv_b}",
+              {"title": "hijacked"})
+    http_case("edit message", "PATCH", f"{msgs}/{b_msg}", {"content": "x"})
+    http_case("delete message", "DELETE", f"{msgs}/{b_msg}")
+    http_case("add reaction", "POST", f"{msgs}/{b_msg}/reactions", {"emoji": "\U0001f44d"})
 
     b_ids = {conv_b, *(c for c, _, _ in before_b[0])}
     b_message_ids = {m.id for m in world["sent"]}
@@ -249,7 +305,7 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
     finally:
         await session.close()
     print(f"cross-tenant matrix: {run_count} cases run, {len(leaks)} leaks")
-    assert run_count == 4 * 24
+    assert run_count == 4 * 45
     assert not leaks, "\n".join(leaks)
     # A's calls changed nothing B sees: no message, no read position, no conversation.
     assert await b_snapshot(tstub) == before_b

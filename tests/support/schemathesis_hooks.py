@@ -8,12 +8,14 @@ cannot state, which the document states in words instead:
 - ``page_token``: any string fits its schema, but only a token the server issued is valid;
 - ``after_seq`` with ``before_timestamp``: two query parameters that exclude each other (the
   operation's description says "At most one of after_seq, before_timestamp");
-- ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both.
-- ``emoji``: one emoji (a single grapheme cluster that is an emoji, as chat.proto and
-  docs/api.md say); the document publishes its length, as a pattern for every emoji sequence
-  is beyond a JSON Schema regex;
-- ``member_ids`` of AddMembers: the member limit counts the conversation's members as they
-  are (server state), not only the request's ids.
+- ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both;
+- ``member_ids`` of AddMembers: at most the tenant's member limit *with the members the
+  conversation has already*, which depends on the conversation, not on the request;
+- ``query`` of SearchMessages: at least one word to find (letters or digits, not only excluded
+  words) and at most 32 words: what counts as a word is the search syntax's, which the
+  field's comment in chat.proto states in words;
+- ``emoji``: exactly one emoji, as Unicode's emoji data defines it (skin tones, sequences,
+  flags): no regular expression states that, the field's description does in words.
 
 Every other positive case must be accepted, and each exemption is counted and printed.
 
@@ -37,8 +39,10 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("after_seq", "cannot be combined with before_timestamp"): "after_seq with before_timestamp",
     ("idempotency_key", "is required"): "idempotency key in neither body nor header",
     ("idempotency_key", "differs from the Idempotency-Key header"): "body and header keys differ",
-    ("emoji", "must be a single emoji"): "emoji that is not one emoji",
-    ("member_ids", "a conversation has at most"): "member limit reached (server state)",
+    ("emoji", "must be a single emoji"): "a string that is not one emoji",
+    ("query", "must contain a word to find"): "a search with no word to find",
+    ("query", "must have at most"): "a search with too many words",
+    ("member_ids", "a conversation has at most"): "more members than the conversation has room for",
 }
 _ACCEPTED = {401, 403, 404, 409, 429}
 EXEMPTIONS: Counter[str] = Counter()

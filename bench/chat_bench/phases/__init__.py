@@ -11,12 +11,14 @@ from chat_bench.phases import (
     isolation,
     rpc,
     scaling,
+    search,
     threads,
     throughput,
 )
 
 PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, throughput.PHASE,
-                             delivery.PHASE, isolation.PHASE, idle.PHASE, scaling.PHASE)
+                             delivery.PHASE, isolation.PHASE, idle.PHASE, scaling.PHASE,
+                             search.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

@@ -22,6 +22,7 @@ from chat_api.service.members import MemberService
 from chat_api.service.message_changes import MessageChangeService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
+from chat_api.service.search import SearchService
 from chat_api.service.tenants import TenantDefaults, TenantDirectory
 from chat_api.settings import ApiSettings
 from chat_api.storage.conversations import ConversationRepository
@@ -29,6 +30,7 @@ from chat_api.storage.members import MemberRepository
 from chat_api.storage.message_changes import MessageChangeRepository
 from chat_api.storage.messages import MessageRepository
 from chat_api.storage.reads import ReadRepository
+from chat_api.storage.search import PostgresSearchIndex
 from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
 from chat_api.transport.dispatch import Dispatcher
@@ -159,6 +161,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
         reads=ReadService(ReadRepository(db)),
         members=MemberService(MemberRepository(db), tenants),
         message_changes=MessageChangeService(MessageChangeRepository(db), tenants),
+        search=SearchService(PostgresSearchIndex(db)),
     )
     # Rate limits: shared through REDIS_ADDR (connected on the first check); None when off.
     limiter = build_limiter(settings, settings)

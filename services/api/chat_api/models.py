@@ -84,3 +84,37 @@ class TenantRecord:
     id: str
     active: bool
     limits: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedQuery:
+    """A search query as engine-neutral text: ``tsquery`` is ``to_tsquery`` input whose every
+    operand is one quoted word or phrase."""
+
+    text: str
+    """The query as the caller typed it."""
+    tsquery: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilters:
+    conversation_id: str | None = None
+    sender_id: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchCursor:
+    """Where the next page starts: strictly below this (score, message id)."""
+
+    score: float
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    message: MessageRecord
+    score: float
+    highlights: tuple[tuple[int, int], ...]
+    """[start, end) ranges of the content in code points."""

@@ -68,7 +68,8 @@ class MemberService:
         return conv
 
     async def remove(self, caller: Principal, conversation_id: str, user_id: str) -> None:
-        """Removes ``user_id``; the caller's own id is leaving."""
+        """Removes ``user_id``; the caller's own id is leaving. A user who is not a member is
+        left as is (no event): removing is idempotent, like HTTP's DELETE."""
         cid = validation.conversation_id(conversation_id)
         me = caller.user_id
 
@@ -76,8 +77,6 @@ class MemberService:
             if user_id != me:
                 require_manager(conv, "remove members")
             refuse_direct(conv, "lose members")
-            if target_role is None:
-                raise NotFound(MEMBER_NOT_FOUND)
             if target_role == OWNER and user_id != me:
                 raise PermissionDenied("the owner cannot be removed", reason="ROLE_REQUIRED")
 

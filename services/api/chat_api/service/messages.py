@@ -3,7 +3,7 @@
 Threads: a message sent with ``thread_root_id`` is a reply in the thread of that root-level
 message. GetMessages lists the main timeline (root-level messages) unless asked for every
 message; GetThread pages one thread. Both page in O(page) whatever the mix (the positions that
-make it so are described in migration 0008 and ``storage.messages``).
+make it so are described in migration 0009 and ``storage.messages``).
 
 Idempotency: (tenant, sender, idempotency_key) names one message, and the database alone decides it.
 The send statement (``storage.messages``) answers a used key with the original message instead

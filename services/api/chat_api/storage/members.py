@@ -166,6 +166,7 @@ class MemberRepository:
     async def remove(self, tenant: str, conversation_id: str, actor: str, target: str,
                      check: Callable[[Locked, str | None], None]) -> bool:
         """Removes ``target``; False when the actor is not a member (or no such conversation).
+        A target who is not a member changes nothing (no event).
 
         ``check(conversation, target_role)`` raises when the actor may not (``target_role``
         None: the target is not a member).
@@ -175,6 +176,8 @@ class MemberRepository:
             if conv is None:
                 return False
             check(conv, target_row[0] if target_row else None)
+            if target_row is None:
+                return True
             members = [m for m in conv.member_ids if m != target]
             await conn.execute(_REMOVE, {
                 "tenant": tenant, "conversation_id": conversation_id, "user_id": actor,

@@ -60,7 +60,7 @@ MAX_REACTIONS = 20
 # no lock, no aborted write, no error. Concurrent sends of one key that all miss ``prior`` meet
 # at the unique constraint, which aborts the later statements whole (UniqueViolation).
 #
-# Threads (migration 0008): a reply (``thread_root_id`` given) is sent only when the root is a
+# Threads (migration 0009): a reply (``thread_root_id`` given) is sent only when the root is a
 # root-level message of the same conversation that the sender may see (``root``, one probe of
 # the primary key and one of the sender's membership: ``visible_from_seq``); the
 # root's ``reply_count`` and ``last_reply_at`` are updated here (``thread``), after the
@@ -249,7 +249,7 @@ _PAGE = {
 
 
 # The main timeline (root-level messages only): a page is a range of root_seq, the gapless
-# position among root-level messages (migration 0008), read from uq_messages_root_seq; so,
+# position among root-level messages (migration 0009), read from uq_messages_root_seq; so,
 # as for the seq ranges above, the statement reads one page whatever plan PostgreSQL picks and
 # however many replies sit between the roots. A seq cursor becomes a root_seq bound with one
 # probe of uq_messages_conversation_seq (``at``): every message's root_seq counts the root-level

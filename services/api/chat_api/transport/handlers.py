@@ -12,11 +12,13 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from chat_api.models import SearchFilters
 from chat_api.service.conversations import ConversationService
 from chat_api.service.members import MemberService
 from chat_api.service.message_changes import MessageChangeService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
+from chat_api.service.search import SearchService
 from chat_api.transport import convert
 from chat_shared.auth import Principal
 from chat_shared.protos.chat.v1 import chat_pb2
@@ -32,6 +34,7 @@ class ChatHandlers:
     reads: ReadService
     members: MemberService
     message_changes: MessageChangeService
+    search: SearchService
 
     async def CreateConversation(  # noqa: N802 - named after the RPC
         self, caller: Principal, req: chat_pb2.CreateConversationRequest
@@ -162,6 +165,26 @@ class ChatHandlers:
                                                req.emoji, add=False)
         resp = chat_pb2.RemoveReactionResponse()
         convert.fill_message(resp.message, msg)
+        return resp
+
+    async def SearchMessages(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.SearchMessagesRequest
+    ) -> chat_pb2.SearchMessagesResponse:
+        filters = SearchFilters(
+            conversation_id=(req.conversation_id if req.HasField("conversation_id")
+                             else None),
+            sender_id=req.sender_id if req.HasField("sender_id") else None,
+            after=convert.to_datetime(req.after, "after") if req.HasField("after") else None,
+            before=(convert.to_datetime(req.before, "before") if req.HasField("before")
+                    else None))
+        page = await self.search.search(caller, req.query, filters, req.limit,
+                                        req.page_token)
+        resp = chat_pb2.SearchMessagesResponse(next_page_token=page.next_page_token)
+        for hit in page.items:
+            out = resp.hits.add(conversation_id=hit.message.conversation_id)
+            convert.fill_message(out.message, hit.message)
+            for start, end in hit.highlights:
+                out.highlights.add(start=start, end=end)
         return resp
 
     def registry(self) -> dict[str, Handler]:

@@ -23,6 +23,7 @@ RATE_CLASSES: dict[str, str] = {
     "RemoveMember": "write-other",
     "SetMemberRole": "write-other",
     "UpdateConversation": "write-other",
+    "SearchMessages": "read",
 }
 
 DEFAULT_RATE_CLASS = "write-other"

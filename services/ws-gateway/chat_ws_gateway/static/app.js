@@ -488,6 +488,87 @@ async function sendMessage(fields) {
   }
 }
 
+// --- search ------------------------------------------------------------------------------------
+
+// The content with each highlight in a <mark>, built as DOM nodes (never HTML). Highlights
+// are code point ranges: Array.from splits the string into code points, not UTF-16 units.
+function highlighted(content, highlights) {
+  const chars = Array.from(content);
+  const out = document.createElement("span");
+  let pos = 0;
+  for (const h of highlights || []) {
+    const start = Number(h.start || 0), end = Number(h.end || 0);
+    out.append(chars.slice(pos, start).join(""));
+    const mark = document.createElement("mark");
+    mark.textContent = chars.slice(start, end).join("");
+    out.append(mark);
+    pos = end;
+  }
+  out.append(chars.slice(pos).join(""));
+  return out;
+}
+
+let searchTimer = null;
+async function runSearch() {
+  const query = $("search").value;
+  const list = $("search-results");
+  if (!query.trim()) { list.replaceChildren(); return; }
+  try {
+    const data = await api("GET", "/v1/messages:search?limit=10&query=" +
+                                  encodeURIComponent(query));
+    if ($("search").value !== query) return;  // a newer query is on its way
+    list.replaceChildren();
+    for (const hit of data.hits || []) {
+      const li = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const c = state.convs.get(hit.conversation_id);
+      meta.textContent = `${c ? convName(c) : "conversation"} · ${hit.message.sender_id}`;
+      button.append(meta, highlighted(hit.message.content, hit.highlights));
+      button.addEventListener("click", () => jumpTo(hit.conversation_id,
+                                                    Number(hit.message.seq),
+                                                    hit.message.thread_root_id));
+      li.append(button);
+      list.append(li);
+    }
+  } catch (e) {
+    // A half-typed query (only "-", a lone quote) is refused by the API: not worth a message.
+    list.replaceChildren();
+  }
+}
+
+$("search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(runSearch, 200);
+});
+$("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); runSearch(); });
+
+// Opens the hit's conversation and shows the message (loading the page it is on when it is
+// older than the newest page), outlined; a thread reply is shown in its thread.
+async function jumpTo(cid, seq, rootId) {
+  await openConversation(cid);
+  if (rootId) {
+    await openThread(cid, rootId);
+    const reply = $("thread-messages").querySelector(`li[data-seq="${seq}"]`);
+    if (reply) { reply.classList.add("found"); reply.scrollIntoView({ block: "center" }); }
+    return;
+  }
+  const byseq = state.messages.get(cid);
+  if (!byseq || !byseq.has(seq)) {
+    try {
+      const data = await api("GET", `/v1/conversations/${cid}/messages?limit=50` +
+                                    `&after_seq=${Math.max(0, seq - 1)}`);
+      for (const m of data.messages) addMessage(m);
+      renderMessages();
+    } catch (e) { showError(e.message); return; }
+  }
+  for (const el of $("messages").querySelectorAll("li.found")) el.classList.remove("found");
+  const li = $("messages").querySelector(`li[data-seq="${seq}"]`);
+  if (li) { li.classList.add("found"); li.scrollIntoView({ block: "center" }); }
+}
+
 // --- live events ---------------------------------------------------------------------------------
 
 const MEMBERSHIP = new Set(["member.added", "member.removed", "member.role_changed",

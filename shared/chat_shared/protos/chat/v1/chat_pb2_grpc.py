@@ -104,6 +104,11 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.RemoveReactionRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.RemoveReactionResponse.FromString,
                 _registered_method=True)
+        self.SearchMessages = channel.unary_unary(
+                '/chat.v1.ChatService/SearchMessages',
+                request_serializer=chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -167,7 +172,7 @@ class ChatServiceServicer:
     def RemoveMember(self, request, context):
         """Removes a member (owner or admin; an admin cannot remove the owner); removing oneself is
         leaving, which any member may do. The removed user's next call about the conversation
-        answers NOT_FOUND.
+        answers NOT_FOUND. Removing a user who is not a member changes nothing (idempotent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +217,16 @@ class ChatServiceServicer:
 
     def RemoveReaction(self, request, context):
         """Removes the caller's reaction with an emoji from a message (idempotent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchMessages(self, request, context):
+        """Finds messages by their words, in every conversation of the caller or in one. The query
+        is typed as in a search box: words (all must match), "quoted phrases", OR between two
+        items, -excluded words or phrases, and the last word matched as a prefix (search as you
+        type). Best matches first, recent ones weighing more (docs/api.md, "Search").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,6 +304,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.RemoveReaction,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.RemoveReactionRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.RemoveReactionResponse.SerializeToString,
+            ),
+            'SearchMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMessages,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -669,6 +689,33 @@ class ChatService:
             '/chat.v1.ChatService/RemoveReaction',
             chat_dot_v1_dot_chat__pb2.RemoveReactionRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.RemoveReactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/SearchMessages',
+            chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

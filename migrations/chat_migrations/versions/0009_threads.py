@@ -29,15 +29,15 @@ it removes for replies). Row-level security needs nothing new: these are columns
 DeleteMessage never deletes a row (it leaves a tombstone, migration 0007), so a deleted root
 keeps its replies; the cascade only matters when a whole conversation is deleted.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008s
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008s"
 branch_labels = None
 depends_on = None
 
