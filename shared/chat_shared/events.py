@@ -41,7 +41,15 @@ Types and payloads (JSON objects). Consumers ignore types and fields they do not
                  "edited_at": timestamp or null, "deleted": boolean,
                  "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
                                    "size_bytes": integer, "width": integer, "height": integer,
-                                   "thumbnail_ready": boolean}]}}
+                                   "thumbnail_ready": boolean}],
+                 "thread_root_id"?: uuid}}
+
+A field marked ``?`` may be absent, as in every event written before it existed; readers treat
+an absent ``attachments`` as empty. ``attachments`` is there only on a message with attachments
+(never on a tombstone: deleting a message erases them). ``thread_root_id`` is there only on a
+thread reply (it names the root-level message the reply answers) and absent on a root-level
+message. A reply is an ordered change like any message: it takes the next seq and the next pos,
+and can be edited, deleted and reacted to like any message.
 
 ``message.updated``: a message changed: its sender edited it (``version`` counts the edits,
 from 1), or a thumbnail of one of its attachments became ready (``thumbnail_ready``, the
@@ -53,7 +61,8 @@ new pos, and the payload is the whole message as it is now::
                  "edited_at": timestamp or null, "deleted": boolean,
                  "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
                                    "size_bytes": integer, "width": integer, "height": integer,
-                                   "thumbnail_ready": boolean}]}}
+                                   "thumbnail_ready": boolean}],
+                 "thread_root_id"?: uuid}}
 
 ``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true, no
 attachments: their files are deleted from the store with it)::
@@ -63,10 +72,8 @@ attachments: their files are deleted from the store with it)::
                  "edited_at": timestamp or null, "deleted": boolean,
                  "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
                                    "size_bytes": integer, "width": integer, "height": integer,
-                                   "thumbnail_ready": boolean}]}}
-
-A field marked ``?`` may be absent (events written before it existed, a message without
-attachments): readers treat it as empty.
+                                   "thumbnail_ready": boolean}],
+                 "thread_root_id"?: uuid}}
 
 ``reaction.added`` / ``reaction.removed``: a user's reaction with an emoji to a message::
 
@@ -228,10 +235,13 @@ class _MessageFields(TypedDict):
     deleted: bool
 
 
+# The optional fields through ``total=False`` rather than ``NotRequired``: with postponed
+# annotations, Python 3.11's TypedDict does not see a ``NotRequired`` inside the annotation text.
 class Message(_MessageFields, total=False):
-    # Optional (total=False): absent in events written before attachments, and for a message
-    # without any (and so for every tombstone).
     attachments: list[Attachment]
+    """Only on a message with attachments (so never on a tombstone)."""
+    thread_root_id: UuidText
+    """Only on a thread reply: the root-level message it answers."""
 
 
 class MessageCreated(TypedDict):
@@ -298,6 +308,7 @@ def _fields(shape: type) -> dict[str, Any]:
 
 
 def _optional(shape: type) -> frozenset[str]:
+    """The fields of a payload object that may be absent (``NotRequired``)."""
     return frozenset(getattr(shape, "__optional_keys__", ()))
 
 
@@ -316,7 +327,8 @@ def parse_time(text: str) -> datetime:
 
 def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
             created_at: datetime, version: int = 1, edited_at: datetime | None = None,
-            deleted: bool = False, attachments: Sequence[Attachment] = ()) -> Message:
+            deleted: bool = False, attachments: Sequence[Attachment] = (),
+            thread_root_id: str | None = None) -> Message:
     """A message as events carry it (also the shape the gateway sends from PostgreSQL);
     ``attachments`` only when it has any."""
     out: Message = {
@@ -327,6 +339,8 @@ def message(id: str, conversation_id: str, sender_id: str, content: str, seq: in
         "deleted": deleted}
     if attachments:
         out["attachments"] = list(attachments)
+    if thread_root_id is not None:
+        out["thread_root_id"] = UuidText(thread_root_id)
     return out
 
 
@@ -348,24 +362,25 @@ def payload_sql(event_type: str, expressions: SqlFields) -> str:
     """The ``jsonb_build_object(...)`` that writes ``event_type``'s payload in SQL.
 
     ``expressions`` gives the SQL expression of every field of the payload (nested objects as
-    nested mappings), exactly the fields of its description: a missing or an unknown field is a
-    ValueError when the statement is built (at import), not a wrong event at run time.
-    Timestamps are formatted here, in the statement, as ``format_time`` would.
+    nested mappings), the fields of its description: a missing required field or an unknown
+    field is a ValueError when the statement is built (at import), not a wrong event at run
+    time. Timestamps are formatted here, in the statement, as ``format_time`` would. An
+    optional field (``?``) may be left out, and is left out of the object where its expression
+    is NULL.
     """
     return _object_sql(PAYLOADS[event_type], expressions, event_type)
 
 
 def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
     fields = _fields(shape)
-    required = set(fields) - _optional(shape)
-    if not required <= set(expressions) <= set(fields):
+    optional = _optional(shape)
+    if not set(fields) - optional <= set(expressions) <= set(fields):
         raise ValueError(f"{where}: the payload's fields are {sorted(fields)}, "
                          f"the SQL gives {sorted(expressions)}")
-    optional = _optional(shape)
     parts: list[str] = []
-    extras: list[str] = []
+    extra: list[str] = []
     for name, kind in fields.items():
-        if name not in expressions:
+        if name not in expressions:  # an optional field this writer never sets
             continue
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
@@ -377,14 +392,12 @@ def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
                    else expression)
         else:
             raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
-        if name in optional:
-            # Left out when NULL: jsonb_strip_nulls of the one-field object (the expression's
-            # own value must hold no nulls, which it would strip too).
-            extras.append(f"jsonb_strip_nulls(jsonb_build_object('{name}', {sql}))")
-        else:
-            parts.append(f"'{name}', {sql}")
+        (extra if name in optional else parts).append(f"'{name}', {sql}")
     built = f"jsonb_build_object({', '.join(parts)})"
-    return f"({' || '.join([built, *extras])})" if extras else built
+    if extra:
+        # Only the optional keys are stripped of NULLs: a required field stays as written.
+        built = f"({built} || jsonb_strip_nulls(jsonb_build_object({', '.join(extra)})))"
+    return built
 
 
 def describe_payload(event_type: str) -> str:

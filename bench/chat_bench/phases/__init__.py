@@ -13,12 +13,13 @@ from chat_bench.phases import (
     rpc,
     scaling,
     search,
+    threads,
     throughput,
 )
 
-PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, attachments.PHASE, throughput.PHASE,
-                             delivery.PHASE, isolation.PHASE, idle.PHASE, scaling.PHASE,
-                             search.PHASE)
+PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, attachments.PHASE,
+                             throughput.PHASE, delivery.PHASE, isolation.PHASE, idle.PHASE,
+                             scaling.PHASE, search.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

@@ -85,7 +85,8 @@ def message_payload(deleted: str, attachments: str | None) -> dict[str, object]:
     fields: dict[str, str] = {
         "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
         "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
-        "version": "msg.version", "edited_at": "msg.edited_at", "deleted": deleted}
+        "version": "msg.version", "edited_at": "msg.edited_at", "deleted": deleted,
+        "thread_root_id": "msg.thread_root_id"}
     if attachments is not None:
         fields["attachments"] = attachments
     return {"message": fields}

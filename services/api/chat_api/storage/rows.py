@@ -20,15 +20,18 @@ ATTACHMENTS_JSON = "coalesce(" + ATTACHMENTS_AGG + ", '[]'::jsonb)"
 """``ATTACHMENTS_AGG``, an empty array when there are none (the column ``message_from``
 reads with ``attachments``)."""
 
-MESSAGE_COLUMNS = 9
-"""id, conversation_id, seq, sender_id, content, created_at, version, edited_at, deleted."""
+MESSAGE_COLUMNS = 13
+"""id, conversation_id, seq, sender_id, content, created_at, version, edited_at, deleted,
+thread_root_id, reply_count, last_reply_at, thread_seq."""
 
 
 def message_columns(alias: str) -> str:
-    """The select list ``message_from`` reads, of the messages row ``alias``."""
+    """The select list ``message_from`` reads, of the messages row ``alias`` (each column
+    named as the table's, ``deleted`` for the tombstone flag)."""
     a = alias
     return (f"{a}.id, {a}.conversation_id, {a}.seq, {a}.sender_id, {a}.content, "
-            f"{a}.created_at, {a}.version, {a}.edited_at, {a}.deleted_at IS NOT NULL")
+            f"{a}.created_at, {a}.version, {a}.edited_at, {a}.deleted_at IS NOT NULL AS deleted, "
+            f"{a}.thread_root_id, {a}.reply_count, {a}.last_reply_at, {a}.thread_seq")
 
 
 def attachments_from(value: Any) -> tuple[AttachmentRecord, ...]:
@@ -44,6 +47,8 @@ def message_from(row: tuple[Any, ...], offset: int = 0, *, attachments: bool = F
                  ) -> MessageRecord:
     """A message from the columns of ``message_columns`` starting at ``offset`` in ``row``
     (and with ``attachments``, the attachments' JSON in the column after them)."""
+    root = row[offset + 9]
+    thread_seq = row[offset + 12]
     return MessageRecord(
         id=str(row[offset]),
         conversation_id=str(row[offset + 1]),
@@ -54,5 +59,9 @@ def message_from(row: tuple[Any, ...], offset: int = 0, *, attachments: bool = F
         version=int(row[offset + 6]),
         edited_at=row[offset + 7],
         deleted=bool(row[offset + 8]),
+        thread_root_id=str(root) if root is not None else None,
+        reply_count=int(row[offset + 10]),
+        last_reply_at=row[offset + 11],
+        thread_seq=int(thread_seq) if thread_seq is not None else None,
         attachments=attachments_from(row[offset + MESSAGE_COLUMNS]) if attachments else (),
     )

@@ -15,15 +15,15 @@ the ``tenant_isolation`` policy, and ``chat_app`` (the API) is the role with gra
 never reads it. The partial indexes on uploads not yet attached and on erased ones are the
 sweeper's paths.
 
-Revision ID: 0009a
-Revises: 0008s
+Revision ID: 0010a
+Revises: 0009
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
-revision = "0009a"
-down_revision = "0008s"
+revision = "0010a"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
