@@ -42,17 +42,17 @@ from chat_shared.db import SET_TENANT, conninfo, tenant_execute
 USER = "bench-user"
 TENANT = "default"
 _DATA = """
-    INSERT INTO conversations (id, title, created_by, member_ids, last_seq, last_message_at,
-                               last_activity_at)
+    INSERT INTO conversations (id, title, created_by, member_ids, last_seq, last_root_seq,
+                               last_message_at, last_activity_at)
     SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(i), 12, '0'))::uuid, 'c' || i, %(u)s,
            ARRAY[%(u)s] || ARRAY(SELECT 'member-' || i || '-' || j FROM generate_series(1, 24) j),
-           60, now(), now() - i * interval '1 s'
+           60, 60, now(), now() - i * interval '1 s'
     FROM generate_series(1, 200) i;
     INSERT INTO conversation_members (conversation_id, user_id, last_activity_at)
     SELECT c.id, m, c.last_activity_at FROM conversations c, unnest(c.member_ids) m;
-    INSERT INTO messages (id, conversation_id, seq, sender_id, content, idempotency_key,
-                          created_at)
-    SELECT gen_random_uuid(), c.id, s, %(u)s, 'message ' || s, c.id::text || '-' || s,
+    INSERT INTO messages (id, conversation_id, seq, root_seq, sender_id, content,
+                          idempotency_key, created_at)
+    SELECT gen_random_uuid(), c.id, s, s, %(u)s, 'message ' || s, c.id::text || '-' || s,
            now() - (61 - s) * interval '1 ms'
     FROM conversations c, generate_series(1, 60) s;
     ANALYZE;
@@ -75,7 +75,8 @@ def statements() -> dict[str, Callable[[int], tuple[str, dict[str, Any]]]]:
     return {
         "SendMessage": lambda i: (_SEND, {
             "tenant": TENANT, "conversation_id": f"00000000-0000-0000-0000-{2 + i % 150:012x}",
-            "sender_id": USER, "content": "hello", "idempotency_key": uuid.uuid4().hex}),
+            "sender_id": USER, "content": "hello", "idempotency_key": uuid.uuid4().hex,
+            "thread_root_id": None}),
         "GetMessages(50)": lambda i: (_PAGE["newest"], {
             "tenant": TENANT, "conversation_id": conv, "user_id": USER, "limit": 51}),
         "GetConversations(50)": lambda i: (_LIST_FIRST, {

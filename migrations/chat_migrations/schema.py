@@ -85,11 +85,14 @@ conversations = Table(
     Column("last_pos", BigInteger, nullable=False, server_default=text("0")),
     Column("history_visible_to_new_members", Boolean, nullable=False,
            server_default=text("true")),
+    # The newest root-level message's root_seq (migration 0009), under the same row lock.
+    Column("last_root_seq", BigInteger, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("tenant_id", "id", name="conversations_pkey"),
     UniqueConstraint("tenant_id", "direct_key", name="conversations_tenant_direct_key_key"),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="conversations_tenant_id_fkey"),
     CheckConstraint("last_seq >= 0", name="conversations_last_seq_check"),
     CheckConstraint("last_pos >= 0", name="conversations_last_pos_check"),
+    CheckConstraint("last_root_seq >= 0", name="conversations_last_root_seq_check"),
 )
 
 conversation_members = Table(
@@ -137,6 +140,14 @@ messages = Table(
     Column("edited_at", _TIMESTAMPTZ),
     # A tombstone: the row keeps its seq, its content is erased (migration 0007).
     Column("deleted_at", _TIMESTAMPTZ),
+    # Threads (migration 0009): the root a reply answers (NULL on a root-level message), the
+    # message's position among root-level messages (on a reply: the newest root's before it)
+    # and in its thread, and on a root its thread's counter and newest reply's time.
+    Column("thread_root_id", UUID(as_uuid=False)),
+    Column("root_seq", BigInteger, nullable=False),
+    Column("thread_seq", BigInteger),
+    Column("reply_count", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_reply_at", _TIMESTAMPTZ),
     # to_tsvector('chat_search', content), set by the messages_search_vector trigger in the
     # content's own transaction (migration 0008s); NULL never stays after that migration.
     Column("search_vector", TSVECTOR),
@@ -153,6 +164,16 @@ messages = Table(
     Index("ix_messages_conversation_created", "tenant_id", "conversation_id", "created_at"),
     Index("ix_messages_deleted", "tenant_id", "conversation_id", "seq",
           postgresql_where=text("deleted_at IS NOT NULL")),
+    CheckConstraint("reply_count >= 0", name="messages_reply_count_check"),
+    CheckConstraint("(thread_root_id IS NULL) = (thread_seq IS NULL)",
+                    name="messages_thread_seq_check"),
+    ForeignKeyConstraint(["tenant_id", "thread_root_id"], ["messages.tenant_id", "messages.id"],
+                         ondelete="CASCADE", name="messages_thread_root_fkey"),
+    # The main timeline (root-level messages) and each thread, as gapless ranges.
+    Index("uq_messages_root_seq", "tenant_id", "conversation_id", "root_seq", unique=True,
+          postgresql_where=text("thread_root_id IS NULL")),
+    Index("uq_messages_thread_seq", "tenant_id", "thread_root_id", "thread_seq", unique=True,
+          postgresql_where=text("thread_root_id IS NOT NULL")),
     Index("ix_messages_search", "search_vector", postgresql_using="gin"),
 )
 

@@ -38,19 +38,27 @@ Types and payloads (JSON objects). Consumers ignore types and fields they do not
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
-                 "edited_at": timestamp or null, "deleted": boolean}}
+                 "edited_at": timestamp or null, "deleted": boolean,
+                 "thread_root_id"?: uuid}}
+
+A field marked ``?`` may be absent: ``thread_root_id`` is there only on a thread reply (it names
+the root-level message the reply answers) and absent on a root-level message, as in every
+event written before threads existed. A reply is an ordered change like any message: it takes
+the next seq and the next pos, and can be edited, deleted and reacted to like any message.
 
 ``message.updated``: its sender edited a message (``version`` counts the edits, from 1)::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
-                 "edited_at": timestamp or null, "deleted": boolean}}
+                 "edited_at": timestamp or null, "deleted": boolean,
+                 "thread_root_id"?: uuid}}
 
 ``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true)::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
-                 "edited_at": timestamp or null, "deleted": boolean}}
+                 "edited_at": timestamp or null, "deleted": boolean,
+                 "thread_root_id"?: uuid}}
 
 ``reaction.added`` / ``reaction.removed``: a user's reaction with an emoji to a message::
 
@@ -179,7 +187,7 @@ OptionalTimestamp = NewType("OptionalTimestamp", object)
 """A ``Timestamp`` or null (JSON); in Python ``Timestamp | None``."""
 
 
-class Message(TypedDict):
+class _MessageFields(TypedDict):
     id: UuidText
     conversation_id: UuidText
     sender_id: str
@@ -189,6 +197,13 @@ class Message(TypedDict):
     version: int
     edited_at: OptionalTimestamp
     deleted: bool
+
+
+# The optional fields through ``total=False`` rather than ``NotRequired``: with postponed
+# annotations, Python 3.11's TypedDict does not see a ``NotRequired`` inside the annotation text.
+class Message(_MessageFields, total=False):
+    thread_root_id: UuidText
+    """Only on a thread reply: the root-level message it answers."""
 
 
 class MessageCreated(TypedDict):
@@ -254,6 +269,11 @@ def _fields(shape: type) -> dict[str, Any]:
     return get_type_hints(shape)
 
 
+def _optional(shape: type) -> frozenset[str]:
+    """The fields of a payload object that may be absent (``NotRequired``)."""
+    return frozenset(getattr(shape, "__optional_keys__", ()))
+
+
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with microseconds and a ``Z``: ``2026-11-27T10:00:00.123456Z``."""
     if value.tzinfo is None:
@@ -269,13 +289,17 @@ def parse_time(text: str) -> datetime:
 
 def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
             created_at: datetime, version: int = 1, edited_at: datetime | None = None,
-            deleted: bool = False) -> Message:
+            deleted: bool = False, thread_root_id: str | None = None) -> Message:
     """A message as events carry it (also the shape the gateway sends from PostgreSQL)."""
-    return {"id": UuidText(id), "conversation_id": UuidText(conversation_id),
-            "sender_id": sender_id, "content": content, "seq": seq,
-            "created_at": Timestamp(format_time(created_at)), "version": version,
-            "edited_at": OptionalTimestamp(None if edited_at is None else format_time(edited_at)),
-            "deleted": deleted}
+    out: Message = {
+        "id": UuidText(id), "conversation_id": UuidText(conversation_id),
+        "sender_id": sender_id, "content": content, "seq": seq,
+        "created_at": Timestamp(format_time(created_at)), "version": version,
+        "edited_at": OptionalTimestamp(None if edited_at is None else format_time(edited_at)),
+        "deleted": deleted}
+    if thread_root_id is not None:
+        out["thread_root_id"] = UuidText(thread_root_id)
+    return out
 
 
 def message_created(msg: Message) -> MessageCreated:
@@ -296,20 +320,26 @@ def payload_sql(event_type: str, expressions: SqlFields) -> str:
     """The ``jsonb_build_object(...)`` that writes ``event_type``'s payload in SQL.
 
     ``expressions`` gives the SQL expression of every field of the payload (nested objects as
-    nested mappings), exactly the fields of its description: a missing or an unknown field is a
-    ValueError when the statement is built (at import), not a wrong event at run time.
-    Timestamps are formatted here, in the statement, as ``format_time`` would.
+    nested mappings), the fields of its description: a missing required field or an unknown
+    field is a ValueError when the statement is built (at import), not a wrong event at run
+    time. Timestamps are formatted here, in the statement, as ``format_time`` would. An
+    optional field (``?``) may be left out, and is left out of the object where its expression
+    is NULL.
     """
     return _object_sql(PAYLOADS[event_type], expressions, event_type)
 
 
 def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
     fields = _fields(shape)
-    if set(expressions) != set(fields):
+    optional = _optional(shape)
+    if not set(fields) - optional <= set(expressions) <= set(fields):
         raise ValueError(f"{where}: the payload's fields are {sorted(fields)}, "
                          f"the SQL gives {sorted(expressions)}")
     parts: list[str] = []
+    extra: list[str] = []
     for name, kind in fields.items():
+        if name not in expressions:  # an optional field this writer never sets
+            continue
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
             sql = _object_sql(kind, expression, f"{where}.{name}")
@@ -322,8 +352,12 @@ def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
                 sql = expression
         else:
             raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
-        parts.append(f"'{name}', {sql}")
-    return f"jsonb_build_object({', '.join(parts)})"
+        (extra if name in optional else parts).append(f"'{name}', {sql}")
+    built = f"jsonb_build_object({', '.join(parts)})"
+    if extra:
+        # Only the optional keys are stripped of NULLs: a required field stays as written.
+        built = f"({built} || jsonb_strip_nulls(jsonb_build_object({', '.join(extra)})))"
+    return built
 
 
 def describe_payload(event_type: str) -> str:
@@ -334,7 +368,9 @@ def describe_payload(event_type: str) -> str:
 def _describe(kind: object) -> str:
     if kind in _KIND_NAMES:
         return _KIND_NAMES[kind]
-    inner = ", ".join(f'"{name}": {_describe(k)}' for name, k in _fields(kind).items())  # type: ignore[arg-type]
+    optional = _optional(kind)  # type: ignore[arg-type]
+    inner = ", ".join(f'"{name}"{"?" if name in optional else ""}: {_describe(k)}'
+                      for name, k in _fields(kind).items())  # type: ignore[arg-type]
     return "{" + inner + "}"
 
 
@@ -366,11 +402,13 @@ def _check(kind: object, value: Any, where: str) -> None:
         ok = isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
     else:
         fields = _fields(kind)  # type: ignore[arg-type]
-        if not isinstance(value, dict) or set(value) != set(fields):
+        required = set(fields) - _optional(kind)  # type: ignore[arg-type]
+        if not isinstance(value, dict) or not required <= set(value) <= set(fields):
             got = sorted(value) if isinstance(value, dict) else type(value).__name__
             raise ValueError(f"{where}: expected the fields {sorted(fields)}, got {got}")
         for name, k in fields.items():
-            _check(k, value[name], f"{where}.{name}")
+            if name in value:
+                _check(k, value[name], f"{where}.{name}")
         return
     if not ok:
         raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")

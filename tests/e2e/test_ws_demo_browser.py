@@ -1,8 +1,8 @@
 """The demo web client in a real headless Chromium (Debian's, driven by Playwright; no
 downloaded browser): two users on their own pages, a conversation created in the UI, messages
-sent over the HTTP API appearing live for the other user, and a network drop that loses
-nothing; a search in the search box that jumps to the message found. The last screenshot is
-saved to artifacts/demo.png.
+sent over the HTTP API appearing live for the other user, a network drop that loses nothing,
+a typing indicator, a thread in the side panel, and a search in the search box that jumps to
+the message found. The last screenshot is saved to artifacts/demo.png.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ SCREENSHOT = ROOT / "artifacts" / "demo.png"
 
 @pytest.fixture
 async def demo(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
-    env = base_env(db_source, redis_addr)
+    # A short typing window: the page shows each signal; the window itself is tested elsewhere.
+    env = base_env(db_source, redis_addr, WS_TYPING_INTERVAL="0.3")
     started: list[Api | Relay | Gateway] = [Relay(env, tmp_path).start()]
 
     def page_and_api() -> Gateway:
@@ -117,6 +118,37 @@ async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: 
                 ["hello bob", "hi alice", "while you were away 1", "while you were away 2",
                  "and 3"], timeout=20_000)
 
+            # Alice opens a thread on her first message and types: Bob sees her typing.
+            first = alice.locator("#messages li", has_text="hello bob")
+            await first.get_by_role("button", name="Reply").click()
+            await expect(alice.locator("#thread-root .content")).to_have_text("hello bob")
+            reply_box = alice.get_by_label("Reply in thread", exact=True)
+            for _ in range(40):  # keystrokes until one passes the page's and server's windows
+                await reply_box.press("x")
+                if await bob.locator("#typing").text_content() == "alice is typing…":
+                    break
+                await alice.wait_for_timeout(250)
+            await expect(bob.locator("#typing")).to_have_text("alice is typing…")
+            # Her reply goes to the thread: Bob's timeline keeps its five messages, the root
+            # counts one reply, and her typing indicator is gone with her message.
+            await reply_box.fill("in a thread")
+            await reply_box.press("Enter")
+            await expect(alice.locator("#thread-messages li .content")).to_have_text(
+                ["in a thread"])
+            bob_first = bob.locator("#messages li", has_text="hello bob")
+            await expect(bob_first.get_by_role("button", name="1 reply")).to_be_visible(
+                timeout=20_000)
+            await expect(bob.locator("#typing")).to_have_text("")
+            await expect(bob.locator("#messages li")).to_have_count(5)
+            # Bob opens the thread and answers in it; Alice's panel and count follow live.
+            await bob_first.get_by_role("button", name="1 reply").click()
+            await expect(bob.locator("#thread-messages li .content")).to_have_text(
+                ["in a thread"])
+            await bob.get_by_label("Reply in thread", exact=True).fill("got it")
+            await bob.get_by_label("Reply in thread", exact=True).press("Enter")
+            await expect(alice.locator("#thread-messages li .content")).to_have_text(
+                ["in a thread", "got it"], timeout=20_000)
+            await expect(first.get_by_role("button", name="2 replies")).to_be_visible()
             # Bob searches; the hit shows its matched words marked and jumps to the message.
             await bob.get_by_label("Search messages").fill("away 2")
             hit = bob.locator("#search-results button")

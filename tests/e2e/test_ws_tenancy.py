@@ -82,15 +82,16 @@ def b_conversation(db_source: str, messages: int) -> str:
     cid = str(uuid.uuid4())
     with psycopg.connect(db_source, autocommit=True) as conn:
         conn.execute("INSERT INTO conversations (tenant_id, id, created_by, member_ids, last_seq,"
-                     " last_pos) VALUES (%s, %s, 'alice', '{alice,bob}', %s, %s)",
-                     (B, cid, messages, messages))
+                     " last_pos, last_root_seq)"
+                     " VALUES (%s, %s, 'alice', '{alice,bob}', %s, %s, %s)",
+                     (B, cid, messages, messages, messages))
         conn.execute("INSERT INTO conversation_members (tenant_id, conversation_id, user_id,"
                      " last_activity_at) VALUES (%s, %s, 'alice', now()), (%s, %s, 'bob', now())",
                      (B, cid, B, cid))
         for seq in range(1, messages + 1):
-            conn.execute("INSERT INTO messages (tenant_id, id, conversation_id, seq, sender_id,"
-                         " content, idempotency_key) VALUES (%s, gen_random_uuid(), %s, %s,"
-                         " 'bob', %s, %s)", (B, cid, seq, f"b{seq}", f"k{seq}"))
+            conn.execute("INSERT INTO messages (tenant_id, id, conversation_id, seq, root_seq,"
+                         " sender_id, content, idempotency_key) VALUES (%s, gen_random_uuid(),"
+                         " %s, %s, %s, 'bob', %s, %s)", (B, cid, seq, seq, f"b{seq}", f"k{seq}"))
             # Each message is its conversation's change at pos == seq (the gateway resumes
             # from the change log).
             conn.execute("INSERT INTO conversation_changes (tenant_id, conversation_id, pos,"

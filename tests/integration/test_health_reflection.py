@@ -78,6 +78,6 @@ async def test_reflection_describes_the_chat_service(channel) -> None:
     chat = next(f for f in files if f.package == "chat.v1")
     (service,) = chat.service
     assert {m.name for m in service.method} == {
-        "CreateConversation", "SendMessage", "GetMessages", "GetConversations", "MarkAsRead",
-        "AddMembers", "RemoveMember", "SetMemberRole", "UpdateConversation", "EditMessage",
-        "DeleteMessage", "AddReaction", "RemoveReaction", "SearchMessages"}
+        "CreateConversation", "SendMessage", "GetMessages", "GetThread", "GetConversations",
+        "MarkAsRead", "AddMembers", "RemoveMember", "SetMemberRole", "UpdateConversation",
+        "EditMessage", "DeleteMessage", "AddReaction", "RemoveReaction", "SearchMessages"}

@@ -124,6 +124,39 @@ async def test_after_seq_zero_pages_from_the_first_message(http):
     assert [m["seq"] for m in newest["messages"]] == ["7", "6", "5"]
 
 
+async def test_threads_over_http_reply_timeline_and_thread_page(http):
+    conv = await create(http)
+    root = await post_message(http, conv["id"], "question")
+    status, body = await call(http, "POST", "/v1/messages", "bob",
+                              json={"conversation_id": conv["id"], "content": "answer",
+                                    "idempotency_key": uuid.uuid4().hex,
+                                    "threadRootId": root["id"]})
+    assert status == 200, body
+    answer = body["message"]
+    assert answer["thread_root_id"] == root["id"] and answer["seq"] == "2"
+    assert "thread_root_id" not in root or root["thread_root_id"] == ""
+    # The timeline holds the root with its count; include_thread_replies holds both.
+    status, body = await call(http, "GET", f"/v1/conversations/{conv['id']}/messages", "bob")
+    assert status == 200, body
+    assert [(m["content"], m["reply_count"]) for m in body["messages"]] == [("question", "1")]
+    assert body["messages"][0]["last_reply_at"] == answer["created_at"]
+    status, body = await call(http, "GET", f"/v1/conversations/{conv['id']}/messages", "bob",
+                              params={"include_thread_replies": "true"})
+    assert [m["seq"] for m in body["messages"]] == ["2", "1"]
+    path = f"/v1/conversations/{conv['id']}/threads/{root['id']}"
+    status, body = await call(http, "GET", path, "bob", params={"after_seq": "0", "limit": "1"})
+    assert status == 200, body
+    assert body["root"]["id"] == root["id"] and body["root"]["reply_count"] == "1"
+    assert [m["id"] for m in body["messages"]] == [answer["id"]]
+    # A reply is no thread of its own (400 naming root_id); a stranger gets the same 404 as
+    # for a conversation that does not exist.
+    status, body = await call(http, "GET", f"/v1/conversations/{conv['id']}/threads/"
+                                           f"{answer['id']}", "bob")
+    assert status == 400 and body["message"].startswith("root_id:"), body
+    status, body = await call(http, "GET", path, "mallory")
+    assert status == 404, body
+
+
 async def test_get_conversations_and_mark_as_read(http):
     conv = await create(http)
     await post_message(http, conv["id"], "one")

@@ -53,6 +53,7 @@ async def test_openapi_is_served_and_documents_every_route(api):
     ops = {op.ok().label for op in doc.get_all_operations()}
     assert ops == {"POST /v1/conversations", "POST /v1/messages", "GET /v1/conversations",
                    "GET /v1/conversations/{conversation_id}/messages",
+                   "GET /v1/conversations/{conversation_id}/threads/{root_id}",
                    "POST /v1/conversations/{conversation_id}/read",
                    "POST /v1/conversations/{conversation_id}/members",
                    "DELETE /v1/conversations/{conversation_id}/members/{user_id}",
@@ -63,8 +64,8 @@ async def test_openapi_is_served_and_documents_every_route(api):
                    "POST /v1/conversations/{conversation_id}/messages/{message_id}/reactions",
                    "DELETE /v1/conversations/{conversation_id}/messages/{message_id}/reactions",
                    "GET /v1/messages:search"}
-    for op_id in ("CreateConversation", "SendMessage", "GetMessages", "GetConversations",
-                  "MarkAsRead"):
+    for op_id in ("CreateConversation", "SendMessage", "GetMessages", "GetThread",
+                  "GetConversations", "MarkAsRead"):
         assert f"id='{op_id}'" in page
     # Works offline: nothing is loaded from another host.
     assert not re.search(r"""(src|href)=['"]https?://""", page)

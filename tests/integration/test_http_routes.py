@@ -89,6 +89,7 @@ def test_chat_routes_come_from_the_annotations():
         ("POST", "/v1/conversations", "*"),
         ("POST", "/v1/messages", "*"),
         ("GET", "/v1/conversations/{conversation_id}/messages", ""),
+        ("GET", "/v1/conversations/{conversation_id}/threads/{root_id}", ""),
         ("GET", "/v1/conversations", ""),
         ("POST", "/v1/conversations/{conversation_id}/read", "*"),
         ("POST", "/v1/conversations/{conversation_id}/members", "*"),

@@ -88,6 +88,8 @@ class Seed:
 
     big_conversation: str
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    thread_root: str = ""
+    """The big conversation's first message, whose thread holds the page of messages."""
     members: list[str] = field(default_factory=list)
     """The big conversation's members but the caller (ids of the longest length)."""
     message_ids: list[str] = field(default_factory=list)
@@ -116,9 +118,12 @@ LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
     "CreateConversation": lambda s: chat_pb2.CreateConversationRequest(
         member_ids=_members(s), title="T" * MAX_TITLE),
     "SendMessage": lambda s: chat_pb2.SendMessageRequest(
-        conversation_id=s.big_conversation, content=_content(), idempotency_key=s.unique(MAX_KEY)),
+        conversation_id=s.big_conversation, content=_content(), idempotency_key=s.unique(MAX_KEY),
+        thread_root_id=s.thread_root),
     "GetMessages": lambda s: chat_pb2.GetMessagesRequest(
-        conversation_id=s.big_conversation, limit=MAX_PAGE),
+        conversation_id=s.big_conversation, limit=MAX_PAGE, include_thread_replies=True),
+    "GetThread": lambda s: chat_pb2.GetThreadRequest(
+        conversation_id=s.big_conversation, root_id=s.thread_root, limit=MAX_PAGE),
     "GetConversations": lambda s: chat_pb2.GetConversationsRequest(limit=MAX_PAGE),
     "MarkAsRead": lambda s: chat_pb2.MarkAsReadRequest(
         conversation_id=s.big_conversation, up_to_seq=INT64_MAX),
@@ -288,6 +293,9 @@ async def _seed(api: ApiUnderTest) -> Seed:
         big = await stub.CreateConversation(LARGEST_VALID["CreateConversation"](seed),
                                             metadata=auth(CALLER), timeout=30)
         seed.big_conversation = big.conversation.id
+        root = await stub.SendMessage(LARGEST_VALID["SendMessage"](seed), metadata=auth(CALLER),
+                                      timeout=30)
+        seed.thread_root = root.message.id  # the page of messages below are its replies
         seed.members = [m for m in big.conversation.member_ids if m != CALLER]
         for _ in range(MAX_PAGE):
             sent = await stub.SendMessage(LARGEST_VALID["SendMessage"](seed),

@@ -207,6 +207,8 @@ def test_0006_downgrade_refuses_while_another_tenant_has_rows(
 ) -> None:
     name, dsn = empty_db
     assert migrate(venv_bin, tmp_path, db_source=dsn).returncode == 0
+    # Down to 0006 first: each revision's downgrade is its own transaction.
+    assert migrate(venv_bin, tmp_path, "downgrade", "0006", db_source=dsn).returncode == 0
     postgres.psql(
         "INSERT INTO tenants (id) VALUES ('acme');"
         " INSERT INTO conversations (tenant_id, id, title, created_by, member_ids) VALUES"
@@ -219,3 +221,29 @@ def test_0006_downgrade_refuses_while_another_tenant_has_rows(
     assert postgres.psql("SELECT tenant_id FROM conversations", name) == "acme"
     assert postgres.psql("SELECT relforcerowsecurity FROM pg_class"
                          " WHERE relname = 'messages'", name) == "t"
+
+
+def test_0009_makes_existing_messages_root_level_and_refuses_to_drop_replies(
+    postgres, empty_db, venv_bin, tmp_path
+) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, "upgrade", "0006", db_source=dsn).returncode == 0
+    postgres.psql(_ROWS_AT_0005, name)
+    up = migrate(venv_bin, tmp_path, "upgrade", "0009", db_source=dsn)
+    assert up.returncode == 0, up.stderr
+    assert postgres.psql("SELECT root_seq, thread_root_id IS NULL, reply_count FROM messages",
+                         name) == "1|t|0"
+    assert postgres.psql("SELECT last_root_seq = last_seq FROM conversations", name) == "t"
+    postgres.psql(
+        "INSERT INTO messages (id, conversation_id, seq, root_seq, thread_root_id, thread_seq,"
+        " sender_id, content, idempotency_key) VALUES (gen_random_uuid(),"
+        " '00000000-0000-0000-0000-000000000001', 2, 1, '00000000-0000-0000-0000-0000000000aa',"
+        " 1, 'b', 'reply', 'k2')", name)
+    down = migrate(venv_bin, tmp_path, "downgrade", "0008s", db_source=dsn)
+    assert down.returncode == 1
+    assert "thread replies exist" in down.stderr
+    postgres.psql("DELETE FROM messages WHERE seq = 2", name)
+    down = migrate(venv_bin, tmp_path, "downgrade", "0008s", db_source=dsn)
+    assert down.returncode == 0, down.stderr
+    assert postgres.psql("SELECT count(*) FROM information_schema.columns"
+                         " WHERE column_name IN ('root_seq', 'thread_root_id')", name) == "0"

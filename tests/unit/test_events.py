@@ -35,7 +35,8 @@ CID = "4e921278-2ab6-40b3-85c7-a8711678e514"
 WHEN = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=UTC)
 MESSAGE_SQL = {"message": {"id": "m.id", "conversation_id": "m.cid", "sender_id": "m.s",
                            "content": "m.c", "seq": "m.seq", "created_at": "m.at",
-                           "version": "m.v", "edited_at": "m.e", "deleted": "m.d"}}
+                           "version": "m.v", "edited_at": "m.e", "deleted": "m.d",
+                           "thread_root_id": "m.root"}}
 
 aware_times = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
                            timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
@@ -54,9 +55,15 @@ def test_the_module_docstring_shows_every_payload_as_described(event_type: str) 
 
 def test_payload_sql_follows_the_description_and_formats_times_in_the_statement() -> None:
     sql = payload_sql(MESSAGE_CREATED, MESSAGE_SQL)
-    assert sql.startswith("jsonb_build_object('message', jsonb_build_object('id', m.id, ")
+    assert sql.startswith("jsonb_build_object('message', (jsonb_build_object('id', m.id, ")
     assert """'created_at', to_char((m.at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""" \
         in sql
+    # An optional field is left out where it is NULL; the required ones are kept as written.
+    assert "|| jsonb_strip_nulls(jsonb_build_object('thread_root_id', m.root))" in sql
+    # A writer that never sets it may leave it out.
+    without = {"message": {k: v for k, v in MESSAGE_SQL["message"].items()
+                           if k != "thread_root_id"}}
+    assert "thread_root_id" not in payload_sql(MESSAGE_CREATED, without)
     read = payload_sql(CONVERSATION_READ, {"conversation_id": "t.c", "user_id": "t.u",
                                            "last_read_seq": "t.n", "read_at": "now()"})
     assert read.startswith("jsonb_build_object('conversation_id', t.c, 'user_id', t.u, "
@@ -88,6 +95,18 @@ def test_the_python_builders_write_what_the_checker_accepts() -> None:
         "edited_at"] == "2026-11-27T10:00:00.123456Z"
     read = events.conversation_read(CID, "bob", 3, WHEN)
     assert decode_payload(CONVERSATION_READ, read)["read_at"] == "2026-11-27T10:00:00.123456Z"
+    answer = events.message(CID, CID, "bob", "re", 8, WHEN, thread_root_id=CID)
+    assert decode_payload(MESSAGE_CREATED, events.message_created(answer))["message"][
+        "thread_root_id"] == CID
+
+
+def test_an_optional_field_may_be_absent_but_not_wrong() -> None:
+    msg = dict(events.message(CID, CID, "alice", "x", 1, WHEN))
+    with pytest.raises(ValueError, match=r"^message.created.message.thread_root_id: expected uuid"):
+        decode_payload(MESSAGE_CREATED, {"message": {**msg, "thread_root_id": "nope"}})
+    without_seq = {k: v for k, v in msg.items() if k != "seq"}
+    with pytest.raises(ValueError, match=r"^message.created.message: expected the fields"):
+        decode_payload(MESSAGE_CREATED, {"message": {**without_seq, "thread_root_id": CID}})
 
 
 @pytest.mark.parametrize("change, complaint", [

@@ -4,10 +4,21 @@ what a module declares), registered here. Adding a phase: docs/performance.md.""
 from __future__ import annotations
 
 from chat_bench.phase import Phase
-from chat_bench.phases import changes, delivery, idle, isolation, rpc, scaling, search, throughput
+from chat_bench.phases import (
+    changes,
+    delivery,
+    idle,
+    isolation,
+    rpc,
+    scaling,
+    search,
+    threads,
+    throughput,
+)
 
-PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, throughput.PHASE, delivery.PHASE,
-                             isolation.PHASE, idle.PHASE, scaling.PHASE, search.PHASE)
+PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, throughput.PHASE,
+                             delivery.PHASE, isolation.PHASE, idle.PHASE, scaling.PHASE,
+                             search.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

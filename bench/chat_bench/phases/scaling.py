@@ -3,8 +3,9 @@
 Loading millions of messages through the API would take most of an hour, so this phase COPYs
 a data set straight into the schema (every invariant kept: gapless seqs, member rows with their
 conversation's last activity, ``member_ids``, created_at non-decreasing with seq) in steps:
-one member ("scale-heavy") in ``conversations`` conversations of two members, and one
-conversation ("the big one") that grows to ``big_messages`` messages; at the full size
+one member ("scale-heavy") in ``conversations`` conversations of two members, one
+conversation ("the big one") that grows to ``big_messages`` messages, and one ("threaded") of
+half that size where three messages in four are replies in the thread of its first; at the full size
 (``--scaling-size 1``) 20,000 conversations and 2,000,000 messages, 1,000,000 of them in the
 big conversation. After each step (and ANALYZE) it times the API's own statements, as the API
 runs them (psycopg, prepared; sessions with generic plans), one call at a time over loopback: the
@@ -64,6 +65,9 @@ def _cid(i: int) -> str:
 
 
 BIG = _cid(10**9)
+THREADED = _cid(10**9 + 1)
+"""A conversation half the big one's size where three messages in four answer its first."""
+THREAD_ROOT = _cid(2 * 10**9)
 
 
 class _Loader:
@@ -72,6 +76,7 @@ class _Loader:
     def __init__(self) -> None:
         self.conversations = 0
         self.big = 0
+        self.threaded = 0
         self.messages = 0
 
     async def create_big(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -83,6 +88,14 @@ class _Loader:
             await cur.execute(
                 "INSERT INTO conversation_members (conversation_id, user_id, last_activity_at)"
                 " VALUES (%s, %s, %s), (%s, 'scale-other', %s)", (BIG, HEAVY, EPOCH, BIG, EPOCH))
+            await cur.execute(
+                "INSERT INTO conversations (id, title, created_by, created_at, last_activity_at,"
+                " member_ids) VALUES (%s, 'threaded', %s, %s, %s, %s)",
+                (THREADED, HEAVY, EPOCH, EPOCH, [HEAVY, "scale-other"]))
+            await cur.execute(
+                "INSERT INTO conversation_members (conversation_id, user_id, last_activity_at)"
+                " VALUES (%s, %s, %s), (%s, 'scale-other', %s)",
+                (THREADED, HEAVY, EPOCH, THREADED, EPOCH))
 
     async def grow(self, conn: psycopg.AsyncConnection[Any], conversations: int,
                    per_conversation: int, big: int) -> None:
@@ -91,38 +104,62 @@ class _Loader:
         new = range(self.conversations, conversations)
         async with conn.cursor() as cur:
             async with cur.copy("COPY conversations (id, title, created_by, created_at,"
-                                " last_message_at, last_activity_at, last_seq, last_pos,"
-                                " member_ids)"
-                                " FROM STDIN") as copy:
+                               " last_message_at, last_activity_at, last_seq, last_pos,"
+                               " last_root_seq, member_ids) FROM STDIN") as copy:
                 for i in new:
                     created = EPOCH + timedelta(seconds=i)
                     last = created + timedelta(milliseconds=per_conversation)
                     await copy.write_row((_cid(i), f"c{i}", HEAVY, created, last, last,
                                           per_conversation, per_conversation,
-                                          [HEAVY, f"scale-{i}"]))
+                                          per_conversation, [HEAVY, f"scale-{i}"]))
             async with cur.copy("COPY conversation_members (conversation_id, user_id,"
                                 " last_activity_at, last_read_seq) FROM STDIN") as copy:
                 for i in new:
                     last = EPOCH + timedelta(seconds=i, milliseconds=per_conversation)
                     await copy.write_row((_cid(i), HEAVY, last, per_conversation))
                     await copy.write_row((_cid(i), f"scale-{i}", last, 0))
-            async with cur.copy("COPY messages (id, conversation_id, seq, sender_id, content,"
-                                " idempotency_key, created_at) FROM STDIN") as copy:
+            async with cur.copy("COPY messages (id, conversation_id, seq, root_seq, sender_id,"
+                                " content, idempotency_key, created_at) FROM STDIN") as copy:
                 for i in new:
                     created = EPOCH + timedelta(seconds=i)
                     cid = _cid(i)
                     for seq in range(1, per_conversation + 1):
-                        await copy.write_row((uuid.uuid4(), cid, seq, HEAVY, CONTENT,
+                        await copy.write_row((uuid.uuid4(), cid, seq, seq, HEAVY, CONTENT,
                                               f"{cid}:{seq}",
                                               created + timedelta(milliseconds=seq)))
                 for seq in range(self.big + 1, big + 1):
-                    await copy.write_row((uuid.uuid4(), BIG, seq, HEAVY, CONTENT, f"big:{seq}",
+                    await copy.write_row((uuid.uuid4(), BIG, seq, seq, HEAVY, CONTENT, f"big:{seq}",
                                           EPOCH + timedelta(milliseconds=seq)))
+            threaded = max(200, big // 2)
+            async with cur.copy("COPY messages (id, conversation_id, seq, root_seq,"
+                                " thread_root_id, thread_seq, sender_id, content,"
+                                " idempotency_key, created_at) FROM STDIN") as copy:
+                # seq s is root-level when s % 4 == 1; (s + 3) // 4 roots are at or before it.
+                for seq in range(self.threaded + 1, threaded + 1):
+                    roots = (seq + 3) // 4
+                    root = seq % 4 == 1
+                    await copy.write_row((THREAD_ROOT if seq == 1 else uuid.uuid4(), THREADED,
+                                          seq, roots, None if root else THREAD_ROOT,
+                                          None if root else seq - roots, HEAVY, CONTENT,
+                                          f"threaded:{seq}",
+                                          EPOCH + timedelta(milliseconds=seq)))
+            if threaded > self.threaded:
+                last = EPOCH + timedelta(milliseconds=threaded)
+                roots = (threaded + 3) // 4
+                await cur.execute(
+                    "UPDATE conversations SET last_seq = %s, last_root_seq = %s,"
+                    " last_message_at = %s, last_activity_at = %s WHERE id = %s",
+                    (threaded, roots, last, last, THREADED))
+                await cur.execute("UPDATE messages SET reply_count = %s, last_reply_at = %s"
+                                  " WHERE id = %s", (threaded - roots, last, THREAD_ROOT))
+                self.messages += threaded - self.threaded
+                self.threaded = threaded
             if big > self.big:
                 last = EPOCH + timedelta(milliseconds=big)
                 await cur.execute(
-                    "UPDATE conversations SET last_seq = %s, last_pos = %s, last_message_at = %s,"
-                    " last_activity_at = %s WHERE id = %s", (big, big, last, last, BIG))
+                    "UPDATE conversations SET last_seq = %s, last_pos = %s, last_root_seq = %s,"
+                    " last_message_at = %s, last_activity_at = %s WHERE id = %s",
+                    (big, big, big, last, last, BIG))
                 await cur.execute(
                     "UPDATE conversation_members SET last_activity_at = %s"
                     " WHERE conversation_id = %s", (last, BIG))
@@ -134,14 +171,18 @@ def _statements() -> dict[str, str]:
     # The API's own SQL (imported here, not at module level: only this phase needs the API's
     # package, which the benchmark's workspace has installed).
     from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
-    from chat_api.storage.messages import _PAGE, _SEND
+    from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _SEND, _THREAD_PAGE
     from chat_api.storage.reads import _MARK
 
     return {"GetConversations(50)": _LIST_FIRST, "GetConversations(50), deep page": _LIST_AFTER,
-            "GetMessages(50) newest": _PAGE["newest"],
-            "GetMessages(50) 100 pages back": _PAGE["before_seq"],
-            "GetMessages(50) after_seq": _PAGE["after_seq"],
-            "GetMessages(50) before_timestamp": _PAGE["before_time"],
+            "GetMessages(50) newest": _ROOT_PAGE["newest"],
+            "GetMessages(50) 100 pages back": _ROOT_PAGE["before_seq"],
+            "GetMessages(50) after_seq": _ROOT_PAGE["after_seq"],
+            "GetMessages(50) before_timestamp": _ROOT_PAGE["before_time"],
+            "GetMessages(50) with replies, 100 pages back": _PAGE["before_seq"],
+            "threads: GetMessages(50) 100 pages back": _ROOT_PAGE["before_seq"],
+            "threads: GetThread(50) newest": _THREAD_PAGE["newest"],
+            "threads: GetThread(50) after_seq": _THREAD_PAGE["after_seq"],
             "SendMessage": _SEND, "MarkAsRead": _MARK}
 
 
@@ -152,8 +193,9 @@ async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[s
         " WHERE user_id = %s ORDER BY last_activity_at, conversation_id LIMIT 1", (HEAVY,))
     before = (await _one(conn, "SELECT created_at FROM messages WHERE conversation_id = %s"
                                " AND seq = 51", (BIG,)))[0]
-    page = {"user_id": HEAVY, "limit": 51, "conversation_id": BIG}
-    return {
+    page = {"tenant": "default", "user_id": HEAVY, "limit": 51, "conversation_id": BIG}
+    thread = {**page, "conversation_id": THREADED, "root_id": THREAD_ROOT}
+    params: dict[str, Any] = {
         "GetConversations(50)": page,
         # The last page: the keyset ends just above the member's oldest conversation.
         "GetConversations(50), deep page": {**page, "after_time": oldest[0] + timedelta(
@@ -163,9 +205,18 @@ async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[s
         "GetMessages(50) after_seq": {**page, "cursor": loader.big // 2},
         # Every message but the oldest 50 is newer than this time.
         "GetMessages(50) before_timestamp": {**page, "before": before},
-        "SendMessage": {"conversation_id": _cid(0), "sender_id": HEAVY, "content": CONTENT},
+        "GetMessages(50) with replies, 100 pages back": {
+            **page, "cursor": max(52, loader.big - 100 * 50)},
+        # 100 pages of roots back: 20,000 messages, three in four of them replies.
+        "threads: GetMessages(50) 100 pages back": {
+            **thread, "cursor": max(4 * 52, loader.threaded - 4 * 100 * 50)},
+        "threads: GetThread(50) newest": thread,
+        "threads: GetThread(50) after_seq": {**thread, "after": loader.threaded // 2},
+        "SendMessage": {"conversation_id": _cid(0), "sender_id": HEAVY, "content": CONTENT,
+                        "thread_root_id": None},
         "MarkAsRead": {"conversation_id": _cid(0), "user_id": HEAVY, "up_to_seq": 0},
     }
+    return {name: {"tenant": "default", **values} for name, values in params.items()}
 
 
 async def _time(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any],
@@ -275,7 +326,9 @@ def _fresh_ratio(figures: Mapping[str, Any], name: str) -> float | None:
 
 NAMES = ("GetConversations(50)", "GetConversations(50), deep page", "GetMessages(50) newest",
          "GetMessages(50) 100 pages back", "GetMessages(50) after_seq",
-         "GetMessages(50) before_timestamp", "SendMessage", "MarkAsRead")
+         "GetMessages(50) before_timestamp", "GetMessages(50) with replies, 100 pages back",
+         "threads: GetMessages(50) 100 pages back", "threads: GetThread(50) newest",
+         "threads: GetThread(50) after_seq", "SendMessage", "MarkAsRead")
 
 
 def targets(figures: Mapping[str, Any]) -> list[Check]:

@@ -28,6 +28,12 @@ class MessageRecord:
     edited_at: datetime | None = None
     deleted: bool = False
     reactions: tuple[ReactionCount, ...] = ()
+    thread_root_id: str | None = None
+    """The root-level message a reply answers; None on a root-level message."""
+    reply_count: int = 0
+    last_reply_at: datetime | None = None
+    thread_seq: int | None = None
+    """A reply's position in its thread (1, 2, ...): the cursor of GetThread's page tokens."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from chat_ws_gateway.server import GatewayServer
 from chat_ws_gateway.settings import GatewaySettings
 from chat_ws_gateway.stream_reading import StreamReader
 from chat_ws_gateway.tenants import TenantWatch
+from chat_ws_gateway.typing_indicators import TypingRelay
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -63,6 +64,8 @@ class GatewayApp:
     tenant_watch: TenantWatch | None = field(default=None, repr=False)
     limiter: RateLimiter | None = field(default=None, repr=False)
     _tenant_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    typing: TypingRelay | None = field(default=None, repr=False)
+    _typing_task: asyncio.Task[None] | None = field(default=None, repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -71,11 +74,13 @@ class GatewayApp:
             timeout=PROBE_TIMEOUT)
 
     async def ready(self) -> bool:
-        """Readiness: Redis answers and the reader is positioned on the streams."""
+        """Readiness: Redis answers, the reader is positioned on the streams and typing
+        signals are subscribed to."""
         try:
             # Bounded: the client's retries must not outlast the probe's own timeout.
             pong = await asyncio.wait_for(self.redis.ping(), timeout=1.0)
-            return bool(pong) and self.reader.positioned.is_set()
+            typing = self.typing is None or self.typing.subscribed.is_set()
+            return bool(pong) and self.reader.positioned.is_set() and typing
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
 
@@ -95,6 +100,9 @@ class GatewayApp:
         if self.tenant_watch is not None:
             self._tenant_task = asyncio.get_running_loop().create_task(
                 self.tenant_watch.run(), name="tenant-watch")
+        if self.typing is not None:
+            self._typing_task = asyncio.get_running_loop().create_task(
+                self.typing.run(), name="typing-subscriber")
         host, port = parse_host_port(self.settings.ws_server_address)
         s = self.settings
         self._listener = HttpListener(self.server.app, shutdown_timeout=1.0,
@@ -116,7 +124,7 @@ class GatewayApp:
         await self.hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down", "shutdown",
                                  grace=self.settings.shutdown_grace)
         log.info("ws_gateway_stopping", closed_sockets=open_sockets)
-        for task in (self._reader_task, self._probe_task, self._tenant_task):
+        for task in (self._reader_task, self._probe_task, self._tenant_task, self._typing_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -146,11 +154,15 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     history = History(db, settings.resume_page_size)
     tenant_watch = TenantWatch(db, hub, settings.ws_tenant_check_interval)
     limiter = build_limiter(settings, settings)
+    # Subscribed through the stream client: its socket timeout outlasts the wait for messages.
+    typing = TypingRelay(redis, stream_redis, history, hub.deliver_typing,
+                         interval=settings.ws_typing_interval,
+                         cache_ttl=settings.ws_typing_cache_ttl)
     server = GatewayServer(settings, TokenVerifier(settings), hub, history, tenant_watch,
-                           limiter)
+                           limiter, typing)
     app = GatewayApp(settings=settings, db=db, redis=redis, stream_redis=stream_redis,
                      hub=hub, reader=reader, server=server, health=None,
-                     tenant_watch=tenant_watch, limiter=limiter)
+                     tenant_watch=tenant_watch, limiter=limiter, typing=typing)
     if settings.metrics_port:
         app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_host)
     return app

@@ -45,6 +45,7 @@ from chat_ws_gateway.ordering import (
     Send,
     SlowConsumer,
 )
+from chat_ws_gateway.typing_indicators import TypingRelay
 
 log = get_logger(__name__)
 
@@ -70,11 +71,12 @@ class Connection:
     def __init__(self, ws: web.WebSocketResponse, user_id: str, *, history: History,
                  queue_size: int, close_timeout: float, max_positions: int,
                  transport: asyncio.Transport | None = None,
-                 tenant_id: str = DEFAULT_TENANT) -> None:
+                 tenant_id: str = DEFAULT_TENANT, typing: TypingRelay | None = None) -> None:
         self.ws = ws
         self.user_id = user_id
         self.tenant_id = tenant_id
         self._history = history
+        self._typing = typing
         self._transport = transport
         self._queue: asyncio.Queue[Outgoing] = asyncio.Queue(queue_size)
         self._close_timeout = close_timeout
@@ -170,6 +172,10 @@ class Connection:
             WS_SLOW_CLIENT_DISCONNECTS.inc()
             self.close(protocol.CLOSE_SLOW_CONSUMER, "slow consumer", "slow_consumer")
             raise asyncio.CancelledError from None
+
+    def send_ephemeral(self, frame: str, kind: str) -> None:
+        """Queues a frame outside any conversation's order (a typing signal)."""
+        self._enqueue(Outgoing(frame, kind, None))
 
     def send_error(self, code: str, message: str, **extra: Any) -> None:
         WS_BAD_FRAMES.labels(code).inc()
@@ -293,7 +299,17 @@ class Connection:
             self._enqueue(Outgoing(protocol.pong_frame(), "pong", None))
             self._end_pending()
             return
+        if isinstance(frame, protocol.Typing):
+            await self._typing_signal(frame.conversation_id)
+            return
         await self._resume(frame.positions)
+
+    async def _typing_signal(self, cid: str) -> None:
+        if self._typing is None:
+            return
+        if await self._typing.signal(self.tenant_id, self.user_id, cid) == "not_member":
+            # As for a resume: the same answer for "not a member" and "no such conversation".
+            self.send_error(protocol.NOT_FOUND, "no such conversation", conversation_id=cid)
 
     async def _resume(self, positions: dict[str, int]) -> None:
         # Stop the first-frame timer now, so live events stay held while membership is read.

@@ -28,6 +28,13 @@ _MEMBER_OF = """
         LIMIT 1) found
     """
 
+# The conversation's members as its row keeps them (the copy ``member_ids``, written with the
+# membership rows): the recipients of a typing signal. One probe of the primary key.
+_MEMBERS = """
+    SELECT c.member_ids FROM conversations c
+    WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
+    """
+
 # Membership is joined in, so a user removed meanwhile gets nothing rather than history.
 # seq is gapless, so the page is also the range (after, after + limit]: with it in the WHERE
 # clause the statement reads one page whatever plan PostgreSQL picks, also when statistics
@@ -35,7 +42,7 @@ _MEMBER_OF = """
 # messages after the position (the same fix and measurements as the API's GetMessages).
 # The CASTs: a small int is sent as smallint, and smallint + smallint overflows.
 _AFTER = """
-    SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at
+    SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at, m.thread_root_id::text
     FROM conversation_members cm
     JOIN messages m ON m.tenant_id = cm.tenant_id AND m.conversation_id = cm.conversation_id
     WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
@@ -55,7 +62,7 @@ _CHANGES_AFTER = """
         SELECT ch.pos, ch.change_type, ch.message_id::text, ch.user_id, ch.emoji, ch.role,
                ch.actor_id, m.seq, m.sender_id, m.content, m.created_at, m.version,
                m.edited_at, m.deleted_at IS NOT NULL, c.title,
-               c.history_visible_to_new_members, cm.visible_from_seq
+               c.history_visible_to_new_members, cm.visible_from_seq, m.thread_root_id::text
         FROM conversation_changes ch
         LEFT JOIN messages m ON m.tenant_id = ch.tenant_id AND m.id = ch.message_id
         WHERE ch.tenant_id = cm.tenant_id AND ch.conversation_id = cm.conversation_id
@@ -82,6 +89,8 @@ class StoredMessage:
     sender_id: str
     content: str
     created_at: datetime
+    thread_root_id: str | None = None
+    """A thread reply's root-level message (replies are caught up like any message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,8 @@ class StoredChange:
     title: str
     history_visible: bool
     visible_from_seq: int
+    thread_root_id: str | None = None
+    """A thread reply's root-level message (a reply is an ordered change like any message)."""
 
 
 class History:
@@ -126,6 +137,13 @@ class History:
                                         "ids": conversation_ids}, tenant=tenant)
         return {r[0] for r in rows}
 
+    async def members(self, tenant: str, conversation_id: str) -> list[str]:
+        """The user ids of the conversation's members (empty when there is no such one)."""
+        row = await self._db.fetchone("db.ws_members", _MEMBERS,
+                                      {"tenant": tenant, "conversation_id": conversation_id},
+                                      tenant=tenant)
+        return list(row[0]) if row is not None else []
+
     async def messages_after(self, tenant: str, user_id: str, conversation_id: str,
                              after_seq: int) -> list[StoredMessage]:
         """One page (``page_size``) of the conversation's messages with seq > after_seq."""
@@ -134,7 +152,8 @@ class History:
                                         "user_id": user_id,
                                         "after": min(after_seq, MAX_POSITION),
                                         "limit": self.page_size}, tenant=tenant)
-        return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4]) for r in rows]
+        return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4], r[5])
+                for r in rows]
 
     async def changes_after(self, tenant: str, user_id: str, conversation_id: str,
                             after_pos: int) -> list[StoredChange] | None:
@@ -150,4 +169,5 @@ class History:
             return None
         return [StoredChange(conversation_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
                              r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]), r[14],
-                             bool(r[15]), int(r[16])) for r in rows if r[0] is not None]
+                             bool(r[15]), int(r[16]), r[17]) for r in rows
+                if r[0] is not None]

@@ -81,6 +81,19 @@ class Hub:
                 delivered += 1
         return delivered
 
+    def deliver_typing(self, tenant: str, conversation_id: str, sender: str,
+                       recipients: list[str], frame: str) -> int:
+        """Queues a typing frame for the local sockets of ``recipients`` (never the sender's);
+        returns how many. Ephemeral: outside the conversation's order, never replayed."""
+        delivered = 0
+        for user_id in recipients:
+            if user_id == sender:
+                continue
+            for conn in tuple(self._by_user.get((tenant, user_id), ())):
+                conn.send_ephemeral(frame, "typing")
+                delivered += 1
+        return delivered
+
     async def close_all(self, code: int, message: str, reason: str, grace: float) -> None:
         """Closes every connection with ``code`` and waits (up to ``grace`` s) for them."""
         conns = [c for cs in self._by_user.values() for c in cs]

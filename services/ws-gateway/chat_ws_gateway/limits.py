@@ -35,3 +35,30 @@ class FrameBudget:
             return False
         self._tokens -= 1.0
         return True
+
+
+class TypingThrottle:
+    """At most one typing signal per key (user and conversation) every ``interval`` seconds.
+
+    ``allow(key)`` says whether a signal for ``key`` may go out now, and if so starts its
+    window. Extra signals inside a window are dropped by the caller, silently: a client that
+    sends a typing frame on every keystroke is behaving normally. The table forgets keys whose
+    window has passed once it holds ``max_keys``, so its size stays bounded.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 1024) -> None:
+        self._interval = float(interval)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._until: dict[object, float] = {}
+
+    def allow(self, key: object) -> bool:
+        now = self._clock()
+        until = self._until.get(key)
+        if until is not None and now < until:
+            return False
+        if len(self._until) >= self._max_keys:
+            self._until = {k: u for k, u in self._until.items() if u > now}
+        self._until[key] = now + self._interval
+        return True

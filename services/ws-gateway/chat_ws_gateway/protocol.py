@@ -3,10 +3,10 @@
 Server -> client: the ordered changes (``message.created``, ``message.updated``,
 ``message.deleted``, ``reaction.added``, ``reaction.removed``, ``member.added``,
 ``member.removed``, ``member.role_changed``, ``conversation.updated``: each with its ``pos``),
-``conversation.read``, ``resumed``, ``pong``, ``error``.
-Client -> server: ``resume`` and ``ping``. Close codes are fixed here so docs/websocket.md, the
-server and the demo client agree. Frames that several sockets receive are encoded once (``encode``)
-and the same string is queued for each of them.
+``conversation.read``, ``resumed``, ``typing``, ``pong``, ``error``.
+Client -> server: ``resume``, ``typing`` and ``ping``. Close codes are fixed here so
+docs/websocket.md, the server and the demo client agree. Frames that several sockets receive are
+encoded once (``encode``) and the same string is queued for each of them.
 """
 
 from __future__ import annotations
@@ -88,7 +88,12 @@ class Ping:
     pass
 
 
-ClientFrame = Resume | Ping
+@dataclass(frozen=True, slots=True)
+class Typing:
+    conversation_id: str
+
+
+ClientFrame = Resume | Ping | Typing
 
 
 def encode(frame: dict[str, Any]) -> str:
@@ -106,9 +111,11 @@ def parse_client_frame(text: str, *, max_positions: int) -> ClientFrame:
     kind = data.get("type")
     if kind == "ping":
         return Ping()
+    if kind == "typing":
+        return Typing(_conversation_id(data.get("conversation_id"), "typing.conversation_id"))
     if kind != "resume":
         raise FrameError(UNKNOWN_TYPE, f"unknown frame type {str(kind)[:40]!r}; "
-                                       "expected 'resume' or 'ping'")
+                                       "expected 'resume', 'typing' or 'ping'")
     positions = data.get("positions")
     if not isinstance(positions, dict):
         raise FrameError(BAD_FRAME, "resume.positions must be an object "
@@ -126,6 +133,15 @@ def parse_client_frame(text: str, *, max_positions: int) -> ClientFrame:
             raise FrameError(BAD_FRAME, f"resume.positions[{cid}] must be an integer >= 0")
         out[cid] = seq
     return Resume(out)
+
+
+def _conversation_id(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise FrameError(BAD_FRAME, f"{field} must be a conversation id")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise FrameError(BAD_FRAME, f"{field}: {value[:40]!r} is not a conversation id") from exc
 
 
 def error_frame(code: str, message: str, **extra: Any) -> str:
@@ -153,7 +169,8 @@ def message_frame(message: Mapping[str, Any], event_id: str | None) -> str:
 def history_frame(message: StoredMessage) -> str:
     """The frame of a message read from PostgreSQL: as its event's, without an event id."""
     return message_frame(events.message(message.id, message.conversation_id, message.sender_id,
-                                        message.content, message.seq, message.created_at), None)
+                                        message.content, message.seq, message.created_at,
+                                        thread_root_id=message.thread_root_id), None)
 
 
 def event_frame(event: Event) -> str | None:
@@ -198,7 +215,8 @@ def stored_change_frame(change: StoredChange) -> str | None:
         payload = {"message": events.message(
             change.message_id or "", cid, change.sender_id or "",
             "" if change.deleted else change.content or "", change.message_seq,
-            change.created_at, change.version or 1, change.edited_at, change.deleted)}
+            change.created_at, change.version or 1, change.edited_at, change.deleted,
+            change.thread_root_id)}
     elif t in (REACTION_ADDED, REACTION_REMOVED):
         payload = {"conversation_id": cid, "message_id": change.message_id,
                    "user_id": change.user_id, "emoji": change.emoji}

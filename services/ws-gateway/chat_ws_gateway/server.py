@@ -29,6 +29,7 @@ from chat_ws_gateway.limits import FrameBudget
 from chat_ws_gateway.metrics import WS_CLOSES
 from chat_ws_gateway.settings import GatewaySettings
 from chat_ws_gateway.tenants import TenantWatch
+from chat_ws_gateway.typing_indicators import TypingRelay
 
 log = get_logger(__name__)
 
@@ -72,11 +73,15 @@ def authenticate(verifier: TokenVerifier, request: web.Request) -> Principal:
 class GatewayServer:
     def __init__(self, settings: GatewaySettings, verifier: TokenVerifier, hub: Hub,
                  history: History, tenants: TenantWatch | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None, typing: TypingRelay | None = None
+                 ) -> None:
         """
         Args:
             limiter: the shared rate limiter (class ``connect`` for each new socket); None =
                 RATE_LIMIT_ENABLED is false.
+            typing: the typing relay (it throttles typing signals itself, one per user and
+                conversation every WS_TYPING_INTERVAL, atomically with the publish); None =
+                typing frames are accepted and dropped.
         """
         self._settings = settings
         self._limiter = limiter
@@ -88,6 +93,7 @@ class GatewayServer:
         self._hub = hub
         self._history = history
         self._tenants = tenants
+        self._typing = typing
         self.accepting = True
         self.app = web.Application()
         self.app.router.add_get("/v1/ws", self._ws)
@@ -143,7 +149,8 @@ class GatewayServer:
         conn = Connection(ws, principal.user_id, history=self._history,
                           queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
                           max_positions=s.ws_max_resume_positions,
-                          transport=request.transport, tenant_id=principal.tenant_id)
+                          transport=request.transport, tenant_id=principal.tenant_id,
+                          typing=self._typing)
         self._hub.add(conn)
         conn.start(expires_at=principal.expires_at, resume_wait=s.ws_resume_wait)
         log.debug("ws_connected", user_id=principal.user_id)

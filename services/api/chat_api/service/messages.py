@@ -1,4 +1,9 @@
-"""SendMessage and GetMessages.
+"""SendMessage, GetMessages and GetThread.
+
+Threads: a message sent with ``thread_root_id`` is a reply in the thread of that root-level
+message. GetMessages lists the main timeline (root-level messages) unless asked for every
+message; GetThread pages one thread. Both page in O(page) whatever the mix (the positions that
+make it so are described in migration 0009 and ``storage.messages``).
 
 Idempotency: (tenant, sender, idempotency_key) names one message, and the database alone decides it.
 The send statement (``storage.messages``) answers a used key with the original message instead
@@ -39,7 +44,14 @@ from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
 from chat_api.service.reads import NOT_FOUND
 from chat_api.service.tenants import TenantDirectory
-from chat_api.storage.messages import DuplicateKey, MessageRepository, PageMode
+from chat_api.storage.messages import (
+    DuplicateKey,
+    MessageRepository,
+    PageMode,
+    RootState,
+    ThreadMode,
+    ThreadPage,
+)
 from chat_shared.auth import Principal
 from chat_shared.errors import AlreadyExists, InvalidArgument, NotFound
 
@@ -55,8 +67,10 @@ REASON_DUPLICATE = "DUPLICATE_REQUEST"      # same key, same conversation and co
 REASON_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # same key, different conversation or content
 
 
-def _duplicate(original: MessageRecord, conversation_id: str, content: str) -> AlreadyExists:
-    same = original.conversation_id == conversation_id and original.content == content
+def _duplicate(original: MessageRecord, conversation_id: str, content: str,
+               thread_root_id: str | None) -> AlreadyExists:
+    same = (original.conversation_id == conversation_id and original.content == content
+            and original.thread_root_id == thread_root_id)
     reason = REASON_DUPLICATE if same else REASON_KEY_REUSED
     message = ("message already sent with this idempotency_key" if same
                else "idempotency_key was already used for a different message")
@@ -73,30 +87,40 @@ class MessageService:
         self._tenants = tenants
 
     async def send(
-        self, caller: Principal, conversation_id: str, content: str, key: str
+        self, caller: Principal, conversation_id: str, content: str, key: str,
+        thread_root_id: str = "",
     ) -> MessageRecord:
-        """Sends (chat.proto's rules on the three fields hold already)."""
+        """Sends (chat.proto's rules on the fields hold already); a reply when
+        ``thread_root_id`` is not empty."""
         cid = validation.conversation_id(conversation_id)
+        root = validation.message_id(thread_root_id) if thread_root_id else None
         tenant = await self._tenants.admit(caller.tenant_id)
         if len(content) > tenant.max_message_length:
             raise InvalidArgument("content", f"at most {tenant.max_message_length} characters "
                                              f"in this tenant")
         try:
-            message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key)
+            message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key,
+                                            root)
         except DuplicateKey as dup:
             IDEMPOTENCY_HITS.labels("database").inc()
-            raise _duplicate(dup.original, cid, content) from None
+            raise _duplicate(dup.original, cid, content, root) from None
         if message is None:
+            if root is not None and await self._repo.thread_root_state(
+                    caller.tenant_id, cid, caller.user_id, root) is RootState.NOT_ROOT:
+                raise InvalidArgument("thread_root_id", "names a reply; a thread is answered "
+                                                        "through its root-level message")
             raise NotFound(NOT_FOUND)
         return message
 
     async def history(
         self, caller: Principal, conversation_id: str, limit: int, page_token: str,
-        before: datetime | None, after_seq: int | None,
+        before: datetime | None, after_seq: int | None, include_thread_replies: bool = False,
     ) -> Page[MessageRecord]:
         """A page of messages. ``after_seq`` None: not given (newest first); 0: from the
         first message on, oldest first, as for any other position. chat.proto's rules hold
-        already (``after_seq`` not negative, not together with ``before``)."""
+        already (``after_seq`` not negative, not together with ``before``). Root-level
+        messages only unless ``include_thread_replies``; page tokens are seq positions either
+        way, so a token continues in either listing."""
         cid = validation.conversation_id(conversation_id)
         size = validation.limit(limit)
         cursor = 0
@@ -110,7 +134,8 @@ class MessageService:
         else:
             mode, ascending = PageMode.NEWEST, False
         rows = await self._repo.page(caller.tenant_id, cid, caller.user_id, mode, size + 1,
-                                     cursor=cursor, before=before)
+                                     cursor=cursor, before=before,
+                                     roots_only=not include_thread_replies)
         if rows is None:
             raise NotFound(NOT_FOUND)
         token = ""
@@ -118,3 +143,32 @@ class MessageService:
             rows = rows[:size]
             token = page_tokens.messages_token(cid, rows[-1].seq, ascending)
         return Page(rows, token)
+
+    async def thread(
+        self, caller: Principal, conversation_id: str, root_id: str, limit: int,
+        page_token: str, after_seq: int | None,
+    ) -> tuple[MessageRecord, Page[MessageRecord]]:
+        """The root and a page of its thread's replies, as ``history`` pages a conversation:
+        newest first, or oldest first after ``after_seq`` (a conversation seq)."""
+        cid = validation.conversation_id(conversation_id)
+        root = validation.message_id(root_id)
+        size = validation.limit(limit)
+        cursor = 0
+        if page_token:
+            cursor, ascending = page_tokens.parse_thread_token(page_token, cid, root)
+            mode = ThreadMode.AFTER if ascending else ThreadMode.BEFORE
+        elif after_seq is not None:
+            mode, cursor, ascending = ThreadMode.AFTER_SEQ, after_seq, True
+        else:
+            mode, ascending = ThreadMode.NEWEST, False
+        page = await self._repo.thread_page(caller.tenant_id, cid, caller.user_id, root, mode,
+                                            size + 1, cursor=cursor)
+        if page is RootState.NOT_ROOT:
+            raise InvalidArgument("root_id", "names a reply, not a thread's root-level message")
+        if not isinstance(page, ThreadPage):
+            raise NotFound(NOT_FOUND)
+        rows, token = page.replies, ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = page_tokens.thread_token(cid, root, rows[-1].thread_seq or 0, ascending)
+        return page.root, Page(rows, token)

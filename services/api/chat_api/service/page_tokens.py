@@ -49,6 +49,21 @@ def parse_messages_token(token: str, conversation_id: str) -> tuple[int, bool]:
     return seq, ascending
 
 
+def thread_token(conversation_id: str, root_id: str, thread_seq: int, ascending: bool) -> str:
+    return encode({"k": "t", "c": conversation_id, "r": root_id, "s": thread_seq,
+                   "a": ascending})
+
+
+def parse_thread_token(token: str, conversation_id: str, root_id: str) -> tuple[int, bool]:
+    data = decode(token)
+    seq, ascending = data.get("s"), data.get("a")
+    if (data.get("k") != "t" or data.get("c") != conversation_id or data.get("r") != root_id
+            or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0
+            or not isinstance(ascending, bool)):
+        raise InvalidArgument("page_token", "is not a valid page token for this thread")
+    return seq, ascending
+
+
 def conversations_token(activity: datetime, conversation_id: str) -> str:
     return encode({"k": "c", "t": activity.isoformat(), "i": conversation_id})
 

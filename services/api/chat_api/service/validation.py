@@ -17,6 +17,10 @@ def conversation_id(value: str) -> str:
     return str(uuid.UUID(value))
 
 
+message_id = conversation_id
+"""A message id (a thread's root) is canonicalised the same way."""
+
+
 def limit(value: int) -> int:
     """The page size: ``limit``, or the default when it is 0."""
     return value or DEFAULT_LIMIT

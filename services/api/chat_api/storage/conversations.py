@@ -56,7 +56,8 @@ _BY_DIRECT_KEY = """
 #
 # Columns: 0-4 the conversation, 5 last_activity_at, 6 last_read_seq, 7 member ids,
 # 8-10 the caller's role, the history setting and last_pos, 11 deleted_unread,
-# 12-20 the last message (NULLs when there is none, or when the member may not see it).
+# 12-24 the last message (``rows.MESSAGE_COLUMNS``; NULLs when there is none, or when the
+# member may not see it).
 _LIST_HEAD = f"""
     SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, p.last_activity_at,
            p.last_read_seq, c.member_ids, p.role, c.history_visible_to_new_members, c.last_pos,

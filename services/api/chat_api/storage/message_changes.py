@@ -72,7 +72,8 @@ def _message_payload(deleted: str) -> dict[str, object]:
     return {"message": {
         "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
         "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
-        "version": "msg.version", "edited_at": "msg.edited_at", "deleted": deleted}}
+        "version": "msg.version", "edited_at": "msg.edited_at", "deleted": deleted,
+        "thread_root_id": "msg.thread_root_id"}}
 
 
 _MESSAGE_REFS = {"message_id": "msg.id", "user_id": "msg.sender_id",

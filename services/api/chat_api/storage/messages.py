@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg.errors
@@ -23,7 +24,8 @@ above it, at most once a second (see ``_SEND``)."""
 _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
     "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
     "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
-    "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false"}})
+    "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false",
+    "thread_root_id": "msg.thread_root_id"}})
 
 MAX_REACTIONS = 20
 """A message shows its 20 most used reactions (ties by emoji)."""
@@ -57,15 +59,34 @@ MAX_REACTIONS = 20
 # and the statement answers with that original, flagged as a duplicate: a retry costs one read,
 # no lock, no aborted write, no error. Concurrent sends of one key that all miss ``prior`` meet
 # at the unique constraint, which aborts the later statements whole (UniqueViolation).
+#
+# Threads (migration 0009): a reply (``thread_root_id`` given) is sent only when the root is a
+# root-level message of the same conversation that the sender may see (``root``, one probe of
+# the primary key and one of the sender's membership: ``visible_from_seq``); the
+# root's ``reply_count`` and ``last_reply_at`` are updated here (``thread``), after the
+# conversation's row lock, which serialises the conversation's sends, so the counter is exact
+# and the reply's ``thread_seq`` (the new count) gapless. A root-level message takes the next
+# ``last_root_seq``; a reply keeps the current one (see the migration for why both exist).
+# Nothing sent when the root is missing or a reply: the caller asks ``thread_root_state`` why.
 _SEND = f"""
     WITH prior AS (
         SELECT {message_columns("p")} FROM messages p
         WHERE p.tenant_id = %(tenant)s AND p.sender_id = %(sender_id)s
           AND p.idempotency_key = %(idempotency_key)s
+    ), root AS (
+        SELECT r.id FROM messages r
+        JOIN conversation_members rm ON rm.tenant_id = r.tenant_id
+         AND rm.conversation_id = r.conversation_id AND rm.user_id = %(sender_id)s
+        WHERE r.tenant_id = %(tenant)s AND r.id = CAST(%(thread_root_id)s AS uuid)
+          AND r.conversation_id = %(conversation_id)s AND r.thread_root_id IS NULL
+          AND r.seq > rm.visible_from_seq
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
                last_pos = c.last_pos + 1,
+               last_root_seq = c.last_root_seq
+                               + CASE WHEN CAST(%(thread_root_id)s AS uuid) IS NULL THEN 1
+                                      ELSE 0 END,
                last_message_at = GREATEST(now.t, c.last_activity_at),
                last_activity_at = GREATEST(now.t, c.last_activity_at)
           FROM (SELECT clock_timestamp() AS t) now
@@ -75,14 +96,22 @@ _SEND = f"""
            AND EXISTS (SELECT 1 FROM conversation_members m
                         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id
                           AND m.user_id = %(sender_id)s)
-        RETURNING c.id, c.last_seq, c.last_pos, c.last_message_at, c.member_ids,
-                  cardinality(c.member_ids) AS members
+           AND (CAST(%(thread_root_id)s AS uuid) IS NULL OR EXISTS (SELECT 1 FROM root))
+        RETURNING c.id, c.last_seq, c.last_pos, c.last_root_seq, c.last_message_at,
+                  c.member_ids, cardinality(c.member_ids) AS members
+    ), thread AS (
+        UPDATE messages r
+           SET reply_count = r.reply_count + 1, last_reply_at = conv.last_message_at
+          FROM conv, root
+         WHERE r.tenant_id = %(tenant)s AND r.id = root.id
+        RETURNING r.id, r.reply_count
     ), msg AS (
         INSERT INTO messages (tenant_id, id, conversation_id, seq, sender_id, content,
-                              idempotency_key, created_at)
+                              idempotency_key, created_at, thread_root_id, root_seq, thread_seq)
         SELECT %(tenant)s, gen_random_uuid(), conv.id, conv.last_seq, %(sender_id)s, %(content)s,
-               %(idempotency_key)s, conv.last_message_at
-        FROM conv
+               %(idempotency_key)s, conv.last_message_at, thread.id, conv.last_root_seq,
+               thread.reply_count
+        FROM conv LEFT JOIN thread ON true
         RETURNING {message_columns("messages")}
     ), chg AS (
         INSERT INTO conversation_changes (tenant_id, conversation_id, pos, change_type,
@@ -126,13 +155,29 @@ _BY_KEY = f"""
 # The reactions of a message in the page, aggregated in the page's own statement (one index
 # range of message_reactions per message of the page, empty for most): the 20 most used, each
 # as [emoji, count, whether the caller is among them].
-REACTIONS_SQL = f"""
-        (SELECT jsonb_agg(jsonb_build_array(r.emoji, r.n, r.mine) ORDER BY r.n DESC, r.emoji)
+def reactions_sql(alias: str) -> str:
+    """The aggregated reactions of the messages row ``alias`` (``with_reactions`` reads it)."""
+    return f"""
+        (SELECT jsonb_agg(jsonb_build_array(rx.emoji, rx.n, rx.mine) ORDER BY rx.n DESC, rx.emoji)
            FROM (SELECT x.emoji, count(*) AS n, bool_or(x.user_id = %(user_id)s) AS mine
                    FROM message_reactions x
-                  WHERE x.tenant_id = %(tenant)s AND x.message_id = m.id
-                  GROUP BY x.emoji ORDER BY count(*) DESC, x.emoji LIMIT {MAX_REACTIONS}) r)
+                  WHERE x.tenant_id = %(tenant)s AND x.message_id = {alias}.id
+                  GROUP BY x.emoji ORDER BY count(*) DESC, x.emoji LIMIT {MAX_REACTIONS}) rx)
 """
+
+
+REACTIONS_SQL = reactions_sql("m")
+
+# Why a reply was not sent: membership (NULL: not a member), then the root (NULL: no such
+# message in the conversation; false: the root is itself a reply).
+_THREAD_ROOT_STATE = """
+    SELECT (SELECT r.thread_root_id IS NULL FROM messages r
+            WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
+              AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq)
+    FROM conversation_members cm
+    WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
+      AND cm.user_id = %(user_id)s
+    """
 
 # The membership row drives a lateral page of messages: no row at all means "not a member or
 # no such conversation"; one row of NULLs means "a member, and the page is empty".
@@ -203,6 +248,155 @@ _PAGE = {
 }
 
 
+# The main timeline (root-level messages only): a page is a range of root_seq, the gapless
+# position among root-level messages (migration 0009), read from uq_messages_root_seq; so,
+# as for the seq ranges above, the statement reads one page whatever plan PostgreSQL picks and
+# however many replies sit between the roots. A seq cursor becomes a root_seq bound with one
+# probe of uq_messages_conversation_seq (``at``): every message's root_seq counts the root-level
+# messages up to it, so the roots before seq s are those up to root_seq(s), less s itself when
+# s is a root, and the roots after s are those above root_seq(s). A cursor of 0 is the start; a
+# cursor past the newest message (no row at it) is the end, last_root_seq.
+#
+# The bounds are the columns ``b.hi`` and ``b.lo`` of a subquery that PostgreSQL cannot merge
+# into the page (OFFSET 0), for the reason ``_PAGE["before_time"]`` gives: under row-level
+# security an index condition must be leakproof, and arithmetic or a cast on the bound (even on
+# an outer query's column) is not, so such a bound would only filter: 5,000 roots read instead
+# of 51 (tests/integration/test_plan_stability.py).
+_ROOT_HEAD = """
+    SELECT p.* FROM conversation_members cm
+    JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
+"""
+_ROOT_AT = """
+    LEFT JOIN LATERAL (
+        SELECT a.root_seq, CAST(a.thread_root_id IS NULL AS int) AS is_root FROM messages a
+        WHERE a.tenant_id = %(tenant)s AND a.conversation_id = cm.conversation_id
+          AND a.seq = %(cursor)s
+        LIMIT 1
+    ) at ON true
+"""
+_ROOT_BOUNDS = """
+    CROSS JOIN LATERAL (
+        SELECT {hi} AS hi, {hi} - CAST(%(limit)s AS bigint) AS lo OFFSET 0
+    ) b
+"""
+_ROOT_PAGE_HEAD = f"""
+    LEFT JOIN LATERAL (
+        SELECT {message_columns("m")}, {REACTIONS_SQL}
+        FROM messages m
+        WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
+          AND m.thread_root_id IS NULL AND m.seq > cm.visible_from_seq
+"""
+_DESCENDING = (" AND m.root_seq <= b.hi AND m.root_seq > b.lo"
+               " ORDER BY m.root_seq DESC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq DESC")
+_ROOT_PAGE = {
+    "newest": _ROOT_HEAD + _ROOT_BOUNDS.format(hi="c.last_root_seq") + _ROOT_PAGE_HEAD
+              + _DESCENDING,
+    "before_seq": _ROOT_HEAD + _ROOT_AT + _ROOT_BOUNDS.format(
+                      hi="CASE WHEN CAST(%(cursor)s AS bigint) = 0 THEN 0"
+                         " ELSE COALESCE(at.root_seq - at.is_root, c.last_root_seq) END")
+                  + _ROOT_PAGE_HEAD + _DESCENDING,
+    # The newest message before the time (``_BEFORE_TIME_POSITION``) and its root_seq: the
+    # roots up to it are older too (created_at never decreases with seq).
+    "before_time": _BEFORE_TIME_POSITION
+                   + _ROOT_HEAD.replace("FROM conversation_members cm",
+                                        "FROM pos CROSS JOIN conversation_members cm")
+                   + _ROOT_AT.replace("%(cursor)s", "pos.k")
+                   + _ROOT_BOUNDS.format(hi="at.root_seq") + _ROOT_PAGE_HEAD
+                   + " AND m.created_at < %(before)s" + _DESCENDING,
+    # Here ``b.hi`` is the position after which the page starts (so ``lo`` is unused).
+    "after_seq": _ROOT_HEAD + _ROOT_AT + _ROOT_BOUNDS.format(
+                     hi="CASE WHEN CAST(%(cursor)s AS bigint) = 0 THEN 0"
+                        " ELSE COALESCE(at.root_seq, c.last_root_seq) END").replace(
+                     " - CAST(%(limit)s AS bigint) AS lo", " + CAST(%(limit)s AS bigint) AS lo")
+                 + _ROOT_PAGE_HEAD
+                 + " AND m.root_seq > b.hi AND m.root_seq <= b.lo"
+                   " ORDER BY m.root_seq ASC LIMIT %(limit)s" + _PAGE_TAIL + " ORDER BY p.seq ASC",
+}
+
+# One thread: the membership row, the root (one probe of the primary key, within the
+# conversation), and the page, a range of thread_seq (the reply's gapless position in its
+# thread) read from uq_messages_thread_seq, with bounds as columns for the same reason as
+# above. Column 0 says whether the root is root-level, 1-13 are the root (``rows.
+# MESSAGE_COLUMNS``), 14 its reactions, 15 its id, the rest the page's reply and its reactions
+# (NULLs for an empty page). Every message, root included, carries its reactions, version and
+# tombstone flag as GetMessages' pages do: a thread's messages are ordinary messages. The
+# root's content is on one row only (it may be 4,096 characters; a page has up to 101 rows).
+# No row: not a member, or no such message in the conversation.
+#
+# ``after_seq`` is a conversation seq: the replies after it are those above the highest
+# thread_seq whose seq is at most it, found by a binary search over thread_seq (seq and
+# thread_seq grow together within a thread): about log2(reply_count) probes of the thread's
+# key, 17 for 90,000 replies, instead of reading every reply before the position.
+_THREAD_HEAD = f"""
+    SELECT r.thread_root_id IS NULL, r.id, r.conversation_id, r.seq, r.sender_id,
+           CASE WHEN row_number() OVER () = 1 THEN r.content END, r.created_at,
+           r.version, r.edited_at, r.deleted,
+           r.thread_root_id, r.reply_count, r.last_reply_at, r.thread_seq, r.reactions, r.rid,
+           p.*
+    FROM conversation_members cm
+    CROSS JOIN LATERAL (
+        SELECT {message_columns("r")}, {reactions_sql("r")} AS reactions, r.id AS rid
+        FROM messages r
+        WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
+          AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq
+        LIMIT 1
+    ) r
+"""
+_THREAD_BOUNDS = """
+    CROSS JOIN LATERAL (SELECT {lo} AS lo, {hi} AS hi OFFSET 0) b
+"""
+_THREAD_AFTER_SEQ = """
+    CROSS JOIN LATERAL (
+        WITH RECURSIVE s(lo, hi) AS (
+            SELECT CAST(0 AS bigint), r.reply_count
+            UNION ALL
+            SELECT CASE WHEN x.seq <= %(after)s THEN x.thread_seq ELSE s.lo END,
+                   CASE WHEN x.seq <= %(after)s THEN s.hi ELSE x.thread_seq - 1 END
+            FROM s
+            CROSS JOIN LATERAL (SELECT (s.lo + s.hi + 1) / 2 AS mid OFFSET 0) mm
+            CROSS JOIN LATERAL (
+                SELECT t.seq, t.thread_seq FROM messages t
+                WHERE t.tenant_id = %(tenant)s AND t.thread_root_id = r.rid
+                  AND t.thread_seq = mm.mid
+                LIMIT 1
+            ) x
+            WHERE s.lo < s.hi
+        )
+        SELECT min(s.hi) AS lo, min(s.hi) + CAST(%(limit)s AS bigint) AS hi FROM s
+    ) b
+"""
+_THREAD_PAGE_HEAD = f"""
+    LEFT JOIN LATERAL (
+        SELECT {message_columns("m")}, {REACTIONS_SQL}
+        FROM messages m
+        WHERE m.tenant_id = %(tenant)s AND m.thread_root_id = r.rid
+          AND m.thread_seq > b.lo AND m.thread_seq <= b.hi
+"""
+_THREAD_TAIL = """
+    ) p ON true
+    WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
+      AND cm.user_id = %(user_id)s
+"""
+_THREAD_DESCENDING = (" ORDER BY m.thread_seq DESC LIMIT %(limit)s" + _THREAD_TAIL
+                      + " ORDER BY p.seq DESC")
+_THREAD_ASCENDING = (" ORDER BY m.thread_seq ASC LIMIT %(limit)s" + _THREAD_TAIL
+                     + " ORDER BY p.seq ASC")
+_THREAD_PAGE = {
+    "newest": _THREAD_HEAD + _THREAD_BOUNDS.format(
+                  lo="r.reply_count - CAST(%(limit)s AS bigint)", hi="r.reply_count")
+              + _THREAD_PAGE_HEAD + _THREAD_DESCENDING,
+    "before": _THREAD_HEAD + _THREAD_BOUNDS.format(
+                  lo="CAST(%(cursor)s AS bigint) - 1 - CAST(%(limit)s AS bigint)",
+                  hi="CAST(%(cursor)s AS bigint) - 1")
+              + _THREAD_PAGE_HEAD + _THREAD_DESCENDING,
+    "after": _THREAD_HEAD + _THREAD_BOUNDS.format(
+                 lo="CAST(%(cursor)s AS bigint)",
+                 hi="CAST(%(cursor)s AS bigint) + CAST(%(limit)s AS bigint)")
+             + _THREAD_PAGE_HEAD + _THREAD_ASCENDING,
+    "after_seq": _THREAD_HEAD + _THREAD_AFTER_SEQ + _THREAD_PAGE_HEAD + _THREAD_ASCENDING,
+}
+
+
 # Far beyond any real seq, far enough below bigint's end that cursor + limit cannot overflow:
 # a larger cursor (an int64 after_seq, a crafted page token) pages exactly as this one.
 MAX_CURSOR = 2**62
@@ -213,6 +407,27 @@ class PageMode(enum.Enum):
     BEFORE_SEQ = "before_seq"
     BEFORE_TIME = "before_time"
     AFTER_SEQ = "after_seq"
+
+
+class ThreadMode(enum.Enum):
+    NEWEST = "newest"
+    BEFORE = "before"  # a thread_seq (page token)
+    AFTER = "after"  # a thread_seq (page token)
+    AFTER_SEQ = "after_seq"  # a conversation seq
+
+
+class RootState(enum.Enum):
+    """Why a reply could not be sent (``thread_root_state``)."""
+
+    NOT_FOUND = "not_found"  # not a member, or no such message in the conversation
+    NOT_ROOT = "not_root"  # the message is itself a reply
+    ROOT = "root"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadPage:
+    root: MessageRecord
+    replies: list[MessageRecord]
 
 
 class DuplicateKey(Exception):
@@ -231,14 +446,16 @@ class MessageRepository:
 
     async def send(
         self, tenant: str, conversation_id: str, sender_id: str, content: str,
-        idempotency_key: str,
+        idempotency_key: str, thread_root_id: str | None = None,
     ) -> MessageRecord | None:
-        """Commits the message and its outbox event; None when the sender is not a member.
+        """Commits the message and its outbox event; None when the sender is not a member
+        or, for a reply, the root is not a root-level message of the conversation.
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
         params = {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
-                  "content": content, "idempotency_key": idempotency_key}
+                  "content": content, "idempotency_key": idempotency_key,
+                  "thread_root_id": thread_root_id}
         try:
             row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
@@ -262,18 +479,54 @@ class MessageRepository:
                                        "idempotency_key": key}, tenant=tenant)
         return message_from(row) if row is not None else None
 
+    async def thread_root_state(self, tenant: str, conversation_id: str, user_id: str,
+                                root_id: str) -> RootState:
+        row = await self._db.fetchone("db.thread_root_state", _THREAD_ROOT_STATE,
+                                      {"tenant": tenant, "conversation_id": conversation_id,
+                                       "user_id": user_id, "root_id": root_id}, tenant=tenant)
+        if row is None or row[0] is None:
+            return RootState.NOT_FOUND
+        return RootState.ROOT if row[0] else RootState.NOT_ROOT
+
+    async def thread_page(
+        self, tenant: str, conversation_id: str, user_id: str, root_id: str, mode: ThreadMode,
+        limit: int, cursor: int = 0,
+    ) -> ThreadPage | RootState:
+        """One page of a thread's replies in the mode's order, with the root; NOT_FOUND when
+        the user is not a member or there is no such message, NOT_ROOT when it is a reply."""
+        params: dict[str, object] = {"tenant": tenant, "conversation_id": conversation_id,
+                                     "user_id": user_id, "root_id": root_id, "limit": limit}
+        if mode is ThreadMode.AFTER_SEQ:
+            params["after"] = min(cursor, MAX_CURSOR)
+        elif mode is not ThreadMode.NEWEST:
+            params["cursor"] = min(cursor, MAX_CURSOR)
+        rows = await self._db.fetchall("db.get_thread", _THREAD_PAGE[mode.value], params,
+                                       tenant=tenant)
+        if not rows:
+            return RootState.NOT_FOUND
+        if not rows[0][0]:
+            return RootState.NOT_ROOT
+        page = 3 + MESSAGE_COLUMNS  # the flag, the root, its reactions, the root's id
+        root = next(r for r in rows if r[5] is not None)  # the row with the root's content
+        return ThreadPage(
+            with_reactions(message_from(root, 1), root[1 + MESSAGE_COLUMNS]),
+            [with_reactions(message_from(r, page), r[page + MESSAGE_COLUMNS])
+             for r in rows if r[page] is not None])
+
     async def page(
         self, tenant: str, conversation_id: str, user_id: str, mode: PageMode, limit: int,
-        cursor: int = 0, before: datetime | None = None,
+        cursor: int = 0, before: datetime | None = None, roots_only: bool = True,
     ) -> list[MessageRecord] | None:
-        """One page of messages in the mode's order; None when the user is not a member."""
+        """One page of messages in the mode's order; None when the user is not a member.
+        ``roots_only``: the main timeline (root-level messages), else every message."""
         params: dict[str, object] = {"tenant": tenant, "conversation_id": conversation_id,
                                      "user_id": user_id, "limit": limit}
         if mode in (PageMode.BEFORE_SEQ, PageMode.AFTER_SEQ):
             params["cursor"] = min(cursor, MAX_CURSOR)
         elif mode is PageMode.BEFORE_TIME:
             params["before"] = before
-        rows = await self._db.fetchall("db.get_messages", _PAGE[mode.value], params,
+        statements = _ROOT_PAGE if roots_only else _PAGE
+        rows = await self._db.fetchall("db.get_messages", statements[mode.value], params,
                                        tenant=tenant)
         if not rows:
             return None

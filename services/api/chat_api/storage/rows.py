@@ -6,19 +6,24 @@ from typing import Any
 
 from chat_api.models import MessageRecord
 
-MESSAGE_COLUMNS = 9
-"""id, conversation_id, seq, sender_id, content, created_at, version, edited_at, deleted."""
+MESSAGE_COLUMNS = 13
+"""id, conversation_id, seq, sender_id, content, created_at, version, edited_at, deleted,
+thread_root_id, reply_count, last_reply_at, thread_seq."""
 
 
 def message_columns(alias: str) -> str:
-    """The select list ``message_from`` reads, of the messages row ``alias``."""
+    """The select list ``message_from`` reads, of the messages row ``alias`` (each column
+    named as the table's, ``deleted`` for the tombstone flag)."""
     a = alias
     return (f"{a}.id, {a}.conversation_id, {a}.seq, {a}.sender_id, {a}.content, "
-            f"{a}.created_at, {a}.version, {a}.edited_at, {a}.deleted_at IS NOT NULL")
+            f"{a}.created_at, {a}.version, {a}.edited_at, {a}.deleted_at IS NOT NULL AS deleted, "
+            f"{a}.thread_root_id, {a}.reply_count, {a}.last_reply_at, {a}.thread_seq")
 
 
 def message_from(row: tuple[Any, ...], offset: int = 0) -> MessageRecord:
     """A message from the columns of ``message_columns`` starting at ``offset`` in ``row``."""
+    root = row[offset + 9]
+    thread_seq = row[offset + 12]
     return MessageRecord(
         id=str(row[offset]),
         conversation_id=str(row[offset + 1]),
@@ -29,4 +34,8 @@ def message_from(row: tuple[Any, ...], offset: int = 0) -> MessageRecord:
         version=int(row[offset + 6]),
         edited_at=row[offset + 7],
         deleted=bool(row[offset + 8]),
+        thread_root_id=str(root) if root is not None else None,
+        reply_count=int(row[offset + 10]),
+        last_reply_at=row[offset + 11],
+        thread_seq=int(thread_seq) if thread_seq is not None else None,
     )

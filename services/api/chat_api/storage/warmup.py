@@ -32,21 +32,24 @@ from psycopg import AsyncConnection
 from psycopg.types.numeric import Int8Dumper
 
 from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
-from chat_api.storage.messages import _BY_KEY, _PAGE, _SEND
+from chat_api.storage.messages import _BY_KEY, _PAGE, _ROOT_PAGE, _SEND, _THREAD_PAGE
 from chat_api.storage.reads import _MARK
 from chat_shared.db import SET_TENANT
 from chat_shared.observability.logging import get_logger
 
 log = get_logger(__name__)
 
-HOT_STATEMENTS: tuple[str, ...] = (_LIST_FIRST, _LIST_AFTER, *_PAGE.values(), _SEND, _BY_KEY,
+HOT_STATEMENTS: tuple[str, ...] = (_LIST_FIRST, _LIST_AFTER, *_ROOT_PAGE.values(),
+                                   *_PAGE.values(), *_THREAD_PAGE.values(), _SEND, _BY_KEY,
                                    _MARK)
-"""The statements of the calls made most (lists, pages, sends, retries, read marks)."""
+"""The statements of the calls made most (lists, timelines and threads, sends, retries, read
+marks)."""
 
 _NOBODY = "00000000-0000-0000-0000-000000000000"
 _VALUES: dict[str, Any] = {
     "tenant": "", "user_id": "", "sender_id": "", "conversation_id": _NOBODY, "after_id": _NOBODY,
     "limit": 50, "cursor": 100, "up_to_seq": 0, "content": "", "idempotency_key": "",
+    "root_id": _NOBODY, "after": 100, "thread_root_id": None,
     "before": datetime(1970, 1, 1, tzinfo=UTC), "after_time": datetime(1970, 1, 1, tzinfo=UTC),
 }
 """One value for every parameter a hot statement names, of the types real calls send (psycopg

@@ -61,6 +61,12 @@ def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
         r.emoji = reaction.emoji
         r.count = reaction.count
         r.reacted_by_me = reaction.reacted_by_me
+    if record.thread_root_id is not None:
+        out.thread_root_id = record.thread_root_id
+    if record.reply_count:
+        out.reply_count = record.reply_count
+    if record.last_reply_at is not None:
+        fill_timestamp(out.last_reply_at, record.last_reply_at)
 
 
 def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) -> None:

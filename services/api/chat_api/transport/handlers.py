@@ -53,7 +53,7 @@ class ChatHandlers:
         self, caller: Principal, req: chat_pb2.SendMessageRequest
     ) -> chat_pb2.SendMessageResponse:
         msg = await self.messages.send(caller, req.conversation_id, req.content,
-                                       req.idempotency_key)
+                                       req.idempotency_key, req.thread_root_id)
         resp = chat_pb2.SendMessageResponse()
         convert.fill_message(resp.message, msg)
         return resp
@@ -65,8 +65,21 @@ class ChatHandlers:
                   if req.HasField("before_timestamp") else None)
         after_seq = req.after_seq if req.HasField("after_seq") else None
         page = await self.messages.history(caller, req.conversation_id, req.limit,
-                                           req.page_token, before, after_seq)
+                                           req.page_token, before, after_seq,
+                                           req.include_thread_replies)
         resp = chat_pb2.GetMessagesResponse(next_page_token=page.next_page_token)
+        for record in page.items:
+            convert.fill_message(resp.messages.add(), record)
+        return resp
+
+    async def GetThread(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.GetThreadRequest
+    ) -> chat_pb2.GetThreadResponse:
+        after_seq = req.after_seq if req.HasField("after_seq") else None
+        root, page = await self.messages.thread(caller, req.conversation_id, req.root_id,
+                                                req.limit, req.page_token, after_seq)
+        resp = chat_pb2.GetThreadResponse(next_page_token=page.next_page_token)
+        convert.fill_message(resp.root, root)
         for record in page.items:
             convert.fill_message(resp.messages.add(), record)
         return resp

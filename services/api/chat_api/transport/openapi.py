@@ -136,8 +136,8 @@ def _rules(fd: FieldDescriptor) -> validate_pb2.FieldRules | None:
 def _is_required(fd: FieldDescriptor) -> bool:
     """Whether the rules make the field required (in JSON: the key must be there)."""
     rules = _rules(fd)
-    if rules is None:
-        return False
+    if rules is None or rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
+        return False  # the rules hold only for a value that is given
     if rules.required:
         return True
     kind = rules.WhichOneof("type")
@@ -299,8 +299,17 @@ def _request_single(fd: FieldDescriptor, pending: list[Descriptor], rules: Any, 
             raise ValueError(f"{fd.full_name}: CEL rules on integers cannot be published")
         return _int_schema(fd, getattr(rules, kind) if kind else None, in_body=in_body)
     if fd.type == FieldDescriptor.TYPE_STRING:
-        return _string_rules(fd.full_name, rules.string if kind == "string" else
-                             validate_pb2.StringRules(), cel)
+        schema = _string_rules(fd.full_name, rules.string if kind == "string" else
+                               validate_pb2.StringRules(), cel)
+        if rules is not None and rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
+            # Empty means "not given", which the rules let through.
+            if set(schema) - {"type", "format", "pattern", "description"}:
+                raise ValueError(f"{fd.full_name}: only an optional UUID can be published "
+                                 "with IGNORE_IF_ZERO_VALUE yet")
+            schema.pop("format", None)
+            if "pattern" in schema:
+                schema["pattern"] = f"^$|{schema['pattern']}"
+        return schema
     if kind is not None or cel:
         raise ValueError(f"{fd.full_name}: {kind or 'CEL'} rules cannot be published yet")
     return _single_schema(fd, pending)
@@ -374,6 +383,23 @@ def _error_schemas() -> dict[str, Any]:
     }
 
 
+# Which answers name what a member operation needs: a conversation (its id) and one of its
+# members (its first member id). Published as links, so a client (and a stateful fuzzer) follows
+# them with a real member; without them, tools that infer links from names took the
+# conversation's id for ``user_id`` (the last ``*_id`` of the path) and got NOT_FOUND.
+_CONVERSATION_ANSWERS = ("CreateConversation", "AddMembers", "UpdateConversation")
+_MEMBER_OPERATIONS = ("RemoveMember", "SetMemberRole")
+
+
+def _links(method: str, methods: set[str]) -> dict[str, Any]:
+    if method not in _CONVERSATION_ANSWERS:
+        return {}
+    return {target: {"operationId": target, "parameters": {
+                "conversation_id": "$response.body#/conversation/id",
+                "user_id": "$response.body#/conversation/member_ids/0"}}
+            for target in _MEMBER_OPERATIONS if target in methods}
+
+
 def openapi_document(service: ServiceDescriptor | None = None) -> dict[str, Any]:
     """The OpenAPI 3.0 document for every annotated RPC of a service (chat.v1.ChatService)."""
     service = service or chat_service()
@@ -409,6 +435,9 @@ def openapi_document(service: ServiceDescriptor | None = None) -> dict[str, Any]
                 "name": "Idempotency-Key", "in": "header", "required": False,
                 "description": "Used as idempotency_key when the body has none.",
                 "schema": {"type": "string"}})
+        links = _links(method.name, set(service.methods_by_name))
+        if links:
+            op["responses"]["200"]["links"] = links
         paths.setdefault(binding.openapi_path, {})[binding.http_method.lower()] = op
     while pending:
         desc = pending.pop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 RATE_CLASSES: dict[str, str] = {
     "SendMessage": "send",
     "GetMessages": "read",
+    "GetThread": "read",
     "GetConversations": "read",
     "CreateConversation": "write-other",
     "MarkAsRead": "write-other",

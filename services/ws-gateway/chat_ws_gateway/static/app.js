@@ -5,6 +5,12 @@
 // sends those positions in a "resume" frame on every (re)connect, so no change made while it
 // was offline is lost; messages are kept by seq, and every message frame replaces the copy
 // (an edit, a tombstone), so a change seen twice is shown once.
+//
+// Threads: the main list shows root-level messages, each with its reply count; "Reply" opens
+// the thread in a side panel (GetThread), whose form sends with thread_root_id. Replies are
+// ordinary messages: they can be edited, deleted and reacted to like the main list's. Typing:
+// the message inputs send a "typing" frame (at most one a second from here; the server passes
+// on one per 3 s), and other members' typing shows under the list for expires_in_ms.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,6 +18,7 @@ const state = {
   config: null, user: "", token: "", ws: null, retry: 0, retryTimer: null, pingTimer: null,
   pongDeadline: null, convs: new Map(), messages: new Map(), positions: new Map(),
   current: null, reloadTimer: null, messagesTimer: null, signedIn: false,
+  thread: null, typing: new Map(), typingSentAt: 0, typingTimer: null,
 };
 const QUICK_REACTIONS = ["👍", "🎉", "❤️"];
 
@@ -126,7 +133,9 @@ function renderConversations() {
 }
 
 async function openConversation(cid) {
+  if (state.thread && state.thread.cid !== cid) $("thread-close").click();
   state.current = cid;
+  renderTyping();
   const c = state.convs.get(cid);
   $("conv-title").textContent = c ? convName(c) : "Conversation";
   $("send-form").hidden = false;
@@ -223,8 +232,11 @@ async function loadMessages(cid) {
 function scheduleMessagesReload(cid) {
   if (cid !== state.current) return;
   clearTimeout(state.messagesTimer);
-  state.messagesTimer = setTimeout(
-    () => loadMessages(cid).catch((e) => showError(e.message)), 150);
+  state.messagesTimer = setTimeout(() => {
+    loadMessages(cid).catch((e) => showError(e.message));
+    const t = state.thread;
+    if (t && t.cid === cid) loadThread(cid, t.rootId).catch((e) => showError(e.message));
+  }, 150);
 }
 
 function addMessage(m) {
@@ -254,7 +266,7 @@ function react(m, emoji, mine) {
   act((mine ? api("DELETE", `${path}?emoji=${encodeURIComponent(emoji)}`)
             : api("POST", path, { emoji })).then((r) => {
     addMessage(r.message);
-    renderMessages();
+    redraw();
   }));
 }
 
@@ -262,60 +274,192 @@ function renderMessages() {
   const list = $("messages");
   const byseq = state.messages.get(state.current) || new Map();
   list.dataset.cid = String(state.current);
-  // Messages change (edits, tombstones, reactions): the list is drawn again each time.
+  // Messages change (edits, tombstones, reactions, reply counts): the list is drawn again
+  // each time.
   list.replaceChildren();
   for (const seq of [...byseq.keys()].sort((a, b) => a - b)) {
     const m = byseq.get(seq);
-    const li = document.createElement("li");
-    li.dataset.seq = String(seq);
-    li.className = (m.sender_id === state.user ? "mine" : "") + (m.deleted ? " deleted" : "");
-    const meta = document.createElement("span");
-    meta.className = "meta";
-    const time = m.created_at ? new Date(m.created_at).toLocaleTimeString() : "";
-    meta.textContent = `${m.sender_id} · #${seq} · ${time}` + (m.edited_at ? " · edited" : "");
-    const body = document.createElement("span");
-    body.className = "content";
-    body.textContent = m.deleted ? "message deleted" : m.content;
-    li.append(meta, body);
-    if (!m.deleted) {
-      const row = document.createElement("span");
-      row.className = "reactions";
-      const shown = new Set();
-      for (const r of m.reactions || []) {
-        shown.add(r.emoji);
-        const b = messageButton(`${r.emoji} ${r.count}${r.reacted_by_me ? ", yours" : ""}`,
-                                `${r.emoji} ${r.count}`, () => react(m, r.emoji, r.reacted_by_me));
-        b.className = "reaction" + (r.reacted_by_me ? " mine" : "");
-        b.setAttribute("aria-pressed", String(Boolean(r.reacted_by_me)));
-        row.append(b);
-      }
-      for (const emoji of QUICK_REACTIONS) {
-        if (!shown.has(emoji)) {
-          const b = messageButton(`React ${emoji}`, emoji, () => react(m, emoji, false));
-          b.className = "reaction quick";
-          row.append(b);
-        }
-      }
-      if (m.sender_id === state.user) {
-        row.append(messageButton("Edit", "Edit", () => {
-          const content = window.prompt("Edit message", m.content);
-          if (content === null || !content.trim() || content === m.content) return;
-          act(api("PATCH", `/v1/conversations/${m.conversation_id}/messages/${m.id}`,
-                  { content }).then((r) => { addMessage(r.message); renderMessages(); }));
-        }));
-      }
-      const c = state.convs.get(m.conversation_id);
-      if (m.sender_id === state.user || (c && (c.role === "owner" || c.role === "admin"))) {
-        row.append(messageButton("Delete", "Delete", () => act(
-          api("DELETE", `/v1/conversations/${m.conversation_id}/messages/${m.id}`)
-            .then((r) => { addMessage(r.message); renderMessages(); }))));
-      }
-      li.append(row);
-    }
+    if (m.thread_root_id) continue;  // replies live in their thread
+    const li = messageItem(m);
+    const replies = document.createElement("button");
+    replies.type = "button";
+    replies.className = "replies";
+    replies.addEventListener("click", () => openThread(m.conversation_id, m.id));
+    li.append(replies);
+    updateReplies(li, m);
     list.append(li);
   }
   list.scrollTop = list.scrollHeight;
 }
+
+// One message with its controls: reactions, and Edit/Delete where the user may.
+function messageItem(m) {
+  const li = document.createElement("li");
+  li.dataset.seq = String(m.seq);
+  li.className = (m.sender_id === state.user ? "mine" : "") + (m.deleted ? " deleted" : "");
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  const time = m.created_at ? new Date(m.created_at).toLocaleTimeString() : "";
+  meta.textContent = `${m.sender_id} · #${m.seq} · ${time}` + (m.edited_at ? " · edited" : "");
+  const body = document.createElement("span");
+  body.className = "content";
+  body.textContent = m.deleted ? "message deleted" : m.content;
+  li.append(meta, body);
+  if (!m.deleted) {
+    const row = document.createElement("span");
+    row.className = "reactions";
+    const shown = new Set();
+    for (const r of m.reactions || []) {
+      shown.add(r.emoji);
+      const b = messageButton(`${r.emoji} ${r.count}${r.reacted_by_me ? ", yours" : ""}`,
+                              `${r.emoji} ${r.count}`, () => react(m, r.emoji, r.reacted_by_me));
+      b.className = "reaction" + (r.reacted_by_me ? " mine" : "");
+      b.setAttribute("aria-pressed", String(Boolean(r.reacted_by_me)));
+      row.append(b);
+    }
+    for (const emoji of QUICK_REACTIONS) {
+      if (!shown.has(emoji)) {
+        const b = messageButton(`React ${emoji}`, emoji, () => react(m, emoji, false));
+        b.className = "reaction quick";
+        row.append(b);
+      }
+    }
+    if (m.sender_id === state.user) {
+      row.append(messageButton("Edit", "Edit", () => {
+        const content = window.prompt("Edit message", m.content);
+        if (content === null || !content.trim() || content === m.content) return;
+        act(api("PATCH", `/v1/conversations/${m.conversation_id}/messages/${m.id}`,
+                { content }).then((r) => { addMessage(r.message); redraw(); }));
+      }));
+    }
+    const c = state.convs.get(m.conversation_id);
+    if (m.sender_id === state.user || (c && (c.role === "owner" || c.role === "admin"))) {
+      row.append(messageButton("Delete", "Delete", () => act(
+        api("DELETE", `/v1/conversations/${m.conversation_id}/messages/${m.id}`)
+          .then((r) => { addMessage(r.message); redraw(); }))));
+    }
+    li.append(row);
+  }
+  return li;
+}
+
+// The main list and the open thread, both drawn from the messages known.
+function redraw() {
+  renderMessages();
+  renderThread();
+}
+
+function updateReplies(li, m) {
+  const count = Number(m.reply_count || 0);
+  const button = li.querySelector(".replies");
+  const text = count === 0 ? "Reply" : count === 1 ? "1 reply" : `${count} replies`;
+  if (button && button.textContent !== text) button.textContent = text;
+}
+
+// --- threads ---------------------------------------------------------------------------------------
+
+async function openThread(cid, rootId) {
+  state.thread = { cid, rootId };
+  $("thread-panel").hidden = false;
+  $("app").classList.add("with-thread");
+  $("thread-messages").replaceChildren();
+  $("thread-root").replaceChildren();
+  try {
+    await loadThread(cid, rootId);
+    $("thread-message").focus();
+  } catch (e) { showError(e.message); }
+}
+
+async function loadThread(cid, rootId) {
+  const data = await api("GET", `/v1/conversations/${cid}/threads/${rootId}?limit=100`);
+  addMessage(data.root);
+  for (const m of data.messages) addMessage(m);
+  renderThread();
+  if (cid === state.current) renderMessages();
+}
+
+function renderThread() {
+  const t = state.thread;
+  if (!t) return;
+  const byseq = state.messages.get(t.cid) || new Map();
+  const root = [...byseq.values()].find((m) => m.id === t.rootId);
+  $("thread-root").replaceChildren(...(root ? [messageItem(root)] : []));
+  const list = $("thread-messages");
+  const replies = [...byseq.values()].filter((m) => m.thread_root_id === t.rootId)
+    .sort((a, b) => a.seq - b.seq);
+  list.replaceChildren(...replies.map(messageItem));
+  list.scrollTop = list.scrollHeight;
+}
+
+// A live reply changes its root's count: read the root again (one small call) rather than
+// guess whether the count already included it.
+async function refreshRoot(cid, rootId) {
+  try {
+    const data = await api("GET", `/v1/conversations/${cid}/threads/${rootId}?limit=1`);
+    addMessage(data.root);
+    if (cid === state.current) renderMessages();
+  } catch (e) { console.warn(e); }
+}
+
+$("thread-close").addEventListener("click", () => {
+  state.thread = null;
+  $("thread-panel").hidden = true;
+  $("app").classList.remove("with-thread");
+});
+
+$("thread-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const t = state.thread;
+  const input = $("thread-message");
+  const content = input.value.trim();
+  if (!t || !content) return;
+  input.value = "";
+  try {
+    const r = await sendMessage({ conversation_id: t.cid, content, thread_root_id: t.rootId });
+    addMessage(r.message);
+    renderThread();
+    await refreshRoot(t.cid, t.rootId);
+  } catch (e) { showError(e.message); input.value = content; }
+});
+
+// --- typing ----------------------------------------------------------------------------------------
+
+function sendTyping(cid) {
+  const now = Date.now();
+  if (!cid || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  if (now - state.typingSentAt < 1000) return;
+  state.typingSentAt = now;
+  state.ws.send(JSON.stringify({ type: "typing", conversation_id: cid }));
+}
+
+function onTyping(frame) {
+  if (frame.user_id === state.user) return;
+  const key = `${frame.conversation_id} ${frame.user_id}`;
+  state.typing.set(key, { cid: frame.conversation_id, user: frame.user_id,
+                          until: Date.now() + Number(frame.expires_in_ms || 5000) });
+  renderTyping();
+}
+
+function stopTyping(cid, user) {
+  if (state.typing.delete(`${cid} ${user}`)) renderTyping();
+}
+
+function renderTyping() {
+  const now = Date.now();
+  for (const [key, t] of state.typing) if (t.until <= now) state.typing.delete(key);
+  const users = [...state.typing.values()].filter((t) => t.cid === state.current)
+    .map((t) => t.user).sort();
+  $("typing").textContent = users.length === 0 ? ""
+    : users.length === 1 ? `${users[0]} is typing…` : `${users.join(", ")} are typing…`;
+  clearTimeout(state.typingTimer);
+  if (state.typing.size) {
+    const next = Math.min(...[...state.typing.values()].map((t) => t.until)) - now;
+    state.typingTimer = setTimeout(renderTyping, Math.max(50, next));
+  }
+}
+
+$("message").addEventListener("input", () => sendTyping(state.current));
+$("thread-message").addEventListener("input", () => sendTyping(state.thread && state.thread.cid));
 
 $("send-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -323,22 +467,26 @@ $("send-form").addEventListener("submit", async (ev) => {
   const input = $("message");
   const content = input.value.trim();
   if (!content || !state.current) return;
-  const body = { conversation_id: state.current, content,
-                 idempotency_key: crypto.randomUUID ? crypto.randomUUID()
-                   : String(Date.now()) + Math.random() };
   input.value = "";
+  try {
+    const r = await sendMessage({ conversation_id: state.current, content });
+    if (addMessage(r.message) && r.message.conversation_id === state.current) renderMessages();
+  } catch (e) { showError(e.message); input.value = content; }
+});
+
+async function sendMessage(fields) {
+  const body = { ...fields, idempotency_key: crypto.randomUUID ? crypto.randomUUID()
+                   : String(Date.now()) + Math.random() };
   // A send that fails on the network is retried with the same key: never sent twice.
   for (let attempt = 0; ; attempt++) {
     try {
-      const r = await api("POST", "/v1/messages", body);
-      if (addMessage(r.message) && r.message.conversation_id === state.current) renderMessages();
-      return;
+      return await api("POST", "/v1/messages", body);
     } catch (e) {
-      if (attempt >= 2 || !(e instanceof TypeError)) { showError(e.message); input.value = content; return; }
+      if (attempt >= 2 || !(e instanceof TypeError)) throw e;
       await new Promise((ok) => setTimeout(ok, 500 * (attempt + 1)));
     }
   }
-});
+}
 
 // --- search ------------------------------------------------------------------------------------
 
@@ -380,7 +528,8 @@ async function runSearch() {
       meta.textContent = `${c ? convName(c) : "conversation"} · ${hit.message.sender_id}`;
       button.append(meta, highlighted(hit.message.content, hit.highlights));
       button.addEventListener("click", () => jumpTo(hit.conversation_id,
-                                                    Number(hit.message.seq)));
+                                                    Number(hit.message.seq),
+                                                    hit.message.thread_root_id));
       li.append(button);
       list.append(li);
     }
@@ -397,9 +546,15 @@ $("search").addEventListener("input", () => {
 $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); runSearch(); });
 
 // Opens the hit's conversation and shows the message (loading the page it is on when it is
-// older than the newest page), outlined.
-async function jumpTo(cid, seq) {
+// older than the newest page), outlined; a thread reply is shown in its thread.
+async function jumpTo(cid, seq, rootId) {
   await openConversation(cid);
+  if (rootId) {
+    await openThread(cid, rootId);
+    const reply = $("thread-messages").querySelector(`li[data-seq="${seq}"]`);
+    if (reply) { reply.classList.add("found"); reply.scrollIntoView({ block: "center" }); }
+    return;
+  }
   const byseq = state.messages.get(cid);
   if (!byseq || !byseq.has(seq)) {
     try {
@@ -424,6 +579,7 @@ function onEvent(frame) {
   if (frame.type === "message.updated" || frame.type === "message.deleted") {
     addMessage(frame.message);
     if (frame.conversation_id === state.current) renderMessages();
+    if (state.thread && state.thread.cid === frame.conversation_id) renderThread();
   } else if (frame.type === "reaction.added" || frame.type === "reaction.removed") {
     // Counts are the server's: read the page again rather than count here.
     scheduleMessagesReload(frame.conversation_id);
@@ -437,9 +593,14 @@ function onEvent(frame) {
     const m = frame.message;
     const cid = m.conversation_id;
     const fresh = addMessage(m);
+    stopTyping(cid, m.sender_id);
     const c = state.convs.get(cid);
     if (!c) { scheduleReload(); return; }
     c.last_seq = Math.max(c.last_seq, Number(m.seq));
+    if (m.thread_root_id && fresh) {
+      if (state.thread && state.thread.rootId === m.thread_root_id) renderThread();
+      refreshRoot(cid, m.thread_root_id);
+    }
     if (cid === state.current) {
       renderMessages();
       if (fresh && m.sender_id !== state.user) markRead(cid).catch(() => {});
@@ -454,6 +615,8 @@ function onEvent(frame) {
       c.unread = Math.max(0, c.last_seq - c.last_read_seq);
       renderConversations();
     }
+  } else if (frame.type === "typing") {
+    onTyping(frame);
   } else if (frame.type === "pong") {
     clearTimeout(state.pongDeadline);
   } else if (frame.type === "error") {
@@ -532,6 +695,8 @@ $("signin-form").addEventListener("submit", async (ev) => {
     state.token = await getToken(user);
     state.user = user;
     state.convs.clear(); state.messages.clear(); state.positions.clear();
+    state.typing.clear();
+    if (state.thread) $("thread-close").click();
     state.current = null;
     $("messages").replaceChildren();
     $("conv-title").textContent = "Pick a conversation";

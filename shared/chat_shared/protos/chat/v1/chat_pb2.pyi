@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at", "edited_at", "version", "deleted", "reactions")
+    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at", "edited_at", "version", "deleted", "reactions", "thread_root_id", "reply_count", "last_reply_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,9 @@ class Message(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     REACTIONS_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ROOT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPLY_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation_id: str
     sender_id: str
@@ -33,7 +36,10 @@ class Message(_message.Message):
     version: int
     deleted: bool
     reactions: _containers.RepeatedCompositeFieldContainer[Reaction]
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ..., reactions: _Optional[_Iterable[_Union[Reaction, _Mapping]]] = ...) -> None: ...
+    thread_root_id: str
+    reply_count: int
+    last_reply_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ..., reactions: _Optional[_Iterable[_Union[Reaction, _Mapping]]] = ..., thread_root_id: _Optional[str] = ..., reply_count: _Optional[int] = ..., last_reply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Reaction(_message.Message):
     __slots__ = ("emoji", "count", "reacted_by_me")
@@ -96,14 +102,16 @@ class CreateConversationResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("conversation_id", "content", "idempotency_key")
+    __slots__ = ("conversation_id", "content", "idempotency_key", "thread_root_id")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    THREAD_ROOT_ID_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     content: str
     idempotency_key: str
-    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    thread_root_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., thread_root_id: _Optional[str] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("message",)
@@ -112,18 +120,20 @@ class SendMessageResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
 
 class GetMessagesRequest(_message.Message):
-    __slots__ = ("conversation_id", "limit", "page_token", "before_timestamp", "after_seq")
+    __slots__ = ("conversation_id", "limit", "page_token", "before_timestamp", "after_seq", "include_thread_replies")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BEFORE_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_THREAD_REPLIES_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     limit: int
     page_token: str
     before_timestamp: _timestamp_pb2.Timestamp
     after_seq: int
-    def __init__(self, conversation_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., before_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    include_thread_replies: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., before_timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., after_seq: _Optional[int] = ..., include_thread_replies: _Optional[bool] = ...) -> None: ...
 
 class GetMessagesResponse(_message.Message):
     __slots__ = ("messages", "next_page_token")
@@ -132,6 +142,30 @@ class GetMessagesResponse(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     next_page_token: str
     def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetThreadRequest(_message.Message):
+    __slots__ = ("conversation_id", "root_id", "limit", "page_token", "after_seq")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    root_id: str
+    limit: int
+    page_token: str
+    after_seq: int
+    def __init__(self, conversation_id: _Optional[str] = ..., root_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class GetThreadResponse(_message.Message):
+    __slots__ = ("root", "messages", "next_page_token")
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    root: Message
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    next_page_token: str
+    def __init__(self, root: _Optional[_Union[Message, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetConversationsRequest(_message.Message):
     __slots__ = ("limit", "page_token")

@@ -49,6 +49,11 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.GetMessagesRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.GetMessagesResponse.FromString,
                 _registered_method=True)
+        self.GetThread = channel.unary_unary(
+                '/chat.v1.ChatService/GetThread',
+                request_serializer=chat_dot_v1_dot_chat__pb2.GetThreadRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.GetThreadResponse.FromString,
+                _registered_method=True)
         self.GetConversations = channel.unary_unary(
                 '/chat.v1.ChatService/GetConversations',
                 request_serializer=chat_dot_v1_dot_chat__pb2.GetConversationsRequest.SerializeToString,
@@ -127,7 +132,16 @@ class ChatServiceServicer:
 
     def GetMessages(self, request, context):
         """Pages through a conversation's messages: newest first, or oldest first after `after_seq`
-        when it is given (0 included: from the first message).
+        when it is given (0 included: from the first message). Root-level messages only, unless
+        `include_thread_replies`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThread(self, request, context):
+        """Pages through the replies of one thread as GetMessages pages a conversation: newest first,
+        or oldest first after `after_seq` (a conversation seq) when it is given.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +249,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.GetMessages,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.GetMessagesRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.GetMessagesResponse.SerializeToString,
+            ),
+            'GetThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThread,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.GetThreadRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.GetThreadResponse.SerializeToString,
             ),
             'GetConversations': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConversations,
@@ -373,6 +392,33 @@ class ChatService:
             '/chat.v1.ChatService/GetMessages',
             chat_dot_v1_dot_chat__pb2.GetMessagesRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.GetMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/GetThread',
+            chat_dot_v1_dot_chat__pb2.GetThreadRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.GetThreadResponse.FromString,
             options,
             channel_credentials,
             insecure,

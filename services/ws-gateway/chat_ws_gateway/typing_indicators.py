@@ -1,0 +1,199 @@
+"""Typing indicators: ephemeral frames between the members of a conversation, across replicas.
+
+A client sends ``{"type": "typing", "conversation_id": ...}`` while its user types. The other
+members' sockets receive ``{"type": "typing", "conversation_id", "user_id", "expires_in_ms"}``
+on whichever gateway replica they are connected to. Typing is not a change to the conversation:
+it does not go through the outbox or the streams, is not stored and is not replayed on resume.
+It travels over Redis pub/sub instead, on a channel per tenant (``chat:typing:{<tenant>}``),
+which every replica subscribes to by pattern; a replica delivers a signal only to its own
+sockets of the signal's recipients, in the channel's tenant.
+
+What keeps it cheap and honest:
+
+- Only a member's signal goes out. Membership is read through ``History.member_of`` and the
+  conversation's members (the recipients) from its ``member_ids``; both are cached for
+  ``WS_TYPING_CACHE_TTL`` seconds, so a user typing costs PostgreSQL at most one read of each
+  per conversation and cache period, and a membership change reaches typing within that period.
+- At most one signal per user and conversation every ``WS_TYPING_INTERVAL`` seconds (3 by
+  default), whichever replicas and sockets the user types from: a local window first
+  (``limits.TypingThrottle``, no I/O), then ``SET NX PX`` on a Redis key in the same script
+  that publishes, so two replicas cannot both publish within one window. Extra signals are
+  dropped silently (they are not errors).
+- The sender's own sockets never receive their user's signal.
+- Redis down or slow: the signal is dropped (bounded by REDIS_TIMEOUT); nothing else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from chat_shared.observability.logging import get_logger
+from chat_ws_gateway.history import History
+from chat_ws_gateway.limits import TypingThrottle
+
+log = get_logger(__name__)
+
+CHANNEL_PREFIX = "chat:typing"
+EXPIRES_IN_MS = 5000
+"""How long a client shows the indicator after a signal, unless another one renews it."""
+
+WS_TYPING = Counter("ws_typing_signals_total",
+                    "Typing frames from clients, by what became of them", ["outcome"])
+for _outcome in ("published", "throttled", "not_member", "failed", "delivered"):
+    WS_TYPING.labels(_outcome)
+
+# Starts the user's window and publishes, or does neither (the window is running): one round
+# trip, and two replicas cannot both publish within one window.
+_THROTTLED_PUBLISH = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+    return redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return -1
+"""
+
+
+def channel(tenant: str) -> str:
+    """The pub/sub channel of a tenant's typing signals."""
+    return f"{CHANNEL_PREFIX}:{{{tenant}}}"
+
+
+def tenant_of(channel_name: str) -> str | None:
+    head = CHANNEL_PREFIX + ":{"
+    if channel_name.startswith(head) and channel_name.endswith("}"):
+        return channel_name[len(head):-1]
+    return None
+
+
+def typing_frame(conversation_id: str, user_id: str) -> str:
+    return orjson.dumps({"type": "typing", "conversation_id": conversation_id,
+                         "user_id": user_id, "expires_in_ms": EXPIRES_IN_MS}).decode()
+
+
+class _TtlCache:
+    """A small cache of answers that may be ``ttl`` seconds old (cleared when it is full)."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float], max_entries: int = 10_000) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._max = max_entries
+        self._data: dict[object, tuple[float, Any]] = {}
+
+    def get(self, key: object) -> tuple[bool, Any]:
+        hit = self._data.get(key)
+        if hit is None or hit[0] <= self._clock():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: object, value: Any) -> None:
+        if len(self._data) >= self._max:
+            self._data.clear()
+        self._data[key] = (self._clock() + self._ttl, value)
+
+
+Deliver = Callable[[str, str, str, list[str], str], int]
+"""(tenant, conversation_id, sender, recipients, frame) -> sockets it was queued for."""
+
+
+class TypingRelay:
+    def __init__(self, redis: aioredis.Redis, subscriber: aioredis.Redis, history: History,
+                 deliver: Deliver, *, interval: float, cache_ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._redis = redis
+        self._subscriber = subscriber
+        self._history = history
+        self._deliver = deliver
+        self._interval_ms = max(1, int(interval * 1000))
+        self._throttle = TypingThrottle(interval, clock, max_keys=100_000)
+        self._members = _TtlCache(cache_ttl, clock)
+        self._member_of = _TtlCache(cache_ttl, clock)
+        self._script = redis.register_script(_THROTTLED_PUBLISH)
+        self.subscribed = asyncio.Event()
+
+    async def signal(self, tenant: str, user_id: str, conversation_id: str) -> str:
+        """Handles one typing frame of ``user_id``; returns what became of it (the metric's
+        outcome): published, throttled, not_member or failed."""
+        outcome = await self._signal(tenant, user_id, conversation_id)
+        WS_TYPING.labels(outcome).inc()
+        return outcome
+
+    async def _signal(self, tenant: str, user_id: str, conversation_id: str) -> str:
+        if not self._throttle.allow((tenant, user_id, conversation_id)):
+            return "throttled"
+        try:
+            if not await self._is_member(tenant, user_id, conversation_id):
+                return "not_member"
+            recipients = [m for m in await self._recipients(tenant, conversation_id)
+                          if m != user_id]
+            if not recipients:
+                return "published"  # nobody else to tell
+            message = orjson.dumps({"c": conversation_id, "u": user_id, "r": recipients})
+            key = f"{CHANNEL_PREFIX}:{{{tenant}}}:{conversation_id}:{user_id}"
+            sent = await self._script(keys=[key],
+                                      args=[self._interval_ms, channel(tenant), message])
+        except Exception:  # noqa: BLE001 - a lost typing signal is harmless; see the module doc
+            log.warning("ws_typing_failed", user_id=user_id, conversation_id=conversation_id,
+                        exc_info=True)
+            return "failed"
+        return "throttled" if sent == -1 else "published"
+
+    async def _is_member(self, tenant: str, user_id: str, conversation_id: str) -> bool:
+        key = (tenant, user_id, conversation_id)
+        hit, value = self._member_of.get(key)
+        if not hit:
+            value = conversation_id in await self._history.member_of(tenant, user_id,
+                                                                     [conversation_id])
+            self._member_of.put(key, value)
+        return bool(value)
+
+    async def _recipients(self, tenant: str, conversation_id: str) -> list[str]:
+        key = (tenant, conversation_id)
+        hit, value = self._members.get(key)
+        if not hit:
+            value = await self._history.members(tenant, conversation_id)
+            self._members.put(key, value)
+        return list(value)
+
+    async def run(self, retry_delay: float = 1.0) -> None:
+        """Receives every tenant's signals and hands them to the local sockets; reconnects
+        after a Redis fault (signals sent meanwhile are lost, as typing may be)."""
+        while True:
+            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(f"{CHANNEL_PREFIX}:*")
+                self.subscribed.set()
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None:
+                        self._dispatch(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis went away: resubscribe
+                self.subscribed.clear()
+                log.warning("ws_typing_subscription_lost", exc_info=True)
+                await asyncio.sleep(retry_delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        name = msg.get("channel")
+        tenant = tenant_of(name.decode() if isinstance(name, bytes) else str(name))
+        try:
+            data = orjson.loads(msg["data"])
+            cid, user, recipients = str(data["c"]), str(data["u"]), list(data["r"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("ws_typing_bad_message", channel=str(name))
+            return
+        if tenant is None:
+            return
+        delivered = self._deliver(tenant, cid, user, recipients, typing_frame(cid, user))
+        if delivered:
+            WS_TYPING.labels("delivered").inc(delivered)
