@@ -5,10 +5,10 @@ equals what GetMessages and GetConversations show it. Real chat-api, relay and g
 A seeded random driver (not hypothesis' stateful machine: every sequence needs a running
 stack and real sockets, and a failing sequence is reproduced from its printed seed instead of
 being shrunk). Each sequence is a fresh conversation of four users (an owner, two members, one
-outsider who may be added), ``OPERATIONS`` random operations among sends, edits, deletions,
-reactions, member additions, removals, leaving, role changes, title changes, disconnects and
-reconnects (with a resume from the client's last positions), some issued concurrently. Then every
-client reconnects or waits for its live frames, and is compared.
+outsider who may be added), ``OPERATIONS`` random operations among sends, thread replies,
+edits, deletions, reactions, member additions, removals, leaving, role changes, title changes,
+disconnects and reconnects (with a resume from the client's last positions), some issued
+concurrently. Then every client reconnects or waits for its live frames, and is compared.
 
 A client does what a real one does: it applies every ordered frame in pos order (a frame out of
 order is a divergence), keeps its last pos per conversation, resumes from it on reconnect,
@@ -27,6 +27,7 @@ import os
 import pathlib
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,18 +161,28 @@ async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
 
 
 async def operation(stack: Stack, rng: random.Random, cid: str, clients: list[Client],
-                    creation: dict[str, ConversationView], sent: list[tuple[str, str]]) -> None:
+                    creation: dict[str, ConversationView], sent: list[tuple[str, str]],
+                    replies: set[str]) -> None:
     """One random operation; the RPC may refuse it (a role it lacks, a member who left): the
     comparison is with what the server then shows, whatever it decided."""
     stub, users = stack.stub, [c.user for c in clients]
     who = rng.choice(users)
     a = auth(who)
-    kind = rng.choice(["send", "send", "edit", "delete", "react", "react", "unreact", "add",
-                       "remove", "role", "title", "disconnect", "reconnect"])
+    kind = rng.choice(["send", "send", "reply", "edit", "delete", "react", "react", "unreact",
+                       "add", "remove", "role", "title", "disconnect", "reconnect"])
     try:
-        if kind == "send" or (not sent and kind in ("edit", "delete", "react", "unreact")):
+        roots = [mid for mid, _ in sent if mid not in replies]
+        if kind == "send" or (not sent and kind in ("reply", "edit", "delete", "react",
+                                                    "unreact")):
             msg = await send(stub, who, cid, f"{who} says {rng.random():.6f}")
             sent.append((msg.id, who))
+        elif kind == "reply":
+            reply = await stub.SendMessage(chat_pb2.SendMessageRequest(
+                conversation_id=cid, content=f"{who} answers {rng.random():.6f}",
+                idempotency_key=uuid.uuid4().hex, thread_root_id=rng.choice(roots)),
+                metadata=a)
+            sent.append((reply.message.id, who))
+            replies.add(reply.message.id)
         elif kind == "edit":
             mid, sender = rng.choice(sent)
             await stub.EditMessage(chat_pb2.EditMessageRequest(
@@ -260,11 +271,13 @@ async def run_sequence(stack: Stack, seed: int) -> list[str]:
             client.views[conv.id] = ConversationView(start.title, dict(start.members))
         await client.connect(stack, creation)
     sent: list[tuple[str, str]] = []
+    replies: set[str] = set()  # the ids in ``sent`` that are thread replies
     try:
         done = 0
         while done < OPERATIONS:
             together = min(rng.choice([1, 1, 2, 3]), OPERATIONS - done)
-            await asyncio.gather(*(operation(stack, rng, conv.id, clients, creation, sent)
+            await asyncio.gather(*(operation(stack, rng, conv.id, clients, creation, sent,
+                                             replies)
                                    for _ in range(together)))
             done += together
         return [f"seed {seed}: {d}" for d in await settle(stack, rng, conv.id, clients,

@@ -1,6 +1,9 @@
 """A WebSocket client's view of its conversations, rebuilt from frames alone, and the same view
 read from the RPCs, so tests can compare the two.
 
+Thread replies are messages like any other (``thread_root_id`` names their root); a root's
+``reply_count`` is counted by the client from the replies it holds.
+
 ``ClientState.apply`` is what a real client does with each ordered frame (chat_shared.events,
 "Positions"): message frames set the message as it is (a created or deleted message has no
 reactions), reaction frames add or remove one (user, emoji), member frames set or drop a
@@ -39,7 +42,8 @@ class ConversationView:
             m = frame["message"]
             self.messages[m["id"]] = {"seq": m["seq"], "sender_id": m["sender_id"],
                                       "content": m["content"], "version": m["version"],
-                                      "deleted": m["deleted"]}
+                                      "deleted": m["deleted"],
+                                      "thread_root_id": m.get("thread_root_id")}
             if kind != "message.updated":
                 self.reactions[m["id"]] = {}
         elif kind == "reaction.added":
@@ -64,7 +68,10 @@ class ConversationView:
             counts = [(e, len(us), user in us) for e, us in self.reactions.get(mid, {}).items()
                       if us]
             counts.sort(key=lambda r: (-r[1], r[0]))
-            messages.append({**m, "id": mid, "reactions": counts[:20]})
+            # A root's reply count is its replies, tombstones included (a deleted reply keeps
+            # its place in the thread): no frame carries it, the client counts.
+            replies = sum(1 for r in self.messages.values() if r["thread_root_id"] == mid)
+            messages.append({**m, "id": mid, "reactions": counts[:20], "reply_count": replies})
         return {"title": self.title, "member_ids": sorted(self.members),
                 "role": self.members.get(user), "pos": self.pos, "messages": messages}
 
@@ -78,17 +85,21 @@ async def server_view(stub, user: str, conversation_id: str) -> dict[str, Any] |
         return None
     conv = found[0]
     messages: list[dict[str, Any]] = []
-    req = chat_pb2.GetMessagesRequest(conversation_id=conversation_id, limit=100, after_seq=0)
+    req = chat_pb2.GetMessagesRequest(conversation_id=conversation_id, limit=100, after_seq=0,
+                                      include_thread_replies=True)
     while True:
         page = await stub.GetMessages(req, metadata=auth(user))
         for m in page.messages:
             messages.append({"id": m.id, "seq": m.seq, "sender_id": m.sender_id,
                              "content": m.content, "version": m.version, "deleted": m.deleted,
+                             "thread_root_id": m.thread_root_id or None,
                              "reactions": [(r.emoji, r.count, r.reacted_by_me)
-                                           for r in m.reactions]})
+                                           for r in m.reactions],
+                             "reply_count": m.reply_count})
         if not page.next_page_token:
             break
         req = chat_pb2.GetMessagesRequest(conversation_id=conversation_id, limit=100,
-                                          page_token=page.next_page_token)
+                                          page_token=page.next_page_token,
+                                          include_thread_replies=True)
     return {"title": conv.title, "member_ids": sorted(conv.member_ids), "role": conv.role,
             "pos": conv.last_pos, "messages": messages}

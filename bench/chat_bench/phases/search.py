@@ -80,12 +80,13 @@ async def load(conn: psycopg.AsyncConnection[Any], conversations: int, per_conve
     async with conn.cursor() as cur:
         async with cur.copy("COPY conversations (id, title, created_by, created_at,"
                             " last_message_at, last_activity_at, last_seq, last_pos,"
-                            " member_ids) FROM STDIN") as copy:
+                            " last_root_seq, member_ids) FROM STDIN") as copy:
             for i in range(conversations):
                 a, b = _members(i, searcher_in)
                 last = _created(i, per_conversation)
                 await copy.write_row((_cid(i), f"s{i}", a, _created(i, 0), last, last,
-                                      per_conversation, per_conversation, [a, b]))
+                                      per_conversation, per_conversation, per_conversation,
+                                      [a, b]))
         async with cur.copy("COPY conversation_members (conversation_id, user_id,"
                             " last_activity_at, last_read_seq, role) FROM STDIN") as copy:
             for i in range(conversations):
@@ -93,8 +94,9 @@ async def load(conn: psycopg.AsyncConnection[Any], conversations: int, per_conve
                 last = _created(i, per_conversation)
                 await copy.write_row((_cid(i), a, last, per_conversation, "owner"))
                 await copy.write_row((_cid(i), b, last, per_conversation, "member"))
-        async with cur.copy("COPY messages (id, conversation_id, seq, sender_id, content,"
-                            " idempotency_key, created_at) FROM STDIN") as copy:
+        # Every message root-level: root_seq = seq.
+        async with cur.copy("COPY messages (id, conversation_id, seq, root_seq, sender_id,"
+                            " content, idempotency_key, created_at) FROM STDIN") as copy:
             for i in range(conversations):
                 cid = _cid(i)
                 pair = _members(i, searcher_in)
@@ -102,8 +104,8 @@ async def load(conn: psycopg.AsyncConnection[Any], conversations: int, per_conve
                 drawn = iter(rng.choices(vocabulary, cum_weights=weights, k=sum(lengths)))
                 for seq in range(1, per_conversation + 1):
                     content = " ".join(itertools.islice(drawn, lengths[seq - 1]))
-                    await copy.write_row((uuid.uuid4(), cid, seq, pair[seq % 2], content,
-                                          f"{cid}:{seq}", _created(i, seq)))
+                    await copy.write_row((uuid.uuid4(), cid, seq, seq, pair[seq % 2],
+                                          content, f"{cid}:{seq}", _created(i, seq)))
     return conversations * per_conversation
 
 
