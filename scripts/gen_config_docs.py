@@ -16,7 +16,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from chat_api.settings import ApiSettings
+from chat_api.settings import ApiSettings, ObjectStoreSettings
 from chat_outbox_relay.settings import RelaySettings
 from chat_relay_operator.settings import OperatorConfig
 from chat_shared.config import (
@@ -39,6 +39,7 @@ SHARED: tuple[tuple[str, type[BaseModel]], ...] = (
     ("Authentication (JWT)", AuthSettings),
     ("HTTP servers (chat-api, chat-ws-gateway)", HttpServerSettings),
     ("Rate limits (chat-api, chat-ws-gateway; docs/rate-limits.md)", RateLimitSettings),
+    ("Object storage and attachments (chat-api)", ObjectStoreSettings),
 )
 SERVICES: tuple[tuple[str, type[BaseModel]], ...] = (
     ("chat-api", ApiSettings),
@@ -134,8 +135,8 @@ def _row(cls: type[BaseModel], name: str, note: str = "") -> str:
 
 # What the class hierarchy cannot say: a section a service inherits but has no use for.
 SECTION_NOTES: dict[type[BaseModel], str] = {
-    RedisSettings: " `chat-api` accepts them but does not use Redis: the database's unique "
-                   "constraint alone keeps sends exactly-once.",
+    RedisSettings: " `chat-api` uses Redis only for its thumbnail worker (THUMBNAILS): the "
+                   "database's unique constraint alone keeps sends exactly-once.",
     AuthSettings: " `chat-outbox-relay` accepts them but verifies no tokens.",
 }
 

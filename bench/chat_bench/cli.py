@@ -155,7 +155,7 @@ async def _run(args: argparse.Namespace, phases: list[Phase], pg_settings: dict[
     started_here = not (args.grpc or args.http or args.ws)
     if started_here:
         fsync = "off (--unsafe-fast-db)" if args.unsafe_fast_db else "on"
-        progress(f"starting the stack: throwaway PostgreSQL (fsync {fsync}) and Redis, "
+        progress(f"starting the stack: throwaway PostgreSQL (fsync {fsync}), Redis and S3 (moto), "
                  "migrations, chat-api, chat-outbox-relay, chat-ws-gateway ...")
         result["service_env"] = {"LOG_LEVEL": args.log_level, **extra_env}
     result["database"] = {"started_here": started_here, "unsafe_fast_db": args.unsafe_fast_db,

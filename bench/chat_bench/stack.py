@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.local_redis import LocalRedis
+from chat_devtools.local_s3 import LocalS3
 from chat_devtools.process import ServiceProcess
 from chat_devtools.services import BIN, Api, Gateway, Relay, base_env
 
@@ -66,7 +67,8 @@ def raise_fd_limit() -> int:
 async def local_stack(jwt_secret: str, log_level: str, extra_env: dict[str, str], *,
                       durable: bool = True,
                       pg_settings: Mapping[str, str] | None = None) -> AsyncIterator[Target]:
-    """PostgreSQL, Redis, migrations and the three services; everything is removed after.
+    """PostgreSQL, Redis, S3 (moto), migrations and the three services; everything is removed
+    after.
 
     Args:
         durable: PostgreSQL with its durability defaults; False: ``UNSAFE_FAST``.
@@ -75,17 +77,19 @@ async def local_stack(jwt_secret: str, log_level: str, extra_env: dict[str, str]
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="chat-bench-"))
     pg = LocalPostgres(durable=durable, settings=pg_settings)
     redis = LocalRedis()
+    s3 = LocalS3()
     services: list[Api | Relay | Gateway] = []
     try:
         pg.start()
         redis.start()
+        s3.start()
         dsn = pg.create_database("chat")
         migrate = subprocess.run([str(BIN / "chat-migrate")],  # noqa: ASYNC221 (once, at start)
                                  env={**os.environ, "DB_SOURCE": dsn}, capture_output=True)
         if migrate.returncode != 0:
             raise RuntimeError(f"chat-migrate failed: {migrate.stderr.decode()[-2000:]}")
         env = base_env(dsn, redis.addr, jwt_secret, ENVIRONMENT="development",
-                       LOG_LEVEL=log_level, **extra_env)
+                       LOG_LEVEL=log_level, **s3.env(), **extra_env)
         api = Api(env, log_dir)
         relay = Relay(env, log_dir, quick_intervals=False)
         gateway = Gateway(env, log_dir)
@@ -108,4 +112,5 @@ async def local_stack(jwt_secret: str, log_level: str, extra_env: dict[str, str]
         for service in services:
             service.stop()
         redis.cleanup()
+        s3.cleanup()
         pg.cleanup()

@@ -4,9 +4,9 @@
    named, with how to move them all (CHAT_DEV_PORT_OFFSET). The check binds with SO_REUSEADDR,
    as the services do, so a stack stopped a moment ago (its connections in TIME_WAIT) is no
    obstacle.
-2. Throwaway PostgreSQL and Redis start when DB_SOURCE / REDIS_ADDR are unset; the migrations
-   are applied. That PostgreSQL runs with fsync off (fast, not crash-safe), and the start-up
-   line says so.
+2. Throwaway PostgreSQL, Redis and S3 (attachments) start when DB_SOURCE / REDIS_ADDR /
+   S3_ENDPOINT are unset; the migrations are applied. That PostgreSQL runs with fsync off
+   (fast, not crash-safe), and the start-up line says so.
 3. The three services run as processes with their output prefixed by their names; "running"
    and the addresses are printed once every one of them is ready (gRPC health for the API,
    /readyz for the others).
@@ -30,6 +30,7 @@ from types import FrameType
 from chat_devtools.errors import ServiceError
 from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.local_redis import LocalRedis
+from chat_devtools.local_s3 import LocalS3
 from chat_devtools.ports import LOOPBACK, port_free
 from chat_devtools.process import Probe, ServiceProcess, grpc_serving, http_ok
 from chat_devtools.supervisor import Supervised
@@ -150,6 +151,7 @@ class _Stack:
     def __init__(self) -> None:
         self.pg: LocalPostgres | None = None
         self.redis: LocalRedis | None = None
+        self.s3: LocalS3 | None = None
         self.supervised: list[Supervised] = []
         self.stop = threading.Event()
         self.starting = True
@@ -175,6 +177,8 @@ class _Stack:
                 clean = False
         if self.redis is not None:
             self.redis.cleanup()
+        if self.s3 is not None:
+            self.s3.cleanup()
         if self.pg is not None:
             self.pg.cleanup()
         console.say("stopped")
@@ -215,6 +219,12 @@ def _start_and_serve(stack: _Stack, env: dict[str, str], specs: list[ServiceSpec
         stack.redis = dev_redis().start()
         env["REDIS_ADDR"] = stack.redis.addr
         console.say(f"Redis on {stack.redis.addr} (append-only file in {stack.redis.dir})")
+    if not env.get("S3_ENDPOINT"):
+        console.say("S3_ENDPOINT unset: starting a throwaway S3 server (moto, in memory) ...")
+        stack.s3 = LocalS3().start()
+        env.update(stack.s3.env())
+        console.say(f"S3 on {stack.s3.endpoint} (bucket {stack.s3.bucket}; objects kept in "
+                    "memory until it stops)")
     console.say("applying migrations ...")
     if subprocess.run([migrate], env=env).returncode != 0:
         console.error("migrations failed")

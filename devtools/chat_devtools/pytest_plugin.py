@@ -7,7 +7,9 @@ Per test: a fresh copy of the migrated database (CREATE DATABASE ... TEMPLATE, a
 instead of a migration) and a Redis with nothing in it.
 
 Fixtures: ``postgres`` and ``redis_server`` (the servers), ``db_source`` (the DSN of the test's
-own database), ``redis_addr`` (host:port of the flushed server).
+own database), ``redis_addr`` (host:port of the flushed server); ``s3_server`` (a throwaway
+S3-compatible server with its bucket, started by the first test that asks for it) and ``s3``
+(the same server with an empty bucket).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 if TYPE_CHECKING:
     from chat_devtools.local_postgres import LocalPostgres
     from chat_devtools.local_redis import LocalRedis
+    from chat_devtools.local_s3 import LocalS3
 
 TEMPLATE_DB = "chat_template"
 """The database migrated once per session; every test's database is a copy of it."""
@@ -51,6 +54,24 @@ def redis_server() -> Iterator[LocalRedis]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3]:
+    from chat_devtools.local_s3 import LocalS3
+
+    server = LocalS3().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def s3(s3_server: LocalS3) -> LocalS3:
+    """The session's S3 server with nothing in its bucket."""
+    s3_server.empty_bucket()
+    return s3_server
 
 
 @pytest.fixture

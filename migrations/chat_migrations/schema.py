@@ -53,7 +53,8 @@ def _tenant_id() -> Column[str]:
 
 
 TENANT_TABLES = ("conversations", "conversation_members", "messages", "outbox",
-                 "outbox_dead_letter", "conversation_changes", "message_reactions")
+                  "outbox_dead_letter", "conversation_changes", "message_reactions",
+                  "attachments")
 """The tables whose rows belong to a tenant, each with row-level security forced on."""
 
 tenants = Table(
@@ -212,6 +213,44 @@ message_reactions = Table(
                          name="message_reactions_pkey"),
     ForeignKeyConstraint(["tenant_id", "message_id"], ["messages.tenant_id", "messages.id"],
                          ondelete="CASCADE", name="message_reactions_message_fkey"),
+)
+
+attachments = Table(
+    "attachments", metadata,
+    _tenant_id(),
+    Column("id", UUID(as_uuid=False), nullable=False),
+    Column("conversation_id", UUID(as_uuid=False), nullable=False),
+    Column("uploader", Text, nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    # <tenant>/<conversation>/<upload id>: tenant-scoped, never derived from the filename.
+    Column("object_key", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'uploaded'::text")),
+    # Set by the send statement that attaches it, with the message (migration 0010a).
+    Column("message_id", UUID(as_uuid=False)),
+    Column("position", SmallInteger),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("thumbnail_key", Text),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("tenant_id", "id", name="attachments_pkey"),
+    ForeignKeyConstraint(["tenant_id", "conversation_id"],
+                         ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
+                         name="attachments_conversation_fkey"),
+    ForeignKeyConstraint(["tenant_id", "message_id"], ["messages.tenant_id", "messages.id"],
+                         ondelete="CASCADE", name="attachments_message_fkey"),
+    CheckConstraint("size_bytes > 0", name="attachments_size_bytes_check"),
+    CheckConstraint("status = ANY (ARRAY['uploaded'::text, 'attached'::text, 'erased'::text])",
+                    name="attachments_status_check"),
+    CheckConstraint("(status = 'attached'::text) = (message_id IS NOT NULL)",
+                    name="attachments_attached_check"),
+    Index("ix_attachments_message", "tenant_id", "message_id", "position",
+          postgresql_where=text("message_id IS NOT NULL")),
+    Index("ix_attachments_unattached", "tenant_id", "created_at",
+          postgresql_where=text("status = 'uploaded'::text")),
+    Index("ix_attachments_erased", "tenant_id", "created_at",
+          postgresql_where=text("status = 'erased'::text")),
 )
 
 outbox = Table(

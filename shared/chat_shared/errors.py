@@ -8,6 +8,8 @@
      ├── AlreadyExists        duplicate send; carries reason and metadata (original message)
      ├── ResourceExhausted    a limit is reached
      │    └── RateLimited     too many requests: carries when to retry and which limit
+     ├── FailedPrecondition   the request is valid but the state forbids it (an upload used
+     │                        twice, an upload that is not in the store as declared)
      ├── DeadlineExceeded     the caller's deadline passed before the work was done
      ├── Unavailable          a dependency we cannot work without is down or did not answer
      └── Internal
@@ -75,6 +77,8 @@ class RateLimited(ResourceExhausted):
         self.subject = subject
         self.retry_after = retry_after
         self.headers = headers
+class FailedPrecondition(ChatError):
+    code = "FAILED_PRECONDITION"
 
 
 class DeadlineExceeded(ChatError):

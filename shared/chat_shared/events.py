@@ -39,25 +39,40 @@ Types and payloads (JSON objects). Consumers ignore types and fields they do not
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
                  "edited_at": timestamp or null, "deleted": boolean,
+                 "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
+                                   "size_bytes": integer, "width": integer, "height": integer,
+                                   "thumbnail_ready": boolean}],
                  "thread_root_id"?: uuid}}
 
-A field marked ``?`` may be absent: ``thread_root_id`` is there only on a thread reply (it names
-the root-level message the reply answers) and absent on a root-level message, as in every
-event written before threads existed. A reply is an ordered change like any message: it takes
-the next seq and the next pos, and can be edited, deleted and reacted to like any message.
+A field marked ``?`` may be absent, as in every event written before it existed; readers treat
+an absent ``attachments`` as empty. ``attachments`` is there only on a message with attachments
+(never on a tombstone: deleting a message erases them). ``thread_root_id`` is there only on a
+thread reply (it names the root-level message the reply answers) and absent on a root-level
+message. A reply is an ordered change like any message: it takes the next seq and the next pos,
+and can be edited, deleted and reacted to like any message.
 
-``message.updated``: its sender edited a message (``version`` counts the edits, from 1)::
+``message.updated``: a message changed: its sender edited it (``version`` counts the edits,
+from 1), or a thumbnail of one of its attachments became ready (``thumbnail_ready``, the
+image's ``width`` and ``height``; the version stays). Either way it is an ordered change at a
+new pos, and the payload is the whole message as it is now::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
                  "edited_at": timestamp or null, "deleted": boolean,
+                 "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
+                                   "size_bytes": integer, "width": integer, "height": integer,
+                                   "thumbnail_ready": boolean}],
                  "thread_root_id"?: uuid}}
 
-``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true)::
+``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true, no
+attachments: their files are deleted from the store with it)::
 
     {"message": {"id": uuid, "conversation_id": uuid, "sender_id": string, "content": string,
                  "seq": integer, "created_at": timestamp, "version": integer,
                  "edited_at": timestamp or null, "deleted": boolean,
+                 "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
+                                   "size_bytes": integer, "width": integer, "height": integer,
+                                   "thumbnail_ready": boolean}],
                  "thread_root_id"?: uuid}}
 
 ``reaction.added`` / ``reaction.removed``: a user's reaction with an emoji to a message::
@@ -140,10 +155,19 @@ from __future__ import annotations
 import re
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NewType, TypeAlias, TypedDict, get_type_hints, is_typeddict
+from typing import (
+    Any,
+    NewType,
+    TypeAlias,
+    TypedDict,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 import orjson
 
@@ -153,11 +177,12 @@ __all__ = [
     "CONVERSATION_READ", "CONVERSATION_UPDATED", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS",
     "EPOCH_FIELD", "MEMBER_ADDED", "MEMBER_REMOVED", "MEMBER_ROLE_CHANGED", "MESSAGE_CREATED",
     "MESSAGE_DELETED", "MESSAGE_TYPES", "MESSAGE_UPDATED", "ORDERED_TYPES", "PAYLOADS",
-    "REACTION_ADDED", "REACTION_REMOVED", "ConversationRead", "ConversationUpdated", "Event",
-    "MemberChanged", "MemberRemoved", "Message", "MessageCreated", "MessageEvent", "Reaction",
-    "Timestamp", "UuidText", "conversation_read", "decode_entry", "decode_payload",
-    "describe_payload", "encode_entry", "entry_values", "epoch_key", "format_time", "message",
-    "message_created", "parse_time", "payload_sql", "shard_of", "stream_key", "stream_keys",
+    "REACTION_ADDED", "REACTION_REMOVED", "Attachment", "ConversationRead",
+    "ConversationUpdated", "Event", "MemberChanged", "MemberRemoved", "Message",
+    "MessageCreated", "MessageEvent", "Reaction", "Timestamp", "UuidText", "conversation_read",
+    "decode_entry", "decode_payload", "describe_payload", "encode_entry", "entry_values",
+    "epoch_key", "format_time", "message", "message_created", "parse_time", "payload_sql",
+    "shard_of", "stream_key", "stream_keys",
 ]
 
 MESSAGE_CREATED = "message.created"
@@ -187,6 +212,17 @@ OptionalTimestamp = NewType("OptionalTimestamp", object)
 """A ``Timestamp`` or null (JSON); in Python ``Timestamp | None``."""
 
 
+class Attachment(TypedDict):
+    id: UuidText
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    """Pixels, once the thumbnail worker has read the image; 0 before and for other files."""
+    height: int
+    thumbnail_ready: bool
+
+
 class _MessageFields(TypedDict):
     id: UuidText
     conversation_id: UuidText
@@ -202,6 +238,8 @@ class _MessageFields(TypedDict):
 # The optional fields through ``total=False`` rather than ``NotRequired``: with postponed
 # annotations, Python 3.11's TypedDict does not see a ``NotRequired`` inside the annotation text.
 class Message(_MessageFields, total=False):
+    attachments: list[Attachment]
+    """Only on a message with attachments (so never on a tombstone)."""
     thread_root_id: UuidText
     """Only on a thread reply: the root-level message it answers."""
 
@@ -289,14 +327,18 @@ def parse_time(text: str) -> datetime:
 
 def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
             created_at: datetime, version: int = 1, edited_at: datetime | None = None,
-            deleted: bool = False, thread_root_id: str | None = None) -> Message:
-    """A message as events carry it (also the shape the gateway sends from PostgreSQL)."""
+            deleted: bool = False, attachments: Sequence[Attachment] = (),
+            thread_root_id: str | None = None) -> Message:
+    """A message as events carry it (also the shape the gateway sends from PostgreSQL);
+    ``attachments`` only when it has any."""
     out: Message = {
         "id": UuidText(id), "conversation_id": UuidText(conversation_id),
         "sender_id": sender_id, "content": content, "seq": seq,
         "created_at": Timestamp(format_time(created_at)), "version": version,
         "edited_at": OptionalTimestamp(None if edited_at is None else format_time(edited_at)),
         "deleted": deleted}
+    if attachments:
+        out["attachments"] = list(attachments)
     if thread_root_id is not None:
         out["thread_root_id"] = UuidText(thread_root_id)
     return out
@@ -343,13 +385,11 @@ def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
             sql = _object_sql(kind, expression, f"{where}.{name}")
-        elif isinstance(expression, str) and kind in _KIND_NAMES:
-            if kind is Timestamp:
-                sql = _SQL_TIME.format(expression)
-            elif kind is OptionalTimestamp:  # to_char of NULL is NULL: JSON null
-                sql = _SQL_TIME.format(expression)
-            else:
-                sql = expression
+        elif isinstance(expression, str) and (kind in _KIND_NAMES or get_origin(kind) is list):
+            # A list is one SQL expression that builds the JSON array itself. A timestamp and
+            # an optional one alike: to_char of NULL is NULL, JSON null.
+            sql = (_SQL_TIME.format(expression) if kind in (Timestamp, OptionalTimestamp)
+                   else expression)
         else:
             raise ValueError(f"{where}.{name}: expected {_describe(kind)}")
         (extra if name in optional else parts).append(f"'{name}', {sql}")
@@ -368,6 +408,8 @@ def describe_payload(event_type: str) -> str:
 def _describe(kind: object) -> str:
     if kind in _KIND_NAMES:
         return _KIND_NAMES[kind]
+    if get_origin(kind) is list:
+        return "[" + _describe(get_args(kind)[0]) + "]"
     optional = _optional(kind)  # type: ignore[arg-type]
     inner = ", ".join(f'"{name}"{"?" if name in optional else ""}: {_describe(k)}'
                       for name, k in _fields(kind).items())  # type: ignore[arg-type]
@@ -394,6 +436,12 @@ def _check(kind: object, value: Any, where: str) -> None:
         ok = isinstance(value, bool)
     elif kind is OptionalTimestamp:
         ok = value is None or (isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None)
+    elif get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected {_describe(kind)}, got {value!r:.60}")
+        for i, item in enumerate(value):
+            _check(get_args(kind)[0], item, f"{where}[{i}]")
+        return
     elif kind is str:
         ok = isinstance(value, str)
     elif kind is UuidText:

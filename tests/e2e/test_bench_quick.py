@@ -225,3 +225,17 @@ def test_isolation_phase(tmp_path: pathlib.Path) -> None:
         assert_latency(iso["cost"][transport]["on"], 20)
         assert_latency(iso["cost"][transport]["off"], 20)
     assert "limiter cost per call (mean, gRPC)" in "\n".join(verdict_rows(stdout))
+
+
+def test_attachments_phase(tmp_path: pathlib.Path) -> None:
+    data, stdout = run_bench(tmp_path, "--only", "attachments", "--attachment-calls", "10",
+                             "--thumbnails", "2", "--repeat", "1")
+    a = data["attachments"]
+    for name in ("CreateUpload", "GetAttachmentUrl", "SendMessage + 1 attachment"):
+        assert_latency(a[name], n=10)
+    assert_latency(a["thumbnail_ready"], n=2)
+    assert a["photo_bytes"] > 500_000  # a photo's entropy, not a flat image
+    measured = {c["figure"] for c in data["targets"] if c["met"] is not None}
+    assert measured == {"CreateUpload mean", "GetAttachmentUrl mean",
+                        "SendMessage + 1 attachment mean", "thumbnail ready p99 (4 MP JPEG)"}
+    assert "Attachments, 10 sequential gRPC calls each" in stdout

@@ -1,6 +1,7 @@
 """README's run command (`chat-dev`, what `./dev run` execs): the whole stack from nothing.
 
-Starts with DB_SOURCE and REDIS_ADDR unset, so chat-dev starts its own PostgreSQL and Redis;
+Starts with DB_SOURCE, REDIS_ADDR and S3_ENDPOINT unset, so chat-dev starts its own PostgreSQL,
+Redis and S3 server (attachments work);
 every port is moved by CHAT_DEV_PORT_OFFSET. "running" is printed only once every service
 answers; a message posted to the HTTP API reaches a member's WebSocket through the relay; a
 relay killed with SIGKILL is restarted (and the log says so) while the rest keeps running;
@@ -99,6 +100,12 @@ async def test_chat_dev_runs_the_stack_restarts_a_crashed_service_and_stops_on_c
                                     json={"member_ids": ["bob"]}) as resp:
                 assert resp.status == 200, await resp.text()
                 conv = (await resp.json())["conversation"]["id"]
+            assert "S3 on http://127.0.0.1:" in proc.output()
+            async with session.post(f"{http}/v1/conversations/{conv}/uploads", headers=alice,
+                                    json={"filename": "a.pdf", "content_type": "application/pdf",
+                                          "size_bytes": "5"}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["method"] == "POST"
             async with session.ws_connect(f"{ws}/v1/ws",
                                           headers={"Authorization": f"Bearer {bob}"}) as sock:
                 await sock.send_json({"type": "resume", "positions": {}})

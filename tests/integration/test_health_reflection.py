@@ -80,4 +80,5 @@ async def test_reflection_describes_the_chat_service(channel) -> None:
     assert {m.name for m in service.method} == {
         "CreateConversation", "SendMessage", "GetMessages", "GetThread", "GetConversations",
         "MarkAsRead", "AddMembers", "RemoveMember", "SetMemberRole", "UpdateConversation",
-        "EditMessage", "DeleteMessage", "AddReaction", "RemoveReaction", "SearchMessages"}
+        "EditMessage", "DeleteMessage", "AddReaction", "RemoveReaction", "SearchMessages",
+        "CreateUpload", "GetAttachmentUrl"}

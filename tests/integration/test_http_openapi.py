@@ -63,7 +63,9 @@ async def test_openapi_is_served_and_documents_every_route(api):
                    "DELETE /v1/conversations/{conversation_id}/messages/{message_id}",
                    "POST /v1/conversations/{conversation_id}/messages/{message_id}/reactions",
                    "DELETE /v1/conversations/{conversation_id}/messages/{message_id}/reactions",
-                   "GET /v1/messages:search"}
+                   "GET /v1/messages:search",
+                   "POST /v1/conversations/{conversation_id}/uploads",
+                   "GET /v1/attachments/{attachment_id}/url"}
     for op_id in ("CreateConversation", "SendMessage", "GetMessages", "GetThread",
                   "GetConversations", "MarkAsRead"):
         assert f"id='{op_id}'" in page

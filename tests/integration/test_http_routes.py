@@ -101,6 +101,8 @@ def test_chat_routes_come_from_the_annotations():
         ("POST", "/v1/conversations/{conversation_id}/messages/{message_id}/reactions", "*"),
         ("DELETE", "/v1/conversations/{conversation_id}/messages/{message_id}/reactions", ""),
         ("GET", "/v1/messages:search", ""),
+        ("POST", "/v1/conversations/{conversation_id}/uploads", "*"),
+        ("GET", "/v1/attachments/{attachment_id}/url", ""),
     }
 
 

@@ -150,6 +150,12 @@ LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
         conversation_id=s.big_conversation, message_id=s.message_ids[0], emoji=LONG_EMOJI),
     "RemoveReaction": lambda s: chat_pb2.RemoveReactionRequest(
         conversation_id=s.big_conversation, message_id=s.message_ids[0], emoji=LONG_EMOJI),
+    # Without an object store here these answer FAILED_PRECONDITION: quick, not a 5xx.
+    "CreateUpload": lambda s: chat_pb2.CreateUploadRequest(
+        conversation_id=s.big_conversation, filename="f" * 1024, content_type="a/" + "b" * 125,
+        size_bytes=INT64_MAX),
+    "GetAttachmentUrl": lambda s: chat_pb2.GetAttachmentUrlRequest(
+        attachment_id=str(uuid.uuid4()), thumbnail=True),
 }
 """The largest request each RPC accepts (every field at the limit the service enforces)."""
 
@@ -429,7 +435,7 @@ def _http_fill(binding: HttpBinding, base: Message, fd: FieldDescriptor) -> Http
 
 def _json_largest(fd: FieldDescriptor, budget: int) -> Any:
     if fd.is_repeated and fd.type == FieldDescriptor.TYPE_STRING:
-        return _distinct(budget, overhead=3)
+        return _distinct(budget, overhead=4)  # quotes, comma and space (json.dumps)
     if fd.type == FieldDescriptor.TYPE_STRING:
         return _text(budget)
     if fd.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64,

@@ -17,7 +17,8 @@ from chat_devtools.local_postgres import LocalPostgres
 from chat_devtools.ports import closed_port
 
 OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox", "tenants",
-              "outbox_dead_letter", "conversation_changes", "message_reactions"}
+               "outbox_dead_letter", "conversation_changes", "message_reactions",
+               "attachments"}
 _names = itertools.count()
 
 
@@ -184,7 +185,7 @@ def test_0006_puts_existing_rows_in_the_default_tenant_behind_row_level_security
     forced = postgres.psql(
         "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class"
         " WHERE relrowsecurity AND relforcerowsecurity AND relkind = 'r'", name)
-    assert forced == ("conversation_changes,conversation_members,conversations,"
+    assert forced == ("attachments,conversation_changes,conversation_members,conversations,"
                       "message_reactions,messages,outbox,outbox_dead_letter")
     # As the services' role: the default tenant's rows in its context, nothing in another's
     # or without one.

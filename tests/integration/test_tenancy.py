@@ -2,9 +2,10 @@
 
 The cross-tenant matrix: a user of tenant A calls every RPC, over gRPC and over HTTP, with the
 ids a user of tenant B holds (conversation and message ids, page tokens, read and page
-positions) and with B's users as members; every case must answer NOT_FOUND or an answer that
-holds only A's data. The same user id exists in both tenants, so a query that forgot the tenant
-would match. The WebSocket side of the matrix is in tests/e2e/test_ws_tenancy.py.
+positions, attachment and upload ids) and with B's users as members; every case must answer
+NOT_FOUND (FAILED_PRECONDITION for attaching someone else's upload, the answer a made-up id
+gets) or an answer that holds only A's data. The same user id exists in both tenants, so a
+query that forgot the tenant would match. The WebSocket side of the matrix is in tests/e2e/test_ws_tenancy.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from google.protobuf import timestamp_pb2
 from chat_shared.errors import ChatError
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import make_token
+from tests.attachment_helpers import post_form
 from tests.helpers import db_rows, error_info
 
 A, B = "acme", "globex"
@@ -41,12 +43,13 @@ def register(db_source: str, *tenants: str) -> None:
 
 
 @pytest.fixture
-async def tenant_api(api_settings_factory: Callable[..., Any], db_source: str
+async def tenant_api(api_settings_factory: Callable[..., Any], db_source: str, s3: Any
                      ) -> AsyncIterator[Any]:
     from chat_api.app import build_app
 
     register(db_source, A, B)
-    app = build_app(api_settings_factory(tenant_cache_ttl=0.2))
+    store = {k.lower(): v for k, v in s3.env().items()}
+    app = build_app(api_settings_factory(tenant_cache_ttl=0.2, **store))
     await app.start()
     await app.probe_once()
     yield app
@@ -120,6 +123,21 @@ async def b_world(stub: Any) -> dict[str, Any]:
     """What a user of B holds: a conversation with messages, its ids, tokens and positions."""
     conv = await conversation(stub, B, "alice", ["bob", "carol"], title="b-only")
     sent = [await send(stub, B, "alice", conv.id, f"b{i}", key=f"k-b{i}") for i in range(5)]
+    # An attachment of B's (sent) and an upload of B's (not yet attached).
+    pdf = b"%PDF-1.4\n%%EOF\n"
+    ids = []
+    for _ in range(2):
+        ticket = await stub.CreateUpload(
+            chat_pb2.CreateUploadRequest(conversation_id=conv.id, filename="b.pdf",
+                                         content_type="application/pdf", size_bytes=len(pdf)),
+            metadata=md("alice", B))
+        status, body = await post_form(ticket, pdf)
+        assert status == 204, body
+        ids.append(ticket.upload_id)
+    await stub.SendMessage(
+        chat_pb2.SendMessageRequest(conversation_id=conv.id, content="file",
+                                    idempotency_key="k-b-file", attachment_ids=ids[:1]),
+        metadata=md("alice", B))
     first = await stub.GetMessages(chat_pb2.GetMessagesRequest(conversation_id=conv.id, limit=2),
                                    metadata=md("bob", B))
     ascending = await stub.GetMessages(
@@ -136,7 +154,8 @@ async def b_world(stub: Any) -> dict[str, Any]:
     return {"conv": conv, "sent": sent, "messages_token": first.next_page_token,
             "search_token": found.next_page_token,
             "ascending_token": ascending.next_page_token,
-            "conversations_token": listed.next_page_token}
+            "conversations_token": listed.next_page_token, "attachment": ids[0],
+            "upload": ids[1]}
 
 
 async def b_snapshot(stub: Any) -> list[Any]:
@@ -205,6 +224,24 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
     grpc_case("CreateConversation with B's members", lambda u: tstub.CreateConversation(
         chat_pb2.CreateConversationRequest(member_ids=["bob", "carol"], title="b-only"),
         metadata=md(u, A)))
+    for which in ("attachment", "upload"):
+        for thumbnail in (False, True):
+            grpc_case(f"GetAttachmentUrl B's {which} thumbnail={thumbnail}",
+                      lambda u, w=which, t=thumbnail: tstub.GetAttachmentUrl(
+                          chat_pb2.GetAttachmentUrlRequest(attachment_id=world[w], thumbnail=t),
+                          metadata=md(u, A)))
+    grpc_case("CreateUpload in B's conversation", lambda u: tstub.CreateUpload(
+        chat_pb2.CreateUploadRequest(conversation_id=conv_b, filename="a.pdf",
+                                     content_type="application/pdf", size_bytes=5),
+        metadata=md(u, A)))
+    grpc_case("SendMessage attachment_ids B's upload", lambda u: tstub.SendMessage(
+        chat_pb2.SendMessageRequest(conversation_id=own_a.id, content="x",
+                                    idempotency_key=uuid.uuid4().hex,
+                                    attachment_ids=[world["upload"]]), metadata=md(u, A)))
+    grpc_case("SendMessage attachment_ids B's attachment", lambda u: tstub.SendMessage(
+        chat_pb2.SendMessageRequest(conversation_id=own_a.id, content="x",
+                                    idempotency_key=uuid.uuid4().hex,
+                                    attachment_ids=[world["attachment"]]), metadata=md(u, A)))
     grpc_case("CreateConversation direct with B's member", lambda u: tstub.CreateConversation(
         chat_pb2.CreateConversationRequest(member_ids=["bob"]), metadata=md(u, A)))
 
@@ -277,6 +314,10 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
               params={"query": "b0", "conversation_id": conv_b})
     http_case("create with B's members", "POST", "/v1/conversations",
               {"member_ids": ["bob", "carol"], "title": "b-only"})
+    http_case("upload", "POST", f"/v1/conversations/{conv_b}/uploads",
+              {"filename": "a.pdf", "content_type": "application/pdf", "size_bytes": "5"})
+    for which in ("attachment", "upload"):
+        http_case(f"attachment url of B's {which}", "GET", f"/v1/attachments/{world[which]}/url")
 
     http_case("add members", "POST", f"/v1/conversations/{conv_b}/members",
               {"member_ids": ["mallory"]})
@@ -288,7 +329,13 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
     http_case("add reaction", "POST", f"{msgs}/{b_msg}/reactions", {"emoji": "\U0001f44d"})
 
     b_ids = {conv_b, *(c for c, _, _ in before_b[0])}
-    b_message_ids = {m.id for m in world["sent"]}
+    b_message_ids = {m.id for m in world["sent"]} | {world["attachment"], world["upload"], B}
+    # What a made-up upload id gets: attaching B's must answer the same, naming nothing.
+    made_up = await code_of(tstub.SendMessage(
+        chat_pb2.SendMessageRequest(conversation_id=own_a.id, content="x",
+                                    idempotency_key=uuid.uuid4().hex,
+                                    attachment_ids=[str(uuid.uuid4())]), metadata=md("dave", A)))
+    assert made_up[0] == grpc.StatusCode.FAILED_PRECONDITION
     leaks: list[str] = []
     run_count = 0
     try:
@@ -298,6 +345,9 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
                 run_count += 1
                 code, value = await run(user)
                 text = str(value)
+                if "attachment_ids" in name and code == "FAILED_PRECONDITION" and \
+                        value.details() == made_up[1].details():
+                    continue
                 if code not in ("OK", "NOT_FOUND"):
                     leaks.append(f"{user} {name}: {code} {text[:200]}")
                 elif any(x in text for x in b_ids | b_message_ids):
@@ -305,7 +355,7 @@ async def test_cross_tenant_matrix_grpc_and_http(tstub: Any, tenant_api: Any,
     finally:
         await session.close()
     print(f"cross-tenant matrix: {run_count} cases run, {len(leaks)} leaks")
-    assert run_count == 4 * 45
+    assert run_count == 4 * 55
     assert not leaks, "\n".join(leaks)
     # A's calls changed nothing B sees: no message, no read position, no conversation.
     assert await b_snapshot(tstub) == before_b

@@ -344,8 +344,9 @@ async def test_a_root_or_thread_page_reads_only_its_rows_whatever_plan_postgresq
         expected = {"newest": range(301, 279, -2), "before_seq": range(149, 127, -2),
                     "after_seq": range(151, 173, 2)}[mode]
     else:
-        # The flag, the root's columns, its reactions and id, then the reply (seq its third).
-        seqs = [r[3 + MESSAGE_COLUMNS + 2] for r in rows]
+        # The flag, the root's columns, its attachments, reactions and id, then the reply (seq
+        # its third).
+        seqs = [r[4 + MESSAGE_COLUMNS + 2] for r in rows]
         # thread_seq t is at seq 2t; the cursor (100) is a thread position, after_seq a seq.
         expected = {"newest": range(300, 278, -2), "before": range(198, 176, -2),
                     "after": range(202, 224, 2), "after_seq": range(152, 174, 2)}[mode]

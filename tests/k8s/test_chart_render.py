@@ -176,3 +176,30 @@ def test_rate_limits_reach_the_config_map_as_the_services_parse_them(
     assert data["RATE_LIMIT_ANON_BURST"] == "7"
     assert data["RATE_LIMIT_ENABLED"] == "false"
     assert data["RATE_LIMIT_READ_RATE"] == "50" and data["RATE_LIMIT_READ_BURST"] == "100"
+
+
+def test_object_storage_reaches_only_the_api_with_its_secret_as_a_file() -> None:
+    env = _container_env(support.render())
+    assert not any(k.startswith("S3_") for e in env.values() for k in e)  # off by default
+    sets = ("objectStorage.endpoint=http://minio.storage:9000",
+            "objectStorage.publicEndpoint=https://files.example.com",
+            "objectStorage.existingSecret=chat-s3", "objectStorage.pathStyle=true")
+    docs = tuple(d for d in yaml.safe_load_all(support.template(sets=sets).stdout) if d)
+    env = _container_env(docs)
+    api = env["chat-service-api"]
+    assert (api["S3_ENDPOINT"], api["S3_PUBLIC_ENDPOINT"], api["S3_PATH_STYLE"]) == (
+        "http://minio.storage:9000", "https://files.example.com", "true")
+    assert api["S3_SECRET_ACCESS_KEY_FILE"] == "/var/run/secrets/chat/s3-secret-access-key"
+    assert api["ATTACHMENT_MAX_BYTES"] == "26214400"
+    assert not any(k.startswith("S3_") for name, e in env.items() if name != "chat-service-api"
+                   for k in e)
+    deployment = support.by_name(docs, "Deployment")["chat-service-api"]
+    spec = deployment["spec"]["template"]["spec"]
+    key_id = next(e for e in spec["containers"][0]["env"] if e["name"] == "S3_ACCESS_KEY_ID")
+    assert key_id["valueFrom"]["secretKeyRef"] == {"name": "chat-s3", "key": "S3_ACCESS_KEY_ID"}
+    sources = next(v for v in spec["volumes"] if v["name"] == "credentials")["projected"]["sources"]
+    assert {"name": "chat-s3", "items": [{"key": "S3_SECRET_ACCESS_KEY",
+                                          "path": "s3-secret-access-key"}]} in [
+        s["secret"] for s in sources]
+    bad = support.template(sets=("objectStorage.endpoint=not a url",), check=False)
+    assert bad.returncode != 0 and "schema" in bad.stderr

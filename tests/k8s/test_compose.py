@@ -50,18 +50,23 @@ def test_compose_file_matches_the_compose_spec(tmp_path: pathlib.Path) -> None:
 
 def test_stack_has_every_part_and_pins_images() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "outbox-relay",
-                             "ws-gateway", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"postgres", "redis", "s3", "s3-bucket", "migrate", "api",
+                             "outbox-relay", "ws-gateway", "prometheus", "alertmanager",
+                             "grafana"}
     assert services["postgres"]["image"].startswith("postgres:15.")
     assert services["redis"]["image"].startswith("redis:7.")
     for name, svc in services.items():
         if "build" in svc:
             assert (support.ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
         else:
-            assert re.search(r":v?\d+\.\d+", svc["image"]), f"{name}: unpinned image"
+            # MinIO pins by release date (RELEASE.2024-11-07T00-52-20Z).
+            assert re.search(r":(v?\d+\.\d+|RELEASE\.\d{4}-\d\d-\d\dT)", svc["image"]), \
+                f"{name}: unpinned image"
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
     assert services["migrate"]["command"] == ["chat-migrate", "upgrade"]
+    assert services["api"]["depends_on"]["s3-bucket"]["condition"] == \
+        "service_completed_successfully"
     for name in ("api", "outbox-relay", "ws-gateway"):
         dep = services[name]["depends_on"]["migrate"]["condition"]
         assert dep == "service_completed_successfully", name

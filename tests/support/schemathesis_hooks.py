@@ -15,7 +15,11 @@ cannot state, which the document states in words instead:
   words) and at most 32 words: what counts as a word is the search syntax's, which the
   field's comment in chat.proto states in words;
 - ``emoji``: exactly one emoji, as Unicode's emoji data defines it (skin tones, sequences,
-  flags): no regular expression states that, the field's description does in words.
+  flags): no regular expression states that, the field's description does in words;
+- ``content_type`` and ``size_bytes`` of an upload: the allowed types and the size limit are
+  the server's settings and the tenant's limits, not the document's;
+- FAILED_PRECONDITION (code 9): the request is valid but the server's state refuses it (an
+  upload not in the store, attachments not configured), which no schema can state.
 
 Every other positive case must be accepted, and each exemption is counted and printed.
 
@@ -43,7 +47,10 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("query", "must contain a word to find"): "a search with no word to find",
     ("query", "must have at most"): "a search with too many words",
     ("member_ids", "a conversation has at most"): "more members than the conversation has room for",
+    ("content_type", "is not an allowed type"): "upload type not allowed by the server",
+    ("size_bytes", "at most"): "upload over the tenant's size limit",
 }
+FAILED_PRECONDITION = 9
 _ACCEPTED = {401, 403, 404, 409, 429}
 EXEMPTIONS: Counter[str] = Counter()
 _OUT = os.environ.get("CONTRACT_FUZZ_EXEMPTIONS", "")
@@ -98,6 +105,8 @@ def positive_data_acceptance_but_server_state(ctx: CheckContext, response: Any,
     if status < 400 or status >= 500 or status in _ACCEPTED:
         return None
     name = _exemption(body) if status == 400 else None
+    if status == 400 and isinstance(body, dict) and body.get("code") == FAILED_PRECONDITION:
+        name = "FAILED_PRECONDITION: " + str((body.get("details") or [{}])[0].get("reason"))
     if name is not None:
         EXEMPTIONS[name] += 1
         if _OUT:

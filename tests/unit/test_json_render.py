@@ -38,6 +38,9 @@ def fill(message: Message, rng: random.Random, depth: int = 0) -> None:
 
 def put(message: Message, field: FieldDescriptor, rng: random.Random, depth: int) -> None:
     fd = FieldDescriptor
+    if field.type == fd.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+        getattr(message, field.name)[rng.choice(TEXT)] = rng.choice(TEXT)  # string -> string
+        return
     if field.type == fd.TYPE_MESSAGE:
         target = (getattr(message, field.name).add() if field.is_repeated
                   else getattr(message, field.name))

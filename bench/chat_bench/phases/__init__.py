@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from chat_bench.phase import Phase
 from chat_bench.phases import (
+    attachments,
     changes,
     delivery,
     idle,
@@ -16,9 +17,9 @@ from chat_bench.phases import (
     throughput,
 )
 
-PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, throughput.PHASE,
-                             delivery.PHASE, isolation.PHASE, idle.PHASE, scaling.PHASE,
-                             search.PHASE)
+PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, attachments.PHASE,
+                             throughput.PHASE, delivery.PHASE, isolation.PHASE, idle.PHASE,
+                             scaling.PHASE, search.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

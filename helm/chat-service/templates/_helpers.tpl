@@ -134,6 +134,11 @@ app.kubernetes.io/part-of: chat-service
           name: {{ include "chat.jwtSecretName" .root }}
           items: [{key: {{ $v.jwt.existingSecretKey }}, path: jwt-secret}]
       {{- end }}
+      {{- if and (eq .component "api") $v.objectStorage.endpoint $v.objectStorage.existingSecret }}
+      - secret:
+          name: {{ $v.objectStorage.existingSecret }}
+          items: [{key: {{ $v.objectStorage.secretAccessKeyKey }}, path: s3-secret-access-key}]
+      {{- end }}
 {{- end }}
 {{- define "chat.secretMount" -}}
 - {name: credentials, mountPath: {{ include "chat.secretDir" . }}, readOnly: true}

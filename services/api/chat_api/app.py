@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,9 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from prometheus_client import Gauge
 
+from chat_api.service import attachment_sweeper
+from chat_api.service.attachment_sweeper import OrphanSweeper
+from chat_api.service.attachments import AttachmentService
 from chat_api.service.conversations import ConversationService
 from chat_api.service.members import MemberService
 from chat_api.service.message_changes import MessageChangeService
@@ -25,14 +29,17 @@ from chat_api.service.reads import ReadService
 from chat_api.service.search import SearchService
 from chat_api.service.tenants import TenantDefaults, TenantDirectory
 from chat_api.settings import ApiSettings
+from chat_api.storage.attachments import AttachmentRepository
 from chat_api.storage.conversations import ConversationRepository
 from chat_api.storage.members import MemberRepository
 from chat_api.storage.message_changes import MessageChangeRepository
 from chat_api.storage.messages import MessageRepository
+from chat_api.storage.objects import ObjectStore
 from chat_api.storage.reads import ReadRepository
 from chat_api.storage.search import PostgresSearchIndex
 from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
+from chat_api.thumbnail_worker import ThumbnailWorker
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
 from chat_api.transport.handlers import ChatHandlers
@@ -40,11 +47,13 @@ from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import PING_TIMEOUT, Database
+from chat_shared.events import stream_keys
 from chat_shared.observability.dependencies import DependencyProbe, dependency_gauge
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_lag_histogram
 from chat_shared.observability.tracing import recording
 from chat_shared.ratelimit import RateLimiter, build_limiter
+from chat_shared.redis_client import create_redis
 from chat_shared.tenancy import TenantLabel
 
 log = get_logger(__name__)
@@ -71,6 +80,12 @@ class ApiApp:
     http: HttpGateway | None = None
     http_port: int = 0
     limiter: RateLimiter | None = None
+    store: ObjectStore | None = None
+    sweeper: OrphanSweeper | None = None
+    thumbnails: ThumbnailWorker | None = None
+    _thumbnails: asyncio.Task[None] | None = field(default=None, repr=False)
+    redis: Any = None
+    _sweep: asyncio.Task[None] | None = field(default=None, repr=False)
     loop_lag: EventLoopLagMonitor = field(
         default_factory=lambda: EventLoopLagMonitor(EVENT_LOOP_LAG), repr=False)
     dependencies: DependencyProbe = field(init=False, repr=False)
@@ -89,12 +104,20 @@ class ApiApp:
         # Connections are made in the background: the API starts (NOT_SERVING) with
         # PostgreSQL down and turns SERVING when the probe reaches it.
         await self.db.open(wait=False)
+        if self.store is not None:
+            await self.store.open()  # no connection: aiobotocore connects on the first call
         await self.server.start()
         if self.http is not None:
             host, port = parse_host_port(self.settings.http_server_address)
             self.http_port = await self.http.start(host, port, self.settings.shutdown_grace,
                                                    reuse_port=self.settings.api_workers > 1)
         self._probe = asyncio.create_task(self._probe_dependencies(), name="dependency-probe")
+        if self.thumbnails is not None:
+            self._thumbnails = asyncio.create_task(self.thumbnails.run(),
+                                                   name="thumbnail-worker")
+        if self.sweeper is not None and self.settings.attachment_sweep_interval > 0:
+            self._sweep = asyncio.create_task(
+                self.sweeper.run(self.settings.attachment_sweep_interval), name="orphan-sweeper")
         lifecycle.info("api_started", grpc_port=self.grpc_port, http_port=self.http_port)
 
     async def _set_health(self, serving: bool) -> None:
@@ -132,6 +155,8 @@ class ApiApp:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        await attachment_sweeper.stop(self._sweep)
+        await attachment_sweeper.stop(self._thumbnails)
         if self.http is not None:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         else:
@@ -139,6 +164,10 @@ class ApiApp:
         await self.db.close()
         if self.limiter is not None:
             await self.limiter.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.store is not None:
+            await self.store.close()
         await self.loop_lag.stop()
         log.info("api_stopped")
 
@@ -155,13 +184,19 @@ def build_app(settings: ApiSettings) -> ApiApp:
         TenantDefaults(max_members=settings.tenant_max_members,
                        max_message_length=settings.tenant_max_message_length),
         ttl=settings.tenant_cache_ttl, auto_create=settings.tenant_auto_create)
+    store = ObjectStore(settings) if settings.s3_endpoint else None
+    attachments = None if store is None else AttachmentService(
+        AttachmentRepository(db), store, tenants, content_types=settings.content_types,
+        max_bytes=settings.attachment_max_bytes,
+        max_per_message=settings.max_attachments_per_message)
     handlers = ChatHandlers(
         conversations=ConversationService(ConversationRepository(db), tenants),
-        messages=MessageService(MessageRepository(db), tenants),
+        messages=MessageService(MessageRepository(db), tenants, attachments),
         reads=ReadService(ReadRepository(db)),
         members=MemberService(MemberRepository(db), tenants),
         message_changes=MessageChangeService(MessageChangeRepository(db), tenants),
         search=SearchService(PostgresSearchIndex(db)),
+        attachments=attachments,
     )
     # Rate limits: shared through REDIS_ADDR (connected on the first check); None when off.
     limiter = build_limiter(settings, settings)
@@ -185,7 +220,19 @@ def build_app(settings: ApiSettings) -> ApiApp:
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
     app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
-                 server=server, health=health_servicer, grpc_port=bound, limiter=limiter)
+                 server=server, health=health_servicer, grpc_port=bound, limiter=limiter,
+                 store=store)
+    if store is not None:
+        app.sweeper = OrphanSweeper(AttachmentRepository(db), store,
+                                    orphan_after=settings.attachment_orphan_after)
+        if settings.thumbnails and settings.redis_addr:
+            # XREADGROUP blocks for a second: the socket waits that long plus REDIS_TIMEOUT.
+            app.redis = create_redis(settings.model_copy(
+                update={"redis_timeout": settings.redis_timeout + 1.0}), max_connections=4)
+            app.thumbnails = ThumbnailWorker(
+                app.redis, AttachmentRepository(db), store,
+                streams=stream_keys(settings.stream_shards, settings.stream_prefix),
+                max_pixels=settings.thumbnail_max_pixels, size=settings.thumbnail_size)
     app.http = HttpGateway(dispatcher, max_body_bytes=settings.http_max_body_bytes,
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,

@@ -17,6 +17,36 @@ class ReactionCount:
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentRecord:
+    """An attachment as a message shows it."""
+
+    id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int = 0
+    height: int = 0
+    thumbnail_ready: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """An upload row as attaching and downloading need it."""
+
+    id: str
+    conversation_id: str
+    uploader: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    object_key: str
+    attached: bool
+    thumbnail_key: str | None = None
+    attached_with_key: str | None = None
+    """The idempotency key of the message it is attached to (a retried send names it again)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: str
     conversation_id: str
@@ -34,6 +64,7 @@ class MessageRecord:
     last_reply_at: datetime | None = None
     thread_seq: int | None = None
     """A reply's position in its thread (1, 2, ...): the cursor of GetThread's page tokens."""
+    attachments: tuple[AttachmentRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

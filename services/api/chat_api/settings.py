@@ -6,15 +6,94 @@ import re
 
 from pydantic import Field, field_validator
 
-from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
+from chat_shared.config import (
+    SECRET,
+    BaseSection,
+    HttpServerSettings,
+    Seconds,
+    ServiceSettings,
+    parse_host_port,
+)
+from chat_shared.events import DEFAULT_STREAM_PREFIX
 from chat_shared.ratelimit import RateLimitSettings
 from chat_shared.tenancy import TENANT_ID
 
 MAX_TENANT_LABELS = 50
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+
+DEFAULT_ATTACHMENT_TYPES = ("image/png,image/jpeg,image/gif,image/webp,application/pdf,"
+                            "text/plain,application/zip,audio/mpeg,video/mp4")
 
 
-class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings):
+class ObjectStoreSettings(BaseSection):
+    """The S3-compatible store that holds attachments (docs/attachments.md)."""
+
+    s3_endpoint: str = Field(
+        "", description="URL of the S3 API (https://s3.eu-west-1.amazonaws.com, "
+                        "http://minio:9000); empty = attachments are off (their RPCs answer "
+                        "FAILED_PRECONDITION)")
+    s3_public_endpoint: str = Field(
+        "", description="the store's URL as clients reach it, named in presigned URLs, when "
+                        "that is not S3_ENDPOINT (an in-cluster service name, say); empty = "
+                        "S3_ENDPOINT")
+    s3_region: str = Field("us-east-1", min_length=1, description="the store's region (signing)")
+    s3_bucket: str = Field("chat-attachments", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                           description="the bucket attachments are stored in")
+    s3_access_key_id: str = Field("", description="access key id of the API's store user")
+    s3_secret_access_key: str = Field(
+        "", description="its secret key (or S3_SECRET_ACCESS_KEY_FILE: a file holding it)",
+        json_schema_extra=SECRET)
+    s3_path_style: bool = Field(
+        False, description="path-style URLs (endpoint/bucket/key), as MinIO and most local "
+                           "stores need; false = virtual-hosted (bucket.endpoint/key)")
+    s3_timeout: Seconds = Field(
+        2.0, gt=0, le=60, description="seconds for each store call (connect and read each); "
+                                      "calls are never retried")
+    max_attachments_per_message: int = Field(10, ge=1, le=100,
+                                             description="attachments one message may carry")
+    attachment_max_bytes: int = Field(
+        25 << 20, ge=1, le=5 << 30,
+        description="bytes per file for a tenant whose registry entry sets no "
+                    "max_attachment_bytes")
+    attachment_content_types: str = Field(
+        DEFAULT_ATTACHMENT_TYPES,
+        description="comma-separated content types an upload may declare")
+    attachment_orphan_after: Seconds = Field(
+        86400.0, gt=0, description="seconds after which an upload never attached is deleted")
+    attachment_sweep_interval: Seconds = Field(
+        300.0, ge=0, description="seconds between sweeps for such uploads (0 = never)")
+    thumbnail_max_pixels: int = Field(
+        40_000_000, ge=1_000_000, le=200_000_000,
+        description="an image with more pixels gets no thumbnail (decompression bombs)")
+    thumbnail_size: int = Field(320, ge=32, le=1024,
+                                description="pixels of a thumbnail's longer side at most")
+    thumbnails: bool = Field(
+        True, description="run the thumbnail worker (a consumer of message.created) in this "
+                          "process; needs REDIS_ADDR and S3_ENDPOINT")
+
+    @field_validator("s3_endpoint", "s3_public_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and not re.fullmatch(r"https?://[^/\s]+/?", v):
+            raise ValueError("must be an http(s):// URL of the store (no path)")
+        return v.rstrip("/")
+
+    @field_validator("attachment_content_types")
+    @classmethod
+    def _types(cls, v: str) -> str:
+        types = [t.strip().lower() for t in v.split(",") if t.strip()]
+        for t in types:
+            if not _CONTENT_TYPE.fullmatch(t):
+                raise ValueError(f"not a content type: {t!r}")
+        return ",".join(types)
+
+    @property
+    def content_types(self) -> frozenset[str]:
+        return frozenset(t for t in self.attachment_content_types.split(",") if t)
+
+
+class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, ObjectStoreSettings):
     database_role: str = Field(
         "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role the API's sessions act as: one that cannot bypass row-level "
@@ -38,6 +117,11 @@ class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings):
         "", description="comma-separated tenant ids (at most 50) whose calls are counted under "
                         "their own `tenant` label in chat_tenant_rpc_requests_total; every other "
                         "tenant is counted as `other` (docs/tenancy.md)")
+    stream_shards: int = Field(1, ge=1, le=1024,
+                               description="number of Redis streams (as the relay): the "
+                                           "thumbnail worker reads them all")
+    stream_prefix: str = Field(DEFAULT_STREAM_PREFIX, min_length=1,
+                               description="stream key prefix (as the relay)")
     grpc_server_address: str = Field("0.0.0.0:9090", description="host:port for gRPC")
     http_server_address: str = Field("0.0.0.0:8080", description="host:port for HTTP/JSON")
     metrics_port: int = Field(9100, ge=0, le=65535,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from chat_shared.db import Database
+from chat_shared.events import Attachment
 
 # One probe of the primary key (conversation_id, user_id) per id: the LATERAL ... LIMIT 1
 # keeps the planner from reading all of the user's memberships instead (the members' index
@@ -53,8 +54,11 @@ _AFTER = """
     """
 
 # The page of changes after a position, with what renders each: the message it is about (as it
-# is now), the conversation's settings, and the member's visibility limit. Membership is joined
-# in, like _AFTER; pos is gapless, so the page is the range (after, after + limit].
+# is now, with its attachments: NULL when it has none, and a deleted message has none, its
+# deletion erased them), the conversation's settings, and the member's visibility limit. The
+# attachments' JSON is the shape of chat_shared.events.Attachment (the API's ATTACHMENTS_AGG).
+# Membership is joined in, like _AFTER; pos is gapless, so the page is the range
+# (after, after + limit].
 _CHANGES_AFTER = """
     SELECT x.* FROM conversation_members cm
     JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
@@ -62,7 +66,14 @@ _CHANGES_AFTER = """
         SELECT ch.pos, ch.change_type, ch.message_id::text, ch.user_id, ch.emoji, ch.role,
                ch.actor_id, m.seq, m.sender_id, m.content, m.created_at, m.version,
                m.edited_at, m.deleted_at IS NOT NULL, c.title,
-               c.history_visible_to_new_members, cm.visible_from_seq, m.thread_root_id::text
+               c.history_visible_to_new_members, cm.visible_from_seq, m.thread_root_id::text,
+               (SELECT jsonb_agg(jsonb_build_object(
+                    'id', a.id, 'filename', a.filename, 'content_type', a.content_type,
+                    'size_bytes', a.size_bytes, 'width', coalesce(a.width, 0),
+                    'height', coalesce(a.height, 0),
+                    'thumbnail_ready', a.thumbnail_key IS NOT NULL) ORDER BY a.position)
+                  FROM attachments a
+                 WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id)
         FROM conversation_changes ch
         LEFT JOIN messages m ON m.tenant_id = ch.tenant_id AND m.id = ch.message_id
         WHERE ch.tenant_id = cm.tenant_id AND ch.conversation_id = cm.conversation_id
@@ -119,6 +130,8 @@ class StoredChange:
     visible_from_seq: int
     thread_root_id: str | None = None
     """A thread reply's root-level message (a reply is an ordered change like any message)."""
+    attachments: list[Attachment] | None = None
+    """The message's attachments as events carry them; None when it has none."""
 
 
 class History:
@@ -169,5 +182,5 @@ class History:
             return None
         return [StoredChange(conversation_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
                              r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]), r[14],
-                             bool(r[15]), int(r[16]), r[17]) for r in rows
+                             bool(r[15]), int(r[16]), r[17], r[18]) for r in rows
                 if r[0] is not None]

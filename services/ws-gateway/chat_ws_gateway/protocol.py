@@ -216,7 +216,7 @@ def stored_change_frame(change: StoredChange) -> str | None:
             change.message_id or "", cid, change.sender_id or "",
             "" if change.deleted else change.content or "", change.message_seq,
             change.created_at, change.version or 1, change.edited_at, change.deleted,
-            change.thread_root_id)}
+            () if change.deleted else change.attachments or (), change.thread_root_id)}
     elif t in (REACTION_ADDED, REACTION_REMOVED):
         payload = {"conversation_id": cid, "message_id": change.message_id,
                    "user_id": change.user_id, "emoji": change.emoji}

@@ -36,12 +36,14 @@ a send or make two messages of one key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from prometheus_client import Counter
 
 from chat_api.models import MessageRecord, Page
 from chat_api.service import page_tokens, validation
+from chat_api.service.attachments import AttachmentService, disabled
 from chat_api.service.reads import NOT_FOUND
 from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.messages import (
@@ -53,7 +55,7 @@ from chat_api.storage.messages import (
     ThreadPage,
 )
 from chat_shared.auth import Principal
-from chat_shared.errors import AlreadyExists, InvalidArgument, NotFound
+from chat_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 IDEMPOTENCY_HITS = Counter(
     "idempotency_hits_total",
@@ -82,25 +84,33 @@ def _duplicate(original: MessageRecord, conversation_id: str, content: str,
 
 
 class MessageService:
-    def __init__(self, repo: MessageRepository, tenants: TenantDirectory) -> None:
+    def __init__(self, repo: MessageRepository, tenants: TenantDirectory,
+                 attachments: AttachmentService | None = None) -> None:
         self._repo = repo
         self._tenants = tenants
+        self._attachments = attachments
 
     async def send(
         self, caller: Principal, conversation_id: str, content: str, key: str,
-        thread_root_id: str = "",
+        attachment_ids: Sequence[str] = (), thread_root_id: str = "",
     ) -> MessageRecord:
         """Sends (chat.proto's rules on the fields hold already); a reply when
-        ``thread_root_id`` is not empty."""
+        ``thread_root_id`` is not empty. Attachments are checked in the store before the send
+        statement, which attaches them with the message."""
         cid = validation.conversation_id(conversation_id)
         root = validation.message_id(thread_root_id) if thread_root_id else None
         tenant = await self._tenants.admit(caller.tenant_id)
         if len(content) > tenant.max_message_length:
             raise InvalidArgument("content", f"at most {tenant.max_message_length} characters "
                                              f"in this tenant")
+        ids: list[str] = []
+        if attachment_ids:
+            if self._attachments is None:
+                raise disabled()
+            ids = await self._attachments.check_for_send(caller, cid, attachment_ids, key)
         try:
             message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key,
-                                            root)
+                                            ids, root)
         except DuplicateKey as dup:
             IDEMPOTENCY_HITS.labels("database").inc()
             raise _duplicate(dup.original, cid, content, root) from None
@@ -109,7 +119,13 @@ class MessageService:
                     caller.tenant_id, cid, caller.user_id, root) is RootState.NOT_ROOT:
                 raise InvalidArgument("thread_root_id", "names a reply; a thread is answered "
                                                         "through its root-level message")
+            if ids and self._attachments is not None and \
+                    await self._attachments.used_elsewhere(caller, ids):
+                raise FailedPrecondition("attachment_ids: an upload was attached to another "
+                                         "message meanwhile", reason="ATTACHMENT_ALREADY_USED")
             raise NotFound(NOT_FOUND)
+        if self._attachments is not None and message.attachments:
+            self._attachments.count_attached(message)
         return message
 
     async def history(

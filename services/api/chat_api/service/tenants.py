@@ -23,7 +23,7 @@ from chat_api.storage.tenants import TenantRepository
 from chat_shared.errors import PermissionDenied
 from chat_shared.ratelimit import LIMIT_NAMES as RATE_LIMIT_NAMES
 
-LIMIT_NAMES = ("max_members", "max_message_length", *RATE_LIMIT_NAMES)
+LIMIT_NAMES = ("max_members", "max_message_length", "max_attachment_bytes", *RATE_LIMIT_NAMES)
 """The limits the API enforces (``chat-tenant set-limit`` accepts these): the rate limits are
 ``rate_limit.<class>.rate|burst`` per user and ``rate_limit.tenant.<class>.rate|burst`` for
 the tenant's ceiling (docs/rate-limits.md)."""

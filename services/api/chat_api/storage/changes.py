@@ -64,23 +64,25 @@ class Locked:
 
 
 @asynccontextmanager
-async def locked(db: Database, name: str, tenant: str, conversation_id: str, user_id: str,
-                 extra: tuple[str, Mapping[str, Any]] | None = None,
+async def locked(db: Database, name: str, tenant: str, conversation_id: str,
+                 user_id: str | None, extra: tuple[str, Mapping[str, Any]] | None = None,
                  ) -> AsyncIterator[tuple[AsyncConn, Locked | None, Any]]:
     """A transaction holding the conversation's row lock.
 
     Yields the connection, the conversation with the caller's role (None when it does not
     exist or the caller is not a member: the same answer for both) and the first row of
-    ``extra`` (a statement run after the lock in the same round trip), or None.
+    ``extra`` (a statement run after the lock in the same round trip), or None. A change the
+    service makes itself (a thumbnail announced) has no caller: ``user_id`` None, role "".
     """
     params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id}
     async with db.transaction(name) as conn:
         async with conn.pipeline():
             await conn.execute(SET_TENANT, (tenant,), prepare=True)
             lock = await conn.execute(_LOCK, params)
-            role = await conn.execute(_ROLE, params)
+            role = await conn.execute(_ROLE, params) if user_id is not None else None
             more = await conn.execute(extra[0], {**params, **extra[1]}) if extra else None
-        conv, member = await lock.fetchone(), await role.fetchone()
+        conv = await lock.fetchone()
+        member = await role.fetchone() if role is not None else ("",)
         extra_row = await more.fetchone() if more is not None else None
         if conv is None or member is None:
             yield conn, None, extra_row

@@ -4,13 +4,17 @@ Each is an ordered change (``storage.changes``): the conversation's row lock, th
 caller's ``check`` with the message as it is now, then one statement that makes the change,
 logs it and writes its event, pipelined with the read of the message the RPC answers with.
 
-A deletion leaves a tombstone: the row keeps its id, seq and place, its content becomes ""
-and its reactions are deleted (the ``message.deleted`` event says so to clients: a tombstone
-has none). The change log never held the content, so from the deletion's commit on no read,
-resume or event carries it. Unread counts: a deleted message after a member's read position
-is counted in ``conversation_members.deleted_unread`` (incremented here, recomputed by
-MarkAsRead from the tombstones' partial index), and ``unread = last_seq - last_read_seq -
-deleted_unread`` stays one subtraction.
+A deletion leaves a tombstone: the row keeps its id, seq and place, its content becomes "",
+its reactions are deleted (the ``message.deleted`` event says so to clients: a tombstone
+has none) and its attachments are erased in the same statement: detached from the message
+(no read, resume or event shows them again, and GetAttachmentUrl finds nothing) and marked
+``erased``, a queued deletion of their objects (file and thumbnail) that the sweeper carries
+out on its next pass (``AttachmentRepository.sweep_erased``). The change log never held the
+content, so from the deletion's commit on no read, resume or event carries it. Unread counts:
+a deleted message after a member's read position is counted in
+``conversation_members.deleted_unread`` (incremented here, recomputed by MarkAsRead from the
+tombstones' partial index), and ``unread = last_seq - last_read_seq - deleted_unread`` stays
+one subtraction.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from dataclasses import dataclass
 from chat_api.models import MessageRecord
 from chat_api.storage.changes import Locked, change_ctes, locked
 from chat_api.storage.messages import REACTIONS_SQL, with_reactions
-from chat_api.storage.rows import MESSAGE_COLUMNS, message_columns, message_from
+from chat_api.storage.rows import (
+    ATTACHMENTS_AGG,
+    ATTACHMENTS_JSON,
+    MESSAGE_COLUMNS,
+    message_columns,
+    message_from,
+)
 from chat_shared.db import AsyncConn, Database
 from chat_shared.events import (
     MESSAGE_DELETED,
@@ -56,7 +66,8 @@ _TARGET = """
     """
 
 _READ = f"""
-    SELECT {message_columns("m")}, {REACTIONS_SQL}
+    SELECT {message_columns("m")},
+           {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL}
     FROM messages m WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
     """
 
@@ -68,12 +79,17 @@ _CONV = """
     )"""
 
 
-def _message_payload(deleted: str) -> dict[str, object]:
-    return {"message": {
+def message_payload(deleted: str, attachments: str | None) -> dict[str, object]:
+    """The payload of a ``MESSAGE_TYPES`` event about the row ``msg`` (``attachments``: the
+    SQL of its attachments' array, NULL when none; None for a tombstone, which has none)."""
+    fields: dict[str, str] = {
         "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
         "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
         "version": "msg.version", "edited_at": "msg.edited_at", "deleted": deleted,
-        "thread_root_id": "msg.thread_root_id"}}
+        "thread_root_id": "msg.thread_root_id"}
+    if attachments is not None:
+        fields["attachments"] = attachments
+    return {"message": fields}
 
 
 _MESSAGE_REFS = {"message_id": "msg.id", "user_id": "msg.sender_id",
@@ -86,7 +102,9 @@ _EDIT = _CONV + """, msg AS (
         RETURNING m.*
     )""" + change_ctes(
     MESSAGE_UPDATED, source="conv, msg", pos="conv.last_pos", refs=_MESSAGE_REFS,
-    recipients="conv.member_ids", payload=_message_payload("false")) + """
+    recipients="conv.member_ids",
+    payload=message_payload("false", ATTACHMENTS_AGG.format(tenant="msg.tenant_id",
+                                                            message="msg.id"))) + """
     SELECT 1 FROM conv
     """
 
@@ -97,6 +115,11 @@ _DELETE = _CONV + """, msg AS (
     ), reactions AS (
         DELETE FROM message_reactions r
          WHERE r.tenant_id = %(tenant)s AND r.message_id = %(message_id)s
+    ), erased AS (
+        UPDATE attachments a
+           SET status = 'erased', message_id = NULL, position = NULL, filename = ''
+         WHERE a.tenant_id = %(tenant)s AND a.message_id = %(message_id)s
+        RETURNING a.object_key, a.thumbnail_key
     ), unread AS (
         UPDATE conversation_members cm SET deleted_unread = cm.deleted_unread + 1
           FROM msg
@@ -104,7 +127,7 @@ _DELETE = _CONV + """, msg AS (
            AND cm.last_read_seq < msg.seq AND cm.visible_from_seq < msg.seq
     )""" + change_ctes(
     MESSAGE_DELETED, source="conv, msg", pos="conv.last_pos", refs=_MESSAGE_REFS,
-    recipients="conv.member_ids", payload=_message_payload("true")) + """
+    recipients="conv.member_ids", payload=message_payload("true", None)) + """
     SELECT 1 FROM conv
     """
 
@@ -183,4 +206,5 @@ async def _read(conn: AsyncConn, params: dict[str, str]) -> MessageRecord:
 
 def _message(row: tuple[object, ...] | None) -> MessageRecord:
     assert row is not None  # read under the lock, after the check found it
-    return with_reactions(message_from(row), row[MESSAGE_COLUMNS])  # type: ignore[arg-type]
+    return with_reactions(message_from(row, attachments=True),
+                          row[MESSAGE_COLUMNS + 1])  # type: ignore[arg-type]

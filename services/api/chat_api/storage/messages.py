@@ -10,7 +10,12 @@ from datetime import datetime
 import psycopg.errors
 
 from chat_api.models import MessageRecord, ReactionCount
-from chat_api.storage.rows import MESSAGE_COLUMNS, message_columns, message_from
+from chat_api.storage.rows import (
+    ATTACHMENTS_JSON,
+    MESSAGE_COLUMNS,
+    message_columns,
+    message_from,
+)
 from chat_shared.db import Database
 from chat_shared.events import MESSAGE_CREATED, payload_sql
 
@@ -20,12 +25,18 @@ EXACT_ORDER_MEMBERS = 32
 """Up to this many members a send moves the conversation up every member's list at once;
 above it, at most once a second (see ``_SEND``)."""
 
-# The event's payload as the event contract describes it (built and checked at import).
+# The event's payload as the event contract describes it (built and checked at import). The
+# attachments (the ``att`` CTE's rows) are NULL for a message without any, and ``payload_sql``
+# then leaves the optional field out. No thumbnail is ready yet at the send.
 _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
     "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
     "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
     "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false",
-    "thread_root_id": "msg.thread_root_id"}})
+    "thread_root_id": "msg.thread_root_id",
+    "attachments": "(SELECT jsonb_agg(jsonb_build_object('id', att.id, 'filename', att.filename,"
+                   " 'content_type', att.content_type, 'size_bytes', att.size_bytes,"
+                   " 'width', 0, 'height', 0, 'thumbnail_ready', false)"
+                   " ORDER BY att.position) FROM att)"}})
 
 MAX_REACTIONS = 20
 """A message shows its 20 most used reactions (ties by emoji)."""
@@ -54,6 +65,15 @@ MAX_REACTIONS = 20
 # row: after waiting for the row lock, PostgreSQL re-reads the locked row, not the sub-select,
 # so a send that waited for a RemoveMember of its sender is refused.
 #
+# Attachments (docs/attachments.md): ``ready`` locks the listed uploads that are still free
+# (uploaded by the sender to this conversation, not attached), and the statement sends only when
+# every listed one is (``conv``'s count condition); ``att`` then moves them to the message in
+# the same statement, so a message and its attachments commit together, and an upload belongs
+# to one message: a concurrent send of the same upload waits on the row lock, then finds it
+# attached and sends nothing (the caller tells that apart, ``MessageRepository.send``).
+# ``ready`` runs before ``conv`` takes a position, so a send that finds an upload taken takes
+# no seq and no pos (both stay gapless).
+#
 # Idempotency, without burning a seq (seq stays gapless): a key that already names a committed
 # message (``prior``, one probe of the unique index) stops the statement before the row lock,
 # and the statement answers with that original, flagged as a duplicate: a retry costs one read,
@@ -73,6 +93,13 @@ _SEND = f"""
         SELECT {message_columns("p")} FROM messages p
         WHERE p.tenant_id = %(tenant)s AND p.sender_id = %(sender_id)s
           AND p.idempotency_key = %(idempotency_key)s
+    ), ready AS (
+        SELECT a.id FROM attachments a
+        WHERE a.tenant_id = %(tenant)s AND a.id = ANY(CAST(%(attachment_ids)s AS uuid[]))
+          AND a.conversation_id = %(conversation_id)s AND a.uploader = %(sender_id)s
+          AND a.status = 'uploaded'
+          AND NOT EXISTS (SELECT 1 FROM prior)
+        FOR UPDATE
     ), root AS (
         SELECT r.id FROM messages r
         JOIN conversation_members rm ON rm.tenant_id = r.tenant_id
@@ -93,6 +120,7 @@ _SEND = f"""
          WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
            AND NOT EXISTS (SELECT 1 FROM prior)
            AND c.member_ids @> ARRAY[CAST(%(sender_id)s AS text)]
+           AND (SELECT count(*) FROM ready) = cardinality(CAST(%(attachment_ids)s AS uuid[]))
            AND EXISTS (SELECT 1 FROM conversation_members m
                         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id
                           AND m.user_id = %(sender_id)s)
@@ -119,6 +147,13 @@ _SEND = f"""
         SELECT %(tenant)s, conv.id, conv.last_pos, '{MESSAGE_CREATED}', msg.id, msg.sender_id,
                msg.sender_id
         FROM msg, conv
+    ), att AS (
+        UPDATE attachments a
+           SET status = 'attached', message_id = msg.id,
+               position = array_position(CAST(%(attachment_ids)s AS uuid[]), a.id)
+          FROM msg
+         WHERE a.tenant_id = %(tenant)s AND a.id IN (SELECT id FROM ready)
+        RETURNING a.id, a.filename, a.content_type, a.size_bytes, a.position
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
                             payload)
@@ -141,13 +176,21 @@ _SEND = f"""
                 OR conv.members <= {EXACT_ORDER_MEMBERS}  -- not the array: once per row
                 OR m.last_activity_at <= conv.last_message_at - interval '1 second')
     )
-    SELECT false, * FROM msg
+    SELECT false, *,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                'id', att.id, 'filename', att.filename, 'content_type', att.content_type,
+                'size_bytes', att.size_bytes, 'width', 0, 'height', 0,
+                'thumbnail_ready', false) ORDER BY att.position), '[]'::jsonb) FROM att)
+    FROM msg
     UNION ALL
-    SELECT true, * FROM prior
+    SELECT true, *, """ + ATTACHMENTS_JSON.format(tenant="%(tenant)s", message="prior.id") + """
+    FROM prior
     """
 
 _BY_KEY = f"""
-    SELECT {message_columns("m")} FROM messages m
+    SELECT {message_columns("m")},
+           """ + ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id") + """
+    FROM messages m
     WHERE m.tenant_id = %(tenant)s AND m.sender_id = %(sender_id)s
       AND m.idempotency_key = %(idempotency_key)s
     """
@@ -196,7 +239,9 @@ _PAGE_HEAD = f"""
     SELECT p.* FROM conversation_members cm
     JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
     LEFT JOIN LATERAL (
-        SELECT {message_columns("m")}, {REACTIONS_SQL}
+        SELECT {message_columns("m")},
+               """ + ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id") + f""",
+               {REACTIONS_SQL}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
           AND m.seq > cm.visible_from_seq
@@ -281,7 +326,8 @@ _ROOT_BOUNDS = """
 """
 _ROOT_PAGE_HEAD = f"""
     LEFT JOIN LATERAL (
-        SELECT {message_columns("m")}, {REACTIONS_SQL}
+        SELECT {message_columns("m")},
+               {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
           AND m.thread_root_id IS NULL AND m.seq > cm.visible_from_seq
@@ -317,11 +363,12 @@ _ROOT_PAGE = {
 # conversation), and the page, a range of thread_seq (the reply's gapless position in its
 # thread) read from uq_messages_thread_seq, with bounds as columns for the same reason as
 # above. Column 0 says whether the root is root-level, 1-13 are the root (``rows.
-# MESSAGE_COLUMNS``), 14 its reactions, 15 its id, the rest the page's reply and its reactions
-# (NULLs for an empty page). Every message, root included, carries its reactions, version and
-# tombstone flag as GetMessages' pages do: a thread's messages are ordinary messages. The
-# root's content is on one row only (it may be 4,096 characters; a page has up to 101 rows).
-# No row: not a member, or no such message in the conversation.
+# MESSAGE_COLUMNS``), 14 its attachments, 15 its reactions, 16 its id, the rest the page's
+# reply, its attachments and its reactions (NULLs for an empty page). Every message, root
+# included, carries its reactions, version, tombstone flag and attachments as GetMessages'
+# pages do: a thread's messages are ordinary messages. The root's content and attachments are
+# on one row only (the content may be 4,096 characters; a page has up to 101 rows). No row:
+# not a member, or no such message in the conversation.
 #
 # ``after_seq`` is a conversation seq: the replies after it are those above the highest
 # thread_seq whose seq is at most it, found by a binary search over thread_seq (seq and
@@ -331,11 +378,14 @@ _THREAD_HEAD = f"""
     SELECT r.thread_root_id IS NULL, r.id, r.conversation_id, r.seq, r.sender_id,
            CASE WHEN row_number() OVER () = 1 THEN r.content END, r.created_at,
            r.version, r.edited_at, r.deleted,
-           r.thread_root_id, r.reply_count, r.last_reply_at, r.thread_seq, r.reactions, r.rid,
+           r.thread_root_id, r.reply_count, r.last_reply_at, r.thread_seq,
+           CASE WHEN row_number() OVER () = 1 THEN r.attachments END, r.reactions, r.rid,
            p.*
     FROM conversation_members cm
     CROSS JOIN LATERAL (
-        SELECT {message_columns("r")}, {reactions_sql("r")} AS reactions, r.id AS rid
+        SELECT {message_columns("r")},
+               {ATTACHMENTS_JSON.format(tenant="r.tenant_id", message="r.id")} AS attachments,
+               {reactions_sql("r")} AS reactions, r.id AS rid
         FROM messages r
         WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
           AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq
@@ -367,7 +417,8 @@ _THREAD_AFTER_SEQ = """
 """
 _THREAD_PAGE_HEAD = f"""
     LEFT JOIN LATERAL (
-        SELECT {message_columns("m")}, {REACTIONS_SQL}
+        SELECT {message_columns("m")},
+               {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.thread_root_id = r.rid
           AND m.thread_seq > b.lo AND m.thread_seq <= b.hi
@@ -446,16 +497,20 @@ class MessageRepository:
 
     async def send(
         self, tenant: str, conversation_id: str, sender_id: str, content: str,
-        idempotency_key: str, thread_root_id: str | None = None,
+        idempotency_key: str, attachment_ids: list[str] | None = None,
+        thread_root_id: str | None = None,
     ) -> MessageRecord | None:
-        """Commits the message and its outbox event; None when the sender is not a member
-        or, for a reply, the root is not a root-level message of the conversation.
+        """Commits the message, its attachments and its outbox event; None when the sender is
+        not a member, for a reply when the root is not a root-level message of the
+        conversation, or when an upload listed is not free (attached by now, not the
+        sender's, not of this conversation: the caller checked them before, so only a
+        concurrent send of the same upload gets here).
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
         params = {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
                   "content": content, "idempotency_key": idempotency_key,
-                  "thread_root_id": thread_root_id}
+                  "attachment_ids": attachment_ids or [], "thread_root_id": thread_root_id}
         try:
             row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
@@ -468,8 +523,8 @@ class MessageRepository:
         if row is None:
             return None
         if row[0]:
-            raise DuplicateKey(message_from(row, 1))
-        return message_from(row, 1)
+            raise DuplicateKey(message_from(row, 1, attachments=True))
+        return message_from(row, 1, attachments=True)
 
     async def by_idempotency_key(self, tenant: str, sender_id: str, key: str
                                  ) -> MessageRecord | None:
@@ -477,7 +532,7 @@ class MessageRepository:
         row = await self._db.fetchone("db.message_by_key", _BY_KEY,
                                       {"tenant": tenant, "sender_id": sender_id,
                                        "idempotency_key": key}, tenant=tenant)
-        return message_from(row) if row is not None else None
+        return message_from(row, attachments=True) if row is not None else None
 
     async def thread_root_state(self, tenant: str, conversation_id: str, user_id: str,
                                 root_id: str) -> RootState:
@@ -506,11 +561,13 @@ class MessageRepository:
             return RootState.NOT_FOUND
         if not rows[0][0]:
             return RootState.NOT_ROOT
-        page = 3 + MESSAGE_COLUMNS  # the flag, the root, its reactions, the root's id
+        # The flag, the root, its attachments, its reactions, the root's id.
+        page = 4 + MESSAGE_COLUMNS
         root = next(r for r in rows if r[5] is not None)  # the row with the root's content
         return ThreadPage(
-            with_reactions(message_from(root, 1), root[1 + MESSAGE_COLUMNS]),
-            [with_reactions(message_from(r, page), r[page + MESSAGE_COLUMNS])
+            with_reactions(message_from(root, 1, attachments=True), root[2 + MESSAGE_COLUMNS]),
+            [with_reactions(message_from(r, page, attachments=True),
+                            r[page + MESSAGE_COLUMNS + 1])
              for r in rows if r[page] is not None])
 
     async def page(
@@ -530,8 +587,8 @@ class MessageRepository:
                                        tenant=tenant)
         if not rows:
             return None
-        return [with_reactions(message_from(r), r[MESSAGE_COLUMNS]) for r in rows
-                if r[0] is not None]
+        return [with_reactions(message_from(r, attachments=True), r[MESSAGE_COLUMNS + 1])
+                for r in rows if r[0] is not None]
 
 
 def with_reactions(message: MessageRecord, aggregated: list[list[object]] | None

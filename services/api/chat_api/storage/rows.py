@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from chat_api.models import MessageRecord
+from chat_api.models import AttachmentRecord, MessageRecord
+
+ATTACHMENTS_AGG = """(SELECT jsonb_agg(jsonb_build_object(
+        'id', a.id, 'filename', a.filename, 'content_type', a.content_type,
+        'size_bytes', a.size_bytes, 'width', coalesce(a.width, 0),
+        'height', coalesce(a.height, 0), 'thumbnail_ready', a.thumbnail_key IS NOT NULL)
+        ORDER BY a.position)
+    FROM attachments a WHERE a.tenant_id = {tenant} AND a.message_id = {message})"""
+"""A message's attachments as one JSON array, NULL when it has none (one probe of
+ix_attachments_message); the shape of ``chat_shared.events.Attachment``, so event payloads
+(where the field is left out when NULL) use it as it is. ``.format(tenant=, message=)``."""
+
+ATTACHMENTS_JSON = "coalesce(" + ATTACHMENTS_AGG + ", '[]'::jsonb)"
+"""``ATTACHMENTS_AGG``, an empty array when there are none (the column ``message_from``
+reads with ``attachments``)."""
 
 MESSAGE_COLUMNS = 13
 """id, conversation_id, seq, sender_id, content, created_at, version, edited_at, deleted,
@@ -20,8 +34,19 @@ def message_columns(alias: str) -> str:
             f"{a}.thread_root_id, {a}.reply_count, {a}.last_reply_at, {a}.thread_seq")
 
 
-def message_from(row: tuple[Any, ...], offset: int = 0) -> MessageRecord:
-    """A message from the columns of ``message_columns`` starting at ``offset`` in ``row``."""
+def attachments_from(value: Any) -> tuple[AttachmentRecord, ...]:
+    """The attachments of ``ATTACHMENTS_JSON`` (or of an event's message)."""
+    if not value:
+        return ()
+    return tuple(AttachmentRecord(str(a["id"]), a["filename"], a["content_type"],
+                                  int(a["size_bytes"]), int(a["width"]), int(a["height"]),
+                                  bool(a["thumbnail_ready"])) for a in value)
+
+
+def message_from(row: tuple[Any, ...], offset: int = 0, *, attachments: bool = False
+                 ) -> MessageRecord:
+    """A message from the columns of ``message_columns`` starting at ``offset`` in ``row``
+    (and with ``attachments``, the attachments' JSON in the column after them)."""
     root = row[offset + 9]
     thread_seq = row[offset + 12]
     return MessageRecord(
@@ -38,4 +63,5 @@ def message_from(row: tuple[Any, ...], offset: int = 0) -> MessageRecord:
         reply_count=int(row[offset + 10]),
         last_reply_at=row[offset + 11],
         thread_seq=int(thread_seq) if thread_seq is not None else None,
+        attachments=attachments_from(row[offset + MESSAGE_COLUMNS]) if attachments else (),
     )

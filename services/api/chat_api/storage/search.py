@@ -38,7 +38,12 @@ import functools
 
 from chat_api.models import ParsedQuery, SearchCursor, SearchFilters, SearchHit
 from chat_api.storage.messages import REACTIONS_SQL, with_reactions
-from chat_api.storage.rows import MESSAGE_COLUMNS, message_columns, message_from
+from chat_api.storage.rows import (
+    ATTACHMENTS_JSON,
+    MESSAGE_COLUMNS,
+    message_columns,
+    message_from,
+)
 from chat_shared.db import Database
 
 CONFIGURATION = "chat_search"
@@ -88,7 +93,8 @@ def _statement(one_conversation: bool, sender: bool, after: bool, before: bool,
         WHERE cm.tenant_id = %(tenant)s AND cm.user_id = %(user_id)s{member}
         ORDER BY p.score DESC NULLS LAST, p.id DESC LIMIT %(limit)s
     )
-    SELECT {message_columns("m")}, {REACTIONS_SQL},
+    SELECT {message_columns("m")},
+           {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL},
            m.score, ts_headline('{CONFIGURATION}', m.content, q.q, '{_HEADLINE_OPTIONS}')
     FROM top m CROSS JOIN q
     ORDER BY m.score DESC NULLS LAST, m.id DESC
@@ -145,9 +151,10 @@ class PostgresSearchIndex:
         for row in rows:
             if row[0] is None:  # a conversation of the caller's without a hit
                 continue
-            message = with_reactions(message_from(row), row[MESSAGE_COLUMNS])
-            hits.append(SearchHit(message, float(row[MESSAGE_COLUMNS + 1]),
+            message = with_reactions(message_from(row, attachments=True),
+                                     row[MESSAGE_COLUMNS + 1])
+            hits.append(SearchHit(message, float(row[MESSAGE_COLUMNS + 2]),
                                   highlights_from_marked(message.content,
-                                                         row[MESSAGE_COLUMNS + 2],
+                                                         row[MESSAGE_COLUMNS + 3],
                                                          START_MARK, STOP_MARK)))
         return hits

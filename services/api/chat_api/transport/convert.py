@@ -61,6 +61,10 @@ def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
         r.emoji = reaction.emoji
         r.count = reaction.count
         r.reacted_by_me = reaction.reacted_by_me
+    for a in record.attachments:
+        out.attachments.add(id=a.id, filename=a.filename, content_type=a.content_type,
+                            size_bytes=a.size_bytes, width=a.width, height=a.height,
+                            thumbnail_ready=a.thumbnail_ready)
     if record.thread_root_id is not None:
         out.thread_root_id = record.thread_root_id
     if record.reply_count:

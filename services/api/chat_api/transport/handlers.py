@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from chat_api.models import SearchFilters
+from chat_api.service.attachments import AttachmentService, disabled
 from chat_api.service.conversations import ConversationService
 from chat_api.service.members import MemberService
 from chat_api.service.message_changes import MessageChangeService
@@ -35,6 +36,8 @@ class ChatHandlers:
     members: MemberService
     message_changes: MessageChangeService
     search: SearchService
+    attachments: AttachmentService | None = None
+    """None when no object store is configured: the attachment RPCs answer FAILED_PRECONDITION."""
 
     async def CreateConversation(  # noqa: N802 - named after the RPC
         self, caller: Principal, req: chat_pb2.CreateConversationRequest
@@ -53,7 +56,8 @@ class ChatHandlers:
         self, caller: Principal, req: chat_pb2.SendMessageRequest
     ) -> chat_pb2.SendMessageResponse:
         msg = await self.messages.send(caller, req.conversation_id, req.content,
-                                       req.idempotency_key, req.thread_root_id)
+                                       req.idempotency_key, req.attachment_ids,
+                                       req.thread_root_id)
         resp = chat_pb2.SendMessageResponse()
         convert.fill_message(resp.message, msg)
         return resp
@@ -185,6 +189,28 @@ class ChatHandlers:
             convert.fill_message(out.message, hit.message)
             for start, end in hit.highlights:
                 out.highlights.add(start=start, end=end)
+        return resp
+
+    async def CreateUpload(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.CreateUploadRequest
+    ) -> chat_pb2.CreateUploadResponse:
+        if self.attachments is None:
+            raise disabled()
+        ticket = await self.attachments.create_upload(
+            caller, req.conversation_id, req.filename, req.content_type, req.size_bytes)
+        resp = chat_pb2.CreateUploadResponse(upload_id=ticket.upload_id, url=ticket.url,
+                                             method="POST", fields=ticket.fields)
+        convert.fill_timestamp(resp.expires_at, ticket.expires_at)
+        return resp
+
+    async def GetAttachmentUrl(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.GetAttachmentUrlRequest
+    ) -> chat_pb2.GetAttachmentUrlResponse:
+        if self.attachments is None:
+            raise disabled()
+        signed = await self.attachments.download_url(caller, req.attachment_id, req.thumbnail)
+        resp = chat_pb2.GetAttachmentUrlResponse(url=signed.url)
+        convert.fill_timestamp(resp.expires_at, signed.expires_at)
         return resp
 
     def registry(self) -> dict[str, Handler]:

@@ -145,6 +145,11 @@ def _is_required(fd: FieldDescriptor) -> bool:
         return rules.string.min_len > 0 or rules.string.uuid
     if kind == "repeated":
         return rules.repeated.min_items > 0
+    if kind in ("int32", "int64"):
+        # 0 (what a missing key means) breaks the rule: the key must be there.
+        ints = getattr(rules, kind)
+        return bool((ints.HasField("gt") and ints.gt >= 0)
+                    or (ints.HasField("gte") and ints.gte > 0))
     return False
 
 
@@ -244,8 +249,8 @@ def _decimal_at_most(limit: str, *, zero: bool = True) -> str:
 
 def _integer_string_pattern(owner: str, low: int, high: int) -> str:
     """The decimal strings the gateway accepts for an integer in ``low..high``."""
-    if low == 0:
-        return f"^({_decimal_at_most(str(high))})$"
+    if low in (0, 1):
+        return f"^({_decimal_at_most(str(high), zero=low == 0)})$"
     if low < 0 and high >= 0:
         return f"^({_decimal_at_most(str(high))}|-({_decimal_at_most(str(-low), zero=False)}))$"
     raise ValueError(f"{owner}: an integer range {low}..{high} cannot be published yet")

@@ -24,6 +24,10 @@ RATE_CLASSES: dict[str, str] = {
     "SetMemberRole": "write-other",
     "UpdateConversation": "write-other",
     "SearchMessages": "read",
+    # An upload ticket is a row and a signature (the bytes go to the store, not through us);
+    # a download URL is a signature over a read.
+    "CreateUpload": "write-other",
+    "GetAttachmentUrl": "read",
 }
 
 DEFAULT_RATE_CLASS = "write-other"

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at", "edited_at", "version", "deleted", "reactions", "thread_root_id", "reply_count", "last_reply_at")
+    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at", "edited_at", "version", "deleted", "reactions", "attachments", "thread_root_id", "reply_count", "last_reply_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Message(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     REACTIONS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     THREAD_ROOT_ID_FIELD_NUMBER: _ClassVar[int]
     REPLY_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_REPLY_AT_FIELD_NUMBER: _ClassVar[int]
@@ -36,10 +37,11 @@ class Message(_message.Message):
     version: int
     deleted: bool
     reactions: _containers.RepeatedCompositeFieldContainer[Reaction]
+    attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
     thread_root_id: str
     reply_count: int
     last_reply_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ..., reactions: _Optional[_Iterable[_Union[Reaction, _Mapping]]] = ..., thread_root_id: _Optional[str] = ..., reply_count: _Optional[int] = ..., last_reply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ..., reactions: _Optional[_Iterable[_Union[Reaction, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., thread_root_id: _Optional[str] = ..., reply_count: _Optional[int] = ..., last_reply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Reaction(_message.Message):
     __slots__ = ("emoji", "count", "reacted_by_me")
@@ -50,6 +52,82 @@ class Reaction(_message.Message):
     count: int
     reacted_by_me: bool
     def __init__(self, emoji: _Optional[str] = ..., count: _Optional[int] = ..., reacted_by_me: _Optional[bool] = ...) -> None: ...
+
+class Attachment(_message.Message):
+    __slots__ = ("id", "filename", "content_type", "size_bytes", "width", "height", "thumbnail_ready")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_READY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    thumbnail_ready: bool
+    def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., thumbnail_ready: _Optional[bool] = ...) -> None: ...
+
+class CreateUploadRequest(_message.Message):
+    __slots__ = ("conversation_id", "filename", "content_type", "size_bytes")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    def __init__(self, conversation_id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class CreateUploadResponse(_message.Message):
+    __slots__ = ("upload_id", "url", "method", "headers", "fields", "expires_at")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    url: str
+    method: str
+    headers: _containers.ScalarMap[str, str]
+    fields: _containers.ScalarMap[str, str]
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, upload_id: _Optional[str] = ..., url: _Optional[str] = ..., method: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., fields: _Optional[_Mapping[str, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetAttachmentUrlRequest(_message.Message):
+    __slots__ = ("attachment_id", "thumbnail")
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: str
+    thumbnail: bool
+    def __init__(self, attachment_id: _Optional[str] = ..., thumbnail: _Optional[bool] = ...) -> None: ...
+
+class GetAttachmentUrlResponse(_message.Message):
+    __slots__ = ("url", "expires_at")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("id", "title", "member_ids", "created_at", "last_message_at", "last_seq", "role", "history_visible_to_new_members", "last_pos")
@@ -102,16 +180,18 @@ class CreateConversationResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("conversation_id", "content", "idempotency_key", "thread_root_id")
+    __slots__ = ("conversation_id", "content", "idempotency_key", "thread_root_id", "attachment_ids")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     THREAD_ROOT_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     content: str
     idempotency_key: str
     thread_root_id: str
-    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., thread_root_id: _Optional[str] = ...) -> None: ...
+    attachment_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., thread_root_id: _Optional[str] = ..., attachment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("message",)

@@ -59,6 +59,16 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.GetConversationsRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.GetConversationsResponse.FromString,
                 _registered_method=True)
+        self.CreateUpload = channel.unary_unary(
+                '/chat.v1.ChatService/CreateUpload',
+                request_serializer=chat_dot_v1_dot_chat__pb2.CreateUploadRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.CreateUploadResponse.FromString,
+                _registered_method=True)
+        self.GetAttachmentUrl = channel.unary_unary(
+                '/chat.v1.ChatService/GetAttachmentUrl',
+                request_serializer=chat_dot_v1_dot_chat__pb2.GetAttachmentUrlRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.GetAttachmentUrlResponse.FromString,
+                _registered_method=True)
         self.MarkAsRead = channel.unary_unary(
                 '/chat.v1.ChatService/MarkAsRead',
                 request_serializer=chat_dot_v1_dot_chat__pb2.MarkAsReadRequest.SerializeToString,
@@ -149,6 +159,25 @@ class ChatServiceServicer:
 
     def GetConversations(self, request, context):
         """Lists the caller's conversations, most recent activity first, with unread counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUpload(self, request, context):
+        """Starts an upload of a file to attach to a message of the conversation (members only): a
+        presigned browser-form POST to the object store, valid 15 minutes, which the store itself
+        refuses for any other size or content type. Send the form `fields` first and the file as
+        the last field, named `file`. The upload is attached by listing `upload_id` in
+        SendMessage's `attachment_ids`; one never attached is deleted after a day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttachmentUrl(self, request, context):
+        """A presigned GET of an attachment (or of its thumbnail), valid 5 minutes; members of the
+        attachment's conversation only. Files that are not images download as attachments.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,6 +288,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.GetConversations,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.GetConversationsRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.GetConversationsResponse.SerializeToString,
+            ),
+            'CreateUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUpload,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.CreateUploadRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.CreateUploadResponse.SerializeToString,
+            ),
+            'GetAttachmentUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttachmentUrl,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.GetAttachmentUrlRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.GetAttachmentUrlResponse.SerializeToString,
             ),
             'MarkAsRead': grpc.unary_unary_rpc_method_handler(
                     servicer.MarkAsRead,
@@ -446,6 +485,60 @@ class ChatService:
             '/chat.v1.ChatService/GetConversations',
             chat_dot_v1_dot_chat__pb2.GetConversationsRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.GetConversationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/CreateUpload',
+            chat_dot_v1_dot_chat__pb2.CreateUploadRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.CreateUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttachmentUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/GetAttachmentUrl',
+            chat_dot_v1_dot_chat__pb2.GetAttachmentUrlRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.GetAttachmentUrlResponse.FromString,
             options,
             channel_credentials,
             insecure,

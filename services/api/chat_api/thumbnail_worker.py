@@ -1,0 +1,151 @@
+"""The thumbnail worker: a consumer of the event streams that makes thumbnails of images.
+
+It is the first consumer outside the gateway, and it uses the published contract only
+(``chat_shared.events``, docs/events.md): it reads every stream of the layout through the
+consumer group ``thumbnails`` (XREADGROUP: each entry goes to one consumer of the group, so any
+number of API processes and replicas share the work), decodes entries with ``decode_entry`` and
+``decode_payload``, and looks at ``message.created`` events whose message carries image
+attachments. For each image without a thumbnail it reads the object (at most its recorded
+size), makes the thumbnail in a thread (``service.thumbnails``: Pillow, off the event loop),
+stores it beside the original (``<key>.thumb.jpg``), and records it as an ordered change of the
+conversation: a ``message.updated`` event at the next pos, with its change-log row and the
+whole message as payload, in one transaction (``AttachmentRepository.set_thumbnail``).
+
+At least once: an entry is acknowledged after its work is done, so a crash repeats it; a
+repeated event finds the thumbnail recorded and does nothing. A refused image (too many pixels,
+a decompression bomb, not an image) gets no thumbnail and is not tried again; a store or
+database failure is counted, logged, and the entry acknowledged all the same (the message
+simply has no thumbnail): a poisoned entry must not stall the group.
+
+Runs in the API process (started by ``build_app`` when THUMBNAILS is on and REDIS_ADDR and
+S3_ENDPOINT are set); Redis down only pauses it, with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Histogram
+
+from chat_api.service.attachments import is_image
+from chat_api.service.thumbnails import THUMBNAIL_TYPE, ThumbnailRefused, make_thumbnail
+from chat_api.storage.attachments import AttachmentRepository
+from chat_api.storage.objects import ObjectStore
+from chat_shared import events
+from chat_shared.backoff import Backoff
+from chat_shared.observability.logging import get_logger
+
+log = get_logger(__name__)
+
+GROUP = "thumbnails"
+THUMBNAILS_MADE = Counter("chat_thumbnails_made_total", "Thumbnails made and announced")
+THUMBNAIL_FAILURES = Counter(
+    "chat_thumbnail_failures_total",
+    "Images that got no thumbnail: refused (bomb, over the pixel limit, unreadable) or error "
+    "(store or database)", ["reason"])
+for _reason in ("refused", "error"):
+    THUMBNAIL_FAILURES.labels(_reason)
+THUMBNAIL_SECONDS = Histogram("chat_thumbnail_seconds",
+                              "Seconds to make one thumbnail (read, decode, store, record)")
+
+
+class ThumbnailWorker:
+    def __init__(self, redis: aioredis.Redis, repo: AttachmentRepository, store: ObjectStore,
+                 *, streams: list[str], max_pixels: int, size: int, block: float = 1.0,
+                 count: int = 16) -> None:
+        self._redis = redis
+        self._repo = repo
+        self._store = store
+        self._streams = streams
+        self._max_pixels = max_pixels
+        self._size = size
+        self._block_ms = int(block * 1000)
+        self._count = count
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._groups_made = False
+
+    async def _make_groups(self) -> None:
+        for stream in self._streams:
+            try:
+                # From the stream's start: nothing sent while no worker ran is missed.
+                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except aioredis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_made = True
+
+    async def run(self) -> None:
+        """Consumes until cancelled; Redis failures back off (1 s, 2 s, ... 30 s)."""
+        backoff = Backoff(initial=1.0, maximum=30.0)
+        while True:
+            try:
+                if not self._groups_made:
+                    await self._make_groups()
+                await self.poll_once()
+                backoff.reset()
+            except (aioredis.RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                log.warning("thumbnail_worker_redis_failed", error=type(exc).__name__,
+                            retry_in=delay)
+                self._groups_made = False
+                await asyncio.sleep(delay)
+
+    async def poll_once(self) -> int:
+        """One XREADGROUP (blocking up to ``block``); how many entries it handled."""
+        answer: Any = await self._redis.xreadgroup(
+            GROUP, self.consumer, {s: ">" for s in self._streams}, count=self._count,
+            block=self._block_ms)
+        handled = 0
+        for stream, entries in answer or []:
+            for entry_id, fields in entries:
+                await self._handle(fields)
+                await self._redis.xack(stream, GROUP, entry_id)
+                handled += 1
+        return handled
+
+    async def _handle(self, fields: dict[str, str]) -> None:
+        try:
+            event = events.decode_entry(fields)
+            if event.type != events.MESSAGE_CREATED:
+                return
+            payload = events.decode_payload(event.type, event.payload)
+        except ValueError as exc:
+            log.warning("thumbnail_worker_bad_entry", error=str(exc)[:200])
+            return
+        message: Any = payload["message"]
+        if not any(is_image(a["content_type"]) for a in message.get("attachments", ())):
+            return
+        for attachment_id, key, size, content_type, thumb in await self._repo.of_message(
+                event.tenant, message["id"]):
+            if thumb is None and is_image(content_type):
+                await self._thumbnail(event.tenant, event.conversation_id, attachment_id, key,
+                                      size)
+
+    async def _thumbnail(self, tenant: str, conversation_id: str, attachment_id: str, key: str,
+                         size: int) -> None:
+        with THUMBNAIL_SECONDS.time():
+            try:
+                data = await self._store.read(key, size)
+                if data is None:
+                    raise FileNotFoundError(key)
+                thumb = await asyncio.to_thread(make_thumbnail, data,
+                                                max_pixels=self._max_pixels, size=self._size)
+                thumb_key = f"{key}.thumb.jpg"
+                await self._store.put(thumb_key, thumb.data, THUMBNAIL_TYPE)
+                await self._repo.set_thumbnail(tenant, conversation_id, attachment_id,
+                                               thumb.width, thumb.height, thumb_key)
+            except ThumbnailRefused as exc:
+                THUMBNAIL_FAILURES.labels("refused").inc()
+                log.info("thumbnail_refused", tenant=tenant, attachment_id=attachment_id,
+                         reason=str(exc)[:200])
+                return
+            except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the rest
+                THUMBNAIL_FAILURES.labels("error").inc()
+                log.warning("thumbnail_failed", tenant=tenant, attachment_id=attachment_id,
+                            error=type(exc).__name__)
+                return
+        THUMBNAILS_MADE.inc()
