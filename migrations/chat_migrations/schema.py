@@ -28,6 +28,7 @@ from sqlalchemy import (
     Column,
     Computed,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -54,7 +55,7 @@ def _tenant_id() -> Column[str]:
 
 TENANT_TABLES = ("conversations", "conversation_members", "messages", "outbox",
                   "outbox_dead_letter", "conversation_changes", "message_reactions",
-                  "attachments")
+                  "attachments", "e2ee_devices", "e2ee_one_time_keys", "e2ee_to_device")
 """The tables whose rows belong to a tenant, each with row-level security forced on."""
 
 tenants = Table(
@@ -88,6 +89,8 @@ conversations = Table(
            server_default=text("true")),
     # The newest root-level message's root_seq (migration 0009), under the same row lock.
     Column("last_root_seq", BigInteger, nullable=False, server_default=text("0")),
+    # End-to-end encrypted (migration 0011e): set at creation, never cleared.
+    Column("encrypted", Boolean, nullable=False, server_default=text("false")),
     PrimaryKeyConstraint("tenant_id", "id", name="conversations_pkey"),
     UniqueConstraint("tenant_id", "direct_key", name="conversations_tenant_direct_key_key"),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name="conversations_tenant_id_fkey"),
@@ -152,6 +155,9 @@ messages = Table(
     # to_tsvector('chat_search', content), set by the messages_search_vector trigger in the
     # content's own transaction (migration 0008s); NULL never stays after that migration.
     Column("search_vector", TSVECTOR),
+    # An encrypted message (migration 0011e): {algorithm, sender_device, body}, opaque to the
+    # server; NULL on a plain message. content is "" when it is set.
+    Column("ciphertext", JSONB),
     PrimaryKeyConstraint("tenant_id", "id", name="messages_pkey"),
     ForeignKeyConstraint(["tenant_id", "conversation_id"],
                          ["conversations.tenant_id", "conversations.id"], ondelete="CASCADE",
@@ -251,6 +257,59 @@ attachments = Table(
           postgresql_where=text("status = 'uploaded'::text")),
     Index("ix_attachments_erased", "tenant_id", "created_at",
           postgresql_where=text("status = 'erased'::text")),
+)
+
+# End-to-end encryption (migration 0011e): public keys and ciphertext only (docs/e2ee.md).
+e2ee_devices = Table(
+    "e2ee_devices", metadata,
+    _tenant_id(),
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=False),
+    Column("curve25519_key", Text, nullable=False),
+    Column("ed25519_key", Text, nullable=False),
+    Column("signature", Text, nullable=False),
+    # Handed out when the device's one-time keys are exhausted; a claim never removes it.
+    Column("fallback_key_id", Text),
+    Column("fallback_key", Text),
+    Column("fallback_signature", Text),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("tenant_id", "user_id", "device_id", name="e2ee_devices_pkey"),
+)
+
+e2ee_one_time_keys = Table(
+    "e2ee_one_time_keys", metadata,
+    _tenant_id(),
+    Column("user_id", Text, nullable=False),
+    Column("device_id", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("tenant_id", "user_id", "device_id", "key_id",
+                         name="e2ee_one_time_keys_pkey"),
+    ForeignKeyConstraint(["tenant_id", "user_id", "device_id"],
+                         ["e2ee_devices.tenant_id", "e2ee_devices.user_id",
+                          "e2ee_devices.device_id"], ondelete="CASCADE",
+                         name="e2ee_one_time_keys_device_fkey"),
+)
+
+e2ee_to_device = Table(
+    "e2ee_to_device", metadata,
+    _tenant_id(),
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    Column("recipient_id", Text, nullable=False),
+    Column("recipient_device", Text, nullable=False),
+    Column("sender_id", Text, nullable=False),
+    Column("sender_device", Text, nullable=False),
+    Column("message_type", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("tenant_id", "id", name="e2ee_to_device_pkey"),
+    ForeignKeyConstraint(["tenant_id", "recipient_id", "recipient_device"],
+                         ["e2ee_devices.tenant_id", "e2ee_devices.user_id",
+                          "e2ee_devices.device_id"], ondelete="CASCADE",
+                         name="e2ee_to_device_device_fkey"),
+    Index("ix_e2ee_to_device_inbox", "tenant_id", "recipient_id", "recipient_device", "id"),
 )
 
 outbox = Table(

@@ -42,14 +42,18 @@ Types and payloads (JSON objects). Consumers ignore types and fields they do not
                  "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
                                    "size_bytes": integer, "width": integer, "height": integer,
                                    "thumbnail_ready": boolean}],
-                 "thread_root_id"?: uuid}}
+                 "thread_root_id"?: uuid,
+                 "ciphertext"?: {"algorithm": string, "sender_device": string,
+                                 "body": string}}}
 
 A field marked ``?`` may be absent, as in every event written before it existed; readers treat
 an absent ``attachments`` as empty. ``attachments`` is there only on a message with attachments
 (never on a tombstone: deleting a message erases them). ``thread_root_id`` is there only on a
 thread reply (it names the root-level message the reply answers) and absent on a root-level
 message. A reply is an ordered change like any message: it takes the next seq and the next pos,
-and can be edited, deleted and reacted to like any message.
+and can be edited, deleted and reacted to like any message. ``ciphertext`` is there only on a
+message of an end-to-end encrypted conversation (docs/e2ee.md): its ``content`` is then "", and
+``body`` is the sender device's encrypted bytes in base64, stored and relayed unchanged.
 
 ``message.updated``: a message changed: its sender edited it (``version`` counts the edits,
 from 1), or a thumbnail of one of its attachments became ready (``thumbnail_ready``, the
@@ -62,7 +66,9 @@ new pos, and the payload is the whole message as it is now::
                  "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
                                    "size_bytes": integer, "width": integer, "height": integer,
                                    "thumbnail_ready": boolean}],
-                 "thread_root_id"?: uuid}}
+                 "thread_root_id"?: uuid,
+                 "ciphertext"?: {"algorithm": string, "sender_device": string,
+                                 "body": string}}}
 
 ``message.deleted``: a message became a tombstone (``content`` "", ``deleted`` true, no
 attachments: their files are deleted from the store with it)::
@@ -73,7 +79,9 @@ attachments: their files are deleted from the store with it)::
                  "attachments"?: [{"id": uuid, "filename": string, "content_type": string,
                                    "size_bytes": integer, "width": integer, "height": integer,
                                    "thumbnail_ready": boolean}],
-                 "thread_root_id"?: uuid}}
+                 "thread_root_id"?: uuid,
+                 "ciphertext"?: {"algorithm": string, "sender_device": string,
+                                 "body": string}}}
 
 ``reaction.added`` / ``reaction.removed``: a user's reaction with an emoji to a message::
 
@@ -223,6 +231,13 @@ class Attachment(TypedDict):
     thumbnail_ready: bool
 
 
+class Ciphertext(TypedDict):
+    algorithm: str
+    sender_device: str
+    body: str
+    """The encrypted bytes in standard base64 (with padding), as proto3 JSON writes bytes."""
+
+
 class _MessageFields(TypedDict):
     id: UuidText
     conversation_id: UuidText
@@ -242,6 +257,8 @@ class Message(_MessageFields, total=False):
     """Only on a message with attachments (so never on a tombstone)."""
     thread_root_id: UuidText
     """Only on a thread reply: the root-level message it answers."""
+    ciphertext: Ciphertext
+    """Only in an end-to-end encrypted conversation (``content`` is then "")."""
 
 
 class MessageCreated(TypedDict):
@@ -385,6 +402,10 @@ def _object_sql(shape: type, expressions: SqlFields, where: str) -> str:
         expression = expressions[name]
         if is_typeddict(kind) and not isinstance(expression, str):
             sql = _object_sql(kind, expression, f"{where}.{name}")
+        elif is_typeddict(kind) and name in optional and isinstance(expression, str):
+            # An optional object as one SQL expression that is the object or NULL (a jsonb
+            # column kept in the payload's shape, e.g. ``messages.ciphertext``).
+            sql = expression
         elif isinstance(expression, str) and (kind in _KIND_NAMES or get_origin(kind) is list):
             # A list is one SQL expression that builds the JSON array itself. A timestamp and
             # an optional one alike: to_char of NULL is NULL, JSON null.

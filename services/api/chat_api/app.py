@@ -22,15 +22,18 @@ from chat_api.service import attachment_sweeper
 from chat_api.service.attachment_sweeper import OrphanSweeper
 from chat_api.service.attachments import AttachmentService
 from chat_api.service.conversations import ConversationService
+from chat_api.service.devices import DeviceService
 from chat_api.service.members import MemberService
 from chat_api.service.message_changes import MessageChangeService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
 from chat_api.service.search import SearchService
 from chat_api.service.tenants import TenantDefaults, TenantDirectory
+from chat_api.service.to_device import ToDeviceService
 from chat_api.settings import ApiSettings
 from chat_api.storage.attachments import AttachmentRepository
 from chat_api.storage.conversations import ConversationRepository
+from chat_api.storage.devices import DeviceRepository
 from chat_api.storage.members import MemberRepository
 from chat_api.storage.message_changes import MessageChangeRepository
 from chat_api.storage.messages import MessageRepository
@@ -38,6 +41,7 @@ from chat_api.storage.objects import ObjectStore
 from chat_api.storage.reads import ReadRepository
 from chat_api.storage.search import PostgresSearchIndex
 from chat_api.storage.tenants import TenantRepository
+from chat_api.storage.to_device import ToDeviceRepository
 from chat_api.storage.warmup import warm_connection
 from chat_api.thumbnail_worker import ThumbnailWorker
 from chat_api.transport.dispatch import Dispatcher
@@ -189,6 +193,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
         AttachmentRepository(db), store, tenants, content_types=settings.content_types,
         max_bytes=settings.attachment_max_bytes,
         max_per_message=settings.max_attachments_per_message)
+    devices = DeviceService(DeviceRepository(db))
     handlers = ChatHandlers(
         conversations=ConversationService(ConversationRepository(db), tenants),
         messages=MessageService(MessageRepository(db), tenants, attachments),
@@ -196,6 +201,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
         members=MemberService(MemberRepository(db), tenants),
         message_changes=MessageChangeService(MessageChangeRepository(db), tenants),
         search=SearchService(PostgresSearchIndex(db)),
+        devices=devices,
+        to_device=ToDeviceService(ToDeviceRepository(db), DeviceRepository(db), devices),
         attachments=attachments,
     )
     # Rate limits: shared through REDIS_ADDR (connected on the first check); None when off.

@@ -47,6 +47,52 @@ class UploadRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CiphertextRecord:
+    """An end-to-end encrypted message body: opaque to the server (docs/e2ee.md)."""
+
+    algorithm: str
+    sender_device: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device's public keys, as registered (docs/e2ee.md)."""
+
+    user_id: str
+    device_id: str
+    curve25519_key: str
+    ed25519_key: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimeKeyRecord:
+    key_id: str
+    public_key: str
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedKeyRecord:
+    device: DeviceRecord
+    key: OneTimeKeyRecord
+    fallback: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ToDeviceRecord:
+    id: int
+    recipient_id: str
+    recipient_device: str
+    sender_id: str
+    sender_device: str
+    message_type: str
+    body: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: str
     conversation_id: str
@@ -65,6 +111,8 @@ class MessageRecord:
     thread_seq: int | None = None
     """A reply's position in its thread (1, 2, ...): the cursor of GetThread's page tokens."""
     attachments: tuple[AttachmentRecord, ...] = ()
+    ciphertext: CiphertextRecord | None = None
+    """Set in an end-to-end encrypted conversation (``content`` is then "")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +126,8 @@ class ConversationRecord:
     role: str = ""
     """The caller's role: owner, admin or member."""
     history_visible_to_new_members: bool = True
+    encrypted: bool = False
+    """End-to-end encrypted: messages carry ciphertext only (docs/e2ee.md)."""
     last_pos: int = 0
 
 

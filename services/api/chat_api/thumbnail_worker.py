@@ -117,6 +117,10 @@ class ThumbnailWorker:
             log.warning("thumbnail_worker_bad_entry", error=str(exc)[:200])
             return
         message: Any = payload["message"]
+        if "ciphertext" in message:
+            # End-to-end encrypted: its files are client-encrypted blobs, not images the
+            # server can read (docs/e2ee.md); their content type is the client's claim only.
+            return
         if not any(is_image(a["content_type"]) for a in message.get("attachments", ())):
             return
         for attachment_id, key, size, content_type, thumb in await self._repo.of_message(

@@ -18,7 +18,8 @@ class ConversationService:
         self._tenants = tenants
 
     async def create(self, caller: Principal, member_ids: Sequence[str],
-                     title: str, history_visible: bool = True) -> ConversationRecord:
+                     title: str, history_visible: bool = True,
+                     encrypted: bool = False) -> ConversationRecord:
         """A new conversation (or the existing direct one) in the caller's tenant, whose users
         the member ids name. chat.proto's rules hold already: 1 to 999 distinct, well-formed
         ids, so at most 1,000 members with the caller."""
@@ -34,8 +35,11 @@ class ConversationService:
         title = title.strip()
         others = [m for m in members if m != me]
         direct = direct_key(me, others[0]) if len(others) == 1 and not title else None
+        if direct is not None and encrypted:
+            # The encrypted and the plain direct conversation of two users are two.
+            direct = "e2ee:" + direct
         return await self._repo.create(caller.tenant_id, me, members, title, direct,
-                                       history_visible)
+                                       history_visible, encrypted)
 
     async def list(self, caller: Principal, limit: int, page_token: str
                    ) -> Page[ConversationSummary]:

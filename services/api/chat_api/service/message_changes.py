@@ -55,7 +55,11 @@ class MessageChangeService:
                                              f"in this tenant")
         me = caller.user_id
 
-        def check(_: Locked, msg: TargetMessage) -> bool:
+        def check(conv: Locked, msg: TargetMessage) -> bool:
+            if conv.encrypted:
+                # Plaintext never enters an encrypted conversation; an edit would be one.
+                raise InvalidArgument("content", "an end-to-end encrypted conversation's "
+                                                 "messages cannot be edited")
             if msg.sender_id != me:
                 raise PermissionDenied("only its sender edits a message", reason="NOT_SENDER")
             if msg.deleted:

@@ -41,7 +41,7 @@ from datetime import datetime
 
 from prometheus_client import Counter
 
-from chat_api.models import MessageRecord, Page
+from chat_api.models import CiphertextRecord, MessageRecord, Page
 from chat_api.service import page_tokens, validation
 from chat_api.service.attachments import AttachmentService, disabled
 from chat_api.service.reads import NOT_FOUND
@@ -70,9 +70,10 @@ REASON_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # same key, different conversation
 
 
 def _duplicate(original: MessageRecord, conversation_id: str, content: str,
-               thread_root_id: str | None) -> AlreadyExists:
+               thread_root_id: str | None, ciphertext: CiphertextRecord | None = None
+               ) -> AlreadyExists:
     same = (original.conversation_id == conversation_id and original.content == content
-            and original.thread_root_id == thread_root_id)
+            and original.thread_root_id == thread_root_id and original.ciphertext == ciphertext)
     reason = REASON_DUPLICATE if same else REASON_KEY_REUSED
     message = ("message already sent with this idempotency_key" if same
                else "idempotency_key was already used for a different message")
@@ -93,10 +94,22 @@ class MessageService:
     async def send(
         self, caller: Principal, conversation_id: str, content: str, key: str,
         attachment_ids: Sequence[str] = (), thread_root_id: str = "",
+        ciphertext: CiphertextRecord | None = None,
     ) -> MessageRecord:
         """Sends (chat.proto's rules on the fields hold already); a reply when
         ``thread_root_id`` is not empty. Attachments are checked in the store before the send
-        statement, which attaches them with the message."""
+        statement, which attaches them with the message.
+
+        In an end-to-end encrypted conversation the message is ``ciphertext`` and ``content``
+        stays empty; in a plain one the reverse. The send statement itself checks which the
+        conversation is, so a plain send pays nothing for it; only a refused send asks why.
+        """
+        if ciphertext is None and not content:
+            raise InvalidArgument("content", "is required (or ciphertext, in an end-to-end "
+                                             "encrypted conversation)")
+        if ciphertext is not None and content:
+            raise InvalidArgument("content", "cannot be combined with ciphertext: an "
+                                             "encrypted message has no plaintext")
         cid = validation.conversation_id(conversation_id)
         root = validation.message_id(thread_root_id) if thread_root_id else None
         tenant = await self._tenants.admit(caller.tenant_id)
@@ -110,11 +123,12 @@ class MessageService:
             ids = await self._attachments.check_for_send(caller, cid, attachment_ids, key)
         try:
             message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key,
-                                            ids, root)
+                                            ids, root, ciphertext)
         except DuplicateKey as dup:
             IDEMPOTENCY_HITS.labels("database").inc()
-            raise _duplicate(dup.original, cid, content, root) from None
+            raise _duplicate(dup.original, cid, content, root, ciphertext) from None
         if message is None:
+            await self._explain_encryption(caller, cid, ciphertext)
             if root is not None and await self._repo.thread_root_state(
                     caller.tenant_id, cid, caller.user_id, root) is RootState.NOT_ROOT:
                 raise InvalidArgument("thread_root_id", "names a reply; a thread is answered "
@@ -127,6 +141,25 @@ class MessageService:
         if self._attachments is not None and message.attachments:
             self._attachments.count_attached(message)
         return message
+
+    async def _explain_encryption(self, caller: Principal, cid: str,
+                                  ciphertext: CiphertextRecord | None) -> None:
+        """Raises the error of a send refused for its encryption (or membership)."""
+        state = await self._repo.send_refusal(
+            caller.tenant_id, cid, caller.user_id,
+            ciphertext.sender_device if ciphertext is not None else None)
+        if state is None:
+            raise NotFound(NOT_FOUND)
+        encrypted, known_device = state
+        if encrypted and ciphertext is None:
+            raise InvalidArgument("content", "refused: the conversation is end-to-end "
+                                             "encrypted; send ciphertext")
+        if not encrypted and ciphertext is not None:
+            raise InvalidArgument("ciphertext", "the conversation is not end-to-end "
+                                                "encrypted; send content")
+        if ciphertext is not None and not known_device:
+            raise FailedPrecondition("ciphertext.sender_device: not a registered device of "
+                                     "the sender (RegisterDevice)", reason="UNKNOWN_DEVICE")
 
     async def history(
         self, caller: Principal, conversation_id: str, limit: int, page_token: str,

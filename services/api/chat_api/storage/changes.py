@@ -32,7 +32,7 @@ from chat_shared.events import payload_sql
 
 _LOCK = """
     SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids,
-           c.direct_key IS NOT NULL, c.history_visible_to_new_members, c.last_pos
+           c.direct_key IS NOT NULL, c.history_visible_to_new_members, c.last_pos, c.encrypted
     FROM conversations c
     WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
     FOR UPDATE
@@ -61,6 +61,7 @@ class Locked:
     history_visible: bool
     last_pos: int
     role: str
+    encrypted: bool = False
 
 
 @asynccontextmanager
@@ -88,7 +89,8 @@ async def locked(db: Database, name: str, tenant: str, conversation_id: str,
             yield conn, None, extra_row
             return
         yield conn, Locked(conv[0], conv[1], conv[2], conv[3], int(conv[4]), list(conv[5]),
-                           bool(conv[6]), bool(conv[7]), int(conv[8]), member[0]), extra_row
+                           bool(conv[6]), bool(conv[7]), int(conv[8]), member[0],
+                           bool(conv[9])), extra_row
 
 
 def change_ctes(event_type: str, *, source: str, pos: str, refs: Mapping[str, str],

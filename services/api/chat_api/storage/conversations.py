@@ -13,12 +13,12 @@ from chat_shared.db import Database, tenant_execute
 _CREATE = """
     WITH ins AS (
         INSERT INTO conversations (tenant_id, id, title, direct_key, created_by, member_ids,
-                                   history_visible_to_new_members)
+                                   history_visible_to_new_members, encrypted)
         VALUES (%(tenant)s, gen_random_uuid(), %(title)s, %(direct_key)s, %(creator)s,
-                CAST(%(members)s AS text[]), %(history_visible)s)
+                CAST(%(members)s AS text[]), %(history_visible)s, %(encrypted)s)
         ON CONFLICT (tenant_id, direct_key) DO NOTHING
         RETURNING id, title, created_at, last_message_at, last_seq, member_ids, last_activity_at,
-                  history_visible_to_new_members, last_pos
+                  history_visible_to_new_members, last_pos, encrypted
     ), mem AS (
         INSERT INTO conversation_members (tenant_id, conversation_id, user_id, last_activity_at,
                                           role)
@@ -27,12 +27,12 @@ _CREATE = """
         FROM ins, unnest(ins.member_ids) AS u
     )
     SELECT id, title, created_at, last_message_at, last_seq, member_ids,
-           history_visible_to_new_members, last_pos, 'owner' FROM ins
+           history_visible_to_new_members, last_pos, 'owner', encrypted FROM ins
     """
 
 _BY_DIRECT_KEY = """
     SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids,
-           c.history_visible_to_new_members, c.last_pos, m.role
+           c.history_visible_to_new_members, c.last_pos, m.role, c.encrypted
     FROM conversations c
     JOIN conversation_members m ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id
      AND m.user_id = %(creator)s
@@ -56,12 +56,12 @@ _BY_DIRECT_KEY = """
 #
 # Columns: 0-4 the conversation, 5 last_activity_at, 6 last_read_seq, 7 member ids,
 # 8-10 the caller's role, the history setting and last_pos, 11 deleted_unread,
-# 12-24 the last message (``rows.MESSAGE_COLUMNS``; NULLs when there is none, or when the
-# member may not see it).
+# 12-25 the last message (``rows.MESSAGE_COLUMNS``; NULLs when there is none, or when the
+# member may not see it), 26 whether the conversation is end-to-end encrypted.
 _LIST_HEAD = f"""
     SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, p.last_activity_at,
            p.last_read_seq, c.member_ids, p.role, c.history_visible_to_new_members, c.last_pos,
-           p.deleted_unread, {message_columns("lm")}
+           p.deleted_unread, {message_columns("lm")}, c.encrypted
     FROM (
         SELECT cm.tenant_id, cm.conversation_id, cm.last_activity_at, cm.last_read_seq,
                cm.role, cm.visible_from_seq, cm.deleted_unread
@@ -73,7 +73,7 @@ _LIST_TAIL = """
     ) p
     CROSS JOIN LATERAL (
         SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids,
-               c.history_visible_to_new_members, c.last_pos
+               c.history_visible_to_new_members, c.last_pos, c.encrypted
         FROM conversations c WHERE c.tenant_id = p.tenant_id AND c.id = p.conversation_id
         LIMIT 1
     ) c
@@ -100,11 +100,12 @@ def direct_key(a: str, b: str) -> str:
 
 
 def _conversation(row: tuple[Any, ...], members: list[str], role: str, history_visible: bool,
-                  last_pos: int) -> ConversationRecord:
+                  last_pos: int, encrypted: bool) -> ConversationRecord:
     return ConversationRecord(
         id=str(row[0]), title=row[1], member_ids=members, created_at=row[2],
         last_message_at=row[3], last_seq=int(row[4]), role=role,
         history_visible_to_new_members=history_visible, last_pos=last_pos,
+        encrypted=encrypted,
     )
 
 
@@ -114,11 +115,12 @@ class ConversationRepository:
 
     async def create(
         self, tenant: str, creator: str, members: list[str], title: str, direct: str | None,
-        history_visible: bool = True,
+        history_visible: bool = True, encrypted: bool = False,
     ) -> ConversationRecord:
         """Creates the conversation, or returns the existing direct one with the same key."""
         params = {"tenant": tenant, "title": title, "direct_key": direct, "creator": creator,
-                  "members": sorted(members), "history_visible": history_visible}
+                  "members": sorted(members), "history_visible": history_visible,
+                  "encrypted": encrypted}
         async with self._db.connection("db.create_conversation") as conn:
             row = await (await tenant_execute(conn, tenant, _CREATE, params)).fetchone()
             if row is None:
@@ -129,7 +131,8 @@ class ConversationRepository:
                     {"tenant": tenant, "direct_key": direct, "creator": creator})).fetchone()
         if row is None:
             raise RuntimeError("direct conversation vanished between insert and select")
-        return _conversation(row, list(row[5]), row[8], bool(row[6]), int(row[7]))
+        return _conversation(row, list(row[5]), row[8], bool(row[6]), int(row[7]),
+                             bool(row[9]))
 
     async def list_for_member(
         self, tenant: str, user_id: str, limit: int, after: tuple[datetime, str] | None
@@ -144,7 +147,7 @@ class ConversationRepository:
         return [
             ConversationSummary(
                 conversation=_conversation(row, list(row[7]), row[8], bool(row[9]),
-                                           int(row[10])),
+                                           int(row[10]), bool(row[26])),
                 last_read_seq=int(row[6]),
                 last_message=message_from(row, 12) if row[12] is not None else None,
                 last_activity_at=row[5],

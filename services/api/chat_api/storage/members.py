@@ -133,7 +133,7 @@ def record(conv: Locked, *, member_ids: list[str] | None = None, last_pos: int |
         last_seq=conv.last_seq, role=conv.role if role is None else role,
         history_visible_to_new_members=(conv.history_visible if history_visible is None
                                         else history_visible),
-        last_pos=conv.last_pos if last_pos is None else last_pos)
+        last_pos=conv.last_pos if last_pos is None else last_pos, encrypted=conv.encrypted)
 
 
 class MemberRepository:

@@ -89,6 +89,7 @@ def message_payload(deleted: str, attachments: str | None) -> dict[str, object]:
         "thread_root_id": "msg.thread_root_id"}
     if attachments is not None:
         fields["attachments"] = attachments
+        fields["ciphertext"] = "msg.ciphertext"  # a tombstone's is erased
     return {"message": fields}
 
 
@@ -109,7 +110,7 @@ _EDIT = _CONV + """, msg AS (
     """
 
 _DELETE = _CONV + """, msg AS (
-        UPDATE messages m SET content = '', deleted_at = clock_timestamp()
+        UPDATE messages m SET content = '', ciphertext = NULL, deleted_at = clock_timestamp()
          WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
         RETURNING m.*
     ), reactions AS (

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg.errors
+from psycopg.types.json import Jsonb
 
-from chat_api.models import MessageRecord, ReactionCount
+from chat_api.models import CiphertextRecord, MessageRecord, ReactionCount
 from chat_api.storage.rows import (
     ATTACHMENTS_JSON,
     MESSAGE_COLUMNS,
+    ciphertext_json,
     message_columns,
     message_from,
 )
@@ -32,7 +34,7 @@ _MESSAGE_CREATED_PAYLOAD = payload_sql(MESSAGE_CREATED, {"message": {
     "id": "msg.id", "conversation_id": "msg.conversation_id", "sender_id": "msg.sender_id",
     "content": "msg.content", "seq": "msg.seq", "created_at": "msg.created_at",
     "version": "msg.version", "edited_at": "msg.edited_at", "deleted": "false",
-    "thread_root_id": "msg.thread_root_id",
+    "thread_root_id": "msg.thread_root_id", "ciphertext": "msg.ciphertext",
     "attachments": "(SELECT jsonb_agg(jsonb_build_object('id', att.id, 'filename', att.filename,"
                    " 'content_type', att.content_type, 'size_bytes', att.size_bytes,"
                    " 'width', 0, 'height', 0, 'thumbnail_ready', false)"
@@ -125,6 +127,11 @@ _SEND = f"""
                         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.id
                           AND m.user_id = %(sender_id)s)
            AND (CAST(%(thread_root_id)s AS uuid) IS NULL OR EXISTS (SELECT 1 FROM root))
+           AND c.encrypted = (CAST(%(ciphertext)s AS jsonb) IS NOT NULL)
+           AND (CAST(%(ciphertext)s AS jsonb) IS NULL OR EXISTS (
+                SELECT 1 FROM e2ee_devices d
+                 WHERE d.tenant_id = c.tenant_id AND d.user_id = %(sender_id)s
+                   AND d.device_id = CAST(%(ciphertext)s AS jsonb) ->> 'sender_device'))
         RETURNING c.id, c.last_seq, c.last_pos, c.last_root_seq, c.last_message_at,
                   c.member_ids, cardinality(c.member_ids) AS members
     ), thread AS (
@@ -135,10 +142,11 @@ _SEND = f"""
         RETURNING r.id, r.reply_count
     ), msg AS (
         INSERT INTO messages (tenant_id, id, conversation_id, seq, sender_id, content,
-                              idempotency_key, created_at, thread_root_id, root_seq, thread_seq)
+                              idempotency_key, created_at, thread_root_id, root_seq, thread_seq,
+                              ciphertext)
         SELECT %(tenant)s, gen_random_uuid(), conv.id, conv.last_seq, %(sender_id)s, %(content)s,
                %(idempotency_key)s, conv.last_message_at, thread.id, conv.last_root_seq,
-               thread.reply_count
+               thread.reply_count, CAST(%(ciphertext)s AS jsonb)
         FROM conv LEFT JOIN thread ON true
         RETURNING {message_columns("messages")}
     ), chg AS (
@@ -185,6 +193,17 @@ _SEND = f"""
     UNION ALL
     SELECT true, *, """ + ATTACHMENTS_JSON.format(tenant="%(tenant)s", message="prior.id") + """
     FROM prior
+    """
+
+# Membership, the conversation's encryption, and whether the device is the user's.
+_SEND_REFUSAL = """
+    SELECT c.encrypted, EXISTS (SELECT 1 FROM e2ee_devices d
+                                 WHERE d.tenant_id = c.tenant_id AND d.user_id = %(user_id)s
+                                   AND d.device_id = %(device)s)
+    FROM conversations c
+    JOIN conversation_members m ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id
+     AND m.user_id = %(user_id)s
+    WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
     """
 
 _BY_KEY = f"""
@@ -379,6 +398,7 @@ _THREAD_HEAD = f"""
            CASE WHEN row_number() OVER () = 1 THEN r.content END, r.created_at,
            r.version, r.edited_at, r.deleted,
            r.thread_root_id, r.reply_count, r.last_reply_at, r.thread_seq,
+           CASE WHEN row_number() OVER () = 1 THEN r.ciphertext END,
            CASE WHEN row_number() OVER () = 1 THEN r.attachments END, r.reactions, r.rid,
            p.*
     FROM conversation_members cm
@@ -498,19 +518,23 @@ class MessageRepository:
     async def send(
         self, tenant: str, conversation_id: str, sender_id: str, content: str,
         idempotency_key: str, attachment_ids: list[str] | None = None,
-        thread_root_id: str | None = None,
+        thread_root_id: str | None = None, ciphertext: CiphertextRecord | None = None,
     ) -> MessageRecord | None:
         """Commits the message, its attachments and its outbox event; None when the sender is
         not a member, for a reply when the root is not a root-level message of the
-        conversation, or when an upload listed is not free (attached by now, not the
+        conversation, when an upload listed is not free (attached by now, not the
         sender's, not of this conversation: the caller checked them before, so only a
-        concurrent send of the same upload gets here).
+        concurrent send of the same upload gets here), when ``ciphertext`` is given in a
+        plain conversation or missing in an encrypted one, or names a device the sender has
+        not registered (``send_refusal`` tells these apart).
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
         params = {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
                   "content": content, "idempotency_key": idempotency_key,
-                  "attachment_ids": attachment_ids or [], "thread_root_id": thread_root_id}
+                  "attachment_ids": attachment_ids or [], "thread_root_id": thread_root_id,
+                  "ciphertext": (None if ciphertext is None
+                                 else Jsonb(ciphertext_json(ciphertext)))}
         try:
             row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
@@ -533,6 +557,16 @@ class MessageRepository:
                                       {"tenant": tenant, "sender_id": sender_id,
                                        "idempotency_key": key}, tenant=tenant)
         return message_from(row, attachments=True) if row is not None else None
+
+    async def send_refusal(self, tenant: str, conversation_id: str, user_id: str,
+                           sender_device: str | None) -> tuple[bool, bool] | None:
+        """Why an end-to-end send may have been refused: None when the user is not a member,
+        else whether the conversation is encrypted and whether ``sender_device`` is one of
+        the user's registered devices."""
+        row = await self._db.fetchone("db.send_refusal", _SEND_REFUSAL, {
+            "tenant": tenant, "conversation_id": conversation_id, "user_id": user_id,
+            "device": sender_device}, tenant=tenant)
+        return None if row is None else (bool(row[0]), bool(row[1]))
 
     async def thread_root_state(self, tenant: str, conversation_id: str, user_id: str,
                                 root_id: str) -> RootState:

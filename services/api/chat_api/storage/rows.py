@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
-from chat_api.models import AttachmentRecord, MessageRecord
+from chat_api.models import AttachmentRecord, CiphertextRecord, MessageRecord
 
 ATTACHMENTS_AGG = """(SELECT jsonb_agg(jsonb_build_object(
         'id', a.id, 'filename', a.filename, 'content_type', a.content_type,
@@ -20,9 +21,9 @@ ATTACHMENTS_JSON = "coalesce(" + ATTACHMENTS_AGG + ", '[]'::jsonb)"
 """``ATTACHMENTS_AGG``, an empty array when there are none (the column ``message_from``
 reads with ``attachments``)."""
 
-MESSAGE_COLUMNS = 13
+MESSAGE_COLUMNS = 14
 """id, conversation_id, seq, sender_id, content, created_at, version, edited_at, deleted,
-thread_root_id, reply_count, last_reply_at, thread_seq."""
+thread_root_id, reply_count, last_reply_at, thread_seq, ciphertext."""
 
 
 def message_columns(alias: str) -> str:
@@ -31,7 +32,8 @@ def message_columns(alias: str) -> str:
     a = alias
     return (f"{a}.id, {a}.conversation_id, {a}.seq, {a}.sender_id, {a}.content, "
             f"{a}.created_at, {a}.version, {a}.edited_at, {a}.deleted_at IS NOT NULL AS deleted, "
-            f"{a}.thread_root_id, {a}.reply_count, {a}.last_reply_at, {a}.thread_seq")
+            f"{a}.thread_root_id, {a}.reply_count, {a}.last_reply_at, {a}.thread_seq, "
+            f"{a}.ciphertext")
 
 
 def attachments_from(value: Any) -> tuple[AttachmentRecord, ...]:
@@ -64,4 +66,21 @@ def message_from(row: tuple[Any, ...], offset: int = 0, *, attachments: bool = F
         last_reply_at=row[offset + 11],
         thread_seq=int(thread_seq) if thread_seq is not None else None,
         attachments=attachments_from(row[offset + MESSAGE_COLUMNS]) if attachments else (),
+        ciphertext=ciphertext_from(row[offset + 13]),
     )
+
+
+def ciphertext_from(value: Any) -> CiphertextRecord | None:
+    """The record of a ``messages.ciphertext`` value (the event payload's shape)."""
+    if value is None:
+        return None
+    return CiphertextRecord(value["algorithm"], value["sender_device"],
+                            base64.b64decode(value["body"]))
+
+
+def ciphertext_json(value: CiphertextRecord | None) -> dict[str, str] | None:
+    """The ``messages.ciphertext`` value of a record: the event payload's shape."""
+    if value is None:
+        return None
+    return {"algorithm": value.algorithm, "sender_device": value.sender_device,
+            "body": base64.b64encode(value.body).decode()}

@@ -51,6 +51,7 @@ _VALUES: dict[str, Any] = {
     "limit": 50, "cursor": 100, "up_to_seq": 0, "content": "", "idempotency_key": "",
     "attachment_ids": [],  # what a send without attachments passes
     "root_id": _NOBODY, "after": 100, "thread_root_id": None,
+    "ciphertext": None,  # what a send in a plain conversation passes
     "before": datetime(1970, 1, 1, tzinfo=UTC), "after_time": datetime(1970, 1, 1, tzinfo=UTC),
 }
 """One value for every parameter a hot statement names, of the types real calls send (psycopg

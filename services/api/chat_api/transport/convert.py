@@ -11,7 +11,12 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from chat_api.models import ConversationRecord, ConversationSummary, MessageRecord
+from chat_api.models import (
+    ConversationRecord,
+    ConversationSummary,
+    DeviceRecord,
+    MessageRecord,
+)
 from chat_shared.errors import InvalidArgument
 from chat_shared.protos.chat.v1 import chat_pb2
 
@@ -71,6 +76,11 @@ def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
         out.reply_count = record.reply_count
     if record.last_reply_at is not None:
         fill_timestamp(out.last_reply_at, record.last_reply_at)
+    if record.ciphertext is not None:
+        c = out.ciphertext
+        c.algorithm = record.ciphertext.algorithm
+        c.sender_device = record.ciphertext.sender_device
+        c.body = record.ciphertext.body
 
 
 def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) -> None:
@@ -82,8 +92,18 @@ def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) ->
     out.role = record.role
     out.history_visible_to_new_members = record.history_visible_to_new_members
     out.last_pos = record.last_pos
+    if record.encrypted:
+        out.encrypted = True
     if record.last_message_at is not None:
         fill_timestamp(out.last_message_at, record.last_message_at)
+
+
+def fill_device(out: chat_pb2.DeviceKeys, record: DeviceRecord) -> None:
+    out.user_id = record.user_id
+    out.device_id = record.device_id
+    out.curve25519_key = record.curve25519_key
+    out.ed25519_key = record.ed25519_key
+    out.signature = record.signature
 
 
 def fill_summary(out: chat_pb2.ConversationSummary, record: ConversationSummary) -> None:

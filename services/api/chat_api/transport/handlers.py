@@ -12,14 +12,16 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from chat_api.models import SearchFilters
+from chat_api.models import CiphertextRecord, OneTimeKeyRecord, SearchFilters
 from chat_api.service.attachments import AttachmentService, disabled
 from chat_api.service.conversations import ConversationService
+from chat_api.service.devices import DeviceService
 from chat_api.service.members import MemberService
 from chat_api.service.message_changes import MessageChangeService
 from chat_api.service.messages import MessageService
 from chat_api.service.reads import ReadService
 from chat_api.service.search import SearchService
+from chat_api.service.to_device import ToDeviceService
 from chat_api.transport import convert
 from chat_shared.auth import Principal
 from chat_shared.protos.chat.v1 import chat_pb2
@@ -36,6 +38,8 @@ class ChatHandlers:
     members: MemberService
     message_changes: MessageChangeService
     search: SearchService
+    devices: DeviceService
+    to_device: ToDeviceService
     attachments: AttachmentService | None = None
     """None when no object store is configured: the attachment RPCs answer FAILED_PRECONDITION."""
 
@@ -47,7 +51,7 @@ class ChatHandlers:
         history_visible = (req.history_visible_to_new_members
                            if req.HasField("history_visible_to_new_members") else True)
         conv = await self.conversations.create(caller, req.member_ids, req.title,
-                                               history_visible)
+                                               history_visible, req.encrypted)
         resp = chat_pb2.CreateConversationResponse()
         convert.fill_conversation(resp.conversation, conv)
         return resp
@@ -55,9 +59,12 @@ class ChatHandlers:
     async def SendMessage(  # noqa: N802
         self, caller: Principal, req: chat_pb2.SendMessageRequest
     ) -> chat_pb2.SendMessageResponse:
+        ciphertext = (CiphertextRecord(req.ciphertext.algorithm, req.ciphertext.sender_device,
+                                       req.ciphertext.body)
+                      if req.HasField("ciphertext") else None)
         msg = await self.messages.send(caller, req.conversation_id, req.content,
                                        req.idempotency_key, req.attachment_ids,
-                                       req.thread_root_id)
+                                       req.thread_root_id, ciphertext)
         resp = chat_pb2.SendMessageResponse()
         convert.fill_message(resp.message, msg)
         return resp
@@ -212,6 +219,83 @@ class ChatHandlers:
         resp = chat_pb2.GetAttachmentUrlResponse(url=signed.url)
         convert.fill_timestamp(resp.expires_at, signed.expires_at)
         return resp
+
+    async def RegisterDevice(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.RegisterDeviceRequest
+    ) -> chat_pb2.RegisterDeviceResponse:
+        device = await self.devices.register(caller, req.device_id, req.curve25519_key,
+                                             req.ed25519_key, req.signature)
+        resp = chat_pb2.RegisterDeviceResponse()
+        convert.fill_device(resp.device, device)
+        return resp
+
+    async def UploadOneTimeKeys(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.UploadOneTimeKeysRequest
+    ) -> chat_pb2.UploadOneTimeKeysResponse:
+        keys = [OneTimeKeyRecord(k.key_id, k.public_key, k.signature) for k in req.keys]
+        fallback = (OneTimeKeyRecord(req.fallback_key.key_id, req.fallback_key.public_key,
+                                     req.fallback_key.signature)
+                    if req.HasField("fallback_key") else None)
+        count = await self.devices.upload(caller, req.device_id, keys, fallback)
+        return chat_pb2.UploadOneTimeKeysResponse(one_time_key_count=count)
+
+    async def ClaimKeys(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.ClaimKeysRequest
+    ) -> chat_pb2.ClaimKeysResponse:
+        claimed = await self.devices.claim(caller, req.conversation_id,
+                                           [(d.user_id, d.device_id) for d in req.devices])
+        resp = chat_pb2.ClaimKeysResponse()
+        for c in claimed:
+            out = resp.keys.add(fallback=c.fallback)
+            convert.fill_device(out.device, c.device)
+            out.one_time_key.key_id = c.key.key_id
+            out.one_time_key.public_key = c.key.public_key
+            out.one_time_key.signature = c.key.signature
+        return resp
+
+    async def ListDevices(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.ListDevicesRequest
+    ) -> chat_pb2.ListDevicesResponse:
+        devices = await self.devices.list(caller, req.conversation_id,
+                                          req.user_id if req.HasField("user_id") else None)
+        resp = chat_pb2.ListDevicesResponse()
+        for d in devices:
+            convert.fill_device(resp.devices.add(), d)
+        return resp
+
+    async def RemoveDevice(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.RemoveDeviceRequest
+    ) -> chat_pb2.RemoveDeviceResponse:
+        await self.devices.remove(caller, req.device_id)
+        return chat_pb2.RemoveDeviceResponse()
+
+    async def SendToDevice(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.SendToDeviceRequest
+    ) -> chat_pb2.SendToDeviceResponse:
+        stored = await self.to_device.send(
+            caller, req.conversation_id, req.sender_device,
+            [(m.recipient_id, m.recipient_device, m.message_type, m.body)
+             for m in req.messages])
+        return chat_pb2.SendToDeviceResponse(stored=stored)
+
+    async def GetToDeviceMessages(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.GetToDeviceMessagesRequest
+    ) -> chat_pb2.GetToDeviceMessagesResponse:
+        rows = await self.to_device.inbox(caller, req.device_id, req.after_id, req.limit)
+        resp = chat_pb2.GetToDeviceMessagesResponse()
+        for r in rows:
+            out = resp.messages.add(id=r.id, recipient_id=r.recipient_id,
+                                    recipient_device=r.recipient_device,
+                                    sender_id=r.sender_id, sender_device=r.sender_device,
+                                    message_type=r.message_type, body=r.body)
+            convert.fill_timestamp(out.created_at, r.created_at)
+        return resp
+
+    async def AckToDeviceMessages(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.AckToDeviceMessagesRequest
+    ) -> chat_pb2.AckToDeviceMessagesResponse:
+        deleted = await self.to_device.acknowledge(caller, req.device_id, req.up_to_id)
+        return chat_pb2.AckToDeviceMessagesResponse(deleted=deleted)
 
     def registry(self) -> dict[str, Handler]:
         """Method name -> handler, for every RPC of chat.v1.ChatService."""

@@ -211,6 +211,19 @@ def _string_rules(owner: str, rules: Any, cel: Any) -> dict[str, Any]:
     return _with_patterns(schema, patterns)
 
 
+def _bytes_rules(owner: str, rules: Any) -> dict[str, Any]:
+    """Bytes travel as base64 in JSON: the lengths are those of the base64 text."""
+    unknown = [f.name for f, _ in rules.ListFields() if f.name not in {"min_len", "max_len"}]
+    if unknown:
+        raise ValueError(f"{owner}: bytes rules {unknown} cannot be published yet")
+    schema: dict[str, Any] = {"type": "string", "format": "byte"}
+    if rules.min_len:
+        schema["minLength"] = 4 * -(-rules.min_len // 3)
+    if rules.HasField("max_len"):
+        schema["maxLength"] = 4 * -(-rules.max_len // 3)
+    return schema
+
+
 def _int_bounds(owner: str, fd_type: int, rules: Any) -> tuple[int, int]:
     low, high = _INT_RANGES[fd_type]
     if rules is None:
@@ -307,14 +320,20 @@ def _request_single(fd: FieldDescriptor, pending: list[Descriptor], rules: Any, 
         schema = _string_rules(fd.full_name, rules.string if kind == "string" else
                                validate_pb2.StringRules(), cel)
         if rules is not None and rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
-            # Empty means "not given", which the rules let through.
-            if set(schema) - {"type", "format", "pattern", "description"}:
-                raise ValueError(f"{fd.full_name}: only an optional UUID can be published "
-                                 "with IGNORE_IF_ZERO_VALUE yet")
+            # Empty means "not given", which the rules let through: every pattern admits
+            # "" too, and a minimum length of 1 says nothing more than "not empty".
+            if set(schema) - {"type", "format", "pattern", "allOf", "minLength", "maxLength",
+                              "description"} or schema.get("minLength", 1) != 1:
+                raise ValueError(f"{fd.full_name}: these rules cannot be published with "
+                                 "IGNORE_IF_ZERO_VALUE yet")
             schema.pop("format", None)
-            if "pattern" in schema:
-                schema["pattern"] = f"^$|{schema['pattern']}"
+            schema.pop("minLength", None)
+            for part in (schema, *schema.get("allOf", ())):
+                if "pattern" in part:
+                    part["pattern"] = f"^$|{part['pattern']}"
         return schema
+    if fd.type == FieldDescriptor.TYPE_BYTES and kind == "bytes" and not cel:
+        return _bytes_rules(fd.full_name, rules.bytes)
     if kind is not None or cel:
         raise ValueError(f"{fd.full_name}: {kind or 'CEL'} rules cannot be published yet")
     return _single_schema(fd, pending)

@@ -28,6 +28,16 @@ RATE_CLASSES: dict[str, str] = {
     # a download URL is a signature over a read.
     "CreateUpload": "write-other",
     "GetAttachmentUrl": "read",
+    # End-to-end encryption (docs/e2ee.md). Keys and to-device messages are writes of small
+    # rows; a claim deletes keys, so it is a write too. Reading one's mailbox is a read.
+    "RegisterDevice": "write-other",
+    "UploadOneTimeKeys": "write-other",
+    "ClaimKeys": "write-other",
+    "ListDevices": "read",
+    "RemoveDevice": "write-other",
+    "SendToDevice": "send",
+    "GetToDeviceMessages": "read",
+    "AckToDeviceMessages": "write-other",
 }
 
 DEFAULT_RATE_CLASS = "write-other"

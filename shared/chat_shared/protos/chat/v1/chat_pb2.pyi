@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Message(_message.Message):
-    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at", "edited_at", "version", "deleted", "reactions", "attachments", "thread_root_id", "reply_count", "last_reply_at")
+    __slots__ = ("id", "conversation_id", "sender_id", "content", "seq", "created_at", "edited_at", "version", "deleted", "reactions", "attachments", "thread_root_id", "reply_count", "last_reply_at", "ciphertext")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Message(_message.Message):
     THREAD_ROOT_ID_FIELD_NUMBER: _ClassVar[int]
     REPLY_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_REPLY_AT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation_id: str
     sender_id: str
@@ -41,7 +42,18 @@ class Message(_message.Message):
     thread_root_id: str
     reply_count: int
     last_reply_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ..., reactions: _Optional[_Iterable[_Union[Reaction, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., thread_root_id: _Optional[str] = ..., reply_count: _Optional[int] = ..., last_reply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    ciphertext: Ciphertext
+    def __init__(self, id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., content: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ..., reactions: _Optional[_Iterable[_Union[Reaction, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., thread_root_id: _Optional[str] = ..., reply_count: _Optional[int] = ..., last_reply_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ciphertext: _Optional[_Union[Ciphertext, _Mapping]] = ...) -> None: ...
+
+class Ciphertext(_message.Message):
+    __slots__ = ("algorithm", "sender_device", "body")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SENDER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    sender_device: str
+    body: bytes
+    def __init__(self, algorithm: _Optional[str] = ..., sender_device: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class Reaction(_message.Message):
     __slots__ = ("emoji", "count", "reacted_by_me")
@@ -130,7 +142,7 @@ class GetAttachmentUrlResponse(_message.Message):
     def __init__(self, url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Conversation(_message.Message):
-    __slots__ = ("id", "title", "member_ids", "created_at", "last_message_at", "last_seq", "role", "history_visible_to_new_members", "last_pos")
+    __slots__ = ("id", "title", "member_ids", "created_at", "last_message_at", "last_seq", "role", "history_visible_to_new_members", "last_pos", "encrypted")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +152,7 @@ class Conversation(_message.Message):
     ROLE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_VISIBLE_TO_NEW_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     LAST_POS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     member_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -149,7 +162,8 @@ class Conversation(_message.Message):
     role: str
     history_visible_to_new_members: bool
     last_pos: int
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., member_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_message_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., role: _Optional[str] = ..., history_visible_to_new_members: _Optional[bool] = ..., last_pos: _Optional[int] = ...) -> None: ...
+    encrypted: bool
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., member_ids: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_message_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seq: _Optional[int] = ..., role: _Optional[str] = ..., history_visible_to_new_members: _Optional[bool] = ..., last_pos: _Optional[int] = ..., encrypted: _Optional[bool] = ...) -> None: ...
 
 class ConversationSummary(_message.Message):
     __slots__ = ("conversation", "unread_count", "last_message", "last_read_seq")
@@ -164,14 +178,16 @@ class ConversationSummary(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., unread_count: _Optional[int] = ..., last_message: _Optional[_Union[Message, _Mapping]] = ..., last_read_seq: _Optional[int] = ...) -> None: ...
 
 class CreateConversationRequest(_message.Message):
-    __slots__ = ("member_ids", "title", "history_visible_to_new_members")
+    __slots__ = ("member_ids", "title", "history_visible_to_new_members", "encrypted")
     MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_VISIBLE_TO_NEW_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
     member_ids: _containers.RepeatedScalarFieldContainer[str]
     title: str
     history_visible_to_new_members: bool
-    def __init__(self, member_ids: _Optional[_Iterable[str]] = ..., title: _Optional[str] = ..., history_visible_to_new_members: _Optional[bool] = ...) -> None: ...
+    encrypted: bool
+    def __init__(self, member_ids: _Optional[_Iterable[str]] = ..., title: _Optional[str] = ..., history_visible_to_new_members: _Optional[bool] = ..., encrypted: _Optional[bool] = ...) -> None: ...
 
 class CreateConversationResponse(_message.Message):
     __slots__ = ("conversation",)
@@ -180,18 +196,20 @@ class CreateConversationResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("conversation_id", "content", "idempotency_key", "thread_root_id", "attachment_ids")
+    __slots__ = ("conversation_id", "content", "idempotency_key", "thread_root_id", "attachment_ids", "ciphertext")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     THREAD_ROOT_ID_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     content: str
     idempotency_key: str
     thread_root_id: str
     attachment_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., thread_root_id: _Optional[str] = ..., attachment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    ciphertext: Ciphertext
+    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., thread_root_id: _Optional[str] = ..., attachment_ids: _Optional[_Iterable[str]] = ..., ciphertext: _Optional[_Union[Ciphertext, _Mapping]] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("message",)
@@ -440,3 +458,183 @@ class SearchMessagesResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     next_page_token: str
     def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeviceKeys(_message.Message):
+    __slots__ = ("user_id", "device_id", "curve25519_key", "ed25519_key", "signature")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CURVE25519_KEY_FIELD_NUMBER: _ClassVar[int]
+    ED25519_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    device_id: str
+    curve25519_key: str
+    ed25519_key: str
+    signature: str
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., curve25519_key: _Optional[str] = ..., ed25519_key: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class OneTimeKey(_message.Message):
+    __slots__ = ("key_id", "public_key", "signature")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    public_key: str
+    signature: str
+    def __init__(self, key_id: _Optional[str] = ..., public_key: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class RegisterDeviceRequest(_message.Message):
+    __slots__ = ("device_id", "curve25519_key", "ed25519_key", "signature")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CURVE25519_KEY_FIELD_NUMBER: _ClassVar[int]
+    ED25519_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    curve25519_key: str
+    ed25519_key: str
+    signature: str
+    def __init__(self, device_id: _Optional[str] = ..., curve25519_key: _Optional[str] = ..., ed25519_key: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class RegisterDeviceResponse(_message.Message):
+    __slots__ = ("device",)
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    device: DeviceKeys
+    def __init__(self, device: _Optional[_Union[DeviceKeys, _Mapping]] = ...) -> None: ...
+
+class UploadOneTimeKeysRequest(_message.Message):
+    __slots__ = ("device_id", "keys", "fallback_key")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_KEY_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    keys: _containers.RepeatedCompositeFieldContainer[OneTimeKey]
+    fallback_key: OneTimeKey
+    def __init__(self, device_id: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[OneTimeKey, _Mapping]]] = ..., fallback_key: _Optional[_Union[OneTimeKey, _Mapping]] = ...) -> None: ...
+
+class UploadOneTimeKeysResponse(_message.Message):
+    __slots__ = ("one_time_key_count",)
+    ONE_TIME_KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    one_time_key_count: int
+    def __init__(self, one_time_key_count: _Optional[int] = ...) -> None: ...
+
+class DeviceRef(_message.Message):
+    __slots__ = ("user_id", "device_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    device_id: str
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
+
+class ClaimKeysRequest(_message.Message):
+    __slots__ = ("conversation_id", "devices")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceRef]
+    def __init__(self, conversation_id: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceRef, _Mapping]]] = ...) -> None: ...
+
+class ClaimedKey(_message.Message):
+    __slots__ = ("device", "one_time_key", "fallback")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ONE_TIME_KEY_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    device: DeviceKeys
+    one_time_key: OneTimeKey
+    fallback: bool
+    def __init__(self, device: _Optional[_Union[DeviceKeys, _Mapping]] = ..., one_time_key: _Optional[_Union[OneTimeKey, _Mapping]] = ..., fallback: _Optional[bool] = ...) -> None: ...
+
+class ClaimKeysResponse(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[ClaimedKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[ClaimedKey, _Mapping]]] = ...) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ("conversation_id", "user_id")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    user_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceKeys]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceKeys, _Mapping]]] = ...) -> None: ...
+
+class RemoveDeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class RemoveDeviceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ToDeviceMessage(_message.Message):
+    __slots__ = ("id", "recipient_id", "recipient_device", "sender_id", "sender_device", "message_type", "body", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    recipient_id: str
+    recipient_device: str
+    sender_id: str
+    sender_device: str
+    message_type: str
+    body: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., recipient_id: _Optional[str] = ..., recipient_device: _Optional[str] = ..., sender_id: _Optional[str] = ..., sender_device: _Optional[str] = ..., message_type: _Optional[str] = ..., body: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SendToDeviceRequest(_message.Message):
+    __slots__ = ("conversation_id", "sender_device", "messages")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    sender_device: str
+    messages: _containers.RepeatedCompositeFieldContainer[ToDeviceMessage]
+    def __init__(self, conversation_id: _Optional[str] = ..., sender_device: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ToDeviceMessage, _Mapping]]] = ...) -> None: ...
+
+class SendToDeviceResponse(_message.Message):
+    __slots__ = ("stored",)
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    def __init__(self, stored: _Optional[int] = ...) -> None: ...
+
+class GetToDeviceMessagesRequest(_message.Message):
+    __slots__ = ("device_id", "after_id", "limit")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    after_id: int
+    limit: int
+    def __init__(self, device_id: _Optional[str] = ..., after_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class GetToDeviceMessagesResponse(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ToDeviceMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ToDeviceMessage, _Mapping]]] = ...) -> None: ...
+
+class AckToDeviceMessagesRequest(_message.Message):
+    __slots__ = ("device_id", "up_to_id")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    up_to_id: int
+    def __init__(self, device_id: _Optional[str] = ..., up_to_id: _Optional[int] = ...) -> None: ...
+
+class AckToDeviceMessagesResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...

@@ -119,6 +119,46 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
                 _registered_method=True)
+        self.RegisterDevice = channel.unary_unary(
+                '/chat.v1.ChatService/RegisterDevice',
+                request_serializer=chat_dot_v1_dot_chat__pb2.RegisterDeviceRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.RegisterDeviceResponse.FromString,
+                _registered_method=True)
+        self.UploadOneTimeKeys = channel.unary_unary(
+                '/chat.v1.ChatService/UploadOneTimeKeys',
+                request_serializer=chat_dot_v1_dot_chat__pb2.UploadOneTimeKeysRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.UploadOneTimeKeysResponse.FromString,
+                _registered_method=True)
+        self.ClaimKeys = channel.unary_unary(
+                '/chat.v1.ChatService/ClaimKeys',
+                request_serializer=chat_dot_v1_dot_chat__pb2.ClaimKeysRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.ClaimKeysResponse.FromString,
+                _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/chat.v1.ChatService/ListDevices',
+                request_serializer=chat_dot_v1_dot_chat__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/chat.v1.ChatService/RemoveDevice',
+                request_serializer=chat_dot_v1_dot_chat__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.RemoveDeviceResponse.FromString,
+                _registered_method=True)
+        self.SendToDevice = channel.unary_unary(
+                '/chat.v1.ChatService/SendToDevice',
+                request_serializer=chat_dot_v1_dot_chat__pb2.SendToDeviceRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.SendToDeviceResponse.FromString,
+                _registered_method=True)
+        self.GetToDeviceMessages = channel.unary_unary(
+                '/chat.v1.ChatService/GetToDeviceMessages',
+                request_serializer=chat_dot_v1_dot_chat__pb2.GetToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.GetToDeviceMessagesResponse.FromString,
+                _registered_method=True)
+        self.AckToDeviceMessages = channel.unary_unary(
+                '/chat.v1.ChatService/AckToDeviceMessages',
+                request_serializer=chat_dot_v1_dot_chat__pb2.AckToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.AckToDeviceMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -261,6 +301,68 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterDevice(self, request, context):
+        """End-to-end encryption (docs/e2ee.md). The server stores public keys and ciphertext only.
+
+        Registers (or re-registers with the same keys) one of the caller's devices: its
+        Curve25519 identity key and Ed25519 signing key, signed by the latter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadOneTimeKeys(self, request, context):
+        """Adds one-time keys (and optionally replaces the fallback key) of one of the caller's
+        devices, each signed by the device's Ed25519 key; a bad signature refuses the whole call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimKeys(self, request, context):
+        """Hands out one key of each listed device of the conversation's members (members only):
+        a one-time key, each at most once whatever the concurrency, else the device's fallback key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDevices(self, request, context):
+        """The devices of the conversation's members, or of one member (members only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """Removes one of the caller's devices with its keys and undelivered to-device messages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendToDevice(self, request, context):
+        """Sends opaque messages (room keys, encrypted per device) to devices of the conversation's
+        members (members only), each kept for its device until that device acknowledges it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetToDeviceMessages(self, request, context):
+        """The to-device messages waiting for one of the caller's devices, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckToDeviceMessages(self, request, context):
+        """Acknowledges (deletes) the device's to-device messages up to an id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -348,6 +450,46 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.SearchMessages,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.SerializeToString,
+            ),
+            'RegisterDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDevice,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.RegisterDeviceRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.RegisterDeviceResponse.SerializeToString,
+            ),
+            'UploadOneTimeKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadOneTimeKeys,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.UploadOneTimeKeysRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.UploadOneTimeKeysResponse.SerializeToString,
+            ),
+            'ClaimKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimKeys,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.ClaimKeysRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.ClaimKeysResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.ListDevicesRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.RemoveDeviceRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.RemoveDeviceResponse.SerializeToString,
+            ),
+            'SendToDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendToDevice,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.SendToDeviceRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.SendToDeviceResponse.SerializeToString,
+            ),
+            'GetToDeviceMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetToDeviceMessages,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.GetToDeviceMessagesRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.GetToDeviceMessagesResponse.SerializeToString,
+            ),
+            'AckToDeviceMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckToDeviceMessages,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.AckToDeviceMessagesRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.AckToDeviceMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -809,6 +951,222 @@ class ChatService:
             '/chat.v1.ChatService/SearchMessages',
             chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/RegisterDevice',
+            chat_dot_v1_dot_chat__pb2.RegisterDeviceRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.RegisterDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadOneTimeKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/UploadOneTimeKeys',
+            chat_dot_v1_dot_chat__pb2.UploadOneTimeKeysRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.UploadOneTimeKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ClaimKeys',
+            chat_dot_v1_dot_chat__pb2.ClaimKeysRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.ClaimKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ListDevices',
+            chat_dot_v1_dot_chat__pb2.ListDevicesRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/RemoveDevice',
+            chat_dot_v1_dot_chat__pb2.RemoveDeviceRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.RemoveDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendToDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/SendToDevice',
+            chat_dot_v1_dot_chat__pb2.SendToDeviceRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.SendToDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetToDeviceMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/GetToDeviceMessages',
+            chat_dot_v1_dot_chat__pb2.GetToDeviceMessagesRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.GetToDeviceMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckToDeviceMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/AckToDeviceMessages',
+            chat_dot_v1_dot_chat__pb2.AckToDeviceMessagesRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.AckToDeviceMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

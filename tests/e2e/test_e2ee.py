@@ -1,0 +1,131 @@
+"""End-to-end encryption through the whole pipeline as real processes: chat-api -> outbox ->
+chat-outbox-relay -> Redis Streams -> chat-ws-gateway -> a real WebSocket client, with the
+reference client (``chat_devtools.e2ee_client``, vodozemac) on every device.
+
+Why: the server must store, relay and deliver ciphertext it cannot read: every current member
+device decrypts, and the plaintext is nowhere on the server side, neither in any table (the
+outbox included) nor in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import pathlib
+import uuid
+
+import aiohttp
+import grpc
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+
+from chat_devtools.e2ee_client import E2EEDevice
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from tests.conftest import auth, make_token
+from tests.support.ws_stack import Api, Gateway, Relay, base_env, messages, ws_connect
+
+
+@pytest.fixture
+async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
+    env = base_env(db_source, redis_addr)
+    api, relay = Api(env, tmp_path).start(), Relay(env, tmp_path).start()
+    gateway = Gateway(env, tmp_path, "ws1").start()
+    try:
+        await asyncio.gather(api.ready(), relay.ready(), gateway.ready())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
+            yield chat_pb2_grpc.ChatServiceStub(channel), gateway
+    finally:
+        for service in (api, relay, gateway):
+            service.stop()
+
+
+async def _database_text(db_source: str) -> str:
+    """Every row of every table of the database, as text (the superuser bypasses RLS)."""
+    async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+        tables = await (await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).fetchall()
+        parts = []
+        for (table,) in tables:
+            rows = await (await conn.execute(
+                f'SELECT t::text FROM "{table}" t')).fetchall()  # noqa: S608 - catalog names
+            parts.extend(r[0] for r in rows)
+    assert any("outbox" == t for (t,) in tables)
+    return "\n".join(parts)
+
+
+async def _redis_bytes(redis_addr: str) -> bytes:
+    """Every key and value in Redis (streams entry by entry)."""
+    host, port = redis_addr.rsplit(":", 1)
+    client = aioredis.Redis(host=host, port=int(port))
+    out: list[bytes] = []
+    try:
+        async for key in client.scan_iter(count=1000):
+            out.append(key)
+            kind = await client.type(key)
+            if kind == b"stream":
+                for entry_id, fields in await client.xrange(key):
+                    out.append(entry_id)
+                    for k, v in fields.items():
+                        out.extend((k, v))
+            elif kind == b"string":
+                out.append(await client.get(key) or b"")
+    finally:
+        await client.aclose()
+    return b"\n".join(out)
+
+
+def _from_frame(frame_message: dict) -> chat_pb2.Message:
+    c = frame_message["ciphertext"]
+    return chat_pb2.Message(
+        id=frame_message["id"], conversation_id=frame_message["conversation_id"],
+        sender_id=frame_message["sender_id"], content=frame_message["content"],
+        seq=frame_message["seq"],
+        ciphertext=chat_pb2.Ciphertext(algorithm=c["algorithm"],
+                                       sender_device=c["sender_device"],
+                                       body=base64.b64decode(c["body"])))
+
+
+async def test_two_users_with_two_devices_each_exchange_messages_the_server_cannot_read(
+        stack, db_source: str, redis_addr: str):
+    stub, gateway = stack
+    devices = [E2EEDevice(stub, user, make_token(user)) for user in ("alice", "alice", "bob",
+                                                                     "bob")]
+    for device in devices:
+        await device.register()
+    alice1, alice2, bob1, bob2 = devices
+    conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(
+        member_ids=["bob"], encrypted=True), metadata=auth("alice"))).conversation
+    secrets = [f"attack at dawn {uuid.uuid4().hex}", f"retreat at dusk {uuid.uuid4().hex}"]
+    async with aiohttp.ClientSession() as session:
+        ws = await ws_connect(session, gateway, "bob")
+        first = await alice1.send(conv.id, secrets[0])
+        second = await bob2.send(conv.id, secrets[1])
+        frames = await messages(ws, 2)
+    for device in devices:
+        await device.receive_keys()
+    page = await stub.GetMessages(chat_pb2.GetMessagesRequest(conversation_id=conv.id,
+                                                              after_seq=0),
+                                  metadata=auth("alice"))
+    assert [m.id for m in page.messages] == [first.id, second.id]
+    for device in devices:
+        assert [device.decrypt(m) for m in page.messages] == secrets, device.device_id
+        assert device.failures == []
+    # Delivered over the WebSocket unchanged: the same bytes, decryptable by every device.
+    for frame, sent in zip(frames, (first, second), strict=True):
+        assert frame["message"]["content"] == ""
+        assert _from_frame(frame["message"]).ciphertext == sent.ciphertext
+    assert bob1.decrypt(_from_frame(frames[0]["message"])) == secrets[0]
+    # The server side holds no plaintext: no table (the outbox and the change log included),
+    # no Redis key or stream entry. Room keys were acknowledged, so their rows are gone.
+    text = await _database_text(db_source)
+    stored = await _redis_bytes(redis_addr)
+    assert base64.b64encode(first.ciphertext.body).decode() in text  # the check can see
+    assert b"message.created" in stored
+    for secret in secrets:
+        assert secret not in text
+        assert secret.encode() not in stored
+        assert secret.split()[-1] not in text  # not even the random part alone
+    async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+        left = await (await conn.execute("SELECT count(*) FROM e2ee_to_device")).fetchone()
+    assert left == (0,)
