@@ -274,6 +274,9 @@ e2ee_devices = Table(
     Column("fallback_signature", Text),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
     PrimaryKeyConstraint("tenant_id", "user_id", "device_id", name="e2ee_devices_pkey"),
+    CheckConstraint("((fallback_key IS NULL) = (fallback_signature IS NULL)) AND "
+                    "((fallback_key IS NULL) = (fallback_key_id IS NULL))",
+                    name="e2ee_devices_fallback_check"),
 )
 
 e2ee_one_time_keys = Table(

@@ -65,7 +65,14 @@ async def test_openapi_is_served_and_documents_every_route(api):
                    "DELETE /v1/conversations/{conversation_id}/messages/{message_id}/reactions",
                    "GET /v1/messages:search",
                    "POST /v1/conversations/{conversation_id}/uploads",
-                   "GET /v1/attachments/{attachment_id}/url"}
+                   "GET /v1/attachments/{attachment_id}/url",
+                   "POST /v1/devices", "POST /v1/devices/{device_id}/keys",
+                   "POST /v1/conversations/{conversation_id}/keys:claim",
+                   "GET /v1/conversations/{conversation_id}/devices",
+                   "DELETE /v1/devices/{device_id}",
+                   "POST /v1/conversations/{conversation_id}/to_device",
+                   "GET /v1/devices/{device_id}/inbox",
+                   "POST /v1/devices/{device_id}/inbox:ack"}
     for op_id in ("CreateConversation", "SendMessage", "GetMessages", "GetThread",
                   "GetConversations", "MarkAsRead"):
         assert f"id='{op_id}'" in page

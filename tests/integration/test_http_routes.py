@@ -103,6 +103,14 @@ def test_chat_routes_come_from_the_annotations():
         ("GET", "/v1/messages:search", ""),
         ("POST", "/v1/conversations/{conversation_id}/uploads", "*"),
         ("GET", "/v1/attachments/{attachment_id}/url", ""),
+        ("POST", "/v1/devices", "*"),
+        ("POST", "/v1/devices/{device_id}/keys", "*"),
+        ("POST", "/v1/conversations/{conversation_id}/keys:claim", "*"),
+        ("GET", "/v1/conversations/{conversation_id}/devices", ""),
+        ("DELETE", "/v1/devices/{device_id}", ""),
+        ("POST", "/v1/conversations/{conversation_id}/to_device", "*"),
+        ("GET", "/v1/devices/{device_id}/inbox", ""),
+        ("POST", "/v1/devices/{device_id}/inbox:ack", "*"),
     }
 
 

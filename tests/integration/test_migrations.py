@@ -18,7 +18,7 @@ from chat_devtools.ports import closed_port
 
 OUR_TABLES = {"conversations", "conversation_members", "messages", "outbox", "tenants",
                "outbox_dead_letter", "conversation_changes", "message_reactions",
-               "attachments"}
+               "attachments", "e2ee_devices", "e2ee_one_time_keys", "e2ee_to_device"}
 _names = itertools.count()
 
 
@@ -186,6 +186,7 @@ def test_0006_puts_existing_rows_in_the_default_tenant_behind_row_level_security
         "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class"
         " WHERE relrowsecurity AND relforcerowsecurity AND relkind = 'r'", name)
     assert forced == ("attachments,conversation_changes,conversation_members,conversations,"
+                      "e2ee_devices,e2ee_one_time_keys,e2ee_to_device,"
                       "message_reactions,messages,outbox,outbox_dead_letter")
     # As the services' role: the default tenant's rows in its context, nothing in another's
     # or without one.

@@ -61,6 +61,8 @@ def put(message: Message, field: FieldDescriptor, rng: random.Random, depth: int
         value = rng.choice(INTS)
     elif field.type == fd.TYPE_BOOL:
         value = rng.random() < 0.5
+    elif field.type == fd.TYPE_BYTES:
+        value = rng.choice([b"", b"\x00\xff", bytes(range(256)), b"ciphertext"])
     else:
         raise AssertionError(f"the test does not fill {field.full_name} yet")
     if field.is_repeated:
