@@ -35,7 +35,9 @@ defect does not let one attempt through. One that misses by more than ten times 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,11 +46,13 @@ from typing import Any
 
 import aiohttp
 import grpc
+import vodozemac
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from chat_api.transport.http_routes import HttpBinding, http_bindings
+from chat_shared.e2ee import device_statement, one_time_key_statement
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth, make_token
 from tests.support.api_process import (  # noqa: F401 - api_process_fixture: a fixture
@@ -94,6 +98,9 @@ class Seed:
     """The big conversation's members but the caller (ids of the longest length)."""
     message_ids: list[str] = field(default_factory=list)
     """The caller's messages in it: the first is edited and reacted to, the second deleted."""
+    account: vodozemac.Account = field(default_factory=vodozemac.Account)
+    """The caller's registered device (end-to-end encryption), named ``device_id``."""
+    device_id: str = ""
 
     def unique(self, length: int) -> str:
         return f"{next(self.counter):x}-{uuid.uuid4().hex}".ljust(length, "k")[:length]
@@ -112,6 +119,27 @@ LONG_EMOJI = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e
 def _content() -> str:
     # Characters, not bytes, are limited: a mix of 1- to 4-byte UTF-8, newlines allowed.
     return ("ab\u00e9\u20ac\U0001f600\n" * MAX_CONTENT)[:MAX_CONTENT]
+
+
+def _register(s: Seed) -> chat_pb2.RegisterDeviceRequest:
+    account, device = vodozemac.Account(), s.unique(64)
+    curve, ed = account.curve25519_key.to_base64(), account.ed25519_key.to_base64()
+    return chat_pb2.RegisterDeviceRequest(
+        device_id=device, curve25519_key=curve, ed25519_key=ed,
+        signature=account.sign(device_statement(CALLER, device, curve, ed)).to_base64())
+
+
+def _one_time_keys(s: Seed) -> chat_pb2.UploadOneTimeKeysRequest:
+    s.account.generate_one_time_keys(101)
+    keys = []
+    for key_id, key in s.account.one_time_keys.items():
+        statement = one_time_key_statement(CALLER, s.device_id, key_id, key.to_base64(),
+                                           fallback=not keys)
+        keys.append(chat_pb2.OneTimeKey(key_id=key_id, public_key=key.to_base64(),
+                                        signature=s.account.sign(statement).to_base64()))
+    s.account.mark_keys_as_published()
+    return chat_pb2.UploadOneTimeKeysRequest(device_id=s.device_id, keys=keys[1:],
+                                             fallback_key=keys[0])
 
 
 LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
@@ -156,6 +184,26 @@ LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
         size_bytes=INT64_MAX),
     "GetAttachmentUrl": lambda s: chat_pb2.GetAttachmentUrlRequest(
         attachment_id=str(uuid.uuid4()), thumbnail=True),
+    # End-to-end encryption: the caller's seeded device; 250 members' devices to claim from,
+    # 100 to-device messages of the longest body.
+    "RegisterDevice": _register,
+    "UploadOneTimeKeys": _one_time_keys,
+    "ClaimKeys": lambda s: chat_pb2.ClaimKeysRequest(
+        conversation_id=s.big_conversation, devices=[
+            chat_pb2.DeviceRef(user_id=m, device_id=s.unique(64))
+            for m in [*s.members[:249], CALLER]]),
+    "ListDevices": lambda s: chat_pb2.ListDevicesRequest(
+        conversation_id=s.big_conversation, user_id=s.members[-1]),
+    "RemoveDevice": lambda s: chat_pb2.RemoveDeviceRequest(device_id=s.unique(64)),
+    "SendToDevice": lambda s: chat_pb2.SendToDeviceRequest(
+        conversation_id=s.big_conversation, sender_device=s.device_id, messages=[
+            chat_pb2.ToDeviceMessage(recipient_id=m, recipient_device=s.device_id,
+                                     message_type="m" * 64, body="b" * 4096)
+            for m in s.members[:99] + [CALLER]]),
+    "GetToDeviceMessages": lambda s: chat_pb2.GetToDeviceMessagesRequest(
+        device_id=s.device_id, limit=500),
+    "AckToDeviceMessages": lambda s: chat_pb2.AckToDeviceMessagesRequest(
+        device_id=s.device_id, up_to_id=INT64_MAX),
 }
 """The largest request each RPC accepts (every field at the limit the service enforces)."""
 
@@ -182,10 +230,49 @@ def _grpc_fill(message: Message, fd: FieldDescriptor) -> None:
     budget = GRPC_MAX_MESSAGE - message.ByteSize() - 64
     if fd.is_repeated and fd.type == FieldDescriptor.TYPE_STRING:
         getattr(message, fd.name).extend(_distinct(budget, overhead=2))
+    elif fd.is_repeated and _is_record(fd):
+        # As many small items (every text field 32 characters) as fit.
+        items = getattr(message, fd.name)
+        while message.ByteSize() < budget - 1024:
+            _fill_texts(items.add(), 32)
     elif fd.is_repeated:
         raise AssertionError(f"no filler for repeated {fd.full_name}: add one here")
+    elif _is_record(fd):
+        _fill_texts(getattr(message, fd.name), 32)
+        first = _text_fields(fd.message_type)[0]
+        setattr(getattr(message, fd.name), first.name, b"" if first.type ==
+                FieldDescriptor.TYPE_BYTES else "")
+        text = _text(GRPC_MAX_MESSAGE - message.ByteSize() - 64)
+        setattr(getattr(message, fd.name), first.name,
+                text.encode() if first.type == FieldDescriptor.TYPE_BYTES else text)
     else:
         _set_largest(message, fd, _text(budget - 8))
+
+
+def _is_record(fd: FieldDescriptor) -> bool:
+    """A message field other than a Timestamp: its text fields are what grows."""
+    return (fd.message_type is not None
+            and fd.message_type.full_name != "google.protobuf.Timestamp")
+
+
+def _text_fields(desc: Any) -> list[FieldDescriptor]:
+    return [f for f in desc.fields if not f.is_repeated
+            and f.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)]
+
+
+def _fill_texts(message: Message, size: int) -> None:
+    for f in _text_fields(message.DESCRIPTOR):
+        text = _text(size)
+        setattr(message, f.name, text.encode() if f.type == FieldDescriptor.TYPE_BYTES else text)
+
+
+def _json_texts(desc: Any, size: int, first_size: int | None = None) -> dict[str, str]:
+    out = {}
+    for i, f in enumerate(_text_fields(desc)):
+        n = first_size if i == 0 and first_size is not None else size
+        out[f.name] = (_text(n) if f.type == FieldDescriptor.TYPE_STRING
+                       else base64.b64encode(_text(n * 3 // 4).encode()).decode())
+    return out
 
 
 def _set_largest(message: Message, fd: FieldDescriptor, text: str) -> None:
@@ -310,6 +397,14 @@ async def _seed(api: ApiUnderTest) -> Seed:
         for i in range(MAX_PAGE):
             await stub.CreateConversation(chat_pb2.CreateConversationRequest(
                 member_ids=[f"peer-{i}"]), metadata=auth(CALLER), timeout=30)
+        seed.device_id = seed.unique(64)
+        curve = seed.account.curve25519_key.to_base64()
+        ed = seed.account.ed25519_key.to_base64()
+        await stub.RegisterDevice(chat_pb2.RegisterDeviceRequest(
+            device_id=seed.device_id, curve25519_key=curve, ed25519_key=ed,
+            signature=seed.account.sign(device_statement(CALLER, seed.device_id, curve,
+                                                         ed)).to_base64()),
+            metadata=auth(CALLER), timeout=30)
     return seed
 
 
@@ -448,6 +543,11 @@ def _json_largest(fd: FieldDescriptor, budget: int) -> Any:
         return MAX_TIMESTAMP
     if fd.type == FieldDescriptor.TYPE_BOOL:
         return True
+    if fd.is_repeated and _is_record(fd):
+        item = _json_texts(fd.message_type, 32)
+        return [item] * (budget // (len(json.dumps(item)) + 2))
+    if _is_record(fd):
+        return _json_texts(fd.message_type, 32, first_size=budget - 1024)
     raise AssertionError(f"no HTTP filler for {fd.full_name}: add one here")
 
 

@@ -8,6 +8,7 @@ from chat_bench.phases import (
     attachments,
     changes,
     delivery,
+    e2ee,
     idle,
     isolation,
     rpc,
@@ -19,7 +20,7 @@ from chat_bench.phases import (
 
 PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, attachments.PHASE,
                              throughput.PHASE, delivery.PHASE, isolation.PHASE, idle.PHASE,
-                             scaling.PHASE, search.PHASE)
+                             scaling.PHASE, search.PHASE, e2ee.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

@@ -255,20 +255,24 @@ class E2EEDevice:
 
     # ---- messages ----------------------------------------------------------------------
 
-    async def send(self, conversation_id: str, text: str) -> chat_pb2.Message:
-        """Encrypts ``text`` with the conversation's group session (shared or rotated
-        first, as ``ensure_group_session`` says) and sends it."""
-        await self.ensure_group_session(conversation_id)
+    def encrypt(self, conversation_id: str, text: str) -> chat_pb2.Ciphertext:
+        """``text`` encrypted with the conversation's current group session (which
+        ``ensure_group_session`` made and shared)."""
         outbound = self._outbound[conversation_id].session
         encrypted = outbound.encrypt(canonical_json({"conversation_id": conversation_id,
                                                      "text": text}))
         body = canonical_json({"session_id": outbound.session_id,
                                "ciphertext": encrypted.to_base64()})
+        return chat_pb2.Ciphertext(algorithm=MEGOLM_ALGORITHM, sender_device=self.device_id,
+                                   body=body)
+
+    async def send(self, conversation_id: str, text: str) -> chat_pb2.Message:
+        """Encrypts ``text`` with the conversation's group session (shared or rotated
+        first, as ``ensure_group_session`` says) and sends it."""
+        await self.ensure_group_session(conversation_id)
         resp = await self.stub.SendMessage(chat_pb2.SendMessageRequest(
             conversation_id=conversation_id, idempotency_key=uuid.uuid4().hex,
-            ciphertext=chat_pb2.Ciphertext(algorithm=MEGOLM_ALGORITHM,
-                                           sender_device=self.device_id, body=body)),
-            metadata=self._metadata)
+            ciphertext=self.encrypt(conversation_id, text)), metadata=self._metadata)
         sent: chat_pb2.Message = resp.message
         return sent
 

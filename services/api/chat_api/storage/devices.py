@@ -75,7 +75,7 @@ _CLAIM = f"""
         SELECT DISTINCT w.user_id, w.device_id
         FROM unnest(CAST(%(user_ids)s AS text[]), CAST(%(device_ids)s AS text[]))
              AS w(user_id, device_id)
-        WHERE w.user_id = ANY(CAST(%(members)s AS text[]))
+        WHERE w.user_id IN (SELECT unnest(CAST(%(members)s AS text[])))  -- hashed
     ), picked AS (
         SELECT k.user_id, k.device_id, k.key_id
         FROM wanted w

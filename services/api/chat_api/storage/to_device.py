@@ -23,7 +23,7 @@ _SEND = """
          WITH ORDINALITY AS m(recipient_id, recipient_device, message_type, body, n)
     JOIN e2ee_devices d ON d.tenant_id = %(tenant)s AND d.user_id = m.recipient_id
      AND d.device_id = m.recipient_device
-    WHERE m.recipient_id = ANY(CAST(%(members)s AS text[]))
+    WHERE m.recipient_id IN (SELECT unnest(CAST(%(members)s AS text[])))  -- hashed
     ORDER BY m.n
     RETURNING id
     """
