@@ -41,7 +41,8 @@ async def measure(target_grpc: str, secret: str, calls: int,
     a, b = (User(u, secret) for u in USERS)
     text = ("e2ee bench " * TEXT_CHARS)[:TEXT_CHARS]
     async with grpc_channel(target_grpc) as channel:
-        stub: Any = chat_pb2_grpc.ChatServiceStub(channel)  # generated, untyped
+        stub_class: Any = chat_pb2_grpc.ChatServiceStub  # generated, untyped
+        stub = stub_class(channel)
         devices = [E2EEDevice(stub, u.id, token(u.id, secret)) for u in (a, a, b, b)]
         for device in devices:
             await device.register()

@@ -32,6 +32,10 @@ from chat_shared.e2ee import (
 from chat_shared.protos.chat.v1 import chat_pb2
 
 ROOM_KEY = "m.room_key"
+CLAIM_BATCH = 250
+"""Devices per ClaimKeys call (chat.proto's limit)."""
+TO_DEVICE_BATCH = 100
+"""Messages per SendToDevice call (chat.proto's limit)."""
 PICKLE_KEY = bytes(32)
 """vodozemac's pickles are unused here: the reference client keeps its state in memory."""
 
@@ -144,13 +148,15 @@ class E2EEDevice:
         """Starts an Olm session with every device that has none yet (one claimed key
         each, its signature checked)."""
         missing = [ref for ref, d in devices.items() if d.curve25519_key not in self._olm]
-        if not missing:
-            return
-        resp = await self.stub.ClaimKeys(chat_pb2.ClaimKeysRequest(
-            conversation_id=conversation_id,
-            devices=[chat_pb2.DeviceRef(user_id=u, device_id=d) for u, d in missing]),
-            metadata=self._metadata)
-        for claimed in resp.keys:
+        claimed_keys: list[chat_pb2.ClaimedKey] = []
+        for start in range(0, len(missing), CLAIM_BATCH):
+            resp = await self.stub.ClaimKeys(chat_pb2.ClaimKeysRequest(
+                conversation_id=conversation_id,
+                devices=[chat_pb2.DeviceRef(user_id=u, device_id=d)
+                         for u, d in missing[start:start + CLAIM_BATCH]]),
+                metadata=self._metadata)
+            claimed_keys.extend(resp.keys)
+        for claimed in claimed_keys:
             known = devices.get((claimed.device.user_id, claimed.device.device_id))
             key = claimed.one_time_key
             statement = one_time_key_statement(known.user_id, known.device_id, key.key_id,
@@ -201,10 +207,10 @@ class E2EEDevice:
                 recipient_id=user, recipient_device=device, message_type=OLM_ALGORITHM,
                 body=body))
             current.shared_with.add((user, device))
-        if messages:
+        for start in range(0, len(messages), TO_DEVICE_BATCH):
             await self.stub.SendToDevice(chat_pb2.SendToDeviceRequest(
                 conversation_id=conversation_id, sender_device=self.device_id,
-                messages=messages), metadata=self._metadata)
+                messages=messages[start:start + TO_DEVICE_BATCH]), metadata=self._metadata)
 
     async def receive_keys(self) -> int:
         """Reads this device's to-device messages, takes the room keys in them, and
