@@ -345,7 +345,8 @@ def parse_time(text: str) -> datetime:
 def message(id: str, conversation_id: str, sender_id: str, content: str, seq: int,
             created_at: datetime, version: int = 1, edited_at: datetime | None = None,
             deleted: bool = False, attachments: Sequence[Attachment] = (),
-            thread_root_id: str | None = None) -> Message:
+            thread_root_id: str | None = None, ciphertext: Ciphertext | None = None
+            ) -> Message:
     """A message as events carry it (also the shape the gateway sends from PostgreSQL);
     ``attachments`` only when it has any."""
     out: Message = {
@@ -358,6 +359,8 @@ def message(id: str, conversation_id: str, sender_id: str, content: str, seq: in
         out["attachments"] = list(attachments)
     if thread_root_id is not None:
         out["thread_root_id"] = UuidText(thread_root_id)
+    if ciphertext is not None:
+        out["ciphertext"] = ciphertext
     return out
 
 

@@ -102,6 +102,12 @@ async def test_two_users_with_two_devices_each_exchange_messages_the_server_cann
         first = await alice1.send(conv.id, secrets[0])
         second = await bob2.send(conv.id, secrets[1])
         frames = await messages(ws, 2)
+        # A client resuming from the start is caught up from PostgreSQL: the same bytes.
+        resumed = await messages(await ws_connect(session, gateway, "alice",
+                                                  positions={conv.id: 0}), 2)
+    for frame, sent in zip(resumed, (first, second), strict=True):
+        assert frame["event_id"] is None  # read from the change log, not the stream
+        assert _from_frame(frame["message"]).ciphertext == sent.ciphertext
     for device in devices:
         await device.receive_keys()
     page = await stub.GetMessages(chat_pb2.GetMessagesRequest(conversation_id=conv.id,

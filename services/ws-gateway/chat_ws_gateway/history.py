@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from chat_shared.db import Database
-from chat_shared.events import Attachment
+from chat_shared.events import Attachment, Ciphertext
 
 # One probe of the primary key (conversation_id, user_id) per id: the LATERAL ... LIMIT 1
 # keeps the planner from reading all of the user's memberships instead (the members' index
@@ -43,7 +43,8 @@ _MEMBERS = """
 # messages after the position (the same fix and measurements as the API's GetMessages).
 # The CASTs: a small int is sent as smallint, and smallint + smallint overflows.
 _AFTER = """
-    SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at, m.thread_root_id::text
+    SELECT m.id::text, m.seq, m.sender_id, m.content, m.created_at, m.thread_root_id::text,
+           m.ciphertext
     FROM conversation_members cm
     JOIN messages m ON m.tenant_id = cm.tenant_id AND m.conversation_id = cm.conversation_id
     WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
@@ -73,7 +74,8 @@ _CHANGES_AFTER = """
                     'height', coalesce(a.height, 0),
                     'thumbnail_ready', a.thumbnail_key IS NOT NULL) ORDER BY a.position)
                   FROM attachments a
-                 WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id)
+                 WHERE a.tenant_id = m.tenant_id AND a.message_id = m.id),
+               m.ciphertext
         FROM conversation_changes ch
         LEFT JOIN messages m ON m.tenant_id = ch.tenant_id AND m.id = ch.message_id
         WHERE ch.tenant_id = cm.tenant_id AND ch.conversation_id = cm.conversation_id
@@ -102,6 +104,8 @@ class StoredMessage:
     created_at: datetime
     thread_root_id: str | None = None
     """A thread reply's root-level message (replies are caught up like any message)."""
+    ciphertext: Ciphertext | None = None
+    """An end-to-end encrypted message's body, as its event carries it (docs/e2ee.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,8 @@ class StoredChange:
     """A thread reply's root-level message (a reply is an ordered change like any message)."""
     attachments: list[Attachment] | None = None
     """The message's attachments as events carry them; None when it has none."""
+    ciphertext: Ciphertext | None = None
+    """An end-to-end encrypted message's body (None on a plain message or a tombstone)."""
 
 
 class History:
@@ -165,7 +171,7 @@ class History:
                                         "user_id": user_id,
                                         "after": min(after_seq, MAX_POSITION),
                                         "limit": self.page_size}, tenant=tenant)
-        return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4], r[5])
+        return [StoredMessage(r[0], conversation_id, int(r[1]), r[2], r[3], r[4], r[5], r[6])
                 for r in rows]
 
     async def changes_after(self, tenant: str, user_id: str, conversation_id: str,
@@ -182,5 +188,5 @@ class History:
             return None
         return [StoredChange(conversation_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
                              r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]), r[14],
-                             bool(r[15]), int(r[16]), r[17], r[18]) for r in rows
+                             bool(r[15]), int(r[16]), r[17], r[18], r[19]) for r in rows
                 if r[0] is not None]

@@ -170,7 +170,8 @@ def history_frame(message: StoredMessage) -> str:
     """The frame of a message read from PostgreSQL: as its event's, without an event id."""
     return message_frame(events.message(message.id, message.conversation_id, message.sender_id,
                                         message.content, message.seq, message.created_at,
-                                        thread_root_id=message.thread_root_id), None)
+                                        thread_root_id=message.thread_root_id,
+                                        ciphertext=message.ciphertext), None)
 
 
 def event_frame(event: Event) -> str | None:
@@ -216,7 +217,8 @@ def stored_change_frame(change: StoredChange) -> str | None:
             change.message_id or "", cid, change.sender_id or "",
             "" if change.deleted else change.content or "", change.message_seq,
             change.created_at, change.version or 1, change.edited_at, change.deleted,
-            () if change.deleted else change.attachments or (), change.thread_root_id)}
+            () if change.deleted else change.attachments or (), change.thread_root_id,
+            None if change.deleted else change.ciphertext)}
     elif t in (REACTION_ADDED, REACTION_REMOVED):
         payload = {"conversation_id": cid, "message_id": change.message_id,
                    "user_id": change.user_id, "emoji": change.emoji}
