@@ -70,7 +70,7 @@ async def test_one_time_keys_with_a_bad_signature_are_refused_whole(stub, db_sou
     keys[1].signature = keys[0].signature  # a signature of another key
     err = await rpc_error(stub.UploadOneTimeKeys(chat_pb2.UploadOneTimeKeysRequest(
         device_id=device.device_id, keys=keys), metadata=auth("alice")))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "keys[1].signature" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "item 1: its signature" in err.details()
     assert await db_rows(db_source, "SELECT count(*) FROM e2ee_one_time_keys") == [(0,)]
 
 

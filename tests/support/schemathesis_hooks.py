@@ -18,6 +18,8 @@ cannot state, which the document states in words instead:
   flags): no regular expression states that, the field's description does in words;
 - ``content_type`` and ``size_bytes`` of an upload: the allowed types and the size limit are
   the server's settings and the tenant's limits, not the document's;
+- end-to-end encryption: ``content`` or ``ciphertext`` but not both (and not neither), and
+  signatures that verify against the device's key (docs/e2ee.md): no schema computes Ed25519;
 - FAILED_PRECONDITION (code 9): the request is valid but the server's state refuses it (an
   upload not in the store, attachments not configured), which no schema can state.
 
@@ -49,6 +51,15 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("member_ids", "a conversation has at most"): "more members than the conversation has room for",
     ("content_type", "is not an allowed type"): "upload type not allowed by the server",
     ("size_bytes", "at most"): "upload over the tenant's size limit",
+    # End-to-end encryption (docs/e2ee.md): a send carries content or ciphertext, not both
+    # and not neither; a signature must verify, and one-time keys are distinct by key_id.
+    ("content", "cannot be combined with ciphertext"): "content and ciphertext together",
+    ("content", "is required (or ciphertext"): "neither content nor ciphertext",
+    ("signature", "is not ed25519_key's signature"): "a device signature that does not verify",
+    ("keys", "item "): "a one-time key signature that does not verify",
+    ("keys", "must not list the same key_id twice"): "one-time keys with the same key_id",
+    ("fallback_key.signature", "is not the device's signature"):
+        "a fallback key signature that does not verify",
 }
 FAILED_PRECONDITION = 9
 _ACCEPTED = {401, 403, 404, 409, 429}

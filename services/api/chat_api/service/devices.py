@@ -83,8 +83,8 @@ class DeviceService:
             statement = one_time_key_statement(caller.user_id, device_id, key.key_id,
                                                key.public_key)
             if not signature_valid(device.ed25519_key, statement, key.signature):
-                raise InvalidArgument(f"keys[{i}].signature",
-                                      "is not the device's signature of the key")
+                raise InvalidArgument("keys", f"item {i}: its signature is not the device's "
+                                              f"signature of the key")
         if fallback is not None:
             statement = one_time_key_statement(caller.user_id, device_id, fallback.key_id,
                                                fallback.public_key, fallback=True)

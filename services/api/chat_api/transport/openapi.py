@@ -145,6 +145,8 @@ def _is_required(fd: FieldDescriptor) -> bool:
         return rules.string.min_len > 0 or rules.string.uuid
     if kind == "repeated":
         return rules.repeated.min_items > 0
+    if kind == "bytes":
+        return rules.bytes.min_len > 0
     if kind in ("int32", "int64"):
         # 0 (what a missing key means) breaks the rule: the key must be there.
         ints = getattr(rules, kind)
@@ -369,7 +371,9 @@ def _parameters(binding: HttpBinding, schemas_pending: list[Descriptor]) -> list
         if is_plain_message:
             continue  # reachable as key.field=value, not documented field by field
         schema = _request_field_schema(fd, schemas_pending, in_body=False)
-        param: dict[str, Any] = {"name": fd.name, "in": "query", "required": _is_required(fd),
+        # A proto3 ``optional`` field may be left out whatever rules its value has.
+        required = _is_required(fd) and not (fd.has_presence and not fd.is_repeated)
+        param: dict[str, Any] = {"name": fd.name, "in": "query", "required": required,
                                  "schema": schema}
         if schema.get("type") == "array":
             param.update(style="form", explode=True)
