@@ -14,11 +14,16 @@ from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth
 from tests.helpers import create_conversation, send
 from tests.support.client_state import ConversationView, server_view
-from tests.support.ws_stack import Api, Gateway, Relay, base_env, next_frame, ws_connect
-
-ORDERED = {"message.created", "message.updated", "message.deleted", "reaction.added",
-           "reaction.removed", "member.added", "member.removed", "member.role_changed",
-           "conversation.updated"}
+from tests.support.ws_stack import (
+    ORDERED,
+    Api,
+    Gateway,
+    Relay,
+    base_env,
+    next_frame,
+    ordered_frames,
+    ws_connect,
+)
 
 
 class Stack:
@@ -45,17 +50,6 @@ async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
 async def session():
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-async def ordered_frames(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict]:
-    out: list[dict] = []
-    for _ in range(count * 3 + 10):
-        if len(out) == count:
-            return out
-        frame = await next_frame(ws)
-        if frame["type"] in ORDERED:
-            out.append(frame)
-    raise AssertionError(f"got {len(out)} of {count} ordered frames")
 
 
 async def every_kind_of_change(stub, cid: str) -> None:

@@ -17,8 +17,13 @@ from chat_devtools import services
 from chat_devtools.services import Api, Gateway, Relay
 from tests.conftest import TEST_SECRET, make_token
 
-__all__ = ["Api", "Gateway", "Relay", "base_env", "close_code", "messages", "next_frame",
-           "ws_connect"]
+__all__ = ["ORDERED", "Api", "Gateway", "Relay", "base_env", "close_code", "messages",
+           "next_frame", "ordered_frames", "ws_connect"]
+
+ORDERED = frozenset({"message.created", "message.updated", "message.deleted", "reaction.added",
+                     "reaction.removed", "member.added", "member.removed",
+                     "member.role_changed", "conversation.updated"})
+"""The frame types of ordered changes (each with a ``pos``)."""
 
 
 def base_env(db_source: str, redis_addr: str, **overrides: object) -> dict[str, str]:
@@ -55,6 +60,19 @@ async def messages(ws: aiohttp.ClientWebSocketResponse, count: int,
         if frame["type"] == "message.created":
             out.append(frame)
     return out
+
+
+async def ordered_frames(ws: aiohttp.ClientWebSocketResponse, count: int,
+                         within: float = 20.0) -> list[dict[str, Any]]:
+    """The next ``count`` frames of ordered changes (other frames are skipped; bounded)."""
+    out: list[dict[str, Any]] = []
+    for _ in range(count * 3 + 10):
+        if len(out) == count:
+            return out
+        frame = await next_frame(ws, within)
+        if frame["type"] in ORDERED:
+            out.append(frame)
+    raise AssertionError(f"got {len(out)} of {count} ordered frames")
 
 
 async def close_code(ws: aiohttp.ClientWebSocketResponse, within: float = 30.0,
