@@ -3,47 +3,30 @@ rebuilds exactly the state the RPCs show: real chat-api, relay and gateway proce
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 
 import aiohttp
-import grpc
 import pytest
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from chat_shared.protos.chat.v1 import chat_pb2
 
 from tests.conftest import auth
 from tests.helpers import create_conversation, send
 from tests.support.client_state import ConversationView, server_view
 from tests.support.ws_stack import (
     ORDERED,
-    Api,
-    Gateway,
-    Relay,
+    Stack,
     base_env,
     next_frame,
     ordered_frames,
+    running_stack,
     ws_connect,
 )
 
 
-class Stack:
-    def __init__(self, gateway: Gateway, stub: chat_pb2_grpc.ChatServiceStub) -> None:
-        self.gateway, self.stub = gateway, stub
-
-
 @pytest.fixture
 async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
-    env = base_env(db_source, redis_addr)
-    api = Api(env, tmp_path).start()
-    relay = Relay(env, tmp_path).start()
-    gateway = Gateway(env, tmp_path, "ws1").start()
-    try:
-        await asyncio.gather(api.ready(), relay.ready(), gateway.ready())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
-            yield Stack(gateway, chat_pb2_grpc.ChatServiceStub(channel))
-    finally:
-        for service in (api, relay, gateway):
-            service.stop()
+    async with running_stack(base_env(db_source, redis_addr), tmp_path) as stack:
+        yield stack
 
 
 @pytest.fixture

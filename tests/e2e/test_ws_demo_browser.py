@@ -75,6 +75,35 @@ async def send(page: Page, text: str) -> None:
     await page.get_by_label("Message", exact=True).press("Enter")
 
 
+async def signed_in(browser: Any, url: str, errors: list[str],
+                    failed: list[str] | None = None) -> tuple[Page, Page]:
+    """Alice's and Bob's pages, each in its own context, signed in; page errors (and, with
+    ``failed``, every answer of 400 or more, from any origin) are collected."""
+    pages = []
+    for user in ("alice", "bob"):
+        ctx = await browser.new_context(viewport={"width": 1100, "height": 800},
+                                        accept_downloads=True)
+        page = await ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        if failed is not None:
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
+                    if r.status >= 400 else None)
+        await sign_in(page, url, user)
+        pages.append(page)
+    return pages[0], pages[1]
+
+
+async def open_together(alice: Page, bob: Page, members: str, title: str, first: str) -> None:
+    """Alice creates a conversation in the UI and writes ``first`` in it; Bob opens it."""
+    await alice.get_by_label("Members (comma-separated user ids)").fill(members)
+    await alice.get_by_label("Title (optional)").fill(title)
+    await alice.get_by_role("button", name="Create").click()
+    await expect(alice.locator("#conv-title")).to_have_text(title)
+    await send(alice, first)
+    await bob.locator("#conv-list button", has_text=title).click(timeout=20_000)
+    await expect(bob.locator("#messages li .content")).to_have_text([first], timeout=20_000)
+
+
 async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: Gateway):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -182,23 +211,9 @@ async def test_members_edits_deletions_and_reactions_in_chromium(demo: Gateway):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            pages = {}
             errors: list[str] = []
-            for user in ("alice", "bob"):
-                ctx = await browser.new_context(viewport={"width": 1100, "height": 800})
-                pages[user] = page = await ctx.new_page()
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                await sign_in(page, demo.url, user)
-            alice, bob = pages["alice"], pages["bob"]
-
-            await alice.get_by_label("Members (comma-separated user ids)").fill("bob, carol")
-            await alice.get_by_label("Title (optional)").fill("Team room")
-            await alice.get_by_role("button", name="Create").click()
-            await expect(alice.locator("#conv-title")).to_have_text("Team room")
-            await send(alice, "first draft")
-            await bob.locator("#conv-list button", has_text="Team room").click(timeout=20_000)
-            await expect(bob.locator("#messages li .content")).to_have_text(["first draft"],
-                                                                            timeout=20_000)
+            alice, bob = await signed_in(browser, demo.url, errors)
+            await open_together(alice, bob, "bob, carol", "Team room", "first draft")
 
             # Bob reacts; Alice sees the count live.
             await bob.get_by_role("button", name="React 👍").click()
@@ -249,27 +264,10 @@ async def test_an_image_and_a_pdf_attached_previewed_and_downloaded_in_chromium(
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            pages: dict[str, Page] = {}
             errors: list[str] = []
             failed: list[str] = []  # any answer >= 400: the gateway's, the API's, the store's
-            for user in ("alice", "bob"):
-                ctx = await browser.new_context(viewport={"width": 1100, "height": 800},
-                                                accept_downloads=True)
-                pages[user] = page = await ctx.new_page()
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
-                        if r.status >= 400 else None)
-                await sign_in(page, demo.url, user)
-            alice, bob = pages["alice"], pages["bob"]
-
-            await alice.get_by_label("Members (comma-separated user ids)").fill("bob")
-            await alice.get_by_label("Title (optional)").fill("Files")
-            await alice.get_by_role("button", name="Create").click()
-            await expect(alice.locator("#conv-title")).to_have_text("Files")
-            await send(alice, "files coming")
-            await bob.locator("#conv-list button", has_text="Files").click(timeout=20_000)
-            await expect(bob.locator("#messages li .content")).to_have_text(["files coming"],
-                                                                            timeout=20_000)
+            alice, bob = await signed_in(browser, demo.url, errors, failed)
+            await open_together(alice, bob, "bob", "Files", "files coming")
 
             # The photo with a caption, then the PDF alone (a message of a file, no text):
             # both users have the conversation open, so each sees them, and the thumbnail,
