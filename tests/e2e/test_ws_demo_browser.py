@@ -28,7 +28,7 @@ SCREENSHOT = ROOT / "artifacts" / "demo.png"
 @pytest.fixture
 async def demo(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
     # A short typing window: the page shows each signal; the window itself is tested elsewhere.
-    env = base_env(db_source, redis_addr, WS_TYPING_INTERVAL="0.3")
+    env = base_env(db_source, redis_addr, RATE_LIMIT_TYPING_INTERVAL="0.3")
     started: list[Api | Relay | Gateway] = [Relay(env, tmp_path).start()]
 
     def page_and_api() -> Gateway:

@@ -20,7 +20,7 @@ from chat_shared.auth import Principal, TokenVerifier, issue_token
 from chat_shared.errors import Unauthenticated
 from chat_shared.http_serving import BodyTimeout, read_body
 from chat_shared.observability.logging import get_logger
-from chat_shared.ratelimit import Decision, RateLimiter, TypingLimit
+from chat_shared.ratelimit import Decision, RateLimiter
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
 from chat_ws_gateway.history import History
@@ -79,16 +79,12 @@ class GatewayServer:
         Args:
             limiter: the shared rate limiter (class ``connect`` for each new socket); None =
                 RATE_LIMIT_ENABLED is false.
-            typing: the typing relay (it throttles typing signals itself, one per user and
-                conversation every WS_TYPING_INTERVAL, atomically with the publish); None =
-                typing frames are accepted and dropped.
+            typing: the typing relay (it limits typing signals itself, one per user and
+                conversation every RATE_LIMIT_TYPING_INTERVAL, atomically with the publish);
+                None = typing frames are accepted and dropped.
         """
         self._settings = settings
         self._limiter = limiter
-        self.typing: TypingLimit | None = (
-            TypingLimit(limiter, settings.rate_limit_typing_interval) if limiter else None)
-        """The typing-notice limit: ``await typing.allow(tenant, user, conversation_id)``
-        before a ``typing`` frame is forwarded (None when limits are off)."""
         self._verifier = verifier
         self._hub = hub
         self._history = history
