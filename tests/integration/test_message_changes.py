@@ -11,6 +11,7 @@ from tests.conftest import auth
 from tests.helpers import (
     create_conversation,
     db_rows,
+    error_info,
     get_messages,
     mark_as_read,
     rpc_error,
@@ -69,10 +70,15 @@ async def test_a_deleted_message_is_a_tombstone_everywhere_and_no_longer_unread(
                                          metadata=auth("bob"))
     assert listed.conversations[0].unread_count == 1
     assert (await mark_as_read(stub, "bob", conv.id, 1)).unread_count == 1
-    assert (await rpc_error(edit(stub, "alice", conv.id, secret.id, "back"))).code() == \
-        grpc.StatusCode.PERMISSION_DENIED
-    assert (await rpc_error(react(stub, "bob", conv.id, secret.id, "👍"))).code() == \
-        grpc.StatusCode.PERMISSION_DENIED
+    # A tombstone is edited by nobody and takes no reactions: the state forbids it.
+    for refused in (edit(stub, "alice", conv.id, secret.id, "back"),
+                    react(stub, "bob", conv.id, secret.id, "👍")):
+        err = await rpc_error(refused)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+        info = error_info(err)
+        assert info is not None and info.reason == "MESSAGE_DELETED"
+    # Removing a reaction from it changes nothing (it has none): no error, no event.
+    assert not (await react(stub, "bob", conv.id, secret.id, "👍", add=False)).message.reactions
     [(content,)] = await db_rows(db_source, "SELECT content FROM messages WHERE id = %s",
                                  secret.id)
     assert content == ""
@@ -130,3 +136,18 @@ async def test_an_emoji_is_exactly_one_emoji(stub, emoji: str) -> None:
     msg = await send(stub, "alice", conv.id, "x")
     err = await rpc_error(react(stub, "alice", conv.id, msg.id, emoji))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("emoji")
+
+
+async def test_a_member_who_left_changes_nothing_and_learns_nothing(stub) -> None:
+    conv = await create_conversation(stub, "alice", ["bob", "carol"], title="t")
+    mine = await send(stub, "bob", conv.id, "before I left")
+    await stub.RemoveMember(chat_pb2.RemoveMemberRequest(conversation_id=conv.id,
+                                                         user_id="bob"), metadata=auth("bob"))
+    for call in (edit(stub, "bob", conv.id, mine.id, "after"),
+                 delete(stub, "bob", conv.id, mine.id),
+                 react(stub, "bob", conv.id, mine.id, "👍"),
+                 react(stub, "bob", conv.id, mine.id, "👍", add=False)):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
+    [kept] = (await get_messages(stub, "alice", conv.id)).messages
+    assert (kept.content, kept.version, kept.deleted, list(kept.reactions)) == (
+        "before I left", 1, False, [])

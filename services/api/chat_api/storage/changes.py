@@ -16,7 +16,8 @@ statement that checked its conditions in sub-selects would read them from a snap
 before it waited for the lock, and could take a position for a change that then matched no
 row. (A send is a single statement and still safe: everything it writes follows from the
 conversation row it updates, and its membership check reads ``member_ids`` of that row,
-which PostgreSQL re-reads after the wait.)
+which PostgreSQL re-reads after the wait. A reply also depends on its root, which a deletion
+changes, so a reply takes the lock first: ``MessageRepository._send_reply``.)
 """
 
 from __future__ import annotations
