@@ -283,6 +283,8 @@ outbox = Table(
     # Rows waiting for a retry hold back their conversation's later rows.
     Index("ix_outbox_retrying", "conversation_id", "id",
           postgresql_where=text("next_attempt_at IS NOT NULL")),
+    # A message's events, which DeleteMessage scrubs (migration 0011p).
+    Index("ix_outbox_message", text("((payload -> 'message') ->> 'id')")),
 )
 
 outbox_dead_letter = Table(
@@ -301,4 +303,5 @@ outbox_dead_letter = Table(
     _tenant_id(),
     UniqueConstraint("event_id", name="outbox_dead_letter_event_id_key"),
     Index("ix_outbox_dead_letter_failed_at", "failed_at"),
+    Index("ix_outbox_dead_letter_message", text("((payload -> 'message') ->> 'id')")),
 )

@@ -3,6 +3,8 @@ real PostgreSQL."""
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import pytest
 from chat_shared.protos.chat.v1 import chat_pb2
@@ -151,3 +153,64 @@ async def test_a_member_who_left_changes_nothing_and_learns_nothing(stub) -> Non
     [kept] = (await get_messages(stub, "alice", conv.id)).messages
     assert (kept.content, kept.version, kept.deleted, list(kept.reactions)) == (
         "before I left", 1, False, [])
+
+
+async def _rows_holding(db_source: str, needle: str) -> list[str]:
+    """Every table.column of the public schema whose text form holds ``needle`` somewhere."""
+    columns = await db_rows(
+        db_source, "SELECT c.table_name, c.column_name FROM information_schema.columns c"
+                   " JOIN information_schema.tables t USING (table_schema, table_name)"
+                   " WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'"
+                   "   AND c.data_type IN ('text', 'character varying', 'jsonb', 'json',"
+                   "                       'tsvector', 'ARRAY', 'bytea')")
+    assert ("outbox", "payload") in columns and ("messages", "content") in columns
+    found = []
+    for table, column in columns:
+        [(n,)] = await db_rows(db_source, f'SELECT count(*) FROM "{table}"'  # noqa: S608
+                                          f' WHERE "{column}"::text LIKE %s', f"%{needle}%")
+        if n:
+            found.append(f"{table}.{column}")
+    return found
+
+
+async def test_after_a_deletion_no_row_anywhere_holds_the_content(stub, db_source) -> None:
+    # The message's events from before the deletion: one published (kept for retention), one
+    # waiting, one dead-lettered; each held the content, and the deletion scrubs them all.
+    word = f"quokka{uuid.uuid4().hex[:12]}"
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, f"the {word} secret")
+    other = await send(stub, "alice", conv.id, f"another {word}x kept")
+    await edit(stub, "alice", conv.id, msg.id, f"the {word} secret, edited")
+    await db_rows(db_source, "UPDATE outbox SET published_at = now()"
+                             " WHERE event_type = 'message.created' RETURNING id")
+    await db_rows(db_source,
+                  "INSERT INTO outbox_dead_letter (event_id, event_type, conversation_id, seq,"
+                  " recipients, payload, created_at, attempts, last_error, tenant_id)"
+                  " SELECT gen_random_uuid(), event_type, conversation_id, seq, recipients,"
+                  "  jsonb_set(payload, '{message,attachments}', '[{\"filename\": \"f.png\"}]'),"
+                  "  created_at, 3, 'redis down', tenant_id FROM outbox"
+                  " WHERE payload -> 'message' ->> 'id' = %s RETURNING id", msg.id)
+    held = await _rows_holding(db_source, f"{word} secret")
+    assert {"messages.content", "outbox.payload", "outbox_dead_letter.payload"} <= set(held)
+
+    await delete(stub, "alice", conv.id, msg.id)
+    assert await _rows_holding(db_source, f"{word} secret") == []
+    [(vector,)] = await db_rows(db_source, "SELECT search_vector::text FROM messages"
+                                           " WHERE id = %s", msg.id)
+    assert word not in vector
+    # Each earlier event is now the tombstone, in place (same event, position and version).
+    events = await db_rows(db_source, "SELECT event_type, seq, payload -> 'message' FROM outbox"
+                                      " WHERE payload -> 'message' ->> 'id' = %s ORDER BY id",
+                           msg.id)
+    assert [(t, s) for t, s, _ in events] == [("message.created", 1), ("message.updated", 3),
+                                               ("message.deleted", 4)]
+    for _, _, m in events:
+        assert (m["content"], m["deleted"], "attachments" in m) == ("", True, False)
+    assert [m["version"] for _, _, m in events] == [1, 2, 2]
+    dead = await db_rows(db_source, "SELECT payload -> 'message' FROM outbox_dead_letter")
+    assert dead and all((m["content"], m["deleted"], "attachments" in m) == ("", True, False)
+                        for (m,) in dead)
+    # The other message, with the same word in it, is untouched everywhere.
+    [(kept,)] = await db_rows(db_source, "SELECT payload -> 'message' ->> 'content' FROM outbox"
+                                         " WHERE payload -> 'message' ->> 'id' = %s", other.id)
+    assert kept == f"another {word}x kept"
