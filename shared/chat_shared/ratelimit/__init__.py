@@ -25,6 +25,7 @@ from chat_shared.ratelimit._limiter import (
     ClassLimits,
     RateLimiter,
     policy_from_settings,
+    registry_lookup,
     tenant_overrides,
 )
 from chat_shared.ratelimit._redis import RedisGcra, RedisUnavailable
@@ -34,7 +35,7 @@ __all__ = [
     "ANONYMOUS", "CLASSES", "LIMIT_NAMES", "ClassLimits", "Decision", "Limit",
     "LocalLimiter", "RateLimitSettings", "RateLimiter", "RedisGcra", "RedisUnavailable",
     "build_limiter", "ceil_seconds", "gcra_step", "headers", "policy_from_settings",
-    "policy_header", "state_header", "tenant_overrides",
+    "policy_header", "registry_lookup", "state_header", "tenant_overrides",
 ]
 
 
