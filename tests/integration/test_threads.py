@@ -468,8 +468,8 @@ async def test_replies_racing_the_roots_deletion_never_land_on_a_tombstone(stub,
     # deletion: each reply either commits before it (and the root counts it) or is refused.
     from tests.integration.test_message_changes import delete
 
-    for _ in range(5):
-        conv = await create_conversation(stub, "alice", ["bob"])
+    for i in range(5):
+        conv = await create_conversation(stub, "alice", ["bob"], title=f"race {i}")
         root = await send(stub, "alice", conv.id, "question")
         outcomes = await asyncio.gather(
             *(reply(stub, "bob", conv.id, root.id, f"r{i}") for i in range(8)),
@@ -480,9 +480,9 @@ async def test_replies_racing_the_roots_deletion_never_land_on_a_tombstone(stub,
             db_source, "SELECT count(*) FILTER (WHERE c.pos > d.pos), count(*)"
                        " FROM conversation_changes c JOIN messages m ON m.id = c.message_id"
                        " JOIN conversation_changes d ON d.conversation_id = c.conversation_id"
-                       "  AND d.change_type = 'message.deleted'"
+                       "  AND d.change_type = 'message.deleted' AND d.message_id = %s"
                        " WHERE c.conversation_id = %s AND c.change_type = 'message.created'"
-                       "  AND m.thread_root_id IS NOT NULL", conv.id)
+                       "  AND m.thread_root_id = %s", root.id, conv.id, root.id)
         assert late == 0 and replies == 8 - len(refused)
         [(counted,)] = await db_rows(db_source, "SELECT reply_count FROM messages WHERE id = %s",
                                      root.id)

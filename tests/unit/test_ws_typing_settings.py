@@ -18,7 +18,9 @@ def test_the_gateway_has_no_typing_setting_of_its_own() -> None:
 
 async def test_the_relay_window_is_the_rate_limit_setting_even_with_limits_off() -> None:
     settings = GatewaySettings(_env_file=None, environment="development",
-                               redis_addr="127.0.0.1:1", rate_limit_enabled=False,
+                               redis_addr="127.0.0.1:1",
+                               db_source="postgresql://nobody@127.0.0.1:1/none",
+                               rate_limit_enabled=False,
                                rate_limit_typing_interval=7.5)
     app = build_app(settings)
     try:

@@ -40,8 +40,8 @@ from chat_api.storage.search import PostgresSearchIndex
 from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
 from chat_api.thumbnail_worker import ThumbnailWorker
-from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.client_address import ClientAddress
+from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
 from chat_api.transport.handlers import ChatHandlers
 from chat_api.transport.http_gateway import HttpGateway

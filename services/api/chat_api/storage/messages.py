@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -518,9 +519,9 @@ class MessageRepository:
     ) -> MessageRecord | None:
         """Commits the message, its attachments and its outbox event; None when the sender is
         not a member, for a reply when the root is not a live root-level message of the
-        conversation (missing, a reply, or deleted), or when an upload listed is not free (attached by now, not the
-        sender's, not of this conversation: the caller checked them before, so only a
-        concurrent send of the same upload gets here).
+        conversation (missing, a reply, or deleted), or when an upload listed is not free
+        (attached by now, not the sender's, not of this conversation: the caller checked them
+        before, so only a concurrent send of the same upload gets here).
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
@@ -545,7 +546,8 @@ class MessageRepository:
             raise DuplicateKey(message_from(row, 1, attachments=True))
         return message_from(row, 1, attachments=True)
 
-    async def _send_reply(self, tenant: str, params: dict[str, object]) -> TupleRow | None:
+    async def _send_reply(self, tenant: str, params: Mapping[str, object]
+                          ) -> TupleRow | None:
         """``_SEND`` for a reply: after the conversation's lock, in one round trip."""
         async with self._db.transaction("db.send_reply") as conn:
             async with conn.pipeline():

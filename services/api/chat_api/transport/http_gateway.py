@@ -216,8 +216,8 @@ class HttpGateway:
         except RateLimited as exc:
             return error_response(exc, exc.headers)
         except ChatError as exc:
-            headers = www_authenticate(exc, request.headers.get(hdrs.AUTHORIZATION)) or {}
-            return error_response(exc, {**headers, **request.get(_RATE_LIMIT_KEY, {})})
+            challenge = www_authenticate(exc, request.headers.get(hdrs.AUTHORIZATION)) or {}
+            return error_response(exc, {**challenge, **request.get(_RATE_LIMIT_KEY, {})})
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
