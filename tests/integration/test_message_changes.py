@@ -185,11 +185,12 @@ async def test_after_a_deletion_no_row_anywhere_holds_the_content(stub, db_sourc
                              " WHERE event_type = 'message.created' RETURNING id")
     await db_rows(db_source,
                   "INSERT INTO outbox_dead_letter (event_id, event_type, conversation_id, seq,"
-                  " recipients, payload, created_at, attempts, last_error, tenant_id)"
+                  " recipients, payload, created_at, attempts, last_error, tenant_id,"
+                  " message_id)"
                   " SELECT gen_random_uuid(), event_type, conversation_id, seq, recipients,"
                   "  jsonb_set(payload, '{message,attachments}', '[{\"filename\": \"f.png\"}]'),"
-                  "  created_at, 3, 'redis down', tenant_id FROM outbox"
-                  " WHERE payload -> 'message' ->> 'id' = %s RETURNING id", msg.id)
+                  "  created_at, 3, 'redis down', tenant_id, message_id FROM outbox"
+                  " WHERE message_id = %s RETURNING id", msg.id)
     held = await _rows_holding(db_source, f"{word} secret")
     assert {"messages.content", "outbox.payload", "outbox_dead_letter.payload"} <= set(held)
 
@@ -214,3 +215,28 @@ async def test_after_a_deletion_no_row_anywhere_holds_the_content(stub, db_sourc
     [(kept,)] = await db_rows(db_source, "SELECT payload -> 'message' ->> 'content' FROM outbox"
                                          " WHERE payload -> 'message' ->> 'id' = %s", other.id)
     assert kept == f"another {word}x kept"
+
+
+async def test_the_scrub_finds_a_messages_events_by_index_under_row_level_security(
+        stub, db_source) -> None:
+    # The API's role sees the outbox through the tenant policy, under which only leakproof
+    # conditions may drive an index: the message's events must still be an index lookup, not a
+    # scan of the retention window (seqscan off: is the index usable at all?).
+    import psycopg
+
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, "hello")
+    async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+        await conn.execute("SET ROLE chat_app")
+        await conn.execute("SELECT set_config('app.tenant_id', 'default', false)")
+        await conn.execute("SET enable_seqscan = off")
+        for table, index in (("outbox", "ix_outbox_message"),
+                             ("outbox_dead_letter", "ix_outbox_dead_letter_message")):
+            plan = "\n".join(r[0] for r in await (await conn.execute(
+                f"EXPLAIN SELECT id FROM {table} WHERE tenant_id = 'default'"  # noqa: S608
+                f" AND message_id = %s", (msg.id,))).fetchall())
+            assert index in plan, plan
+        [(found,)] = await (await conn.execute(
+            "SELECT count(*) FROM outbox WHERE tenant_id = 'default' AND message_id = %s",
+            (msg.id,))).fetchall()
+        assert found == 1

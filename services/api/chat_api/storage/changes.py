@@ -116,8 +116,8 @@ def change_ctes(event_type: str, *, source: str, pos: str, refs: Mapping[str, st
         FROM {source}
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
-                            payload)
+                            payload, message_id)
         SELECT %(tenant)s, gen_random_uuid(), '{event_type}', conv.id, {pos}, {recipients},
-               {payload_sql(event_type, payload)}
+               {payload_sql(event_type, payload)}, {refs.get("message_id", "NULL")}
         FROM {source}
     )"""

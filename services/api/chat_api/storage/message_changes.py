@@ -114,8 +114,12 @@ _EDIT = _CONV + """, msg AS (
     """
 
 # The message's earlier events, rewritten to the tombstone: content "", no attachments,
-# deleted (version and edited_at stay what they were). Found through the index on the
-# payload's message id (migration 0011p); the outbox rows are locked in id order, the order in
+# deleted (version and edited_at stay what they were). Found through the index on the rows'
+# ``message_id`` column (migration 0011p): a plain uuid column, because under the row-level
+# security forced on these tables only leakproof conditions may drive an index, and uuid
+# equality is leakproof where the jsonb operators that would read the id from the payload are
+# not (an index on that expression is never used for the API's role: a scan of the whole
+# retention window). The outbox rows are locked in id order, the order in
 # which the relay's single-statement settling (``published_at``) locks them, so the two cannot
 # deadlock. A row the relay has read already and not yet published goes out as it was read: it
 # is an event from before the deletion, which follows it on the stream.
@@ -126,15 +130,13 @@ _SCRUB = f"""
     , scrubbed AS (
         UPDATE outbox o SET payload = {_TOMBSTONE.format(t="o")}
           FROM (SELECT x.id FROM outbox x
-                 WHERE ((x.payload -> 'message') ->> 'id') = CAST(%(message_id)s AS text)
-                   AND x.tenant_id = %(tenant)s
+                 WHERE x.tenant_id = %(tenant)s AND x.message_id = %(message_id)s
                    AND x.event_type IN ('{MESSAGE_CREATED}', '{MESSAGE_UPDATED}')
                  ORDER BY x.id FOR UPDATE) earlier
          WHERE o.id = earlier.id
     ), scrubbed_dead AS (
         UPDATE outbox_dead_letter d SET payload = {_TOMBSTONE.format(t="d")}
-         WHERE ((d.payload -> 'message') ->> 'id') = CAST(%(message_id)s AS text)
-           AND d.tenant_id = %(tenant)s
+         WHERE d.tenant_id = %(tenant)s AND d.message_id = %(message_id)s
            AND d.event_type IN ('{MESSAGE_CREATED}', '{MESSAGE_UPDATED}')
     )"""
 

@@ -163,9 +163,9 @@ _SEND = f"""
         RETURNING a.id, a.filename, a.content_type, a.size_bytes, a.position
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
-                            payload)
+                            payload, message_id)
         SELECT %(tenant)s, gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id,
-               conv.last_pos, conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}
+               conv.last_pos, conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}, msg.id
         FROM msg, conv
     ), members AS (
         -- Sending implies having read the conversation up to one's own message, so a user's
