@@ -35,7 +35,7 @@ SCREENSHOT = ROOT / "artifacts" / "demo.png"
 async def demo(db_source: str, redis_addr: str, s3: Any, tmp_path: pathlib.Path):
     # A short typing window: the page shows each signal; the window itself is tested elsewhere.
     # The S3 server as ./dev run starts it: the page uploads to it and downloads from it.
-    env = base_env(db_source, redis_addr, WS_TYPING_INTERVAL="0.3", **s3.env())
+    env = base_env(db_source, redis_addr, RATE_LIMIT_TYPING_INTERVAL="0.3", **s3.env())
     started: list[Api | Relay | Gateway] = [Relay(env, tmp_path).start()]
 
     def page_and_api() -> Gateway:
