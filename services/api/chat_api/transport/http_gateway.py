@@ -71,6 +71,11 @@ CLIENT_CLOSED_REQUEST = 499
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def request_id(request: web.Request) -> str:
+    """The request id the middleware gave ``request`` (for routes mounted beside ours)."""
+    return request[_REQUEST_ID_KEY]
+
+
 class HttpGateway:
     """The aiohttp application and its listener; started and stopped by ApiApp."""
 
@@ -267,7 +272,8 @@ def _route_methods(request: web.Request) -> set[str]:
 
 
 def _maybe_gzip(request: web.Request, response: web.StreamResponse) -> None:
-    if not isinstance(response, web.Response) or response.body is None:
+    if (not isinstance(response, web.Response) or response.body is None
+            or hdrs.CONTENT_ENCODING in response.headers):  # stored compressed already
         return
     body = response.body
     size = len(body) if isinstance(body, bytes | bytearray) else 0

@@ -1,0 +1,132 @@
+"""GraphQL at ``/graphql`` on the API's HTTP port: strawberry's aiohttp view over the schema.
+
+It is mounted on the HTTP gateway's aiohttp application, so a GraphQL request gets what every
+HTTP request gets there (request id, server span, CORS, gzip, the access log line), and each
+RPC it makes goes through the shared Dispatcher (``graphql_calls``). What is GraphQL's own:
+
+- the limits of ``graphql_limits``, applied before an operation runs;
+- introspection and the GraphiQL page only where GRAPHQL_INTROSPECTION / GRAPHQL_IDE say
+  (``auto``: only with ENVIRONMENT=development), the page's scripts served from this process
+  (``graphql_ide``), never from a CDN;
+- no GET operations (a query in a URL lands in access logs and caches) and no batching;
+- an error that is not a ChatService error (a bug in a resolver) reaches the caller as
+  ``INTERNAL`` with no detail and is logged with its traceback, as the Dispatcher does.
+
+Why strawberry: it is maintained, typed (the schema is Python classes mypy checks), speaks
+aiohttp (the gateway's server) and graphql-transport-ws, and ships the safety extensions
+(depth, aliases, tokens, introspection) so they need not be written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import hdrs, web
+from graphql import GraphQLError
+from strawberry import Schema
+from strawberry.aiohttp.views import GraphQLView
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
+from strawberry.types import ExecutionContext
+
+from chat_api.transport import graphql_ide
+from chat_api.transport.dispatch import GRPC_TIMEOUT_HEADER, Dispatcher, http_timeout
+from chat_api.transport.graphql_calls import GraphQLCaller
+from chat_api.transport.graphql_errors import GRAPHQL_VALIDATION_FAILED
+from chat_api.transport.graphql_limits import OperationLimits
+from chat_api.transport.graphql_schema import Mutation, Query, config
+from chat_shared.graphql_settings import GraphQLSettings
+from chat_shared.observability.logging import get_logger
+
+log = get_logger("chat_api.graphql")
+
+PATH = "/graphql"
+
+
+class _Errors(SchemaExtension):
+    """Every error of an answer carries ``extensions.code``; an unexpected one is masked."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield None
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            result.errors = [_coded(e) for e in errors]
+
+
+def _coded(error: GraphQLError) -> GraphQLError:
+    if error.extensions and "code" in error.extensions:
+        return error
+    if error.original_error is None:  # the operation itself: syntax, validation, variables
+        return GraphQLError(error.message, error.nodes, error.source, error.positions,
+                            error.path, extensions={"code": GRAPHQL_VALIDATION_FAILED})
+    log.error("graphql_failed", path=error.path, exc_info=error.original_error)
+    return GraphQLError("internal error", error.nodes, error.source, error.positions,
+                        error.path, extensions={"code": "INTERNAL"})
+
+
+class ChatSchema(Schema):
+    def process_errors(self, errors: list[GraphQLError],
+                       execution_context: ExecutionContext | None = None) -> None:
+        # strawberry logs every error with its traceback: the Dispatcher has logged each call
+        # already, and _Errors logs the unexpected ones.
+        return None
+
+
+def build_schema(settings: GraphQLSettings, development: bool) -> ChatSchema:
+    """The API's GraphQL schema with the limits and switches of ``settings``."""
+    extensions: list[Callable[[], SchemaExtension]] = [
+        lambda: OperationLimits(max_query_bytes=settings.graphql_max_query_bytes,
+                                max_cost=settings.graphql_max_cost),
+        lambda: MaxTokensLimiter(max_token_count=settings.graphql_max_tokens),
+        lambda: QueryDepthLimiter(max_depth=settings.graphql_max_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases),
+        _Errors,
+    ]
+    if not settings.graphql_switch(settings.graphql_introspection, development):
+        extensions.append(DisableIntrospection)
+    return ChatSchema(query=Query, mutation=Mutation, config=config(), extensions=extensions)
+
+
+def schema_sdl() -> str:
+    """The schema's SDL as committed in services/api/schema.graphql."""
+    return str(Schema(query=Query, mutation=Mutation, config=config())) + "\n"
+
+
+class ChatGraphQLView(GraphQLView[GraphQLCaller, None]):
+    """strawberry's aiohttp view, with the caller's context and the offline GraphiQL page."""
+
+    allow_queries_via_get = False
+
+    def __init__(self, schema: Schema, dispatcher: Dispatcher, ide: bool,
+                 request_id: Callable[[web.Request], str]) -> None:
+        super().__init__(schema, graphql_ide="graphiql" if ide else None,
+                         allow_queries_via_get=False, subscription_protocols=())
+        self._dispatcher = dispatcher
+        self._request_id = request_id
+
+    async def get_context(self, request: web.Request, response: Any) -> GraphQLCaller:
+        return GraphQLCaller(
+            dispatcher=self._dispatcher,
+            authorization=request.headers.get(hdrs.AUTHORIZATION),
+            request_id=self._request_id(request),
+            client_address=lambda: request.remote or "",
+            timeout=http_timeout(request.headers.get(GRPC_TIMEOUT_HEADER)))
+
+    async def render_graphql_ide(self, request: web.Request) -> web.Response:
+        return web.Response(text=graphql_ide.page(PATH), content_type="text/html")
+
+
+def mount(app: web.Application, schema: Schema, dispatcher: Dispatcher, *, ide: bool,
+          request_id: Callable[[web.Request], str]) -> None:
+    """Adds ``/graphql`` (and the IDE's assets when ``ide``) to the gateway's application."""
+    view = ChatGraphQLView(schema, dispatcher, ide, request_id)
+    app.router.add_route("*", PATH, view)
+    if ide:
+        graphql_ide.add_asset_routes(app, PATH)
