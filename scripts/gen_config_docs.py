@@ -41,7 +41,7 @@ SHARED: tuple[tuple[str, type[BaseModel]], ...] = (
     ("HTTP servers (chat-api, chat-ws-gateway)", HttpServerSettings),
     ("Rate limits (chat-api, chat-ws-gateway; docs/rate-limits.md)", RateLimitSettings),
     ("Object storage and attachments (chat-api)", ObjectStoreSettings),
-    ("GraphQL (chat-api; docs/graphql.md)", GraphQLSettings),
+    ("GraphQL (chat-api, chat-ws-gateway; docs/graphql.md)", GraphQLSettings),
 )
 SERVICES: tuple[tuple[str, type[BaseModel]], ...] = (
     ("chat-api", ApiSettings),

@@ -18,7 +18,9 @@ Switch = Literal["auto", "on", "off"]
 class GraphQLSettings(BaseSection):
     """GraphQL over HTTP (chat-api) and its subscriptions (chat-ws-gateway)."""
 
-    graphql_enabled: bool = Field(True, description="serve GraphQL at /graphql on the HTTP port")
+    graphql_enabled: bool = Field(
+        True, description="serve /graphql: queries and mutations on chat-api's HTTP port, "
+                          "subscriptions on chat-ws-gateway's WebSocket port")
     graphql_introspection: Switch = Field(
         "auto", description="answer introspection queries (__schema, __type): on, off, or auto "
                             "(on only with ENVIRONMENT=development)")

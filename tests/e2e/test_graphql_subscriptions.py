@@ -22,14 +22,11 @@ from gql.transport.websockets import WebsocketsTransport
 from chat_shared.protos.chat.v1 import chat_pb2_grpc
 from tests.conftest import make_token
 from tests.helpers import create_conversation, send
+from tests.integration.test_graphql_docs import examples
 from tests.support.ws_stack import Api, Gateway, Relay, base_env, ws_connect
 
-EVENTS = """subscription Events($ids: [ID!]!, $since: [Int64!]) {
-  conversationEvents(conversationIds: $ids, since: $since) {
-    type conversationId pos eventId
-    message: event
-  }
-}"""
+# The subscription example of docs/graphql.md, as written there.
+EVENTS = next(op for op, _ in examples() if op.lstrip().startswith("subscription"))
 
 
 class Stack:
