@@ -299,6 +299,11 @@ async def test_syntax_and_validation_errors_have_a_code(api):
     assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
     status, body = await post(api, {"query": "query { viewer { "})
     assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    status, body = await post(api, {"query": """mutation($c: ID!, $s: Int64!) {
+        markAsRead(conversationId: $c, upToSeq: $s) { lastReadSeq } }""",
+                                    "variables": {"c": str(uuid.uuid4()), "s": "many"}})
+    assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert "Int64" in body["errors"][0]["message"]
 
 
 # --- the call pipeline ----------------------------------------------------------------------

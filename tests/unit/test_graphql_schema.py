@@ -70,3 +70,19 @@ def test_the_named_operation_is_the_one_measured() -> None:
     assert operation_cost(doc, "Small", None) == 4
     assert operation_cost(doc, "Big", None) == 2 + 90 * 3
     assert operation_cost(doc, "Missing", None) == 0
+
+
+def test_an_unexpected_error_is_masked_and_a_query_error_keeps_its_message() -> None:
+    from graphql import GraphQLError
+
+    from chat_api.transport.graphql_endpoint import _coded
+
+    bug = _coded(GraphQLError("db password is hunter2", path=["viewer"],
+                              original_error=ValueError("db password is hunter2")))
+    assert bug.message == "internal error" and bug.extensions == {"code": "INTERNAL"}
+    assert bug.path == ["viewer"]
+    query = _coded(GraphQLError("Cannot query field 'nope' on type 'Viewer'."))
+    assert query.message == "Cannot query field 'nope' on type 'Viewer'."
+    assert query.extensions == {"code": "GRAPHQL_VALIDATION_FAILED"}
+    coded = GraphQLError("x", extensions={"code": "NOT_FOUND"})
+    assert _coded(coded) is coded

@@ -106,16 +106,15 @@ _CONNECTIONS = frozenset({"conversations", "messages", "thread", "search"})
 """The schema's list fields that take ``first`` (a default page when it is left out)."""
 
 
-class OperationLimits(SchemaExtension):
-    """Refuses an operation whose text is too large or whose cost is too high, before it runs.
+class QuerySizeLimit(SchemaExtension):
+    """Refuses an operation whose text is larger than ``max_query_bytes``, before it is parsed.
 
-    Built per operation by the schema (``lambda: OperationLimits(...)``).
+    Built per operation by the schema (``lambda: QuerySizeLimit(...)``), ahead of the parser.
     """
 
-    def __init__(self, *, max_query_bytes: int, max_cost: int) -> None:
+    def __init__(self, *, max_query_bytes: int) -> None:
         super().__init__()
         self._max_bytes = max_query_bytes
-        self._max_cost = max_cost
 
     def on_parse(self) -> Iterator[None]:
         query = self.execution_context.query
@@ -126,13 +125,22 @@ class OperationLimits(SchemaExtension):
                 raise refused(f"the query is {size} bytes; at most {self._max_bytes}")
         yield None
 
+
+class CostLimit(SchemaExtension):
+    """Refuses a valid operation whose cost (``operation_cost``) is over ``max_cost``, before
+    it runs. Listed after strawberry's ValidationCache, which sets the validation's errors."""
+
+    def __init__(self, *, max_cost: int) -> None:
+        super().__init__()
+        self._max_cost = max_cost
+
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
-        if context.graphql_document is not None and context.pre_execution_errors is None:
+        if context.graphql_document is not None and not context.pre_execution_errors:
             cost = operation_cost(context.graphql_document, context.operation_name,
                                   context.variables)
             if cost > self._max_cost:
-                # Set before validation runs: strawberry then answers these errors alone.
+                # strawberry answers these errors alone, and runs nothing.
                 context.pre_execution_errors = [refused(
                     f"the operation's cost is {cost}; at most {self._max_cost} (each field "
                     f"costs 1, and a list's fields count `first` times over)")]
