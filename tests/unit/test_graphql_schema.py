@@ -7,7 +7,7 @@ from graphql import parse
 
 from chat_api.transport.graphql_endpoint import schema_sdl
 from chat_api.transport.graphql_limits import DEFAULT_FIRST, operation_cost
-from chat_api.transport.graphql_schema import ROOT_FIELD_RPCS
+from chat_api.transport.graphql_schema import FIELD_RPCS
 from chat_api.transport.rate_classes import RATE_CLASSES
 from chat_shared.protos.chat.v1 import chat_pb2
 from tests.conftest import ROOT
@@ -22,13 +22,13 @@ def test_committed_sdl_is_fresh() -> None:
 
 def test_every_rpc_has_a_field_and_a_rate_class() -> None:
     rpcs = {m.name for m in chat_pb2.DESCRIPTOR.services_by_name["ChatService"].methods}
-    assert set(ROOT_FIELD_RPCS.values()) == rpcs
+    assert set(FIELD_RPCS.values()) == rpcs
     assert rpcs <= set(RATE_CLASSES)
 
 
 def test_every_listed_field_is_in_the_sdl() -> None:
     sdl = schema_sdl()
-    for path in ROOT_FIELD_RPCS:
+    for path in FIELD_RPCS:
         assert f"  {path.rsplit('.', 1)[-1]}(" in sdl or f"  {path}:" in sdl, path
 
 

@@ -510,7 +510,7 @@ class Mutation:
                             expires_at=_time(resp.expires_at))
 
 
-ROOT_FIELD_RPCS: dict[str, str] = {
+FIELD_RPCS: dict[str, str] = {
     "viewer.conversations": "GetConversations",
     "conversation.messages": "GetMessages",
     "conversation.thread": "GetThread",
