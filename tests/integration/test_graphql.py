@@ -445,3 +445,17 @@ async def test_graphiql_is_not_served_by_default(api):
     async with aiohttp.ClientSession() as http, http.get(
             url(api), headers={"Accept": "text/html"}) as resp:
         assert resp.status == 404
+
+
+async def test_cors_preflight_and_answer(started_apps):
+    app = await started_apps(cors_allowed_origins="https://app.example.com")
+    origin = {"Origin": "https://app.example.com"}
+    async with aiohttp.ClientSession() as http:
+        async with http.options(url(app), headers={
+                **origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type"}) as resp:
+            assert resp.status == 204
+            assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+            assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+    status, body = await post(app, {"query": "{ __typename }"}, headers=origin)
+    assert status == 200 and body == {"data": {"__typename": "Query"}}

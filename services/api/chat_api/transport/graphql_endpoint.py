@@ -156,6 +156,9 @@ def mount(app: web.Application, schema: Schema, dispatcher: Dispatcher, *, ide: 
           request_id: Callable[[web.Request], str]) -> None:
     """Adds ``/graphql`` (and the IDE's assets when ``ide``) to the gateway's application."""
     view = ChatGraphQLView(schema, dispatcher, ide, request_id)
-    app.router.add_route("*", PATH, view)
+    # GET for the IDE's page (operations in a URL are refused), POST for operations; named,
+    # not "*", so that a CORS preflight is answered with the methods that exist.
+    app.router.add_route("GET", PATH, view)
+    app.router.add_route("POST", PATH, view)
     if ide:
         graphql_ide.add_asset_routes(app, PATH)
