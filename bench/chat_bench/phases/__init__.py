@@ -8,6 +8,7 @@ from chat_bench.phases import (
     attachments,
     changes,
     delivery,
+    graphql,
     idle,
     isolation,
     rpc,
@@ -18,8 +19,8 @@ from chat_bench.phases import (
 )
 
 PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, attachments.PHASE,
-                             throughput.PHASE, delivery.PHASE, isolation.PHASE, idle.PHASE,
-                             scaling.PHASE, search.PHASE)
+                             throughput.PHASE, delivery.PHASE, graphql.PHASE, isolation.PHASE,
+                             idle.PHASE, scaling.PHASE, search.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

@@ -40,6 +40,7 @@ from chat_api.storage.search import PostgresSearchIndex
 from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
 from chat_api.thumbnail_worker import ThumbnailWorker
+from chat_api.transport import graphql_endpoint, http_gateway
 from chat_api.transport.client_address import ClientAddress
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
@@ -241,4 +242,9 @@ def build_app(settings: ApiSettings) -> ApiApp:
                            body_timeout=settings.http_body_timeout,
                            keepalive_timeout=settings.http_keepalive_timeout,
                            addresses=addresses)
+    if settings.graphql_enabled:
+        graphql_endpoint.mount(
+            app.http.app, graphql_endpoint.build_schema(settings, settings.development),
+            dispatcher, ide=settings.graphql_switch(settings.graphql_ide, settings.development),
+            request_id=http_gateway.request_id, client_address=app.http.client_address)
     return app

@@ -16,6 +16,7 @@ from chat_shared.config import (
     parse_host_port,
 )
 from chat_shared.events import DEFAULT_STREAM_PREFIX
+from chat_shared.graphql_settings import GraphQLSettings
 from chat_shared.ratelimit import RateLimitSettings
 from chat_shared.tenancy import TENANT_ID
 
@@ -94,7 +95,8 @@ class ObjectStoreSettings(BaseSection):
         return frozenset(t for t in self.attachment_content_types.split(",") if t)
 
 
-class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, ObjectStoreSettings):
+class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, ObjectStoreSettings,
+                  GraphQLSettings):
     database_role: str = Field(
         "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role the API's sessions act as: one that cannot bypass row-level "

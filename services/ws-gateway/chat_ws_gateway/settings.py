@@ -6,10 +6,11 @@ from pydantic import Field, field_validator
 
 from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
 from chat_shared.events import DEFAULT_STREAM_PREFIX
+from chat_shared.graphql_settings import GraphQLSettings
 from chat_shared.ratelimit import RateLimitSettings
 
 
-class GatewaySettings(ServiceSettings, HttpServerSettings, RateLimitSettings):
+class GatewaySettings(ServiceSettings, HttpServerSettings, RateLimitSettings, GraphQLSettings):
     ws_server_address: str = Field("0.0.0.0:8081", description="host:port for WebSocket + demo")
     metrics_port: int = Field(9102, ge=0, le=65535,
                               description="/metrics, /healthz and /readyz port; 0 = off")

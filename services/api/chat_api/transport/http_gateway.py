@@ -75,6 +75,11 @@ CLIENT_CLOSED_REQUEST = 499
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def request_id(request: web.Request) -> str:
+    """The request id the middleware gave ``request`` (for routes mounted beside ours)."""
+    return request[_REQUEST_ID_KEY]
+
+
 class HttpGateway:
     """The aiohttp application and its listener; started and stopped by ApiApp."""
 
@@ -143,7 +148,7 @@ class HttpGateway:
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
                               request_id=request[_REQUEST_ID_KEY],
-                              client_address=lambda: self._client_address(request))
+                              client_address=lambda: self.client_address(request))
 
             def decode(_: object) -> Message:
                 # Called by the Dispatcher once the caller is authenticated: nothing the
@@ -232,7 +237,9 @@ class HttpGateway:
             log.exception("http_failed", path=request.path)
             return error_response(Internal("internal error"))
 
-    def _client_address(self, request: web.Request) -> str:
+    def client_address(self, request: web.Request) -> str:
+        """The caller's address for the per-address limit (X-Forwarded-For from trusted
+        proxies only); GraphQL's endpoint asks it too."""
         peer = request.remote or ""
         if not self._addresses.trusts_proxies:
             return peer
@@ -289,7 +296,8 @@ def _route_methods(request: web.Request) -> set[str]:
 
 
 def _maybe_gzip(request: web.Request, response: web.StreamResponse) -> None:
-    if not isinstance(response, web.Response) or response.body is None:
+    if (not isinstance(response, web.Response) or response.body is None
+            or hdrs.CONTENT_ENCODING in response.headers):  # stored compressed already
         return
     body = response.body
     size = len(body) if isinstance(body, bytes | bytearray) else 0
