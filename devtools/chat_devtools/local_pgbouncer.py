@@ -110,6 +110,11 @@ auth_file = {self.dir / "userlist.txt"}
 pool_mode = transaction
 default_pool_size = {self.pool_size}
 max_client_conn = 2000
+; Every test has a database of its own, so a pool of its own: idle server sessions close
+; soon, and one login never holds more than a third of the cluster's max_connections
+; (clients beyond it wait for a session rather than fail).
+server_idle_timeout = 2
+max_user_connections = 100
 server_reset_query =
 server_check_delay = 0
 ignore_startup_parameters = extra_float_digits
