@@ -185,11 +185,11 @@ class DatabaseSettings(BaseSection):
                                 "work also stops waiting 0.5 s after it and drops the connection")
     db_transaction_pooler: bool = Field(
         False, description="DB_SOURCE reaches PostgreSQL through a pooler in transaction mode "
-                           "(PgBouncer pool_mode=transaction; docs/pgbouncer.md), which shares server sessions "
+                           "(PgBouncer pool_mode=transaction), which shares server sessions "
                            "between clients: the tenant is then named in every statement's own "
                            "transaction instead of once per session, nothing is prepared "
                            "server-side, and the login role carries the session's role and "
-                           "settings (docs/tenancy.md)")
+                           "settings (docs/pgbouncer.md)")
     database_role: str = Field(
         "", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role every session acts as (set at connection start; the login user "

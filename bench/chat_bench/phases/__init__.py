@@ -10,6 +10,7 @@ from chat_bench.phases import (
     delivery,
     idle,
     isolation,
+    replica,
     rpc,
     scaling,
     search,
@@ -19,7 +20,7 @@ from chat_bench.phases import (
 
 PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, attachments.PHASE,
                              throughput.PHASE, delivery.PHASE, isolation.PHASE, idle.PHASE,
-                             scaling.PHASE, search.PHASE)
+                             scaling.PHASE, search.PHASE, replica.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:
