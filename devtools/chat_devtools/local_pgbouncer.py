@@ -134,7 +134,7 @@ ignore_startup_parameters = extra_float_digits
             "pgbouncer", [binary, str(config)],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             ready=lambda _proc: self._passes(port), log_path=self.dir / "pgbouncer.log",
-            stop_signal=signal.SIGINT, user=self._user)  # SIGINT: safe shutdown
+            stop_signal=signal.SIGTERM, user=self._user)  # SIGTERM: immediate shutdown
         self.process.start()
         try:
             self.process.wait_ready(timeout)
