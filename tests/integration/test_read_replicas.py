@@ -257,3 +257,32 @@ async def test_row_level_security_and_the_app_role_hold_on_the_replica(
             replica_dsn, autocommit=True, options="-c role=chat_app") as conn:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             await conn.execute("DELETE FROM messages")
+
+
+async def test_behind_pgbouncer_the_replica_keeps_sessions_of_its_own(
+        api_settings_factory: Callable[..., Any], replica_dsn: str, db_source: str,
+        pgbouncer: Any) -> None:
+    """Writes through PgBouncer (transaction pooling), reads on a replica reached directly: the
+    replica's sessions carry their role in the startup packet as usual (DB_READ_TRANSACTION_POOLER
+    is false), so a login that is not itself chat_app still reads there."""
+    from chat_api.app import build_app
+
+    app = build_app(api_settings_factory(
+        db_source=pgbouncer.through(db_source, "chat_app_pooled"), db_transaction_pooler=True,
+        db_read_source=replica_dsn))
+    await app.start()
+    await app.probe_once()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+            pooled = chat_pb2_grpc.ChatServiceStub(ch)
+            conv = await create_conversation(pooled, "alice", ["bob"])
+            _, position = await send_with_position(pooled, "alice", conv.id, "pooled")
+            served, failed = reads("replica", "caught_up"), reads("primary", "replica_failed")
+
+            async def replica_answers() -> bool:
+                return await contents(pooled, "alice", conv.id, position) == ["pooled"] and \
+                    reads("replica", "caught_up") > served
+            await eventually(replica_answers, 30, "a read answered by the replica")
+            assert reads("primary", "replica_failed") == failed
+    finally:
+        await app.stop(grace=1.0)

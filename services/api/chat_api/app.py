@@ -188,7 +188,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
     # The read-only calls' single statements may go to a streaming replica (no warm-up there:
     # it prepares writes too, which a hot standby refuses).
     replica = Database(settings.model_copy(update={
-        "db_source": settings.db_read_source, "db_pool_timeout": settings.db_read_pool_timeout}),
+        "db_source": settings.db_read_source, "db_pool_timeout": settings.db_read_pool_timeout,
+        "db_transaction_pooler": settings.db_read_transaction_pooler}),
         application_name="chat-api-reads", generic_plans=True) if settings.db_read_source else None
     reads = ReplicaReads(db, replica, retry_after=settings.db_read_retry_after)
     tenants = TenantDirectory(

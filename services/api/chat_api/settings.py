@@ -109,6 +109,11 @@ class ReadReplicaSettings(BaseSection):
                     "primary (the cost of a replica that is down, once per DB_READ_RETRY_AFTER)")
     db_read_retry_after: Seconds = Field(
         5.0, gt=0, le=300, description="seconds reads skip a replica that failed")
+    db_read_transaction_pooler: bool = Field(
+        False, description="DB_READ_SOURCE reaches the replica through a pooler in transaction "
+                           "mode (as DB_TRANSACTION_POOLER does for DB_SOURCE; "
+                           "docs/pgbouncer.md); false = sessions of its own, whatever "
+                           "DB_TRANSACTION_POOLER says")
 
     @field_validator("db_read_source")
     @classmethod
