@@ -123,3 +123,10 @@ async def test_write_positions_come_from_the_primary_and_only_with_a_replica() -
     assert await ReplicaReads(primary).write_position() is None  # type: ignore[arg-type]
     primary.down = True
     assert await reads.write_position() is None
+
+
+def test_the_replica_reads_are_reads_and_every_other_read_hands_out_no_position() -> None:
+    from chat_api.transport.dispatch import NO_POSITION, REPLICA_READS
+
+    assert REPLICA_READS == {"GetMessages", "GetThread", "GetConversations", "SearchMessages"}
+    assert NO_POSITION == REPLICA_READS | {"GetAttachmentUrl"}

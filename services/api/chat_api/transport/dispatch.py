@@ -98,8 +98,8 @@ cancel it in the server, which a server that does not answer holds up for second
 
 REPLICA_READS = frozenset({"GetMessages", "GetThread", "GetConversations", "SearchMessages"})
 """The calls whose single-statement reads may run on a read replica."""
-NO_POSITION = REPLICA_READS | {"GetAttachmentUrl"}
-"""The calls that change nothing, so have no position to hand out."""
+NO_POSITION = frozenset(m for m, cls in RATE_CLASSES.items() if cls == "read")
+"""The calls that change nothing (their rate class says so), so have no position to hand out."""
 
 
 def read_after(value: str | None) -> int | None:
