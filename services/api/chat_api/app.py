@@ -40,6 +40,7 @@ from chat_api.storage.search import PostgresSearchIndex
 from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.warmup import warm_connection
 from chat_api.thumbnail_worker import ThumbnailWorker
+from chat_api.transport.client_address import ClientAddress
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
 from chat_api.transport.handlers import ChatHandlers
@@ -224,7 +225,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
                  # connections); a lone process must not share it by accident.
                  ("grpc.so_reuseport", 1 if settings.api_workers > 1 else 0)],
     )
-    server.add_generic_rpc_handlers((chat_service_handler(dispatcher),))
+    addresses = ClientAddress(settings.trusted_proxy_networks)
+    server.add_generic_rpc_handlers((chat_service_handler(dispatcher, addresses),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -251,5 +253,6 @@ def build_app(settings: ApiSettings) -> ApiApp:
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,
                            body_timeout=settings.http_body_timeout,
-                           keepalive_timeout=settings.http_keepalive_timeout)
+                           keepalive_timeout=settings.http_keepalive_timeout,
+                           addresses=addresses)
     return app

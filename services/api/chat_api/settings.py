@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from chat_api.transport.client_address import Network, parse_networks
 from chat_shared.config import (
     SECRET,
     BaseSection,
@@ -164,6 +165,10 @@ class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, Object
     health_check_interval: Seconds = Field(
         2.0, gt=0, description="seconds between PostgreSQL health probes")
     # HTTP/JSON gateway (chat_api.transport.http_gateway).
+    trusted_proxies: str = Field(
+        "", description="comma-separated CIDR networks of the proxies (the ingress) whose "
+                        "X-Forwarded-For names the client for the per-address limit of refused "
+                        "credentials; empty = trust nobody: the peer's address counts")
     cors_allowed_origins: str = Field(
         "", description="comma-separated origins (https://app.example.com) or *; empty = no CORS")
     http_max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20,
@@ -177,6 +182,15 @@ class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, Object
 
     def service_host(self) -> str:
         return parse_host_port(self.grpc_server_address)[0]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        try:
+            return ",".join(str(n) for n in parse_networks(v))
+        except ValueError as exc:
+            raise ValueError(f"must be CIDR networks or addresses, comma-separated: {exc}"
+                             ) from None
 
     @field_validator("cors_allowed_origins")
     @classmethod
@@ -202,6 +216,10 @@ class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, Object
     @property
     def tenant_labels(self) -> frozenset[str]:
         return frozenset(t for t in self.metrics_tenant_labels.split(",") if t)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def cors_origins(self) -> frozenset[str]:

@@ -20,7 +20,13 @@ from chat_shared.auth import Principal, TokenVerifier, issue_token
 from chat_shared.errors import Unauthenticated
 from chat_shared.http_serving import BodyTimeout, read_body
 from chat_shared.observability.logging import get_logger
-from chat_shared.ratelimit import Decision, RateLimiter, TypingLimit
+from chat_shared.ratelimit import (
+    ClassLimits,
+    Decision,
+    RateLimiter,
+    registry_lookup,
+    tenant_overrides,
+)
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
 from chat_ws_gateway.history import History
@@ -79,16 +85,12 @@ class GatewayServer:
         Args:
             limiter: the shared rate limiter (class ``connect`` for each new socket); None =
                 RATE_LIMIT_ENABLED is false.
-            typing: the typing relay (it throttles typing signals itself, one per user and
-                conversation every WS_TYPING_INTERVAL, atomically with the publish); None =
-                typing frames are accepted and dropped.
+            typing: the typing relay (it limits typing signals itself, one per user and
+                conversation every RATE_LIMIT_TYPING_INTERVAL, atomically with the publish);
+                None = typing frames are accepted and dropped.
         """
         self._settings = settings
         self._limiter = limiter
-        self.typing: TypingLimit | None = (
-            TypingLimit(limiter, settings.rate_limit_typing_interval) if limiter else None)
-        """The typing-notice limit: ``await typing.allow(tenant, user, conversation_id)``
-        before a ``typing`` frame is forwarded (None when limits are off)."""
         self._verifier = verifier
         self._hub = hub
         self._history = history
@@ -119,8 +121,8 @@ class GatewayServer:
             timeout=s.ws_close_timeout)
         # Read before the handshake: from the handshake on, counting the user's sockets and
         # adding this one happen with no await in between (below).
-        admitted = await self._tenant_admitted(principal.tenant_id)
-        connect = await self._connect_allowed(principal) if admitted else None
+        admitted, tenant_limits = await self._tenant_admitted(principal.tenant_id)
+        connect = await self._connect_allowed(principal, tenant_limits) if admitted else None
         await ws.prepare(request)
         if not admitted:
             WS_CLOSES.labels("tenant_denied").inc()
@@ -174,24 +176,33 @@ class GatewayServer:
             log.debug("ws_disconnected", user_id=principal.user_id, code=ws.close_code)
         return ws
 
-    async def _connect_allowed(self, principal: Principal) -> Decision | None:
-        """The limiter's decision for a new socket (class ``connect``); None when off. The
-        limiter logs each limited user once a minute."""
+    async def _connect_allowed(self, principal: Principal, tenant_limits: dict[str, object]
+                               ) -> Decision | None:
+        """The limiter's decision for a new socket (class ``connect``, with the tenant's own
+        values from the registry over the settings'); None when off. The limiter logs each
+        limited user once a minute."""
         if self._limiter is None:
             return None
-        return await self._limiter.check("connect", principal.tenant_id, principal.user_id)
+        limits: ClassLimits | None = None
+        if tenant_limits:
+            limits = tenant_overrides(self._limiter.policy,
+                                      registry_lookup(tenant_limits))["connect"]
+        return await self._limiter.check("connect", principal.tenant_id, principal.user_id,
+                                         limits)
 
-    async def _tenant_admitted(self, tenant: str) -> bool:
-        """Whether the tenant is registered and active. A registry that cannot be read admits
-        the socket (PostgreSQL down must not close the gateway to everyone): the tenant watch
-        checks it again within WS_TENANT_CHECK_INTERVAL once the registry answers."""
+    async def _tenant_admitted(self, tenant: str) -> tuple[bool, dict[str, object]]:
+        """Whether the tenant is registered and active, and its registry limits. A registry
+        that cannot be read admits the socket with the settings' limits (PostgreSQL down
+        must not close the gateway to everyone): the tenant watch checks it again within
+        WS_TENANT_CHECK_INTERVAL once the registry answers."""
         if self._tenants is None:
-            return True
+            return True, {}
         try:
-            return tenant in await self._tenants.active([tenant])
+            limits = await self._tenants.admit(tenant)
         except Exception:  # noqa: BLE001 - see the docstring; the watch closes it later
             log.warning("ws_tenant_check_failed", tenant=tenant, exc_info=True)
-            return True
+            return True, {}
+        return limits is not None, limits or {}
 
     async def _index(self, _: web.Request) -> web.Response:
         return self._file("index.html")

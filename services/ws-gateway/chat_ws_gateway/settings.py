@@ -54,10 +54,6 @@ class GatewaySettings(ServiceSettings, HttpServerSettings, RateLimitSettings):
         2.0, gt=0, le=5,
         description="seconds between re-reads of the tenant registry for the tenants with open "
                     "sockets: a disabled tenant's sockets close (4403) within it")
-    ws_typing_interval: Seconds = Field(
-        3.0, gt=0, le=60,
-        description="seconds: at most one typing signal per user and conversation in this "
-                    "period, across replicas; extra typing frames are dropped")
     ws_typing_cache_ttl: Seconds = Field(
         2.0, ge=0, le=60,
         description="seconds a typing sender's membership and the conversation's members may "

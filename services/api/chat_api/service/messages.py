@@ -115,10 +115,16 @@ class MessageService:
             IDEMPOTENCY_HITS.labels("database").inc()
             raise _duplicate(dup.original, cid, content, root) from None
         if message is None:
-            if root is not None and await self._repo.thread_root_state(
-                    caller.tenant_id, cid, caller.user_id, root) is RootState.NOT_ROOT:
+            state = (await self._repo.thread_root_state(caller.tenant_id, cid, caller.user_id,
+                                                        root) if root is not None else None)
+            if state is RootState.NOT_ROOT:
                 raise InvalidArgument("thread_root_id", "names a reply; a thread is answered "
                                                         "through its root-level message")
+            if state is RootState.DELETED:
+                raise FailedPrecondition("thread_root_id: the root message is deleted; a "
+                                         "deleted message takes no replies",
+                                         reason="ROOT_DELETED",
+                                         metadata={"field": "thread_root_id"})
             if ids and self._attachments is not None and \
                     await self._attachments.used_elsewhere(caller, ids):
                 raise FailedPrecondition("attachment_ids: an upload was attached to another "

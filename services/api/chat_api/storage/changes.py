@@ -16,7 +16,8 @@ statement that checked its conditions in sub-selects would read them from a snap
 before it waited for the lock, and could take a position for a change that then matched no
 row. (A send is a single statement and still safe: everything it writes follows from the
 conversation row it updates, and its membership check reads ``member_ids`` of that row,
-which PostgreSQL re-reads after the wait.)
+which PostgreSQL re-reads after the wait. A reply also depends on its root, which a deletion
+changes, so a reply takes the lock first: ``MessageRepository._send_reply``.)
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def change_ctes(event_type: str, *, source: str, pos: str, refs: Mapping[str, st
         FROM {source}
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
-                            payload)
+                            payload, message_id)
         SELECT %(tenant)s, gen_random_uuid(), '{event_type}', conv.id, {pos}, {recipients},
-               {payload_sql(event_type, payload)}
+               {payload_sql(event_type, payload)}, {refs.get("message_id", "NULL")}
         FROM {source}
     )"""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg.errors
+from psycopg.rows import TupleRow
 
 from chat_api.models import MessageRecord, ReactionCount
 from chat_api.storage.rows import (
@@ -16,7 +18,7 @@ from chat_api.storage.rows import (
     message_columns,
     message_from,
 )
-from chat_shared.db import Database
+from chat_shared.db import SET_TENANT, Database
 from chat_shared.events import MESSAGE_CREATED, payload_sql
 from chat_shared.replica_reads import ReplicaReads
 
@@ -82,13 +84,18 @@ MAX_REACTIONS = 20
 # at the unique constraint, which aborts the later statements whole (UniqueViolation).
 #
 # Threads (migration 0009): a reply (``thread_root_id`` given) is sent only when the root is a
-# root-level message of the same conversation that the sender may see (``root``, one probe of
-# the primary key and one of the sender's membership: ``visible_from_seq``); the
+# root-level message of the same conversation that the sender may see and that is not deleted
+# (``root``, one probe of the primary key and one of the sender's membership:
+# ``visible_from_seq``). A reply runs after ``_LOCK_FOR_REPLY`` in the same transaction, so
+# ``root`` reads a snapshot taken under the conversation's lock, which DeleteMessage takes
+# too: a root deleted while the reply waited is seen as deleted (read before the lock, the
+# deletion would be missed and the reply attached to a tombstone). The
 # root's ``reply_count`` and ``last_reply_at`` are updated here (``thread``), after the
 # conversation's row lock, which serialises the conversation's sends, so the counter is exact
 # and the reply's ``thread_seq`` (the new count) gapless. A root-level message takes the next
 # ``last_root_seq``; a reply keeps the current one (see the migration for why both exist).
-# Nothing sent when the root is missing or a reply: the caller asks ``thread_root_state`` why.
+# Nothing sent when the root is missing, deleted or a reply: the caller asks
+# ``thread_root_state`` why.
 _SEND = f"""
     WITH prior AS (
         SELECT {message_columns("p")} FROM messages p
@@ -107,7 +114,7 @@ _SEND = f"""
          AND rm.conversation_id = r.conversation_id AND rm.user_id = %(sender_id)s
         WHERE r.tenant_id = %(tenant)s AND r.id = CAST(%(thread_root_id)s AS uuid)
           AND r.conversation_id = %(conversation_id)s AND r.thread_root_id IS NULL
-          AND r.seq > rm.visible_from_seq
+          AND r.seq > rm.visible_from_seq AND r.deleted_at IS NULL
     ), conv AS (
         UPDATE conversations c
            SET last_seq = c.last_seq + 1,
@@ -157,9 +164,9 @@ _SEND = f"""
         RETURNING a.id, a.filename, a.content_type, a.size_bytes, a.position
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
-                            payload)
+                            payload, message_id)
         SELECT %(tenant)s, gen_random_uuid(), '{MESSAGE_CREATED}', msg.conversation_id,
-               conv.last_pos, conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}
+               conv.last_pos, conv.member_ids, {_MESSAGE_CREATED_PAYLOAD}, msg.id
         FROM msg, conv
     ), members AS (
         -- Sending implies having read the conversation up to one's own message, so a user's
@@ -212,13 +219,22 @@ def reactions_sql(alias: str) -> str:
 
 REACTIONS_SQL = reactions_sql("m")
 
-# Why a reply was not sent: membership (NULL: not a member), then the root (NULL: no such
-# message in the conversation; false: the root is itself a reply).
+# The conversation's row lock a reply takes before ``_SEND`` (see there); the send's own
+# UPDATE takes the same lock.
+_LOCK_FOR_REPLY = """
+    SELECT 1 FROM conversations c
+    WHERE c.tenant_id = %(tenant)s AND c.id = %(conversation_id)s
+    FOR NO KEY UPDATE
+    """
+
+# Why a reply was not sent: membership (no row: not a member), then the root (NULLs: no such
+# message in the conversation; column 0 false: the root is itself a reply; column 1 true: the
+# root is deleted).
 _THREAD_ROOT_STATE = """
-    SELECT (SELECT r.thread_root_id IS NULL FROM messages r
-            WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
-              AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq)
+    SELECT r.thread_root_id IS NULL, r.deleted_at IS NOT NULL
     FROM conversation_members cm
+    LEFT JOIN messages r ON r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
+     AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq
     WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
       AND cm.user_id = %(user_id)s
     """
@@ -473,6 +489,7 @@ class RootState(enum.Enum):
 
     NOT_FOUND = "not_found"  # not a member, or no such message in the conversation
     NOT_ROOT = "not_root"  # the message is itself a reply
+    DELETED = "deleted"  # a root-level message, deleted (a tombstone takes no replies)
     ROOT = "root"
 
 
@@ -502,10 +519,10 @@ class MessageRepository:
         thread_root_id: str | None = None,
     ) -> MessageRecord | None:
         """Commits the message, its attachments and its outbox event; None when the sender is
-        not a member, for a reply when the root is not a root-level message of the
-        conversation, or when an upload listed is not free (attached by now, not the
-        sender's, not of this conversation: the caller checked them before, so only a
-        concurrent send of the same upload gets here).
+        not a member, for a reply when the root is not a live root-level message of the
+        conversation (missing, a reply, or deleted), or when an upload listed is not free
+        (attached by now, not the sender's, not of this conversation: the caller checked them
+        before, so only a concurrent send of the same upload gets here).
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
@@ -513,7 +530,10 @@ class MessageRepository:
                   "content": content, "idempotency_key": idempotency_key,
                   "attachment_ids": attachment_ids or [], "thread_root_id": thread_root_id}
         try:
-            row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
+            if thread_root_id is None:
+                row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
+            else:
+                row = await self._send_reply(tenant, params)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
             if exc.diag.constraint_name != IDEMPOTENCY_CONSTRAINT:
                 raise
@@ -526,6 +546,16 @@ class MessageRepository:
         if row[0]:
             raise DuplicateKey(message_from(row, 1, attachments=True))
         return message_from(row, 1, attachments=True)
+
+    async def _send_reply(self, tenant: str, params: Mapping[str, object]
+                          ) -> TupleRow | None:
+        """``_SEND`` for a reply: after the conversation's lock, in one round trip."""
+        async with self._db.transaction("db.send_reply") as conn:
+            async with conn.pipeline():
+                await conn.execute(SET_TENANT, (tenant,), prepare=True)
+                await conn.execute(_LOCK_FOR_REPLY, params)
+                cursor = await conn.execute(_SEND, params)
+            return await cursor.fetchone()
 
     async def by_idempotency_key(self, tenant: str, sender_id: str, key: str
                                  ) -> MessageRecord | None:
@@ -542,7 +572,9 @@ class MessageRepository:
                                        "user_id": user_id, "root_id": root_id}, tenant=tenant)
         if row is None or row[0] is None:
             return RootState.NOT_FOUND
-        return RootState.ROOT if row[0] else RootState.NOT_ROOT
+        if not row[0]:
+            return RootState.NOT_ROOT
+        return RootState.DELETED if row[1] else RootState.ROOT
 
     async def thread_page(
         self, tenant: str, conversation_id: str, user_id: str, root_id: str, mode: ThreadMode,

@@ -22,9 +22,9 @@ the caller's page is the best ``limit`` of those: the global top-N is within the
 per-conversation ones. Only the final page is highlighted and gets its reactions.
 
 Thread replies are messages like any other and are found; a hit is read with
-``message_columns``/``message_from`` like every message the API returns, so when messages carry
-their thread (``thread_root_id``) those two are the one place to add it and hits say so
-(the statement keeps every column of ``messages`` up to the final select).
+``message_columns``/``message_from`` like every message the API returns, so it carries its
+``thread_root_id`` (a root its ``reply_count``), and hits of replies say so (the statement
+keeps every column of ``messages`` up to the final select).
 
 Highlights come from ``ts_headline`` with the same query and configuration (so they agree
 with what matched, accents and prefixes included), with every word highlighted and the

@@ -159,9 +159,11 @@ def _message_rules(desc: Descriptor) -> str:
     if not options.HasExtension(validate_pb2.message):
         return ""
     rules = options.Extensions[validate_pb2.message]
-    if rules.cel:
-        raise ValueError(f"{desc.full_name}: message CEL rules cannot be published")
-    words = []
+    # A CEL rule across fields is published as its message, which must say it in words.
+    words = [rule.message.rstrip(".") + "." for rule in rules.cel]
+    if any(not rule.message for rule in rules.cel):
+        raise ValueError(f"{desc.full_name}: a message CEL rule without a message cannot be "
+                         "published")
     for rule in rules.oneof:
         fields = ", ".join(rule.fields)
         words.append(f"{'Exactly' if rule.required else 'At most'} one of {fields}.")
@@ -307,13 +309,17 @@ def _request_single(fd: FieldDescriptor, pending: list[Descriptor], rules: Any, 
         schema = _string_rules(fd.full_name, rules.string if kind == "string" else
                                validate_pb2.StringRules(), cel)
         if rules is not None and rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
-            # Empty means "not given", which the rules let through.
-            if set(schema) - {"type", "format", "pattern", "description"}:
-                raise ValueError(f"{fd.full_name}: only an optional UUID can be published "
+            # Empty means "not given", which the rules let through: every pattern admits it
+            # (a maximum length does already; a minimum would contradict it).
+            if set(schema) - {"type", "format", "pattern", "allOf", "maxLength",
+                              "description"}:
+                raise ValueError(f"{fd.full_name}: {sorted(schema)} cannot be published "
                                  "with IGNORE_IF_ZERO_VALUE yet")
             schema.pop("format", None)
             if "pattern" in schema:
                 schema["pattern"] = f"^$|{schema['pattern']}"
+            for extra in schema.get("allOf", []):
+                extra["pattern"] = f"^$|{extra['pattern']}"
         return schema
     if kind is not None or cel:
         raise ValueError(f"{fd.full_name}: {kind or 'CEL'} rules cannot be published yet")
