@@ -11,6 +11,7 @@ from chat_bench.phases import (
     graphql,
     idle,
     isolation,
+    replica,
     rpc,
     scaling,
     search,
@@ -20,7 +21,8 @@ from chat_bench.phases import (
 
 PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, attachments.PHASE,
                              throughput.PHASE, delivery.PHASE, graphql.PHASE, isolation.PHASE,
-                             idle.PHASE, scaling.PHASE, search.PHASE)
+                             idle.PHASE, scaling.PHASE, search.PHASE,
+                             replica.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
@@ -95,8 +96,37 @@ class ObjectStoreSettings(BaseSection):
         return frozenset(t for t in self.attachment_content_types.split(",") if t)
 
 
+class ReadReplicaSettings(BaseSection):
+    """A streaming replica for the read-only calls (docs/read-replicas.md)."""
+
+    db_read_source: str = Field(
+        "", description="PostgreSQL URL of a streaming replica (hot standby) of DB_SOURCE's "
+                        "database; GetMessages, GetThread, GetConversations and SearchMessages "
+                        "read there when it has replayed the caller's X-Chat-Read-After "
+                        "position (or DB_READ_SOURCE_FILE: a file holding it); empty = every "
+                        "read on the primary", json_schema_extra=SECRET)
+    db_read_pool_timeout: Seconds = Field(
+        0.25, gt=0, le=10,
+        description="seconds a read waits for a replica connection before it runs on the "
+                    "primary (the cost of a replica that is down, once per DB_READ_RETRY_AFTER)")
+    db_read_retry_after: Seconds = Field(
+        5.0, gt=0, le=300, description="seconds reads skip a replica that failed")
+    db_read_transaction_pooler: bool = Field(
+        False, description="DB_READ_SOURCE reaches the replica through a pooler in transaction "
+                           "mode (as DB_TRANSACTION_POOLER does for DB_SOURCE; "
+                           "docs/pgbouncer.md); false = sessions of its own, whatever "
+                           "DB_TRANSACTION_POOLER says")
+
+    @field_validator("db_read_source")
+    @classmethod
+    def _read_url(cls, v: str) -> str:
+        if v and urlsplit(v).scheme.split("+")[0] not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+
 class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, ObjectStoreSettings,
-                  GraphQLSettings):
+                  GraphQLSettings, ReadReplicaSettings):
     database_role: str = Field(
         "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role the API's sessions act as: one that cannot bypass row-level "

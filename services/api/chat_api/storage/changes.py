@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from chat_shared.db import SET_TENANT, AsyncConn, Database
+from chat_shared.db import AsyncConn, Database, tenant_setting
 from chat_shared.events import payload_sql
 
 _LOCK = """
@@ -78,7 +78,8 @@ async def locked(db: Database, name: str, tenant: str, conversation_id: str,
     params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id}
     async with db.transaction(name) as conn:
         async with conn.pipeline():
-            await conn.execute(SET_TENANT, (tenant,), prepare=True)
+            setting, values, prepare = tenant_setting(conn, tenant)
+            await conn.execute(setting, values, prepare=prepare)
             lock = await conn.execute(_LOCK, params)
             role = await conn.execute(_ROLE, params) if user_id is not None else None
             more = await conn.execute(extra[0], {**params, **extra[1]}) if extra else None

@@ -9,6 +9,7 @@ from typing import Any
 from chat_api.models import ConversationRecord, ConversationSummary
 from chat_api.storage.rows import ATTACHMENTS_JSON, message_columns, message_from
 from chat_shared.db import Database, tenant_execute
+from chat_shared.replica_reads import ReplicaReads
 
 _CREATE = """
     WITH ins AS (
@@ -119,7 +120,7 @@ def _conversation(row: tuple[Any, ...], members: list[str], role: str, history_v
 
 
 class ConversationRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | ReplicaReads) -> None:
         self._db = db
 
     async def create(

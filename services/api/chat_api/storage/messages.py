@@ -20,6 +20,7 @@ from chat_api.storage.rows import (
 )
 from chat_shared.db import SET_TENANT, Database
 from chat_shared.events import MESSAGE_CREATED, payload_sql
+from chat_shared.replica_reads import ReplicaReads
 
 IDEMPOTENCY_CONSTRAINT = "uq_messages_sender_idempotency_key"
 
@@ -509,7 +510,7 @@ class DuplicateKey(Exception):
 
 
 class MessageRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | ReplicaReads) -> None:
         self._db = db
 
     async def send(

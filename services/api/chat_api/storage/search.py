@@ -45,6 +45,7 @@ from chat_api.storage.rows import (
     message_from,
 )
 from chat_shared.db import Database
+from chat_shared.replica_reads import ReplicaReads
 
 CONFIGURATION = "chat_search"
 """The text search configuration of the vectors (migration 0008s) and of queries."""
@@ -129,7 +130,7 @@ def highlights_from_marked(content: str, marked: str, start: str, stop: str
 class PostgresSearchIndex:
     """SearchIndex over PostgreSQL full-text search."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | ReplicaReads) -> None:
         self._db = db
 
     async def search(self, tenant: str, user_id: str, query: ParsedQuery,

@@ -17,7 +17,7 @@ query needs are started together in one event-loop tick rather than one after an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from strawberry.dataloader import DataLoader
 from chat_api.transport.dispatch import CallContext, Dispatcher
 from chat_api.transport.graphql_errors import graphql_error
 from chat_shared.errors import ChatError
+from chat_shared.replica_reads import POSITION_HEADER
 
 TRANSPORT = "graphql"
 
@@ -50,6 +51,11 @@ class GraphQLCaller:
     timeout: float | None = None
     """Seconds the caller waits (from a ``Grpc-Timeout`` header); each call gets what is left
     of it when it starts."""
+    read_after: str | None = None
+    """The caller's ``X-Chat-Read-After`` (read replicas); a write in this operation moves it
+    to the write's position, so a later field of the same operation reads its own write."""
+    response_headers: MutableMapping[str, str] | None = None
+    """The answer's headers: a write's ``X-Chat-Position`` goes there, as over HTTP/JSON."""
     calls: int = 0
     """RPCs made by this operation (after the loader merged identical ones)."""
     _loader: DataLoader[_Key, Message] = field(init=False, repr=False)
@@ -84,10 +90,16 @@ class GraphQLCaller:
         request = self._requests[key]
         self.calls += 1
         ctx = CallContext(method=method, transport=TRANSPORT, authorization=self.authorization,
-                          request_id=self.request_id, client_address=self.client_address)
+                          request_id=self.request_id, client_address=self.client_address,
+                          read_after=self.read_after)
         if self._deadline is not None:
             ctx.timeout = self._deadline - asyncio.get_running_loop().time()
         try:
-            return await self.dispatcher.call(ctx, request)
+            response = await self.dispatcher.call(ctx, request)
         except ChatError as exc:
             raise graphql_error(exc) from None
+        if ctx.position is not None:
+            self.read_after = ctx.position
+            if self.response_headers is not None:
+                self.response_headers[POSITION_HEADER] = ctx.position
+        return response

@@ -47,6 +47,7 @@ from chat_api.transport.graphql_limits import CostLimit, QuerySizeLimit
 from chat_api.transport.graphql_schema import Mutation, Query, config
 from chat_shared.graphql_settings import GraphQLSettings
 from chat_shared.observability.logging import get_logger
+from chat_shared.replica_reads import READ_AFTER_HEADER
 
 log = get_logger("chat_api.graphql")
 
@@ -127,6 +128,8 @@ class ChatGraphQLView(GraphQLView[GraphQLCaller, None]):
             authorization=request.headers.get(hdrs.AUTHORIZATION),
             request_id=self._request_id(request),
             client_address=lambda: self._client_address(request),
+            read_after=request.headers.get(READ_AFTER_HEADER),
+            response_headers=response.headers if response is not None else None,
             timeout=http_timeout(request.headers.get(GRPC_TIMEOUT_HEADER)))
 
     def decode_json(self, data: str | bytes) -> object:

@@ -25,11 +25,15 @@ from chat_api.transport.grpc_errors import to_grpc_status
 from chat_shared.errors import ChatError, InvalidArgument
 from chat_shared.observability.tracing import recording, trace_id_from
 from chat_shared.protos.chat.v1 import chat_pb2
+from chat_shared.replica_reads import POSITION_HEADER, READ_AFTER_HEADER
 
 SERVICE_NAME = "chat.v1.ChatService"
 
 
-_READ = frozenset({"authorization", "x-request-id", "traceparent", "x-forwarded-for"})
+_READ_AFTER = READ_AFTER_HEADER.lower()
+_READ = frozenset({"authorization", "x-request-id", "traceparent", "x-forwarded-for",
+                   _READ_AFTER})
+_POSITION = POSITION_HEADER.lower()
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -71,7 +75,8 @@ def _unary(dispatcher: Dispatcher, method: str, decode: Callable[[bytes], Messag
                           authorization=metadata.get("authorization"),
                           timeout=context.time_remaining(),
                           client_address=lambda: addresses.resolve(
-                              peer_address(context.peer()), metadata.get("x-forwarded-for")))
+                              peer_address(context.peer()), metadata.get("x-forwarded-for")),
+                          read_after=metadata.get(_READ_AFTER))
         request_id = metadata.get("x-request-id")
         if request_id and len(request_id) <= 128:
             ctx.request_id = request_id
@@ -84,10 +89,13 @@ def _unary(dispatcher: Dispatcher, method: str, decode: Callable[[bytes], Messag
             # Refused credentials (counted against the address) and errors after the limit
             # carry the decision's RateLimit headers too.
             await context.abort_with_status(to_grpc_status(exc, ctx.rate_limit_headers()))
-        if ctx.rate_limit is not None:  # the same RateLimit headers HTTP sends
-            context.set_trailing_metadata((
-                ("x-request-id", ctx.request_id),
-                *((k.lower(), v) for k, v in ctx.rate_limit_headers().items())))
+        if ctx.rate_limit is not None or ctx.position is not None:
+            trailing = [("x-request-id", ctx.request_id)]
+            # the same RateLimit headers HTTP sends
+            trailing += ((k.lower(), v) for k, v in ctx.rate_limit_headers().items())
+            if ctx.position is not None:
+                trailing.append((_POSITION, ctx.position))
+            context.set_trailing_metadata(trailing)
         return response
 
     return handle

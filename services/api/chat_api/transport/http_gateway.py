@@ -56,6 +56,7 @@ from chat_shared.http_serving import (
 )
 from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import recording, trace_id_from
+from chat_shared.replica_reads import POSITION_HEADER, READ_AFTER_HEADER
 
 log = get_logger("chat_api.http")
 tracer = trace.get_tracer("chat_api.http")
@@ -63,9 +64,11 @@ tracer = trace.get_tracer("chat_api.http")
 GZIP_MIN_BYTES = 1024
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-_CORS_ALLOW_HEADERS = "Authorization, Content-Type, Grpc-Timeout, Idempotency-Key, X-Request-Id"
+_CORS_ALLOW_HEADERS = ("Authorization, Content-Type, Grpc-Timeout, Idempotency-Key, X-Request-Id, "
+                       f"{READ_AFTER_HEADER}")
 _CORS_MAX_AGE = "600"
-_CORS_EXPOSE_HEADERS = f"{REQUEST_ID_HEADER}, RateLimit, RateLimit-Policy, Retry-After"
+_CORS_EXPOSE_HEADERS = (f"{REQUEST_ID_HEADER}, RateLimit, RateLimit-Policy, Retry-After, "
+                        f"{POSITION_HEADER}")
 _REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _RATE_LIMIT_KEY = web.RequestKey("rate_limit_headers", dict[str, str])
 """The RateLimit headers of a call that failed after its limit was checked."""
@@ -148,7 +151,8 @@ class HttpGateway:
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
                               request_id=request[_REQUEST_ID_KEY],
-                              client_address=lambda: self.client_address(request))
+                              client_address=lambda: self.client_address(request),
+                              read_after=request.headers.get(READ_AFTER_HEADER))
 
             def decode(_: object) -> Message:
                 # Called by the Dispatcher once the caller is authenticated: nothing the
@@ -162,9 +166,11 @@ class HttpGateway:
             except ChatError:
                 request[_RATE_LIMIT_KEY] = ctx.rate_limit_headers()
                 raise
+            headers = ctx.rate_limit_headers()
+            if ctx.position is not None:
+                headers[POSITION_HEADER] = ctx.position
             return web.Response(body=render(response, binding.response_body),
-                                content_type="application/json",
-                                headers=ctx.rate_limit_headers() or None)
+                                content_type="application/json", headers=headers or None)
 
         return handle
 
