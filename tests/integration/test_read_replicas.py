@@ -286,3 +286,43 @@ async def test_behind_pgbouncer_the_replica_keeps_sessions_of_its_own(
             assert reads("primary", "replica_failed") == failed
     finally:
         await app.stop(grace=1.0)
+
+
+async def test_graphql_carries_positions_so_a_writer_reads_its_own_message(
+        api_with_replica: Any, stub: Any, replica: LocalPostgres) -> None:
+    """GraphQL answers a mutation with X-Chat-Position and honours X-Chat-Read-After on a
+    query, as HTTP/JSON does: while the replica lags the writer still sees its message."""
+    conv = await create_conversation(stub, "alice", ["bob"])
+    headers = {"Authorization": f"Bearer {make_token('alice')}"}
+    query = ("query Q($id: ID!) { conversation(id: $id) { messages(first: 10) "
+             "{ edges { node { content } } } } }")
+
+    async def graphql(http: aiohttp.ClientSession, body: dict[str, Any],
+                      extra: dict[str, str] | None = None) -> tuple[dict[str, Any], Any]:
+        async with http.post("/graphql", json=body, headers={**headers, **(extra or {})}) as r:
+            payload = await r.json()
+            assert r.status == 200 and "errors" not in payload, payload
+            return payload["data"], r.headers
+
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{api_with_replica.http_port}") as http:
+        async def on_replica_already() -> bool:
+            async with http.post("/graphql", json={"query": query, "variables": {"id": conv.id}},
+                                 headers=headers) as r:
+                return r.status == 200 and "errors" not in await r.json()
+        await eventually(on_replica_already, 30, "the conversation on the replica")
+
+        await set_apply_delay(replica, "5s")
+        try:
+            _, answer_headers = await graphql(http, {
+                "query": 'mutation S($id: ID!) { sendMessage(conversationId: $id, '
+                         'content: "via graphql", idempotencyKey: "g-1") { seq } }',
+                "variables": {"id": conv.id}})
+            position = answer_headers["X-Chat-Position"]
+            data, _ = await graphql(http, {"query": query, "variables": {"id": conv.id}},
+                                    {"X-Chat-Read-After": position})
+            edges = data["conversation"]["messages"]["edges"]
+            assert [e["node"]["content"] for e in edges] == ["via graphql"]
+            assert await replayed(replica) < parse_position(position), \
+                "the replica replayed the send before the read: the delay did not hold"
+        finally:
+            await set_apply_delay(replica, "0")
