@@ -491,6 +491,17 @@ class DuplicateKey(Exception):
         self.original = original
 
 
+def send_params(
+    tenant: str, conversation_id: str, sender_id: str, content: str, idempotency_key: str,
+    attachment_ids: list[str] | None = None, thread_root_id: str | None = None,
+) -> dict[str, object]:
+    """The values ``_SEND`` takes, as the API passes them. chat-bench's scaling phase builds
+    its sends with this too, so a parameter added to the statement reaches it as well."""
+    return {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
+            "content": content, "idempotency_key": idempotency_key,
+            "attachment_ids": attachment_ids or [], "thread_root_id": thread_root_id}
+
+
 class MessageRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -508,9 +519,8 @@ class MessageRepository:
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
-        params = {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
-                  "content": content, "idempotency_key": idempotency_key,
-                  "attachment_ids": attachment_ids or [], "thread_root_id": thread_root_id}
+        params = send_params(tenant, conversation_id, sender_id, content, idempotency_key,
+                             attachment_ids, thread_root_id)
         try:
             row = await self._db.fetchone("db.send_message", _SEND, params, tenant=tenant)
         except psycopg.errors.UniqueViolation as exc:  # a concurrent send of the same key
