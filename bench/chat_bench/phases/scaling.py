@@ -176,7 +176,7 @@ def _statements() -> dict[str, str]:
     # The API's own SQL (imported here, not at module level: only this phase needs the API's
     # package, which the benchmark's workspace has installed).
     from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
-    from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _SEND, _THREAD_PAGE
+    from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _THREAD_PAGE, send_statement
     from chat_api.storage.reads import _MARK
 
     return {"GetConversations(50)": _LIST_FIRST, "GetConversations(50), deep page": _LIST_AFTER,
@@ -188,7 +188,9 @@ def _statements() -> dict[str, str]:
             "threads: GetMessages(50) 100 pages back": _ROOT_PAGE["before_seq"],
             "threads: GetThread(50) newest": _THREAD_PAGE["newest"],
             "threads: GetThread(50) after_seq": _THREAD_PAGE["after_seq"],
-            "SendMessage": _SEND, "MarkAsRead": _MARK}
+            # The statement MessageRepository.send picks for a root-level message without
+            # attachments (the values below).
+            "SendMessage": send_statement(None, None), "MarkAsRead": _MARK}
 
 
 async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[str, Any]:
