@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import psycopg
+from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
 
 from chat_api.storage.messages import _SEND, _SEND_PLAIN, send_params, send_statement
 
@@ -96,3 +97,8 @@ async def test_the_plain_send_has_the_general_sends_effects(db_source: str) -> N
         assert json.dumps(plain[part]).replace('"2-k', '"1-k') == json.dumps(general[part]), part
     assert len(general["messages"]) == len(general["changes"]) == 4
     assert len(general["outbox"]) == 4
+
+
+def test_the_plain_send_is_short_enough_for_psycopg_to_cache_its_conversion() -> None:
+    # Longer statements have their placeholders converted again on every execution.
+    assert len(_SEND_PLAIN) <= MAX_CACHED_STATEMENT_LENGTH

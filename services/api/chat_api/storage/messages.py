@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -102,6 +103,17 @@ MAX_REACTIONS = 20
 # 12% less of PostgreSQL's CPU per send (0.96 -> 0.84 ms, interleaved batches as chat_app,
 # bench-like conversations of 2-50 members). tests/integration/test_send_statements.py holds
 # the two to the same effects.
+def _unindented(sql: str) -> str:
+    """``sql`` without its lines' indentation (no literal or comment here spans lines).
+
+    psycopg caches the conversion of a statement's ``%(name)s`` placeholders only for a
+    statement of at most 4,096 characters (``psycopg._queries.MAX_CACHED_STATEMENT_LENGTH``)
+    and converts a longer one again on every execution: 39 us of the API's CPU per plain send
+    (4,389 characters; 3,607 unindented, then 2.8 us), measured with timeit under load 7-9.
+    """
+    return re.sub(r"\n +", "\n", sql)
+
+
 def _send_sql(general: bool) -> str:
     """The send statement (see above). ``general`` takes attachments and replies; the plain one
     (``general=False``), for a root-level message without attachments, leaves out the CTEs and
@@ -169,7 +181,7 @@ def _send_sql(general: bool) -> str:
                 'size_bytes', att.size_bytes, 'width', 0, 'height', 0,
                 'thumbnail_ready', false) ORDER BY att.position), '[]'::jsonb) FROM att)""" \
         if general else "'[]'::jsonb"
-    return f"""
+    return _unindented(f"""
     WITH prior AS (
         SELECT {message_columns("p")} FROM messages p
         WHERE p.tenant_id = %(tenant)s AND p.sender_id = %(sender_id)s
@@ -223,7 +235,7 @@ def _send_sql(general: bool) -> str:
     UNION ALL
     SELECT true, *, """ + ATTACHMENTS_JSON.format(tenant="%(tenant)s", message="prior.id") + """
     FROM prior
-    """
+    """)
 
 
 _SEND = _send_sql(general=True)
