@@ -16,7 +16,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from chat_api.settings import ApiSettings, ObjectStoreSettings
+from chat_api.settings import ApiSettings, ObjectStoreSettings, ReadReplicaSettings
 from chat_outbox_relay.settings import RelaySettings
 from chat_relay_operator.settings import OperatorConfig
 from chat_shared.config import (
@@ -27,6 +27,7 @@ from chat_shared.config import (
     RedisSettings,
     parse_duration,
 )
+from chat_shared.graphql_settings import GraphQLSettings
 from chat_shared.ratelimit import RateLimitSettings
 from chat_ws_gateway.settings import GatewaySettings
 
@@ -40,6 +41,8 @@ SHARED: tuple[tuple[str, type[BaseModel]], ...] = (
     ("HTTP servers (chat-api, chat-ws-gateway)", HttpServerSettings),
     ("Rate limits (chat-api, chat-ws-gateway; docs/rate-limits.md)", RateLimitSettings),
     ("Object storage and attachments (chat-api)", ObjectStoreSettings),
+    ("GraphQL (chat-api, chat-ws-gateway; docs/graphql.md)", GraphQLSettings),
+    ("Read replica (chat-api; docs/read-replicas.md)", ReadReplicaSettings),
 )
 SERVICES: tuple[tuple[str, type[BaseModel]], ...] = (
     ("chat-api", ApiSettings),

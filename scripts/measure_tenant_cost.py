@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 
 from chat_api.storage.conversations import _LIST_FIRST
-from chat_api.storage.messages import _PAGE, _SEND
+from chat_api.storage.messages import _PAGE, send_params, send_statement
 from chat_devtools.local_postgres import LocalPostgres
 from chat_migrations.cli import upgrade
 from chat_shared.db import SET_TENANT, conninfo, tenant_execute
@@ -73,10 +73,9 @@ async def session(dsn: str, variant: str) -> psycopg.AsyncConnection[Any]:
 def statements() -> dict[str, Callable[[int], tuple[str, dict[str, Any]]]]:
     conv = "00000000-0000-0000-0000-000000000001"
     return {
-        "SendMessage": lambda i: (_SEND, {
-            "tenant": TENANT, "conversation_id": f"00000000-0000-0000-0000-{2 + i % 150:012x}",
-            "sender_id": USER, "content": "hello", "idempotency_key": uuid.uuid4().hex,
-            "thread_root_id": None}),
+        "SendMessage": lambda i: (send_statement(None, None), send_params(
+            TENANT, f"00000000-0000-0000-0000-{2 + i % 150:012x}", USER, "hello",
+            uuid.uuid4().hex)),
         "GetMessages(50)": lambda i: (_PAGE["newest"], {
             "tenant": TENANT, "conversation_id": conv, "user_id": USER, "limit": 51}),
         "GetConversations(50)": lambda i: (_LIST_FIRST, {

@@ -36,6 +36,36 @@ def jpeg_bytes(width: int = 8, height: int = 6) -> bytes:
 PDF_BYTES = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
 
+def photo_jpeg(width: int = 1600, height: int = 1200) -> bytes:
+    """A real photo-like JPEG (gradients and shapes, camera EXIF), as a phone would send."""
+    from PIL import Image, ImageDraw
+
+    size = (width, height)
+    image = Image.merge("RGB", (Image.linear_gradient("L").resize(size),
+                                Image.radial_gradient("L").resize(size),
+                                Image.new("L", size, 90)))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 4, height // 4, width // 2, height // 2), fill=(240, 200, 40))
+    draw.rectangle((width // 2, height // 2, width - 40, height - 40), outline=(255, 255, 255),
+                   width=12)
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=88, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def pdf_document(text: str = "chat-service attachment") -> bytes:
+    """A small real PDF (one page, as Pillow writes it: objects, xref table, trailer)."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (420, 200), "white")
+    ImageDraw.Draw(page).text((20, 90), text, fill="black")
+    out = io.BytesIO()
+    page.save(out, "PDF", resolution=72.0, title=text)
+    return out.getvalue()
+
+
 @pytest.fixture
 async def attach_api(api_settings_factory: Callable[..., Any], s3: Any
                      ) -> AsyncIterator[Any]:

@@ -12,11 +12,15 @@ import pathlib
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from chat_shared.auth import issue_token
+
+if TYPE_CHECKING:
+    from chat_devtools.local_pgbouncer import LocalPgBouncer
 
 # The same two aiohttp warnings pyproject.toml ignores during tests, also outside them (at
 # interpreter exit, where a late-collected session would otherwise fail the run).
@@ -43,8 +47,13 @@ def auth(user: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.fixture
-def api_env(db_source: str, redis_addr: str) -> dict[str, str]:
-    """Environment for the API (in-process or as a subprocess)."""
+def api_env(db_source: str, redis_addr: str, db_pooler: LocalPgBouncer | None) -> dict[str, str]:
+    """Environment for the API (in-process or as a subprocess); through PgBouncer with
+    ``--through-pgbouncer`` (docs/pgbouncer.md)."""
+    pooled = {} if db_pooler is None else {
+        "DB_SOURCE": db_pooler.through(db_source, "chat_app_pooled"),
+        "DB_TRANSACTION_POOLER": "true",
+    }
     return {
         "ENVIRONMENT": "test",
         "DB_SOURCE": db_source,
@@ -57,6 +66,7 @@ def api_env(db_source: str, redis_addr: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         # Most tests make many calls quickly; the rate-limit tests turn the limits on.
         "RATE_LIMIT_ENABLED": "false",
+        **pooled,
     }
 
 

@@ -255,6 +255,10 @@ def _print_running(console: Console, specs: list[ServiceSpec], env: dict[str, st
     ws_port = dict(ws.ports)["ws-gateway WebSocket"]
     lines = ["", "chat-dev: running. Ctrl-C stops everything."]
     lines += [f"  {url}" for spec in specs for url in spec.urls]
+    if env.get("S3_ENDPOINT"):
+        # Presigned URLs name it: the demo page uploads to it and downloads from it.
+        lines.append(f"  S3        {env['S3_ENDPOINT']} (attachments, bucket "
+                     f"{env.get('S3_BUCKET', 'chat-attachments')})")
     lines.append("  token:    uv run chat-token --user alice   "
                  "(then: Authorization: Bearer <token>)")
     if env.get("ENVIRONMENT") == "development":

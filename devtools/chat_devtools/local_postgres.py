@@ -199,6 +199,11 @@ class LocalPostgres:
             conn.execute(statement)
         return self.dsn(name)
 
+    def start_replica(self, settings: Mapping[str, str] | None = None,
+                      timeout: float = 60.0) -> LocalPostgres:
+        """A streaming replica of this running cluster (``start_replica`` below)."""
+        return start_replica(self.port, durable=self.durable, settings=settings, timeout=timeout)
+
     def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
         """Stops the server: SIGINT is a fast shutdown, SIGKILL a crash (recovery at restart)."""
         if self.process is None or not self.process.running:
@@ -215,3 +220,35 @@ class LocalPostgres:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def start_replica(primary_port: int, *, durable: bool = False,
+                  settings: Mapping[str, str] | None = None,
+                  timeout: float = 60.0) -> LocalPostgres:
+    """A streaming replica (hot standby) of the cluster on ``LOOPBACK:primary_port`` (one whose
+    ``postgres`` role may replicate, as a ``LocalPostgres`` allows), on a port of its own:
+    ``pg_basebackup -R`` (which writes ``standby.signal`` and ``primary_conninfo``) into a new
+    directory, then the server on it. ``cleanup`` of the replica removes it.
+
+    Args:
+        settings: further server settings of the replica. A setting that should change while
+            it runs (``recovery_min_apply_delay``) belongs in ``ALTER SYSTEM`` instead: a
+            ``-c`` on the command line cannot be changed by a reload.
+    """
+    standby = LocalPostgres(durable=durable, settings=settings)
+    standby.base.mkdir(parents=True, exist_ok=True)
+    standby.base.chmod(0o755)
+    standby._chown(standby.base)
+    user = standby._user
+    subprocess.run(
+        [find_pg_bin("pg_basebackup"), "-D", str(standby.data), "-R", "-X", "stream",
+         "-c", "fast", "-h", LOOPBACK, "-p", str(primary_port), "-U", "postgres",
+         *([] if durable else ["--no-sync"])],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+        user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+        extra_groups=[] if user else None)
+    try:
+        return standby.start(timeout)
+    except Exception:
+        standby.cleanup()
+        raise

@@ -10,6 +10,12 @@ Fixtures: ``postgres`` and ``redis_server`` (the servers), ``db_source`` (the DS
 own database), ``redis_addr`` (host:port of the flushed server); ``s3_server`` (a throwaway
 S3-compatible server with its bucket, started by the first test that asks for it) and ``s3``
 (the same server with an empty bucket).
+
+``--through-pgbouncer`` (or ``CHAT_TEST_THROUGH_PGBOUNCER=1``): the services the tests start
+reach PostgreSQL through a PgBouncer in transaction pooling mode (``pgbouncer``, started once
+per session), as the login role ``chat_app_pooled`` (acting as ``chat_app``), with
+``DB_TRANSACTION_POOLER=true``; ``db_pooler`` is that PgBouncer, or None without the option.
+What the tests themselves read beside the services still goes straight to the cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from chat_devtools.local_pgbouncer import LocalPgBouncer
     from chat_devtools.local_postgres import LocalPostgres
     from chat_devtools.local_redis import LocalRedis
     from chat_devtools.local_s3 import LocalS3
@@ -30,6 +37,40 @@ TEMPLATE_DB = "chat_template"
 """The database migrated once per session; every test's database is a copy of it."""
 
 _databases = itertools.count()
+
+POOLED_LOGINS = {"chat_app_pooled": "chat_app"}
+"""The login roles through PgBouncer, and the role each acts as."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--through-pgbouncer", action="store_true",
+        default=os.environ.get("CHAT_TEST_THROUGH_PGBOUNCER", "") in ("1", "true"),
+        help="services started by the tests reach PostgreSQL through PgBouncer in transaction "
+             "pooling mode (docs/pgbouncer.md)")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres: LocalPostgres) -> Iterator[LocalPgBouncer]:
+    """PgBouncer in transaction pooling mode in front of the session's cluster."""
+    from chat_devtools.local_pgbouncer import LocalPgBouncer, pooled_login
+
+    for login, role in POOLED_LOGINS.items():
+        pooled_login(postgres, login, role)
+    bouncer = LocalPgBouncer(postgres, users=["postgres", *POOLED_LOGINS]).start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.cleanup()
+
+
+@pytest.fixture(scope="session")
+def db_pooler(request: pytest.FixtureRequest) -> LocalPgBouncer | None:
+    """The PgBouncer the services go through (``--through-pgbouncer``), else None."""
+    if not request.config.getoption("--through-pgbouncer"):
+        return None
+    bouncer: LocalPgBouncer = request.getfixturevalue("pgbouncer")
+    return bouncer
 
 
 @pytest.fixture(scope="session")

@@ -336,6 +336,10 @@ outbox = Table(
     Column("partition", SmallInteger,
            Computed("get_byte(uuid_send(conversation_id), 15) % 64", persisted=True),
            nullable=False),
+    # The message an event is about (message and reaction events; NULL for the others), set
+    # by the statement that writes the event: DeleteMessage finds the message's earlier events
+    # by it (migration 0011p).
+    Column("message_id", UUID(as_uuid=False)),
     UniqueConstraint("event_id", name="outbox_event_id_key"),
     Index("ix_outbox_conversation", "conversation_id", "id"),
     Index("ix_outbox_partition", "partition", "id",
@@ -345,6 +349,8 @@ outbox = Table(
     # Rows waiting for a retry hold back their conversation's later rows.
     Index("ix_outbox_retrying", "conversation_id", "id",
           postgresql_where=text("next_attempt_at IS NOT NULL")),
+    # A message's events, which DeleteMessage scrubs (migration 0011p).
+    Index("ix_outbox_message", "message_id", postgresql_where=text("message_id IS NOT NULL")),
 )
 
 outbox_dead_letter = Table(
@@ -361,6 +367,9 @@ outbox_dead_letter = Table(
     Column("last_error", Text, nullable=False),
     Column("failed_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
     _tenant_id(),
+    Column("message_id", UUID(as_uuid=False)),  # as in outbox (migration 0011p)
     UniqueConstraint("event_id", name="outbox_dead_letter_event_id_key"),
     Index("ix_outbox_dead_letter_failed_at", "failed_at"),
+    Index("ix_outbox_dead_letter_message", "message_id",
+          postgresql_where=text("message_id IS NOT NULL")),
 )

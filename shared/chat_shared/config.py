@@ -187,7 +187,9 @@ class DatabaseSettings(BaseSection):
         False, description="DB_SOURCE reaches PostgreSQL through a pooler in transaction mode "
                            "(PgBouncer pool_mode=transaction), which shares server sessions "
                            "between clients: the tenant is then named in every statement's own "
-                           "transaction instead of once per session (docs/tenancy.md)")
+                           "transaction instead of once per session, nothing is prepared "
+                           "server-side, and the login role carries the session's role and "
+                           "settings (docs/pgbouncer.md)")
     database_role: str = Field(
         "", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role every session acts as (set at connection start; the login user "

@@ -30,10 +30,21 @@ naming that tenant, and any other work on a pooled connection runs with it namin
   session that names one first clears it: a statement that forgets its tenant sees no
   tenant-owned row, never the rows of the tenant the connection served last.
 
-Behind a pooler in transaction mode (PgBouncer; ``DB_TRANSACTION_POOLER``) a client's
-consecutive transactions may run on different server sessions, each left as another client set
-it, so nothing is remembered: every statement for a tenant goes with
-``set_config('app.tenant_id', tenant, true)``, local to its own implicit transaction.
+Behind a pooler in transaction mode (PgBouncer; ``DB_TRANSACTION_POOLER``, docs/pgbouncer.md)
+a client's consecutive transactions may run on different server sessions, each left as another
+client set it, so nothing is remembered: every statement for a tenant goes with
+``set_config('app.tenant_id', tenant, true)``, local to its own implicit transaction. And
+nothing session-scoped is asked of the server:
+
+- no server-side prepared statements (``prepare_threshold=None``, no ``prepare=True``): a
+  statement prepared on one server session does not exist on the next (PgBouncer 1.18, Debian
+  12's, does not track them; 1.21's ``max_prepared_statements`` would);
+- no ``options`` in the startup packet: PgBouncer 1.18 refuses it, and
+  ``ignore_startup_parameters = options`` would drop it silently, the role with it, so a
+  session could run as a login role that bypasses row-level security. The session's settings
+  are the login role's own instead (``ALTER ROLE <login> SET role = chat_app``, ``SET
+  TimeZone = 'UTC'``, ``SET statement_timeout = ...``), and each new connection checks that
+  it acts as DATABASE_ROLE in UTC, or is refused (fail closed).
 
 Statements use psycopg's own named parameters (``%(name)s``), run as written. Statements that
 run often are prepared server-side by psycopg after a few executions per connection.
@@ -93,16 +104,18 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from chat_shared import deadlines
 from chat_shared.config import DatabaseSettings
 from chat_shared.errors import ChatError, DeadlineExceeded, Unavailable
+from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import tracer
 
 __all__ = [
     "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
-    "Database", "SET_TENANT", "SET_TENANT_LOCAL", "connect",
-    "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted", "tenant_execute",
-    "unavailable_on_connection_errors",
+    "Database", "PooledSessionError", "SET_TENANT", "SET_TENANT_LOCAL", "check_pooled_session",
+    "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted",
+    "tenant_execute", "tenant_setting", "unavailable_on_connection_errors",
 ]
 
 _tracer = tracer(__name__)
+_log = get_logger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to establish a connection (libpq counts whole seconds, at least 2)."""
@@ -151,7 +164,7 @@ def redacted(db_source: str) -> str:
 
 def _session_options(
     *, application_name: str, statement_timeout: float, connect_timeout: float = CONNECT_TIMEOUT,
-    role: str = "",
+    role: str = "", pooled: bool = False,
 ) -> dict[str, Any]:
     """The connection arguments every session gets (see the module docstring).
 
@@ -162,17 +175,57 @@ def _session_options(
         role: the role the session acts as from its start (``DATABASE_ROLE``); "" = the login
             user. A role that does not exist, or of which the login user is not a member,
             fails the connection: a service never falls back to more rights than it asked for.
+        pooled: through a transaction pooler: no ``options``, no prepared statements (the
+            module docstring; ``check_pooled_session`` checks the role instead).
     """
+    common: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": application_name,
+        "connect_timeout": max(1, math.ceil(connect_timeout)),
+    }
+    if pooled:
+        return {**common, "prepare_threshold": None}
     options = (f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
                " -c TimeZone=UTC")
     if role:
         options += f" -c role={role}"
-    return {
-        "autocommit": True,
-        "application_name": application_name,
-        "options": options,
-        "connect_timeout": max(1, math.ceil(connect_timeout)),
-    }
+    return {**common, "options": options}
+
+
+class PooledSessionError(Exception):
+    """A session through a transaction pooler is not what DATABASE_ROLE and the shared session
+    conventions ask for (the login role's settings are missing)."""
+
+
+async def check_pooled_session(conn: AsyncConn, role: str) -> None:
+    """Refuses a session through a transaction pooler that does not act as ``role`` ("" = any)
+    in UTC: without ``options`` the login role's settings are the session's (module docstring).
+
+    Raises:
+        PooledSessionError: the session acts as another role, or in another time zone.
+    """
+    row = await (await conn.execute(
+        "SELECT current_user, current_setting('TimeZone')", prepare=False)).fetchone()
+    assert row is not None
+    user, zone = row
+    problems = []
+    if role and user != role:
+        problems.append(f"acts as {user!r}, not DATABASE_ROLE {role!r} "
+                        f"(ALTER ROLE <login> SET role = '{role}')")
+    if zone != "UTC":
+        problems.append(f"TimeZone is {zone!r} (ALTER ROLE <login> SET TimeZone = 'UTC')")
+    if problems:
+        raise PooledSessionError("session through the transaction pooler refused: "
+                                 + "; ".join(problems))
+
+
+def tenant_setting(conn: AsyncConn, tenant: str) -> tuple[str, tuple[str], bool]:
+    """The statement, parameters and ``prepare`` that name ``tenant`` for the transaction
+    ``conn`` is in: for the session (and prepared) on a session of its own, for the
+    transaction alone through a transaction pooler (module docstring)."""
+    if conn in _shared_sessions:
+        return SET_TENANT_LOCAL, (tenant,), False
+    return SET_TENANT, (tenant,), True
 
 
 async def tenant_execute(conn: AsyncConn, tenant: str, query: QueryNoTemplate,
@@ -182,7 +235,7 @@ async def tenant_execute(conn: AsyncConn, tenant: str, query: QueryNoTemplate,
     statement's rows."""
     if conn in _shared_sessions:
         async with conn.pipeline():
-            await conn.execute(SET_TENANT_LOCAL, (tenant,), prepare=True)
+            await conn.execute(SET_TENANT_LOCAL, (tenant,), prepare=False)
             cursor = await conn.execute(query, params)
         return cursor
     if _session_tenant.get(conn) == tenant:
@@ -327,8 +380,9 @@ class Database:
             raise ValueError("DB_SOURCE is not set")
         session = _session_options(application_name=application_name,
                                    statement_timeout=settings.db_statement_timeout,
-                                   role=settings.database_role)
-        if generic_plans:
+                                   role=settings.database_role,
+                                   pooled=settings.db_transaction_pooler)
+        if generic_plans and not settings.db_transaction_pooler:  # nothing is prepared there
             session["options"] += " -c plan_cache_mode=force_generic_plan"
         self.pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
             conninfo(settings.db_source),
@@ -341,6 +395,7 @@ class Database:
             open=False,
         )
         self._shared_sessions = settings.db_transaction_pooler
+        self._role = settings.database_role
         self._configure_more = configure
         self._pool_wait = settings.db_pool_timeout
         self._answer_wait = settings.db_statement_timeout + ANSWER_GRACE
@@ -348,6 +403,12 @@ class Database:
     async def _configure(self, conn: AsyncConn) -> None:
         if self._shared_sessions:
             _shared_sessions.add(conn)
+            try:
+                await check_pooled_session(conn, self._role)
+            except PooledSessionError as exc:
+                _log.error("pooled_session_refused", error=str(exc))
+                raise
+            return  # session-scoped preparation means nothing behind a transaction pooler
         if self._configure_more is not None:
             await self._configure_more(conn)
 

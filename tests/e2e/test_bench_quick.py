@@ -239,3 +239,19 @@ def test_attachments_phase(tmp_path: pathlib.Path) -> None:
     assert measured == {"CreateUpload mean", "GetAttachmentUrl mean",
                         "SendMessage + 1 attachment mean", "thumbnail ready p99 (4 MP JPEG)"}
     assert "Attachments, 10 sequential gRPC calls each" in stdout
+
+
+def test_graphql_phase(tmp_path: pathlib.Path) -> None:
+    data, stdout = run_bench(tmp_path, "--only", "graphql", "--graphql-calls", "10",
+                             "--graphql-rate", "20", "--graphql-duration", "1")
+    inbox, d = data["graphql"]["inbox"], data["graphql"]["delivery"]
+    assert inbox["calls"] == 10
+    assert_latency(inbox["GraphQL viewer.conversations(first: 50)"], n=10)
+    assert_latency(inbox["HTTP/JSON GetConversations(50)"], n=10)
+    assert d["messages_sent"] == 20 and d["send_errors"] == 0
+    assert d["lost"] == {"native": 0, "graphql": 0}
+    for kind in ("native", "graphql"):  # every message reached both sockets of its receiver
+        assert_latency(d[kind], n=20)
+    measured = {c["figure"] for c in data["targets"] if c["met"] is not None}
+    assert "graphql: subscription send-to-client p99 - native /v1/ws p99" in measured
+    assert "Send-to-client over the two WebSocket protocols at once" in stdout

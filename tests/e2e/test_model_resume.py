@@ -217,7 +217,8 @@ async def operation(stack: Stack, rng: random.Random, cid: str, clients: list[Cl
         else:
             await rng.choice(clients).connect(stack, creation)
     except grpc.aio.AioRpcError as err:
-        if err.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED):
+        if err.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+                              grpc.StatusCode.FAILED_PRECONDITION):
             raise
 
 

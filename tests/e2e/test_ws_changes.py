@@ -3,59 +3,36 @@ rebuilds exactly the state the RPCs show: real chat-api, relay and gateway proce
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 
 import aiohttp
-import grpc
 import pytest
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from chat_shared.protos.chat.v1 import chat_pb2
 
 from tests.conftest import auth
 from tests.helpers import create_conversation, send
 from tests.support.client_state import ConversationView, server_view
-from tests.support.ws_stack import Api, Gateway, Relay, base_env, next_frame, ws_connect
-
-ORDERED = {"message.created", "message.updated", "message.deleted", "reaction.added",
-           "reaction.removed", "member.added", "member.removed", "member.role_changed",
-           "conversation.updated"}
-
-
-class Stack:
-    def __init__(self, gateway: Gateway, stub: chat_pb2_grpc.ChatServiceStub) -> None:
-        self.gateway, self.stub = gateway, stub
+from tests.support.ws_stack import (
+    ORDERED,
+    Stack,
+    base_env,
+    next_frame,
+    ordered_frames,
+    running_stack,
+    ws_connect,
+)
 
 
 @pytest.fixture
 async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
-    env = base_env(db_source, redis_addr)
-    api = Api(env, tmp_path).start()
-    relay = Relay(env, tmp_path).start()
-    gateway = Gateway(env, tmp_path, "ws1").start()
-    try:
-        await asyncio.gather(api.ready(), relay.ready(), gateway.ready())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
-            yield Stack(gateway, chat_pb2_grpc.ChatServiceStub(channel))
-    finally:
-        for service in (api, relay, gateway):
-            service.stop()
+    async with running_stack(base_env(db_source, redis_addr), tmp_path) as stack:
+        yield stack
 
 
 @pytest.fixture
 async def session():
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-async def ordered_frames(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict]:
-    out: list[dict] = []
-    for _ in range(count * 3 + 10):
-        if len(out) == count:
-            return out
-        frame = await next_frame(ws)
-        if frame["type"] in ORDERED:
-            out.append(frame)
-    raise AssertionError(f"got {len(out)} of {count} ordered frames")
 
 
 async def every_kind_of_change(stub, cid: str) -> None:

@@ -1,20 +1,26 @@
 """The demo web client in a real headless Chromium (Debian's, driven by Playwright; no
 downloaded browser): two users on their own pages, a conversation created in the UI, messages
 sent over the HTTP API appearing live for the other user, a network drop that loses nothing,
-a typing indicator, a thread in the side panel, and a search in the search box that jumps to
-the message found. The last screenshot is saved to artifacts/demo.png.
+a typing indicator, a thread in the side panel, a search in the search box that jumps to
+the message found, and attachments: a real JPEG and a real PDF uploaded from the page straight
+to the S3 server, the photo's thumbnail appearing live for both users, and both files
+downloaded back byte for byte. The screenshots are saved to artifacts/ (demo.png,
+demo-alice.png, demo-attachments.png).
 """
 
 from __future__ import annotations
 
 import asyncio
 import pathlib
+import re
+from typing import Any
 
 import pytest
 from chat_devtools.ports import candidate_port, retry_on_port_in_use
 from chat_devtools.services import Api, Gateway, Relay
 from playwright.async_api import Page, async_playwright, expect
 
+from tests.attachment_helpers import pdf_document, photo_jpeg
 from tests.conftest import ROOT
 from tests.support.ws_stack import base_env
 
@@ -26,9 +32,10 @@ SCREENSHOT = ROOT / "artifacts" / "demo.png"
 
 
 @pytest.fixture
-async def demo(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
+async def demo(db_source: str, redis_addr: str, s3: Any, tmp_path: pathlib.Path):
     # A short typing window: the page shows each signal; the window itself is tested elsewhere.
-    env = base_env(db_source, redis_addr, WS_TYPING_INTERVAL="0.3")
+    # The S3 server as ./dev run starts it: the page uploads to it and downloads from it.
+    env = base_env(db_source, redis_addr, RATE_LIMIT_TYPING_INTERVAL="0.3", **s3.env())
     started: list[Api | Relay | Gateway] = [Relay(env, tmp_path).start()]
 
     def page_and_api() -> Gateway:
@@ -66,6 +73,35 @@ async def sign_in(page: Page, url: str, user: str) -> None:
 async def send(page: Page, text: str) -> None:
     await page.get_by_label("Message", exact=True).fill(text)
     await page.get_by_label("Message", exact=True).press("Enter")
+
+
+async def signed_in(browser: Any, url: str, errors: list[str],
+                    failed: list[str] | None = None) -> tuple[Page, Page]:
+    """Alice's and Bob's pages, each in its own context, signed in; page errors (and, with
+    ``failed``, every answer of 400 or more, from any origin) are collected."""
+    pages = []
+    for user in ("alice", "bob"):
+        ctx = await browser.new_context(viewport={"width": 1100, "height": 800},
+                                        accept_downloads=True)
+        page = await ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        if failed is not None:
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}")
+                    if r.status >= 400 else None)
+        await sign_in(page, url, user)
+        pages.append(page)
+    return pages[0], pages[1]
+
+
+async def open_together(alice: Page, bob: Page, members: str, title: str, first: str) -> None:
+    """Alice creates a conversation in the UI and writes ``first`` in it; Bob opens it."""
+    await alice.get_by_label("Members (comma-separated user ids)").fill(members)
+    await alice.get_by_label("Title (optional)").fill(title)
+    await alice.get_by_role("button", name="Create").click()
+    await expect(alice.locator("#conv-title")).to_have_text(title)
+    await send(alice, first)
+    await bob.locator("#conv-list button", has_text=title).click(timeout=20_000)
+    await expect(bob.locator("#messages li .content")).to_have_text([first], timeout=20_000)
 
 
 async def test_two_users_chat_live_in_chromium_and_survive_a_network_drop(demo: Gateway):
@@ -175,23 +211,9 @@ async def test_members_edits_deletions_and_reactions_in_chromium(demo: Gateway):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            pages = {}
             errors: list[str] = []
-            for user in ("alice", "bob"):
-                ctx = await browser.new_context(viewport={"width": 1100, "height": 800})
-                pages[user] = page = await ctx.new_page()
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                await sign_in(page, demo.url, user)
-            alice, bob = pages["alice"], pages["bob"]
-
-            await alice.get_by_label("Members (comma-separated user ids)").fill("bob, carol")
-            await alice.get_by_label("Title (optional)").fill("Team room")
-            await alice.get_by_role("button", name="Create").click()
-            await expect(alice.locator("#conv-title")).to_have_text("Team room")
-            await send(alice, "first draft")
-            await bob.locator("#conv-list button", has_text="Team room").click(timeout=20_000)
-            await expect(bob.locator("#messages li .content")).to_have_text(["first draft"],
-                                                                            timeout=20_000)
+            alice, bob = await signed_in(browser, demo.url, errors)
+            await open_together(alice, bob, "bob, carol", "Team room", "first draft")
 
             # Bob reacts; Alice sees the count live.
             await bob.get_by_role("button", name="React 👍").click()
@@ -232,5 +254,66 @@ async def test_members_edits_deletions_and_reactions_in_chromium(demo: Gateway):
             await expect(alice.locator("#messages li")).to_have_count(2)
             await expect(bob.locator("#conv-list button", has_text="Team room")).to_have_count(0)
             assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_an_image_and_a_pdf_attached_previewed_and_downloaded_in_chromium(
+        demo: Gateway, tmp_path: pathlib.Path):
+    photo, pdf = photo_jpeg(1600, 1200), pdf_document("quarterly plan")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            errors: list[str] = []
+            failed: list[str] = []  # any answer >= 400: the gateway's, the API's, the store's
+            alice, bob = await signed_in(browser, demo.url, errors, failed)
+            await open_together(alice, bob, "bob", "Files", "files coming")
+
+            # The photo with a caption, then the PDF alone (a message of a file, no text):
+            # both users have the conversation open, so each sees them, and the thumbnail,
+            # arrive live.
+            await alice.locator("#attach").set_input_files(
+                [{"name": "beach.jpg", "mimeType": "image/jpeg", "buffer": photo}])
+            await expect(alice.locator("#attach-list")).to_contain_text("beach.jpg")
+            await send(alice, "from the trip")
+            await expect(alice.locator("#messages > li")).to_have_count(2, timeout=20_000)
+            await alice.locator("#attach").set_input_files(
+                [{"name": "plan.pdf", "mimeType": "application/pdf", "buffer": pdf}])
+            await alice.get_by_role("button", name="Send").click()
+            await expect(alice.locator("#messages > li")).to_have_count(3, timeout=20_000)
+            await expect(alice.locator("#attach-list")).to_have_text("")
+
+            for page in (alice, bob):
+                items = page.locator("#messages > li")
+                await expect(items.locator(".content")).to_have_text(
+                    ["files coming", "from the trip", ""], timeout=20_000)
+                await expect(items.nth(1).locator(".attachments .file")).to_contain_text(
+                    "beach.jpg")
+                await expect(items.nth(2).locator(".attachments .file")).to_contain_text(
+                    "plan.pdf")
+                # The thumbnail arrives with message.updated and is shown from the store.
+                thumb = items.nth(1).locator("img.thumb")
+                await expect(thumb).to_be_visible(timeout=30_000)
+                await expect(thumb).to_have_attribute("alt", "beach.jpg")
+                await expect(thumb).to_have_attribute("src", re.compile(r"^http://127\.0\.0\.1:"))
+                await expect(thumb).to_have_js_property("complete", True)
+                assert await thumb.evaluate("img => [img.naturalWidth, img.naturalHeight]") \
+                    == [320, 240]
+                await expect(items.nth(2).locator("img")).to_have_count(0)
+
+            # Bob downloads both: the bytes Alice uploaded, under their names.
+            for name, data in (("beach.jpg", photo), ("plan.pdf", pdf)):
+                async with bob.expect_download(timeout=20_000) as info:
+                    await bob.get_by_role("button", name=f"Download {name}").click()
+                download = await info.value
+                assert download.suggested_filename == name
+                saved = tmp_path / f"bob-{name}"
+                await download.save_as(saved)
+                assert saved.read_bytes() == data, name
+            assert errors == []
+            assert failed == [], failed
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await bob.screenshot(path=str(SCREENSHOT.with_name("demo-attachments.png")),
+                                 full_page=True)
         finally:
             await browser.close()

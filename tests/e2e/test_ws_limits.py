@@ -101,20 +101,28 @@ async def test_a_client_flooding_frames_is_closed_with_4030(
         gw.stop()
 
 
+async def _served_then_closed(session, gw: Gateway, user: str, served: int
+                              ) -> aiohttp.WSMessage:
+    """Opens ``served`` sockets that answer a ping, then one more that is closed with 4031
+    (the connect limit); returns that close."""
+    sockets = [await ws_connect(session, gw, user) for _ in range(served)]
+    for ws in sockets:
+        await ws.send_json({"type": "ping"})
+        assert (await next_frame(ws))["type"] == "pong"
+    extra = await ws_connect(session, gw, user, resume=False)
+    msg = await extra.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert msg.data == protocol.CLOSE_CONNECT_RATE_LIMITED
+    return msg
+
+
 async def test_a_user_opening_sockets_too_fast_is_closed_with_4031(
         db_source, redis_addr, tmp_path, session):
     """The connect class of the shared rate limits (RATE_LIMIT_CONNECT_*), counted in Redis."""
     gw = await _gateway(db_source, redis_addr, tmp_path, RATE_LIMIT_ENABLED="true",
                         RATE_LIMIT_CONNECT_RATE="0.01", RATE_LIMIT_CONNECT_BURST="2")
     try:
-        alice = [await ws_connect(session, gw, "alice") for _ in range(2)]
-        for ws in alice:
-            await ws.send_json({"type": "ping"})
-            assert (await next_frame(ws))["type"] == "pong"
-        extra = await ws_connect(session, gw, "alice", resume=False)
-        msg = await extra.receive(timeout=10)
-        assert msg.type == aiohttp.WSMsgType.CLOSE
-        assert msg.data == protocol.CLOSE_CONNECT_RATE_LIMITED
+        msg = await _served_then_closed(session, gw, "alice", 2)
         assert msg.extra.startswith("connect rate limit; retry after ")
         bob = await ws_connect(session, gw, "bob")  # another user is not affected
         await bob.send_json({"type": "ping"})
@@ -123,5 +131,24 @@ async def test_a_user_opening_sockets_too_fast_is_closed_with_4031(
         r = aioredis.Redis(host=host, port=int(port))
         assert await r.exists("chat:rl:{default}:u:alice:connect")
         await r.aclose()
+    finally:
+        gw.stop()
+
+
+async def test_a_tenants_own_connect_limit_from_the_registry_applies(
+        db_source, redis_addr, tmp_path, session, venv_bin):
+    """``chat-tenant set-limit <tenant> rate_limit.connect.burst 4`` wins over the setting (2)
+    at the next socket, as the API's classes honour their overrides."""
+    import asyncio
+
+    from tests.integration.test_tenant_cli import tenant as tenant_cli
+
+    done = await asyncio.to_thread(tenant_cli, venv_bin, tmp_path, db_source, "set-limit",
+                                   "default", "rate_limit.connect.burst", "4")
+    assert done.returncode == 0, done.stderr
+    gw = await _gateway(db_source, redis_addr, tmp_path, RATE_LIMIT_ENABLED="true",
+                        RATE_LIMIT_CONNECT_RATE="0.01", RATE_LIMIT_CONNECT_BURST="2")
+    try:
+        await _served_then_closed(session, gw, "alice", 4)
     finally:
         gw.stop()

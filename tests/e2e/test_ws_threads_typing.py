@@ -33,7 +33,7 @@ class Stack:
 @pytest.fixture
 async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
     # A window far longer than any test: the throttle is shown by counts, not by waiting.
-    env = base_env(db_source, redis_addr, WS_TYPING_INTERVAL="60")
+    env = base_env(db_source, redis_addr, RATE_LIMIT_TYPING_INTERVAL="60")
     api = Api(env, tmp_path).start()
     relay = Relay(env, tmp_path).start()
     gateways = [Gateway(env, tmp_path, f"ws{i}").start() for i in (1, 2)]

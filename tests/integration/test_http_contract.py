@@ -118,15 +118,20 @@ async def test_get_messages_rules_are_published_and_enforced(api, params, field)
 
 async def test_send_message_rules_are_published(api):
     schema = DOC["components"]["schemas"]["chat.v1.SendMessageRequest"]
-    # content is required in a plain conversation only (an encrypted message carries
-    # ciphertext instead), so the schema admits "" and the service refuses a send with neither.
+    # content may be empty on a message with attachments or with ciphertext (an encrypted
+    # message has no plaintext): not required, no minimum length, and the rule across the
+    # fields in words.
     assert schema["required"] == ["conversation_id"]
     content = schema["properties"]["content"]
     assert "minLength" not in content and content["maxLength"] == 4096
     assert content["pattern"].startswith("^$|")
-    status, answer, _ = await _call(api, "POST", "/v1/messages", json_body={
-        "conversation_id": str(uuid.uuid4()), "content": "hi\x07", "idempotency_key": "k"})
-    assert (status, _violation(answer)[0]) == (400, "content")
+    assert all(p["pattern"].startswith("^$|") for p in content.get("allOf", []))
+    assert "content is required unless attachment_ids lists at least one upload or ciphertext is set" in \
+        schema["description"]
+    for body in ({"content": "hi\x07"}, {"content": " \n "}, {"content": ""}, {}):
+        status, answer, _ = await _call(api, "POST", "/v1/messages", json_body={
+            "conversation_id": str(uuid.uuid4()), "idempotency_key": "k", **body})
+        assert (status, _violation(answer)[0]) == (400, "content"), (body, answer)
 
 
 BAD_REQUESTS = [

@@ -409,6 +409,17 @@ async def test_members_edits_deletions_and_reactions_over_http(http):
     assert status == 403
     status, body = await call(http, "DELETE", path)
     assert status == 200 and body["message"]["deleted"] and body["message"]["content"] == ""
+    # A tombstone: no edit, no reaction, no reply (400 FAILED_PRECONDITION with its reason).
+    for method, where, user, payload in (
+            ("PATCH", path, "alice", {"content": "back"}),
+            ("POST", f"{path}/reactions", "bob", {"emoji": "👍"}),
+            ("POST", "/v1/messages", "bob", {"conversation_id": cid, "content": "late",
+                                             "idempotency_key": uuid.uuid4().hex,
+                                             "thread_root_id": msg["id"]})):
+        status, body = await call(http, method, where, user, json=payload)
+        assert status == 400 and body["code"] == 9, body  # google.rpc.Code FAILED_PRECONDITION
+        reason = error_detail(body, "ErrorInfo")["reason"]
+        assert reason == ("ROOT_DELETED" if where == "/v1/messages" else "MESSAGE_DELETED")
     status, _ = await call(http, "DELETE", f"/v1/conversations/{cid}/members/bob", "bob")
     assert status == 200
     status, _ = await call(http, "GET", f"/v1/conversations/{cid}/messages", "bob")

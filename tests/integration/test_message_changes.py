@@ -3,6 +3,8 @@ real PostgreSQL."""
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import pytest
 from chat_shared.protos.chat.v1 import chat_pb2
@@ -11,6 +13,7 @@ from tests.conftest import auth
 from tests.helpers import (
     create_conversation,
     db_rows,
+    error_info,
     get_messages,
     mark_as_read,
     rpc_error,
@@ -69,10 +72,15 @@ async def test_a_deleted_message_is_a_tombstone_everywhere_and_no_longer_unread(
                                          metadata=auth("bob"))
     assert listed.conversations[0].unread_count == 1
     assert (await mark_as_read(stub, "bob", conv.id, 1)).unread_count == 1
-    assert (await rpc_error(edit(stub, "alice", conv.id, secret.id, "back"))).code() == \
-        grpc.StatusCode.PERMISSION_DENIED
-    assert (await rpc_error(react(stub, "bob", conv.id, secret.id, "👍"))).code() == \
-        grpc.StatusCode.PERMISSION_DENIED
+    # A tombstone is edited by nobody and takes no reactions: the state forbids it.
+    for refused in (edit(stub, "alice", conv.id, secret.id, "back"),
+                    react(stub, "bob", conv.id, secret.id, "👍")):
+        err = await rpc_error(refused)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+        info = error_info(err)
+        assert info is not None and info.reason == "MESSAGE_DELETED"
+    # Removing a reaction from it changes nothing (it has none): no error, no event.
+    assert not (await react(stub, "bob", conv.id, secret.id, "👍", add=False)).message.reactions
     [(content,)] = await db_rows(db_source, "SELECT content FROM messages WHERE id = %s",
                                  secret.id)
     assert content == ""
@@ -130,3 +138,105 @@ async def test_an_emoji_is_exactly_one_emoji(stub, emoji: str) -> None:
     msg = await send(stub, "alice", conv.id, "x")
     err = await rpc_error(react(stub, "alice", conv.id, msg.id, emoji))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("emoji")
+
+
+async def test_a_member_who_left_changes_nothing_and_learns_nothing(stub) -> None:
+    conv = await create_conversation(stub, "alice", ["bob", "carol"], title="t")
+    mine = await send(stub, "bob", conv.id, "before I left")
+    await stub.RemoveMember(chat_pb2.RemoveMemberRequest(conversation_id=conv.id,
+                                                         user_id="bob"), metadata=auth("bob"))
+    for call in (edit(stub, "bob", conv.id, mine.id, "after"),
+                 delete(stub, "bob", conv.id, mine.id),
+                 react(stub, "bob", conv.id, mine.id, "👍"),
+                 react(stub, "bob", conv.id, mine.id, "👍", add=False)):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
+    [kept] = (await get_messages(stub, "alice", conv.id)).messages
+    assert (kept.content, kept.version, kept.deleted, list(kept.reactions)) == (
+        "before I left", 1, False, [])
+
+
+async def _rows_holding(db_source: str, needle: str) -> list[str]:
+    """Every table.column of the public schema whose text form holds ``needle`` somewhere."""
+    columns = await db_rows(
+        db_source, "SELECT c.table_name, c.column_name FROM information_schema.columns c"
+                   " JOIN information_schema.tables t USING (table_schema, table_name)"
+                   " WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'"
+                   "   AND c.data_type IN ('text', 'character varying', 'jsonb', 'json',"
+                   "                       'tsvector', 'ARRAY', 'bytea')")
+    assert ("outbox", "payload") in columns and ("messages", "content") in columns
+    found = []
+    for table, column in columns:
+        [(n,)] = await db_rows(db_source, f'SELECT count(*) FROM "{table}"'  # noqa: S608
+                                          f' WHERE "{column}"::text LIKE %s', f"%{needle}%")
+        if n:
+            found.append(f"{table}.{column}")
+    return found
+
+
+async def test_after_a_deletion_no_row_anywhere_holds_the_content(stub, db_source) -> None:
+    # The message's events from before the deletion: one published (kept for retention), one
+    # waiting, one dead-lettered; each held the content, and the deletion scrubs them all.
+    word = f"quokka{uuid.uuid4().hex[:12]}"
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, f"the {word} secret")
+    other = await send(stub, "alice", conv.id, f"another {word}x kept")
+    await edit(stub, "alice", conv.id, msg.id, f"the {word} secret, edited")
+    await db_rows(db_source, "UPDATE outbox SET published_at = now()"
+                             " WHERE event_type = 'message.created' RETURNING id")
+    await db_rows(db_source,
+                  "INSERT INTO outbox_dead_letter (event_id, event_type, conversation_id, seq,"
+                  " recipients, payload, created_at, attempts, last_error, tenant_id,"
+                  " message_id)"
+                  " SELECT gen_random_uuid(), event_type, conversation_id, seq, recipients,"
+                  "  jsonb_set(payload, '{message,attachments}', '[{\"filename\": \"f.png\"}]'),"
+                  "  created_at, 3, 'redis down', tenant_id, message_id FROM outbox"
+                  " WHERE message_id = %s RETURNING id", msg.id)
+    held = await _rows_holding(db_source, f"{word} secret")
+    assert {"messages.content", "outbox.payload", "outbox_dead_letter.payload"} <= set(held)
+
+    await delete(stub, "alice", conv.id, msg.id)
+    assert await _rows_holding(db_source, f"{word} secret") == []
+    [(vector,)] = await db_rows(db_source, "SELECT search_vector::text FROM messages"
+                                           " WHERE id = %s", msg.id)
+    assert word not in vector
+    # Each earlier event is now the tombstone, in place (same event, position and version).
+    events = await db_rows(db_source, "SELECT event_type, seq, payload -> 'message' FROM outbox"
+                                      " WHERE payload -> 'message' ->> 'id' = %s ORDER BY id",
+                           msg.id)
+    assert [(t, s) for t, s, _ in events] == [("message.created", 1), ("message.updated", 3),
+                                               ("message.deleted", 4)]
+    for _, _, m in events:
+        assert (m["content"], m["deleted"], "attachments" in m) == ("", True, False)
+    assert [m["version"] for _, _, m in events] == [1, 2, 2]
+    dead = await db_rows(db_source, "SELECT payload -> 'message' FROM outbox_dead_letter")
+    assert dead and all((m["content"], m["deleted"], "attachments" in m) == ("", True, False)
+                        for (m,) in dead)
+    # The other message, with the same word in it, is untouched everywhere.
+    [(kept,)] = await db_rows(db_source, "SELECT payload -> 'message' ->> 'content' FROM outbox"
+                                         " WHERE payload -> 'message' ->> 'id' = %s", other.id)
+    assert kept == f"another {word}x kept"
+
+
+async def test_the_scrub_finds_a_messages_events_by_index_under_row_level_security(
+        stub, db_source) -> None:
+    # The API's role sees the outbox through the tenant policy, under which only leakproof
+    # conditions may drive an index: the message's events must still be an index lookup, not a
+    # scan of the retention window (seqscan off: is the index usable at all?).
+    import psycopg
+
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, "hello")
+    async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:
+        await conn.execute("SET ROLE chat_app")
+        await conn.execute("SELECT set_config('app.tenant_id', 'default', false)")
+        await conn.execute("SET enable_seqscan = off")
+        for table, index in (("outbox", "ix_outbox_message"),
+                             ("outbox_dead_letter", "ix_outbox_dead_letter_message")):
+            plan = "\n".join(r[0] for r in await (await conn.execute(
+                f"EXPLAIN SELECT id FROM {table} WHERE tenant_id = 'default'"  # noqa: S608
+                f" AND message_id = %s", (msg.id,))).fetchall())
+            assert index in plan, plan
+        [(found,)] = await (await conn.execute(
+            "SELECT count(*) FROM outbox WHERE tenant_id = 'default' AND message_id = %s",
+            (msg.id,))).fetchall()
+        assert found == 1

@@ -330,15 +330,20 @@ async def test_paging_while_messages_arrive_misses_and_repeats_nothing(stub):
     before = await send_many(stub, "alice", conv.id, 30)
     sent_during: list[chat_pb2.Message] = []
     stop = asyncio.Event()
+    sending = asyncio.Event()
 
     async def keep_sending() -> None:
         for i in range(500):  # bounded; stopped as soon as the walk ends
             if stop.is_set():
                 return
             sent_during.append(await send(stub, "bob", conv.id, f"live{i}"))
+            sending.set()
 
     sender = asyncio.create_task(keep_sending())
     try:
+        # The walk starts once the sender's first send is through (its connection made, which
+        # behind PgBouncer can take longer than the whole walk), so the two overlap.
+        await asyncio.wait_for(sending.wait(), 30)
         walked = await _walk(stub, "alice", conv.id, limit=4)
         sent_while_walking = len(sent_during)
     finally:

@@ -249,3 +249,33 @@ def test_0009_makes_existing_messages_root_level_and_refuses_to_drop_replies(
     assert down.returncode == 0, down.stderr
     assert postgres.psql("SELECT count(*) FROM information_schema.columns"
                          " WHERE column_name IN ('root_seq', 'thread_root_id')", name) == "0"
+
+
+def test_0011p_gives_earlier_message_events_their_message_id(
+    postgres, empty_db, venv_bin, tmp_path
+) -> None:
+    name, dsn = empty_db
+    assert migrate(venv_bin, tmp_path, "upgrade", "0010a", db_source=dsn).returncode == 0
+    conv = "00000000-0000-0000-0000-000000000001"
+    message = "00000000-0000-0000-0000-0000000000aa"
+    postgres.psql(
+        "INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload)"
+        f" VALUES (gen_random_uuid(), 'message.created', '{conv}', 1, '{{a}}',"
+        f"  '{{\"message\": {{\"id\": \"{message}\", \"content\": \"hello\"}}}}'),"
+        f" (gen_random_uuid(), 'member.added', '{conv}', 2, '{{a}}', '{{\"user_id\": \"b\"}}');"
+        " INSERT INTO outbox_dead_letter (event_id, event_type, conversation_id, seq, recipients,"
+        "  payload, created_at, attempts, last_error)"
+        f" VALUES (gen_random_uuid(), 'message.updated', '{conv}', 3, '{{a}}',"
+        f"  '{{\"message\": {{\"id\": \"{message}\", \"content\": \"hi\"}}}}', now(), 4, 'x')",
+        name)
+    up = migrate(venv_bin, tmp_path, "upgrade", "head", db_source=dsn)
+    assert up.returncode == 0, up.stderr
+    assert postgres.psql("SELECT event_type || '=' || coalesce(message_id::text, '-')"
+                         " FROM outbox ORDER BY id", name) == (
+        f"message.created={message}\nmember.added=-")
+    assert postgres.psql("SELECT message_id FROM outbox_dead_letter", name) == message
+    down = migrate(venv_bin, tmp_path, "downgrade", "0010a", db_source=dsn)
+    assert down.returncode == 0, down.stderr
+    assert postgres.psql("SELECT count(*) FROM information_schema.columns"
+                         " WHERE column_name = 'message_id' AND table_name LIKE 'outbox%'",
+                         name) == "0"

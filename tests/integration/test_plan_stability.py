@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
-from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _SEND, _THREAD_PAGE
+from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _SEND, _SEND_PLAIN, _THREAD_PAGE
 from chat_api.storage.reads import _MARK
 from chat_ws_gateway.history import _AFTER, _MEMBER_OF
 
@@ -202,6 +202,9 @@ async def test_hot_statements_read_a_bounded_number_of_rows_on_a_fresh_connectio
                                 "sender_id": HEAVY, "content": "x",
                                 "idempotency_key": "plan-test", "thread_root_id": None,
                                 "attachment_ids": [], "ciphertext": None}, 10),
+        "SendMessage, plain": (_SEND_PLAIN, {"tenant": "default", "conversation_id": SMALL,
+                                             "sender_id": HEAVY, "content": "x",
+                                             "idempotency_key": "plan-test-plain"}, 10),
         "SendMessage, a reply": (_SEND, {"tenant": "default", "conversation_id": THREADED,
                                          "sender_id": HEAVY, "content": "x",
                                          "idempotency_key": "plan-test",

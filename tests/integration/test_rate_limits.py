@@ -226,6 +226,88 @@ async def test_refused_credentials_are_limited_per_client_address(limited: Any,
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_a_401_carries_the_rate_limit_headers_of_the_address(limited: Any,
+                                                                     lstub: Any) -> None:
+    url = f"http://127.0.0.1:{limited.http_port}/v1/conversations"
+    async with aiohttp.ClientSession() as session, \
+            session.get(url, headers={"Authorization": "Bearer not-a-token"}) as resp:
+        assert resp.status == 401
+        assert resp.headers["RateLimit-Policy"].startswith('"anon";q=3;')
+        assert resp.headers["RateLimit"].startswith('"anon";r=2;t=')
+        assert "WWW-Authenticate" in resp.headers
+    call = lstub.GetConversations(chat_pb2.GetConversationsRequest(),
+                                  metadata=(("authorization", "Bearer not-a-token"),))
+    code, _ = await outcome(call)
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    trailer = dict(await call.trailing_metadata())
+    assert trailer["ratelimit"].startswith('"anon";r=1;t=')
+    assert trailer["ratelimit-policy"].startswith('"anon";q=3;')
+
+
+async def test_an_error_after_the_limit_carries_the_class_headers(limited: Any) -> None:
+    url = f"http://127.0.0.1:{limited.http_port}/v1/conversations/{uuid.uuid4()}/messages"
+    headers = {"Authorization": f"Bearer {make_token('alice')}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        assert resp.status == 404
+        assert resp.headers["RateLimit-Policy"] == '"read";q=5;w=5'
+        assert resp.headers["RateLimit"].startswith('"read";r=4;t=')
+
+
+async def _anon_codes(port: int, forwarded: list[str]) -> list[int]:
+    url = f"http://127.0.0.1:{port}/v1/conversations"
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for address in forwarded:
+            async with session.get(url, headers={"Authorization": "Bearer not-a-token",
+                                                 "X-Forwarded-For": address}) as resp:
+                out.append(resp.status)
+    return out
+
+
+async def test_forwarded_addresses_count_only_from_trusted_proxies(
+        limited_settings: Callable[..., Any]) -> None:
+    base = {"rate_limit_anon_rate": 0.01, "rate_limit_anon_burst": 2}
+    # Trusting nobody (the default): the header is ignored, every call is the peer's.
+    app = await started(limited_settings(**base))
+    try:
+        assert await _anon_codes(app.http_port, ["198.51.100.1", "198.51.100.2",
+                                                 "198.51.100.3"]) == [401, 401, 429]
+    finally:
+        await app.stop(grace=1.0)
+    # The test client's loopback as the ingress: each forwarded address has its own budget,
+    # and an address the client wrote left of the proxy's is not believed.
+    app = await started(limited_settings(trusted_proxies="127.0.0.0/8", **base))
+    try:
+        assert await _anon_codes(app.http_port, [
+            "198.51.100.1", "198.51.100.1", "198.51.100.1", "198.51.100.2",
+            "203.0.113.9, 198.51.100.2", "203.0.113.9, 198.51.100.2"]) == [
+            401, 401, 429, 401, 401, 429]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+            stub = chat_pb2_grpc.ChatServiceStub(ch)
+            codes = [(await outcome(stub.GetConversations(
+                chat_pb2.GetConversationsRequest(),
+                metadata=(("authorization", "Bearer not-a-token"),
+                          ("x-forwarded-for", "198.51.100.3")))))[0] for _ in range(3)]
+            assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 2 + [
+                grpc.StatusCode.RESOURCE_EXHAUSTED]
+            _, err = await outcome(stub.GetConversations(
+                chat_pb2.GetConversationsRequest(),
+                metadata=(("authorization", "Bearer not-a-token"),
+                          ("x-forwarded-for", "198.51.100.3"))))
+            assert details(err)["QuotaFailure"].violations[0].subject == "client:198.51.100.3"
+    finally:
+        await app.stop(grace=1.0)
+
+
+def test_trusted_proxies_must_be_networks(api_settings_factory: Callable[..., Any]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="trusted_proxies"):
+        api_settings_factory(trusted_proxies="10.0.0.0/8,ingress")
+    settings = api_settings_factory(trusted_proxies=" 10.0.0.0/8 , 192.168.1.7")
+    assert settings.trusted_proxies == "10.0.0.0/8,192.168.1.7/32"
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

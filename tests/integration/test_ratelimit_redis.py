@@ -124,22 +124,6 @@ async def test_falling_open_continues_the_shared_budget() -> None:
         own.cleanup()
 
 
-async def test_typing_notices_once_per_interval_per_conversation(redis_addr: str) -> None:
-    from chat_shared.ratelimit import TypingLimit
-
-    shared = limiter(redis_addr)
-    typing = TypingLimit(shared, interval=0.3)
-    try:
-        assert await typing.allow("t", "gina", "c1")
-        assert not await typing.allow("t", "gina", "c1")
-        assert await typing.allow("t", "gina", "c2")  # another conversation
-        assert await typing.allow("t", "hank", "c1")  # another user
-        await asyncio.sleep(0.3)
-        assert await typing.allow("t", "gina", "c1")
-    finally:
-        await shared.close()
-
-
 async def test_a_stalled_redis_is_asked_once_then_left_alone() -> None:
     """A server that accepts and never answers: the first check waits out the timeout, the
     next ones (within a second) decide locally at once without sending anything."""

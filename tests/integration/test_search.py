@@ -223,3 +223,49 @@ async def test_over_http_with_highlights_as_ranges(api, stub) -> None:
                                headers={"Authorization": auth("bob")[0][1]}) as resp:
             assert resp.status == 400
             assert "query" in str(await resp.json())
+
+
+async def test_thread_replies_are_found_and_say_so_deletions_and_edits_included(api, stub):
+    import uuid as _uuid
+
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    root = await send(stub, "alice", conv.id, "lighthouse question")
+
+    async def reply(content: str):
+        return (await stub.SendMessage(chat_pb2.SendMessageRequest(
+            conversation_id=conv.id, content=content, idempotency_key=_uuid.uuid4().hex,
+            thread_root_id=root.id), metadata=auth("bob"))).message
+
+    answer = await reply("lighthouse answer")
+    dropped = await reply("lighthouse mistake")
+    edited = await reply("lantern draft")
+    hits = (await search(stub, "alice", "lighthouse")).hits
+    by_id = {h.message.id: h.message for h in hits}
+    assert set(by_id) == {root.id, answer.id, dropped.id}
+    assert by_id[answer.id].thread_root_id == root.id
+    assert by_id[dropped.id].thread_root_id == root.id
+    assert by_id[root.id].thread_root_id == "" and by_id[root.id].reply_count == 3
+
+    await stub.DeleteMessage(chat_pb2.DeleteMessageRequest(
+        conversation_id=conv.id, message_id=dropped.id), metadata=auth("bob"))
+    await stub.EditMessage(chat_pb2.EditMessageRequest(
+        conversation_id=conv.id, message_id=edited.id, content="beacon final"),
+        metadata=auth("bob"))
+    assert await found(stub, "alice", "mistake") == []
+    assert await found(stub, "alice", "lantern") == []
+    [hit] = (await search(stub, "alice", "beacon")).hits
+    assert (hit.message.id, hit.message.thread_root_id, hit.message.version) == (
+        edited.id, root.id, 2)
+    # The root deleted: its replies are still found, the tombstone is not.
+    await stub.DeleteMessage(chat_pb2.DeleteMessageRequest(
+        conversation_id=conv.id, message_id=root.id), metadata=auth("alice"))
+    hits = (await search(stub, "alice", "lighthouse")).hits
+    assert [(h.message.id, h.message.thread_root_id) for h in hits] == [(answer.id, root.id)]
+    # Over HTTP the hit names its root too.
+    url = f"http://127.0.0.1:{api.http_port}/v1/messages:search"
+    async with aiohttp.ClientSession() as session, session.get(
+            url, params={"query": "beacon"},
+            headers={"Authorization": auth("bob")[0][1]}) as resp:
+        assert resp.status == 200
+        [http_hit] = (await resp.json())["hits"]
+    assert http_hit["message"]["thread_root_id"] == root.id

@@ -568,13 +568,15 @@ async def test_a_sessions_tenant_never_reaches_work_for_another_or_for_none(
 
 
 async def test_behind_a_transaction_pooler_the_tenant_lives_in_each_statements_transaction(
-    db_source: str,
+    db_source: str, pgbouncer: Any,
 ) -> None:
+    """Through a real PgBouncer in transaction mode, as the pooled login (docs/pgbouncer.md)."""
     from chat_shared.config import DatabaseSettings
     from chat_shared.db import Database
 
-    db = Database(DatabaseSettings(_env_file=None, db_source=db_source, db_pool_size=1,
-                                   db_max_overflow=0, database_role="chat_app",
+    db = Database(DatabaseSettings(_env_file=None,
+                                   db_source=pgbouncer.through(db_source, "chat_app_pooled"),
+                                   db_pool_size=1, db_max_overflow=0, database_role="chat_app",
                                    db_transaction_pooler=True),
                   application_name="test-tenant-pooler")
     await db.open(wait=True)

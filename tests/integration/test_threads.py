@@ -429,3 +429,61 @@ async def test_a_member_who_cannot_see_a_root_cannot_read_or_answer_its_thread(s
     assert [m.id for m in (await get_thread(stub, "carol", cid, new.id)).messages] == \
         [answered.id]
     assert [m.content for m in (await get_messages(stub, "carol", cid)).messages] == ["new"]
+
+
+async def test_a_reply_to_a_deleted_root_is_refused_and_changes_nothing(stub, db_source):
+    from tests.integration.test_message_changes import delete
+
+    conv = await create_conversation(stub, "alice", ["bob"])
+    root = await send(stub, "alice", conv.id, "question")
+    await reply(stub, "bob", conv.id, root.id, "first answer")
+    await delete(stub, "alice", conv.id, root.id)
+    err = await rpc_error(reply(stub, "bob", conv.id, root.id, "too late"))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+    assert err.details().startswith("thread_root_id:"), err.details()
+    info = error_info(err)
+    assert info is not None and info.reason == "ROOT_DELETED"
+    assert info.metadata["field"] == "thread_root_id"
+    # Nothing was written: no seq, no change, no event, the root's count unchanged.
+    thread = await get_thread(stub, "bob", conv.id, root.id)
+    assert thread.root.reply_count == 1 and [m.content for m in thread.messages] == [
+        "first answer"]
+    [(last_seq, last_pos)] = await db_rows(
+        db_source, "SELECT last_seq, last_pos FROM conversations WHERE id = %s", conv.id)
+    assert (last_seq, last_pos) == (2, 3)
+    # A stranger still gets NOT_FOUND, not the root's state.
+    assert (await rpc_error(reply(stub, "mallory", conv.id, root.id))).code() == \
+        grpc.StatusCode.NOT_FOUND
+    # A retry of a reply that was sent before the deletion is still the duplicate it was.
+    key = uuid.uuid4().hex
+    other = await send(stub, "alice", conv.id, "another question")
+    await reply(stub, "bob", conv.id, other.id, "answer", key=key)
+    await delete(stub, "alice", conv.id, other.id)
+    err = await rpc_error(reply(stub, "bob", conv.id, other.id, "answer", key=key))
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_replies_racing_the_roots_deletion_never_land_on_a_tombstone(stub, db_source):
+    # A reply waits for the conversation's lock that the deletion holds, and then must see the
+    # deletion: each reply either commits before it (and the root counts it) or is refused.
+    from tests.integration.test_message_changes import delete
+
+    for i in range(5):
+        conv = await create_conversation(stub, "alice", ["bob"], title=f"race {i}")
+        root = await send(stub, "alice", conv.id, "question")
+        outcomes = await asyncio.gather(
+            *(reply(stub, "bob", conv.id, root.id, f"r{i}") for i in range(8)),
+            delete(stub, "alice", conv.id, root.id), return_exceptions=True)
+        refused = [o for o in outcomes[:-1] if isinstance(o, grpc.aio.AioRpcError)]
+        assert all(e.code() == grpc.StatusCode.FAILED_PRECONDITION for e in refused), refused
+        [(late, replies)] = await db_rows(
+            db_source, "SELECT count(*) FILTER (WHERE c.pos > d.pos), count(*)"
+                       " FROM conversation_changes c JOIN messages m ON m.id = c.message_id"
+                       " JOIN conversation_changes d ON d.conversation_id = c.conversation_id"
+                       "  AND d.change_type = 'message.deleted' AND d.message_id = %s"
+                       " WHERE c.conversation_id = %s AND c.change_type = 'message.created'"
+                       "  AND m.thread_root_id = %s", root.id, conv.id, root.id)
+        assert late == 0 and replies == 8 - len(refused)
+        [(counted,)] = await db_rows(db_source, "SELECT reply_count FROM messages WHERE id = %s",
+                                     root.id)
+        assert counted == replies

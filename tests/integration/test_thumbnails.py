@@ -130,3 +130,36 @@ async def test_a_decompression_bomb_gets_no_thumbnail(astub, relay, db_source) -
     assert await db_rows(db_source, "SELECT thumbnail_key FROM attachments") == [(None,)]
     assert await db_rows(db_source, "SELECT count(*) FROM outbox"
                                     " WHERE event_type = 'message.updated'") == [(0,)]
+
+
+async def test_messages_without_images_are_acknowledged_in_one_batch_unread(redis_addr) -> None:
+    """The worker's common case: message.created without attachments (and other events) are
+    acknowledged, with nothing read from the database or the store (neither is given here)."""
+    import redis.asyncio as aioredis
+
+    from chat_api.thumbnail_worker import GROUP, ThumbnailWorker
+
+    host, port = redis_addr.rsplit(":", 1)
+    client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
+    stream = "chat:events:thumbs-test"
+    worker = ThumbnailWorker(client, None, None, streams=[stream],  # type: ignore[arg-type]
+                             max_pixels=1, size=1, block=0.1)
+    try:
+        await worker._make_groups()
+        for seq in range(1, 6):
+            message = {"id": f"00000000-0000-0000-0000-{seq:012x}",
+                       "conversation_id": "00000000-0000-0000-0000-00000000000a",
+                       "sender_id": "alice", "content": "hi", "seq": seq,
+                       "created_at": "2026-01-01T00:00:00.000000Z", "version": 1,
+                       "edited_at": None, "deleted": False}
+            await client.xadd(stream, events.encode_entry(events.Event(
+                event_id=f"e{seq}", type=events.MESSAGE_CREATED,
+                conversation_id=message["conversation_id"], seq=seq,
+                occurred_at=events.parse_time("2026-01-01T00:00:00.000000Z"),
+                recipients=["alice", "bob"], payload={"message": message})))
+        assert await worker.poll_once() == 5
+        pending = await client.xpending(stream, GROUP)
+        assert pending["pending"] == 0
+        assert await worker.poll_once() == 0
+    finally:
+        await client.aclose()

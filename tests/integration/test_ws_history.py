@@ -15,8 +15,12 @@ from tests.helpers import create_conversation, send_many
 
 
 @pytest.fixture
-async def db(db_source: str):
-    db = Database(DatabaseSettings(_env_file=None, db_source=db_source,
+async def db(db_source: str, db_pooler):
+    """The gateway's pool; through PgBouncer as the pooled login with --through-pgbouncer."""
+    pooled = {} if db_pooler is None else {
+        "db_source": db_pooler.through(db_source, "chat_app_pooled"),
+        "db_transaction_pooler": True}
+    db = Database(DatabaseSettings(_env_file=None, **{"db_source": db_source, **pooled},
                                    database_role="chat_app"),
                   application_name="test-ws-history")
     await db.open(wait=True)

@@ -106,6 +106,15 @@ async def test_a_window_ends(stub, history, redis_addr) -> None:
         assert outcomes[0] == "throttled" and outcomes[-1] == "published", outcomes
 
 
+async def test_an_interval_of_0_publishes_every_signal(stub, history, redis_addr) -> None:
+    conv = await create_conversation(stub, "alice", ["bob"])
+    received = Received()
+    async with relay(redis_addr, history, received, interval=0) as typing:
+        outcomes = [await typing.signal("default", "alice", conv.id) for _ in range(3)]
+        assert outcomes == ["published"] * 3
+        await _until(lambda: len(received.calls) == 3, "three signals")
+
+
 async def test_a_stranger_or_another_tenant_publishes_nothing(stub, history, redis_addr) -> None:
     conv = await create_conversation(stub, "alice", ["bob"])
     received = Received()

@@ -167,7 +167,8 @@ def test_rate_limits_reach_the_config_map_as_the_services_parse_them(
     values = tmp_path / "limits.yaml"  # a file: --set would make 0.5 a string
     values.write_text("rateLimits:\n  enabled: false\n  perUser: {send: {rate: 0.5, burst: 30}}\n"
                       "  tenantCeiling: {read: {rate: 1000000, burst: 10000}}\n"
-                      "  anonymous: {rate: 2, burst: 7}\n")
+                      "  anonymous: {rate: 2, burst: 7}\n  typingIntervalSeconds: 1.5\n"
+                      "api:\n  trustedProxies: [10.0.0.0/8, 'fd00::/8']\n")
     out = support.template([str(values)]).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     data = support.by_name(docs, "ConfigMap")["chat-service"]["data"]
@@ -176,6 +177,13 @@ def test_rate_limits_reach_the_config_map_as_the_services_parse_them(
     assert data["RATE_LIMIT_ANON_BURST"] == "7"
     assert data["RATE_LIMIT_ENABLED"] == "false"
     assert data["RATE_LIMIT_READ_RATE"] == "50" and data["RATE_LIMIT_READ_BURST"] == "100"
+    assert data["RATE_LIMIT_TYPING_INTERVAL"] == "1.5"
+    env = _container_env(docs)
+    assert env["chat-service-api"]["TRUSTED_PROXIES"] == "10.0.0.0/8,fd00::/8"
+    assert "TRUSTED_PROXIES" not in env["chat-service-ws-gateway"]
+    assert _container_env(support.render())["chat-service-api"]["TRUSTED_PROXIES"] == ""
+    refused = support.template(sets=("api.trustedProxies={ingress}",), check=False)
+    assert "values don't meet the specifications of the schema" in refused.stderr
 
 
 def test_object_storage_reaches_only_the_api_with_its_secret_as_a_file() -> None:

@@ -9,6 +9,8 @@ cannot state, which the document states in words instead:
 - ``after_seq`` with ``before_timestamp``: two query parameters that exclude each other (the
   operation's description says "At most one of after_seq, before_timestamp");
 - ``idempotency_key``: required in the body *or* the Idempotency-Key header, equal when both;
+- ``content`` of SendMessage: required unless ``attachment_ids`` lists an upload (the
+  operation's description says so in words);
 - ``member_ids`` of AddMembers: at most the tenant's member limit *with the members the
   conversation has already*, which depends on the conversation, not on the request;
 - ``query`` of SearchMessages: at least one word to find (letters or digits, not only excluded
@@ -45,16 +47,17 @@ EXEMPT: dict[tuple[str, str], str] = {
     ("after_seq", "cannot be combined with before_timestamp"): "after_seq with before_timestamp",
     ("idempotency_key", "is required"): "idempotency key in neither body nor header",
     ("idempotency_key", "differs from the Idempotency-Key header"): "body and header keys differ",
+    ("content", "is required unless attachment_ids"):
+        "a message with neither text, files nor ciphertext",
     ("emoji", "must be a single emoji"): "a string that is not one emoji",
     ("query", "must contain a word to find"): "a search with no word to find",
     ("query", "must have at most"): "a search with too many words",
     ("member_ids", "a conversation has at most"): "more members than the conversation has room for",
     ("content_type", "is not an allowed type"): "upload type not allowed by the server",
     ("size_bytes", "at most"): "upload over the tenant's size limit",
-    # End-to-end encryption (docs/e2ee.md): a send carries content or ciphertext, not both
-    # and not neither; a signature must verify, and one-time keys are distinct by key_id.
+    # End-to-end encryption (docs/e2ee.md): a send carries content or ciphertext, not both;
+    # a signature must verify, and one-time keys are distinct by key_id.
     ("content", "cannot be combined with ciphertext"): "content and ciphertext together",
-    ("content", "is required (or ciphertext"): "neither content nor ciphertext",
     ("signature", "is not ed25519_key's signature"): "a device signature that does not verify",
     ("keys", "item "): "a one-time key signature that does not verify",
     ("keys", "must not list the same key_id twice"): "one-time keys with the same key_id",

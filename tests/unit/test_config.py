@@ -259,3 +259,11 @@ def test_the_relay_never_needs_a_token_secret(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.delenv("JWT_SECRET")
     assert load_settings(RelaySettings, _env_file=None).environment == "production"
+
+
+def test_the_relay_refuses_a_transaction_pooler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_outbox_relay.settings import RelaySettings
+
+    monkeypatch.setenv("DB_TRANSACTION_POOLER", "true")
+    with pytest.raises(ConfigError, match="DB_TRANSACTION_POOLER.*sessions of its own"):
+        load_settings(RelaySettings, _env_file=None)

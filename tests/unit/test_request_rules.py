@@ -114,6 +114,20 @@ def test_blank_content_is_refused(value: str) -> None:
     assert refused(send(content=value)).field == "content"
 
 
+def test_empty_content_only_with_attachments() -> None:
+    upload = "0b6f0f5e-4f7c-4a47-9d8e-8d7a1b7f5a10"
+    request_rules.check(chat_pb2.SendMessageRequest(conversation_id=CID, idempotency_key="k",
+                                                    attachment_ids=[upload]))
+    exc = refused(send(content=""))
+    assert (exc.field, exc.message) == (
+        "content", "content: is required unless attachment_ids lists at least one upload or "
+        "ciphertext is set")
+    # Blank text is refused with files too: no text is "", not spaces.
+    with_files = chat_pb2.SendMessageRequest(conversation_id=CID, idempotency_key="k",
+                                             content=" \n", attachment_ids=[upload])
+    assert refused(with_files).message == "content: must not be only spaces and line breaks"
+
+
 def test_lengths() -> None:
     request_rules.check(send(content="x" * 4096, idempotency_key="k" * 255))
     assert refused(send(content="x" * 4097)).message == (

@@ -9,8 +9,10 @@ from chat_bench.phases import (
     changes,
     delivery,
     e2ee,
+    graphql,
     idle,
     isolation,
+    replica,
     rpc,
     scaling,
     search,
@@ -19,8 +21,9 @@ from chat_bench.phases import (
 )
 
 PHASES: tuple[Phase, ...] = (rpc.PHASE, changes.PHASE, threads.PHASE, attachments.PHASE,
-                             throughput.PHASE, delivery.PHASE, isolation.PHASE, idle.PHASE,
-                             scaling.PHASE, search.PHASE, e2ee.PHASE)
+                             throughput.PHASE, delivery.PHASE, graphql.PHASE, isolation.PHASE,
+                             idle.PHASE, scaling.PHASE, search.PHASE,
+                             replica.PHASE, e2ee.PHASE)
 
 
 def by_name(names: list[str], phases: tuple[Phase, ...] = PHASES) -> list[Phase]:

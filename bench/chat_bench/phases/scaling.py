@@ -7,8 +7,10 @@ one member ("scale-heavy") in ``conversations`` conversations of two members, on
 conversation ("the big one") that grows to ``big_messages`` messages, and one ("threaded") of
 half that size where three messages in four are replies in the thread of its first; at the full size
 (``--scaling-size 1``) 20,000 conversations and 2,000,000 messages, 1,000,000 of them in the
-big conversation. After each step (and ANALYZE) it times the API's own statements, as the API
-runs them (psycopg, prepared; sessions with generic plans), one call at a time over loopback: the
+big conversation. After each step (and ANALYZE) it times the API's own statements with the
+values the API's own functions build, as the API runs them (psycopg, prepared; sessions with
+generic plans, acting as the API's role under row-level security, for the tenant
+``chat_shared.db.tenant_execute`` names), one call at a time over loopback: the
 figures are the database's part of each RPC, which is the part that could grow with the data
 (the rest of an RPC does not read the data). For each statement the table shows the p50 at each
 step and the ratio of the largest step to the smallest; "first call" rows time a statement's
@@ -24,6 +26,7 @@ It also reports the bytes each message costs on disk (table, TOAST and each inde
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 import uuid
@@ -36,7 +39,7 @@ import psycopg
 from chat_bench.phase import Check, Context, Phase, at_most, check
 from chat_bench.stats import summarize
 from chat_bench.tables import fmt, table
-from chat_shared.db import conninfo
+from chat_shared.db import conninfo, tenant_execute
 
 HEAVY = "scale-heavy"
 STEPS = (0.0025, 0.025, 0.25, 1.0)  # of the full size: 50 / 500 / 5,000 / 20,000 memberships
@@ -50,6 +53,8 @@ MIN_MEMBERSHIPS = 60  # a full first page (51 rows) at every step
 FLAT = 1.5
 FRESH_FACTOR = 2.0
 FRESH_CONNECTIONS = 7  # first calls timed per statement and step (their median)
+TENANT = "default"  # the loaded rows' tenant (the column's default)
+API_ROLE = "chat_app"  # what the API's sessions act as (ApiSettings.database_role)
 
 
 async def _one(conn: psycopg.AsyncConnection[Any], sql: str, params: Any = None
@@ -171,7 +176,7 @@ def _statements() -> dict[str, str]:
     # The API's own SQL (imported here, not at module level: only this phase needs the API's
     # package, which the benchmark's workspace has installed).
     from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
-    from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _SEND, _THREAD_PAGE
+    from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _THREAD_PAGE, send_statement
     from chat_api.storage.reads import _MARK
 
     return {"GetConversations(50)": _LIST_FIRST, "GetConversations(50), deep page": _LIST_AFTER,
@@ -183,7 +188,9 @@ def _statements() -> dict[str, str]:
             "threads: GetMessages(50) 100 pages back": _ROOT_PAGE["before_seq"],
             "threads: GetThread(50) newest": _THREAD_PAGE["newest"],
             "threads: GetThread(50) after_seq": _THREAD_PAGE["after_seq"],
-            "SendMessage": _SEND, "MarkAsRead": _MARK}
+            # The statement MessageRepository.send picks for a root-level message without
+            # attachments (the values below).
+            "SendMessage": send_statement(None, None), "MarkAsRead": _MARK}
 
 
 async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[str, Any]:
@@ -193,7 +200,10 @@ async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[s
         " WHERE user_id = %s ORDER BY last_activity_at, conversation_id LIMIT 1", (HEAVY,))
     before = (await _one(conn, "SELECT created_at FROM messages WHERE conversation_id = %s"
                                " AND seq = 51", (BIG,)))[0]
-    page = {"tenant": "default", "user_id": HEAVY, "limit": 51, "conversation_id": BIG}
+    from chat_api.storage.messages import send_params  # the API's package: see _statements
+    from chat_api.storage.reads import mark_params
+
+    page = {"tenant": TENANT, "user_id": HEAVY, "limit": 51, "conversation_id": BIG}
     thread = {**page, "conversation_id": THREADED, "root_id": THREAD_ROOT}
     params: dict[str, Any] = {
         "GetConversations(50)": page,
@@ -212,22 +222,50 @@ async def _params(conn: psycopg.AsyncConnection[Any], loader: _Loader) -> dict[s
             **thread, "cursor": max(4 * 52, loader.threaded - 4 * 100 * 50)},
         "threads: GetThread(50) newest": thread,
         "threads: GetThread(50) after_seq": {**thread, "after": loader.threaded // 2},
-        "SendMessage": {"conversation_id": _cid(0), "sender_id": HEAVY, "content": CONTENT,
-                        "thread_root_id": None},
-        "MarkAsRead": {"conversation_id": _cid(0), "user_id": HEAVY, "up_to_seq": 0},
+        # As MessageRepository.send and ReadRepository.mark build them (_time sets each
+        # send's idempotency key).
+        "SendMessage": send_params(TENANT, _cid(0), HEAVY, CONTENT, ""),
+        "MarkAsRead": mark_params(TENANT, _cid(0), HEAVY, 0),
     }
-    return {name: {"tenant": "default", **values} for name, values in params.items()}
+    return {name: {"tenant": TENANT, **values} for name, values in params.items()}
+
+
+def placeholders(sql: str) -> set[str]:
+    """The names of a statement's ``%(name)s`` parameters."""
+    return set(re.findall(r"%\((\w+)\)s", sql))
+
+
+def check_params(statements: Mapping[str, str], params: Mapping[str, Mapping[str, Any]]
+                 ) -> None:
+    """Refuses to time a statement with values it does not take, before any is timed.
+
+    Raises:
+        RuntimeError: a statement names a parameter its values lack (the API's statement
+            changed and this phase's values did not follow), or has no values at all.
+    """
+    problems = [f"{name}: no values for {sorted(placeholders(sql) - set(params[name]))}"
+                if name in params else f"{name}: no values"
+                for name, sql in statements.items()
+                if name not in params or placeholders(sql) - set(params[name])]
+    if problems:
+        raise RuntimeError("the scaling phase's values do not match the API's statements: "
+                           + "; ".join(problems))
 
 
 async def _time(conn: psycopg.AsyncConnection[Any], sql: str, params: dict[str, Any],
                 name: str, calls: int, tag: str) -> list[float]:
+    """``calls`` executions, one at a time, as the API makes them (for the tenant, through
+    ``tenant_execute``); each must answer with a row, or the figure would time a no-op (a
+    send refused, a page for no member)."""
     samples = []
     for i in range(calls):
         if name == "SendMessage":
             params = {**params, "idempotency_key": f"scale-{tag}-{i}"}
         start = time.perf_counter()
-        await (await conn.execute(sql, params)).fetchall()
+        rows = await (await tenant_execute(conn, TENANT, sql, params)).fetchall()
         samples.append(time.perf_counter() - start)
+        if not rows or rows[0][0] is None:
+            raise RuntimeError(f"scaling: {name} answered no row: it timed nothing")
     return samples
 
 
@@ -246,8 +284,10 @@ async def run(ctx: Context) -> dict[str, Any]:
     loader = _Loader()
     steps: list[dict[str, Any]] = []
     session: dict[str, Any] = {"autocommit": True, "options": "-c TimeZone=UTC"}
-    # The API's own sessions: generic plans (chat_shared.db.Database(generic_plans=True)).
-    api_session = {**session, "options": "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"}
+    # The API's own sessions: generic plans (chat_shared.db.Database(generic_plans=True)), as
+    # the role row-level security holds (so the plans include the tenant policy).
+    api_session = {**session, "options": "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
+                                         f" -c role={API_ROLE}"}
     async with await psycopg.AsyncConnection.connect(conninfo(dsn), **session) as conn:
         await loader.create_big(conn)
         for share, big_share in zip(STEPS, BIG_STEPS, strict=True):
@@ -261,6 +301,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                          f"messages in the big conversation, {loader.messages:,} in all "
                          f"(loaded in {loaded:.1f} s); timing ...")
             params = await _params(conn, loader)
+            check_params(statements, params)
             step: dict[str, Any] = {"memberships": loader.conversations,
                                     "big_messages": loader.big, "messages": loader.messages,
                                     "load_s": round(loaded, 1), "latency": {}, "first_call": {}}

@@ -78,7 +78,53 @@ app.kubernetes.io/part-of: chat-service
 {{- include "chat.fullname" . }}
 {{- end }}
 {{- define "chat.dbSecretName" -}}
-{{- .Values.database.existingSecret | default (include "chat.secretName" .) }}
+{{- if .Values.postgresql.cluster.enabled }}{{ include "chat.pgOwnerSecret" . }}
+{{- else }}{{ .Values.database.existingSecret | default (include "chat.secretName" .) }}{{ end }}
+{{- end }}
+{{- define "chat.dbSecretKey" -}}
+{{- if .Values.postgresql.cluster.enabled }}DB_SOURCE{{ else }}{{ .Values.database.existingSecretKey }}{{ end }}
+{{- end }}
+
+{{/* The release's own CloudNativePG cluster (postgresql.cluster): its name, its Pooler's, and
+       the Secrets holding its logins (basic-auth for the operator, plus the services' URLs). */}}
+{{- define "chat.pgCluster" -}}
+{{- printf "%s-pg" (include "chat.fullname" .) | trunc 60 | trimSuffix "-" }}
+{{- end }}
+{{- define "chat.pgPooler" -}}
+{{- printf "%s-pooler" (include "chat.pgCluster" .) }}
+{{- end }}
+{{- define "chat.pgOwnerSecret" -}}
+{{- printf "%s-owner" (include "chat.pgCluster" .) }}
+{{- end }}
+{{- define "chat.pgPooledSecret" -}}
+{{- printf "%s-pooled" (include "chat.pgCluster" .) }}
+{{- end }}
+
+{{/* The read replica's URL (DB_READ_SOURCE) for the api: secret name and key; "" = none. */}}
+{{- define "chat.readReplicaSecret" -}}
+{{- $c := .Values.postgresql.cluster }}{{ $r := .Values.database.readReplica }}
+{{- if $c.enabled }}{{ if $c.readReplica }}{{ include "chat.pgOwnerSecret" . }}{{ end }}
+{{- else if $r.existingSecret }}{{ $r.existingSecret }}
+{{- else if $r.url }}{{ include "chat.secretName" . }}{{ end }}
+{{- end }}
+{{- define "chat.readReplicaKey" -}}
+{{- if .Values.postgresql.cluster.enabled }}DB_READ_SOURCE{{ else }}{{ .Values.database.readReplica.existingSecretKey }}{{ end }}
+{{- end }}
+
+{{/* The pooler's URL (DB_SOURCE of the api and ws-gateway, DB_TRANSACTION_POOLER=true):
+       secret name and key; "" = no pooler. */}}
+{{- define "chat.poolerSecret" -}}
+{{- $c := .Values.postgresql.cluster }}{{ $p := .Values.database.pooler }}
+{{- if $c.enabled }}{{ if $c.pooler.enabled }}{{ include "chat.pgPooledSecret" . }}{{ end }}
+{{- else if $p.existingSecret }}{{ $p.existingSecret }}
+{{- else if $p.url }}{{ include "chat.secretName" . }}{{ end }}
+{{- end }}
+{{- define "chat.poolerKey" -}}
+{{- if .Values.postgresql.cluster.enabled }}DB_POOLED_SOURCE{{ else }}{{ .Values.database.pooler.existingSecretKey }}{{ end }}
+{{- end }}
+{{/* Does a component reach PostgreSQL through the pooler? dict "root" . "component" "api" */}}
+{{- define "chat.pooled" -}}
+{{- if and (include "chat.poolerSecret" .root) (ne .component "outbox-relay") }}true{{ end }}
 {{- end }}
 {{- define "chat.redisSecretName" -}}
 {{- .Values.redis.existingSecret | default (include "chat.secretName" .) }}
@@ -95,7 +141,10 @@ app.kubernetes.io/part-of: chat-service
 
 {{/* Does the chart render its own Secret (anything not taken from an existingSecret)? */}}
 {{- define "chat.ownSecretNeeded" -}}
-{{- if or (not .Values.database.existingSecret) (and .Values.redis.password (not .Values.redis.existingSecret)) (and (include "chat.jwtSecretUsed" .) (not .Values.jwt.existingSecret)) }}true{{ end }}
+{{- $db := and (not .Values.postgresql.cluster.enabled) (not .Values.database.existingSecret) }}
+{{- $replica := eq (include "chat.readReplicaSecret" .) (include "chat.secretName" .) }}
+{{- $pooler := eq (include "chat.poolerSecret" .) (include "chat.secretName" .) }}
+{{- if or $db $replica $pooler (and .Values.redis.password (not .Values.redis.existingSecret)) (and (include "chat.jwtSecretUsed" .) (not .Values.jwt.existingSecret)) }}true{{ end }}
 {{- end }}
 
 {{/* Credentials as files: the services read <NAME>_FILE, so no secret sits in the process
@@ -108,6 +157,12 @@ app.kubernetes.io/part-of: chat-service
 {{- end }}
 {{- define "chat.secretFileEnv" -}}
 - {name: DB_SOURCE_FILE, value: {{ printf "%s/db-source" (include "chat.secretDir" .) | quote }}}
+{{- if include "chat.pooled" . }}
+- {name: DB_TRANSACTION_POOLER, value: "true"}
+{{- end }}
+{{- if and (eq .component "api") (include "chat.readReplicaSecret" .root) }}
+- {name: DB_READ_SOURCE_FILE, value: {{ printf "%s/db-read-source" (include "chat.secretDir" .) | quote }}}
+{{- end }}
 {{- if include "chat.redisPasswordSet" .root }}
 - {name: REDIS_PASSWORD_FILE, value: {{ printf "%s/redis-password" (include "chat.secretDir" .) | quote }}}
 {{- end }}
@@ -121,9 +176,20 @@ app.kubernetes.io/part-of: chat-service
   projected:
     defaultMode: 0440
     sources:
+      {{- if include "chat.pooled" . }}
+      - secret:
+          name: {{ include "chat.poolerSecret" .root }}
+          items: [{key: {{ include "chat.poolerKey" .root }}, path: db-source}]
+      {{- else }}
       - secret:
           name: {{ include "chat.dbSecretName" .root }}
-          items: [{key: {{ $v.database.existingSecretKey }}, path: db-source}]
+          items: [{key: {{ include "chat.dbSecretKey" .root }}, path: db-source}]
+      {{- end }}
+      {{- if and (eq .component "api") (include "chat.readReplicaSecret" .root) }}
+      - secret:
+          name: {{ include "chat.readReplicaSecret" .root }}
+          items: [{key: {{ include "chat.readReplicaKey" .root }}, path: db-read-source}]
+      {{- end }}
       {{- if include "chat.redisPasswordSet" .root }}
       - secret:
           name: {{ include "chat.redisSecretName" .root }}

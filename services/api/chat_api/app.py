@@ -44,6 +44,8 @@ from chat_api.storage.tenants import TenantRepository
 from chat_api.storage.to_device import ToDeviceRepository
 from chat_api.storage.warmup import warm_connection
 from chat_api.thumbnail_worker import ThumbnailWorker
+from chat_api.transport import graphql_endpoint, http_gateway
+from chat_api.transport.client_address import ClientAddress
 from chat_api.transport.dispatch import Dispatcher
 from chat_api.transport.grpc_server import SERVICE_NAME, chat_service_handler
 from chat_api.transport.handlers import ChatHandlers
@@ -58,6 +60,7 @@ from chat_shared.observability.loop_lag import EventLoopLagMonitor, event_loop_l
 from chat_shared.observability.tracing import recording
 from chat_shared.ratelimit import RateLimiter, build_limiter
 from chat_shared.redis_client import create_redis
+from chat_shared.replica_reads import ReplicaReads
 from chat_shared.tenancy import TenantLabel
 
 log = get_logger(__name__)
@@ -85,6 +88,7 @@ class ApiApp:
     http_port: int = 0
     limiter: RateLimiter | None = None
     store: ObjectStore | None = None
+    replica: Database | None = None
     sweeper: OrphanSweeper | None = None
     thumbnails: ThumbnailWorker | None = None
     _thumbnails: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -108,6 +112,8 @@ class ApiApp:
         # Connections are made in the background: the API starts (NOT_SERVING) with
         # PostgreSQL down and turns SERVING when the probe reaches it.
         await self.db.open(wait=False)
+        if self.replica is not None:  # not a readiness dependency: reads fall back to the primary
+            await self.replica.open(wait=False)
         if self.store is not None:
             await self.store.open()  # no connection: aiobotocore connects on the first call
         await self.server.start()
@@ -166,6 +172,8 @@ class ApiApp:
         else:
             await self.server.stop(grace)
         await self.db.close()
+        if self.replica is not None:
+            await self.replica.close()
         if self.limiter is not None:
             await self.limiter.close()
         if self.redis is not None:
@@ -182,7 +190,14 @@ def build_app(settings: ApiSettings) -> ApiApp:
     # Generic plans, prepared on each new connection before it serves: a connection's first
     # call costs what its later ones do (chat_api.storage.warmup).
     db = Database(settings, application_name="chat-api", generic_plans=True,
-                  configure=warm_connection)
+                  configure=None if settings.db_transaction_pooler else warm_connection)
+    # The read-only calls' single statements may go to a streaming replica (no warm-up there:
+    # it prepares writes too, which a hot standby refuses).
+    replica = Database(settings.model_copy(update={
+        "db_source": settings.db_read_source, "db_pool_timeout": settings.db_read_pool_timeout,
+        "db_transaction_pooler": settings.db_read_transaction_pooler}),
+        application_name="chat-api-reads", generic_plans=True) if settings.db_read_source else None
+    reads = ReplicaReads(db, replica, retry_after=settings.db_read_retry_after)
     tenants = TenantDirectory(
         TenantRepository(db),
         TenantDefaults(max_members=settings.tenant_max_members,
@@ -195,12 +210,12 @@ def build_app(settings: ApiSettings) -> ApiApp:
         max_per_message=settings.max_attachments_per_message)
     devices = DeviceService(DeviceRepository(db))
     handlers = ChatHandlers(
-        conversations=ConversationService(ConversationRepository(db), tenants),
-        messages=MessageService(MessageRepository(db), tenants, attachments),
+        conversations=ConversationService(ConversationRepository(reads), tenants),
+        messages=MessageService(MessageRepository(reads), tenants, attachments),
         reads=ReadService(ReadRepository(db)),
         members=MemberService(MemberRepository(db), tenants),
         message_changes=MessageChangeService(MessageChangeRepository(db), tenants),
-        search=SearchService(PostgresSearchIndex(db)),
+        search=SearchService(PostgresSearchIndex(reads)),
         devices=devices,
         to_device=ToDeviceService(ToDeviceRepository(db), DeviceRepository(db), devices),
         attachments=attachments,
@@ -208,7 +223,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
     # Rate limits: shared through REDIS_ADDR (connected on the first check); None when off.
     limiter = build_limiter(settings, settings)
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants, limiter,
-                            tenant_label=TenantLabel(settings.tenant_labels))
+                            tenant_label=TenantLabel(settings.tenant_labels),
+                            reads=reads if replica is not None else None)
     server = grpc.aio.server(
         # The interceptor makes a server span per call: only worth its cost when recorded.
         interceptors=[aio_server_interceptor()] if recording() else [],  # type: ignore[no-untyped-call]
@@ -217,7 +233,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
                  # connections); a lone process must not share it by accident.
                  ("grpc.so_reuseport", 1 if settings.api_workers > 1 else 0)],
     )
-    server.add_generic_rpc_handlers((chat_service_handler(dispatcher),))
+    addresses = ClientAddress(settings.trusted_proxy_networks)
+    server.add_generic_rpc_handlers((chat_service_handler(dispatcher, addresses),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -226,7 +243,7 @@ def build_app(settings: ApiSettings) -> ApiApp:
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"cannot bind GRPC_SERVER_ADDRESS {settings.grpc_server_address}")
-    app = ApiApp(settings=settings, db=db, dispatcher=dispatcher,
+    app = ApiApp(settings=settings, db=db, replica=replica, dispatcher=dispatcher,
                  server=server, health=health_servicer, grpc_port=bound, limiter=limiter,
                  store=store)
     if store is not None:
@@ -244,5 +261,11 @@ def build_app(settings: ApiSettings) -> ApiApp:
                            cors_origins=settings.cors_origins,
                            header_timeout=settings.http_header_timeout,
                            body_timeout=settings.http_body_timeout,
-                           keepalive_timeout=settings.http_keepalive_timeout)
+                           keepalive_timeout=settings.http_keepalive_timeout,
+                           addresses=addresses)
+    if settings.graphql_enabled:
+        graphql_endpoint.mount(
+            app.http.app, graphql_endpoint.build_schema(settings, settings.development),
+            dispatcher, ide=settings.graphql_switch(settings.graphql_ide, settings.development),
+            request_id=http_gateway.request_id, client_address=app.http.client_address)
     return app

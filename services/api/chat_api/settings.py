@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from chat_api.transport.client_address import Network, parse_networks
 from chat_shared.config import (
     SECRET,
     BaseSection,
@@ -15,6 +17,7 @@ from chat_shared.config import (
     parse_host_port,
 )
 from chat_shared.events import DEFAULT_STREAM_PREFIX
+from chat_shared.graphql_settings import GraphQLSettings
 from chat_shared.ratelimit import RateLimitSettings
 from chat_shared.tenancy import TENANT_ID
 
@@ -93,7 +96,37 @@ class ObjectStoreSettings(BaseSection):
         return frozenset(t for t in self.attachment_content_types.split(",") if t)
 
 
-class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, ObjectStoreSettings):
+class ReadReplicaSettings(BaseSection):
+    """A streaming replica for the read-only calls (docs/read-replicas.md)."""
+
+    db_read_source: str = Field(
+        "", description="PostgreSQL URL of a streaming replica (hot standby) of DB_SOURCE's "
+                        "database; GetMessages, GetThread, GetConversations and SearchMessages "
+                        "read there when it has replayed the caller's X-Chat-Read-After "
+                        "position (or DB_READ_SOURCE_FILE: a file holding it); empty = every "
+                        "read on the primary", json_schema_extra=SECRET)
+    db_read_pool_timeout: Seconds = Field(
+        0.25, gt=0, le=10,
+        description="seconds a read waits for a replica connection before it runs on the "
+                    "primary (the cost of a replica that is down, once per DB_READ_RETRY_AFTER)")
+    db_read_retry_after: Seconds = Field(
+        5.0, gt=0, le=300, description="seconds reads skip a replica that failed")
+    db_read_transaction_pooler: bool = Field(
+        False, description="DB_READ_SOURCE reaches the replica through a pooler in transaction "
+                           "mode (as DB_TRANSACTION_POOLER does for DB_SOURCE; "
+                           "docs/pgbouncer.md); false = sessions of its own, whatever "
+                           "DB_TRANSACTION_POOLER says")
+
+    @field_validator("db_read_source")
+    @classmethod
+    def _read_url(cls, v: str) -> str:
+        if v and urlsplit(v).scheme.split("+")[0] not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+
+class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, ObjectStoreSettings,
+                  GraphQLSettings, ReadReplicaSettings):
     database_role: str = Field(
         "chat_app", pattern=r"^([a-z_][a-z0-9_]{0,62})?$",
         description="the role the API's sessions act as: one that cannot bypass row-level "
@@ -133,6 +166,10 @@ class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, Object
     health_check_interval: Seconds = Field(
         2.0, gt=0, description="seconds between PostgreSQL health probes")
     # HTTP/JSON gateway (chat_api.transport.http_gateway).
+    trusted_proxies: str = Field(
+        "", description="comma-separated CIDR networks of the proxies (the ingress) whose "
+                        "X-Forwarded-For names the client for the per-address limit of refused "
+                        "credentials; empty = trust nobody: the peer's address counts")
     cors_allowed_origins: str = Field(
         "", description="comma-separated origins (https://app.example.com) or *; empty = no CORS")
     http_max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20,
@@ -146,6 +183,15 @@ class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, Object
 
     def service_host(self) -> str:
         return parse_host_port(self.grpc_server_address)[0]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        try:
+            return ",".join(str(n) for n in parse_networks(v))
+        except ValueError as exc:
+            raise ValueError(f"must be CIDR networks or addresses, comma-separated: {exc}"
+                             ) from None
 
     @field_validator("cors_allowed_origins")
     @classmethod
@@ -171,6 +217,10 @@ class ApiSettings(ServiceSettings, HttpServerSettings, RateLimitSettings, Object
     @property
     def tenant_labels(self) -> frozenset[str]:
         return frozenset(t for t in self.metrics_tenant_labels.split(",") if t)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def cors_origins(self) -> frozenset[str]:

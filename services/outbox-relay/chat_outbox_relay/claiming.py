@@ -61,12 +61,13 @@ _DEAD_LETTER = """
          USING unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
          WHERE o.id = f.id
         RETURNING o.event_id, o.event_type, o.conversation_id, o.seq, o.recipients, o.payload,
-                  o.created_at, o.attempts + 1 AS attempts, f.error, o.tenant_id
+                  o.created_at, o.attempts + 1 AS attempts, f.error, o.tenant_id, o.message_id
     )
     INSERT INTO outbox_dead_letter (event_id, event_type, conversation_id, seq, recipients,
-                                    payload, created_at, attempts, last_error, tenant_id)
+                                    payload, created_at, attempts, last_error, tenant_id,
+                                    message_id)
     SELECT event_id, event_type, conversation_id, seq, recipients, payload, created_at,
-           attempts, error, tenant_id
+           attempts, error, tenant_id, message_id
     FROM gone
     ON CONFLICT (event_id) DO UPDATE
        SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,

@@ -24,12 +24,12 @@ _REPLAY = """
     WITH gone AS (
         DELETE FROM outbox_dead_letter WHERE {where}
         RETURNING id, event_id, event_type, conversation_id, seq, recipients, payload, created_at,
-                  tenant_id
+                  tenant_id, message_id
     ), back AS (
         INSERT INTO outbox (event_id, event_type, conversation_id, seq, recipients, payload,
-                            created_at, tenant_id)
+                            created_at, tenant_id, message_id)
         SELECT event_id, event_type, conversation_id, seq, recipients, payload, created_at,
-               tenant_id
+               tenant_id, message_id
         FROM gone ORDER BY id
         RETURNING event_id
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from chat_shared.config import DatabaseSettings, Seconds, ServiceSettings
 from chat_shared.events import DEFAULT_STREAM_PREFIX
@@ -61,6 +61,15 @@ class RelaySettings(ServiceSettings):
                                description="stream key prefix; keys are `<prefix>:<shard>`")
     shutdown_grace: Seconds = Field(10.0, ge=0,
                                     description="seconds to finish the batch in hand on SIGTERM")
+
+    @field_validator("db_transaction_pooler")
+    @classmethod
+    def _direct_sessions(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("the relay needs sessions of its own (advisory locks own its "
+                             "partitions, LISTEN wakes it): point its DB_SOURCE at PostgreSQL, "
+                             "not at a transaction pooler (docs/pgbouncer.md)")
+        return v
 
     @property
     def poll_interval(self) -> float:

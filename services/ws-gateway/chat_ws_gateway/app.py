@@ -156,7 +156,7 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     limiter = build_limiter(settings, settings)
     # Subscribed through the stream client: its socket timeout outlasts the wait for messages.
     typing = TypingRelay(redis, stream_redis, history, hub.deliver_typing,
-                         interval=settings.ws_typing_interval,
+                         interval=settings.rate_limit_typing_interval,
                          cache_ttl=settings.ws_typing_cache_ttl)
     server = GatewayServer(settings, TokenVerifier(settings), hub, history, tenant_watch,
                            limiter, typing)

@@ -25,14 +25,13 @@ from chat_shared.events import (
     MEMBER_ADDED,
     MEMBER_REMOVED,
     MEMBER_ROLE_CHANGED,
-    MESSAGE_CREATED,
     MESSAGE_TYPES,
     ORDERED_TYPES,
     REACTION_ADDED,
     REACTION_REMOVED,
     Event,
 )
-from chat_ws_gateway.history import StoredChange, StoredMessage
+from chat_ws_gateway.history import StoredChange
 
 # --- Close codes (4000-4999 are the application's range, RFC 6455 7.4.2) ---------------------
 CLOSE_GOING_AWAY = 1001
@@ -157,21 +156,6 @@ def resumed_frame(conversation_id: str, pos: int) -> str:
     (``seq`` repeats ``pos`` for clients written when the two were the same.)"""
     return encode({"type": "resumed", "conversation_id": conversation_id, "pos": pos,
                    "seq": pos})
-
-
-def message_frame(message: Mapping[str, Any], event_id: str | None) -> str:
-    """A ``message.created`` frame; ``message`` as events carry it (``events.Message``)."""
-    return encode({"type": MESSAGE_CREATED, "event_id": event_id,
-                   "conversation_id": message["conversation_id"], "seq": message["seq"],
-                   "pos": message["seq"], "message": message})
-
-
-def history_frame(message: StoredMessage) -> str:
-    """The frame of a message read from PostgreSQL: as its event's, without an event id."""
-    return message_frame(events.message(message.id, message.conversation_id, message.sender_id,
-                                        message.content, message.seq, message.created_at,
-                                        thread_root_id=message.thread_root_id,
-                                        ciphertext=message.ciphertext), None)
 
 
 def event_frame(event: Event) -> str | None:

@@ -10,6 +10,7 @@ subprotocol).
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -20,9 +21,17 @@ from chat_shared.auth import Principal, TokenVerifier, issue_token
 from chat_shared.errors import Unauthenticated
 from chat_shared.http_serving import BodyTimeout, read_body
 from chat_shared.observability.logging import get_logger
-from chat_shared.ratelimit import Decision, RateLimiter, TypingLimit
+from chat_shared.ratelimit import (
+    ClassLimits,
+    Decision,
+    RateLimiter,
+    registry_lookup,
+    tenant_overrides,
+)
+from chat_ws_gateway import graphql_protocol as gp
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
+from chat_ws_gateway.graphql_connection import GraphQLConnection
 from chat_ws_gateway.history import History
 from chat_ws_gateway.hub import Hub
 from chat_ws_gateway.limits import FrameBudget
@@ -37,6 +46,8 @@ STATIC = resources.files("chat_ws_gateway") / "static"
 _STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
                  ".svg": "image/svg+xml"}
 DEV_TOKEN_TTL = 3600.0
+GRAPHQL_INIT_WAIT = 10.0
+"""Seconds a GraphQL socket may wait before its ``connection_init`` (then 4408)."""
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -79,16 +90,12 @@ class GatewayServer:
         Args:
             limiter: the shared rate limiter (class ``connect`` for each new socket); None =
                 RATE_LIMIT_ENABLED is false.
-            typing: the typing relay (it throttles typing signals itself, one per user and
-                conversation every WS_TYPING_INTERVAL, atomically with the publish); None =
-                typing frames are accepted and dropped.
+            typing: the typing relay (it limits typing signals itself, one per user and
+                conversation every RATE_LIMIT_TYPING_INTERVAL, atomically with the publish);
+                None = typing frames are accepted and dropped.
         """
         self._settings = settings
         self._limiter = limiter
-        self.typing: TypingLimit | None = (
-            TypingLimit(limiter, settings.rate_limit_typing_interval) if limiter else None)
-        """The typing-notice limit: ``await typing.allow(tenant, user, conversation_id)``
-        before a ``typing`` frame is forwarded (None when limits are off)."""
         self._verifier = verifier
         self._hub = hub
         self._history = history
@@ -97,6 +104,8 @@ class GatewayServer:
         self.accepting = True
         self.app = web.Application()
         self.app.router.add_get("/v1/ws", self._ws)
+        if settings.graphql_enabled:
+            self.app.router.add_get("/graphql", self._graphql)
         self.app.router.add_get("/", self._index)
         self.app.router.add_get("/demo/config.json", self._config)
         self.app.router.add_post("/demo/token", self._dev_token)
@@ -119,25 +128,41 @@ class GatewayServer:
             timeout=s.ws_close_timeout)
         # Read before the handshake: from the handshake on, counting the user's sockets and
         # adding this one happen with no await in between (below).
-        admitted = await self._tenant_admitted(principal.tenant_id)
-        connect = await self._connect_allowed(principal) if admitted else None
+        admitted, tenant_limits = await self._tenant_admitted(principal.tenant_id)
+        connect = await self._connect_allowed(principal, tenant_limits) if admitted else None
         await ws.prepare(request)
+        if not await self._admit(ws, principal, admitted, connect):
+            return ws
+        conn = Connection(ws, principal.user_id, history=self._history,
+                          queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
+                          max_positions=s.ws_max_resume_positions,
+                          transport=request.transport, tenant_id=principal.tenant_id,
+                          typing=self._typing)
+        await self._serve(ws, conn, principal, conn.on_text)
+        return ws
+
+    async def _admit(self, ws: web.WebSocketResponse, principal: Principal, admitted: bool,
+                     connect: Decision | None) -> bool:
+        """Whether an open socket may stay: its tenant, the connect rate and the per-user
+        cap; a refused one is closed with the code saying why."""
+        s = self._settings
         if not admitted:
             WS_CLOSES.labels("tenant_denied").inc()
             log.info("ws_refused", user_id=principal.user_id, tenant=principal.tenant_id,
                      reason="tenant_denied")
             await ws.close(code=protocol.CLOSE_TENANT_DENIED,
                            message=b"tenant is not registered or is disabled")
-            return ws
+            return False
         if connect is not None and not connect.allowed:
             WS_CLOSES.labels("connect_rate_limited").inc()
             await ws.close(code=protocol.CLOSE_CONNECT_RATE_LIMITED,
                            message=f"connect rate limit; retry after "
                                    f"{connect.retry_after:.3f} s".encode())
-            return ws
-        # Counted and added with no await in between, so that concurrent opens cannot all
-        # pass the check. The socket is accepted and then closed, not refused with an HTTP
-        # status, because browsers do not show a failed upgrade's status to the page.
+            return False
+        # Counted here and added in _serve with no await in between, so that concurrent
+        # opens cannot all pass the check. The socket is accepted and then closed, not
+        # refused with an HTTP status, because browsers do not show a failed upgrade's
+        # status to the page.
         if (self._hub.connections_of(principal.tenant_id, principal.user_id)
                 >= s.ws_max_connections_per_user):
             WS_CLOSES.labels("too_many_connections").inc()
@@ -145,12 +170,14 @@ class GatewayServer:
                      limit=s.ws_max_connections_per_user)
             await ws.close(code=protocol.CLOSE_TOO_MANY_CONNECTIONS,
                            message=b"too many connections for this user")
-            return ws
-        conn = Connection(ws, principal.user_id, history=self._history,
-                          queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
-                          max_positions=s.ws_max_resume_positions,
-                          transport=request.transport, tenant_id=principal.tenant_id,
-                          typing=self._typing)
+            return False
+        return True
+
+    async def _serve(self, ws: web.WebSocketResponse, conn: Connection, principal: Principal,
+                     on_text: Callable[[str], Awaitable[None]]) -> None:
+        """Registers the connection with the hub and reads the client's frames until the
+        socket closes (the inbound frame budget applies to every protocol)."""
+        s = self._settings
         self._hub.add(conn)
         conn.start(expires_at=principal.expires_at, resume_wait=s.ws_resume_wait)
         log.debug("ws_connected", user_id=principal.user_id)
@@ -164,7 +191,7 @@ class GatewayServer:
                                "too_many_frames")
                     break
                 if msg.type == web.WSMsgType.TEXT:
-                    await conn.on_text(msg.data)
+                    await on_text(msg.data)
                 elif msg.type == web.WSMsgType.BINARY:
                     conn.send_error(protocol.BAD_FRAME, "binary frames are not accepted; "
                                                         "send JSON text frames")
@@ -172,26 +199,103 @@ class GatewayServer:
             self._hub.remove(conn)
             await conn.finish()
             log.debug("ws_disconnected", user_id=principal.user_id, code=ws.close_code)
+
+    async def _graphql(self, request: web.Request) -> web.StreamResponse:
+        """GraphQL subscriptions over graphql-transport-ws (graphql_connection): the token in
+        the Authorization header (refused before the upgrade, as /v1/ws) or in
+        ``connection_init``'s payload (browsers cannot set headers)."""
+        if not self.accepting:
+            return _error(503, "unavailable", "the gateway is shutting down")
+        if gp.SUBPROTOCOL not in offered_subprotocols(request):
+            return _error(400, "bad_request", f"offer the {gp.SUBPROTOCOL} subprotocol")
+        principal: Principal | None = None
+        if request.headers.get(hdrs.AUTHORIZATION) is not None:
+            try:
+                principal = self._verifier.verify_authorization(
+                    request.headers[hdrs.AUTHORIZATION])
+            except Unauthenticated as exc:
+                return _error(401, "unauthenticated", str(exc))
+        s = self._settings
+        ws = web.WebSocketResponse(
+            protocols=(gp.SUBPROTOCOL,), heartbeat=s.ws_heartbeat or None,
+            max_msg_size=s.ws_max_frame_bytes, compress=False, timeout=s.ws_close_timeout)
+        await ws.prepare(request)
+        principal = await self._graphql_init(ws, principal)
+        if principal is None:
+            return ws
+        admitted, tenant_limits = await self._tenant_admitted(principal.tenant_id)
+        connect = await self._connect_allowed(principal, tenant_limits) if admitted else None
+        if not await self._admit(ws, principal, admitted, connect):
+            return ws
+        conn = GraphQLConnection(
+            ws, principal.user_id, history=self._history, queue_size=s.ws_send_queue_size,
+            close_timeout=s.ws_close_timeout, max_positions=s.ws_max_resume_positions,
+            transport=request.transport, tenant_id=principal.tenant_id, typing=self._typing,
+            graphql=s, introspection=s.graphql_switch(s.graphql_introspection, s.development))
+        conn.send_message({"type": "connection_ack"})
+        await self._serve(ws, conn, principal, conn.on_message)
         return ws
 
-    async def _connect_allowed(self, principal: Principal) -> Decision | None:
-        """The limiter's decision for a new socket (class ``connect``); None when off. The
-        limiter logs each limited user once a minute."""
+    async def _graphql_init(self, ws: web.WebSocketResponse,
+                            principal: Principal | None) -> Principal | None:
+        """Waits for ``connection_init``; the caller, or None once the socket is closed."""
+        try:
+            msg = await ws.receive(timeout=GRAPHQL_INIT_WAIT)
+        except TimeoutError:
+            await ws.close(code=gp.CLOSE_INIT_TIMEOUT,
+                           message=b"Connection initialisation timeout")
+            return None
+        if msg.type != web.WSMsgType.TEXT:
+            if not ws.closed:
+                await ws.close(code=gp.CLOSE_BAD_MESSAGE, message=b"expected connection_init")
+            return None
+        try:
+            init = gp.parse_message(msg.data)
+        except gp.BadMessage as exc:
+            await ws.close(code=gp.CLOSE_BAD_MESSAGE, message=str(exc).encode())
+            return None
+        if init.type != "connection_init":
+            await ws.close(code=gp.CLOSE_UNAUTHORIZED, message=b"Unauthorized")
+            return None
+        if principal is not None:
+            return principal
+        token = gp.token_of(init.payload)
+        try:
+            if token is None:
+                raise Unauthenticated("connection_init's payload carries no token")
+            return self._verifier.verify(token)
+        except Unauthenticated as exc:
+            WS_CLOSES.labels("unauthenticated").inc()
+            await ws.close(code=gp.CLOSE_FORBIDDEN, message=f"Forbidden: {exc}"[:120].encode())
+            return None
+
+    async def _connect_allowed(self, principal: Principal, tenant_limits: dict[str, object]
+                               ) -> Decision | None:
+        """The limiter's decision for a new socket (class ``connect``, with the tenant's own
+        values from the registry over the settings'); None when off. The limiter logs each
+        limited user once a minute."""
         if self._limiter is None:
             return None
-        return await self._limiter.check("connect", principal.tenant_id, principal.user_id)
+        limits: ClassLimits | None = None
+        if tenant_limits:
+            limits = tenant_overrides(self._limiter.policy,
+                                      registry_lookup(tenant_limits))["connect"]
+        return await self._limiter.check("connect", principal.tenant_id, principal.user_id,
+                                         limits)
 
-    async def _tenant_admitted(self, tenant: str) -> bool:
-        """Whether the tenant is registered and active. A registry that cannot be read admits
-        the socket (PostgreSQL down must not close the gateway to everyone): the tenant watch
-        checks it again within WS_TENANT_CHECK_INTERVAL once the registry answers."""
+    async def _tenant_admitted(self, tenant: str) -> tuple[bool, dict[str, object]]:
+        """Whether the tenant is registered and active, and its registry limits. A registry
+        that cannot be read admits the socket with the settings' limits (PostgreSQL down
+        must not close the gateway to everyone): the tenant watch checks it again within
+        WS_TENANT_CHECK_INTERVAL once the registry answers."""
         if self._tenants is None:
-            return True
+            return True, {}
         try:
-            return tenant in await self._tenants.active([tenant])
+            limits = await self._tenants.admit(tenant)
         except Exception:  # noqa: BLE001 - see the docstring; the watch closes it later
             log.warning("ws_tenant_check_failed", tenant=tenant, exc_info=True)
-            return True
+            return True, {}
+        return limits is not None, limits or {}
 
     async def _index(self, _: web.Request) -> web.Response:
         return self._file("index.html")

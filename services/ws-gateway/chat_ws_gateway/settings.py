@@ -6,10 +6,11 @@ from pydantic import Field, field_validator
 
 from chat_shared.config import HttpServerSettings, Seconds, ServiceSettings, parse_host_port
 from chat_shared.events import DEFAULT_STREAM_PREFIX
+from chat_shared.graphql_settings import GraphQLSettings
 from chat_shared.ratelimit import RateLimitSettings
 
 
-class GatewaySettings(ServiceSettings, HttpServerSettings, RateLimitSettings):
+class GatewaySettings(ServiceSettings, HttpServerSettings, RateLimitSettings, GraphQLSettings):
     ws_server_address: str = Field("0.0.0.0:8081", description="host:port for WebSocket + demo")
     metrics_port: int = Field(9102, ge=0, le=65535,
                               description="/metrics, /healthz and /readyz port; 0 = off")
@@ -54,10 +55,6 @@ class GatewaySettings(ServiceSettings, HttpServerSettings, RateLimitSettings):
         2.0, gt=0, le=5,
         description="seconds between re-reads of the tenant registry for the tenants with open "
                     "sockets: a disabled tenant's sockets close (4403) within it")
-    ws_typing_interval: Seconds = Field(
-        3.0, gt=0, le=60,
-        description="seconds: at most one typing signal per user and conversation in this "
-                    "period, across replicas; extra typing frames are dropped")
     ws_typing_cache_ttl: Seconds = Field(
         2.0, ge=0, le=60,
         description="seconds a typing sender's membership and the conversation's members may "

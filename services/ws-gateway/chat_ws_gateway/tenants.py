@@ -20,6 +20,7 @@ from chat_ws_gateway.hub import Hub
 log = get_logger(__name__)
 
 _ACTIVE = "SELECT id FROM tenants WHERE id = ANY(%(ids)s) AND status = 'active'"
+_ADMIT = "SELECT limits FROM tenants WHERE id = %(id)s AND status = 'active'"
 
 
 class TenantWatch:
@@ -34,6 +35,12 @@ class TenantWatch:
             return set()
         rows = await self._db.fetchall("db.ws_active_tenants", _ACTIVE, {"ids": tenants})
         return {r[0] for r in rows}
+
+    async def admit(self, tenant: str) -> dict[str, object] | None:
+        """The registry's ``limits`` of ``tenant`` when it is registered and active (its rate
+        limit overrides: ``chat-tenant set-limit``), else None."""
+        row = await self._db.fetchone("db.ws_admit_tenant", _ADMIT, {"id": tenant})
+        return dict(row[0] or {}) if row is not None else None
 
     async def check_once(self) -> int:
         """Closes the sockets of every tenant here that is no longer active; how many."""

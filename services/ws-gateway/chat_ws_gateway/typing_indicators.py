@@ -14,11 +14,13 @@ What keeps it cheap and honest:
   conversation's members (the recipients) from its ``member_ids``; both are cached for
   ``WS_TYPING_CACHE_TTL`` seconds, so a user typing costs PostgreSQL at most one read of each
   per conversation and cache period, and a membership change reaches typing within that period.
-- At most one signal per user and conversation every ``WS_TYPING_INTERVAL`` seconds (3 by
-  default), whichever replicas and sockets the user types from: a local window first
-  (``limits.TypingThrottle``, no I/O), then ``SET NX PX`` on a Redis key in the same script
-  that publishes, so two replicas cannot both publish within one window. Extra signals are
-  dropped silently (they are not errors).
+- At most one signal per user and conversation every ``RATE_LIMIT_TYPING_INTERVAL`` seconds (3
+  by default; a rate-limit setting, docs/rate-limits.md), whichever replicas and sockets the
+  user types from: a local window first (``limits.TypingThrottle``, no I/O), then ``SET NX PX``
+  on a Redis key in the same script that publishes, so two replicas cannot both publish within
+  one window. This is the only typing limit: it costs one Redis round trip per signal, where
+  asking the shared limiter first would cost two. Extra signals are dropped silently (they are
+  not errors). An interval of 0 turns the limit off (every member's signal is published).
 - The sender's own sockets never receive their user's signal.
 - Redis down or slow: the signal is dropped (bounded by REDIS_TIMEOUT); nothing else waits.
 """
@@ -58,6 +60,7 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
 end
 return -1
 """
+_PUBLISH = "return redis.call('PUBLISH', ARGV[2], ARGV[3])"
 
 
 def channel(tenant: str) -> str:
@@ -110,11 +113,19 @@ class TypingRelay:
         self._subscriber = subscriber
         self._history = history
         self._deliver = deliver
+        """
+        Args:
+            interval: seconds between two signals of one user in one conversation
+                (RATE_LIMIT_TYPING_INTERVAL); 0 = no limit.
+            cache_ttl: seconds a membership answer may be reused (WS_TYPING_CACHE_TTL).
+        """
+        self.interval = interval
         self._interval_ms = max(1, int(interval * 1000))
-        self._throttle = TypingThrottle(interval, clock, max_keys=100_000)
+        self._throttle = (TypingThrottle(interval, clock, max_keys=100_000)
+                          if interval > 0 else None)
         self._members = _TtlCache(cache_ttl, clock)
         self._member_of = _TtlCache(cache_ttl, clock)
-        self._script = redis.register_script(_THROTTLED_PUBLISH)
+        self._script = redis.register_script(_THROTTLED_PUBLISH if interval > 0 else _PUBLISH)
         self.subscribed = asyncio.Event()
 
     async def signal(self, tenant: str, user_id: str, conversation_id: str) -> str:
@@ -125,7 +136,8 @@ class TypingRelay:
         return outcome
 
     async def _signal(self, tenant: str, user_id: str, conversation_id: str) -> str:
-        if not self._throttle.allow((tenant, user_id, conversation_id)):
+        if self._throttle is not None and not self._throttle.allow(
+                (tenant, user_id, conversation_id)):
             return "throttled"
         try:
             if not await self._is_member(tenant, user_id, conversation_id):

@@ -7,9 +7,10 @@ Public face::
     if not decision.allowed: ...                # decision.retry_after seconds
 
 ``policy_from_settings`` gives the default limits by class, ``tenant_overrides`` applies a
-tenant's registry values, ``headers`` renders the IETF RateLimit headers of a decision, and
-``TypingLimit`` is the typing-notice limit for the WebSocket gateway. docs/rate-limits.md
-describes the whole.
+tenant's registry values and ``headers`` renders the IETF RateLimit headers of a decision. The
+typing-notice interval (``RATE_LIMIT_TYPING_INTERVAL``) is a setting of this section that the
+WebSocket gateway's typing relay enforces itself (atomically with the publish).
+docs/rate-limits.md describes the whole.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ from chat_shared.ratelimit._limiter import (
     ClassLimits,
     RateLimiter,
     policy_from_settings,
+    registry_lookup,
     tenant_overrides,
 )
 from chat_shared.ratelimit._redis import RedisGcra, RedisUnavailable
-from chat_shared.ratelimit._typing import TYPING, TypingLimit
 from chat_shared.ratelimit.settings import RateLimitSettings
 
 __all__ = [
-    "ANONYMOUS", "CLASSES", "LIMIT_NAMES", "TYPING", "ClassLimits", "Decision", "Limit",
+    "ANONYMOUS", "CLASSES", "LIMIT_NAMES", "ClassLimits", "Decision", "Limit",
     "LocalLimiter", "RateLimitSettings", "RateLimiter", "RedisGcra", "RedisUnavailable",
-    "TypingLimit", "build_limiter", "ceil_seconds", "gcra_step", "headers", "policy_from_settings",
-    "policy_header", "state_header", "tenant_overrides",
+    "build_limiter", "ceil_seconds", "gcra_step", "headers", "policy_from_settings",
+    "policy_header", "registry_lookup", "state_header", "tenant_overrides",
 ]
 
 

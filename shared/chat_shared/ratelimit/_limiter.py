@@ -36,7 +36,7 @@ from chat_shared.ratelimit._redis import RedisGcra, RedisUnavailable
 from chat_shared.ratelimit.settings import RateLimitSettings
 
 __all__ = ["ANONYMOUS", "CLASSES", "LIMIT_NAMES", "ClassLimits", "RateLimiter",
-           "policy_from_settings", "tenant_overrides"]
+           "policy_from_settings", "registry_lookup", "tenant_overrides"]
 
 log = get_logger("chat_shared.ratelimit")
 
@@ -119,6 +119,17 @@ def tenant_overrides(defaults: Mapping[str, ClassLimits],
                            int(own(f"rate_limit.tenant.{name}.burst", tenant.burst)))
         out[name] = ClassLimits(user, tenant)
     return out
+
+
+def registry_lookup(limits: Mapping[str, object]) -> Callable[[str, int], int]:
+    """``tenant_overrides``'s lookup over a registry entry's ``limits`` (``tenants.limits``):
+    a positive whole number there, else the default."""
+    def lookup(name: str, default: int) -> int:
+        value = limits.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        return default
+    return lookup
 
 
 LIMIT_NAMES = tuple(f"rate_limit.{scope}{name}.{part}" for scope in ("", "tenant.")

@@ -47,8 +47,9 @@ class RateLimitSettings(BaseSection):
     rate_limit_anon_burst: int = _burst(20, "requests with refused credentials from one IP")
     rate_limit_typing_interval: float = Field(
         3.0, ge=0, le=3600,
-        description="seconds between two typing notices of one user in one conversation "
-                    "(0 = no limit)")
+        description="seconds between two typing notices of one user in one conversation, "
+                    "across gateway replicas; the notices between are dropped. It holds "
+                    "whatever RATE_LIMIT_ENABLED says (0 = no limit)")
     rate_limit_tenant_send_rate: float = _rate(1000, "messages a whole tenant may send")
     rate_limit_tenant_send_burst: int = _burst(2000, "messages a whole tenant may send")
     rate_limit_tenant_read_rate: float = _rate(5000, "reads of a whole tenant")

@@ -1,14 +1,18 @@
 """EditMessage, DeleteMessage, AddReaction and RemoveReaction: who may change a message.
 
-- Only its sender edits a message, and not once it is deleted.
+- Only its sender edits a message, and not once it is deleted (FAILED_PRECONDITION: the
+  request is the sender's right, the message's state forbids it).
 - Its sender, the owner or an admin deletes it; deleting a tombstone again changes nothing.
 - Any member reacts, once per emoji per message; adding a reaction that is there or removing
-  one that is not changes nothing (no event), and a tombstone takes no reactions.
+  one that is not changes nothing (no event), and a tombstone takes no reactions
+  (FAILED_PRECONDITION; removing one from a tombstone changes nothing: it has none).
 
 Errors: NOT_FOUND for a message the caller cannot see (no such message, not in that
 conversation, the caller not a member, or from before they joined a conversation that hides
 its history: one answer), PERMISSION_DENIED for a member without the right,
-INVALID_ARGUMENT ``emoji`` for anything that is not one emoji.
+FAILED_PRECONDITION (reason ``MESSAGE_DELETED``) for an edit of or a reaction to a deleted
+message, INVALID_ARGUMENT ``emoji`` for anything that is not one emoji. A caller who left the
+conversation is no member: NOT_FOUND, whatever the message.
 
 Emoji: ``emoji.is_emoji`` of the maintained ``emoji`` package (pure Python, no dependencies,
 updated with each Unicode emoji release): it accepts exactly one emoji as Unicode defines them,
@@ -28,7 +32,7 @@ from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.changes import Locked
 from chat_api.storage.message_changes import MessageChangeRepository, TargetMessage
 from chat_shared.auth import Principal
-from chat_shared.errors import InvalidArgument, NotFound, PermissionDenied
+from chat_shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 MESSAGE_NOT_FOUND = "message not found"
 
@@ -63,8 +67,8 @@ class MessageChangeService:
             if msg.sender_id != me:
                 raise PermissionDenied("only its sender edits a message", reason="NOT_SENDER")
             if msg.deleted:
-                raise PermissionDenied("a deleted message cannot be edited",
-                                       reason="MESSAGE_DELETED")
+                raise FailedPrecondition("a deleted message cannot be edited",
+                                         reason="MESSAGE_DELETED")
             return True
 
         return self._found(await self._repo.edit(caller.tenant_id, cid, me, mid, content,
@@ -93,8 +97,8 @@ class MessageChangeService:
             if msg.deleted:
                 if not add:
                     return False  # a tombstone has no reactions: nothing to remove
-                raise PermissionDenied("a deleted message takes no reactions",
-                                       reason="MESSAGE_DELETED")
+                raise FailedPrecondition("a deleted message takes no reactions",
+                                         reason="MESSAGE_DELETED")
             return msg.reacted != add
 
         return self._found(await self._repo.react(caller.tenant_id, cid, caller.user_id, mid,

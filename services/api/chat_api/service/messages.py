@@ -104,8 +104,9 @@ class MessageService:
         stays empty; in a plain one the reverse. The send statement itself checks which the
         conversation is, so a plain send pays nothing for it; only a refused send asks why.
         """
-        if ciphertext is None and not content:
-            raise InvalidArgument("content", "is required (or ciphertext, in an end-to-end "
+        if ciphertext is None and not content and not attachment_ids:
+            raise InvalidArgument("content", "is required unless attachment_ids lists at least "
+                                             "one upload (or ciphertext, in an end-to-end "
                                              "encrypted conversation)")
         if ciphertext is not None and content:
             raise InvalidArgument("content", "cannot be combined with ciphertext: an "
@@ -129,10 +130,16 @@ class MessageService:
             raise _duplicate(dup.original, cid, content, root, ciphertext) from None
         if message is None:
             await self._explain_encryption(caller, cid, ciphertext)
-            if root is not None and await self._repo.thread_root_state(
-                    caller.tenant_id, cid, caller.user_id, root) is RootState.NOT_ROOT:
+            state = (await self._repo.thread_root_state(caller.tenant_id, cid, caller.user_id,
+                                                        root) if root is not None else None)
+            if state is RootState.NOT_ROOT:
                 raise InvalidArgument("thread_root_id", "names a reply; a thread is answered "
                                                         "through its root-level message")
+            if state is RootState.DELETED:
+                raise FailedPrecondition("thread_root_id: the root message is deleted; a "
+                                         "deleted message takes no replies",
+                                         reason="ROOT_DELETED",
+                                         metadata={"field": "thread_root_id"})
             if ids and self._attachments is not None and \
                     await self._attachments.used_elsewhere(caller, ids):
                 raise FailedPrecondition("attachment_ids: an upload was attached to another "

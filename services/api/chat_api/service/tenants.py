@@ -22,6 +22,7 @@ from chat_api.models import TenantRecord
 from chat_api.storage.tenants import TenantRepository
 from chat_shared.errors import PermissionDenied
 from chat_shared.ratelimit import LIMIT_NAMES as RATE_LIMIT_NAMES
+from chat_shared.ratelimit import registry_lookup
 
 LIMIT_NAMES = ("max_members", "max_message_length", "max_attachment_bytes", *RATE_LIMIT_NAMES)
 """The limits the API enforces (``chat-tenant set-limit`` accepts these): the rate limits are
@@ -52,10 +53,8 @@ class Tenant:
 
 
 def _limit(record: TenantRecord, name: str, default: int) -> int:
-    value = record.limits.get(name)
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return default
+    # The gateway reads the registry's values the same way (its connect limit).
+    return registry_lookup(record.limits)(name, default)
 
 
 class TenantDirectory:

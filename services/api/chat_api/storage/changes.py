@@ -16,7 +16,8 @@ statement that checked its conditions in sub-selects would read them from a snap
 before it waited for the lock, and could take a position for a change that then matched no
 row. (A send is a single statement and still safe: everything it writes follows from the
 conversation row it updates, and its membership check reads ``member_ids`` of that row,
-which PostgreSQL re-reads after the wait.)
+which PostgreSQL re-reads after the wait. A reply also depends on its root, which a deletion
+changes, so a reply takes the lock first: ``MessageRepository._send_reply``.)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from chat_shared.db import SET_TENANT, AsyncConn, Database
+from chat_shared.db import AsyncConn, Database, tenant_setting
 from chat_shared.events import payload_sql
 
 _LOCK = """
@@ -78,7 +79,8 @@ async def locked(db: Database, name: str, tenant: str, conversation_id: str,
     params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id}
     async with db.transaction(name) as conn:
         async with conn.pipeline():
-            await conn.execute(SET_TENANT, (tenant,), prepare=True)
+            setting, values, prepare = tenant_setting(conn, tenant)
+            await conn.execute(setting, values, prepare=prepare)
             lock = await conn.execute(_LOCK, params)
             role = await conn.execute(_ROLE, params) if user_id is not None else None
             more = await conn.execute(extra[0], {**params, **extra[1]}) if extra else None
@@ -117,8 +119,8 @@ def change_ctes(event_type: str, *, source: str, pos: str, refs: Mapping[str, st
         FROM {source}
     ), evt AS (
         INSERT INTO outbox (tenant_id, event_id, event_type, conversation_id, seq, recipients,
-                            payload)
+                            payload, message_id)
         SELECT %(tenant)s, gen_random_uuid(), '{event_type}', conv.id, {pos}, {recipients},
-               {payload_sql(event_type, payload)}
+               {payload_sql(event_type, payload)}, {refs.get("message_id", "NULL")}
         FROM {source}
     )"""

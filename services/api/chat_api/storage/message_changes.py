@@ -10,7 +10,11 @@ has none) and its attachments are erased in the same statement: detached from th
 (no read, resume or event shows them again, and GetAttachmentUrl finds nothing) and marked
 ``erased``, a queued deletion of their objects (file and thumbnail) that the sweeper carries
 out on its next pass (``AttachmentRepository.sweep_erased``). The change log never held the
-content, so from the deletion's commit on no read, resume or event carries it. Unread counts:
+content; the message's earlier events did: its ``message.created`` and ``message.updated``
+outbox rows (published ones stay for OUTBOX_RETENTION) and dead letters are rewritten to the
+tombstone in the same statement (``_SCRUB``), so from the deletion's commit on no row, read,
+resume, republished or replayed event carries it. (What the Redis streams already hold stays
+there until the stream is trimmed: docs/events.md, "Deletion".) Unread counts:
 a deleted message after a member's read position is counted in
 ``conversation_members.deleted_unread`` (incremented here, recomputed by MarkAsRead from the
 tombstones' partial index), and ``unread = last_seq - last_read_seq - deleted_unread`` stays
@@ -34,6 +38,7 @@ from chat_api.storage.rows import (
 )
 from chat_shared.db import AsyncConn, Database
 from chat_shared.events import (
+    MESSAGE_CREATED,
     MESSAGE_DELETED,
     MESSAGE_UPDATED,
     REACTION_ADDED,
@@ -109,6 +114,33 @@ _EDIT = _CONV + """, msg AS (
     SELECT 1 FROM conv
     """
 
+# The message's earlier events, rewritten to the tombstone: content "", no attachments,
+# deleted (version and edited_at stay what they were). Found through the index on the rows'
+# ``message_id`` column (migration 0011p): a plain uuid column, because under the row-level
+# security forced on these tables only leakproof conditions may drive an index, and uuid
+# equality is leakproof where the jsonb operators that would read the id from the payload are
+# not (an index on that expression is never used for the API's role: a scan of the whole
+# retention window). The outbox rows are locked in id order, the order in
+# which the relay's single-statement settling (``published_at``) locks them, so the two cannot
+# deadlock. A row the relay has read already and not yet published goes out as it was read: it
+# is an event from before the deletion, which follows it on the stream.
+_TOMBSTONE = """jsonb_set({t}.payload, '{{message}}',
+                     (({t}.payload -> 'message') - 'attachments')
+                     || jsonb_build_object('content', '', 'deleted', true))"""
+_SCRUB = f"""
+    , scrubbed AS (
+        UPDATE outbox o SET payload = {_TOMBSTONE.format(t="o")}
+          FROM (SELECT x.id FROM outbox x
+                 WHERE x.tenant_id = %(tenant)s AND x.message_id = %(message_id)s
+                   AND x.event_type IN ('{MESSAGE_CREATED}', '{MESSAGE_UPDATED}')
+                 ORDER BY x.id FOR UPDATE) earlier
+         WHERE o.id = earlier.id
+    ), scrubbed_dead AS (
+        UPDATE outbox_dead_letter d SET payload = {_TOMBSTONE.format(t="d")}
+         WHERE d.tenant_id = %(tenant)s AND d.message_id = %(message_id)s
+           AND d.event_type IN ('{MESSAGE_CREATED}', '{MESSAGE_UPDATED}')
+    )"""
+
 _DELETE = _CONV + """, msg AS (
         UPDATE messages m SET content = '', ciphertext = NULL, deleted_at = clock_timestamp()
          WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
@@ -126,7 +158,7 @@ _DELETE = _CONV + """, msg AS (
           FROM msg
          WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
            AND cm.last_read_seq < msg.seq AND cm.visible_from_seq < msg.seq
-    )""" + change_ctes(
+    )""" + _SCRUB + change_ctes(
     MESSAGE_DELETED, source="conv, msg", pos="conv.last_pos", refs=_MESSAGE_REFS,
     recipients="conv.member_ids", payload=message_payload("true", None)) + """
     SELECT 1 FROM conv

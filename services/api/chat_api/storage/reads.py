@@ -56,6 +56,13 @@ _MARK = f"""
     """
 
 
+def mark_params(tenant: str, conversation_id: str, user_id: str, up_to_seq: int
+                ) -> dict[str, object]:
+    """The values ``_MARK`` takes, as the API passes them (chat-bench's scaling phase too)."""
+    return {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id,
+            "up_to_seq": up_to_seq}
+
+
 class ReadRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -63,8 +70,7 @@ class ReadRepository:
     async def mark(self, tenant: str, conversation_id: str, user_id: str, up_to_seq: int
                    ) -> ReadPosition | None:
         """Moves the read position; None when the user is not a member."""
-        params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id,
-                  "up_to_seq": up_to_seq}
+        params = mark_params(tenant, conversation_id, user_id, up_to_seq)
         row = await self._db.fetchone("db.mark_as_read", _MARK, params, tenant=tenant)
         if row is None:
             return None

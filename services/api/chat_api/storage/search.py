@@ -22,9 +22,9 @@ the caller's page is the best ``limit`` of those: the global top-N is within the
 per-conversation ones. Only the final page is highlighted and gets its reactions.
 
 Thread replies are messages like any other and are found; a hit is read with
-``message_columns``/``message_from`` like every message the API returns, so when messages carry
-their thread (``thread_root_id``) those two are the one place to add it and hits say so
-(the statement keeps every column of ``messages`` up to the final select).
+``message_columns``/``message_from`` like every message the API returns, so it carries its
+``thread_root_id`` (a root its ``reply_count``), and hits of replies say so (the statement
+keeps every column of ``messages`` up to the final select).
 
 Highlights come from ``ts_headline`` with the same query and configuration (so they agree
 with what matched, accents and prefixes included), with every word highlighted and the
@@ -45,6 +45,7 @@ from chat_api.storage.rows import (
     message_from,
 )
 from chat_shared.db import Database
+from chat_shared.replica_reads import ReplicaReads
 
 CONFIGURATION = "chat_search"
 """The text search configuration of the vectors (migration 0008s) and of queries."""
@@ -129,7 +130,7 @@ def highlights_from_marked(content: str, marked: str, start: str, stop: str
 class PostgresSearchIndex:
     """SearchIndex over PostgreSQL full-text search."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | ReplicaReads) -> None:
         self._db = db
 
     async def search(self, tenant: str, user_id: str, query: ParsedQuery,

@@ -32,7 +32,14 @@ from psycopg import AsyncConnection
 from psycopg.types.numeric import Int8Dumper
 
 from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
-from chat_api.storage.messages import _BY_KEY, _PAGE, _ROOT_PAGE, _SEND, _THREAD_PAGE
+from chat_api.storage.messages import (
+    _BY_KEY,
+    _PAGE,
+    _ROOT_PAGE,
+    _SEND,
+    _SEND_PLAIN,
+    _THREAD_PAGE,
+)
 from chat_api.storage.reads import _MARK
 from chat_shared.db import SET_TENANT
 from chat_shared.observability.logging import get_logger
@@ -40,7 +47,8 @@ from chat_shared.observability.logging import get_logger
 log = get_logger(__name__)
 
 HOT_STATEMENTS: tuple[str, ...] = (_LIST_FIRST, _LIST_AFTER, *_ROOT_PAGE.values(),
-                                   *_PAGE.values(), *_THREAD_PAGE.values(), _SEND, _BY_KEY,
+                                   *_PAGE.values(), *_THREAD_PAGE.values(), _SEND_PLAIN, _SEND,
+                                   _BY_KEY,
                                    _MARK)
 """The statements of the calls made most (lists, timelines and threads, sends, retries, read
 marks)."""

@@ -20,11 +20,18 @@ Deadlines: the caller's (gRPC: the call's deadline; HTTP: a ``Grpc-Timeout`` hea
 format, "500m", "2S", as gRPC-Gateway reads it) is set for the call's I/O through
 ``chat_shared.deadlines``. The server answers DEADLINE_EXCEEDED a moment (``DEADLINE_LEAD``)
 before the caller gives up, so that its own answer, not a cancellation, ends the work.
+
+Read replicas (``chat_shared.replica_reads``, docs/read-replicas.md): with one configured, the
+calls of ``REPLICA_READS`` may read there, after the position the caller sent
+(``X-Chat-Read-After``); every other call that succeeds, except the pure reads of
+``NO_POSITION``, answers with the position the caller must send to see its own change
+(``ctx.position``, ``X-Chat-Position``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -54,6 +61,12 @@ from chat_shared.errors import (
 from chat_shared.observability.logging import get_logger
 from chat_shared.ratelimit import ANONYMOUS, ClassLimits, Decision, RateLimiter, tenant_overrides
 from chat_shared.ratelimit import headers as rate_limit_headers
+from chat_shared.replica_reads import (
+    READ_AFTER_HEADER,
+    ReplicaReads,
+    parse_position,
+    replica_read,
+)
 from chat_shared.tenancy import TenantLabel
 
 log = get_logger("chat_api.rpc")
@@ -81,6 +94,33 @@ DEADLINE_LEAD = 0.02
 """Seconds before the caller's deadline at which the call's I/O stops waiting. A gRPC server
 whose deadline passes cancels the call's task, and a cancelled psycopg query first tries to
 cancel it in the server, which a server that does not answer holds up for seconds."""
+
+
+REPLICA_READS = frozenset({"GetMessages", "GetThread", "GetConversations", "SearchMessages"})
+"""The calls whose single-statement reads may run on a read replica.
+
+Not ListDevices or GetToDeviceMessages (end-to-end encryption, docs/e2ee.md): their readers
+are not the writers, so carry no position of the write, and a lagging replica would hide a
+device just registered (a sender would encrypt without it, and that device could never read
+the message) or a room key just sent (the recipient could not decrypt); both run on the
+primary."""
+NO_POSITION = frozenset(m for m, cls in RATE_CLASSES.items() if cls == "read")
+"""The calls that change nothing (their rate class says so), so have no position to hand out."""
+
+
+def read_after(value: str | None) -> int | None:
+    """The position of an ``X-Chat-Read-After`` header; None when there is none.
+
+    Raises:
+        InvalidArgument: the header is not a position.
+    """
+    if not value:
+        return None
+    try:
+        return parse_position(value)
+    except ValueError:
+        raise InvalidArgument(READ_AFTER_HEADER, "must be a position as X-Chat-Position "
+                                                 "gives it, e.g. 16/B374D848") from None
 
 
 def http_timeout(header: str | None) -> float | None:
@@ -116,6 +156,10 @@ class CallContext:
     """The caller's address (for the ``anon`` limit); asked only when credentials fail."""
     rate_limit: tuple[str, Decision] | None = None
     """Set by the pipeline: the call's class and the limiter's decision (for the headers)."""
+    read_after: str | None = None
+    """The caller's ``X-Chat-Read-After`` (read replicas); read only by a replica-eligible call."""
+    position: str | None = None
+    """Set by the pipeline after a change, with a read replica: ``X-Chat-Position``."""
 
     def rate_limit_headers(self) -> dict[str, str]:
         """The IETF RateLimit headers of the call's decision; {} without one."""
@@ -129,7 +173,8 @@ class Dispatcher:
                  tenants: TenantDirectory | None = None,
                  limiter: RateLimiter | None = None,
                  rate_classes: dict[str, str] = RATE_CLASSES,
-                 tenant_label: TenantLabel | None = None) -> None:
+                 tenant_label: TenantLabel | None = None,
+                 reads: ReplicaReads | None = None) -> None:
         """
         Args:
             tenants: admits each caller's tenant (registered and active) before the request
@@ -139,7 +184,9 @@ class Dispatcher:
                 ``write-other`` (the strictest of the call classes), so a new RPC is never
                 unlimited (tests/integration/test_rate_limits.py checks the table is whole).
             tenant_label: the ``tenant`` label of a call's tenant (bounded: an allow-list).
+            reads: the read replica's router; None = no replica (no positions either).
         """
+        self._reads = reads
         self._verifier = verifier
         self._handlers = handlers
         self._tenants = tenants
@@ -183,6 +230,9 @@ class Dispatcher:
             if decode is not None:
                 request = decode(request)
             request_rules.check(request)
+            if self._reads is not None:
+                return await self._call_with_replica(ctx, handler, principal, request,
+                                                     self._reads)
             if ctx.timeout is None:
                 return await handler(principal, request)
             if ctx.timeout <= DEADLINE_LEAD:
@@ -217,6 +267,22 @@ class Dispatcher:
                          tenant=ctx.tenant_id or None)
             structlog.contextvars.unbind_contextvars(
                 *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))
+
+    async def _call_with_replica(self, ctx: CallContext, handler: Handler,
+                                 principal: Principal, request: Message,
+                                 reads: ReplicaReads) -> Message:
+        """The handler's call when a read replica is configured (module docstring)."""
+        with contextlib.ExitStack() as scope:
+            if ctx.timeout is not None:
+                if ctx.timeout <= DEADLINE_LEAD:
+                    raise DeadlineExceeded("deadline exceeded before the call started")
+                scope.enter_context(deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD))
+            if ctx.method in REPLICA_READS:
+                scope.enter_context(replica_read(read_after(ctx.read_after)))
+            response = await handler(principal, request)
+            if ctx.method not in NO_POSITION:
+                ctx.position = await reads.write_position()
+            return response
 
     async def _authenticate(self, ctx: CallContext) -> Principal:
         """The caller; with limits on, refused credentials count against the client address.

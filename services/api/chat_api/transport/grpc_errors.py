@@ -57,11 +57,15 @@ def status_proto(exc: ChatError) -> status_pb2.Status:
     return status
 
 
-def to_grpc_status(exc: ChatError) -> grpc.Status:
+def to_grpc_status(exc: ChatError, rate_limit_headers: dict[str, str] | None = None
+                   ) -> grpc.Status:
+    """The status of ``exc``; with the call's RateLimit headers as trailing metadata, like
+    HTTP sends them on every answer of a limited call (a refusal carries its own)."""
     status = rpc_status.to_status(status_proto(exc))
-    if isinstance(exc, RateLimited):
+    headers = exc.headers if isinstance(exc, RateLimited) else rate_limit_headers
+    if headers:
         # The same headers HTTP sends, as trailing metadata (lower-case keys, as gRPC wants).
-        extra = tuple((k.lower(), v) for k, v in exc.headers.items())
+        extra = tuple((k.lower(), v) for k, v in headers.items())
         status = _Status(status.code, status.details, (*status.trailing_metadata, *extra))
     return status
 

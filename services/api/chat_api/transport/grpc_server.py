@@ -19,16 +19,21 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
+from chat_api.transport.client_address import ClientAddress
 from chat_api.transport.dispatch import CallContext, Dispatcher
 from chat_api.transport.grpc_errors import to_grpc_status
 from chat_shared.errors import ChatError, InvalidArgument
 from chat_shared.observability.tracing import recording, trace_id_from
 from chat_shared.protos.chat.v1 import chat_pb2
+from chat_shared.replica_reads import POSITION_HEADER, READ_AFTER_HEADER
 
 SERVICE_NAME = "chat.v1.ChatService"
 
 
-_READ = frozenset({"authorization", "x-request-id", "traceparent"})
+_READ_AFTER = READ_AFTER_HEADER.lower()
+_READ = frozenset({"authorization", "x-request-id", "traceparent", "x-forwarded-for",
+                   _READ_AFTER})
+_POSITION = POSITION_HEADER.lower()
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -62,14 +67,16 @@ def _decoder(cls: type[Message]) -> Callable[[bytes], Message]:
     return decode
 
 
-def _unary(dispatcher: Dispatcher, method: str,
-           decode: Callable[[bytes], Message]) -> Callable[..., Awaitable[Any]]:
+def _unary(dispatcher: Dispatcher, method: str, decode: Callable[[bytes], Message],
+           addresses: ClientAddress) -> Callable[..., Awaitable[Any]]:
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> Any:
         metadata = _metadata(context)
         ctx = CallContext(method=method, transport="grpc",
                           authorization=metadata.get("authorization"),
                           timeout=context.time_remaining(),
-                          client_address=lambda: peer_address(context.peer()))
+                          client_address=lambda: addresses.resolve(
+                              peer_address(context.peer()), metadata.get("x-forwarded-for")),
+                          read_after=metadata.get(_READ_AFTER))
         request_id = metadata.get("x-request-id")
         if request_id and len(request_id) <= 128:
             ctx.request_id = request_id
@@ -79,24 +86,33 @@ def _unary(dispatcher: Dispatcher, method: str,
         try:
             response = await dispatcher.call(ctx, request, decode)
         except ChatError as exc:
-            await context.abort_with_status(to_grpc_status(exc))
-        if ctx.rate_limit is not None:  # the same RateLimit headers HTTP sends
-            context.set_trailing_metadata((
-                ("x-request-id", ctx.request_id),
-                *((k.lower(), v) for k, v in ctx.rate_limit_headers().items())))
+            # Refused credentials (counted against the address) and errors after the limit
+            # carry the decision's RateLimit headers too.
+            await context.abort_with_status(to_grpc_status(exc, ctx.rate_limit_headers()))
+        if ctx.rate_limit is not None or ctx.position is not None:
+            trailing = [("x-request-id", ctx.request_id)]
+            # the same RateLimit headers HTTP sends
+            trailing += ((k.lower(), v) for k, v in ctx.rate_limit_headers().items())
+            if ctx.position is not None:
+                trailing.append((_POSITION, ctx.position))
+            context.set_trailing_metadata(trailing)
         return response
 
     return handle
 
 
-def chat_service_handler(dispatcher: Dispatcher) -> grpc.GenericRpcHandler:
+def chat_service_handler(dispatcher: Dispatcher, addresses: ClientAddress | None = None
+                         ) -> grpc.GenericRpcHandler:
+    """The ChatService methods; ``addresses`` tells a call's client address (TRUSTED_PROXIES;
+    None = the peer's)."""
+    addresses = addresses or ClientAddress()
     service = chat_pb2.DESCRIPTOR.services_by_name["ChatService"]
     handlers = {}
     for method in service.methods:
         req_cls = GetMessageClass(method.input_type)
         resp_cls = GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _unary(dispatcher, method.name, _decoder(req_cls)),
+            _unary(dispatcher, method.name, _decoder(req_cls), addresses),
             request_deserializer=None,  # bytes: decoded in the Dispatcher (see above)
             response_serializer=resp_cls.SerializeToString,
         )

@@ -16,8 +16,9 @@ errors through its one table (http_errors). What only HTTP needs lives in the mi
 - a 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750), with ``error="invalid_token"`` when
   a bearer token was sent and refused;
 - rate limits: every answer of a limited call carries the IETF ``RateLimit`` and
-  ``RateLimit-Policy`` headers, a refusal is 429 with ``Retry-After`` too (docs/rate-limits.md),
-  and refusals write no access-log line.
+  ``RateLimit-Policy`` headers, errors included (a 401 those of the client address's ``anon``
+  budget, which refused credentials spend), a refusal is 429 with ``Retry-After`` too
+  (docs/rate-limits.md), and refusals write no access-log line.
 
 The request is parsed only once the Dispatcher has authenticated the caller.
 """
@@ -38,6 +39,7 @@ from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from chat_api.transport.client_address import ClientAddress
 from chat_api.transport.dispatch import GRPC_TIMEOUT_HEADER, CallContext, Dispatcher, http_timeout
 from chat_api.transport.http_docs import docs_html
 from chat_api.transport.http_errors import error_response, gateway_error, www_authenticate
@@ -54,6 +56,7 @@ from chat_shared.http_serving import (
 )
 from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import recording, trace_id_from
+from chat_shared.replica_reads import POSITION_HEADER, READ_AFTER_HEADER
 
 log = get_logger("chat_api.http")
 tracer = trace.get_tracer("chat_api.http")
@@ -61,14 +64,23 @@ tracer = trace.get_tracer("chat_api.http")
 GZIP_MIN_BYTES = 1024
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-_CORS_ALLOW_HEADERS = "Authorization, Content-Type, Grpc-Timeout, Idempotency-Key, X-Request-Id"
+_CORS_ALLOW_HEADERS = ("Authorization, Content-Type, Grpc-Timeout, Idempotency-Key, X-Request-Id, "
+                       f"{READ_AFTER_HEADER}")
 _CORS_MAX_AGE = "600"
-_CORS_EXPOSE_HEADERS = f"{REQUEST_ID_HEADER}, RateLimit, RateLimit-Policy, Retry-After"
+_CORS_EXPOSE_HEADERS = (f"{REQUEST_ID_HEADER}, RateLimit, RateLimit-Policy, Retry-After, "
+                        f"{POSITION_HEADER}")
 _REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_RATE_LIMIT_KEY = web.RequestKey("rate_limit_headers", dict[str, str])
+"""The RateLimit headers of a call that failed after its limit was checked."""
 CLIENT_CLOSED_REQUEST = 499
 """nginx's status for a request whose client left before the answer (never sent, only logged)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_id(request: web.Request) -> str:
+    """The request id the middleware gave ``request`` (for routes mounted beside ours)."""
+    return request[_REQUEST_ID_KEY]
 
 
 class HttpGateway:
@@ -79,8 +91,15 @@ class HttpGateway:
                  service: ServiceDescriptor | None = None,
                  header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                  body_timeout: float = 30.0,
-                 keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT) -> None:
+                 keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+                 addresses: ClientAddress | None = None) -> None:
+        """
+        Args:
+            addresses: tells a call's client address for the per-address limit
+                (TRUSTED_PROXIES); None = the peer's.
+        """
         self._dispatcher = dispatcher
+        self._addresses = addresses or ClientAddress()
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._keepalive_timeout = keepalive_timeout
@@ -132,7 +151,8 @@ class HttpGateway:
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
                               request_id=request[_REQUEST_ID_KEY],
-                              client_address=lambda: request.remote or "")
+                              client_address=lambda: self.client_address(request),
+                              read_after=request.headers.get(READ_AFTER_HEADER))
 
             def decode(_: object) -> Message:
                 # Called by the Dispatcher once the caller is authenticated: nothing the
@@ -141,10 +161,16 @@ class HttpGateway:
                 return parse_request(binding, request.match_info, request.query, body,
                                      request.headers.get("Idempotency-Key"))
 
-            response = await self._dispatcher.call(ctx, None, decode)
+            try:
+                response = await self._dispatcher.call(ctx, None, decode)
+            except ChatError:
+                request[_RATE_LIMIT_KEY] = ctx.rate_limit_headers()
+                raise
+            headers = ctx.rate_limit_headers()
+            if ctx.position is not None:
+                headers[POSITION_HEADER] = ctx.position
             return web.Response(body=render(response, binding.response_body),
-                                content_type="application/json",
-                                headers=ctx.rate_limit_headers() or None)
+                                content_type="application/json", headers=headers or None)
 
         return handle
 
@@ -201,8 +227,8 @@ class HttpGateway:
         except RateLimited as exc:
             return error_response(exc, exc.headers)
         except ChatError as exc:
-            return error_response(exc, www_authenticate(exc, request.headers.get(
-                hdrs.AUTHORIZATION)))
+            challenge = www_authenticate(exc, request.headers.get(hdrs.AUTHORIZATION)) or {}
+            return error_response(exc, {**challenge, **request.get(_RATE_LIMIT_KEY, {})})
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -216,6 +242,15 @@ class HttpGateway:
         except Exception:  # noqa: BLE001 - nothing internal reaches the client
             log.exception("http_failed", path=request.path)
             return error_response(Internal("internal error"))
+
+    def client_address(self, request: web.Request) -> str:
+        """The caller's address for the per-address limit (X-Forwarded-For from trusted
+        proxies only); GraphQL's endpoint asks it too."""
+        peer = request.remote or ""
+        if not self._addresses.trusts_proxies:
+            return peer
+        forwarded = request.headers.getall(hdrs.X_FORWARDED_FOR, [])
+        return self._addresses.resolve(peer, ",".join(forwarded) or None)
 
     def _route_template(self, request: web.Request) -> str:
         """The route's template for span names (bounded cardinality), not the concrete path."""
@@ -267,7 +302,8 @@ def _route_methods(request: web.Request) -> set[str]:
 
 
 def _maybe_gzip(request: web.Request, response: web.StreamResponse) -> None:
-    if not isinstance(response, web.Response) or response.body is None:
+    if (not isinstance(response, web.Response) or response.body is None
+            or hdrs.CONTENT_ENCODING in response.headers):  # stored compressed already
         return
     body = response.body
     size = len(body) if isinstance(body, bytes | bytearray) else 0

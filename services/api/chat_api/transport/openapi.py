@@ -161,9 +161,11 @@ def _message_rules(desc: Descriptor) -> str:
     if not options.HasExtension(validate_pb2.message):
         return ""
     rules = options.Extensions[validate_pb2.message]
-    if rules.cel:
-        raise ValueError(f"{desc.full_name}: message CEL rules cannot be published")
-    words = []
+    # A CEL rule across fields is published as its message, which must say it in words.
+    words = [rule.message.rstrip(".") + "." for rule in rules.cel]
+    if any(not rule.message for rule in rules.cel):
+        raise ValueError(f"{desc.full_name}: a message CEL rule without a message cannot be "
+                         "published")
     for rule in rules.oneof:
         fields = ", ".join(rule.fields)
         words.append(f"{'Exactly' if rule.required else 'At most'} one of {fields}.")
@@ -323,11 +325,12 @@ def _request_single(fd: FieldDescriptor, pending: list[Descriptor], rules: Any, 
                                validate_pb2.StringRules(), cel)
         if rules is not None and rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE:
             # Empty means "not given", which the rules let through: every pattern admits
-            # "" too, and a minimum length of 1 says nothing more than "not empty".
+            # "" too (a maximum length does already), and a minimum length of 1 says nothing
+            # more than "not empty"; a longer minimum would contradict it.
             if set(schema) - {"type", "format", "pattern", "allOf", "minLength", "maxLength",
                               "description"} or schema.get("minLength", 1) != 1:
-                raise ValueError(f"{fd.full_name}: these rules cannot be published with "
-                                 "IGNORE_IF_ZERO_VALUE yet")
+                raise ValueError(f"{fd.full_name}: {sorted(schema)} cannot be published "
+                                 "with IGNORE_IF_ZERO_VALUE yet")
             schema.pop("format", None)
             schema.pop("minLength", None)
             for part in (schema, *schema.get("allOf", ())):

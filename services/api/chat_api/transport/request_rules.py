@@ -33,6 +33,12 @@ _PLAIN: dict[str, str] = {
     "string.uuid_empty": "is required (a UUID)",
 }
 
+# Message-level CEL rule id -> the field its violation names. Such a rule relates several
+# fields; its message starts with the field's name, which the violation's field repeats.
+_MESSAGE_RULE_FIELD: dict[str, str] = {
+    "content_or_attachments": "content",
+}
+
 
 def check(request: Message) -> None:
     """Raises InvalidArgument for the first rule of chat.proto that ``request`` breaks."""
@@ -45,6 +51,9 @@ def _invalid(request: Message, violation: Violation) -> InvalidArgument:
     proto = violation.proto
     if proto.field is None and proto.rule_id == "message.oneof":
         return _oneof_violation(request)
+    if proto.field is None and proto.rule_id in _MESSAGE_RULE_FIELD:
+        name = _MESSAGE_RULE_FIELD[proto.rule_id]
+        return InvalidArgument(name, proto.message.removeprefix(name + " "))
     field = _field_path(proto)
     message = _PLAIN.get(proto.rule_id, proto.message)
     if proto.rule_id == "string.min_len" and message == "must be at least 1 characters":

@@ -11,6 +11,13 @@
 // ordinary messages: they can be edited, deleted and reacted to like the main list's. Typing:
 // the message inputs send a "typing" frame (at most one a second from here; the server passes
 // on one per 3 s), and other members' typing shows under the list for expires_in_ms.
+//
+// Attachments (docs/attachments.md): files never pass through the API. For each chosen file
+// the client asks for an upload (CreateUpload), posts the file straight to the object store
+// with the presigned form it got, then sends the message naming the uploads (attachment_ids);
+// a message may be files alone. An image's thumbnail arrives later as message.updated
+// (thumbnail_ready), and is shown from a presigned URL (GetAttachmentUrl, thumbnail=true);
+// "Download" fetches the file itself from another presigned URL.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -18,7 +25,7 @@ const state = {
   config: null, user: "", token: "", ws: null, retry: 0, retryTimer: null, pingTimer: null,
   pongDeadline: null, convs: new Map(), messages: new Map(), positions: new Map(),
   current: null, reloadTimer: null, messagesTimer: null, signedIn: false,
-  thread: null, typing: new Map(), typingSentAt: 0, typingTimer: null,
+  thread: null, typing: new Map(), typingSentAt: 0, typingTimer: null, urls: new Map(),
 };
 const QUICK_REACTIONS = ["👍", "🎉", "❤️"];
 
@@ -246,9 +253,12 @@ function addMessage(m) {
   const byseq = state.messages.get(cid);
   const fresh = !byseq.has(seq);
   const before = byseq.get(seq);
-  // An event's message carries no reactions: keep the ones known (a tombstone has none).
+  // An event's message carries no reactions and no thread counts: keep the ones known (a
+  // tombstone has no reactions).
   const reactions = m.reactions || (m.deleted ? [] : (before && before.reactions) || []);
-  byseq.set(seq, { ...m, seq, reactions });
+  const thread = m.reply_count === undefined && before
+    ? { reply_count: before.reply_count, last_reply_at: before.last_reply_at } : {};
+  byseq.set(seq, { ...thread, ...m, seq, reactions, attachments: m.attachments || [] });
   return fresh;
 }
 
@@ -305,6 +315,7 @@ function messageItem(m) {
   body.className = "content";
   body.textContent = m.deleted ? "message deleted" : m.content;
   li.append(meta, body);
+  if (!m.deleted && m.attachments.length) li.append(attachmentList(m));
   if (!m.deleted) {
     const row = document.createElement("span");
     row.className = "reactions";
@@ -342,6 +353,99 @@ function messageItem(m) {
   }
   return li;
 }
+
+// --- attachments -------------------------------------------------------------------------------
+
+const INLINE_IMAGES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
+
+function sizeText(bytes) {
+  const n = Number(bytes);
+  return n < 1024 ? `${n} B` : n < 1 << 20 ? `${(n / 1024).toFixed(1)} KiB`
+    : `${(n / (1 << 20)).toFixed(1)} MiB`;
+}
+
+// A presigned GET of an attachment or its thumbnail, reused (also while it is being asked for)
+// as long as it has a minute left: the list is drawn again on every change, and the browser
+// then keeps the image it already has.
+function attachmentUrl(id, thumbnail) {
+  const key = `${id} ${thumbnail}`;
+  const known = state.urls.get(key);
+  if (known && (known.expires === null || known.expires - Date.now() > 60000)) return known.url;
+  const entry = { url: null, expires: null };
+  entry.url = api("GET", `/v1/attachments/${id}/url` + (thumbnail ? "?thumbnail=true" : ""))
+    .then((r) => { entry.expires = new Date(r.expires_at).getTime(); return r.url; });
+  entry.url.catch(() => state.urls.delete(key));
+  state.urls.set(key, entry);
+  return entry.url;
+}
+
+function attachmentList(m) {
+  const list = document.createElement("ul");
+  list.className = "attachments";
+  list.setAttribute("aria-label", "Attachments");
+  for (const a of m.attachments) {
+    const li = document.createElement("li");
+    li.dataset.id = a.id;
+    if (INLINE_IMAGES.has(a.content_type) && a.thumbnail_ready) {
+      const img = document.createElement("img");
+      img.className = "thumb";
+      img.alt = a.filename;
+      attachmentUrl(a.id, true).then((url) => { img.src = url; })
+        .catch((e) => showError(e.message));
+      li.append(img);
+    }
+    const name = document.createElement("span");
+    name.className = "file";
+    const pending = INLINE_IMAGES.has(a.content_type) && !a.thumbnail_ready;
+    name.textContent = `${a.filename} (${sizeText(a.size_bytes)})` +
+                       (pending ? " · preview coming…" : "");
+    li.append(name, messageButton(`Download ${a.filename}`, "Download", () => act(download(a))));
+    list.append(li);
+  }
+  return list;
+}
+
+// Fetches the file from the store and saves it under its (sanitised) name: the store's CORS
+// lets this page read it, and a blob URL makes the browser save rather than show it.
+async function download(a) {
+  const res = await fetch(await attachmentUrl(a.id, false));
+  if (!res.ok) throw new Error(`download of ${a.filename}: ${res.status}`);
+  const href = URL.createObjectURL(await res.blob());
+  const link = document.createElement("a");
+  link.href = href;
+  link.download = a.filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(href), 60000);
+}
+
+// One chosen file: CreateUpload, then the presigned form to the store (its fields first, the
+// file last, named "file"); the upload id to list in attachment_ids.
+async function uploadFile(cid, file) {
+  const ticket = await api("POST", `/v1/conversations/${cid}/uploads`, {
+    filename: file.name, content_type: file.type || "application/octet-stream",
+    size_bytes: file.size,
+  });
+  const form = new FormData();
+  for (const [name, value] of Object.entries(ticket.fields || {})) form.append(name, value);
+  form.append("file", file);
+  const res = await fetch(ticket.url, { method: ticket.method || "POST", body: form });
+  if (!res.ok) {
+    const text = await res.text().catch(() => "");
+    const code = (/<Code>([^<]*)<\/Code>/.exec(text) || [])[1] || res.statusText;
+    throw new Error(`upload of ${file.name} refused by the store: ${code}`);
+  }
+  return ticket.upload_id;
+}
+
+function renderChosenFiles() {
+  const files = [...$("attach").files];
+  $("attach-list").textContent = files.length
+    ? "Attached: " + files.map((f) => `${f.name} (${sizeText(f.size)})`).join(", ") : "";
+}
+
+$("attach").addEventListener("change", renderChosenFiles);
 
 // The main list and the open thread, both drawn from the messages known.
 function redraw() {
@@ -466,12 +570,27 @@ $("send-form").addEventListener("submit", async (ev) => {
   showError("");
   const input = $("message");
   const content = input.value.trim();
-  if (!content || !state.current) return;
+  const files = [...$("attach").files];
+  const cid = state.current;
+  if ((!content && !files.length) || !cid) return;
   input.value = "";
+  $("send").disabled = true;
   try {
-    const r = await sendMessage({ conversation_id: state.current, content });
+    const fields = { conversation_id: cid, content };
+    if (files.length) {
+      $("attach-list").textContent = `Uploading ${files.length} file(s)…`;
+      fields.attachment_ids = [];
+      for (const file of files) fields.attachment_ids.push(await uploadFile(cid, file));
+    }
+    const r = await sendMessage(fields);
+    $("attach").value = "";
+    renderChosenFiles();
     if (addMessage(r.message) && r.message.conversation_id === state.current) renderMessages();
-  } catch (e) { showError(e.message); input.value = content; }
+  } catch (e) {
+    showError(e.message); input.value = content; renderChosenFiles();
+  } finally {
+    $("send").disabled = false;
+  }
 });
 
 async function sendMessage(fields) {

@@ -20,14 +20,14 @@ search trigger leaves an encrypted message's vector empty, explicitly, not only 
 content is empty.
 
 Revision ID: 0011e
-Revises: 0010a
+Revises: 0011p
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0011e"
-down_revision = "0010a"
+down_revision = "0011p"
 branch_labels = None
 depends_on = None
 
