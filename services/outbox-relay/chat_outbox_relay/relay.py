@@ -224,7 +224,7 @@ class OutboxRelay:
         """Publishing is paused: wait (with backoff) until Redis answers again."""
         retry = Backoff(self.settings.outbox_retry_base, _MAX_PAUSE)
         while not self._stopping:
-            if await self.publisher.ping():
+            if await self.publisher.ping(every_master=True):
                 log.info("redis_available")
                 self._redis_paused = False
                 await self.dependencies.record("redis", True)
