@@ -7,15 +7,17 @@ import socket
 
 import pytest
 
-from chat_shared.ratelimit import ClassLimits, Limit, LocalLimiter, RateLimiter, RedisGcra
+from chat_shared.ratelimit import ClassLimits, Limit, LocalLimiter, RateLimiter
+from tests.helpers import gcra_backend, redis_async
+
+pytestmark = pytest.mark.redis_cluster
 
 SLOW = Limit(0.001, 50)  # a burst of 50 and (for a test's length) no refill
 
 
 def limiter(redis_addr: str, timeout: float = 0.5) -> RateLimiter:
-    host, port = redis_addr.rsplit(":", 1)
     return RateLimiter({"send": ClassLimits(SLOW, Limit(0.001, 1000))},
-                       RedisGcra(host, int(port), timeout=timeout))
+                       gcra_backend(redis_addr, timeout))
 
 
 async def test_redis_and_the_local_limiter_agree(redis_addr: str) -> None:
@@ -92,9 +94,7 @@ async def test_a_user_with_room_does_not_wait_for_redis(redis_addr: str) -> None
             await asyncio.sleep(0.01)  # the call's own work, during which the check answers
         assert [d.ahead for d in decisions] == [False] + [True] * 9
         assert [d.remaining for d in decisions] == list(range(49, 39, -1))
-        host, port = redis_addr.rsplit(":", 1)
-        import redis.asyncio as aioredis
-        r = aioredis.Redis(host=host, port=int(port))
+        r = redis_async(redis_addr)
         assert await r.exists("chat:rl:{t}:u:erin:send")
         await r.aclose()
         # All ten were counted in Redis: 40 left, so 40 more pass and the 41st does not.

@@ -14,8 +14,8 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from chat_devtools.ports import closed_port
 
+from chat_devtools.ports import closed_port
 from chat_shared.config import DatabaseSettings, RedisSettings
 from chat_shared.db import Database
 from chat_shared.redis_client import create_redis
@@ -23,7 +23,7 @@ from chat_ws_gateway.history import History
 from chat_ws_gateway.typing_indicators import TypingRelay
 from tests.helpers import create_conversation
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.redis_cluster, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
