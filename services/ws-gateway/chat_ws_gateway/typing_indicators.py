@@ -235,6 +235,7 @@ class TypingRelay:
     async def _run_shard(self, cluster: RedisCluster, name: str, retry_delay: float) -> None:
         while True:
             node_client: aioredis.Redis | None = None
+            pubsub: Any = None
             try:
                 await cluster.initialize()
                 node = cluster.get_node_from_key(name)
@@ -274,6 +275,9 @@ class TypingRelay:
                     await cluster.aclose()
                 await asyncio.sleep(retry_delay)
             finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
                 if node_client is not None:
                     with contextlib.suppress(Exception):
                         await node_client.aclose()
