@@ -146,8 +146,11 @@ async def test_nothing_is_lost_when_a_master_fails_under_load(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel, \
                 aiohttp.ClientSession() as session:
             stub = chat_pb2_grpc.ChatServiceStub(channel)
-            convs = [(await create_conversation(stub, "alice", ["bob"])).id
-                     for _ in range(CONVERSATIONS)]
+            # A third member makes each a conversation of its own (alice and bob alone
+            # would share their one direct conversation).
+            convs = [(await create_conversation(stub, "alice", ["bob", f"x{i}"])).id
+                     for i in range(CONVERSATIONS)]
+            assert len(set(convs)) == CONVERSATIONS
             await _connect(steady, session, gateway)
             await _connect(resuming, session, gateway)
             # The victim: the master whose streams carry the most of the conversations.

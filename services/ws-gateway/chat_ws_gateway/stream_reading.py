@@ -67,7 +67,9 @@ class StreamReader:
 
     async def _run_group(self, index: int) -> None:
         keys = self._groups[index]
-        retry = Backoff(0.1, 5.0)
+        # At most a second between tries: one XREAD is cheap, and every second of wait after
+        # Redis is back (a promoted replica, a restart) is a second of delivery lost.
+        retry = Backoff(0.1, 1.0)
         while True:
             try:
                 ids = self._ids[index]
