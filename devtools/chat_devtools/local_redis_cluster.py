@@ -7,8 +7,8 @@ timeout is short (1 s, the default is 15 s) so that a killed master is failed ov
 about two seconds, and the fault tests stay short.
 
 ``addr`` is what the services take as REDIS_ADDR (``redis+cluster://`` and every node as a
-seed). ``flush`` empties it for the next test; ``ensure_healthy`` restarts nodes a test killed
-and waits until every slot is served again.
+startup node). ``flush`` empties it for the next test; ``ensure_healthy`` restarts nodes a test
+killed and waits until every slot is served again.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class LocalRedisCluster:
 
     @property
     def addr(self) -> str:
-        """REDIS_ADDR for the services: every node is a seed."""
+        """REDIS_ADDR for the services: every node is a startup node."""
         return "redis+cluster://" + ",".join(node.addr for node in self.nodes)
 
     def start(self, timeout: float = 60.0) -> Self:

@@ -202,12 +202,12 @@ class DatabaseSettings(BaseSection):
 
 
 CLUSTER_SCHEME = "redis+cluster://"
-"""A REDIS_ADDR that starts with this names the seed nodes of a Redis Cluster."""
+"""A REDIS_ADDR that starts with this names the startup nodes of a Redis Cluster."""
 
 
 def parse_redis_nodes(value: str) -> list[tuple[str, int]]:
     """The ``host:port`` addresses of REDIS_ADDR: one, or (for a cluster) a comma-separated
-    list of seed nodes, optionally after ``redis+cluster://``.
+    list of startup nodes, optionally after ``redis+cluster://``.
 
     Raises:
         ValueError: an address is not host:port, or the URL carries credentials.
@@ -227,7 +227,7 @@ def parse_redis_nodes(value: str) -> list[tuple[str, int]]:
 
 class RedisSettings(BaseSection):
     redis_addr: str = Field(
-        "", description="host:port of Redis; for a Redis Cluster, one or more seed nodes "
+        "", description="host:port of Redis; for a Redis Cluster, one or more startup nodes "
                         "(host:port,host:port,...) with REDIS_CLUSTER=true, or the same list as "
                         "redis+cluster://host:port,... (which implies REDIS_CLUSTER)")
     redis_cluster: bool = Field(
@@ -267,7 +267,7 @@ class RedisSettings(BaseSection):
 
     @property
     def redis_nodes(self) -> list[tuple[str, int]]:
-        """The (host, port) of REDIS_ADDR's node, or of each seed node of a cluster."""
+        """The (host, port) of REDIS_ADDR's node, or of each startup node of a cluster."""
         return parse_redis_nodes(self.redis_addr) if self.redis_addr else []
 
 

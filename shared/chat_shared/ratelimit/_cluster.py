@@ -4,8 +4,8 @@ The limiter keeps its own RESP connections (``_resp.py`` says why not redis-py; 
 client adds slot routing on top of the same per-command cost), so it routes by itself, the way
 a cluster client does:
 
-- the slot map comes from ``CLUSTER SLOTS``, asked of a known node (the seeds of REDIS_ADDR at
-  first, then any master it knows);
+- the slot map comes from ``CLUSTER SLOTS``, asked of a known node (the startup nodes of
+  REDIS_ADDR at first, then any master it knows);
 - a check goes to the master of its keys' slot (the keys share the ``{tenant}`` hash tag, so
   the script touches one slot), over one ``RedisGcra`` (one pipelined socket) per master;
 - MOVED: the slot is served elsewhere now (a failover, a resharding); the map is patched, the
@@ -57,9 +57,9 @@ def parse_cluster_slots(reply: Reply, asked: Address) -> list[tuple[int, int, Ad
 class ClusterGcra:
     """``RedisGcra``'s interface (check, submit, answer, close) over a cluster's masters."""
 
-    def __init__(self, seeds: Sequence[Address], *, timeout: float, password: str = "",
+    def __init__(self, startup_nodes: Sequence[Address], *, timeout: float, password: str = "",
                  down_for: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._seeds = list(seeds)
+        self._startup = list(startup_nodes)
         self._timeout = timeout
         self._password = password
         self._down_for = down_for
@@ -154,7 +154,7 @@ class ClusterGcra:
     async def _refresh(self) -> None:
         self._refreshed_at = self._clock()
         known = [a for a in dict.fromkeys(a for a in self._slots if a is not None)]
-        for address in [*known, *(s for s in self._seeds if s not in known)]:
+        for address in [*known, *(s for s in self._startup if s not in known)]:
             try:
                 reply = await self._node(address).call("CLUSTER", "SLOTS")
                 ranges = parse_cluster_slots(reply, address)
