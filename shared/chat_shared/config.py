@@ -216,8 +216,8 @@ def parse_redis_nodes(value: str) -> list[tuple[str, int]]:
     if text.startswith(CLUSTER_SCHEME):
         text = text[len(CLUSTER_SCHEME):].rstrip("/")
     if "@" in text or "://" in text:
-        raise ValueError(f"not host:port[,host:port...] or {CLUSTER_SCHEME}host:port[,...]: "
-                         f"{value!r} (the password goes in REDIS_PASSWORD)")
+        raise ValueError(f"not host:port[,host:port...] or {CLUSTER_SCHEME}host:port[,...] "
+                         f"(credentials go in REDIS_PASSWORD, never in the address)")
     nodes = [parse_host_port(part, default_host="127.0.0.1")
              for part in text.split(",") if part.strip()]
     if not nodes:
@@ -369,5 +369,7 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             field = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
             if "SECRET" in name or "PASSWORD" in name or (field and is_secret(field)):
                 shown = ""  # never echo secrets
+            if isinstance(given, str) and "://" in given and "@" in given:
+                shown = ""  # nor a URL that may carry credentials
             problems.append(f"{name}: {err['msg']}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
