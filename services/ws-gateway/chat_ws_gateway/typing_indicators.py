@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import zlib
 from collections.abc import Callable
@@ -46,6 +47,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from chat_shared.observability.logging import get_logger
 from chat_shared.redis_client import RedisClient
@@ -141,8 +143,8 @@ class TypingRelay:
         self._members = _TtlCache(cache_ttl, clock)
         self._member_of = _TtlCache(cache_ttl, clock)
         self._cluster = isinstance(redis, RedisCluster)
-        self._script = redis.register_script(
-            _THROTTLED_SPUBLISH if self._cluster else _THROTTLED_PUBLISH)
+        self._source = _THROTTLED_SPUBLISH if self._cluster else _THROTTLED_PUBLISH
+        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
         self._shards_subscribed: set[str] = set()
         self.subscribed = asyncio.Event()
 
@@ -172,12 +174,23 @@ class TypingRelay:
                 name = channel(tenant)
                 message = orjson.dumps({"c": conversation_id, "u": user_id, "r": recipients})
                 key = f"{CHANNEL_PREFIX}:{{{tenant}}}:{conversation_id}:{user_id}"
-            sent = await self._script(keys=[key], args=[self._interval_ms, name, message])
+            sent = await self._throttled_publish(key, name, message)
         except Exception:  # noqa: BLE001 - a lost typing signal is harmless; see the module doc
             log.warning("ws_typing_failed", user_id=user_id, conversation_id=conversation_id,
                         exc_info=True)
             return "failed"
         return "throttled" if sent == -1 else "published"
+
+    async def _throttled_publish(self, key: str, name: str, message: bytes) -> Any:
+        """The script by its SHA, sent whole when the node does not know it (a restarted or
+        flushed node, or the master of another slot): EVAL loads it where the key lives.
+        (Not redis-py's ``Script``: on a cluster its SCRIPT LOAD goes to every master through
+        connections the client then leaves open.)"""
+        args = (1, key, self._interval_ms, name, message)
+        try:
+            return await self._redis.evalsha(self._sha, *args)
+        except NoScriptError:
+            return await self._redis.eval(self._source, *args)
 
     async def _is_member(self, tenant: str, user_id: str, conversation_id: str) -> bool:
         key = (tenant, user_id, conversation_id)
