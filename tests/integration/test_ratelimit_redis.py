@@ -163,3 +163,36 @@ async def test_a_stalled_redis_is_asked_once_then_left_alone() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_on_a_cluster_a_failover_is_followed_by_moved_without_failing_open(
+        redis_cluster) -> None:
+    """After CLUSTER FAILOVER the old master answers MOVED: the limiter sends the check to the
+    new master at once (no fail-open decision) and the budget carries on there."""
+    from chat_shared.redis_client import key_slot
+
+    redis_cluster.ensure_healthy()
+    redis_cluster.flush()
+    lim = limiter(redis_cluster.addr)
+    try:
+        first = await lim.check("send", "t", "moe")
+        assert first.allowed and not first.fail_open
+        slot = key_slot("chat:rl:{t}:u:moe:send")
+        with redis_cluster.client(redis_cluster.master_nodes()[0]) as c:
+            ranges = c.execute_command("CLUSTER", "SLOTS")
+        port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+        master = next(n for n in redis_cluster.nodes if n.port == port)
+        replica = redis_cluster.replica_of(master)
+        with redis_cluster.client(replica) as c:
+            c.execute_command("CLUSTER", "FAILOVER")
+        for _ in range(200):
+            if redis_cluster.role(replica) == "master" and redis_cluster.role(master) == "slave":
+                break
+            await asyncio.sleep(0.05)
+        assert redis_cluster.role(replica) == "master"
+        decisions = [await lim.check("send", "t", "moe") for _ in range(5)]
+        assert [d.fail_open for d in decisions] == [False] * 5
+        assert decisions[-1].remaining < first.remaining
+    finally:
+        await lim.close()
+        redis_cluster.ensure_healthy()
