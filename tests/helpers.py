@@ -120,8 +120,10 @@ def redis_sync(addr: str, **options: object):
 
     settings = RedisSettings(_env_file=None, redis_addr=addr)
     host, port = settings.redis_nodes[0]
-    if settings.cluster_mode:
-        return redis.RedisCluster(host=host, port=port, **options)  # type: ignore[arg-type]
+    if settings.cluster_mode:  # every node a startup node: any of them may be down
+        from redis.cluster import ClusterNode
+        return redis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in settings.redis_nodes],
+                                  **options)  # type: ignore[arg-type]
     return redis.Redis(host=host, port=port, **options)  # type: ignore[arg-type]
 
 
@@ -134,7 +136,10 @@ def redis_async(addr: str, **options: object):
     settings = RedisSettings(_env_file=None, redis_addr=addr)
     host, port = settings.redis_nodes[0]
     if settings.cluster_mode:
-        return aioredis.RedisCluster(host=host, port=port, **options)  # type: ignore[arg-type]
+        from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+        return aioredis.RedisCluster(
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in settings.redis_nodes],
+            **options)  # type: ignore[arg-type]
     return aioredis.Redis(host=host, port=port, **options)  # type: ignore[arg-type]
 
 

@@ -83,9 +83,6 @@ def create_redis(settings: RedisSettings, *, max_connections: int = MAX_CONNECTI
             # slots moved at once, and patching them one redirection at a time costs a
             # redirection per slot.
             reinitialize_steps=1,
-            # Keep REDIS_ADDR's nodes as the ones to ask for the map: in Kubernetes they are
-            # stable DNS names, while the map lists pod IPs that change when a pod is replaced.
-            dynamic_startup_nodes=False,
             **common,  # type: ignore[arg-type]
         )
     host, port = nodes[0]
