@@ -109,3 +109,47 @@ def listening_hosts(port: int) -> set[str]:
             packed = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
             hosts.add(str(ipaddress.ip_address(packed)))
     return hosts
+
+
+def redis_sync(addr: str, **options: object):
+    """A synchronous client for a test's ``redis_addr``: the server's, or a Redis Cluster's
+    (``redis+cluster://``) that routes each key to its master."""
+    import redis
+
+    from chat_shared.config import RedisSettings
+
+    settings = RedisSettings(_env_file=None, redis_addr=addr)
+    host, port = settings.redis_nodes[0]
+    if settings.cluster_mode:  # every node a startup node: any of them may be down
+        from redis.cluster import ClusterNode
+        return redis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in settings.redis_nodes],
+                                  **options)  # type: ignore[arg-type]
+    return redis.Redis(host=host, port=port, **options)  # type: ignore[arg-type]
+
+
+def redis_async(addr: str, **options: object):
+    """``redis_sync``'s asyncio twin."""
+    import redis.asyncio as aioredis
+
+    from chat_shared.config import RedisSettings
+
+    settings = RedisSettings(_env_file=None, redis_addr=addr)
+    host, port = settings.redis_nodes[0]
+    if settings.cluster_mode:
+        from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+        return aioredis.RedisCluster(
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in settings.redis_nodes],
+            **options)  # type: ignore[arg-type]
+    return aioredis.Redis(host=host, port=port, **options)  # type: ignore[arg-type]
+
+
+def gcra_backend(addr: str, timeout: float = 0.5):
+    """The limiter's Redis side for a test's ``redis_addr`` (routed by slot on a cluster)."""
+    from chat_shared.config import RedisSettings
+    from chat_shared.ratelimit import ClusterGcra, RedisGcra
+
+    settings = RedisSettings(_env_file=None, redis_addr=addr)
+    if settings.cluster_mode:
+        return ClusterGcra(settings.redis_nodes, timeout=timeout)
+    host, port = settings.redis_nodes[0]
+    return RedisGcra(host, port, timeout=timeout)

@@ -43,8 +43,12 @@ class LocalRedis:
     """
 
     def __init__(self, port: int | None = None, attempts: int = 5, *,
-                 append_only: bool = False) -> None:
+                 append_only: bool = False, cluster_node_timeout_ms: int = 0) -> None:
         self.append_only = append_only
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
+        """Non-zero: a Redis Cluster node (``LocalRedisCluster``) with this node timeout."""
+        self.bus_port = 0
+        self._started = False
         self.port = port or 0
         self._first_port = port
         self._attempts = attempts
@@ -86,12 +90,21 @@ class LocalRedis:
                 "redis-server not found; install it (apt-get install redis-server)")
         self.port = port
         socket_path = self.dir / "redis.sock"
+        cluster: tuple[str, ...] = ()
+        if self.cluster_node_timeout_ms:
+            # The cluster bus port, chosen with the port (a restart keeps both: the other
+            # nodes know the node by them); a taken one fails the start like the port does.
+            if not self._started:
+                self.bus_port = candidate_port()
+            cluster = ("--cluster-enabled", "yes", "--cluster-port", str(self.bus_port),
+                       "--cluster-config-file", str(self.dir / "nodes.conf"),
+                       "--cluster-node-timeout", str(self.cluster_node_timeout_ms))
         self.process = ServiceProcess(
             "redis",
             [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
              *(APPEND_ONLY_ARGS if self.append_only else ("--appendonly", "no")),
              "--dir", str(self.dir), "--protected-mode", "no", "--logfile", "",
-             "--unixsocket", str(socket_path), "--unixsocketperm", "700"],
+             "--unixsocket", str(socket_path), "--unixsocketperm", "700", *cluster],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             ready=lambda _proc: self._answers(socket_path), log_path=self.dir / "redis.log")
         self.process.start()
@@ -100,6 +113,7 @@ class LocalRedis:
         except ServiceError:
             self.process.stop()
             raise
+        self._started = True
 
     @staticmethod
     def _answers(socket_path: Path) -> bool:

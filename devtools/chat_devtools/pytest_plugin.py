@@ -16,6 +16,12 @@ reach PostgreSQL through a PgBouncer in transaction pooling mode (``pgbouncer``,
 per session), as the login role ``chat_app_pooled`` (acting as ``chat_app``), with
 ``DB_TRANSACTION_POOLER=true``; ``db_pooler`` is that PgBouncer, or None without the option.
 What the tests themselves read beside the services still goes straight to the cluster.
+
+Redis Cluster: a test marked ``redis_cluster`` that takes ``redis_addr`` runs twice, on the
+single server (``[redis]``) and on a Redis Cluster (``[redis-cluster]``: ``redis_cluster``, six
+nodes on loopback started by the first test that needs it, ``LocalRedisCluster``), where
+``redis_addr`` is its ``redis+cluster://`` address, flushed. A marked test that asks for
+``redis_server`` itself (to stop the single server) runs on the single server only.
 """
 
 from __future__ import annotations
@@ -31,7 +37,18 @@ if TYPE_CHECKING:
     from chat_devtools.local_pgbouncer import LocalPgBouncer
     from chat_devtools.local_postgres import LocalPostgres
     from chat_devtools.local_redis import LocalRedis
+    from chat_devtools.local_redis_cluster import LocalRedisCluster
     from chat_devtools.local_s3 import LocalS3
+
+REDIS_KINDS = ("redis", "redis-cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Runs a ``redis_cluster``-marked test on the single server and on the cluster."""
+    if (metafunc.definition.get_closest_marker("redis_cluster") is not None
+            and "redis_addr" in metafunc.fixturenames
+            and "redis_server" not in metafunc.fixturenames):
+        metafunc.parametrize("redis_addr", REDIS_KINDS, indirect=True)
 
 TEMPLATE_DB = "chat_template"
 """The database migrated once per session; every test's database is a copy of it."""
@@ -121,11 +138,31 @@ def db_source(postgres: LocalPostgres) -> str:
     return postgres.create_database(f"t_{os.getpid()}_{next(_databases)}", template=TEMPLATE_DB)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of six nodes (three masters, three replicas) for the session."""
+    from chat_devtools.local_redis_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
 @pytest.fixture
-def redis_addr(redis_server: LocalRedis) -> str:
-    """The session's Redis, empty (and running again if an earlier test stopped it)."""
+def redis_addr(request: pytest.FixtureRequest) -> str:
+    """The session's Redis, empty (and running again if an earlier test stopped it); for the
+    ``redis-cluster`` variant of a ``redis_cluster`` test, the cluster's address (every node
+    running and every slot served again if an earlier test killed a node)."""
     import redis
 
+    if getattr(request, "param", "redis") == "redis-cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.ensure_healthy()
+        cluster.flush()
+        return cluster.addr
+    redis_server: LocalRedis = request.getfixturevalue("redis_server")
     if not redis_server.running:
         redis_server.start()
     client = redis.Redis(host="127.0.0.1", port=redis_server.port)

@@ -203,20 +203,74 @@ class DatabaseSettings(BaseSection):
         return v
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+"""A REDIS_ADDR that starts with this names the startup nodes of a Redis Cluster."""
+
+
+def parse_redis_nodes(value: str) -> list[tuple[str, int]]:
+    """The ``host:port`` addresses of REDIS_ADDR: one, or (for a cluster) a comma-separated
+    list of startup nodes, optionally after ``redis+cluster://``.
+
+    Raises:
+        ValueError: an address is not host:port, or the URL carries credentials.
+    """
+    text = value.strip()
+    if text.startswith(CLUSTER_SCHEME):
+        text = text[len(CLUSTER_SCHEME):].rstrip("/")
+    if "@" in text or "://" in text:
+        raise ValueError(f"not host:port[,host:port...] or {CLUSTER_SCHEME}host:port[,...] "
+                         f"(credentials go in REDIS_PASSWORD, never in the address)")
+    nodes = [parse_host_port(part, default_host="127.0.0.1")
+             for part in text.split(",") if part.strip()]
+    if not nodes:
+        raise ValueError(f"no address in {value!r}")
+    return nodes
+
+
 class RedisSettings(BaseSection):
-    redis_addr: str = Field("", description="host:port of Redis")
+    redis_addr: str = Field(
+        "", description="host:port of Redis; for a Redis Cluster, one or more startup nodes "
+                        "(host:port,host:port,...) with REDIS_CLUSTER=true, or the same list as "
+                        "redis+cluster://host:port,... (which implies REDIS_CLUSTER)")
+    redis_cluster: bool = Field(
+        False, description="REDIS_ADDR names nodes of a Redis Cluster (3 or more masters): the "
+                           "services route every key by its hash slot, follow MOVED/ASK "
+                           "redirections and refresh the slot map after a failover "
+                           "(docs/operations.md#redis-cluster)")
     redis_password: str = Field(
         "", description="Redis AUTH password, empty = none (or REDIS_PASSWORD_FILE: a file "
                         "holding it)", json_schema_extra=SECRET)
-    redis_db: int = Field(0, ge=0, le=15, description="Redis database number")
+    redis_db: int = Field(0, ge=0, le=15, description="Redis database number (0 with a cluster, "
+                                                      "which has only database 0)")
     redis_timeout: Seconds = Field(0.5, gt=0, description="socket timeout, seconds")
 
     @field_validator("redis_addr")
     @classmethod
     def _addr(cls, v: str) -> str:
         if v:
-            parse_host_port(v, default_host="127.0.0.1")
+            parse_redis_nodes(v)
         return v
+
+    @model_validator(mode="after")
+    def _cluster_addr(self) -> RedisSettings:
+        if not self.redis_addr:
+            return self
+        if len(parse_redis_nodes(self.redis_addr)) > 1 and not self.cluster_mode:
+            raise ValueError("REDIS_ADDR lists several nodes: that is a Redis Cluster; set "
+                             "REDIS_CLUSTER=true or write it as redis+cluster://host:port,...")
+        if self.cluster_mode and self.redis_db:
+            raise ValueError("REDIS_DB must be 0 with a Redis Cluster (it has only database 0)")
+        return self
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Whether REDIS_ADDR is a Redis Cluster (REDIS_CLUSTER or a redis+cluster:// address)."""
+        return self.redis_cluster or self.redis_addr.strip().startswith(CLUSTER_SCHEME)
+
+    @property
+    def redis_nodes(self) -> list[tuple[str, int]]:
+        """The (host, port) of REDIS_ADDR's node, or of each startup node of a cluster."""
+        return parse_redis_nodes(self.redis_addr) if self.redis_addr else []
 
 
 class AuthSettings(BaseSection):
@@ -317,5 +371,7 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             field = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
             if "SECRET" in name or "PASSWORD" in name or (field and is_secret(field)):
                 shown = ""  # never echo secrets
+            if isinstance(given, str) and "://" in given and "@" in given:
+                shown = ""  # nor a URL that may carry credentials
             problems.append(f"{name}: {err['msg']}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

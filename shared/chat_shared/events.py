@@ -134,7 +134,8 @@ Stream epochs
 A stream can lose entries without its consumers noticing from the entry ids alone: Redis
 restarted without persistence, was flushed, or the key was deleted, and the relay recreated the
 stream with new entries. Each stream therefore has an epoch, an opaque string kept in the Redis
-key ``<stream>:epoch`` (``epoch_key``: ``chat:events:0:epoch``) and copied into the ``epoch``
+key ``{<stream>}:epoch`` (``epoch_key``: ``{chat:events:0}:epoch``; the braces keep it in the
+stream's hash slot on a Redis Cluster) and copied into the ``epoch``
 field of every entry. The relay sets a new epoch whenever it appends to a stream that does not
 exist, in the same script as the append, so every entry of a recreated stream carries the new
 epoch. A consumer remembers the epoch of the last entry it processed; an entry with another
@@ -545,8 +546,25 @@ def stream_keys(shards: int, prefix: str = DEFAULT_STREAM_PREFIX) -> list[str]:
 
 
 def epoch_key(stream: str) -> str:
-    """The Redis key that holds ``stream``'s epoch (see "Stream epochs")."""
-    return f"{stream}:epoch"
+    """The Redis key that holds ``stream``'s epoch (see "Stream epochs"):
+    ``{<stream>}:epoch``, whose hash tag is the stream's whole name, so on a Redis Cluster the
+    two keys live in one hash slot (the relay's script writes both). A stream whose name
+    already has a hash tag (a STREAM_PREFIX with braces) shares it: ``<stream>:epoch``."""
+    if _hash_tag(stream) is not None:
+        return f"{stream}:epoch"
+    return f"{{{stream}}}:epoch"
+
+
+def _hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes when it is not the whole key: the text between
+    the first ``{`` and the first ``}`` after it, when that is not empty."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1:end]
 
 
 def _json(value: Any) -> str:

@@ -1,5 +1,11 @@
 """Redis connections from REDIS_ADDR: every call bounded by REDIS_TIMEOUT, no hidden retries.
 
+One factory for every service: ``create_redis`` hands out a ``redis.asyncio.Redis`` for a single
+server, or a ``redis.asyncio.RedisCluster`` when REDIS_CLUSTER is on (or REDIS_ADDR is a
+``redis+cluster://`` address). Callers type their client as ``RedisClient`` and keep to what
+both answer alike; where a cluster needs something else (a blocking read over keys of several
+slots, the readiness of every master) the helpers here say so once.
+
 redis-py's own defaults would not bound a call: it retries a call that failed to connect or
 timed out 10 times with exponential backoff (up to 1 s apart) before it raises, so a dead Redis
 held a call for seconds and a stalled one for as long as the stall. Here a call is one attempt:
@@ -11,43 +17,117 @@ held a call for seconds and a stalled one for as long as the stall. Here a call 
 - the pool never waits: redis.asyncio's pool raises MaxConnectionsError when all
   ``max_connections`` are in use, so a pool wait cannot outlast the bounds above either.
 
+With a cluster, "one attempt" still follows redirections: a MOVED answer (the slot lives on
+another master now, e.g. after a failover) or ASK (the slot is migrating) is not a failure but
+the cluster's routing, and the cluster client follows it within the same call and patches its
+slot map. A connection failure marks the slot map stale: the client reads it afresh (CLUSTER
+SLOTS from a node that answers) before its next command, so once the cluster has promoted a
+replica the next call reaches it. ``max_connections`` is then per node.
+
 (The relay and the gateway build every client here; the relay sizes its pool for its workers.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypeAlias
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot as _key_slot
+from redis.exceptions import RedisError
 
-from chat_shared.config import RedisSettings, parse_host_port
+from chat_shared.config import RedisSettings
 
-__all__ = ["MAX_CONNECTIONS", "create_redis"]
+__all__ = ["MAX_CONNECTIONS", "RedisClient", "create_redis", "group_by_slot", "is_cluster",
+           "key_slot", "ping"]
 
 MAX_CONNECTIONS = 16
-"""Connections per client: the gateway needs one for its probe and one for its reader."""
+"""Connections per client (per node of a cluster): the gateway needs one for its probe and one
+for each of its readers."""
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+"""What ``create_redis`` returns: a single server's client or a cluster's."""
 
 
 def create_redis(settings: RedisSettings, *, max_connections: int = MAX_CONNECTIONS
-                 ) -> aioredis.Redis:
+                 ) -> RedisClient:
     """A client for REDIS_ADDR whose every call ends within REDIS_TIMEOUT (module docstring).
+
+    Nothing connects here: the first command does (a cluster client reads the slot map then).
 
     Raises:
         ValueError: REDIS_ADDR is not set.
     """
     if not settings.redis_addr:
         raise ValueError("REDIS_ADDR is not set")
-    host, port = parse_host_port(settings.redis_addr, default_host="127.0.0.1")
-    return aioredis.Redis(
-        host=host,
-        port=port,
-        db=settings.redis_db,
-        password=settings.redis_password or None,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-        max_connections=max_connections,
-        health_check_interval=30,
-        decode_responses=True,
-    )
+    nodes = settings.redis_nodes
+    common = {
+        "password": settings.redis_password or None,
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": max_connections,
+        "health_check_interval": 30,
+        "decode_responses": True,
+    }
+    if settings.cluster_mode:
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            # A failover leaves no slot uncovered for long; a client that refused to start
+            # meanwhile would turn a moment of CLUSTERDOWN into a restart loop.
+            require_full_coverage=False,
+            # Every MOVED rereads the whole map: after a failover all of a dead master's
+            # slots moved at once, and patching them one redirection at a time costs a
+            # redirection per slot.
+            reinitialize_steps=1,
+            **common,  # type: ignore[arg-type]
+        )
+    host, port = nodes[0]
+    return aioredis.Redis(host=host, port=port, db=settings.redis_db, retry_on_error=[],
+                          **common)  # type: ignore[arg-type]
+
+
+def is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16 of its ``{hash tag}``, modulo 16384)."""
+    return int(_key_slot(key.encode()))
+
+
+def group_by_slot(keys: Iterable[str]) -> list[list[str]]:
+    """``keys`` grouped so that each group lives in one hash slot, in first-seen order.
+
+    A multi-key command (XREAD over several streams, a script) must name keys of one slot on
+    a cluster; a blocking read over all streams becomes one read per group.
+    """
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key_slot(key), []).append(key)
+    return list(groups.values())
+
+
+async def ping(client: RedisClient, *, every_master: bool = False) -> bool:
+    """Whether Redis answers: the server; for a cluster, one of its nodes, or with
+    ``every_master`` each master (a slot whose master is down takes no writes, so the relay
+    does not resume publishing before they all answer).
+
+    Readiness asks one node: a gateway or relay that stopped being ready whenever one master
+    fails over would take every replica out of service for a fault that touches a third of
+    the streams. A cluster client whose ping failed rereads its slot map before its next
+    command, so after a failover ``every_master`` turns true once the promoted replica answers.
+    """
+    try:
+        if isinstance(client, RedisCluster):
+            target = RedisCluster.PRIMARIES if every_master else RedisCluster.DEFAULT_NODE
+            answers = await client.ping(target_nodes=target)
+            if isinstance(answers, dict):
+                return all(bool(v) for v in answers.values())
+            return bool(answers)
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False

@@ -8,11 +8,14 @@ import asyncio
 import urllib.request
 
 import grpc
+import pytest
 
 from chat_devtools.services import metric_sum
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth
 from tests.e2e.test_api_workers import _log_lines, _start, _wait_all_started, _wait_ready
+
+pytestmark = pytest.mark.redis_cluster
 
 GRANTED = 400
 """The burst; the rate (0.01/s) adds well under one call over the test's run."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 import redis as redis_sync
+from prometheus_client.parser import text_string_to_metric_families
+
 from chat_devtools.process import http_get
 from chat_devtools.services import Relay
 from chat_shared.events import (
@@ -31,7 +33,7 @@ from chat_shared.events import (
     payload_sql,
     stream_keys,
 )
-from prometheus_client.parser import text_string_to_metric_families
+from tests.helpers import redis_sync as redis_sync_for
 
 VENV_BIN = pathlib.Path(sys.executable).parent
 
@@ -124,8 +126,8 @@ def outbox_count(dsn: str) -> int:
 
 
 def redis_client(addr: str) -> redis_sync.Redis:
-    host, port = addr.rsplit(":", 1)
-    return redis_sync.Redis(host=host, port=int(port), decode_responses=True)
+    """A client for ``addr`` (a Redis Cluster's too: tests.helpers.redis_sync)."""
+    return redis_sync_for(addr, decode_responses=True)  # type: ignore[no-any-return]
 
 
 def read_streams(addr: str, shards: int = 1) -> list[Event]:

@@ -22,6 +22,8 @@ from tests.e2e.test_relay_helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.redis_cluster
+
 _LOCKS_BY_BACKEND = """
     SELECT count(*) FROM pg_locks
     WHERE locktype = 'advisory' AND objsubid = 2 AND granted

@@ -24,6 +24,8 @@ from tests.e2e.test_relay_helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.redis_cluster
+
 
 def test_listen_notify_wakes_the_relay_long_before_the_poll(
     db_source: str, redis_addr: str, tmp_path: pathlib.Path

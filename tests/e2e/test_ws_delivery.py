@@ -11,10 +11,9 @@ import uuid
 import aiohttp
 import grpc
 import pytest
-import redis.asyncio as aioredis
-from chat_shared.protos.chat.v1 import chat_pb2_grpc
 
-from tests.helpers import create_conversation, send
+from chat_shared.protos.chat.v1 import chat_pb2_grpc
+from tests.helpers import create_conversation, redis_async, send
 from tests.support.ws_stack import (
     Api,
     Gateway,
@@ -24,6 +23,8 @@ from tests.support.ws_stack import (
     next_frame,
     ws_connect,
 )
+
+pytestmark = pytest.mark.redis_cluster
 
 
 class Stack:
@@ -97,8 +98,7 @@ async def test_resume_after_100_missed_messages_delivers_all_in_order_then_live(
         await send(stack.stub, "alice", conv.id, f"missed {i}")
     # Wait for the relay to publish them, then empty the streams: the 100 can only come from
     # PostgreSQL now.
-    host, port = redis_addr.rsplit(":", 1)
-    redis = aioredis.Redis(host=host, port=int(port), decode_responses=True)
+    redis = redis_async(redis_addr, decode_responses=True)
     try:
         for _ in range(300):
             if await redis.xlen("chat:events:0") >= 101:

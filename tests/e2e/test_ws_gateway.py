@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+
 from chat_shared import events
 from chat_shared.events import MESSAGE_CREATED, Event, encode_entry, stream_key
-
 from tests.conftest import make_token
-from tests.helpers import listening_hosts
+from tests.helpers import listening_hosts, redis_async
 from tests.support.ws_stack import (
     Gateway,
     base_env,
@@ -29,11 +29,12 @@ from tests.support.ws_stack import (
     ws_connect,
 )
 
+pytestmark = pytest.mark.redis_cluster
+
 
 @pytest.fixture
 async def producer(redis_addr: str):
-    host, port = redis_addr.rsplit(":", 1)
-    client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
+    client = redis_async(redis_addr, decode_responses=True)
     yield client
     await client.aclose()
 

@@ -10,11 +10,13 @@ import uuid
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from chat_ws_gateway import protocol
 from tests.e2e.test_ws_gateway import message_event, publish, start_gateway
+from tests.helpers import redis_async
 from tests.support.ws_stack import Gateway, close_code, messages, next_frame, ws_connect
+
+pytestmark = pytest.mark.redis_cluster
 
 
 @pytest.fixture
@@ -25,8 +27,7 @@ async def session():
 
 @pytest.fixture
 async def producer(redis_addr: str):
-    host, port = redis_addr.rsplit(":", 1)
-    client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
+    client = redis_async(redis_addr, decode_responses=True)
     yield client
     await client.aclose()
 
@@ -127,8 +128,7 @@ async def test_a_user_opening_sockets_too_fast_is_closed_with_4031(
         bob = await ws_connect(session, gw, "bob")  # another user is not affected
         await bob.send_json({"type": "ping"})
         assert (await next_frame(bob))["type"] == "pong"
-        host, port = redis_addr.rsplit(":", 1)
-        r = aioredis.Redis(host=host, port=int(port))
+        r = redis_async(redis_addr)
         assert await r.exists("chat:rl:{default}:u:alice:connect")
         await r.aclose()
     finally:

@@ -15,12 +15,14 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-import redis.asyncio as aioredis
 
 from chat_shared import events
 from chat_shared.events import MESSAGE_CREATED, Event, encode_entry, stream_key
 from tests.conftest import make_token
+from tests.helpers import redis_async
 from tests.support.ws_stack import Gateway, base_env, close_code, messages, next_frame
+
+pytestmark = pytest.mark.redis_cluster
 
 A, B = "acme", "globex"
 CLOSE_TENANT_DENIED = 4403
@@ -28,8 +30,7 @@ CLOSE_TENANT_DENIED = 4403
 
 @pytest.fixture
 async def producer(redis_addr: str) -> Any:
-    host, port = redis_addr.rsplit(":", 1)
-    client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
+    client = redis_async(redis_addr, decode_responses=True)
     yield client
     await client.aclose()
 

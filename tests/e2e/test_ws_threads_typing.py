@@ -18,11 +18,13 @@ import uuid
 import aiohttp
 import grpc
 import pytest
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.conftest import auth
 from tests.helpers import create_conversation, send
 from tests.support.ws_stack import Api, Gateway, Relay, base_env, messages, next_frame, ws_connect
+
+pytestmark = pytest.mark.redis_cluster
 
 
 class Stack:

@@ -7,15 +7,17 @@ import socket
 
 import pytest
 
-from chat_shared.ratelimit import ClassLimits, Limit, LocalLimiter, RateLimiter, RedisGcra
+from chat_shared.ratelimit import ClassLimits, Limit, LocalLimiter, RateLimiter
+from tests.helpers import gcra_backend, redis_async
+
+pytestmark = pytest.mark.redis_cluster
 
 SLOW = Limit(0.001, 50)  # a burst of 50 and (for a test's length) no refill
 
 
 def limiter(redis_addr: str, timeout: float = 0.5) -> RateLimiter:
-    host, port = redis_addr.rsplit(":", 1)
     return RateLimiter({"send": ClassLimits(SLOW, Limit(0.001, 1000))},
-                       RedisGcra(host, int(port), timeout=timeout))
+                       gcra_backend(redis_addr, timeout))
 
 
 async def test_redis_and_the_local_limiter_agree(redis_addr: str) -> None:
@@ -92,9 +94,7 @@ async def test_a_user_with_room_does_not_wait_for_redis(redis_addr: str) -> None
             await asyncio.sleep(0.01)  # the call's own work, during which the check answers
         assert [d.ahead for d in decisions] == [False] + [True] * 9
         assert [d.remaining for d in decisions] == list(range(49, 39, -1))
-        host, port = redis_addr.rsplit(":", 1)
-        import redis.asyncio as aioredis
-        r = aioredis.Redis(host=host, port=int(port))
+        r = redis_async(redis_addr)
         assert await r.exists("chat:rl:{t}:u:erin:send")
         await r.aclose()
         # All ten were counted in Redis: 40 left, so 40 more pass and the 41st does not.
@@ -147,3 +147,36 @@ async def test_a_stalled_redis_is_asked_once_then_left_alone() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_on_a_cluster_a_failover_is_followed_by_moved_without_failing_open(
+        redis_cluster) -> None:
+    """After CLUSTER FAILOVER the old master answers MOVED: the limiter sends the check to the
+    new master at once (no fail-open decision) and the budget carries on there."""
+    from chat_shared.redis_client import key_slot
+
+    redis_cluster.ensure_healthy()
+    redis_cluster.flush()
+    lim = limiter(redis_cluster.addr)
+    try:
+        first = await lim.check("send", "t", "moe")
+        assert first.allowed and not first.fail_open
+        slot = key_slot("chat:rl:{t}:u:moe:send")
+        with redis_cluster.client(redis_cluster.master_nodes()[0]) as c:
+            ranges = c.execute_command("CLUSTER", "SLOTS")
+        port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+        master = next(n for n in redis_cluster.nodes if n.port == port)
+        replica = redis_cluster.replica_of(master)
+        with redis_cluster.client(replica) as c:
+            c.execute_command("CLUSTER", "FAILOVER")
+        for _ in range(200):
+            if redis_cluster.role(replica) == "master" and redis_cluster.role(master) == "slave":
+                break
+            await asyncio.sleep(0.05)
+        assert redis_cluster.role(replica) == "master"
+        decisions = [await lim.check("send", "t", "moe") for _ in range(5)]
+        assert [d.fail_open for d in decisions] == [False] * 5
+        assert decisions[-1].remaining < first.remaining
+    finally:
+        await lim.close()
+        redis_cluster.ensure_healthy()

@@ -39,6 +39,8 @@ from tests.e2e.test_relay_helpers import (
 )
 from tests.helpers import create_conversation, send
 
+pytestmark = pytest.mark.redis_cluster
+
 RelayFactory = Callable[..., "asyncio.Future[RelayApp]"]
 
 

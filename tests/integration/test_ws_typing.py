@@ -14,8 +14,8 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from chat_devtools.ports import closed_port
 
+from chat_devtools.ports import closed_port
 from chat_shared.config import DatabaseSettings, RedisSettings
 from chat_shared.db import Database
 from chat_shared.redis_client import create_redis
@@ -23,6 +23,9 @@ from chat_ws_gateway.history import History
 from chat_ws_gateway.typing_indicators import TypingRelay
 from tests.helpers import create_conversation
 
+# Not marked redis_cluster: in-process, redis-py 8.1's RedisCluster leaves a node connection
+# open after aclose() (a ResourceWarning when collected, which fails whichever test is running
+# then). Typing on a cluster runs in tests/e2e/test_ws_threads_typing.py, in subprocesses.
 pytestmark = pytest.mark.timeout(60)
 
 

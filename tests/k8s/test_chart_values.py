@@ -25,6 +25,7 @@ REJECTED = {
     "privileged escalation": (["securityContext.allowPrivilegeEscalation=true"],
                               "/securityContext/allowPrivilegeEscalation"),
     "bad redis address": (["redis.addr=redis"], "/redis/addr"),
+    "bad redis cluster seed": (["redis.cluster=true", "redis.addr=a:6379\\,b"], "/redis/addr"),
     "negative rate limit": (["rateLimits.perUser.send.rate=-1"], "/rateLimits/perUser/send/rate"),
     "fractional burst": (["rateLimits.tenantCeiling.read.burst=1.5"],
                          "/rateLimits/tenantCeiling/read/burst"),
@@ -35,6 +36,8 @@ FAILED_BY_TEMPLATE = {
                                  "must exceed preStopSleepSeconds + shutdownGraceSeconds"),
     "unknown alert name": (["metrics.prometheusRule.alerts.OutboxBacklogHihg.enabled=false"],
                            "no such alert"),
+    "several redis nodes without cluster": (["redis.addr=a:6379\\,b:6379"],
+                                            "set redis.cluster=true"),
 }
 
 
@@ -87,3 +90,19 @@ def test_pod_pattern_follows_the_release_name() -> None:
     rules = _rules(release="prod")
     assert 'pod=~"prod-chat-service-.*"' in rules["ChatPodNotReady"]["expr"]
     assert 'pod=~"chat-service-.*"' in _rules()["ChatPodNotReady"]["expr"]
+
+
+def test_an_external_redis_cluster_reaches_the_config_map_as_the_services_read_it() -> None:
+    """redis.cluster and a list of seed nodes become REDIS_CLUSTER and REDIS_ADDR, which the
+    services' settings accept as a cluster."""
+    from chat_shared.config import RedisSettings
+
+    seeds = "redis-cluster-0.redis-cluster-headless:6379,redis-cluster-1.redis-cluster-headless:6379"
+    docs = support.render(sets=("redis.cluster=true", f"redis.addr={seeds.replace(',', chr(92) + ',')}"))
+    data = support.by_name(docs, "ConfigMap")["chat-service"]["data"]
+    assert data["REDIS_CLUSTER"] == "true" and data["REDIS_ADDR"] == seeds
+    settings = RedisSettings(_env_file=None, redis_addr=data["REDIS_ADDR"],
+                             redis_cluster=data["REDIS_CLUSTER"])
+    assert settings.cluster_mode and len(settings.redis_nodes) == 2
+    default = support.by_name(support.render(), "ConfigMap")["chat-service"]["data"]
+    assert default["REDIS_CLUSTER"] == "false"

@@ -252,7 +252,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
         if settings.thumbnails and settings.redis_addr:
             # XREADGROUP blocks for a second: the socket waits that long plus REDIS_TIMEOUT.
             app.redis = create_redis(settings.model_copy(
-                update={"redis_timeout": settings.redis_timeout + 1.0}), max_connections=4)
+                update={"redis_timeout": settings.redis_timeout + 1.0}),
+                max_connections=4 + (settings.stream_shards if settings.cluster_mode else 0))
             app.thumbnails = ThumbnailWorker(
                 app.redis, AttachmentRepository(db), store,
                 streams=stream_keys(settings.stream_shards, settings.stream_prefix),

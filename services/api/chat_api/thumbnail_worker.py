@@ -38,6 +38,7 @@ from chat_api.storage.objects import ObjectStore
 from chat_shared import events
 from chat_shared.backoff import Backoff
 from chat_shared.observability.logging import get_logger
+from chat_shared.redis_client import RedisClient, group_by_slot, is_cluster
 
 log = get_logger(__name__)
 
@@ -54,7 +55,7 @@ THUMBNAIL_SECONDS = Histogram("chat_thumbnail_seconds",
 
 
 class ThumbnailWorker:
-    def __init__(self, redis: aioredis.Redis, repo: AttachmentRepository, store: ObjectStore,
+    def __init__(self, redis: RedisClient, repo: AttachmentRepository, store: ObjectStore,
                  *, streams: list[str], max_pixels: int, size: int, block: float = 1.0,
                  count: int = 16) -> None:
         self._redis = redis
@@ -67,6 +68,8 @@ class ThumbnailWorker:
         self._count = count
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._groups_made = False
+        # XREADGROUP's streams must share a hash slot on a Redis Cluster: one read per slot.
+        self._reads = group_by_slot(streams) if is_cluster(redis) else [list(streams)]
 
     async def _make_groups(self) -> None:
         for stream in self._streams:
@@ -96,11 +99,12 @@ class ThumbnailWorker:
 
     async def poll_once(self) -> int:
         """One XREADGROUP (blocking up to ``block``); how many entries it handled."""
-        answer: Any = await self._redis.xreadgroup(
-            GROUP, self.consumer, {s: ">" for s in self._streams}, count=self._count,
-            block=self._block_ms)
+        answers: list[Any] = await asyncio.gather(*(
+            self._redis.xreadgroup(GROUP, self.consumer, {s: ">" for s in streams},
+                                   count=self._count, block=self._block_ms)
+            for streams in self._reads))
         handled = 0
-        for stream, entries in answer or []:
+        for stream, entries in (item for answer in answers for item in _items(answer)):
             for _entry_id, fields in entries:
                 await self._handle(fields)
             # One XACK for the stream's entries once all are handled (not one round trip per
@@ -162,3 +166,10 @@ class ThumbnailWorker:
                             error=type(exc).__name__)
                 return
         THUMBNAILS_MADE.inc()
+
+
+def _items(answer: Any) -> list[Any]:
+    """An XREADGROUP answer's (stream, entries) pairs (a list, or a dict under RESP3)."""
+    if not answer:
+        return []
+    return list(answer.items()) if isinstance(answer, dict) else list(answer)

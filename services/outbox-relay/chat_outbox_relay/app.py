@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
 from chat_outbox_relay.metrics import EVENT_LOOP_LAG
 from chat_outbox_relay.publishing import StreamPublisher
 from chat_outbox_relay.relay import OutboxRelay
@@ -18,7 +16,7 @@ from chat_outbox_relay.settings import RelaySettings
 from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor
-from chat_shared.redis_client import create_redis
+from chat_shared.redis_client import RedisClient, create_redis
 
 log = get_logger(__name__)
 lifecycle = get_lifecycle_logger()
@@ -28,7 +26,7 @@ lifecycle = get_lifecycle_logger()
 class RelayApp:
     settings: RelaySettings
     relay: OutboxRelay
-    redis: aioredis.Redis
+    redis: RedisClient
     health: HealthServer | None
     metrics_port: int = 0
     loop_lag: EventLoopLagMonitor = field(

@@ -5,6 +5,15 @@ first one Redis refuses, so a conversation can never have a later event in the s
 earlier one waits for its retry. The calls of one batch are spread over up to OUTBOX_WORKERS
 pipelines sent concurrently (one round trip each).
 
+On a Redis Cluster the script's two keys (the stream and its epoch key) share a hash slot
+(``events.epoch_key``), each conversation's call goes to the master of its stream's slot, and a
+pipeline is split by the cluster client into one pipeline per master, sent concurrently.
+A master that is down (until the cluster promotes its replica) makes the calls that reach it
+*unavailable*, like an unreachable Redis: their events stay in the outbox, in order, and the
+relay pauses until every master answers again (``redis_client.ping``), which after a failover
+is as soon as the client has read the new slot map. (Calls of the same pipeline that other
+masters did run are published again then: at least once, same event_id.)
+
 Failures fall into two kinds, because a long Redis outage must not dead-letter the backlog:
 - *unavailable*: Redis cannot be reached or refuses all writes for now (connection errors,
   timeouts, LOADING, OOM, READONLY ...). The events stay in the outbox untouched (no attempt is
@@ -23,13 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat_outbox_relay.claiming import ClaimedRow, Failure
 from chat_shared.events import ENTRY_FIELDS, EPOCH_FIELD, entry_values, epoch_key, stream_key
+from chat_shared.redis_client import RedisClient
+from chat_shared.redis_client import ping as redis_ping
 
 
 def _xadd_in_order(fields: Sequence[str]) -> str:
@@ -100,7 +110,7 @@ class PublishOutcome:
 
 
 class StreamPublisher:
-    def __init__(self, redis: aioredis.Redis, *, shards: int, maxlen: int, prefix: str,
+    def __init__(self, redis: RedisClient, *, shards: int, maxlen: int, prefix: str,
                  workers: int) -> None:
         self._redis = redis
         self._shards = shards
@@ -175,11 +185,10 @@ class StreamPublisher:
             pipe.eval(_XADD_IN_ORDER, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
+    async def ping(self, *, every_master: bool = False) -> bool:
+        """Redis answers (with ``every_master``, each master of a cluster: see
+        ``redis_client.ping``)."""
+        return await redis_ping(self._redis, every_master=every_master)
 
 
 def _describe(exc: BaseException) -> str:

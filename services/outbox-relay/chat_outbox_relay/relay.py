@@ -41,6 +41,8 @@ log = get_logger(__name__)
 
 _MAX_PAUSE = 5.0
 """Longest wait between checks while Redis or PostgreSQL is unavailable, seconds."""
+_REDIS_PING_MAX = 1.0
+"""Longest wait between two pings while publishing is paused for Redis, seconds."""
 
 
 async def connect(settings: RelaySettings, application_name: str) -> AsyncConnection[Any]:
@@ -222,9 +224,12 @@ class OutboxRelay:
 
     async def _wait_for_redis(self) -> None:
         """Publishing is paused: wait (with backoff) until Redis answers again."""
-        retry = Backoff(self.settings.outbox_retry_base, _MAX_PAUSE)
+        # Pings are cheap and the pause holds every conversation's events: ask at least every
+        # _REDIS_PING_MAX seconds (a Redis Cluster promotes a replica within its node timeout
+        # plus about a second, and publishing resumes at the next ping after that).
+        retry = Backoff(min(self.settings.outbox_retry_base, _REDIS_PING_MAX), _REDIS_PING_MAX)
         while not self._stopping:
-            if await self.publisher.ping():
+            if await self.publisher.ping(every_master=True):
                 log.info("redis_available")
                 self._redis_paused = False
                 await self.dependencies.record("redis", True)

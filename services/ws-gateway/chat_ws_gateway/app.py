@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
 from chat_shared.db import PING_TIMEOUT, Database
@@ -24,7 +22,8 @@ from chat_shared.observability.health_server import HealthServer
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
 from chat_shared.observability.loop_lag import EventLoopLagMonitor
 from chat_shared.ratelimit import RateLimiter, build_limiter
-from chat_shared.redis_client import create_redis
+from chat_shared.redis_client import MAX_CONNECTIONS, RedisClient, create_redis
+from chat_shared.redis_client import ping as redis_ping
 from chat_ws_gateway import protocol
 from chat_ws_gateway.history import History
 from chat_ws_gateway.hub import Hub
@@ -48,8 +47,9 @@ PROBE_TIMEOUT = 2 * PING_TIMEOUT + 1.0
 class GatewayApp:
     settings: GatewaySettings
     db: Database
-    redis: aioredis.Redis
-    stream_redis: aioredis.Redis
+    redis: RedisClient
+    stream_redis: RedisClient
+    typing_redis: RedisClient
     hub: Hub
     reader: StreamReader
     server: GatewayServer
@@ -70,15 +70,19 @@ class GatewayApp:
 
     def __post_init__(self) -> None:
         self.dependencies = DependencyProbe(
-            DEPENDENCY_UP, {"redis": self.redis.ping, "postgresql": self.db.ping},
+            DEPENDENCY_UP, {"redis": self._redis_up, "postgresql": self.db.ping},
             timeout=PROBE_TIMEOUT)
+
+    async def _redis_up(self) -> bool:
+        """Redis answers (every master of a cluster)."""
+        return await redis_ping(self.redis)
 
     async def ready(self) -> bool:
         """Readiness: Redis answers, the reader is positioned on the streams and typing
         signals are subscribed to."""
         try:
             # Bounded: the client's retries must not outlast the probe's own timeout.
-            pong = await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+            pong = await asyncio.wait_for(self._redis_up(), timeout=1.0)
             typing = self.typing is None or self.typing.subscribed.is_set()
             return bool(pong) and self.reader.positioned.is_set() and typing
         except Exception:  # noqa: BLE001 - any failure means "not ready"
@@ -133,6 +137,8 @@ class GatewayApp:
             await self._listener.stop()
         if self.health is not None:
             await self.health.stop()
+        if self.typing_redis is not self.stream_redis:
+            await self.typing_redis.aclose()
         await self.stream_redis.aclose()
         await self.redis.aclose()
         await self.db.close()
@@ -145,8 +151,11 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     db = Database(settings, application_name="chat-ws-gateway")
     redis = create_redis(settings)
     # XREAD BLOCK outlives the short socket timeout of ordinary calls: its own client.
-    stream_redis = create_redis(settings.model_copy(
-        update={"redis_timeout": settings.stream_block + max(5.0, settings.redis_timeout)}))
+    # On a cluster the reader blocks on one connection per hash slot of the streams (and the
+    # typing subscriber holds its own): room for them all beside the ordinary calls.
+    blocking = settings.model_copy(
+        update={"redis_timeout": settings.stream_block + max(5.0, settings.redis_timeout)})
+    stream_redis = create_redis(blocking, max_connections=MAX_CONNECTIONS + settings.stream_shards)
     hub = Hub()
     keys = stream_keys(settings.stream_shards, settings.stream_prefix)
     reader = StreamReader(stream_redis, keys, hub, block_ms=int(settings.stream_block * 1000),
@@ -155,13 +164,16 @@ def build_app(settings: GatewaySettings) -> GatewayApp:
     tenant_watch = TenantWatch(db, hub, settings.ws_tenant_check_interval)
     limiter = build_limiter(settings, settings)
     # Subscribed through the stream client: its socket timeout outlasts the wait for messages.
-    typing = TypingRelay(redis, stream_redis, history, hub.deliver_typing,
+    # On a cluster the subscriber only maps channels to masters (it subscribes on connections
+    # of its own) and rereads its map after a failover by closing itself: a client of its own.
+    typing_redis = create_redis(blocking) if settings.cluster_mode else stream_redis
+    typing = TypingRelay(redis, typing_redis, history, hub.deliver_typing,
                          interval=settings.rate_limit_typing_interval,
                          cache_ttl=settings.ws_typing_cache_ttl)
     server = GatewayServer(settings, TokenVerifier(settings), hub, history, tenant_watch,
                            limiter, typing)
     app = GatewayApp(settings=settings, db=db, redis=redis, stream_redis=stream_redis,
-                     hub=hub, reader=reader, server=server, health=None,
+                     typing_redis=typing_redis, hub=hub, reader=reader, server=server, health=None,
                      tenant_watch=tenant_watch, limiter=limiter, typing=typing)
     if settings.metrics_port:
         app.health = HealthServer(settings.metrics_port, app.ready, host=settings.metrics_host)

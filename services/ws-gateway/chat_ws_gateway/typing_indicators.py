@@ -23,27 +23,44 @@ What keeps it cheap and honest:
   not errors). An interval of 0 turns the limit off (every member's signal is published).
 - The sender's own sockets never receive their user's signal.
 - Redis down or slow: the signal is dropped (bounded by REDIS_TIMEOUT); nothing else waits.
+
+On a Redis Cluster, classic pub/sub would copy every signal to every node over the cluster bus.
+There the signals travel by sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) instead, on
+``TYPING_SHARDS`` shard channels ``chat:typing:{<n>}`` (a tenant's signals on shard
+``crc32(tenant) % TYPING_SHARDS``, the tenant inside the message), so each signal goes to the
+one master that owns its channel's slot and from there to the gateways. The throttle key carries
+the same hash tag, so the script that sets it and publishes touches one slot. Every replica
+subscribes to every shard channel on the master that owns it (a connection per channel); when
+the slot moves (a failover: the old master unsubscribes its subscribers, or dies) the
+subscription is made again on the new owner. Signals sent meanwhile are lost, as typing may be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from chat_shared.observability.logging import get_logger
+from chat_shared.redis_client import RedisClient
 from chat_ws_gateway.history import History
 from chat_ws_gateway.limits import TypingThrottle
 
 log = get_logger(__name__)
 
 CHANNEL_PREFIX = "chat:typing"
+TYPING_SHARDS = 16
+"""Shard channels of typing signals on a Redis Cluster (spread over its masters by slot)."""
 EXPIRES_IN_MS = 5000
 """How long a client shows the indicator after a signal, unless another one renews it."""
 
@@ -61,11 +78,23 @@ end
 return -1
 """
 _PUBLISH = "return redis.call('PUBLISH', ARGV[2], ARGV[3])"
+# The same on a cluster: a shard channel, whose slot is the key's (same hash tag).
+_THROTTLED_SPUBLISH = _THROTTLED_PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
+_SPUBLISH = _PUBLISH.replace("'PUBLISH'", "'SPUBLISH'")
 
 
 def channel(tenant: str) -> str:
     """The pub/sub channel of a tenant's typing signals."""
     return f"{CHANNEL_PREFIX}:{{{tenant}}}"
+
+
+def shard_channel(tenant: str) -> str:
+    """The shard channel (Redis Cluster) that carries a tenant's typing signals."""
+    return f"{CHANNEL_PREFIX}:{{{zlib.crc32(tenant.encode()) % TYPING_SHARDS}}}"
+
+
+def shard_channels() -> list[str]:
+    return [f"{CHANNEL_PREFIX}:{{{n}}}" for n in range(TYPING_SHARDS)]
 
 
 def tenant_of(channel_name: str) -> str | None:
@@ -106,7 +135,7 @@ Deliver = Callable[[str, str, str, list[str], str], int]
 
 
 class TypingRelay:
-    def __init__(self, redis: aioredis.Redis, subscriber: aioredis.Redis, history: History,
+    def __init__(self, redis: RedisClient, subscriber: RedisClient, history: History,
                  deliver: Deliver, *, interval: float, cache_ttl: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
@@ -125,7 +154,13 @@ class TypingRelay:
                           if interval > 0 else None)
         self._members = _TtlCache(cache_ttl, clock)
         self._member_of = _TtlCache(cache_ttl, clock)
-        self._script = redis.register_script(_THROTTLED_PUBLISH if interval > 0 else _PUBLISH)
+        self._cluster = isinstance(redis, RedisCluster)
+        if interval > 0:
+            self._source = _THROTTLED_SPUBLISH if self._cluster else _THROTTLED_PUBLISH
+        else:  # no limit: the same arguments, no window key set
+            self._source = _SPUBLISH if self._cluster else _PUBLISH
+        self._sha = hashlib.sha1(self._source.encode()).hexdigest()
+        self._shards_subscribed: set[str] = set()
         self.subscribed = asyncio.Event()
 
     async def signal(self, tenant: str, user_id: str, conversation_id: str) -> str:
@@ -146,15 +181,32 @@ class TypingRelay:
                           if m != user_id]
             if not recipients:
                 return "published"  # nobody else to tell
-            message = orjson.dumps({"c": conversation_id, "u": user_id, "r": recipients})
-            key = f"{CHANNEL_PREFIX}:{{{tenant}}}:{conversation_id}:{user_id}"
-            sent = await self._script(keys=[key],
-                                      args=[self._interval_ms, channel(tenant), message])
+            if self._cluster:
+                name = shard_channel(tenant)
+                message = orjson.dumps({"t": tenant, "c": conversation_id, "u": user_id,
+                                        "r": recipients})
+                key = f"{name}:{tenant}:{conversation_id}:{user_id}"
+            else:
+                name = channel(tenant)
+                message = orjson.dumps({"c": conversation_id, "u": user_id, "r": recipients})
+                key = f"{CHANNEL_PREFIX}:{{{tenant}}}:{conversation_id}:{user_id}"
+            sent = await self._throttled_publish(key, name, message)
         except Exception:  # noqa: BLE001 - a lost typing signal is harmless; see the module doc
             log.warning("ws_typing_failed", user_id=user_id, conversation_id=conversation_id,
                         exc_info=True)
             return "failed"
         return "throttled" if sent == -1 else "published"
+
+    async def _throttled_publish(self, key: str, name: str, message: bytes) -> Any:
+        """The script by its SHA, sent whole when the node does not know it (a restarted or
+        flushed node, or the master of another slot): EVAL loads it where the key lives.
+        (Not redis-py's ``Script``: on a cluster its SCRIPT LOAD goes to every master through
+        connections the client then leaves open.)"""
+        args = (1, key, self._interval_ms, name, message)
+        try:
+            return await self._redis.evalsha(self._sha, *args)
+        except NoScriptError:
+            return await self._redis.eval(self._source, *args)
 
     async def _is_member(self, tenant: str, user_id: str, conversation_id: str) -> bool:
         key = (tenant, user_id, conversation_id)
@@ -176,6 +228,9 @@ class TypingRelay:
     async def run(self, retry_delay: float = 1.0) -> None:
         """Receives every tenant's signals and hands them to the local sockets; reconnects
         after a Redis fault (signals sent meanwhile are lost, as typing may be)."""
+        if isinstance(self._subscriber, RedisCluster):
+            await self._run_sharded(self._subscriber, retry_delay)
+            return
         while True:
             pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
             try:
@@ -195,12 +250,75 @@ class TypingRelay:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _run_sharded(self, cluster: RedisCluster, retry_delay: float) -> None:
+        """Subscribes to every shard channel, each on the master that owns its slot."""
+        tasks = [asyncio.create_task(self._run_shard(cluster, name, retry_delay),
+                                     name=f"typing-{name}") for name in shard_channels()]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run_shard(self, cluster: RedisCluster, name: str, retry_delay: float) -> None:
+        while True:
+            node_client: aioredis.Redis | None = None
+            pubsub: Any = None
+            try:
+                await cluster.initialize()
+                node = cluster.get_node_from_key(name)
+                if node is None:
+                    raise ConnectionError(f"no master owns {name}")
+                kwargs = cluster.get_connection_kwargs()
+                node_client = aioredis.Redis(
+                    host=node.host, port=int(node.port), password=kwargs.get("password"),
+                    username=kwargs.get("username"),
+                    socket_connect_timeout=kwargs.get("socket_connect_timeout"),
+                    socket_timeout=kwargs.get("socket_timeout"))
+                pubsub = node_client.pubsub()
+                await pubsub.ssubscribe(name)
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is None:
+                        continue
+                    kind = msg.get("type")
+                    kind = kind.decode() if isinstance(kind, bytes) else kind
+                    if kind == "ssubscribe":
+                        self._shards_subscribed.add(name)
+                        if len(self._shards_subscribed) == TYPING_SHARDS:
+                            self.subscribed.set()
+                    elif kind == "sunsubscribe":
+                        # The slot left this node (a failover or a resharding).
+                        raise ConnectionError(f"{name} moved away from {node.name}")
+                    elif kind == "smessage":
+                        self._dispatch(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the master went away or the slot moved
+                self._shards_subscribed.discard(name)
+                self.subscribed.clear()
+                log.warning("ws_typing_subscription_lost", channel=name, exc_info=True)
+                # Read the slot map afresh before subscribing again.
+                with contextlib.suppress(Exception):
+                    await cluster.aclose()
+                await asyncio.sleep(retry_delay)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                if node_client is not None:
+                    with contextlib.suppress(Exception):
+                        await node_client.aclose()
+
     def _dispatch(self, msg: dict[str, Any]) -> None:
         name = msg.get("channel")
         tenant = tenant_of(name.decode() if isinstance(name, bytes) else str(name))
         try:
             data = orjson.loads(msg["data"])
             cid, user, recipients = str(data["c"]), str(data["u"]), list(data["r"])
+            if "t" in data:  # a shard channel's message names its tenant
+                tenant = str(data["t"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("ws_typing_bad_message", channel=str(name))
             return

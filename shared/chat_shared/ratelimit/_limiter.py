@@ -31,6 +31,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from chat_shared.observability.logging import get_logger
+from chat_shared.ratelimit._cluster import ClusterGcra
 from chat_shared.ratelimit._gcra import Decision, Limit, LocalLimiter
 from chat_shared.ratelimit._redis import RedisGcra, RedisUnavailable
 from chat_shared.ratelimit.settings import RateLimitSettings
@@ -151,13 +152,14 @@ def _us(seconds: float) -> int:
 class RateLimiter:
     """Checks one request at a time against the shared budget (module docstring)."""
 
-    def __init__(self, policy: Mapping[str, ClassLimits], redis: RedisGcra | None,
+    def __init__(self, policy: Mapping[str, ClassLimits], redis: RedisGcra | ClusterGcra | None,
                  local: LocalLimiter | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """
         Args:
             policy: the default limits by class (``policy_from_settings``).
-            redis: the shared budget; None = this process's memory only (one replica).
+            redis: the shared budget (one server, or a cluster's masters by slot); None =
+                this process's memory only (one replica).
             local: the fallback, with the same rates.
         """
         self.policy = dict(policy)

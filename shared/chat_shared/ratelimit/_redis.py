@@ -6,6 +6,10 @@ lost one, a reply that did not come in time) no request waits on it: for ``down_
 every check fails at once, then the next check tries again (one connect, bounded by the same
 timeout). The script is run by its SHA (EVALSHA, 40 bytes instead of the whole script) and
 loaded with EVAL when Redis answers NOSCRIPT (a restarted or flushed server).
+
+On a Redis Cluster one ``RedisGcra`` talks to one master, and ``ClusterGcra`` (``_cluster.py``)
+routes each check to the master of its keys' slot: a MOVED or ASK answer is raised here as
+``Redirected`` for it to follow.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from chat_shared.ratelimit._resp import Reply, ReplyError, RespConnection, encode
 from chat_shared.ratelimit._script import GCRA_SCRIPT, GCRA_SHA
 
-__all__ = ["RedisGcra", "RedisUnavailable"]
+__all__ = ["RedisGcra", "RedisUnavailable", "Redirected"]
 
 MAX_PENDING = 10_000
 """Commands waiting for replies on the socket; past this Redis is treated as stalled."""
@@ -27,9 +31,46 @@ class RedisUnavailable(Exception):
     """Redis did not answer in time (or cannot be reached): decide locally."""
 
 
+class Redirected(RedisUnavailable):
+    """A Redis Cluster node answered MOVED or ASK: the slot is served elsewhere (for a single
+    server, which never says so, it is just another reason to decide locally)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        kind, slot, address = message.split()[:3]
+        self.ask = kind == "ASK"
+        self.slot = int(slot)
+        host, _, port = address.rpartition(":")
+        self.address = (host, int(port))
+
+
+def _redirection(exc: ReplyError) -> Redirected | None:
+    text = str(exc)
+    if text.startswith(("MOVED ", "ASK ")):
+        try:
+            return Redirected(text)
+        except ValueError:
+            return None
+    return None
+
+
+def _retrieve(fut: asyncio.Future[Reply]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _expire(fut: asyncio.Future[Reply]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
+
+
+def _wire(args: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The script's arguments as sent: without a ceiling, the ceiling's key (which the script
+    then never reads) is the user's key again, so a Redis Cluster sees the keys of one slot
+    (an empty key would hash to slot 0)."""
+    if len(args) > 1 and args[1] == "":
+        return (args[0], args[0], *args[2:])
+    return args
 
 
 class RedisGcra:
@@ -50,20 +91,43 @@ class RedisGcra:
     def timeout(self) -> float:
         return self._timeout
 
-    async def check(self, *args: str | int) -> list[int]:
+    async def check(self, *args: str | int, asking: bool = False) -> list[int]:
         """The script's answer (see ``_script``) for one request: ``args`` are the user's
         key, the ceiling's key, then the two limits' T and tau in microseconds.
 
+        Args:
+            asking: a cluster node sent the request here with ASK: send ASKING before it.
+
         Raises:
             RedisUnavailable: no answer within the timeout, or Redis is known to be down.
+            Redirected: (a RedisUnavailable) a cluster node answered MOVED or ASK.
         """
         if self._clock() < self._down_until:
             raise RedisUnavailable("redis is down or too slow (left alone for a moment)")
-        pending = self.submit(*args)
+        pending = None if asking else self.submit(*args)
         if pending is None:
             conn = await self._connect()
-            pending = self._send(conn, args)
+            pending = self._send(conn, args, asking=asking)
         return await self.answer(pending, args)
+
+    async def call(self, *command: str | int) -> Reply:
+        """Any other command (the cluster's CLUSTER SLOTS), bounded by the timeout.
+
+        Raises:
+            RedisUnavailable: no answer within the timeout, an error reply, or Redis is known
+                to be down.
+        """
+        if self._clock() < self._down_until:
+            raise RedisUnavailable("redis is down or too slow (left alone for a moment)")
+        conn = self._conn if self._conn is not None and self._conn.is_open else None
+        if conn is None:
+            conn = await self._connect()
+        fut = conn.send(encode(*command))
+        handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
+        try:
+            return await self._reply(fut, handle)
+        except ReplyError as exc:
+            raise RedisUnavailable(str(exc)) from exc
 
     def submit(self, *args: str | int) -> tuple[RespConnection, asyncio.Future[Reply],
                                                  asyncio.TimerHandle] | None:
@@ -76,14 +140,16 @@ class RedisGcra:
             return None
         return self._send(conn, args)
 
-    def _send(self, conn: RespConnection, args: tuple[str | int, ...]
+    def _send(self, conn: RespConnection, args: tuple[str | int, ...], *, asking: bool = False
               ) -> tuple[RespConnection, asyncio.Future[Reply], asyncio.TimerHandle]:
         if conn.pending >= MAX_PENDING:
             self._mark_down()
             fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
             fut.set_exception(ConnectionError("redis is not keeping up"))
         else:
-            fut = conn.send(encode("EVALSHA", GCRA_SHA, 2, *args))
+            if asking:  # answered before the script, on the same connection: nobody waits
+                conn.send(encode("ASKING")).add_done_callback(_retrieve)
+            fut = conn.send(encode("EVALSHA", GCRA_SHA, 2, *_wire(args)))
         handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
         return conn, fut, handle
 
@@ -100,13 +166,13 @@ class RedisGcra:
             reply = await self._reply(fut, handle)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
-                raise RedisUnavailable(str(exc)) from exc
-            fut = conn.send(encode("EVAL", GCRA_SCRIPT, 2, *args))
+                raise _redirection(exc) or RedisUnavailable(str(exc)) from exc
+            fut = conn.send(encode("EVAL", GCRA_SCRIPT, 2, *_wire(args)))
             handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
             try:
                 reply = await self._reply(fut, handle)
             except ReplyError as exc2:
-                raise RedisUnavailable(str(exc2)) from exc2
+                raise _redirection(exc2) or RedisUnavailable(str(exc2)) from exc2
         if not isinstance(reply, list) or len(reply) != 6:
             raise RedisUnavailable(f"unexpected script reply {reply!r}")
         return [int(v) for v in reply]
