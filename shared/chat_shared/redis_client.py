@@ -24,13 +24,18 @@ slot map. A connection failure marks the slot map stale: the client reads it afr
 SLOTS from a node that answers) before its next command, so once the cluster has promoted a
 replica the next call reaches it. ``max_connections`` is then per node.
 
+Stream reads on a cluster go through ``xread`` / ``xreadgroup`` here, not the client's own
+methods: redis-py finds those commands' keys by asking one node (COMMAND GETKEYS), and when
+that node dies every stream read fails against it, on every master, without the slot map
+ever being marked stale (``_on_slot_master`` says more).
+
 (The relay and the gateway build every client here; the relay sizes its pool for its workers.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -42,7 +47,7 @@ from redis.exceptions import RedisError
 from chat_shared.config import RedisSettings
 
 __all__ = ["MAX_CONNECTIONS", "RedisClient", "create_redis", "group_by_slot", "is_cluster",
-           "key_slot", "ping"]
+           "key_slot", "ping", "xread", "xreadgroup"]
 
 MAX_CONNECTIONS = 16
 """Connections per client (per node of a cluster): the gateway needs one for its probe and one
@@ -109,6 +114,63 @@ def group_by_slot(keys: Iterable[str]) -> list[list[str]]:
     for key in keys:
         groups.setdefault(key_slot(key), []).append(key)
     return list(groups.values())
+
+
+async def xread(client: RedisClient, streams: dict[str, str], *, count: int, block_ms: int
+                ) -> Any:
+    """XREAD of ``streams`` (stream -> last id read) after ``streams``' ids, as ``client.xread``
+    answers it; on a cluster the streams must share a hash slot (``group_by_slot``).
+
+    Use this rather than ``client.xread`` on a cluster (and ``xreadgroup`` below): see
+    ``_on_slot_master``.
+    """
+    keys = list(streams)
+    args: list[Any] = ["XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", *keys,
+                       *streams.values()]
+    if isinstance(client, RedisCluster):
+        return await _on_slot_master(client, keys[0], args)
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+async def xreadgroup(client: RedisClient, group: str, consumer: str, streams: dict[str, str],
+                     *, count: int, block_ms: int) -> Any:
+    """XREADGROUP of ``streams`` (stream -> id, ``>`` for new entries) as ``group``'s
+    ``consumer``, as ``client.xreadgroup`` answers it; on a cluster the streams must share a
+    hash slot (``group_by_slot``)."""
+    keys = list(streams)
+    args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK",
+                       block_ms, "STREAMS", *keys, *streams.values()]
+    if isinstance(client, RedisCluster):
+        return await _on_slot_master(client, keys[0], args)
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+async def _on_slot_master(client: RedisCluster, key: str, args: list[Any]) -> Any:
+    """``args`` sent to the master that owns ``key``'s slot, found from the slot map here.
+
+    redis-py's cluster client cannot find XREAD's or XREADGROUP's keys by itself (their
+    position moves with the options), so before each such call it asks one node, the one
+    that was its default node when it last read the slot map, with COMMAND GETKEYS. If that
+    node dies the question fails with a connection error that, unlike a failed command, does
+    not mark the slot map stale: every stream read of the client, on every master, then fails
+    against the dead node until some other command fails and so makes the client reread it (a
+    gateway's readers did so for over a minute after a SIGKILLed master). Routing here asks
+    no node: the slot is computed locally, and a failure on the master itself is the client's
+    ordinary path (connection error: the map is read afresh before the next call; MOVED:
+    followed and the map reread).
+    """
+    try:
+        await client.initialize()  # rereads the slot map if the last call found it stale
+    except (RedisError, OSError):
+        # Rereading the map ends with COMMAND on the default node, the first master the
+        # client knows; if that is the dead one every reread fails the same way. Last in
+        # line, the next reread picks another.
+        parser_node = getattr(client.commands_parser, "node", None)
+        if parser_node is not None:
+            client.nodes_manager.move_node_to_end_of_cached_nodes(parser_node.name)
+        raise
+    node = client.get_node_from_key(key)
+    return await client.execute_command(*args, target_nodes=node)
 
 
 async def ping(client: RedisClient, *, every_master: bool = False) -> bool:

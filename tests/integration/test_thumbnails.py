@@ -132,34 +132,36 @@ async def test_a_decompression_bomb_gets_no_thumbnail(astub, relay, db_source) -
                                     " WHERE event_type = 'message.updated'") == [(0,)]
 
 
+@pytest.mark.redis_cluster
 async def test_messages_without_images_are_acknowledged_in_one_batch_unread(redis_addr) -> None:
     """The worker's common case: message.created without attachments (and other events) are
-    acknowledged, with nothing read from the database or the store (neither is given here)."""
-    import redis.asyncio as aioredis
-
+    acknowledged, with nothing read from the database or the store (neither is given here).
+    Three streams (on a cluster: three hash slots, so one XREADGROUP each, routed by slot)."""
     from chat_api.thumbnail_worker import GROUP, ThumbnailWorker
+    from chat_shared.config import RedisSettings
+    from chat_shared.redis_client import create_redis
 
-    host, port = redis_addr.rsplit(":", 1)
-    client = aioredis.Redis(host=host, port=int(port), decode_responses=True)
-    stream = "chat:events:thumbs-test"
-    worker = ThumbnailWorker(client, None, None, streams=[stream],  # type: ignore[arg-type]
+    client = create_redis(RedisSettings(redis_addr=redis_addr, redis_timeout=2.0))
+    streams = [f"chat:events:thumbs-test-{i}" for i in range(3)]
+    worker = ThumbnailWorker(client, None, None, streams=streams,  # type: ignore[arg-type]
                              max_pixels=1, size=1, block=0.1)
     try:
         await worker._make_groups()
-        for seq in range(1, 6):
+        for seq in range(1, 7):
             message = {"id": f"00000000-0000-0000-0000-{seq:012x}",
                        "conversation_id": "00000000-0000-0000-0000-00000000000a",
                        "sender_id": "alice", "content": "hi", "seq": seq,
                        "created_at": "2026-01-01T00:00:00.000000Z", "version": 1,
                        "edited_at": None, "deleted": False}
-            await client.xadd(stream, events.encode_entry(events.Event(
+            await client.xadd(streams[seq % 3], events.encode_entry(events.Event(
                 event_id=f"e{seq}", type=events.MESSAGE_CREATED,
                 conversation_id=message["conversation_id"], seq=seq,
                 occurred_at=events.parse_time("2026-01-01T00:00:00.000000Z"),
                 recipients=["alice", "bob"], payload={"message": message})))
-        assert await worker.poll_once() == 5
-        pending = await client.xpending(stream, GROUP)
-        assert pending["pending"] == 0
+        assert await worker.poll_once() == 6
+        for stream in streams:
+            pending = await client.xpending(stream, GROUP)
+            assert pending["pending"] == 0
         assert await worker.poll_once() == 0
     finally:
         await client.aclose()

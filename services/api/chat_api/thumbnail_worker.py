@@ -38,7 +38,7 @@ from chat_api.storage.objects import ObjectStore
 from chat_shared import events
 from chat_shared.backoff import Backoff
 from chat_shared.observability.logging import get_logger
-from chat_shared.redis_client import RedisClient, group_by_slot, is_cluster
+from chat_shared.redis_client import RedisClient, group_by_slot, is_cluster, xreadgroup
 
 log = get_logger(__name__)
 
@@ -100,8 +100,8 @@ class ThumbnailWorker:
     async def poll_once(self) -> int:
         """One XREADGROUP (blocking up to ``block``); how many entries it handled."""
         answers: list[Any] = await asyncio.gather(*(
-            self._redis.xreadgroup(GROUP, self.consumer, {s: ">" for s in streams},
-                                   count=self._count, block=self._block_ms)
+            xreadgroup(self._redis, GROUP, self.consumer, {s: ">" for s in streams},
+                       count=self._count, block_ms=self._block_ms)
             for streams in self._reads))
         handled = 0
         for stream, entries in (item for answer in answers for item in _items(answer)):

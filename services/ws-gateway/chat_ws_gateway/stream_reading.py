@@ -21,7 +21,7 @@ from typing import Any
 from chat_shared.backoff import Backoff
 from chat_shared.events import decode_entry
 from chat_shared.observability.logging import get_logger
-from chat_shared.redis_client import RedisClient, group_by_slot, is_cluster
+from chat_shared.redis_client import RedisClient, group_by_slot, is_cluster, xread
 from chat_ws_gateway.hub import Hub
 from chat_ws_gateway.metrics import STREAM_EVENTS, STREAM_UP
 
@@ -77,8 +77,8 @@ class StreamReader:
                     ids = self._ids[index] = await self._tails(keys)
                     if all(i is not None for i in self._ids):
                         self.positioned.set()
-                response = await self._redis.xread(ids, count=self._count,  # type: ignore[arg-type]
-                                                   block=self._block_ms)
+                response = await xread(self._redis, ids, count=self._count,
+                                       block_ms=self._block_ms)
                 self._up(index)
                 retry.reset()
                 await self._handle(ids, response)
