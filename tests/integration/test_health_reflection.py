@@ -81,4 +81,6 @@ async def test_reflection_describes_the_chat_service(channel) -> None:
         "CreateConversation", "SendMessage", "GetMessages", "GetThread", "GetConversations",
         "MarkAsRead", "AddMembers", "RemoveMember", "SetMemberRole", "UpdateConversation",
         "EditMessage", "DeleteMessage", "AddReaction", "RemoveReaction", "SearchMessages",
-        "CreateUpload", "GetAttachmentUrl"}
+        "CreateUpload", "GetAttachmentUrl", "RegisterDevice", "UploadOneTimeKeys", "ClaimKeys",
+        "ListDevices", "RemoveDevice", "SendToDevice", "GetToDeviceMessages",
+        "AckToDeviceMessages"}
