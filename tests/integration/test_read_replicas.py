@@ -23,12 +23,42 @@ import pytest
 from prometheus_client import REGISTRY
 
 from chat_devtools.local_postgres import LocalPostgres
+from chat_devtools.pytest_plugin import POOLED_LOGINS, TEMPLATE_DB
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from chat_shared.replica_reads import parse_position
 from tests.conftest import auth, make_token
 from tests.helpers import create_conversation, rpc_error
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[LocalPostgres]:
+    """A primary of this module's own, migrated like the session's. ``pg_basebackup`` copies
+    the whole cluster, and by this module the session's holds every earlier test's database
+    (about 600 databases, 5 GB in a full run): the copy outlasted the replica's start timeout."""
+    from chat_migrations.cli import upgrade
+
+    pg = LocalPostgres().start()
+    try:
+        upgrade(pg.create_database(TEMPLATE_DB))
+        yield pg
+    finally:
+        pg.cleanup()
+
+
+@pytest.fixture(scope="module")
+def pgbouncer(postgres: LocalPostgres) -> Iterator[Any]:
+    """PgBouncer (transaction pooling) in front of this module's primary."""
+    from chat_devtools.local_pgbouncer import LocalPgBouncer, pooled_login
+
+    for login, role in POOLED_LOGINS.items():
+        pooled_login(postgres, login, role)
+    bouncer = LocalPgBouncer(postgres, users=["postgres", *POOLED_LOGINS]).start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.cleanup()
 
 
 @pytest.fixture(scope="module")
