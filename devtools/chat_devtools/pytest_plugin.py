@@ -67,9 +67,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "pooling mode (docs/pgbouncer.md)")
 
 
-@pytest.fixture(scope="session")
-def pgbouncer(postgres: LocalPostgres) -> Iterator[LocalPgBouncer]:
-    """PgBouncer in transaction pooling mode in front of the session's cluster."""
+def pooled_pgbouncer(postgres: LocalPostgres) -> Iterator[LocalPgBouncer]:
+    """PgBouncer in transaction pooling mode in front of ``postgres``, with the pooled logins
+    (a generator for a fixture: yields it, stops it after)."""
     from chat_devtools.local_pgbouncer import LocalPgBouncer, pooled_login
 
     for login, role in POOLED_LOGINS.items():
@@ -79,6 +79,12 @@ def pgbouncer(postgres: LocalPostgres) -> Iterator[LocalPgBouncer]:
         yield bouncer
     finally:
         bouncer.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres: LocalPostgres) -> Iterator[LocalPgBouncer]:
+    """PgBouncer in transaction pooling mode in front of the session's cluster."""
+    yield from pooled_pgbouncer(postgres)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from chat_devtools.local_postgres import LocalPostgres
-from chat_devtools.pytest_plugin import POOLED_LOGINS, TEMPLATE_DB
+from chat_devtools.pytest_plugin import TEMPLATE_DB, pooled_pgbouncer
 from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from chat_shared.replica_reads import parse_position
 from tests.conftest import auth, make_token
@@ -50,15 +50,7 @@ def postgres() -> Iterator[LocalPostgres]:
 @pytest.fixture(scope="module")
 def pgbouncer(postgres: LocalPostgres) -> Iterator[Any]:
     """PgBouncer (transaction pooling) in front of this module's primary."""
-    from chat_devtools.local_pgbouncer import LocalPgBouncer, pooled_login
-
-    for login, role in POOLED_LOGINS.items():
-        pooled_login(postgres, login, role)
-    bouncer = LocalPgBouncer(postgres, users=["postgres", *POOLED_LOGINS]).start()
-    try:
-        yield bouncer
-    finally:
-        bouncer.cleanup()
+    yield from pooled_pgbouncer(postgres)
 
 
 @pytest.fixture(scope="module")
