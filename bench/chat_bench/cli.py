@@ -265,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nphases that failed: {result['errors']}")
     print(f"\nwritten: {args.output}")
     if args.readme:
-        report.update_section(args.readme, result)
+        # From the JSON as written (sorted keys), so that the section is exactly what
+        # `chat-bench readme` makes from the committed file.
+        report.update_section(args.readme, json.loads(args.output.read_text()))
         print(f"generated section regenerated: {args.readme}")
     return 1 if result["errors"] else 0
 
