@@ -21,11 +21,12 @@ in the transaction of the change:
 - ``pos`` numbers its *ordered changes*: every event of ``ORDERED_TYPES`` (a message created,
   updated or deleted, a reaction added or removed, a member added, removed or given a role, the
   conversation updated) takes the next pos: 1, 2, 3, ... with no gap and no duplicate.
-  ``conversation.read`` is not ordered and takes none. So in a conversation where only messages
-  were ever sent, pos == seq.
+  ``conversation.read`` and ``to_device.created`` are not ordered and take none. So in a
+  conversation where only messages were ever sent, pos == seq.
 
 The stream entry's ``seq`` field is the event's **pos** for an ordered event (the message
-payload keeps the message's own ``seq``), and the new read position for ``conversation.read``.
+payload keeps the message's own ``seq``), the new read position for ``conversation.read``, and
+the message's mailbox id for ``to_device.created``.
 Each ordered change is also written to the permanent table ``conversation_changes`` (one row
 per pos, references only, never content), so a consumer that knows the last pos it applied can
 be brought to the current state by the changes after it, each rendered from the current rows:
@@ -107,6 +108,15 @@ after it::
 
     {"conversation_id": uuid, "user_id": string, "last_read_seq": integer, "read_at": timestamp}
 
+``to_device.created``: a to-device message (docs/e2ee.md) was stored in the mailbox of one
+device, ``recipient_device`` of ``recipient_id`` (the event's one recipient); ``seq`` and ``id``
+are its mailbox id. Not a change to the conversation (the one whose member sent it): it takes no
+pos. The event refers to the message and never carries its body, which stays in the mailbox
+only, so that once the device acknowledges it no copy is left (not in the outbox's retention,
+not in the stream): a consumer reads the body from the mailbox, as the gateway does::
+
+    {"id": integer, "recipient_id": string, "recipient_device": string}
+
 A uuid is its canonical lower-case text. A timestamp is RFC 3339 text in UTC with microseconds
 and a ``Z``, ``2026-11-27T10:00:00.123456Z`` (``format_time``). It is formatted once, by whoever
 writes it (payload times by the SQL that writes the outbox row, ``occurred_at`` by the relay),
@@ -187,12 +197,12 @@ __all__ = [
     "CONVERSATION_READ", "CONVERSATION_UPDATED", "DEFAULT_STREAM_PREFIX", "ENTRY_FIELDS",
     "EPOCH_FIELD", "MEMBER_ADDED", "MEMBER_REMOVED", "MEMBER_ROLE_CHANGED", "MESSAGE_CREATED",
     "MESSAGE_DELETED", "MESSAGE_TYPES", "MESSAGE_UPDATED", "ORDERED_TYPES", "PAYLOADS",
-    "REACTION_ADDED", "REACTION_REMOVED", "Attachment", "ConversationRead",
-    "ConversationUpdated", "Event", "MemberChanged", "MemberRemoved", "Message",
-    "MessageCreated", "MessageEvent", "Reaction", "Timestamp", "UuidText", "conversation_read",
-    "decode_entry", "decode_payload", "describe_payload", "encode_entry", "entry_values",
-    "epoch_key", "format_time", "message", "message_created", "parse_time", "payload_sql",
-    "shard_of", "stream_key", "stream_keys",
+    "REACTION_ADDED", "REACTION_REMOVED", "TO_DEVICE_CREATED", "Attachment",
+    "ConversationRead", "ConversationUpdated", "Event", "MemberChanged", "MemberRemoved",
+    "Message", "MessageCreated", "MessageEvent", "Reaction", "Timestamp", "ToDeviceCreated",
+    "UuidText", "conversation_read", "decode_entry", "decode_payload", "describe_payload",
+    "encode_entry", "entry_values", "epoch_key", "format_time", "message", "message_created",
+    "parse_time", "payload_sql", "shard_of", "stream_key", "stream_keys",
 ]
 
 MESSAGE_CREATED = "message.created"
@@ -205,6 +215,7 @@ MEMBER_REMOVED = "member.removed"
 MEMBER_ROLE_CHANGED = "member.role_changed"
 CONVERSATION_UPDATED = "conversation.updated"
 CONVERSATION_READ = "conversation.read"
+TO_DEVICE_CREATED = "to_device.created"
 
 MESSAGE_TYPES = frozenset({MESSAGE_CREATED, MESSAGE_UPDATED, MESSAGE_DELETED})
 """The types whose payload is the message as it is (``{"message": ...}``)."""
@@ -305,12 +316,19 @@ class ConversationRead(TypedDict):
     read_at: Timestamp
 
 
+class ToDeviceCreated(TypedDict):
+    id: int
+    """The message's id in the device's mailbox (also the entry's ``seq``)."""
+    recipient_id: str
+    recipient_device: str
+
+
 PAYLOADS: Mapping[str, type] = {
     MESSAGE_CREATED: MessageCreated, MESSAGE_UPDATED: MessageCreated,
     MESSAGE_DELETED: MessageCreated, REACTION_ADDED: Reaction, REACTION_REMOVED: Reaction,
     MEMBER_ADDED: MemberChanged, MEMBER_ROLE_CHANGED: MemberChanged,
     MEMBER_REMOVED: MemberRemoved, CONVERSATION_UPDATED: ConversationUpdated,
-    CONVERSATION_READ: ConversationRead}
+    CONVERSATION_READ: ConversationRead, TO_DEVICE_CREATED: ToDeviceCreated}
 """Every event type and the one description of its payload."""
 
 _SQL_TIME = """to_char(({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""

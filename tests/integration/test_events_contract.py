@@ -13,10 +13,17 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chat_devtools.e2ee_client import E2EEDevice
 from chat_shared import events
-from chat_shared.events import CONVERSATION_READ, MESSAGE_CREATED, PAYLOADS, payload_sql
+from chat_shared.events import (
+    CONVERSATION_READ,
+    MESSAGE_CREATED,
+    PAYLOADS,
+    TO_DEVICE_CREATED,
+    payload_sql,
+)
 from chat_shared.protos.chat.v1 import chat_pb2
-from tests.conftest import auth
+from tests.conftest import auth, make_token
 from tests.helpers import create_conversation, db_rows, mark_as_read, send
 
 
@@ -42,6 +49,15 @@ async def test_every_event_type_the_api_writes_is_what_the_contract_describes(st
                                                        content="edited"), metadata=a)
     await stub.DeleteMessage(chat_pb2.DeleteMessageRequest(conversation_id=cid,
                                                            message_id=other.id), metadata=a)
+    alice_device, bob_device = (E2EEDevice(stub, u, make_token(u)) for u in ("alice", "bob"))
+    for device in (alice_device, bob_device):
+        await device.register(one_time_keys=1)
+    await stub.SendToDevice(chat_pb2.SendToDeviceRequest(
+        conversation_id=cid, sender_device=alice_device.device_id,
+        messages=[chat_pb2.ToDeviceMessage(recipient_id="bob",
+                                           recipient_device=bob_device.device_id,
+                                           message_type="m.test", body="opaque")]),
+        metadata=a)
     rows = await db_rows(db_source, "SELECT event_type, payload, created_at FROM outbox "
                                     "WHERE event_type IN ('message.created', "
                                     "'conversation.read') ORDER BY id LIMIT 2")
@@ -49,8 +65,9 @@ async def test_every_event_type_the_api_writes_is_what_the_contract_describes(st
     assert {r[0] for r in every} == set(PAYLOADS), "a type the API writes is not tested here"
     for event_type, payload in every:
         events.decode_payload(event_type, payload)
-    positions = await db_rows(db_source, "SELECT seq FROM outbox WHERE event_type <> "
-                                         "'conversation.read' ORDER BY id")
+    positions = await db_rows(db_source, "SELECT seq FROM outbox WHERE event_type NOT IN "
+                                         "('conversation.read', 'to_device.created') "
+                                         "ORDER BY id")
     assert [p for (p,) in positions] == list(range(1, len(positions) + 1))
     changes = await db_rows(db_source, "SELECT pos FROM conversation_changes ORDER BY pos")
     assert [p for (p,) in changes] == [p for (p,) in positions]
@@ -64,6 +81,15 @@ async def test_every_event_type_the_api_writes_is_what_the_contract_describes(st
     read = by_type[CONVERSATION_READ]
     assert (read["conversation_id"], read["user_id"], read["last_read_seq"]) == (conv.id, "bob", 1)
     assert abs(events.parse_time(read["read_at"]) - rows[-1][2]) < timedelta(seconds=5)
+    # A to-device message's event refers to it (its mailbox id, also the entry's seq) and
+    # never carries its body.
+    [(mailbox_id,)] = await db_rows(db_source, "SELECT id FROM e2ee_to_device")
+    [(seq, recipients, payload)] = await db_rows(
+        db_source, "SELECT seq, recipients, payload FROM outbox WHERE event_type = %s",
+        TO_DEVICE_CREATED)
+    assert (seq, recipients) == (mailbox_id, ["bob"])
+    assert payload == {"id": mailbox_id, "recipient_id": "bob",
+                       "recipient_device": bob_device.device_id}
 
 
 _TIME_ONLY = "SELECT " + payload_sql(CONVERSATION_READ, {

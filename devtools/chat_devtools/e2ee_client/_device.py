@@ -10,18 +10,28 @@ Wire formats (docs/e2ee.md, opaque to the server):
   ``{"sender_key": <Curve25519>, "type": 0 or 1, "ciphertext": <Olm message, base64>}``; the
   Olm plaintext is the room key: ``{"type": "m.room_key", "conversation_id", "session_id",
   "session_key", "sender_ed25519"}``.
+
+Room keys arrive pushed over the gateway's WebSocket (``connect`` opens the device's socket,
+``receive_pushed_keys`` takes them) or by reading the mailbox (``receive_keys``); either way
+the device acknowledges them with AckToDeviceMessages, after saving its state when it has a
+state file (``persist``/``load``, ``_store``), so a key is never acknowledged and then lost.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import vodozemac
 
+from chat_devtools.e2ee_client._store import DeviceStore
 from chat_shared.e2ee import (
     MEGOLM_ALGORITHM,
     OLM_ALGORITHM,
@@ -36,8 +46,8 @@ CLAIM_BATCH = 250
 """Devices per ClaimKeys call (chat.proto's limit)."""
 TO_DEVICE_BATCH = 100
 """Messages per SendToDevice call (chat.proto's limit)."""
-PICKLE_KEY = bytes(32)
-"""vodozemac's pickles are unused here: the reference client keeps its state in memory."""
+TO_DEVICE_FRAME = "to_device.created"
+"""The WebSocket frame of a to-device message pushed to this device (docs/websocket.md)."""
 
 
 class DecryptionError(Exception):
@@ -72,21 +82,82 @@ def _verify(ed25519_key: str, statement: bytes, signature: str) -> bool:
 class E2EEDevice:
     """One device of ``user_id``, talking to the API through ``stub`` with ``token``."""
 
-    def __init__(self, stub: Any, user_id: str, token: str, device_id: str | None = None
-                 ) -> None:
+    def __init__(self, stub: Any, user_id: str, token: str, device_id: str | None = None,
+                 *, account: vodozemac.Account | None = None) -> None:
         self.stub = stub
         self.user_id = user_id
         self.device_id = device_id or "dev-" + uuid.uuid4().hex[:12]
+        self._token = token
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self.account = vodozemac.Account()
+        self.account = account or vodozemac.Account()
         self.curve25519_key = self.account.curve25519_key.to_base64()
         self.ed25519_key = self.account.ed25519_key.to_base64()
         self._olm: dict[str, list[vodozemac.Session]] = {}  # by the peer's Curve25519 key
         self._outbound: dict[str, _Outbound] = {}  # by conversation
         self._inbound: dict[str, _InboundKey] = {}  # by Megolm session id
         self._inbox_after = 0
+        """The last to-device message taken (mailbox ids of a device grow in commit order,
+        so this is also how the device recognises one delivered again)."""
+        self._store: DeviceStore | None = None
         self.failures: list[str] = []
         """Every message or to-device message that failed, in words (reported to the user)."""
+
+    # ---- state -------------------------------------------------------------------------
+
+    def persist(self, path: str | os.PathLike[str], passphrase: str) -> None:
+        """Keeps this device's state in ``path``, encrypted with ``passphrase``: written now,
+        and again before every acknowledgement of to-device messages (``save`` any time)."""
+        self._store = DeviceStore.create(path, passphrase)
+        self.save()
+
+    def save(self) -> None:
+        """Writes the state to the file given to ``persist`` or ``load``."""
+        if self._store is None:
+            raise RuntimeError("no state file: call persist(path, passphrase) first")
+        self._store.write(self._state(self._store.pickle_key))
+
+    @classmethod
+    def load(cls, stub: Any, token: str, path: str | os.PathLike[str], passphrase: str
+             ) -> E2EEDevice:
+        """The device saved in ``path`` (its keys, sessions and mailbox position), talking to
+        the API through ``stub`` with ``token``; ``StateError`` when the passphrase is wrong
+        or the file was changed."""
+        store, state = DeviceStore.open(path, passphrase)
+        key = store.pickle_key
+        device = cls(stub, state["user_id"], token, state["device_id"],
+                     account=vodozemac.Account.from_pickle(state["account"], key))
+        device._store = store
+        device._inbox_after = int(state["inbox_after"])
+        device._olm = {peer: [vodozemac.Session.from_pickle(p, key) for p in pickles]
+                       for peer, pickles in state["olm"].items()}
+        device._outbound = {
+            cid: _Outbound(vodozemac.GroupSession.from_pickle(o["session"], key),
+                           {(u, d) for u, d in o["shared_with"]})
+            for cid, o in state["outbound"].items()}
+        device._inbound = {
+            sid: _InboundKey(vodozemac.InboundGroupSession.from_pickle(i["session"], key),
+                             i["conversation_id"], i["sender_id"], i["sender_device"],
+                             {int(index): mid for index, mid in i["seen"].items()})
+            for sid, i in state["inbound"].items()}
+        return device
+
+    def _state(self, key: bytes) -> dict[str, Any]:
+        """Everything the device needs after a restart, its vodozemac objects pickled with
+        ``key`` (the store seals the whole)."""
+        return {
+            "user_id": self.user_id, "device_id": self.device_id,
+            "account": self.account.pickle(key), "inbox_after": self._inbox_after,
+            "olm": {peer: [s.pickle(key) for s in sessions]
+                    for peer, sessions in self._olm.items()},
+            "outbound": {cid: {"session": o.session.pickle(key),
+                               "shared_with": sorted([u, d] for u, d in o.shared_with)}
+                         for cid, o in self._outbound.items()},
+            "inbound": {sid: {"session": i.session.pickle(key),
+                              "conversation_id": i.conversation_id, "sender_id": i.sender_id,
+                              "sender_device": i.sender_device,
+                              "seen": {str(index): mid for index, mid in i.seen.items()}}
+                        for sid, i in self._inbound.items()},
+        }
 
     # ---- keys --------------------------------------------------------------------------
 
@@ -213,23 +284,83 @@ class E2EEDevice:
                 messages=messages[start:start + TO_DEVICE_BATCH]), metadata=self._metadata)
 
     async def receive_keys(self) -> int:
-        """Reads this device's to-device messages, takes the room keys in them, and
-        acknowledges them (the server then deletes them); how many keys it took."""
+        """Reads this device's to-device messages from its mailbox (GetToDeviceMessages),
+        takes the room keys in them, and acknowledges them (the server then deletes them);
+        how many keys it took."""
         resp = await self.stub.GetToDeviceMessages(chat_pb2.GetToDeviceMessagesRequest(
             device_id=self.device_id, after_id=self._inbox_after), metadata=self._metadata)
-        taken = 0
-        for m in resp.messages:
-            self._inbox_after = max(self._inbox_after, m.id)
-            try:
-                self._take_room_key(m)
-                taken += 1
-            except (DecryptionError, ValueError, KeyError) as exc:
-                self.failures.append(f"to-device {m.id} from {m.sender_id}/{m.sender_device}: "
-                                     f"{exc}")
+        taken = sum(self._take(m) is True for m in resp.messages)
         if resp.messages:
-            await self.stub.AckToDeviceMessages(chat_pb2.AckToDeviceMessagesRequest(
-                device_id=self.device_id, up_to_id=self._inbox_after), metadata=self._metadata)
+            await self._acknowledge()
         return taken
+
+    async def connect(self, session: aiohttp.ClientSession, gateway_url: str,
+                      positions: Mapping[str, int] | None = None
+                      ) -> aiohttp.ClientWebSocketResponse:
+        """Opens this device's WebSocket on the gateway (``/v1/ws?device_id=...``): the
+        device's to-device messages are pushed on it, those waiting first, and the
+        conversations' events as on any socket (resumed from ``positions``)."""
+        ws = await session.ws_connect(
+            f"{gateway_url}/v1/ws", params={"device_id": self.device_id},
+            headers={"Authorization": f"Bearer {self._token}"}, heartbeat=None)
+        await ws.send_json({"type": "resume", "positions": dict(positions or {})})
+        return ws
+
+    async def receive_pushed_keys(self, ws: aiohttp.ClientWebSocketResponse, count: int,
+                                  within: float = 30.0) -> list[dict[str, Any]]:
+        """Reads frames from the device's socket until ``count`` new to-device messages have
+        been taken (one delivered again, already taken, does not count), then acknowledges
+        them; every frame read, in order (the conversations' events among them are the
+        caller's to apply).
+
+        Raises:
+            TimeoutError: fewer arrived within ``within`` seconds (those that did are
+                acknowledged).
+            ConnectionError: the server closed the socket (e.g. 4404: not a device of the
+                user).
+        """
+        frames: list[dict[str, Any]] = []
+        new = 0
+        deadline = time.monotonic() + within
+        try:
+            while new < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{new} of {count} to-device messages arrived")
+                msg = await ws.receive(timeout=left)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"the socket closed ({ws.close_code}): {msg.extra}")
+                frame = json.loads(msg.data)
+                frames.append(frame)
+                if (frame.get("type") == TO_DEVICE_FRAME
+                        and self._take(_from_frame(frame)) is not None):
+                    new += 1
+        finally:
+            if new:
+                await self._acknowledge()
+        return frames
+
+    def _take(self, m: chat_pb2.ToDeviceMessage) -> bool | None:
+        """Takes the room key of one to-device message: True when it did, False when it
+        failed (recorded in ``failures``), None for a message taken before."""
+        if m.id <= self._inbox_after:
+            return None
+        self._inbox_after = m.id
+        try:
+            self._take_room_key(m)
+        except (DecryptionError, ValueError, KeyError) as exc:
+            self.failures.append(f"to-device {m.id} from {m.sender_id}/{m.sender_device}: "
+                                 f"{exc}")
+            return False
+        return True
+
+    async def _acknowledge(self) -> None:
+        """Saves the state (when kept in a file) so the keys taken survive a restart, then
+        lets the server delete the messages up to the last one taken."""
+        if self._store is not None:
+            self.save()
+        await self.stub.AckToDeviceMessages(chat_pb2.AckToDeviceMessagesRequest(
+            device_id=self.device_id, up_to_id=self._inbox_after), metadata=self._metadata)
 
     def _olm_decrypt(self, sender_key: str, kind: int, raw: bytes) -> bytes:
         message = vodozemac.AnyOlmMessage.from_parts(kind, raw)
@@ -317,3 +448,11 @@ class E2EEDevice:
         if payload.get("conversation_id") != message.conversation_id:
             raise DecryptionError("encrypted for another conversation")
         return str(payload["text"])
+
+
+def _from_frame(frame: Mapping[str, Any]) -> chat_pb2.ToDeviceMessage:
+    """A pushed ``to_device.created`` frame as the mailbox's message (the same fields)."""
+    return chat_pb2.ToDeviceMessage(
+        id=int(frame["id"]), recipient_id="", sender_id=str(frame["sender_id"]),
+        sender_device=str(frame["sender_device"]), message_type=str(frame["message_type"]),
+        body=str(frame["body"]))

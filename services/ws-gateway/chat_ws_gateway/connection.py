@@ -10,6 +10,10 @@ history on resume, the events held until the client's first frame), is decided b
 ``ordering.Ordering``, a state machine without I/O. This module feeds it and carries out its
 answers: it queues frames, reads history pages (their rows wait for room in the queue: only this
 connection waits), and closes the socket.
+
+A socket opened for a device (``device_id``) also receives that device's to-device messages:
+everything waiting in its mailbox at connect, then each one announced by a ``to_device.created``
+event, read from PostgreSQL after the socket's cursor (``to_device.Mailbox`` decides when).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from chat_shared.events import MEMBER_REMOVED, Event
+from chat_shared.events import MEMBER_REMOVED, TO_DEVICE_CREATED, Event
 from chat_shared.observability.logging import get_logger
 from chat_shared.tenancy import DEFAULT_TENANT
 from chat_ws_gateway import protocol
@@ -45,6 +49,7 @@ from chat_ws_gateway.ordering import (
     Send,
     SlowConsumer,
 )
+from chat_ws_gateway.to_device import Mailbox
 from chat_ws_gateway.typing_indicators import TypingRelay
 
 log = get_logger(__name__)
@@ -71,10 +76,19 @@ class Connection:
     def __init__(self, ws: web.WebSocketResponse, user_id: str, *, history: History,
                  queue_size: int, close_timeout: float, max_positions: int,
                  transport: asyncio.Transport | None = None,
-                 tenant_id: str = DEFAULT_TENANT, typing: TypingRelay | None = None) -> None:
+                 tenant_id: str = DEFAULT_TENANT, typing: TypingRelay | None = None,
+                 device_id: str | None = None) -> None:
+        """
+        Args:
+            device_id: the user's device this socket receives to-device messages for (checked
+                by the first mailbox read: the socket is closed with 4404 when it is not the
+                user's); None = none.
+        """
         self.ws = ws
         self.user_id = user_id
         self.tenant_id = tenant_id
+        self.device_id = device_id
+        self._mailbox = Mailbox() if device_id is not None else None
         self._history = history
         self._typing = typing
         self._transport = transport
@@ -100,6 +114,10 @@ class Connection:
                 delay, self.close, protocol.CLOSE_TOKEN_EXPIRED, "token expired", "token_expired"))
         self._pending_timer = loop.call_later(resume_wait, self._end_pending)
         self._timers.append(self._pending_timer)
+        if self._mailbox is not None:
+            # After the hub registered the socket: what commits from now on is announced to
+            # it, and this read finds everything that committed before.
+            self._spawn(self._read_mailbox(), "ws-to-device")
 
     def close(self, code: int, message: str, reason: str) -> None:
         """Starts closing with ``code`` (idempotent); the socket is aborted if it hangs."""
@@ -293,6 +311,47 @@ class Connection:
         self.send_error(protocol.CATCH_UP_FAILED, "catch-up failed; reconnect and resume",
                         conversation_id=cid)
         self.close(CLOSE_INTERNAL_ERROR, "catch-up failed", "catch_up_failed")
+
+    # --- to-device messages ------------------------------------------------------------------
+
+    def announce_to_device(self, message_id: int) -> None:
+        """A ``to_device.created`` event for this socket's device (fan-out; never awaits)."""
+        if self.closing or self._mailbox is None:
+            return
+        if self._mailbox.announce(message_id):
+            self._spawn(self._read_mailbox(), "ws-to-device")
+
+    async def _read_mailbox(self) -> None:
+        """Sends the device's messages after the cursor, page by page, until the mailbox
+        state says the device is up to date; one such task per socket at a time."""
+        assert self._mailbox is not None and self.device_id is not None
+        mailbox, page_size = self._mailbox, self._history.page_size
+        try:
+            again = True
+            while again:
+                rows = await self._history.to_device_after(
+                    self.tenant_id, self.user_id, self.device_id, mailbox.next_read())
+                if rows is None:
+                    self._unknown_device()
+                    return
+                for row in rows:
+                    await self._put(Outgoing(protocol.to_device_frame(row), TO_DEVICE_CREATED,
+                                             None))
+                again = mailbox.page_read(rows[-1].id if rows else None,
+                                          len(rows) >= page_size)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ws_to_device_read_failed", user_id=self.user_id,
+                          device_id=self.device_id)
+            self.send_error(protocol.CATCH_UP_FAILED,
+                            "reading the device's to-device messages failed; reconnect")
+            self.close(CLOSE_INTERNAL_ERROR, "to-device read failed", "catch_up_failed")
+
+    def _unknown_device(self) -> None:
+        log.info("ws_refused", user_id=self.user_id, reason="unknown_device")
+        self.send_error(protocol.NOT_FOUND, "no such device", device_id=self.device_id)
+        self.close(protocol.CLOSE_UNKNOWN_DEVICE, "unknown device", "unknown_device")
 
     # --- client frames --------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Read-only PostgreSQL queries for catch-up: who is a member, and the changes after a pos.
+"""Read-only PostgreSQL queries for catch-up: who is a member, the changes after a pos, and a
+device's waiting to-device messages.
 
 The stream only holds recent events; PostgreSQL holds every change of a conversation in its
 permanent log (``conversation_changes``, one row per ``pos``: see chat_shared.events,
@@ -89,6 +90,24 @@ _CHANGES_AFTER = """
     ORDER BY x.pos
     """
 
+# One page of a device's mailbox after an id, when the device is the user's: no row at all when
+# it is not (never registered, or removed), one row of NULLs when nothing is waiting. The
+# mailbox index (tenant, recipient, device, id) serves the page.
+_TO_DEVICE_AFTER = """
+    SELECT t.id, t.sender_id, t.sender_device, t.message_type, t.body, t.created_at
+    FROM e2ee_devices d
+    LEFT JOIN LATERAL (
+        SELECT t.id, t.sender_id, t.sender_device, t.message_type, t.body, t.created_at
+        FROM e2ee_to_device t
+        WHERE t.tenant_id = d.tenant_id AND t.recipient_id = d.user_id
+          AND t.recipient_device = d.device_id AND t.id > %(after)s
+        ORDER BY t.id
+        LIMIT %(limit)s
+    ) t ON true
+    WHERE d.tenant_id = %(tenant)s AND d.user_id = %(user_id)s AND d.device_id = %(device_id)s
+    ORDER BY t.id
+    """
+
 # Far beyond any real seq and far enough below bigint's end that after + limit cannot
 # overflow; a larger position (the protocol accepts any int64) reads as this one: nothing.
 MAX_POSITION = 2**62
@@ -140,6 +159,18 @@ class StoredChange:
     """An end-to-end encrypted message's body (None on a plain message or a tombstone)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredToDevice:
+    """A to-device message waiting in a device's mailbox (ciphertext, opaque here)."""
+
+    id: int
+    sender_id: str
+    sender_device: str
+    message_type: str
+    body: str
+    created_at: datetime
+
+
 class History:
     def __init__(self, db: Database, page_size: int) -> None:
         self._db = db
@@ -189,4 +220,18 @@ class History:
         return [StoredChange(conversation_id, int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
                              r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]), r[14],
                              bool(r[15]), int(r[16]), r[17], r[18], r[19]) for r in rows
+                if r[0] is not None]
+
+    async def to_device_after(self, tenant: str, user_id: str, device_id: str, after_id: int
+                              ) -> list[StoredToDevice] | None:
+        """One page (``page_size``) of the device's to-device messages with an id above
+        ``after_id``, oldest first; None when ``device_id`` is not a device of the user."""
+        rows = await self._db.fetchall("db.ws_to_device_after", _TO_DEVICE_AFTER,
+                                       {"tenant": tenant, "user_id": user_id,
+                                        "device_id": device_id,
+                                        "after": min(after_id, MAX_POSITION),
+                                        "limit": self.page_size}, tenant=tenant)
+        if not rows:
+            return None
+        return [StoredToDevice(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows
                 if r[0] is not None]

@@ -5,6 +5,10 @@ recipients connected here, of the event's tenant: connections are keyed by (tena
 since a user id names a person only within its tenant; a user with several connections gets
 it on each of them. Events are deduplicated by ``event_id`` here once (the relay publishes at
 least once), and the frame is encoded once for all the sockets it goes to.
+
+A ``to_device.created`` event is for one device: it goes only to the sockets its user opened
+for that device (``Connection.device_id``), never to the user's other sockets, and it carries
+no frame: each of those sockets reads the message from the device's mailbox itself.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
-from chat_shared.events import Event
+from chat_shared.events import TO_DEVICE_CREATED, Event
 from chat_ws_gateway import protocol
 from chat_ws_gateway.connection import Connection
 from chat_ws_gateway.metrics import STREAM_DUPLICATES, WS_CONNECTIONS
@@ -65,6 +69,8 @@ class Hub:
         self._seen[event.event_id] = None
         if len(self._seen) > self._remember:
             self._seen.popitem(last=False)
+        if event.type == TO_DEVICE_CREATED:
+            return self._announce_to_device(event)
         frame: str | None = None
         delivered = 0
         tenant = event.tenant
@@ -80,6 +86,16 @@ class Hub:
                 conn.deliver(event, frame)
                 delivered += 1
         return delivered
+
+    def _announce_to_device(self, event: Event) -> int:
+        device = event.payload.get("recipient_device")
+        announced = 0
+        for user_id in event.recipients:
+            for conn in tuple(self._by_user.get((event.tenant, user_id), ())):
+                if conn.device_id is not None and conn.device_id == device:
+                    conn.announce_to_device(event.seq)
+                    announced += 1
+        return announced
 
     def deliver_typing(self, tenant: str, conversation_id: str, sender: str,
                        recipients: list[str], frame: str) -> int:

@@ -3,7 +3,8 @@
 Server -> client: the ordered changes (``message.created``, ``message.updated``,
 ``message.deleted``, ``reaction.added``, ``reaction.removed``, ``member.added``,
 ``member.removed``, ``member.role_changed``, ``conversation.updated``: each with its ``pos``),
-``conversation.read``, ``resumed``, ``typing``, ``pong``, ``error``.
+``conversation.read``, ``to_device.created`` (on a socket opened for a device), ``resumed``,
+``typing``, ``pong``, ``error``.
 Client -> server: ``resume``, ``typing`` and ``ping``. Close codes are fixed here so
 docs/websocket.md, the server and the demo client agree. Frames that several sockets receive are
 encoded once (``encode``) and the same string is queued for each of them.
@@ -29,9 +30,10 @@ from chat_shared.events import (
     ORDERED_TYPES,
     REACTION_ADDED,
     REACTION_REMOVED,
+    TO_DEVICE_CREATED,
     Event,
 )
-from chat_ws_gateway.history import StoredChange
+from chat_ws_gateway.history import StoredChange, StoredToDevice
 
 # --- Close codes (4000-4999 are the application's range, RFC 6455 7.4.2) ---------------------
 CLOSE_GOING_AWAY = 1001
@@ -57,6 +59,10 @@ CLOSE_CONNECT_RATE_LIMITED = 4031
 RATE_LIMIT_CONNECT_BURST, counted across every gateway replica), or its tenant as a whole did:
 the new one is closed at once. The close reason says how many seconds to wait
 (``retry after <s> s``); reconnect after that, with backoff."""
+
+CLOSE_UNKNOWN_DEVICE = 4404
+"""The socket's ``device_id`` is not a registered device of the user (never registered, or
+removed): register it (RegisterDevice) before reconnecting with it, or connect without it."""
 
 SUBPROTOCOL = "bearer"
 """Browsers offer the subprotocols ``["bearer", "<token>"]``; the server echoes ``bearer``."""
@@ -132,6 +138,18 @@ def parse_client_frame(text: str, *, max_positions: int) -> ClientFrame:
             raise FrameError(BAD_FRAME, f"resume.positions[{cid}] must be an integer >= 0")
         out[cid] = seq
     return Resume(out)
+
+
+def device_id(value: str | None) -> str | None:
+    """The ``device_id`` query parameter as given (None when absent); raises ValueError when
+    it cannot be a device id (the API's rule: 1 to 64 characters, no spaces or control
+    characters)."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 64 or any(c <= " " or c == "\x7f" for c in value):
+        raise ValueError("device_id must be 1 to 64 characters without spaces or control "
+                         "characters")
+    return value
 
 
 def _conversation_id(value: object, field: str) -> str:
@@ -219,3 +237,12 @@ def stored_change_frame(change: StoredChange) -> str | None:
     else:
         return None
     return change_frame(t, cid, change.seq, payload, None)
+
+
+def to_device_frame(message: StoredToDevice) -> str:
+    """The frame of a to-device message, read from the device's mailbox: its ``id`` (what
+    AckToDeviceMessages takes) and the message as GetToDeviceMessages returns it."""
+    return encode({"type": TO_DEVICE_CREATED, "id": message.id,
+                   "sender_id": message.sender_id, "sender_device": message.sender_device,
+                   "message_type": message.message_type, "body": message.body,
+                   "created_at": events.format_time(message.created_at)})

@@ -5,6 +5,11 @@ A token is taken from, in this order: ``Authorization: Bearer <token>`` (program
 subprotocols ``["bearer", "<token>"]`` (browsers; the server echoes ``bearer``), or the
 ``access_token`` query parameter (browsers; it may end up in proxy logs, so prefer the
 subprotocol).
+
+``device_id`` (query parameter, optional) names one of the user's registered devices: the socket
+then also receives that device's to-device messages (docs/e2ee.md). A malformed one is an HTTP
+400 before the upgrade; one that is not the user's device closes the socket with 4404 once the
+first read of its mailbox has said so.
 """
 
 from __future__ import annotations
@@ -119,6 +124,10 @@ class GatewayServer:
             principal = authenticate(self._verifier, request)
         except Unauthenticated as exc:
             return _error(401, "unauthenticated", str(exc))
+        try:
+            device_id = protocol.device_id(request.query.get("device_id"))
+        except ValueError as exc:
+            return _error(400, "invalid_argument", str(exc))
         s = self._settings
         echo = (protocol.SUBPROTOCOL,) if protocol.SUBPROTOCOL in offered_subprotocols(
             request) else ()
@@ -137,7 +146,7 @@ class GatewayServer:
                           queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
                           max_positions=s.ws_max_resume_positions,
                           transport=request.transport, tenant_id=principal.tenant_id,
-                          typing=self._typing)
+                          typing=self._typing, device_id=device_id)
         await self._serve(ws, conn, principal, conn.on_text)
         return ws
 

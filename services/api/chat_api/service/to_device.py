@@ -35,8 +35,8 @@ class ToDeviceService:
         if await self._devices.device(caller.tenant_id, caller.user_id, sender_device) is None:
             raise FailedPrecondition("sender_device: not a registered device of the caller "
                                      "(RegisterDevice)", reason="UNKNOWN_DEVICE")
-        return await self._repo.send(caller.tenant_id, caller.user_id, sender_device, members,
-                                     messages)
+        return await self._repo.send(caller.tenant_id, conversation_id, caller.user_id,
+                                     sender_device, members, messages)
 
     async def inbox(self, caller: Principal, device_id: str, after_id: int, limit: int
                     ) -> list[ToDeviceRecord]:
