@@ -15,7 +15,8 @@ So this server puts those checks in front of moto, as S3 documents them
 - a presigned URL (query-string SigV4 or V2): refused after ``X-Amz-Date`` + ``X-Amz-Expires``
   (``Expires``).
 
-Everything else passes to moto unchanged. Development and tests only: never in an image.
+Everything else passes to moto's S3 application unchanged (moto serves S3 only here).
+Development and tests only: never in an image.
 
 Usage: ``python -m chat_devtools.s3_server --host 127.0.0.1 --port PORT`` with
 ``S3_SECRET_ACCESS_KEY`` in the environment (the key the policies are signed with).
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     from moto.moto_server.threaded_moto_server import (  # type: ignore[attr-defined]
         MotoRequestHandler,
     )
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.moto_server.werkzeug_app import create_backend_app
     from werkzeug.serving import run_simple
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("S3_SECRET_ACCESS_KEY must be set (the key POST policies are "
                          "signed with)")
     os.environ.setdefault("MOTO_PORT", str(args.port))
-    moto_app = DomainDispatcherApplication(create_backend_app)
+    # moto's S3 application itself, not its dispatcher (which finds the service of every
+    # request from its headers, scanning moto's package directories, under one global lock):
+    # this server speaks S3 only, and a ranged GET costs it 2.5 to 3.9 ms of CPU instead of
+    # 4.1 to 4.9, and its caller 11 ms instead of 15 to 16 (load average 8, from other work).
+    moto_app = create_backend_app("s3")
     run_simple(args.host, args.port, enforcing(moto_app, secret), threaded=True,
                request_handler=MotoRequestHandler)
 

@@ -4,8 +4,8 @@ sent over the HTTP API appearing live for the other user, a network drop that lo
 a typing indicator, a thread in the side panel, a search in the search box that jumps to
 the message found, and attachments: a real JPEG and a real PDF uploaded from the page straight
 to the S3 server, the photo's thumbnail appearing live for both users, and both files
-downloaded back byte for byte. The screenshots are saved to artifacts/ (demo.png,
-demo-alice.png, demo-attachments.png).
+downloaded back byte for byte, then the same from the thread panel's reply box. The
+screenshots are saved to artifacts/ (demo.png, demo-alice.png, demo-attachments.png).
 """
 
 from __future__ import annotations
@@ -261,6 +261,7 @@ async def test_members_edits_deletions_and_reactions_in_chromium(demo: Gateway):
 async def test_an_image_and_a_pdf_attached_previewed_and_downloaded_in_chromium(
         demo: Gateway, tmp_path: pathlib.Path):
     photo, pdf = photo_jpeg(1600, 1200), pdf_document("quarterly plan")
+    reply_photo, reply_pdf = photo_jpeg(800, 600), pdf_document("meeting notes")
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -308,6 +309,55 @@ async def test_an_image_and_a_pdf_attached_previewed_and_downloaded_in_chromium(
                 download = await info.value
                 assert download.suggested_filename == name
                 saved = tmp_path / f"bob-{name}"
+                await download.save_as(saved)
+                assert saved.read_bytes() == data, name
+
+            # The thread's reply box attaches files too: Bob answers the photo in its thread
+            # with another photo and a caption, then with a PDF alone (a reply of a file, no
+            # text); Alice, with the thread open, sees both live, the thumbnail too, and
+            # downloads them from the panel.
+            await bob.locator("#messages > li", has_text="from the trip").get_by_role(
+                "button", name="Reply").click()
+            await expect(bob.locator("#thread-root .content")).to_have_text("from the trip")
+            await bob.locator("#thread-attach").set_input_files(
+                [{"name": "sunset.jpg", "mimeType": "image/jpeg", "buffer": reply_photo}])
+            await expect(bob.locator("#thread-attach-list")).to_contain_text("sunset.jpg")
+            reply_box = bob.get_by_label("Reply in thread", exact=True)
+            await reply_box.fill("and the sunset")
+            await reply_box.press("Enter")
+            await expect(bob.locator("#thread-messages > li")).to_have_count(1, timeout=20_000)
+            await expect(bob.locator("#thread-attach-list")).to_have_text("")
+            await bob.locator("#thread-attach").set_input_files(
+                [{"name": "notes.pdf", "mimeType": "application/pdf", "buffer": reply_pdf}])
+            await bob.locator("#thread-send").click()
+            await expect(bob.locator("#thread-messages > li")).to_have_count(2, timeout=20_000)
+
+            root = alice.locator("#messages > li", has_text="from the trip")
+            await root.get_by_role("button", name="2 replies").click(timeout=20_000)
+            for page in (alice, bob):
+                replies = page.locator("#thread-messages > li")
+                await expect(replies.locator(".content")).to_have_text(
+                    ["and the sunset", ""], timeout=20_000)
+                await expect(replies.nth(0).locator(".attachments .file")).to_contain_text(
+                    "sunset.jpg")
+                await expect(replies.nth(1).locator(".attachments .file")).to_contain_text(
+                    "notes.pdf")
+                thumb = replies.nth(0).locator("img.thumb")
+                await expect(thumb).to_be_visible(timeout=30_000)
+                await expect(thumb).to_have_attribute("alt", "sunset.jpg")
+                await expect(thumb).to_have_js_property("complete", True)
+                assert await thumb.evaluate("img => [img.naturalWidth, img.naturalHeight]") \
+                    == [320, 240]
+                await expect(replies.nth(1).locator("img")).to_have_count(0)
+                # The replies stay in the thread: the main list keeps its three messages.
+                await expect(page.locator("#messages > li")).to_have_count(3)
+            for name, data in (("sunset.jpg", reply_photo), ("notes.pdf", reply_pdf)):
+                async with alice.expect_download(timeout=20_000) as info:
+                    await alice.locator("#thread-messages").get_by_role(
+                        "button", name=f"Download {name}").click()
+                download = await info.value
+                assert download.suggested_filename == name
+                saved = tmp_path / f"alice-{name}"
                 await download.save_as(saved)
                 assert saved.read_bytes() == data, name
             assert errors == []

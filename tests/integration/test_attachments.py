@@ -1,6 +1,7 @@
 """Attachments end to end through real gRPC, PostgreSQL and the S3 server: CreateUpload, the
-store's own refusal of a wrong size or type, SendMessage with attachment_ids (HEAD and magic
-bytes checked, one message per upload), Message.attachments, GetAttachmentUrl for members only.
+store's own refusal of a wrong size or type, SendMessage with attachment_ids (size, type and
+magic bytes checked, one message per upload), Message.attachments, GetAttachmentUrl for members
+only, and a dead store.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import uuid
 import grpc
 import pytest
 
-from chat_shared.protos.chat.v1 import chat_pb2
+from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
 from tests.attachment_helpers import (  # noqa: F401 - fixtures
     PDF_BYTES,
     astub,
@@ -181,3 +182,33 @@ async def test_without_a_store_attachments_are_off(stub) -> None:
     assert error_info(err).reason == "ATTACHMENTS_DISABLED"
     err = await rpc_error(send_with(stub, "alice", conv.id, [str(uuid.uuid4())]))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_dead_store_is_unavailable_only_for_uploads_the_caller_may_attach(
+        api_settings_factory, s3) -> None:
+    """The store is asked while the rows are read: its failure answers a send only for an
+    upload the rows let the caller attach; anything else is refused as without a store."""
+    from chat_api.app import build_app
+    from chat_devtools.ports import closed_port
+
+    env = {k.lower(): v for k, v in s3.env().items()}
+    with closed_port() as port:
+        env.update(s3_endpoint=f"http://127.0.0.1:{port}", s3_timeout="0.5")
+        app = build_app(api_settings_factory(**env))
+        await app.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+                stub = chat_pb2_grpc.ChatServiceStub(ch)
+                conv = await create_conversation(stub, "alice", ["bob"])
+                # Presigning is local: the upload is recorded, though never stored.
+                ticket = await create_upload(stub, "alice", conv.id, PDF_BYTES,
+                                             "application/pdf")
+                err = await rpc_error(send_with(stub, "alice", conv.id, [ticket.upload_id]))
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+                for caller, ids in (("bob", [ticket.upload_id]),
+                                    ("alice", [ticket.upload_id, str(uuid.uuid4())])):
+                    err = await rpc_error(send_with(stub, caller, conv.id, ids))
+                    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+                    assert error_info(err).reason == "UPLOAD_MISMATCH"
+        finally:
+            await app.stop(grace=1.0)

@@ -1,5 +1,5 @@
 """chat_api.storage.objects against the real (moto-based) S3 server: presigned upload, HEAD,
-ranged read, delete; a dead store is a bounded ObjectStoreError."""
+ranged read, the send's probe, delete; a dead store is a bounded ObjectStoreError."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from chat_api.settings import ObjectStoreSettings
-from chat_api.storage.objects import ObjectStore, ObjectStoreError
+from chat_api.storage.objects import ObjectProbe, ObjectStore, ObjectStoreError
 from chat_devtools.local_s3 import LocalS3
 from chat_devtools.ports import closed_port
 
@@ -40,6 +40,38 @@ async def test_upload_head_read_delete(s3: LocalS3) -> None:
         await store.close()
 
 
+@pytest.mark.parametrize("path_style", [True, False])
+async def test_a_probe_is_size_type_and_first_bytes_in_one_get(s3: LocalS3, path_style: bool
+                                                               ) -> None:
+    """``probe`` (a presigned ranged GET on the store's own session) tells what HEAD does plus
+    the first bytes, for objects longer and shorter than the range; the client's ranged GET
+    (the path without explicit keys) tells the same."""
+    store = ObjectStore(_settings(s3, s3_path_style=path_style))
+    await store.open()
+    try:
+        for key, data, ctype in (("t/c/long ü~", b"\x89PNG\r\n\x1a\n" + bytes(range(200)),
+                                  "image/png"),
+                                 ("t/c/short", b"%PDF", "application/pdf")):
+            post = await store.presign_post(key, ctype, len(data), 60)
+            resp = requests.post(post.url, data=post.fields, files={"file": ("a", data)},
+                                 timeout=10)
+            assert resp.status_code == 204, resp.text
+            expected = ObjectProbe(len(data), ctype, data[:16])
+            assert await store.probe(key, 16) == expected
+            assert await store._call(store._probe_with_client(key, 16)) == expected
+        # An empty object has no byte 0: S3 answers 416, which is size 0 (and no type).
+        post = await store.presign_post("t/c/empty", "text/plain", 0, 60)
+        resp = requests.post(post.url, data=post.fields, files={"file": ("a", b"")}, timeout=10)
+        assert resp.status_code == 204, resp.text
+        assert await store.probe("t/c/empty", 16) == ObjectProbe(0, "", b"")
+        assert await store._call(store._probe_with_client("t/c/empty", 16)) == \
+            ObjectProbe(0, "", b"")
+        assert await store.probe("t/c/missing", 16) is None
+        assert await store._call(store._probe_with_client("t/c/missing", 16)) is None
+    finally:
+        await store.close()
+
+
 async def test_a_dead_store_fails_fast_without_retries(s3: LocalS3) -> None:
     with closed_port() as port:
         store = ObjectStore(_settings(s3, s3_endpoint=f"http://127.0.0.1:{port}",
@@ -50,6 +82,8 @@ async def test_a_dead_store_fails_fast_without_retries(s3: LocalS3) -> None:
                 await store.head("t/c/u")
             with pytest.raises(ObjectStoreError):
                 await store.delete(["t/c/u"])
+            with pytest.raises(ObjectStoreError):
+                await store.probe("t/c/u", 16)
             # Presigning needs no store at all.
             assert (await store.presign_post("t/c/u", "text/plain", 5, 60)).fields["key"] == "t/c/u"
         finally:

@@ -3,11 +3,12 @@
 Sequential gRPC calls (the rpc phase's blocking client) by one user in a conversation of two:
 CreateUpload (a row and a presigned POST: signing is local, no call to the store),
 GetAttachmentUrl (a membership read and a presigned GET), and SendMessage with one attachment
-(the HEAD in the store, then the send statement that attaches it); the uploads a send attaches
-are made beforehand, untimed. Then thumbnails: a 4-megapixel JPEG is uploaded and sent, and the
-time from the send's answer until GetMessages shows ``thumbnail_ready`` is the thumbnail's
-latency: the relay publishing message.created, the API's worker reading the stream, fetching
-the image, decoding, storing the thumbnail and writing message.updated.
+(one ranged GET in the store while the upload's row is read, then the send statement that
+attaches it); the uploads a send attaches are made beforehand, untimed. Then thumbnails: a
+4-megapixel JPEG is uploaded and sent, and the time from the send's answer until GetMessages
+shows ``thumbnail_ready`` is the thumbnail's latency: the relay publishing message.created,
+the API's worker reading the stream, fetching the image, decoding, storing the thumbnail and
+writing message.updated.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Files never pass through the API (docs/attachments.md). CreateUpload records the upload and
 hands out a presigned POST that the store enforces (exact size, declared type, this key only,
-15 minutes); SendMessage attaches uploads after checking each one in the store (HEAD: there,
-with the declared size and type; images: the first bytes are the declared format, so a
-``.png`` that is not a PNG is refused) and the send statement moves them to the message;
+15 minutes); SendMessage attaches uploads after checking each one in the store (one ranged GET
+each, asked while the uploads' rows are read: there, with the declared size and type;
+images: the first bytes are the declared format, so a ``.png`` that is not a PNG is refused)
+and the send statement moves them to the message;
 GetAttachmentUrl hands members a presigned GET of 5 minutes. Presigning is local: neither
 CreateUpload nor GetAttachmentUrl calls the store.
 
@@ -30,7 +31,7 @@ from chat_api.service import validation
 from chat_api.service.reads import NOT_FOUND
 from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.attachments import AttachmentRepository
-from chat_api.storage.objects import ObjectStore, ObjectStoreError
+from chat_api.storage.objects import ObjectProbe, ObjectStore, ObjectStoreError
 from chat_shared.auth import Principal
 from chat_shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
@@ -99,6 +100,31 @@ def is_image(content_type: str) -> bool:
     return content_type in RASTER_IMAGES
 
 
+def object_key(tenant_id: str, conversation_id: str, upload_id: str) -> str:
+    """An upload's object key: tenant-scoped, never derived from the user's filename."""
+    return f"{tenant_id}/{conversation_id}/{upload_id}"
+
+
+def _verify(row: UploadRecord, field: str, probe: ObjectProbe | None) -> None:
+    """Raises FailedPrecondition unless the store holds the upload as declared: there, of the
+    declared size and type, and an image starting as its format does."""
+    if probe is None:
+        raise FailedPrecondition(f"{field}: not uploaded yet", reason=REASON_NOT_UPLOADED,
+                                 metadata={"field": field})
+    if probe.size != row.size_bytes or probe.content_type.lower() != row.content_type:
+        raise FailedPrecondition(f"{field}: the stored file is not the declared size and "
+                                 f"type", reason=REASON_MISMATCH, metadata={"field": field})
+    first = probe.first
+    if row.content_type == "image/webp":
+        ok = first[:4] == b"RIFF" and first[8:12] == b"WEBP"
+    else:
+        magic = _MAGIC.get(row.content_type)
+        ok = magic is None or first.startswith(magic)
+    if not ok:
+        raise FailedPrecondition(f"{field}: the file is not a {row.content_type} image",
+                                 reason=REASON_MISMATCH, metadata={"field": field})
+
+
 @dataclass(frozen=True, slots=True)
 class UploadTicket:
     upload_id: str
@@ -136,7 +162,7 @@ class AttachmentService:
         if size_bytes > limit:
             raise InvalidArgument("size_bytes", f"at most {limit} bytes in this tenant")
         upload_id = str(uuid.uuid4())
-        key = f"{caller.tenant_id}/{cid}/{upload_id}"
+        key = object_key(caller.tenant_id, cid, upload_id)
         created = await self._repo.create(caller.tenant_id, upload_id, cid, caller.user_id,
                                           sanitise_filename(filename), ctype, size_bytes, key)
         if created is None:
@@ -150,55 +176,61 @@ class AttachmentService:
         """The uploads' canonical ids, once each is free and complete in the store as
         declared. Raises InvalidArgument (too many), FailedPrecondition (one is not the
         caller's upload to this conversation, is attached already, or is not in the store as
-        declared) or Unavailable (the store did not answer)."""
+        declared) or Unavailable (the store did not answer).
+
+        The store is asked while the database is: an upload's object key is its tenant,
+        conversation and id (``create_upload``), so each probe (one ranged GET: size, type and
+        first bytes) starts with the rows' read, and a send with attachments waits for the
+        longer of the two rather than their sum, holding no database connection meanwhile.
+        A probe's answer counts only for a row the caller may attach; the others' are
+        dropped (the keys are the caller's tenant's and this conversation's in any case).
+        """
         if len(ids) > self.max_per_message:
             raise InvalidArgument("attachment_ids", f"at most {self.max_per_message} per "
                                                     f"message")
         wanted = [str(uuid.UUID(i)) for i in ids]
-        rows = {r.id: r for r in await self._repo.for_send(caller.tenant_id, caller.user_id,
-                                                           wanted)}
-        fresh: list[UploadRecord] = []
-        for index, upload_id in enumerate(wanted):
-            row = rows.get(upload_id)
-            field = f"attachment_ids[{index}]"
-            if row is None or row.uploader != caller.user_id or \
-                    row.conversation_id != conversation_id:
-                raise FailedPrecondition(f"{field}: not an upload of yours to this "
-                                         f"conversation", reason=REASON_MISMATCH,
-                                         metadata={"field": field})
-            if row.attached:
-                if row.attached_with_key == idempotency_key:
-                    continue  # a retry of the send that attached it: the send answers
-                raise FailedPrecondition(f"{field}: already attached to a message",
-                                         reason=REASON_USED, metadata={"field": field})
-            fresh.append(row)
+        probes = {upload_id: asyncio.ensure_future(self._probe(
+            object_key(caller.tenant_id, conversation_id, upload_id)))
+            for upload_id in dict.fromkeys(wanted)}
         try:
-            await asyncio.gather(*(self._verify(row, wanted.index(row.id)) for row in fresh))
-        except ObjectStoreError as exc:
-            raise Unavailable("the object store did not answer") from exc
+            rows = {r.id: r for r in await self._repo.for_send(
+                caller.tenant_id, caller.user_id, wanted)}
+            fresh: list[tuple[int, UploadRecord]] = []
+            for index, upload_id in enumerate(wanted):
+                row = rows.get(upload_id)
+                field = f"attachment_ids[{index}]"
+                if row is None or row.uploader != caller.user_id or \
+                        row.conversation_id != conversation_id:
+                    raise FailedPrecondition(f"{field}: not an upload of yours to this "
+                                             f"conversation", reason=REASON_MISMATCH,
+                                             metadata={"field": field})
+                if row.attached:
+                    if row.attached_with_key == idempotency_key:
+                        continue  # a retry of the send that attached it: the send answers
+                    raise FailedPrecondition(f"{field}: already attached to a message",
+                                             reason=REASON_USED, metadata={"field": field})
+                fresh.append((index, row))
+            for index, row in fresh:
+                if row.object_key == object_key(caller.tenant_id, conversation_id, row.id):
+                    probe = await probes[row.id]
+                else:  # a key of another form (none is made so today): asked now
+                    probe = await self._probe(row.object_key)
+                if isinstance(probe, ObjectStoreError):
+                    raise Unavailable("the object store did not answer") from probe
+                _verify(row, f"attachment_ids[{index}]", probe)
+        finally:
+            for task in probes.values():
+                task.cancel()
+            await asyncio.gather(*probes.values(), return_exceptions=True)
         return wanted
 
-    async def _verify(self, row: UploadRecord, index: int) -> None:
-        field = f"attachment_ids[{index}]"
-        head = await self._store.head(row.object_key)
-        if head is None:
-            raise FailedPrecondition(f"{field}: not uploaded yet", reason=REASON_NOT_UPLOADED,
-                                     metadata={"field": field})
-        if head.size != row.size_bytes or head.content_type.lower() != row.content_type:
-            raise FailedPrecondition(f"{field}: the stored file is not the declared size and "
-                                     f"type", reason=REASON_MISMATCH, metadata={"field": field})
-        magic = _MAGIC.get(row.content_type)
-        if row.content_type == "image/webp":
-            first = await self._store.read(row.object_key, SNIFF_BYTES) or b""
-            ok = first[:4] == b"RIFF" and first[8:12] == b"WEBP"
-        elif magic is not None:
-            first = await self._store.read(row.object_key, SNIFF_BYTES) or b""
-            ok = first.startswith(magic)
-        else:
-            ok = True
-        if not ok:
-            raise FailedPrecondition(f"{field}: the file is not a {row.content_type} image",
-                                     reason=REASON_MISMATCH, metadata={"field": field})
+    async def _probe(self, key: str) -> ObjectProbe | ObjectStoreError | None:
+        """The store's answer for ``key``, its failure as a value: a probe whose row turns out
+        not to be attachable is dropped, and its failure with it."""
+        try:
+            return await self._store.probe(key, SNIFF_BYTES)
+        except ObjectStoreError as exc:
+            return exc
 
     async def used_elsewhere(self, caller: Principal, ids: Sequence[str]) -> bool:
         """Whether one of the uploads is attached by now (after a send found one taken)."""

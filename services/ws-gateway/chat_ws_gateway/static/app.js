@@ -8,7 +8,8 @@
 //
 // Threads: the main list shows root-level messages, each with its reply count; "Reply" opens
 // the thread in a side panel (GetThread), whose form sends with thread_root_id. Replies are
-// ordinary messages: they can be edited, deleted and reacted to like the main list's. Typing:
+// ordinary messages: they can be edited, deleted and reacted to like the main list's, and
+// carry files like them (the panel's form attaches as the main one does). Typing:
 // the message inputs send a "typing" frame (at most one a second from here; the server passes
 // on one per 3 s), and other members' typing shows under the list for expires_in_ms.
 //
@@ -439,13 +440,25 @@ async function uploadFile(cid, file) {
   return ticket.upload_id;
 }
 
-function renderChosenFiles() {
-  const files = [...$("attach").files];
-  $("attach-list").textContent = files.length
+// The uploads of the files chosen in a composer (the main one or the thread's), one after
+// the other, with progress in its list line; the upload ids to send as attachment_ids.
+async function uploadChosen(cid, files, listId) {
+  $(listId).textContent = `Uploading ${files.length} file(s)…`;
+  const ids = [];
+  for (const file of files) ids.push(await uploadFile(cid, file));
+  return ids;
+}
+
+// The files chosen in a composer's file input, listed under it.
+function renderChosenFiles(inputId, listId) {
+  const files = [...$(inputId).files];
+  $(listId).textContent = files.length
     ? "Attached: " + files.map((f) => `${f.name} (${sizeText(f.size)})`).join(", ") : "";
 }
 
-$("attach").addEventListener("change", renderChosenFiles);
+$("attach").addEventListener("change", () => renderChosenFiles("attach", "attach-list"));
+$("thread-attach").addEventListener("change",
+                                    () => renderChosenFiles("thread-attach", "thread-attach-list"));
 
 // The main list and the open thread, both drawn from the messages known.
 function redraw() {
@@ -463,6 +476,10 @@ function updateReplies(li, m) {
 // --- threads ---------------------------------------------------------------------------------------
 
 async function openThread(cid, rootId) {
+  if (!state.thread || state.thread.rootId !== rootId) {  // files chosen for another thread
+    $("thread-attach").value = "";
+    renderChosenFiles("thread-attach", "thread-attach-list");
+  }
   state.thread = { cid, rootId };
   $("thread-panel").hidden = false;
   $("app").classList.add("with-thread");
@@ -509,21 +526,39 @@ $("thread-close").addEventListener("click", () => {
   state.thread = null;
   $("thread-panel").hidden = true;
   $("app").classList.remove("with-thread");
+  $("thread-attach").value = "";
+  renderChosenFiles("thread-attach", "thread-attach-list");
 });
 
+// A reply: text, files, or both, as the main composer sends (files are uploaded first, then
+// the reply names them).
 $("thread-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
+  showError("");
   const t = state.thread;
   const input = $("thread-message");
   const content = input.value.trim();
-  if (!t || !content) return;
+  const files = [...$("thread-attach").files];
+  if (!t || (!content && !files.length)) return;
   input.value = "";
+  $("thread-send").disabled = true;
   try {
-    const r = await sendMessage({ conversation_id: t.cid, content, thread_root_id: t.rootId });
+    const fields = { conversation_id: t.cid, content, thread_root_id: t.rootId };
+    if (files.length) {
+      fields.attachment_ids = await uploadChosen(t.cid, files, "thread-attach-list");
+    }
+    const r = await sendMessage(fields);
+    $("thread-attach").value = "";
+    renderChosenFiles("thread-attach", "thread-attach-list");
     addMessage(r.message);
     renderThread();
     await refreshRoot(t.cid, t.rootId);
-  } catch (e) { showError(e.message); input.value = content; }
+  } catch (e) {
+    showError(e.message); input.value = content;
+    renderChosenFiles("thread-attach", "thread-attach-list");
+  } finally {
+    $("thread-send").disabled = false;
+  }
 });
 
 // --- typing ----------------------------------------------------------------------------------------
@@ -577,17 +612,13 @@ $("send-form").addEventListener("submit", async (ev) => {
   $("send").disabled = true;
   try {
     const fields = { conversation_id: cid, content };
-    if (files.length) {
-      $("attach-list").textContent = `Uploading ${files.length} file(s)…`;
-      fields.attachment_ids = [];
-      for (const file of files) fields.attachment_ids.push(await uploadFile(cid, file));
-    }
+    if (files.length) fields.attachment_ids = await uploadChosen(cid, files, "attach-list");
     const r = await sendMessage(fields);
     $("attach").value = "";
-    renderChosenFiles();
+    renderChosenFiles("attach", "attach-list");
     if (addMessage(r.message) && r.message.conversation_id === state.current) renderMessages();
   } catch (e) {
-    showError(e.message); input.value = content; renderChosenFiles();
+    showError(e.message); input.value = content; renderChosenFiles("attach", "attach-list");
   } finally {
     $("send").disabled = false;
   }
