@@ -80,6 +80,23 @@ async def test_a_new_device_receives_the_key_and_a_removed_device_loses_it(stub)
         bob.decrypt(three)
 
 
+async def test_with_its_one_time_keys_exhausted_a_device_is_reached_through_its_fallback_key(
+        stub):
+    # carol's device publishes no one-time keys: both senders claim the same fallback key and
+    # each starts an Olm session with it. A one-time key would serve the first session only
+    # (the account drops it once used); vodozemac's fallback key stays.
+    alice, bob = await _devices(stub, "alice", "bob")
+    carol = E2EEDevice(stub, "carol", make_token("carol"))
+    await carol.register(one_time_keys=0)
+    for sender, title in ((alice, "from alice"), (bob, "from bob")):
+        conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(
+            member_ids=["carol"], title=title, encrypted=True),
+            metadata=auth(sender.user_id))).conversation
+        message = await sender.send(conv.id, title)
+        assert await carol.receive_keys() == 1
+        assert carol.decrypt(message) == title
+
+
 async def test_tampered_ciphertext_fails_to_decrypt_and_is_reported(stub, db_source):
     alice, bob = await _devices(stub, "alice", "bob")
     conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(

@@ -172,9 +172,15 @@ class E2EEDevice:
         await self.upload_one_time_keys(one_time_keys, fallback=True)
 
     def _signed_keys(self, count: int, *, fallback: bool = False) -> list[chat_pb2.OneTimeKey]:
-        self.account.generate_one_time_keys(count)
+        """``count`` new one-time keys, or (``fallback``) a new fallback key, signed."""
+        if fallback:
+            self.account.generate_fallback_key()
+            unpublished = self.account.fallback_key
+        else:
+            self.account.generate_one_time_keys(count)
+            unpublished = self.account.one_time_keys
         keys = []
-        for key_id, key in self.account.one_time_keys.items():
+        for key_id, key in unpublished.items():
             public = key.to_base64()
             statement = one_time_key_statement(self.user_id, self.device_id, key_id, public,
                                                fallback=fallback)
@@ -184,11 +190,11 @@ class E2EEDevice:
         return keys
 
     async def upload_one_time_keys(self, count: int, *, fallback: bool = False) -> int:
-        """Generates, signs and uploads ``count`` one-time keys (and a fallback key).
+        """Generates, signs and uploads ``count`` one-time keys (and a new fallback key).
 
-        The Python binding of vodozemac has no fallback-key API, so the fallback key is one
-        more one-time key of the account: it serves one session, and the client uploads a new
-        one when it has been used (docs/e2ee.md, "Key lifecycle").
+        The fallback key is vodozemac's own: unlike a one-time key it stays in the account after
+        a session was made with it, so any number of senders can start sessions with it while
+        the one-time keys are exhausted (docs/e2ee.md, "Key lifecycle").
         """
         keys = self._signed_keys(count)
         req = chat_pb2.UploadOneTimeKeysRequest(device_id=self.device_id, keys=keys)
