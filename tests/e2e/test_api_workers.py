@@ -51,9 +51,12 @@ async def _wait_ready(port: int, deadline: float = 30.0) -> None:
 
 @pytest.fixture
 def workers(api_env, tmp_path):
-    api = _start(api_env, tmp_path).wait_ready()
-    yield api, {"grpc": api.grpc_port, "http": api.http_port, "metrics": api.metrics_port}
-    api.stop()
+    api = _start(api_env, tmp_path)
+    try:  # stopped even when it never got ready: its workers would outlive the test
+        api.wait_ready()
+        yield api, {"grpc": api.grpc_port, "http": api.http_port, "metrics": api.metrics_port}
+    finally:
+        api.stop()
 
 
 async def _wait_all_started(tmp_path, count: int = 2, deadline: float = 60.0) -> None:
