@@ -14,6 +14,13 @@ Every connection any service opens (pooled or dedicated, async or sync) gets the
   statements to commit together says so with ``async with conn.transaction()``
   (``Database.transaction``).
 
+Pipelined transactions (``Database.tenant_transaction``): a transaction costs a round trip for
+BEGIN and one for COMMIT besides its statements' own. In pipeline mode BEGIN and the tenant's
+setting go out with the block's first statements, and COMMIT with its last, so a transaction
+that reads (one round trip: a cursor's ``fetchone`` waits for everything sent so far), decides in
+Python and then writes costs two round trips, where ``transaction`` costs four or five. Its
+results are read after ``commit(conn)`` (the block's end commits too, when it was not called).
+
 The tenant (docs/tenancy.md): tenant-owned tables have row-level security on
 ``current_setting('app.tenant_id')``, and a session acts as a role that cannot bypass it
 (``DATABASE_ROLE``, set at connection start: ``-c role=...``, no extra round trip). A unit of
@@ -110,7 +117,7 @@ from chat_shared.observability.tracing import tracer
 __all__ = [
     "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
     "Database", "PooledSessionError", "SET_TENANT", "SET_TENANT_LOCAL", "check_pooled_session",
-    "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted",
+    "commit", "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted",
     "tenant_execute", "tenant_setting", "unavailable_on_connection_errors",
 ]
 
@@ -247,6 +254,71 @@ async def tenant_execute(conn: AsyncConn, tenant: str, query: QueryNoTemplate,
         cursor = await conn.execute(query, params)
     _session_tenant[conn] = tenant  # both succeeded (a failure raised above)
     return cursor
+
+
+class _Pipelined:
+    """One pipelined transaction for a tenant on ``conn`` (``Database.tenant_transaction``)."""
+
+    __slots__ = ("_conn", "_known", "_pipeline", "_tenant")
+
+    def __init__(self, conn: AsyncConn, tenant: str) -> None:
+        self._conn = conn
+        self._tenant = tenant
+        self._known = True
+        self._pipeline: contextlib.AbstractAsyncContextManager[Any] | None = None
+
+    async def begin(self) -> None:
+        """Queues BEGIN and, unless the session names the tenant already, its setting."""
+        conn = self._conn
+        self._pipeline = conn.pipeline()
+        await self._pipeline.__aenter__()
+        await conn.execute(_BEGIN, prepare=False)
+        if conn in _shared_sessions:
+            await conn.execute(SET_TENANT_LOCAL, (self._tenant,), prepare=False)
+        elif _session_tenant.get(conn) != self._tenant:
+            # Until the commit the session's setting is unknown (a rollback restores the one
+            # before, whatever it was): any later work clears or sets it.
+            self._known = False
+            _session_tenant[conn] = _UNKNOWN
+            await conn.execute(SET_TENANT, (self._tenant,), prepare=True)
+
+    async def commit(self) -> None:
+        """Queues COMMIT and waits for everything sent (one round trip)."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        await self._conn.execute(_COMMIT, prepare=False)
+        await pipeline.__aexit__(None, None, None)  # the Sync; raises what the server raised
+        if not self._known:
+            _session_tenant[self._conn] = self._tenant
+
+    async def rollback(self, exc: BaseException) -> None:
+        """Ends the transaction without its changes, on the error ``exc``; a connection that
+        cannot do even that is left to the pool, which discards it."""
+        conn = self._conn
+        pipeline, self._pipeline = self._pipeline, None
+        with contextlib.suppress(Exception):
+            if pipeline is not None:
+                if (conn.pgconn.status == psycopg.pq.ConnStatus.OK
+                        and conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.ON):
+                    await conn.execute(_ROLLBACK, prepare=False)
+                await pipeline.__aexit__(type(exc), exc, exc.__traceback__)
+            # An aborted pipeline skipped the ROLLBACK above: the transaction is still open.
+            if (conn.pgconn.status == psycopg.pq.ConnStatus.OK
+                    and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE):
+                await conn.rollback()
+
+
+_BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"
+_pipelined: weakref.WeakKeyDictionary[AsyncConn, _Pipelined] = weakref.WeakKeyDictionary()
+"""The pipelined transaction each connection is in (``commit``)."""
+
+
+async def commit(conn: AsyncConn) -> None:
+    """Commits the pipelined transaction ``conn`` is in (``Database.tenant_transaction``) with
+    the statements sent so far, in one round trip; their results can be read after it. The
+    block must then send nothing more."""
+    await _pipelined[conn].commit()
 
 
 async def clear_tenant(conn: AsyncConn) -> None:
@@ -473,6 +545,26 @@ class Database:
                 await clear_tenant(conn)
                 async with conn.transaction():
                     yield conn
+
+    @contextlib.asynccontextmanager
+    async def tenant_transaction(self, name: str, tenant: str) -> AsyncIterator[AsyncConn]:
+        """A pooled connection in one transaction for ``tenant``, in pipeline mode (module
+        docstring): BEGIN and the tenant's setting go with the block's first statements and
+        COMMIT with its last (``commit``, or the block's end). An exception rolls it back.
+        Bounded as ``connection``."""
+        with _tracer.start_as_current_span(name):
+            async with self._bounded(self._pool_wait, self._answer_wait) as conn:
+                tx = _Pipelined(conn, tenant)
+                _pipelined[conn] = tx
+                try:
+                    await tx.begin()
+                    yield conn
+                    await tx.commit()
+                except BaseException as exc:
+                    await tx.rollback(exc)
+                    raise
+                finally:
+                    del _pipelined[conn]
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query within PING_TIMEOUT (and a pooled

@@ -21,7 +21,7 @@ from chat_api.storage.rows import (
     message_columns,
     message_from,
 )
-from chat_shared.db import SET_TENANT, Database
+from chat_shared.db import Database, commit
 from chat_shared.events import MESSAGE_CREATED, payload_sql
 from chat_shared.replica_reads import ReplicaReads
 
@@ -658,12 +658,12 @@ class MessageRepository:
 
     async def _send_reply(self, tenant: str, params: Mapping[str, object]
                           ) -> TupleRow | None:
-        """``_SEND`` for a reply: after the conversation's lock, in one round trip."""
-        async with self._db.transaction("db.send_reply") as conn:
-            async with conn.pipeline():
-                await conn.execute(SET_TENANT, (tenant,), prepare=True)
-                await conn.execute(_LOCK_FOR_REPLY, params)
-                cursor = await conn.execute(_SEND, params)
+        """``_SEND`` for a reply: after the conversation's lock, in one round trip with BEGIN
+        and COMMIT."""
+        async with self._db.tenant_transaction("db.send_reply", tenant) as conn:
+            await conn.execute(_LOCK_FOR_REPLY, params)
+            cursor = await conn.execute(_SEND, params)
+            await commit(conn)
             return await cursor.fetchone()
 
     async def by_idempotency_key(self, tenant: str, sender_id: str, key: str
