@@ -29,11 +29,10 @@ from dataclasses import dataclass
 
 from chat_api.models import MessageRecord
 from chat_api.storage.changes import Locked, change_ctes, locked
-from chat_api.storage.messages import REACTIONS_SQL, with_reactions
+from chat_api.storage.messages import REACTIONS_SQL
 from chat_api.storage.rows import (
     ATTACHMENTS_AGG,
     ATTACHMENTS_JSON,
-    MESSAGE_COLUMNS,
     message_columns,
     message_from,
 )
@@ -235,5 +234,4 @@ class MessageChangeRepository:
 
 def _message(row: tuple[object, ...] | None) -> MessageRecord:
     assert row is not None  # read under the lock, after the check found it
-    return with_reactions(message_from(row, attachments=True),
-                          row[MESSAGE_COLUMNS + 1])  # type: ignore[arg-type]
+    return message_from(row, attachments=True, reactions=True)
