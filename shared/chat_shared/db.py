@@ -115,7 +115,8 @@ from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import tracer
 
 __all__ = [
-    "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
+    "ANSWER_GRACE", "API_RANDOM_PAGE_COST", "CONNECTION_ERRORS", "CONNECT_TIMEOUT",
+    "PING_TIMEOUT", "AsyncConn",
     "Database", "PooledSessionError", "SET_TENANT", "SET_TENANT_LOCAL", "check_pooled_session",
     "commit", "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted",
     "tenant_execute", "tenant_setting", "unavailable_on_connection_errors",
@@ -132,6 +133,15 @@ PING_TIMEOUT = 2.0
 
 ANSWER_GRACE = 0.5
 """Seconds past DB_STATEMENT_TIMEOUT that a unit of work waits for the server's answer."""
+
+API_RANDOM_PAGE_COST = 1.1
+"""The API's sessions' ``random_page_cost``: its statements are index probes into data that
+is in memory, as for an SSD's ``1.1`` that PostgreSQL's documentation suggests. The default,
+4 (a disk's seek), made the generic plan of a page of messages scan ``message_reactions``
+and ``attachments`` whole, once for each message of the page, while those tables were small
+(a few pages): 150 reactions made GetMessages(50) read 7,500 rows and take 0.97 ms of the
+server's time where the index takes 0.32 ms, and the cost grows with the table until the
+planner switches (``tests/integration/test_plan_stability.py``, with 150 reactions)."""
 
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
 """What "the database is unavailable" looks like from psycopg (see the module docstring)."""
@@ -436,7 +446,7 @@ class Database:
     """
 
     def __init__(self, settings: DatabaseSettings, *, application_name: str,
-                 generic_plans: bool = False,
+                 generic_plans: bool = False, random_page_cost: float | None = None,
                  configure: Callable[[AsyncConn], Awaitable[None]] | None = None) -> None:
         """
         Args:
@@ -445,6 +455,9 @@ class Database:
                 executions, so a connection's first calls cost what its later ones do. Only
                 for a process whose statements all have index plans as generic plans (the
                 API's do: ``tests/integration/test_plan_stability.py``).
+            random_page_cost: the planner's cost of a page read out of order, for the pool's
+                sessions (``API_RANDOM_PAGE_COST``); None = the server's. Behind a transaction
+                pooler, the login role's setting (docs/pgbouncer.md).
             configure: run on each new pooled connection before the pool hands it out (e.g.
                 preparing hot statements); an error there discards the connection.
         """
@@ -456,6 +469,8 @@ class Database:
                                    pooled=settings.db_transaction_pooler)
         if generic_plans and not settings.db_transaction_pooler:  # nothing is prepared there
             session["options"] += " -c plan_cache_mode=force_generic_plan"
+        if random_page_cost is not None and not settings.db_transaction_pooler:
+            session["options"] += f" -c random_page_cost={random_page_cost:g}"
         self.pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
             conninfo(settings.db_source),
             min_size=min(2, settings.db_pool_size),
