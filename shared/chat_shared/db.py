@@ -14,6 +14,13 @@ Every connection any service opens (pooled or dedicated, async or sync) gets the
   statements to commit together says so with ``async with conn.transaction()``
   (``Database.transaction``).
 
+Pipelined transactions (``Database.tenant_transaction``): a transaction costs a round trip for
+BEGIN and one for COMMIT besides its statements' own. In pipeline mode BEGIN and the tenant's
+setting go out with the block's first statements, and COMMIT with its last, so a transaction
+that reads (one round trip: a cursor's ``fetchone`` waits for everything sent so far), decides in
+Python and then writes costs two round trips, where ``transaction`` costs four or five. Its
+results are read after ``commit(conn)`` (the block's end commits too, when it was not called).
+
 The tenant (docs/tenancy.md): tenant-owned tables have row-level security on
 ``current_setting('app.tenant_id')``, and a session acts as a role that cannot bypass it
 (``DATABASE_ROLE``, set at connection start: ``-c role=...``, no extra round trip). A unit of
@@ -108,9 +115,10 @@ from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import tracer
 
 __all__ = [
-    "ANSWER_GRACE", "CONNECTION_ERRORS", "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
+    "ANSWER_GRACE", "API_RANDOM_PAGE_COST", "CONNECTION_ERRORS", "CONNECT_TIMEOUT",
+    "PING_TIMEOUT", "AsyncConn",
     "Database", "PooledSessionError", "SET_TENANT", "SET_TENANT_LOCAL", "check_pooled_session",
-    "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted",
+    "commit", "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted",
     "tenant_execute", "tenant_setting", "unavailable_on_connection_errors",
 ]
 
@@ -125,6 +133,15 @@ PING_TIMEOUT = 2.0
 
 ANSWER_GRACE = 0.5
 """Seconds past DB_STATEMENT_TIMEOUT that a unit of work waits for the server's answer."""
+
+API_RANDOM_PAGE_COST = 1.1
+"""The API's sessions' ``random_page_cost``: its statements are index probes into data that
+is in memory, as for an SSD's ``1.1`` that PostgreSQL's documentation suggests. The default,
+4 (a disk's seek), made the generic plan of a page of messages scan ``message_reactions``
+and ``attachments`` whole, once for each message of the page, while those tables were small
+(a few pages): 150 reactions made GetMessages(50) read 7,500 rows and take 0.97 ms of the
+server's time where the index takes 0.32 ms, and the cost grows with the table until the
+planner switches (``tests/integration/test_plan_stability.py``, with 150 reactions)."""
 
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
 """What "the database is unavailable" looks like from psycopg (see the module docstring)."""
@@ -249,6 +266,71 @@ async def tenant_execute(conn: AsyncConn, tenant: str, query: QueryNoTemplate,
     return cursor
 
 
+class _Pipelined:
+    """One pipelined transaction for a tenant on ``conn`` (``Database.tenant_transaction``)."""
+
+    __slots__ = ("_conn", "_known", "_pipeline", "_tenant")
+
+    def __init__(self, conn: AsyncConn, tenant: str) -> None:
+        self._conn = conn
+        self._tenant = tenant
+        self._known = True
+        self._pipeline: contextlib.AbstractAsyncContextManager[Any] | None = None
+
+    async def begin(self) -> None:
+        """Queues BEGIN and, unless the session names the tenant already, its setting."""
+        conn = self._conn
+        self._pipeline = conn.pipeline()
+        await self._pipeline.__aenter__()
+        await conn.execute(_BEGIN, prepare=False)
+        if conn in _shared_sessions:
+            await conn.execute(SET_TENANT_LOCAL, (self._tenant,), prepare=False)
+        elif _session_tenant.get(conn) != self._tenant:
+            # Until the commit the session's setting is unknown (a rollback restores the one
+            # before, whatever it was): any later work clears or sets it.
+            self._known = False
+            _session_tenant[conn] = _UNKNOWN
+            await conn.execute(SET_TENANT, (self._tenant,), prepare=True)
+
+    async def commit(self) -> None:
+        """Queues COMMIT and waits for everything sent (one round trip)."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            return
+        await self._conn.execute(_COMMIT, prepare=False)
+        await pipeline.__aexit__(None, None, None)  # the Sync; raises what the server raised
+        if not self._known:
+            _session_tenant[self._conn] = self._tenant
+
+    async def rollback(self, exc: BaseException) -> None:
+        """Ends the transaction without its changes, on the error ``exc``; a connection that
+        cannot do even that is left to the pool, which discards it."""
+        conn = self._conn
+        pipeline, self._pipeline = self._pipeline, None
+        with contextlib.suppress(Exception):
+            if pipeline is not None:
+                if (conn.pgconn.status == psycopg.pq.ConnStatus.OK
+                        and conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.ON):
+                    await conn.execute(_ROLLBACK, prepare=False)
+                await pipeline.__aexit__(type(exc), exc, exc.__traceback__)
+            # An aborted pipeline skipped the ROLLBACK above: the transaction is still open.
+            if (conn.pgconn.status == psycopg.pq.ConnStatus.OK
+                    and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE):
+                await conn.rollback()
+
+
+_BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"
+_pipelined: weakref.WeakKeyDictionary[AsyncConn, _Pipelined] = weakref.WeakKeyDictionary()
+"""The pipelined transaction each connection is in (``commit``)."""
+
+
+async def commit(conn: AsyncConn) -> None:
+    """Commits the pipelined transaction ``conn`` is in (``Database.tenant_transaction``) with
+    the statements sent so far, in one round trip; their results can be read after it. The
+    block must then send nothing more."""
+    await _pipelined[conn].commit()
+
+
 async def clear_tenant(conn: AsyncConn) -> None:
     """Makes ``conn`` name no tenant, when this process may have left one on it."""
     if conn in _session_tenant:
@@ -364,7 +446,7 @@ class Database:
     """
 
     def __init__(self, settings: DatabaseSettings, *, application_name: str,
-                 generic_plans: bool = False,
+                 generic_plans: bool = False, random_page_cost: float | None = None,
                  configure: Callable[[AsyncConn], Awaitable[None]] | None = None) -> None:
         """
         Args:
@@ -373,6 +455,9 @@ class Database:
                 executions, so a connection's first calls cost what its later ones do. Only
                 for a process whose statements all have index plans as generic plans (the
                 API's do: ``tests/integration/test_plan_stability.py``).
+            random_page_cost: the planner's cost of a page read out of order, for the pool's
+                sessions (``API_RANDOM_PAGE_COST``); None = the server's. Behind a transaction
+                pooler, the login role's setting (docs/pgbouncer.md).
             configure: run on each new pooled connection before the pool hands it out (e.g.
                 preparing hot statements); an error there discards the connection.
         """
@@ -384,6 +469,8 @@ class Database:
                                    pooled=settings.db_transaction_pooler)
         if generic_plans and not settings.db_transaction_pooler:  # nothing is prepared there
             session["options"] += " -c plan_cache_mode=force_generic_plan"
+        if random_page_cost is not None and not settings.db_transaction_pooler:
+            session["options"] += f" -c random_page_cost={random_page_cost:g}"
         self.pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
             conninfo(settings.db_source),
             min_size=min(2, settings.db_pool_size),
@@ -473,6 +560,26 @@ class Database:
                 await clear_tenant(conn)
                 async with conn.transaction():
                     yield conn
+
+    @contextlib.asynccontextmanager
+    async def tenant_transaction(self, name: str, tenant: str) -> AsyncIterator[AsyncConn]:
+        """A pooled connection in one transaction for ``tenant``, in pipeline mode (module
+        docstring): BEGIN and the tenant's setting go with the block's first statements and
+        COMMIT with its last (``commit``, or the block's end). An exception rolls it back.
+        Bounded as ``connection``."""
+        with _tracer.start_as_current_span(name):
+            async with self._bounded(self._pool_wait, self._answer_wait) as conn:
+                tx = _Pipelined(conn, tenant)
+                _pipelined[conn] = tx
+                try:
+                    await tx.begin()
+                    yield conn
+                    await tx.commit()
+                except BaseException as exc:
+                    await tx.rollback(exc)
+                    raise
+                finally:
+                    del _pipelined[conn]
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query within PING_TIMEOUT (and a pooled

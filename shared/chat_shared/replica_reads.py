@@ -168,6 +168,12 @@ class ReplicaReads:
         async with self.primary.transaction(name) as conn:
             yield conn
 
+    @contextlib.asynccontextmanager
+    async def tenant_transaction(self, name: str, tenant: str) -> AsyncIterator[AsyncConn]:
+        """The primary's ``Database.tenant_transaction``."""
+        async with self.primary.tenant_transaction(name, tenant) as conn:
+            yield conn
+
     async def write_position(self) -> str | None:
         """The primary's WAL insert location: past every commit that has returned, so a
         replica that has replayed it shows them all. None without a replica (no position to

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from chat_devtools.local_postgres import LocalPostgres
 from chat_shared import deadlines
 from chat_shared.config import DatabaseSettings
-from chat_shared.db import Database, connect, connect_sync, conninfo
+from chat_shared.db import Database, commit, connect, connect_sync, conninfo
 from chat_shared.errors import DeadlineExceeded, Unavailable
 from chat_shared.observability import tracing
 
@@ -160,6 +160,43 @@ async def test_a_transaction_commits_its_statements_together_or_not_at_all(
             await conn.execute("INSERT INTO t VALUES (3)")
             await conn.execute("INSERT INTO t VALUES (1)")  # fails: 3 must go too
     assert await db.fetchall("db.read", "SELECT v FROM t ORDER BY v") == [(1,), (2,)]
+
+
+async def test_a_pipelined_transaction_commits_its_statements_together_or_not_at_all(
+        db: Database, db_source: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``tenant_transaction`` sends BEGIN and COMMIT with its statements (pipeline mode) and
+    holds to what ``transaction`` holds to: whether a statement fails at the commit or at a read
+    in the block, the block raises, or the block commits early to read what it wrote."""
+    async with db.connection("db.create") as conn:
+        await conn.execute("CREATE TABLE t (v int PRIMARY KEY)")
+    async with db.tenant_transaction("db.both", "t1") as conn:
+        first = await conn.execute("INSERT INTO t VALUES (1) RETURNING v")
+        assert await first.fetchone() == (1,)  # a read in the block: the transaction goes on
+        await conn.execute("INSERT INTO t VALUES (2)")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        async with db.tenant_transaction("db.half", "t1") as conn:
+            await conn.execute("INSERT INTO t VALUES (3)")
+            await conn.execute("INSERT INTO t VALUES (1)")  # fails (at the commit): 3 goes too
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        async with db.tenant_transaction("db.failed_read", "t1") as conn:
+            await conn.execute("INSERT INTO t VALUES (4)")
+            await (await conn.execute("INSERT INTO t VALUES (2) RETURNING v")).fetchone()
+    with pytest.raises(ZeroDivisionError):
+        async with db.tenant_transaction("db.raised", "t1") as conn:
+            await conn.execute("INSERT INTO t VALUES (5)")
+            count = await (await conn.execute("SELECT count(*) FROM t")).fetchone()
+            assert count == (3,)  # its own insert, seen in the block
+            raise ZeroDivisionError
+    async with db.tenant_transaction("db.early", "t1") as conn:
+        written = await conn.execute("INSERT INTO t VALUES (6) RETURNING v")
+        await commit(conn)
+        assert await written.fetchone() == (6,)
+    assert await db.fetchall("db.read", "SELECT v FROM t ORDER BY v") == [(1,), (2,), (6,)]
+    with connect_sync(db_source, application_name="x", statement_timeout=5) as other:
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    # No connection went back to the pool inside a transaction (the pool would roll it back
+    # and say so).
+    assert "returned connection" not in caplog.text
 
 
 async def test_errors_other_than_unavailability_pass_through(db: Database) -> None:

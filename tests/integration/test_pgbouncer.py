@@ -69,6 +69,37 @@ async def test_the_api_works_through_pgbouncer_past_psycopgs_prepare_threshold(
     assert edited.message.content == "edited"
 
 
+async def test_ordered_changes_and_replies_work_through_pgbouncer(pooled_stub: Any) -> None:
+    """The pipelined transactions of replies, edits, reactions and membership changes, many
+    more than psycopg's prepare threshold, over PgBouncer's shared server sessions: the
+    tenant is named for each transaction only and nothing is prepared on a session."""
+    conv = await create_conversation(pooled_stub, "alice", ["bob", "carol"])
+    alice = (("authorization", f"Bearer {make_token('alice')}"),)
+    root = await send(pooled_stub, "alice", conv.id, "root")
+    for i in range(8):
+        reply = await pooled_stub.SendMessage(chat_pb2.SendMessageRequest(
+            conversation_id=conv.id, content=f"reply {i}", idempotency_key=uuid.uuid4().hex,
+            thread_root_id=root.id), metadata=alice)
+        assert reply.message.thread_root_id == root.id
+        edited = await pooled_stub.EditMessage(chat_pb2.EditMessageRequest(
+            conversation_id=conv.id, message_id=reply.message.id, content=f"edited {i}"),
+            metadata=alice)
+        assert edited.message.content == f"edited {i}"
+        reacted = await pooled_stub.AddReaction(chat_pb2.AddReactionRequest(
+            conversation_id=conv.id, message_id=root.id, emoji="👍"), metadata=alice)
+        assert [(r.emoji, r.count) for r in reacted.message.reactions] == [("👍", 1)]
+        await pooled_stub.RemoveReaction(chat_pb2.RemoveReactionRequest(
+            conversation_id=conv.id, message_id=root.id, emoji="👍"), metadata=alice)
+        await pooled_stub.RemoveMember(chat_pb2.RemoveMemberRequest(
+            conversation_id=conv.id, user_id="carol"), metadata=alice)
+        await pooled_stub.AddMembers(chat_pb2.AddMembersRequest(
+            conversation_id=conv.id, member_ids=["carol"]), metadata=alice)
+    thread = await pooled_stub.GetThread(chat_pb2.GetThreadRequest(
+        conversation_id=conv.id, root_id=root.id, limit=50), metadata=alice)
+    assert thread.root.reply_count == 8
+    assert [m.content for m in thread.messages] == [f"edited {i}" for i in range(7, -1, -1)]
+
+
 async def test_tenants_stay_apart_on_shared_server_sessions(
         pooled_stub: Any, db_source: str) -> None:
     async with await psycopg.AsyncConnection.connect(db_source, autocommit=True) as conn:

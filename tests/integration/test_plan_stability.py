@@ -12,9 +12,11 @@ whole tables where it can (5,000 conversations of one member, 200,000 messages, 
 in one conversation, and one of 100,000 where every tenth message is root-level and the others
 answer the first: a thread of 90,000 replies), once on a fresh connection for the values given (the first call's plan)
 and once with ``plan_cache_mode = force_generic_plan`` (the plan of the hundredth call). Each
-plan must read no table ``messages`` or ``conversation_members`` sequentially, and the rows
-it reads from them (returned by a scan, or removed by its filter) must stay within a few pages,
-not grow with the data.
+plan must read no table ``messages``, ``conversation_members`` or ``message_reactions``
+sequentially, and the rows it reads from them (returned by a scan, or removed by its filter)
+must stay within a few pages, not grow with the data. (The reactions: 150 of them, a table of
+two pages, which PostgreSQL's default ``random_page_cost`` had the generic plan of a page
+scan whole for each of its messages; the API's sessions set ``API_RANDOM_PAGE_COST``.)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytest
 from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
 from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _SEND, _SEND_PLAIN, _THREAD_PAGE
 from chat_api.storage.reads import _MARK
+from chat_shared.db import API_RANDOM_PAGE_COST
 from chat_ws_gateway.history import _AFTER, _MEMBER_OF
 
 pytestmark = pytest.mark.timeout(180)
@@ -38,7 +41,7 @@ BIG = "00000000-0000-0000-0000-000000000000"  # 100,000 messages
 SMALL = "00000000-0000-0000-0000-000000000007"  # 20 messages
 THREADED = "00000000-0000-0000-0001-000000000000"  # 10,000 roots and 90,000 replies
 ROOT = "00000000-0000-0000-0002-000000000000"  # its first message, root of every reply
-WATCHED = ("messages", "conversation_members")
+WATCHED = ("messages", "conversation_members", "message_reactions")
 
 # One second between conversations' creations, one millisecond between messages; every
 # conversation's last activity is its last message's time, as the send statement keeps it.
@@ -81,6 +84,15 @@ _GENERATE = """
            'heavy', 'message ' || s, 'threaded-' || s,
            timestamptz '2025-12-01' + s * interval '1 ms'
     FROM generate_series(2, 100000) s;
+    -- A few pages of reactions (on the small conversations' messages): a table the planner
+    -- would rather scan whole than probe at PostgreSQL's default random_page_cost, once for
+    -- each message of a page.
+    INSERT INTO message_reactions (message_id, emoji, user_id, conversation_id)
+    SELECT m.id, e, 'other', m.conversation_id
+    FROM (SELECT id, conversation_id FROM messages
+          WHERE conversation_id BETWEEN '00000000-0000-0000-0000-000000000001'
+                                    AND '00000000-0000-0000-0000-000000000064'
+          ORDER BY conversation_id, seq LIMIT 75) m, unnest(ARRAY['👍', '🎉']) e;
     ANALYZE;
 """
 
@@ -224,9 +236,11 @@ async def test_hot_statements_read_a_bounded_number_of_rows_on_a_fresh_connectio
         for generic in (False, True):
             # A fresh connection per statement and plan: nothing cached from an earlier call.
             # As the services run it: the role row-level security holds, in the tenant's
-            # context, so the plans include the tenant policy.
+            # context, so the plans include the tenant policy; with the API's planner costs.
             async with await psycopg.AsyncConnection.connect(
-                    db_source, autocommit=True, options="-c role=chat_app") as conn:
+                    db_source, autocommit=True,
+                    options=f"-c role=chat_app -c random_page_cost={API_RANDOM_PAGE_COST}"
+                    ) as conn:
                 await conn.execute("SELECT set_config('app.tenant_id', 'default', false)")
                 plan = await _explain(conn, sql, params, generic)
             kind = "generic plan" if generic else "first call's plan"

@@ -560,6 +560,20 @@ async def test_a_sessions_tenant_never_reaches_work_for_another_or_for_none(
         await db.fetchone("t.b", setting, tenant=B)
         async with db.transaction("t.txn") as conn:
             assert await (await conn.execute(setting)).fetchone() == ("",)
+        # A pipelined transaction names its tenant for the session (it commits the setting),
+        # and the next unit of work for none or another tenant knows it.
+        async with db.tenant_transaction("t.ptx", A) as conn:
+            assert await (await conn.execute(setting)).fetchone() == (A,)
+        assert await db.fetchone("t.after_ptx", setting) == ("",)
+        async with db.tenant_transaction("t.ptx_b", B) as conn:
+            assert await (await conn.execute(setting)).fetchone() == (B,)
+        async with db.tenant_transaction("t.ptx_b_again", B) as conn:
+            assert await (await conn.execute(setting)).fetchone() == (B,)
+        assert await db.fetchone("t.after_ptx_a", setting, tenant=A) == (A,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            async with db.tenant_transaction("t.ptx_fail", B) as conn:
+                await (await conn.execute("SELECT 1 / 0")).fetchone()
+        assert await db.fetchone("t.after_ptx_failure", setting) == ("",)
         # The one session served all of it.
         assert await db.fetchone("t.pid2", backend, tenant=B) == pid
         assert db.stats().get("pool_size") == 1

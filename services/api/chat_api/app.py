@@ -52,7 +52,7 @@ from chat_api.transport.handlers import ChatHandlers
 from chat_api.transport.http_gateway import HttpGateway
 from chat_shared.auth import TokenVerifier
 from chat_shared.config import parse_host_port
-from chat_shared.db import PING_TIMEOUT, Database
+from chat_shared.db import API_RANDOM_PAGE_COST, PING_TIMEOUT, Database
 from chat_shared.events import stream_keys
 from chat_shared.observability.dependencies import DependencyProbe, dependency_gauge
 from chat_shared.observability.logging import get_lifecycle_logger, get_logger
@@ -189,14 +189,17 @@ def build_app(settings: ApiSettings) -> ApiApp:
     # autocommit saves the BEGIN/COMMIT round trips.
     # Generic plans, prepared on each new connection before it serves: a connection's first
     # call costs what its later ones do (chat_api.storage.warmup).
+    # Index-friendly costs (chat_shared.db.API_RANDOM_PAGE_COST).
     db = Database(settings, application_name="chat-api", generic_plans=True,
+                  random_page_cost=API_RANDOM_PAGE_COST,
                   configure=None if settings.db_transaction_pooler else warm_connection)
     # The read-only calls' single statements may go to a streaming replica (no warm-up there:
     # it prepares writes too, which a hot standby refuses).
     replica = Database(settings.model_copy(update={
         "db_source": settings.db_read_source, "db_pool_timeout": settings.db_read_pool_timeout,
         "db_transaction_pooler": settings.db_read_transaction_pooler}),
-        application_name="chat-api-reads", generic_plans=True) if settings.db_read_source else None
+        application_name="chat-api-reads", generic_plans=True,
+        random_page_cost=API_RANDOM_PAGE_COST) if settings.db_read_source else None
     reads = ReplicaReads(db, replica, retry_after=settings.db_read_retry_after)
     tenants = TenantDirectory(
         TenantRepository(db),

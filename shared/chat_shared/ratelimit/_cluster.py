@@ -113,6 +113,16 @@ class ClusterGcra:
         pending = node.submit(*args)
         return None if pending is None else (node, pending)
 
+    @staticmethod
+    def reply_future(pending: tuple[RedisGcra, Any]) -> asyncio.Future[Reply]:
+        """As ``RedisGcra.reply_future``."""
+        return RedisGcra.reply_future(pending[1])
+
+    @staticmethod
+    def settled(pending: tuple[RedisGcra, Any]) -> list[int] | None:
+        """As ``RedisGcra.settled`` (a redirection is not settled: ``answer`` follows it)."""
+        return RedisGcra.settled(pending[1])
+
     async def answer(self, pending: tuple[RedisGcra, Any], args: tuple[str | int, ...]
                      ) -> list[int]:
         node, inner = pending

@@ -11,13 +11,20 @@ rounded up, so a client that waits that long is let through).
 
 from __future__ import annotations
 
-from chat_shared.ratelimit._gcra import Decision, ceil_seconds
+import functools
+
+from chat_shared.ratelimit._gcra import Decision, Limit, ceil_seconds
 
 __all__ = ["headers", "policy_header", "state_header"]
 
 
 def policy_header(cls: str, decision: Decision) -> str:
-    limit = decision.limit
+    return _policy(cls, decision.limit)
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy(cls: str, limit: Limit) -> str:
+    """The policy of a class's limit: the same for every call under it, so rendered once."""
     return f'"{cls}";q={limit.burst};w={max(ceil_seconds(limit.window), 1)}'
 
 

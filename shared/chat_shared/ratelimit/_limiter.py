@@ -23,6 +23,7 @@ local limiter decides, starting from what Redis last said about the key.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -172,6 +173,7 @@ class RateLimiter:
         self._known: dict[str, _Known] = {}
         self._in_flight: dict[str, int] = {}
         self._confirming: set[asyncio.Task[None]] = set()
+        self._closed = False
         self._counters = {(c, r): DECISIONS.labels(c, r)
                           for c in (*CLASSES, ANONYMOUS, "typing")
                           for r in ("allowed", "limited", "fail_open")}
@@ -208,14 +210,13 @@ class RateLimiter:
             args = (key, ceiling_key, _us(user.interval), _us(user.interval * user.burst),
                     c_t, c_tau)
             ahead = self._ahead(key, ceiling_key, user, now)
-            pending = self._redis.submit(*args) if ahead is not None else None
+            pending: Any = self._redis.submit(*args) if ahead is not None else None
             if ahead is not None and pending is not None:
                 decision = ahead
                 self._known[key].ahead = True
                 self._flight(key, ceiling_key, 1)
-                task = asyncio.create_task(self._confirm(cls, pending, args, user, ceiling))
-                self._confirming.add(task)
-                task.add_done_callback(self._confirming.discard)
+                self._redis.reply_future(pending).add_done_callback(
+                    functools.partial(self._replied, cls, pending, args, user, ceiling))
             else:
                 decision = await self._ask(args, user, ceiling)
         return self._decided(cls, tenant, subject, key, ceiling_key, decision, now)
@@ -281,12 +282,31 @@ class RateLimiter:
         return Decision(bool(allowed), user, remaining, reset_us / 1e6, retry_us / 1e6,
                         ("", "user", "tenant")[scope])
 
+    def _replied(self, cls: str, pending: Any, args: tuple[str, str, int, int, int, int],
+                 user: Limit, ceiling: Limit | None, _: object) -> None:
+        """Redis's reply (or its failure) to a request that went ahead (``_ahead``), from the
+        reply future's callback: a plain answer is learnt here at once, anything else (no
+        answer in time, an error or a redirection to follow) in ``_confirm``'s task. A
+        callback, not a task for every request: a task costs its creation and two more turns
+        of the event loop (10 us more than a callback, fastest of 15 timings at load 10)."""
+        assert self._redis is not None
+        answer = self._redis.settled(pending)  # (retrieves a failure, so none goes unheard)
+        if self._closed:
+            return
+        if answer is None:
+            task = asyncio.create_task(self._confirm(cls, pending, args, user, ceiling))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+            return
+        key, ceiling_key = args[0], args[1]
+        self._settle(key, ceiling_key)
+        self._confirmed(cls, key, ceiling_key, answer, user)
+
     async def _confirm(self, cls: str, pending: Any, args: tuple[str, str, int, int, int, int],
                        user: Limit, ceiling: Limit | None) -> None:
-        """Reads Redis's answer for a request that went ahead (``_ahead``). If Redis refused
-        it (other processes spent the budget), later requests of the key are refused from
-        here until the refusal's retry time; the request itself has gone through. If Redis did
-        not answer, the local limiter counts the request (as it does every fail-open one)."""
+        """Reads Redis's answer for a request that went ahead (``_ahead``) when the reply was
+        not a plain answer (``_replied``). If Redis did not answer, the local limiter counts
+        the request (as it does every fail-open one)."""
         assert self._redis is not None
         key, ceiling_key = args[0], args[1]
         try:
@@ -297,10 +317,21 @@ class RateLimiter:
             self._counters[cls, "fail_open"].inc()
             return
         finally:
-            self._flight(key, ceiling_key, -1)
-            known = self._known.get(key)
-            if known is not None:
-                known.ahead = False
+            self._settle(key, ceiling_key)
+        self._confirmed(cls, key, ceiling_key, answer, user)
+
+    def _settle(self, key: str, ceiling_key: str) -> None:
+        """A request that went ahead has its answer (or never will): no longer in flight."""
+        self._flight(key, ceiling_key, -1)
+        known = self._known.get(key)
+        if known is not None:
+            known.ahead = False
+
+    def _confirmed(self, cls: str, key: str, ceiling_key: str, answer: list[int],
+                   user: Limit) -> None:
+        """Learns Redis's answer for a request that went ahead. If Redis refused it (other
+        processes spent the budget), later requests of the key are refused from here until the
+        refusal's retry time; the request itself has gone through."""
         decision = self._learn(key, ceiling_key, answer, user)
         if not decision.allowed:
             self._remember_refusal(ceiling_key if decision.scope == "tenant" else key, cls,
@@ -385,6 +416,7 @@ class RateLimiter:
                  rate=decision.limit.rate, burst=decision.limit.burst)
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._confirming):
             task.cancel()
         await asyncio.gather(*self._confirming, return_exceptions=True)

@@ -25,6 +25,8 @@ __all__ = ["RedisGcra", "RedisUnavailable", "Redirected"]
 
 MAX_PENDING = 10_000
 """Commands waiting for replies on the socket; past this Redis is treated as stalled."""
+_MAX_COMMANDS = 10_000
+"""Encoded scripts kept (``RedisGcra._send``): one per key and limits in use, then afresh."""
 
 
 class RedisUnavailable(Exception):
@@ -84,6 +86,7 @@ class RedisGcra:
         self._down_for = down_for
         self._clock = clock
         self._conn: RespConnection | None = None
+        self._commands: dict[tuple[str | int, ...], bytes] = {}
         self._connecting: asyncio.Task[RespConnection] | None = None
         self._down_until = 0.0
 
@@ -149,9 +152,38 @@ class RedisGcra:
         else:
             if asking:  # answered before the script, on the same connection: nobody waits
                 conn.send(encode("ASKING")).add_done_callback(_retrieve)
-            fut = conn.send(encode("EVALSHA", GCRA_SHA, 2, *_wire(args)))
+            # A user's checks repeat the same command: encoded once (0.1 us to look up where
+            # encoding took 21 us, fastest of 15 timings at load 10).
+            command = self._commands.get(args)
+            if command is None:
+                if len(self._commands) >= _MAX_COMMANDS:
+                    self._commands.clear()
+                command = self._commands[args] = encode("EVALSHA", GCRA_SHA, 2, *_wire(args))
+            fut = conn.send(command)
         handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
         return conn, fut, handle
+
+    @staticmethod
+    def reply_future(pending: tuple[RespConnection, asyncio.Future[Reply],
+                                    asyncio.TimerHandle]) -> asyncio.Future[Reply]:
+        """The future of a ``submit``ted script's reply (done when it came, failed or timed
+        out)."""
+        return pending[1]
+
+    @staticmethod
+    def settled(pending: tuple[RespConnection, asyncio.Future[Reply], asyncio.TimerHandle]
+                ) -> list[int] | None:
+        """What ``answer`` returns for a ``submit``ted script whose reply has come as a plain
+        answer, without awaiting it; None for anything else (no reply yet, an error reply, a
+        failure, a timeout), which ``answer`` then deals with."""
+        _, fut, handle = pending
+        if not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
+        reply = fut.result()
+        if not isinstance(reply, list) or len(reply) != 6:
+            return None
+        handle.cancel()
+        return [int(v) for v in reply]
 
     async def answer(self, pending: tuple[RespConnection, asyncio.Future[Reply],
                                           asyncio.TimerHandle],

@@ -1,14 +1,16 @@
 """Ordered changes: the conversation's row lock, the next position, the log row and the event.
 
 Every ordered change (``chat_shared.events.ORDERED_TYPES``) other than a send runs as one
-transaction of two round trips, through ``locked``:
+transaction of two round trips, through ``locked`` (a pipelined transaction,
+``Database.tenant_transaction``: BEGIN goes with the first round trip, COMMIT with the second):
 
-1. one pipeline: the tenant setting, ``SELECT ... FOR UPDATE`` of the conversation row, then
-   the caller's membership and role (and whatever else the change needs to decide), each
-   statement with its own snapshot, so everything read after the lock is current: every
-   writer of ordered changes takes that same lock first;
+1. BEGIN, the tenant setting (unless the session names the tenant already), ``SELECT ... FOR
+   UPDATE`` of the conversation row, then the caller's membership and role (and whatever else
+   the change needs to decide), each statement with its own snapshot, so everything read after
+   the lock is current: every writer of ordered changes takes that same lock first;
 2. the change itself, one statement: ``last_pos + n`` on the locked row, the rows changed, the
-   ``conversation_changes`` rows and the ``outbox`` rows at those positions (``change_ctes``).
+   ``conversation_changes`` rows and the ``outbox`` rows at those positions (``change_ctes``),
+   then whatever the RPC answers with, and COMMIT.
 
 Deciding between the two (in Python, with current data) is what keeps ``pos`` gapless: the
 statement that takes a position never finds that its change does not apply. A single
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from chat_shared.db import AsyncConn, Database, tenant_setting
+from chat_shared.db import AsyncConn, Database
 from chat_shared.events import payload_sql
 
 _LOCK = """
@@ -75,15 +77,17 @@ async def locked(db: Database, name: str, tenant: str, conversation_id: str,
     exist or the caller is not a member: the same answer for both) and the first row of
     ``extra`` (a statement run after the lock in the same round trip), or None. A change the
     service makes itself (a thumbnail announced) has no caller: ``user_id`` None, role "".
+
+    The connection is in pipeline mode: what the block sends goes with COMMIT at its end, in
+    one round trip, unless the block reads a result first (each read waits for a round trip);
+    to answer with what the change wrote, send the read too and fetch it after
+    ``chat_shared.db.commit(conn)``.
     """
     params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id}
-    async with db.transaction(name) as conn:
-        async with conn.pipeline():
-            setting, values, prepare = tenant_setting(conn, tenant)
-            await conn.execute(setting, values, prepare=prepare)
-            lock = await conn.execute(_LOCK, params)
-            role = await conn.execute(_ROLE, params) if user_id is not None else None
-            more = await conn.execute(extra[0], {**params, **extra[1]}) if extra else None
+    async with db.tenant_transaction(name, tenant) as conn:
+        lock = await conn.execute(_LOCK, params)
+        role = await conn.execute(_ROLE, params) if user_id is not None else None
+        more = await conn.execute(extra[0], {**params, **extra[1]}) if extra else None
         conv = await lock.fetchone()
         member = await role.fetchone() if role is not None else ("",)
         extra_row = await more.fetchone() if more is not None else None

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from chat_api.models import ConversationRecord
 from chat_api.storage.changes import Locked, change_ctes, locked
-from chat_shared.db import Database
+from chat_shared.db import Database, commit
 from chat_shared.events import (
     CONVERSATION_UPDATED,
     MEMBER_ADDED,
@@ -159,6 +159,7 @@ class MemberRepository:
             cur = await conn.execute(_ADD, {
                 "tenant": tenant, "conversation_id": conversation_id, "user_id": actor,
                 "count": len(new), "members": members, "added": new})
+            await commit(conn)
             row = await cur.fetchone()
             assert row is not None  # the row is locked: it exists
             return record(conv, member_ids=members, last_pos=int(row[0]))
@@ -216,6 +217,7 @@ class MemberRepository:
             cur = await conn.execute(_UPDATE, {
                 "tenant": tenant, "conversation_id": conversation_id, "user_id": actor,
                 "title": new_title, "history_visible": new_visible})
+            await commit(conn)
             row = await cur.fetchone()
             assert row is not None
             return record(conv, last_pos=int(row[0]), title=new_title,

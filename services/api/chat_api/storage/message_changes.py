@@ -2,7 +2,8 @@
 
 Each is an ordered change (``storage.changes``): the conversation's row lock, then the
 caller's ``check`` with the message as it is now, then one statement that makes the change,
-logs it and writes its event, pipelined with the read of the message the RPC answers with.
+logs it and writes its event, sent with the read of the message the RPC answers with and
+COMMIT (one round trip).
 
 A deletion leaves a tombstone: the row keeps its id, seq and place, its content becomes "",
 its reactions are deleted (the ``message.deleted`` event says so to clients: a tombstone
@@ -28,15 +29,14 @@ from dataclasses import dataclass
 
 from chat_api.models import MessageRecord
 from chat_api.storage.changes import Locked, change_ctes, locked
-from chat_api.storage.messages import REACTIONS_SQL, with_reactions
+from chat_api.storage.messages import REACTIONS_SQL
 from chat_api.storage.rows import (
     ATTACHMENTS_AGG,
     ATTACHMENTS_JSON,
-    MESSAGE_COLUMNS,
     message_columns,
     message_from,
 )
-from chat_shared.db import AsyncConn, Database
+from chat_shared.db import Database, commit
 from chat_shared.events import (
     MESSAGE_CREATED,
     MESSAGE_DELETED,
@@ -226,18 +226,12 @@ class MessageChangeRepository:
             if conv is None or row is None:
                 return None
             if check(conv, TargetMessage(row[0], bool(row[1]), bool(row[2]))):
-                async with conn.pipeline():
-                    await conn.execute(statement, params)
-                    read = await conn.execute(_READ, params)
-                return _message(await read.fetchone())
-            return await _read(conn, params)
-
-
-async def _read(conn: AsyncConn, params: dict[str, str]) -> MessageRecord:
-    return _message(await (await conn.execute(_READ, params)).fetchone())
+                await conn.execute(statement, params)
+            read = await conn.execute(_READ, params)
+            await commit(conn)  # the change, the read and COMMIT: one round trip
+            return _message(await read.fetchone())
 
 
 def _message(row: tuple[object, ...] | None) -> MessageRecord:
     assert row is not None  # read under the lock, after the check found it
-    return with_reactions(message_from(row, attachments=True),
-                          row[MESSAGE_COLUMNS + 1])  # type: ignore[arg-type]
+    return message_from(row, attachments=True, reactions=True)

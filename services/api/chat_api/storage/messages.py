@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 from collections.abc import Mapping
@@ -13,7 +12,7 @@ import psycopg.errors
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from chat_api.models import CiphertextRecord, MessageRecord, ReactionCount
+from chat_api.models import CiphertextRecord, MessageRecord
 from chat_api.storage.rows import (
     ATTACHMENTS_JSON,
     MESSAGE_COLUMNS,
@@ -21,7 +20,7 @@ from chat_api.storage.rows import (
     message_columns,
     message_from,
 )
-from chat_shared.db import SET_TENANT, Database
+from chat_shared.db import Database, commit
 from chat_shared.events import MESSAGE_CREATED, payload_sql
 from chat_shared.replica_reads import ReplicaReads
 
@@ -299,7 +298,8 @@ _BY_KEY = f"""
 # range of message_reactions per message of the page, empty for most): the 20 most used, each
 # as [emoji, count, whether the caller is among them].
 def reactions_sql(alias: str) -> str:
-    """The aggregated reactions of the messages row ``alias`` (``with_reactions`` reads it)."""
+    """The aggregated reactions of the messages row ``alias`` (``rows.message_from`` reads them
+    with ``reactions=True``)."""
     return f"""
         (SELECT jsonb_agg(jsonb_build_array(rx.emoji, rx.n, rx.mine) ORDER BY rx.n DESC, rx.emoji)
            FROM (SELECT x.emoji, count(*) AS n, bool_or(x.user_id = %(user_id)s) AS mine
@@ -658,12 +658,12 @@ class MessageRepository:
 
     async def _send_reply(self, tenant: str, params: Mapping[str, object]
                           ) -> TupleRow | None:
-        """``_SEND`` for a reply: after the conversation's lock, in one round trip."""
-        async with self._db.transaction("db.send_reply") as conn:
-            async with conn.pipeline():
-                await conn.execute(SET_TENANT, (tenant,), prepare=True)
-                await conn.execute(_LOCK_FOR_REPLY, params)
-                cursor = await conn.execute(_SEND, params)
+        """``_SEND`` for a reply: after the conversation's lock, in one round trip with BEGIN
+        and COMMIT."""
+        async with self._db.tenant_transaction("db.send_reply", tenant) as conn:
+            await conn.execute(_LOCK_FOR_REPLY, params)
+            cursor = await conn.execute(_SEND, params)
+            await commit(conn)
             return await cursor.fetchone()
 
     async def by_idempotency_key(self, tenant: str, sender_id: str, key: str
@@ -717,9 +717,8 @@ class MessageRepository:
         page = 4 + MESSAGE_COLUMNS
         root = next(r for r in rows if r[5] is not None)  # the row with the root's content
         return ThreadPage(
-            with_reactions(message_from(root, 1, attachments=True), root[2 + MESSAGE_COLUMNS]),
-            [with_reactions(message_from(r, page, attachments=True),
-                            r[page + MESSAGE_COLUMNS + 1])
+            message_from(root, 1, attachments=True, reactions=True),
+            [message_from(r, page, attachments=True, reactions=True)
              for r in rows if r[page] is not None])
 
     async def page(
@@ -739,15 +738,6 @@ class MessageRepository:
                                        tenant=tenant)
         if not rows:
             return None
-        return [with_reactions(message_from(r, attachments=True), r[MESSAGE_COLUMNS + 1])
+        return [message_from(r, attachments=True, reactions=True)
                 for r in rows if r[0] is not None]
 
-
-def with_reactions(message: MessageRecord, aggregated: list[list[object]] | None
-                   ) -> MessageRecord:
-    """The message with its reactions as ``REACTIONS_SQL`` aggregates them."""
-    if not aggregated:
-        return message
-    return dataclasses.replace(message, reactions=tuple(
-        ReactionCount(str(e), int(n), bool(mine))  # type: ignore[call-overload]
-        for e, n, mine in aggregated))

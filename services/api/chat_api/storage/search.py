@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 
 from chat_api.models import ParsedQuery, SearchCursor, SearchFilters, SearchHit
-from chat_api.storage.messages import REACTIONS_SQL, with_reactions
+from chat_api.storage.messages import REACTIONS_SQL
 from chat_api.storage.rows import (
     ATTACHMENTS_JSON,
     MESSAGE_COLUMNS,
@@ -152,8 +152,7 @@ class PostgresSearchIndex:
         for row in rows:
             if row[0] is None:  # a conversation of the caller's without a hit
                 continue
-            message = with_reactions(message_from(row, attachments=True),
-                                     row[MESSAGE_COLUMNS + 1])
+            message = message_from(row, attachments=True, reactions=True)
             hits.append(SearchHit(message, float(row[MESSAGE_COLUMNS + 2]),
                                   highlights_from_marked(message.content,
                                                          row[MESSAGE_COLUMNS + 3],
