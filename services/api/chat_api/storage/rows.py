@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 
 from chat_api.models import AttachmentRecord, CiphertextRecord, MessageRecord
@@ -45,7 +46,7 @@ def attachments_from(value: Any) -> tuple[AttachmentRecord, ...]:
                                   bool(a["thumbnail_ready"])) for a in value)
 
 
-def message_from(row: tuple[Any, ...], offset: int = 0, *, attachments: bool = False
+def message_from(row: Sequence[Any], offset: int = 0, *, attachments: bool = False
                  ) -> MessageRecord:
     """A message from the columns of ``message_columns`` starting at ``offset`` in ``row``
     (and with ``attachments``, the attachments' JSON in the column after them)."""
