@@ -292,8 +292,8 @@ async def test_one_failing_field_leaves_the_others(api):
                                     "variables": {"c": cid, "other": str(uuid.uuid4())}})
     assert status == 200
     assert body["data"]["ok"] == {"messages": {"edges": []}}
-    assert body["data"]["bad"] == {"messages": None}  # the failed field alone is null
-    assert [e["path"] for e in body["errors"]] == [["bad", "messages"]]
+    assert body["data"]["bad"] is None  # the failed field alone is null
+    assert [e["path"] for e in body["errors"]] == [["bad"]]
 
 
 async def test_syntax_and_validation_errors_have_a_code(api):
@@ -332,6 +332,47 @@ async def test_identical_calls_in_one_operation_are_made_once(api):
     assert data["a"]["conversations"]["edges"] == []
     assert sample("chat_rpc_requests_total", method="GetConversations", code="OK",
                   transport="graphql") == before + 1
+
+
+async def test_a_nested_list_is_a_call_per_item_run_as_one_batch(api, stub):
+    convs = [await create_conversation(stub, "alice", [f"friend-{i}"]) for i in range(4)]
+    for conv in convs:
+        await send(stub, "alice", conv.id, "hello")
+    before = {code: sample("chat_rpc_requests_total", method="GetMessages", code=code,
+                           transport="graphql") for code in ("OK", "NOT_FOUND")}
+    data = await run(api, """query { viewer { conversations(first: 10) { edges { node {
+        id messages(first: 2) { edges { node { content } } } } } } } }""")
+    edges = data["viewer"]["conversations"]["edges"]
+    assert [e["node"]["messages"]["edges"] for e in edges] == [[{"node": {"content": "hello"}}]] * 4
+    # Each conversation's page is a GetMessages call of its own (metrics, rate limits) ...
+    assert sample("chat_rpc_requests_total", method="GetMessages", code="OK",
+                  transport="graphql") == before["OK"] + 4
+    # ... and one that fails, fails alone: a stranger's conversation among the caller's.
+    stranger = await create_conversation(stub, "bob", ["carol"])
+    status, body = await post(api, {"query": """query($a: ID!, $b: ID!) {
+        a: conversation(id: $a) { messages { edges { node { id } } } }
+        b: conversation(id: $b) { title } }""", "variables": {"a": convs[0].id,
+                                                               "b": stranger.id}})
+    assert body["data"]["a"]["messages"]["edges"] and body["data"]["b"] is None
+    assert [(e["path"], e["extensions"]["code"]) for e in body["errors"]] == \
+        [(["b"], "NOT_FOUND")]
+
+
+async def test_conversation_by_id_is_the_inbox_node(api, stub):
+    conv = await create_conversation(stub, "alice", ["bob"], "same")
+    await send(stub, "bob", conv.id, "hi")
+    fields = """id title memberIds role encrypted lastSeq lastPos historyVisibleToNewMembers
+                createdAt lastMessageAt unreadCount lastReadSeq
+                lastMessage { id content seq senderId attachments { id } }"""
+    inbox = await run(api, f"{{ viewer {{ conversations(first: 5) {{ edges {{ node {{ {fields} "
+                           "} } } } }")
+    one = await run(api, f"query($c: ID!) {{ conversation(id: $c) {{ {fields} }} }}", c=conv.id)
+    assert one["conversation"] == inbox["viewer"]["conversations"]["edges"][0]["node"]
+    assert one["conversation"]["unreadCount"] == 1 and one["conversation"]["role"] == "owner"
+    over_grpc = await stub.GetConversation(chat_pb2.GetConversationRequest(
+        conversation_id=conv.id), metadata=auth("bob"))
+    assert over_grpc.conversation.conversation.role == "member"
+    assert over_grpc.conversation.last_message.content == "hi"
 
 
 @pytest.fixture

@@ -35,14 +35,22 @@ def fill(variables: str, answers: dict[str, Any]) -> dict[str, Any]:
 
 async def test_every_example_runs_as_written(api):
     ops = [(op, v) for op, v in examples() if not op.lstrip().startswith("subscription")]
-    assert len(ops) == 6
+    assert len(ops) == 8
     answers: dict[str, Any] = {}
+    each: dict[str, Any] = {}
     for op, variables in ops:
         data = await run(api, op, "alice", **fill(variables, answers))
+        each[re.search(r"(?:query|mutation) (\w+)", op).group(1)] = data
         answers.update(data)
+    (edge,) = each["InboxWithMessages"]["viewer"]["conversations"]["edges"]
+    assert [m["node"]["content"] for m in edge["node"]["messages"]["edges"]] == ["pizza at noon?"]
+    one = each["Conversation"]["conversation"]
+    assert one["title"] == "lunch" and one["role"] == "owner" and one["unreadCount"] == 0
+    assert one["memberIds"] == ["alice", "bob"] and one["encrypted"] is False
+    assert one["lastMessage"] == {"senderId": "alice", "content": "pizza at noon?"}
     assert answers["createConversation"]["memberIds"] == ["alice", "bob"]
     assert answers["sendMessage"]["seq"] == 1
-    (edge,) = answers["viewer"]["conversations"]["edges"]
+    (edge,) = each["Inbox"]["viewer"]["conversations"]["edges"]
     assert edge["node"]["lastMessage"]["content"] == "pizza at noon?"
     assert answers["conversation"]["messages"]["edges"][0]["node"]["id"] \
         == answers["sendMessage"]["id"]

@@ -79,6 +79,7 @@ async def test_reflection_describes_the_chat_service(channel) -> None:
     (service,) = chat.service
     assert {m.name for m in service.method} == {
         "CreateConversation", "SendMessage", "GetMessages", "GetThread", "GetConversations",
+        "GetConversation",
         "MarkAsRead", "AddMembers", "RemoveMember", "SetMemberRole", "UpdateConversation",
         "EditMessage", "DeleteMessage", "AddReaction", "RemoveReaction", "SearchMessages",
         "CreateUpload", "GetAttachmentUrl", "RegisterDevice", "UploadOneTimeKeys", "ClaimKeys",

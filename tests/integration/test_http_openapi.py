@@ -59,6 +59,7 @@ async def test_openapi_is_served_and_documents_every_route(api):
                    "DELETE /v1/conversations/{conversation_id}/members/{user_id}",
                    "PUT /v1/conversations/{conversation_id}/members/{user_id}/role",
                    "PATCH /v1/conversations/{conversation_id}",
+                   "GET /v1/conversations/{conversation_id}",
                    "PATCH /v1/conversations/{conversation_id}/messages/{message_id}",
                    "DELETE /v1/conversations/{conversation_id}/messages/{message_id}",
                    "POST /v1/conversations/{conversation_id}/messages/{message_id}/reactions",

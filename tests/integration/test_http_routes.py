@@ -96,6 +96,7 @@ def test_chat_routes_come_from_the_annotations():
         ("DELETE", "/v1/conversations/{conversation_id}/members/{user_id}", ""),
         ("PUT", "/v1/conversations/{conversation_id}/members/{user_id}/role", "*"),
         ("PATCH", "/v1/conversations/{conversation_id}", "*"),
+        ("GET", "/v1/conversations/{conversation_id}", ""),
         ("PATCH", "/v1/conversations/{conversation_id}/messages/{message_id}", "*"),
         ("DELETE", "/v1/conversations/{conversation_id}/messages/{message_id}", ""),
         ("POST", "/v1/conversations/{conversation_id}/messages/{message_id}/reactions", "*"),

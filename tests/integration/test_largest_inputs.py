@@ -153,6 +153,8 @@ LARGEST_VALID: dict[str, Callable[[Seed], Message]] = {
     "GetThread": lambda s: chat_pb2.GetThreadRequest(
         conversation_id=s.big_conversation, root_id=s.thread_root, limit=MAX_PAGE),
     "GetConversations": lambda s: chat_pb2.GetConversationsRequest(limit=MAX_PAGE),
+    "GetConversation": lambda s: chat_pb2.GetConversationRequest(
+        conversation_id=s.big_conversation),
     "MarkAsRead": lambda s: chat_pb2.MarkAsReadRequest(
         conversation_id=s.big_conversation, up_to_seq=INT64_MAX),
     # 32 words (the most a query may have) in 256 characters, the last one a prefix, with

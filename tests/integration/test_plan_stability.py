@@ -28,8 +28,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
-from chat_api.storage.messages import _PAGE, _ROOT_PAGE, _SEND, _SEND_PLAIN, _THREAD_PAGE
+from chat_api.storage.conversations import _BY_IDS, _LIST_AFTER, _LIST_FIRST
+from chat_api.storage.messages import (
+    _BATCH_PAGE,
+    _BATCH_ROOT_PAGE,
+    _BATCH_THREAD_PAGE,
+    _PAGE,
+    _ROOT_PAGE,
+    _SEND,
+    _SEND_PLAIN,
+    _THREAD_PAGE,
+)
 from chat_api.storage.reads import _MARK
 from chat_shared.db import API_RANDOM_PAGE_COST
 from chat_ws_gateway.history import _AFTER, _MEMBER_OF
@@ -210,6 +219,32 @@ async def test_hot_statements_read_a_bounded_number_of_rows_on_a_fresh_connectio
             _THREAD_PAGE["after_seq"],
             {**page, "conversation_id": THREADED, "root_id": ROOT, "after": 50005},
             2 * 51 + 2 + 20),
+        # Batches (GraphQL's nested lists): each item's page as the single statement reads it.
+        "GetMessages newest, a batch": (
+            _BATCH_PAGE["newest"], {**page, "conversation_ids": [BIG, SMALL, THREADED],
+                                    "cursors": [0, 0, 0]}, 3 * 2 * 51),
+        "GetMessages after a seq, a batch": (
+            _BATCH_PAGE["after_seq"], {**page, "conversation_ids": [BIG, THREADED],
+                                       "cursors": [50000, 50005]}, 2 * 2 * 51),
+        "GetMessages root-level, newest, a batch": (
+            _BATCH_ROOT_PAGE["newest"], {**page, "conversation_ids": [THREADED, BIG, SMALL],
+                                         "cursors": [0, 0, 0]}, 3 * 2 * 51),
+        "GetMessages root-level, before a seq, a batch": (
+            _BATCH_ROOT_PAGE["before_seq"], {**page, "conversation_ids": [THREADED, BIG],
+                                             "cursors": [50005, 50000]}, 2 * (2 * 51 + 2)),
+        "GetMessages root-level, after a seq, a batch": (
+            _BATCH_ROOT_PAGE["after_seq"], {**page, "conversation_ids": [THREADED, BIG],
+                                            "cursors": [50005, 50000]}, 2 * (2 * 51 + 2)),
+        "GetThread newest, a batch": (
+            _BATCH_THREAD_PAGE["newest"], {**page, "conversation_ids": [THREADED, THREADED],
+                                           "root_ids": [ROOT, ROOT], "cursors": [0, 0]},
+            2 * (2 * 51 + 2)),
+        "GetThread after a seq, a batch": (
+            _BATCH_THREAD_PAGE["after_seq"], {**page, "conversation_ids": [THREADED],
+                                              "root_ids": [ROOT], "cursors": [50005]},
+            2 * 51 + 2 + 20),
+        "GetConversation, a batch": (
+            _BY_IDS, {**page, "conversation_ids": [BIG, SMALL, THREADED, deep_page[1]]}, 3 * 4),
         "SendMessage": (_SEND, {"tenant": "default", "conversation_id": SMALL,
                                 "sender_id": HEAVY, "content": "x",
                                 "idempotency_key": "plan-test", "thread_root_id": None,

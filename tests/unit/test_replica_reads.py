@@ -128,7 +128,8 @@ async def test_write_positions_come_from_the_primary_and_only_with_a_replica() -
 def test_the_replica_reads_are_reads_and_every_other_read_hands_out_no_position() -> None:
     from chat_api.transport.dispatch import NO_POSITION, REPLICA_READS
 
-    assert REPLICA_READS == {"GetMessages", "GetThread", "GetConversations", "SearchMessages"}
+    assert REPLICA_READS == {"GetMessages", "GetThread", "GetConversations", "GetConversation",
+                             "SearchMessages"}
     assert NO_POSITION == REPLICA_READS | {"GetAttachmentUrl", "ListDevices",
                                            "GetToDeviceMessages"}
     # End-to-end encryption's reads stay on the primary (dispatch.REPLICA_READS says why).

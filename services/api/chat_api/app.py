@@ -227,7 +227,8 @@ def build_app(settings: ApiSettings) -> ApiApp:
     limiter = build_limiter(settings, settings)
     dispatcher = Dispatcher(TokenVerifier(settings), handlers.registry(), tenants, limiter,
                             tenant_label=TenantLabel(settings.tenant_labels),
-                            reads=reads if replica is not None else None)
+                            reads=reads if replica is not None else None,
+                            batch_handlers=handlers.batch_registry())
     server = grpc.aio.server(
         # The interceptor makes a server span per call: only worth its cost when recorded.
         interceptors=[aio_server_interceptor()] if recording() else [],  # type: ignore[no-untyped-call]

@@ -101,8 +101,9 @@ class ReadReplicaSettings(BaseSection):
 
     db_read_source: str = Field(
         "", description="PostgreSQL URL of a streaming replica (hot standby) of DB_SOURCE's "
-                        "database; GetMessages, GetThread, GetConversations and SearchMessages "
-                        "read there when it has replayed the caller's X-Chat-Read-After "
+                        "database; GetMessages, GetThread, GetConversations, GetConversation "
+                        "and SearchMessages read there when it has replayed the caller's "
+                        "X-Chat-Read-After "
                         "position (or DB_READ_SOURCE_FILE: a file holding it); empty = every "
                         "read on the primary", json_schema_extra=SECRET)
     db_read_pool_timeout: Seconds = Field(

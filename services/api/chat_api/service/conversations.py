@@ -1,15 +1,17 @@
-"""CreateConversation and GetConversations."""
+"""CreateConversation, GetConversations and GetConversation."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 
 from chat_api.models import ConversationRecord, ConversationSummary, Page
 from chat_api.service import page_tokens, validation
+from chat_api.service.reads import NOT_FOUND
 from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.conversations import ConversationRepository, direct_key
 from chat_shared.auth import Principal
-from chat_shared.errors import InvalidArgument
+from chat_shared.errors import ChatError, InvalidArgument, NotFound
 
 
 class ConversationService:
@@ -53,3 +55,12 @@ class ConversationService:
             last = rows[-1]
             token = page_tokens.conversations_token(last.last_activity_at, last.conversation.id)
         return Page(rows, token)
+
+    async def get_many(self, caller: Principal, conversation_ids: Sequence[str]
+                       ) -> builtins.list[ConversationSummary | ChatError]:
+        """Each conversation as ``list`` shows it, in the order of the ids, all in one
+        statement (GetConversation; GraphQL's ``conversation(id)`` fields of one operation);
+        NOT_FOUND for one the caller is not a member of, as for one that does not exist."""
+        ids = [validation.conversation_id(c) for c in conversation_ids]
+        found = await self._repo.for_member(caller.tenant_id, caller.user_id, ids)
+        return [NotFound(NOT_FOUND) if s is None else s for s in found]

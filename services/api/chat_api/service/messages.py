@@ -36,8 +36,10 @@ a send or make two messages of one key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import ParamSpec, TypeVar
 
 from prometheus_client import Counter
 
@@ -55,7 +57,13 @@ from chat_api.storage.messages import (
     ThreadPage,
 )
 from chat_shared.auth import Principal
-from chat_shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from chat_shared.errors import (
+    AlreadyExists,
+    ChatError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 
 IDEMPOTENCY_HITS = Counter(
     "idempotency_hits_total",
@@ -177,28 +185,40 @@ class MessageService:
         already (``after_seq`` not negative, not together with ``before``). Root-level
         messages only unless ``include_thread_replies``; page tokens are seq positions either
         way, so a token continues in either listing."""
-        cid = validation.conversation_id(conversation_id)
-        size = validation.limit(limit)
-        cursor = 0
-        if page_token:
-            cursor, ascending = page_tokens.parse_messages_token(page_token, cid)
-            mode = PageMode.AFTER_SEQ if ascending else PageMode.BEFORE_SEQ
-        elif after_seq is not None:
-            mode, cursor, ascending = PageMode.AFTER_SEQ, after_seq, True
-        elif before is not None:
-            mode, ascending = PageMode.BEFORE_TIME, False
-        else:
-            mode, ascending = PageMode.NEWEST, False
-        rows = await self._repo.page(caller.tenant_id, cid, caller.user_id, mode, size + 1,
-                                     cursor=cursor, before=before,
-                                     roots_only=not include_thread_replies)
-        if rows is None:
-            raise NotFound(NOT_FOUND)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = page_tokens.messages_token(cid, rows[-1].seq, ascending)
-        return Page(rows, token)
+        plan = _history_plan(HistoryQuery(conversation_id, limit, page_token, before, after_seq,
+                                          include_thread_replies))
+        rows = await self._repo.page(caller.tenant_id, plan.conversation_id, caller.user_id,
+                                     plan.mode, plan.size + 1, cursor=plan.cursor,
+                                     before=plan.before, roots_only=plan.roots_only)
+        return _history_page(plan, rows)
+
+    async def history_many(self, caller: Principal, queries: Sequence[HistoryQuery]
+                           ) -> list[Page[MessageRecord] | ChatError]:
+        """``history`` for each query (GraphQL's nested lists), each answer or error in the
+        queries' order: the queries that page alike (same mode, size and listing) in one
+        statement (``MessageRepository.pages``), whatever their number."""
+        out: list[Page[MessageRecord] | ChatError | None] = [None] * len(queries)
+        groups: dict[tuple[PageMode, int, bool], list[tuple[int, _HistoryPlan]]] = {}
+        for i, query in enumerate(queries):
+            try:
+                plan = _history_plan(query)
+            except ChatError as exc:
+                out[i] = exc
+                continue
+            if plan.mode is PageMode.BEFORE_TIME:  # not batched (no GraphQL argument has it)
+                rows = await self._repo.page(caller.tenant_id, plan.conversation_id,
+                                             caller.user_id, plan.mode, plan.size + 1,
+                                             before=plan.before, roots_only=plan.roots_only)
+                out[i] = _answer(_history_page, plan, rows)
+                continue
+            groups.setdefault((plan.mode, plan.size, plan.roots_only), []).append((i, plan))
+        for (mode, size, roots_only), items in groups.items():
+            pages = await self._repo.pages(
+                caller.tenant_id, caller.user_id, mode, size + 1,
+                [(plan.conversation_id, plan.cursor) for _, plan in items], roots_only)
+            for (i, plan), rows in zip(items, pages, strict=True):
+                out[i] = _answer(_history_page, plan, rows)
+        return [answer for answer in out if answer is not None]
 
     async def thread(
         self, caller: Principal, conversation_id: str, root_id: str, limit: int,
@@ -206,25 +226,164 @@ class MessageService:
     ) -> tuple[MessageRecord, Page[MessageRecord]]:
         """The root and a page of its thread's replies, as ``history`` pages a conversation:
         newest first, or oldest first after ``after_seq`` (a conversation seq)."""
-        cid = validation.conversation_id(conversation_id)
-        root = validation.message_id(root_id)
-        size = validation.limit(limit)
-        cursor = 0
-        if page_token:
-            cursor, ascending = page_tokens.parse_thread_token(page_token, cid, root)
-            mode = ThreadMode.AFTER if ascending else ThreadMode.BEFORE
-        elif after_seq is not None:
-            mode, cursor, ascending = ThreadMode.AFTER_SEQ, after_seq, True
-        else:
-            mode, ascending = ThreadMode.NEWEST, False
-        page = await self._repo.thread_page(caller.tenant_id, cid, caller.user_id, root, mode,
-                                            size + 1, cursor=cursor)
-        if page is RootState.NOT_ROOT:
-            raise InvalidArgument("root_id", "names a reply, not a thread's root-level message")
-        if not isinstance(page, ThreadPage):
-            raise NotFound(NOT_FOUND)
-        rows, token = page.replies, ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = page_tokens.thread_token(cid, root, rows[-1].thread_seq or 0, ascending)
-        return page.root, Page(rows, token)
+        plan = _thread_plan(ThreadQuery(conversation_id, root_id, limit, page_token, after_seq))
+        page = await self._repo.thread_page(caller.tenant_id, plan.conversation_id,
+                                            caller.user_id, plan.root_id, plan.mode,
+                                            plan.size + 1, cursor=plan.cursor)
+        return _thread_answer(plan, page)
+
+    async def thread_many(self, caller: Principal, queries: Sequence[ThreadQuery]
+                          ) -> list[tuple[MessageRecord, Page[MessageRecord]] | ChatError]:
+        """``thread`` for each query (GraphQL's ``messages { thread }``), each answer or error
+        in the queries' order: the queries that page alike (same mode and size) in one
+        statement (``MessageRepository.thread_pages``), whatever their number."""
+        out: list[tuple[MessageRecord, Page[MessageRecord]] | ChatError | None] = \
+            [None] * len(queries)
+        groups: dict[tuple[ThreadMode, int], list[tuple[int, _ThreadPlan]]] = {}
+        for i, query in enumerate(queries):
+            try:
+                plan = _thread_plan(query)
+            except ChatError as exc:
+                out[i] = exc
+                continue
+            groups.setdefault((plan.mode, plan.size), []).append((i, plan))
+        for (mode, size), items in groups.items():
+            pages = await self._repo.thread_pages(
+                caller.tenant_id, caller.user_id, mode, size + 1,
+                [(plan.conversation_id, plan.root_id, plan.cursor) for _, plan in items])
+            for (i, plan), page in zip(items, pages, strict=True):
+                out[i] = _answer(_thread_answer, plan, page)
+        return [answer for answer in out if answer is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """What GetMessages asks (``MessageService.history``'s arguments)."""
+
+    conversation_id: str
+    limit: int
+    page_token: str
+    before: datetime | None
+    after_seq: int | None
+    include_thread_replies: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadQuery:
+    """What GetThread asks (``MessageService.thread``'s arguments)."""
+
+    conversation_id: str
+    root_id: str
+    limit: int
+    page_token: str
+    after_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _HistoryPlan:
+    conversation_id: str
+    size: int
+    mode: PageMode
+    cursor: int
+    ascending: bool
+    before: datetime | None
+    roots_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _ThreadPlan:
+    conversation_id: str
+    root_id: str
+    size: int
+    mode: ThreadMode
+    cursor: int
+    ascending: bool
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _answer(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | ChatError:
+    """``fn``'s answer, or the error it raised (one item of a batch)."""
+    try:
+        return fn(*args, **kwargs)
+    except ChatError as exc:
+        return exc
+
+
+def _history_plan(q: HistoryQuery) -> _HistoryPlan:
+    """How to read the page ``q`` asks for.
+
+    Raises:
+        InvalidArgument: the page token is not one of this conversation's.
+    """
+    cid = validation.conversation_id(q.conversation_id)
+    size = validation.limit(q.limit)
+    cursor = 0
+    if q.page_token:
+        cursor, ascending = page_tokens.parse_messages_token(q.page_token, cid)
+        mode = PageMode.AFTER_SEQ if ascending else PageMode.BEFORE_SEQ
+    elif q.after_seq is not None:
+        mode, cursor, ascending = PageMode.AFTER_SEQ, q.after_seq, True
+    elif q.before is not None:
+        mode, ascending = PageMode.BEFORE_TIME, False
+    else:
+        mode, ascending = PageMode.NEWEST, False
+    return _HistoryPlan(cid, size, mode, cursor, ascending, q.before,
+                        not q.include_thread_replies)
+
+
+def _history_page(plan: _HistoryPlan, rows: list[MessageRecord] | None) -> Page[MessageRecord]:
+    """The page of the rows read (one more than the page, if there are more).
+
+    Raises:
+        NotFound: the caller is not a member (no rows at all).
+    """
+    if rows is None:
+        raise NotFound(NOT_FOUND)
+    token = ""
+    if len(rows) > plan.size:
+        rows = rows[:plan.size]
+        token = page_tokens.messages_token(plan.conversation_id, rows[-1].seq, plan.ascending)
+    return Page(rows, token)
+
+
+def _thread_plan(q: ThreadQuery) -> _ThreadPlan:
+    """How to read the thread page ``q`` asks for.
+
+    Raises:
+        InvalidArgument: the page token is not one of this thread's.
+    """
+    cid = validation.conversation_id(q.conversation_id)
+    root = validation.message_id(q.root_id)
+    size = validation.limit(q.limit)
+    cursor = 0
+    if q.page_token:
+        cursor, ascending = page_tokens.parse_thread_token(q.page_token, cid, root)
+        mode = ThreadMode.AFTER if ascending else ThreadMode.BEFORE
+    elif q.after_seq is not None:
+        mode, cursor, ascending = ThreadMode.AFTER_SEQ, q.after_seq, True
+    else:
+        mode, ascending = ThreadMode.NEWEST, False
+    return _ThreadPlan(cid, root, size, mode, cursor, ascending)
+
+
+def _thread_answer(plan: _ThreadPlan, page: ThreadPage | RootState
+                   ) -> tuple[MessageRecord, Page[MessageRecord]]:
+    """The root and the page of the rows read.
+
+    Raises:
+        InvalidArgument: the root is a reply.
+        NotFound: the caller is not a member, or there is no such message.
+    """
+    if page is RootState.NOT_ROOT:
+        raise InvalidArgument("root_id", "names a reply, not a thread's root-level message")
+    if not isinstance(page, ThreadPage):
+        raise NotFound(NOT_FOUND)
+    rows, token = page.replies, ""
+    if len(rows) > plan.size:
+        rows = rows[:plan.size]
+        token = page_tokens.thread_token(plan.conversation_id, plan.root_id,
+                                         rows[-1].thread_seq or 0, plan.ascending)
+    return page.root, Page(rows, token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -68,19 +69,17 @@ _BY_DIRECT_KEY = """
 # 12-25 the last message (``rows.MESSAGE_COLUMNS``; NULLs when there is none, or when the
 # member may not see it), 26 its attachments, 27 whether the conversation is end-to-end
 # encrypted.
-_LIST_HEAD = f"""
-    SELECT c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, p.last_activity_at,
+_SUMMARY_COLUMNS = f"""
+           c.id::text, c.title, c.created_at, c.last_message_at, c.last_seq, p.last_activity_at,
            p.last_read_seq, c.member_ids, p.role, c.history_visible_to_new_members, c.last_pos,
-           p.deleted_unread, {message_columns("lm")}, lm.lm_attachments, c.encrypted
-    FROM (
+           p.deleted_unread, {message_columns("lm")}, lm.lm_attachments, c.encrypted"""
+_MEMBER_ROWS = """
         SELECT cm.tenant_id, cm.conversation_id, cm.last_activity_at, cm.last_read_seq,
                cm.role, cm.visible_from_seq, cm.deleted_unread
         FROM conversation_members cm
         WHERE cm.tenant_id = %(tenant)s AND cm.user_id = %(user_id)s
 """
-_LIST_TAIL = f"""
-        ORDER BY cm.last_activity_at DESC, cm.conversation_id DESC LIMIT %(limit)s
-    ) p
+_SUMMARY_JOINS = f"""
     CROSS JOIN LATERAL (
         SELECT c.id, c.title, c.created_at, c.last_message_at, c.last_seq, c.member_ids,
                c.history_visible_to_new_members, c.last_pos, c.encrypted
@@ -95,6 +94,13 @@ _LIST_TAIL = f"""
           AND m.seq > p.visible_from_seq
         LIMIT 1
     ) lm ON true
+"""
+_LIST_HEAD = f"""
+    SELECT {_SUMMARY_COLUMNS}
+    FROM ({_MEMBER_ROWS}"""
+_LIST_TAIL = f"""
+        ORDER BY cm.last_activity_at DESC, cm.conversation_id DESC LIMIT %(limit)s
+    ) p{_SUMMARY_JOINS}
     ORDER BY p.last_activity_at DESC, p.conversation_id DESC
 """
 _LIST_FIRST = _LIST_HEAD + _LIST_TAIL
@@ -105,13 +111,24 @@ _LIST_AFTER = (
     + _LIST_TAIL
 )
 
+# GetConversation: the caller's conversations of the ids given, each as the list shows it (the
+# same columns, after the position in the batch), in one statement whatever their number: one
+# probe of the member's row per id (no row: not a member, or no such conversation), then the
+# list's probes of the conversation and its last message.
+_BY_IDS = f"""
+    SELECT q.n, {_SUMMARY_COLUMNS}
+    FROM unnest(CAST(%(conversation_ids)s AS uuid[])) WITH ORDINALITY AS q(id, n)
+    CROSS JOIN LATERAL ({_MEMBER_ROWS}          AND cm.conversation_id = q.id
+        LIMIT 1
+    ) p{_SUMMARY_JOINS}"""
+
 
 def direct_key(a: str, b: str) -> str:
     """The unique key of the direct conversation between two users (order-independent)."""
     return json.dumps(sorted((a, b)), separators=(",", ":"))
 
 
-def _conversation(row: tuple[Any, ...], members: list[str], role: str, history_visible: bool,
+def _conversation(row: Sequence[Any], members: list[str], role: str, history_visible: bool,
                   last_pos: int, encrypted: bool) -> ConversationRecord:
     return ConversationRecord(
         id=str(row[0]), title=row[1], member_ids=members, created_at=row[2],
@@ -156,15 +173,27 @@ class ConversationRepository:
             stmt = _LIST_AFTER
             params["after_time"], params["after_id"] = after
         rows = await self._db.fetchall("db.list_conversations", stmt, params, tenant=tenant)
-        return [
-            ConversationSummary(
-                conversation=_conversation(row, list(row[7]), row[8], bool(row[9]),
-                                           int(row[10]), bool(row[27])),
-                last_read_seq=int(row[6]),
-                last_message=message_from(row, 12, attachments=True)
-                if row[12] is not None else None,
-                last_activity_at=row[5],
-                deleted_unread=int(row[11]),
-            )
-            for row in rows
-        ]
+        return [_summary(row) for row in rows]
+
+    async def for_member(self, tenant: str, user_id: str, ids: Sequence[str]
+                         ) -> list[ConversationSummary | None]:
+        """The member's conversations of ``ids`` as ``list_for_member`` shows them, in the
+        order of ``ids``; None for an id the user is not a member of (or that names none)."""
+        rows = await self._db.fetchall("db.get_conversations_by_id", _BY_IDS, {
+            "tenant": tenant, "user_id": user_id, "conversation_ids": list(ids)}, tenant=tenant)
+        out: list[ConversationSummary | None] = [None] * len(ids)
+        for row in rows:
+            out[row[0] - 1] = _summary(row[1:])
+        return out
+
+
+def _summary(row: Sequence[Any]) -> ConversationSummary:
+    """A summary from ``_SUMMARY_COLUMNS``."""
+    return ConversationSummary(
+        conversation=_conversation(row, list(row[7]), row[8], bool(row[9]), int(row[10]),
+                                   bool(row[27])),
+        last_read_seq=int(row[6]),
+        last_message=message_from(row, 12, attachments=True) if row[12] is not None else None,
+        last_activity_at=row[5],
+        deleted_unread=int(row[11]),
+    )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg.errors
 from psycopg.rows import TupleRow
@@ -558,6 +559,40 @@ _THREAD_PAGE = {
 }
 
 
+# Batches: GraphQL's nested lists (``conversations { messages }``, ``messages { thread }``) ask
+# for one page per item of a level; ``MessageRepository.pages`` and ``thread_pages`` fetch a
+# whole level in one statement. The batch statement is the single page's statement, as it is,
+# run once per item of the batch as a LATERAL subquery over the batch's arrays (one row per
+# item: ``q``), its parameters that differ per item replaced by the item's columns. So each
+# item's page is exactly what the single statement answers (the same membership check, the
+# same bounds and index ranges, no row for a non-member, one row of NULLs for an empty page),
+# and a level costs one round trip and one statement instead of one per item. Each row starts
+# with the item's position in the batch (1, 2, ...); a page's order is restored by its seq.
+# (Not for pages before a time: GraphQL has no such argument; the service runs those alone.)
+def _for_each(statement: str, per_item: dict[str, str]) -> str:
+    """``statement`` once per item of a batch: ``per_item`` maps each parameter that differs
+    per item to its SQL type; the batch passes a list of values for each, in one order."""
+    names = list(per_item)
+    for name in names:
+        statement = statement.replace(f"%({name})s", f"q.q_{name}")
+    arrays = ", ".join(f"CAST(%({name}s)s AS {per_item[name]}[])" for name in names)
+    columns = ", ".join(f"q_{name}" for name in names)
+    return _unindented(f"SELECT q.n, item.* FROM unnest({arrays}) WITH ORDINALITY AS "
+                       f"q({columns}, n)\nCROSS JOIN LATERAL ({statement}) item")
+
+
+_PAGE_ITEM = {"conversation_id": "uuid", "cursor": "bigint"}
+_BATCH_PAGE = {mode: _for_each(sql, _PAGE_ITEM) for mode, sql in _PAGE.items()
+               if mode != "before_time"}
+_BATCH_ROOT_PAGE = {mode: _for_each(sql, _PAGE_ITEM) for mode, sql in _ROOT_PAGE.items()
+                    if mode != "before_time"}
+# A thread's ``after_seq`` (a conversation seq) is the item's cursor too.
+_BATCH_THREAD_PAGE = {
+    mode: _for_each(sql.replace("%(after)s", "%(cursor)s"),
+                    {"conversation_id": "uuid", "root_id": "uuid", "cursor": "bigint"})
+    for mode, sql in _THREAD_PAGE.items()}
+
+
 # Far beyond any real seq, far enough below bigint's end that cursor + limit cannot overflow:
 # a larger cursor (an int64 after_seq, a crafted page token) pages exactly as this one.
 MAX_CURSOR = 2**62
@@ -709,17 +744,31 @@ class MessageRepository:
             params["cursor"] = min(cursor, MAX_CURSOR)
         rows = await self._db.fetchall("db.get_thread", _THREAD_PAGE[mode.value], params,
                                        tenant=tenant)
-        if not rows:
-            return RootState.NOT_FOUND
-        if not rows[0][0]:
-            return RootState.NOT_ROOT
-        # The flag, the root, its attachments, its reactions, the root's id.
-        page = 4 + MESSAGE_COLUMNS
-        root = next(r for r in rows if r[5] is not None)  # the row with the root's content
-        return ThreadPage(
-            message_from(root, 1, attachments=True, reactions=True),
-            [message_from(r, page, attachments=True, reactions=True)
-             for r in rows if r[page] is not None])
+        return _thread_of(rows)
+
+    async def thread_pages(
+        self, tenant: str, user_id: str, mode: ThreadMode, limit: int,
+        batch: Sequence[tuple[str, str, int]],
+    ) -> list[ThreadPage | RootState]:
+        """``thread_page`` for each (conversation, root, cursor) of ``batch``, in one
+        statement (``_BATCH_THREAD_PAGE``); the answers in the batch's order."""
+        params: dict[str, object] = {
+            "tenant": tenant, "user_id": user_id, "limit": limit,
+            "conversation_ids": [c for c, _, _ in batch], "root_ids": [r for _, r, _ in batch],
+            "cursors": [min(cursor, MAX_CURSOR) for _, _, cursor in batch]}
+        rows = await self._db.fetchall("db.get_threads", _BATCH_THREAD_PAGE[mode.value],
+                                       params, tenant=tenant)
+        items: list[list[TupleRow]] = [[] for _ in batch]
+        for row in rows:
+            items[row[0] - 1].append(row[1:])
+        descending = mode in (ThreadMode.NEWEST, ThreadMode.BEFORE)
+        out: list[ThreadPage | RootState] = []
+        for item in items:
+            page = _thread_of(item)
+            if isinstance(page, ThreadPage):
+                page.replies.sort(key=_seq, reverse=descending)
+            out.append(page)
+        return out
 
     async def page(
         self, tenant: str, conversation_id: str, user_id: str, mode: PageMode, limit: int,
@@ -740,4 +789,50 @@ class MessageRepository:
             return None
         return [message_from(r, attachments=True, reactions=True)
                 for r in rows if r[0] is not None]
+
+    async def pages(
+        self, tenant: str, user_id: str, mode: PageMode, limit: int,
+        batch: Sequence[tuple[str, int]], roots_only: bool = True,
+    ) -> list[list[MessageRecord] | None]:
+        """``page`` for each (conversation, cursor) of ``batch``, in one statement
+        (``_BATCH_PAGE``, ``_BATCH_ROOT_PAGE``); the answers in the batch's order. Not for
+        ``PageMode.BEFORE_TIME``."""
+        params: dict[str, object] = {
+            "tenant": tenant, "user_id": user_id, "limit": limit,
+            "conversation_ids": [c for c, _ in batch],
+            "cursors": [min(cursor, MAX_CURSOR) for _, cursor in batch]}
+        statements = _BATCH_ROOT_PAGE if roots_only else _BATCH_PAGE
+        rows = await self._db.fetchall("db.get_messages_batch", statements[mode.value], params,
+                                       tenant=tenant)
+        out: list[list[MessageRecord] | None] = [None] * len(batch)
+        for row in rows:
+            page = out[row[0] - 1]
+            if page is None:  # the item's first row: a member (a page, maybe empty)
+                page = out[row[0] - 1] = []
+            if row[1] is not None:
+                page.append(message_from(row, 1, attachments=True, reactions=True))
+        descending = mode is not PageMode.AFTER_SEQ
+        for page in out:
+            if page:
+                page.sort(key=_seq, reverse=descending)
+        return out
+
+
+def _seq(message: MessageRecord) -> int:
+    return message.seq
+
+
+def _thread_of(rows: Sequence[Sequence[Any]]) -> ThreadPage | RootState:
+    """The thread page of ``_THREAD_PAGE``'s rows (in the statement's order)."""
+    if not rows:
+        return RootState.NOT_FOUND
+    if not rows[0][0]:
+        return RootState.NOT_ROOT
+    # The flag, the root, its attachments, its reactions, the root's id.
+    page = 4 + MESSAGE_COLUMNS
+    root = next(r for r in rows if r[5] is not None)  # the row with the root's content
+    return ThreadPage(
+        message_from(root, 1, attachments=True, reactions=True),
+        [message_from(r, page, attachments=True, reactions=True)
+         for r in rows if r[page] is not None])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
 
 from chat_api.models import AttachmentRecord, CiphertextRecord, MessageRecord, ReactionCount
@@ -53,7 +54,7 @@ def reactions_from(value: Any) -> tuple[ReactionCount, ...]:
     return tuple([ReactionCount(e, n, mine) for e, n, mine in value])
 
 
-def message_from(row: tuple[Any, ...], offset: int = 0, *, attachments: bool = False,
+def message_from(row: Sequence[Any], offset: int = 0, *, attachments: bool = False,
                  reactions: bool = False) -> MessageRecord:
     """A message from the columns of ``message_columns`` starting at ``offset`` in ``row``
     (and with ``attachments``, the attachments' JSON in the column after them; with

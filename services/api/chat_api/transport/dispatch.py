@@ -34,9 +34,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from google.protobuf.message import Message
@@ -45,7 +45,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from chat_api.models import TenantRecord
 from chat_api.service.tenants import Tenant, TenantDirectory
 from chat_api.transport import request_rules
-from chat_api.transport.handlers import Handler
+from chat_api.transport.handlers import BatchHandler, Handler
 from chat_api.transport.rate_classes import DEFAULT_RATE_CLASS, RATE_CLASSES
 from chat_shared import deadlines
 from chat_shared.auth import Principal, TokenVerifier
@@ -70,6 +70,8 @@ from chat_shared.replica_reads import (
 from chat_shared.tenancy import TenantLabel
 
 log = get_logger("chat_api.rpc")
+
+T = TypeVar("T")
 
 RPC_REQUESTS = Counter(
     "chat_rpc_requests_total", "ChatService calls by method, status code and transport",
@@ -96,7 +98,8 @@ whose deadline passes cancels the call's task, and a cancelled psycopg query fir
 cancel it in the server, which a server that does not answer holds up for seconds."""
 
 
-REPLICA_READS = frozenset({"GetMessages", "GetThread", "GetConversations", "SearchMessages"})
+REPLICA_READS = frozenset({"GetMessages", "GetThread", "GetConversations", "GetConversation",
+                           "SearchMessages"})
 """The calls whose single-statement reads may run on a read replica.
 
 Not ListDevices or GetToDeviceMessages (end-to-end encryption, docs/e2ee.md): their readers
@@ -174,7 +177,8 @@ class Dispatcher:
                  limiter: RateLimiter | None = None,
                  rate_classes: dict[str, str] = RATE_CLASSES,
                  tenant_label: TenantLabel | None = None,
-                 reads: ReplicaReads | None = None) -> None:
+                 reads: ReplicaReads | None = None,
+                 batch_handlers: Mapping[str, BatchHandler] | None = None) -> None:
         """
         Args:
             tenants: admits each caller's tenant (registered and active) before the request
@@ -185,8 +189,10 @@ class Dispatcher:
                 unlimited (tests/integration/test_rate_limits.py checks the table is whole).
             tenant_label: the ``tenant`` label of a call's tenant (bounded: an allow-list).
             reads: the read replica's router; None = no replica (no positions either).
+            batch_handlers: the methods ``call_many`` can run together, and how.
         """
         self._reads = reads
+        self._batch_handlers = dict(batch_handlers or {})
         self._verifier = verifier
         self._handlers = handlers
         self._tenants = tenants
@@ -230,15 +236,9 @@ class Dispatcher:
             if decode is not None:
                 request = decode(request)
             request_rules.check(request)
-            if self._reads is not None:
-                return await self._call_with_replica(ctx, handler, principal, request,
-                                                     self._reads)
-            if ctx.timeout is None:
+            if self._reads is None and ctx.timeout is None:
                 return await handler(principal, request)
-            if ctx.timeout <= DEADLINE_LEAD:
-                raise DeadlineExceeded("deadline exceeded before the call started")
-            with deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD):
-                return await handler(principal, request)
+            return await self._run(ctx, lambda: handler(principal, request))
         except RateLimited as exc:
             code = exc.code
             limited = True
@@ -268,9 +268,8 @@ class Dispatcher:
             structlog.contextvars.unbind_contextvars(
                 *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))
 
-    async def _call_with_replica(self, ctx: CallContext, handler: Handler,
-                                 principal: Principal, request: Message,
-                                 reads: ReplicaReads) -> Message:
+    async def _call_with_replica(self, ctx: CallContext, run: Callable[[], Awaitable[T]],
+                                 reads: ReplicaReads) -> T:
         """The handler's call when a read replica is configured (module docstring)."""
         with contextlib.ExitStack() as scope:
             if ctx.timeout is not None:
@@ -279,10 +278,124 @@ class Dispatcher:
                 scope.enter_context(deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD))
             if ctx.method in REPLICA_READS:
                 scope.enter_context(replica_read(read_after(ctx.read_after)))
-            response = await handler(principal, request)
+            response = await run()
             if ctx.method not in NO_POSITION:
                 ctx.position = await reads.write_position()
             return response
+
+    async def _run(self, ctx: CallContext, run: Callable[[], Awaitable[T]]) -> T:
+        """``run()`` within the call's deadline (and replica scope)."""
+        if self._reads is not None:
+            return await self._call_with_replica(ctx, run, self._reads)
+        if ctx.timeout is None:
+            return await run()
+        if ctx.timeout <= DEADLINE_LEAD:
+            raise DeadlineExceeded("deadline exceeded before the call started")
+        with deadlines.deadline_after(ctx.timeout - DEADLINE_LEAD):
+            return await run()
+
+    def batches(self, method: str) -> bool:
+        """Whether ``call_many`` runs calls of ``method`` together (it has a batch handler)."""
+        return method in self._batch_handlers
+
+    async def call_many(self, ctx: CallContext, requests: Sequence[Message]
+                        ) -> list[Message | ChatError]:
+        """Runs one call of ``ctx.method`` per request, as one: each answer or error in the
+        requests' order (GraphQL's nested lists: a level of an operation asks one method for
+        many conversations or threads).
+
+        Each request is the call ``call`` would make, with the same outcome: the caller is
+        authenticated and its tenant admitted once for all (a refusal there is every
+        request's error), then each request counts against the method's rate class and is
+        checked against chat.proto's rules on its own (a refused one is that request's error
+        only), and the method's batch handler answers the rest together, each as its handler
+        would, in one read (``handlers.BatchHandler``). Metrics count each request as a call
+        of the method, with its code; one log line covers the batch (``batch``: how many
+        requests, ``codes``: how many of each code, when not all are OK).
+        """
+        batch = self._batch_handlers.get(ctx.method)
+        if batch is None:
+            raise ValueError(f"{ctx.method} has no batch handler")
+        start = time.perf_counter()
+        results: list[Message | ChatError | None] = [None] * len(requests)
+        n = len(requests)
+        RPC_IN_FLIGHT.labels(ctx.transport).inc()
+        structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+        if ctx.trace_id:
+            structlog.contextvars.bind_contextvars(trace_id=ctx.trace_id)
+        cancelled = False
+        try:
+            principal = await self._authenticate(ctx)
+            ctx.user_id = principal.user_id
+            ctx.tenant_id = principal.tenant_id
+            tenant = None
+            if self._tenants is not None:
+                tenant = await self._tenants.admit(principal.tenant_id)
+            if self._limiter is not None:
+                limiter = self._limiter
+                refusals = await asyncio.gather(
+                    *(self._limit(ctx, limiter, principal, tenant) for _ in requests),
+                    return_exceptions=True)
+                for i, refusal in enumerate(refusals):
+                    if isinstance(refusal, ChatError):
+                        results[i] = refusal
+                    elif isinstance(refusal, BaseException):
+                        raise refusal
+            admitted: list[int] = []
+            for i, request in enumerate(requests):
+                if results[i] is not None:
+                    continue
+                try:
+                    request_rules.check(request)
+                except ChatError as exc:
+                    results[i] = exc
+                    continue
+                admitted.append(i)
+            if admitted:
+                answers = await self._run(
+                    ctx, lambda: batch(principal, [requests[i] for i in admitted]))
+                if len(answers) != len(admitted):
+                    raise RuntimeError(f"{ctx.method}'s batch answered {len(answers)} of "
+                                       f"{len(admitted)} requests")
+                for i, answer in zip(admitted, answers, strict=True):
+                    results[i] = answer
+        except ChatError as exc:
+            results = [exc] * n
+        except asyncio.CancelledError:
+            cancelled = True  # the caller went away (or its deadline passed)
+            raise
+        except Exception as exc:
+            log.exception("rpc_failed", method=ctx.method, user=ctx.user_id,
+                          tenant=ctx.tenant_id, batch=n)
+            failure = Internal("internal error")
+            failure.__cause__ = exc
+            results = [failure] * n
+        finally:
+            elapsed = time.perf_counter() - start
+            codes: dict[str, int] = {}
+            limited = 0
+            for r in results:
+                code = ("CANCELLED" if cancelled or r is None
+                        else r.code if isinstance(r, ChatError) else "OK")
+                codes[code] = codes.get(code, 0) + 1
+                limited += isinstance(r, RateLimited)
+            RPC_IN_FLIGHT.labels(ctx.transport).dec()
+            for code, count in codes.items():
+                RPC_REQUESTS.labels(ctx.method, code, ctx.transport).inc(count)
+                if ctx.tenant_id:
+                    TENANT_RPC_REQUESTS.labels(self._tenant_label(ctx.tenant_id), code
+                                               ).inc(count)
+            duration = RPC_DURATION.labels(ctx.method, ctx.transport)
+            for _ in range(n):
+                duration.observe(elapsed)
+            if limited < n:  # refusals: counted above, logged by the limiter once a minute
+                log.info("rpc", method=ctx.method, code=max(codes, key=codes.__getitem__),
+                         transport=ctx.transport, duration_ms=round(elapsed * 1000, 3),
+                         user=ctx.user_id or None, tenant=ctx.tenant_id or None, batch=n,
+                         codes=codes if len(codes) > 1 else None)
+            structlog.contextvars.unbind_contextvars(
+                *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))
+        return [r for r in results if r is not None]
 
     async def _authenticate(self, ctx: CallContext) -> Principal:
         """The caller; with limits on, refused credentials count against the client address.

@@ -8,10 +8,16 @@ and thread), request rules from chat.proto, service layer, log line and metrics,
 ``transport="graphql"``. GraphQL adds no business logic of its own, so it cannot drift from
 the other two transports.
 
-The per-operation ``RpcLoader`` (a strawberry DataLoader) is what keeps one operation from
+The per-operation loader (a strawberry DataLoader) is what keeps one operation from
 repeating work: identical calls (the same RPC with the same request, e.g. a page asked for
 under two aliases or through two fragments) are made once, and the calls a level of the
 query needs are started together in one event-loop tick rather than one after another.
+Where a level asks one method many times (``conversations { messages }``: a page of each
+conversation; ``messages { thread }``: each message's thread; several ``conversation(id)``)
+and the method has a batch handler, those calls run as one (``Dispatcher.call_many``): each
+is still its own call for rate limits, request rules and metrics, with its own answer or
+error, and all are read in one SQL statement, so a level costs the same few statements
+whatever the page size.
 """
 
 from __future__ import annotations
@@ -82,24 +88,62 @@ class GraphQLCaller:
         return response
 
     async def _load_batch(self, keys: Sequence[_Key]) -> list[Message | BaseException]:
-        results = await asyncio.gather(*(self._one(k) for k in keys), return_exceptions=True)
-        return list(results)
+        if len(keys) == 1:  # most operations: one call at a time
+            try:
+                return [await self._one(keys[0])]
+            except Exception as exc:  # the loader hands it to the field that asked
+                return [exc]
+        by_method: dict[str, list[int]] = {}
+        for i, (method, _) in enumerate(keys):
+            by_method.setdefault(method, []).append(i)
+        results: list[Message | BaseException | None] = [None] * len(keys)
 
-    async def _one(self, key: _Key) -> Message:
-        method, _ = key
-        request = self._requests[key]
-        self.calls += 1
+        async def run(method: str, indexes: list[int]) -> None:
+            answers: Sequence[Message | BaseException]
+            if len(indexes) > 1 and self.dispatcher.batches(method):
+                answers = await self._many(method, [keys[i] for i in indexes])
+            else:
+                answers = await asyncio.gather(*(self._one(keys[i]) for i in indexes),
+                                               return_exceptions=True)
+            for i, answer in zip(indexes, answers, strict=True):
+                results[i] = answer
+
+        await asyncio.gather(*(run(m, indexes) for m, indexes in by_method.items()))
+        return [r if r is not None else RuntimeError("no answer") for r in results]
+
+    def _context(self, method: str) -> CallContext:
         ctx = CallContext(method=method, transport=TRANSPORT, authorization=self.authorization,
                           request_id=self.request_id, client_address=self.client_address,
                           read_after=self.read_after)
         if self._deadline is not None:
             ctx.timeout = self._deadline - asyncio.get_running_loop().time()
-        try:
-            response = await self.dispatcher.call(ctx, request)
-        except ChatError as exc:
-            raise graphql_error(exc) from None
+        return ctx
+
+    def _moved(self, ctx: CallContext) -> None:
+        """A write's position: later calls of the operation read after it."""
         if ctx.position is not None:
             self.read_after = ctx.position
             if self.response_headers is not None:
                 self.response_headers[POSITION_HEADER] = ctx.position
+
+    async def _many(self, method: str, keys: Sequence[_Key]
+                    ) -> list[Message | BaseException]:
+        """The calls of one method that a level of the operation makes, run as one
+        (``Dispatcher.call_many``: one read for all of them)."""
+        self.calls += len(keys)
+        ctx = self._context(method)
+        answers = await self.dispatcher.call_many(ctx, [self._requests[k] for k in keys])
+        self._moved(ctx)
+        return [graphql_error(a) if isinstance(a, ChatError) else a for a in answers]
+
+    async def _one(self, key: _Key) -> Message:
+        method, _ = key
+        request = self._requests[key]
+        self.calls += 1
+        ctx = self._context(method)
+        try:
+            response = await self.dispatcher.call(ctx, request)
+        except ChatError as exc:
+            raise graphql_error(exc) from None
+        self._moved(ctx)
         return response

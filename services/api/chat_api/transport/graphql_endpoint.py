@@ -43,6 +43,7 @@ from chat_api.transport import graphql_ide
 from chat_api.transport.dispatch import GRPC_TIMEOUT_HEADER, Dispatcher, http_timeout
 from chat_api.transport.graphql_calls import GraphQLCaller
 from chat_api.transport.graphql_errors import GRAPHQL_VALIDATION_FAILED
+from chat_api.transport.graphql_executor import ChatExecutor
 from chat_api.transport.graphql_limits import CostLimit, QuerySizeLimit
 from chat_api.transport.graphql_schema import Mutation, Query, config
 from chat_shared.graphql_settings import GraphQLSettings
@@ -100,7 +101,8 @@ def build_schema(settings: GraphQLSettings, development: bool) -> ChatSchema:
         lambda: ValidationCache(maxsize=CACHED_OPERATIONS),
         lambda: CostLimit(max_cost=settings.graphql_max_cost),
     ]
-    return ChatSchema(query=Query, mutation=Mutation, config=config(), extensions=extensions)
+    return ChatSchema(query=Query, mutation=Mutation, config=config(), extensions=extensions,
+                      execution_context_class=ChatExecutor)
 
 
 def schema_sdl() -> str:

@@ -9,9 +9,13 @@ Each field that needs data makes one ChatService call through the shared pipelin
   32-bit;
 - ``viewer.conversations`` is GetConversations, whose one statement already carries each
   conversation's unread count and last message, so those fields cost nothing more;
-- ``conversation(id)`` needs no call of its own: its ``messages`` is GetMessages and its
-  ``thread`` GetThread, each checking membership as the RPC does (a conversation the caller
-  is not a member of is NOT_FOUND there, as everywhere);
+- ``conversation(id)`` is GetConversation: the conversation as ``viewer.conversations``
+  shows it (null with NOT_FOUND for a conversation the caller is not a member of, as
+  everywhere); its ``messages`` is GetMessages and its ``thread`` GetThread, as in every
+  Conversation;
+- nested lists (``conversations { messages }``, ``messages { thread }``) are a call per
+  item, which the loader of ``graphql_calls`` runs as one batch per level: one SQL
+  statement for the level, whatever the page size;
 - end-to-end encryption (docs/e2ee.md): bytes (a message's ciphertext body) are base64
   strings, as in proto3 JSON; keys and to-device bodies are the RPCs' strings as they are.
 
@@ -206,10 +210,29 @@ class ThreadConnection:
     page_info: PageInfo
 
 
-@strawberry.type(description="A conversation's history, for a conversation id: each field is "
-                             "a call that checks the caller's membership.")
-class ConversationTimeline:
+@strawberry.type(description="A conversation the caller is a member of.")
+class Conversation:
     id: strawberry.ID
+    title: str
+    member_ids: list[str]
+    created_at: datetime
+    last_message_at: datetime | None
+    last_seq: Int64
+    last_pos: Int64 = strawberry.field(
+        description="The conversation's last change position (real-time resume).")
+    role: str = strawberry.field(description="The caller's role: owner, admin or member.")
+    history_visible_to_new_members: bool
+    encrypted: bool = strawberry.field(
+        description="End-to-end encrypted (set at creation): messages carry ciphertext.")
+    unread_count: Int64 | None = strawberry.field(
+        description="Messages after the caller's read position; in `viewer.conversations` and "
+                    "`conversation(id)`.")
+    last_read_seq: Int64 | None = strawberry.field(
+        description="The caller's read position; in `viewer.conversations` and "
+                    "`conversation(id)`.")
+    last_message: Message | None = strawberry.field(
+        description="The newest message the caller may see; in `viewer.conversations` and "
+                    "`conversation(id)`.")
 
     @strawberry.field(description="A page of messages (GetMessages): newest first; oldest "
                                   "first from `afterSeq` on (0: from the first message).")
@@ -236,27 +259,6 @@ class ConversationTimeline:
                      after: str | None = None,
                      after_seq: Int64 | None = None) -> ThreadConnection | None:
         return await _thread(info, str(self.id), str(root_id), first, after, after_seq)
-
-
-@strawberry.type(description="A conversation the caller is a member of.")
-class Conversation(ConversationTimeline):
-    title: str
-    member_ids: list[str]
-    created_at: datetime
-    last_message_at: datetime | None
-    last_seq: Int64
-    last_pos: Int64 = strawberry.field(
-        description="The conversation's last change position (real-time resume).")
-    role: str = strawberry.field(description="The caller's role: owner, admin or member.")
-    history_visible_to_new_members: bool
-    encrypted: bool = strawberry.field(
-        description="End-to-end encrypted (set at creation): messages carry ciphertext.")
-    unread_count: Int64 | None = strawberry.field(
-        description="Messages after the caller's read position; in `viewer.conversations`.")
-    last_read_seq: Int64 | None = strawberry.field(
-        description="The caller's read position; in `viewer.conversations`.")
-    last_message: Message | None = strawberry.field(
-        description="The newest message the caller may see; in `viewer.conversations`.")
 
     @staticmethod
     def of(c: chat_pb2.Conversation,
@@ -456,9 +458,15 @@ class Query:
     def viewer(self) -> Viewer:
         return Viewer()
 
-    @strawberry.field(description="A conversation's messages and threads by its id.")
-    def conversation(self, id: strawberry.ID) -> ConversationTimeline | None:  # noqa: A002
-        return ConversationTimeline(id=id)
+    @strawberry.field(description="One of the caller's conversations by its id "
+                                  "(GetConversation), as `viewer.conversations` shows it; "
+                                  "null with NOT_FOUND when the caller is not a member.")
+    async def conversation(self, info: Info,
+                           id: strawberry.ID) -> Conversation | None:  # noqa: A002
+        resp = await info.context.call(
+            "GetConversation", chat_pb2.GetConversationRequest(conversation_id=id),
+            chat_pb2.GetConversationResponse)
+        return Conversation.of(resp.conversation.conversation, resp.conversation)
 
     @strawberry.field(description="Full-text search over the caller's conversations "
                                   "(SearchMessages).")
@@ -730,6 +738,7 @@ class Mutation:
 
 FIELD_RPCS: dict[str, str] = {
     "viewer.conversations": "GetConversations",
+    "conversation": "GetConversation",
     "conversation.messages": "GetMessages",
     "conversation.thread": "GetThread",
     "Message.thread": "GetThread",

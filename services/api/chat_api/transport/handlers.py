@@ -6,7 +6,7 @@ and the HTTP gateway find handlers from the service descriptor without a list of
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +18,23 @@ from chat_api.service.conversations import ConversationService
 from chat_api.service.devices import DeviceService
 from chat_api.service.members import MemberService
 from chat_api.service.message_changes import MessageChangeService
-from chat_api.service.messages import MessageService
+from chat_api.service.messages import HistoryQuery, MessageService, ThreadQuery
 from chat_api.service.reads import ReadService
 from chat_api.service.search import SearchService
 from chat_api.service.to_device import ToDeviceService
 from chat_api.transport import convert
 from chat_shared.auth import Principal
+from chat_shared.errors import ChatError
 from chat_shared.protos.chat.v1 import chat_pb2
 
 Handler = Callable[[Principal, Any], Awaitable[Message]]
 """A handler takes the authenticated caller (user and tenant) and the decoded request."""
+
+BatchHandler = Callable[[Principal, Sequence[Any]], Awaitable[list[Message | ChatError]]]
+"""A batch handler takes the caller and many requests of one method (each checked against
+chat.proto's rules already), and answers each: its response or its error, in their order.
+Such a batch answers each request as the method's handler would, and reads for all of them at
+once (``Dispatcher.call_many``)."""
 
 
 @dataclass
@@ -102,6 +109,16 @@ class ChatHandlers:
         resp = chat_pb2.GetConversationsResponse(next_page_token=page.next_page_token)
         for record in page.items:
             convert.fill_summary(resp.conversations.add(), record)
+        return resp
+
+    async def GetConversation(  # noqa: N802
+        self, caller: Principal, req: chat_pb2.GetConversationRequest
+    ) -> chat_pb2.GetConversationResponse:
+        (summary,) = await self.conversations.get_many(caller, [req.conversation_id])
+        if isinstance(summary, ChatError):
+            raise summary
+        resp = chat_pb2.GetConversationResponse()
+        convert.fill_summary(resp.conversation, summary)
         return resp
 
     async def MarkAsRead(  # noqa: N802
@@ -296,6 +313,65 @@ class ChatHandlers:
     ) -> chat_pb2.AckToDeviceMessagesResponse:
         deleted = await self.to_device.acknowledge(caller, req.device_id, req.up_to_id)
         return chat_pb2.AckToDeviceMessagesResponse(deleted=deleted)
+
+    # --- batches: many calls of one method as one (GraphQL's nested lists) ---------------
+
+    async def GetMessagesBatch(  # noqa: N802
+        self, caller: Principal, reqs: Sequence[chat_pb2.GetMessagesRequest]
+    ) -> list[Message | ChatError]:
+        queries = [HistoryQuery(
+            r.conversation_id, r.limit, r.page_token,
+            (convert.to_datetime(r.before_timestamp, "before_timestamp")
+             if r.HasField("before_timestamp") else None),
+            r.after_seq if r.HasField("after_seq") else None,
+            r.include_thread_replies) for r in reqs]
+        out: list[Message | ChatError] = []
+        for page in await self.messages.history_many(caller, queries):
+            if isinstance(page, ChatError):
+                out.append(page)
+                continue
+            resp = chat_pb2.GetMessagesResponse(next_page_token=page.next_page_token)
+            for record in page.items:
+                convert.fill_message(resp.messages.add(), record)
+            out.append(resp)
+        return out
+
+    async def GetThreadBatch(  # noqa: N802
+        self, caller: Principal, reqs: Sequence[chat_pb2.GetThreadRequest]
+    ) -> list[Message | ChatError]:
+        queries = [ThreadQuery(r.conversation_id, r.root_id, r.limit, r.page_token,
+                               r.after_seq if r.HasField("after_seq") else None) for r in reqs]
+        out: list[Message | ChatError] = []
+        for answer in await self.messages.thread_many(caller, queries):
+            if isinstance(answer, ChatError):
+                out.append(answer)
+                continue
+            root, page = answer
+            resp = chat_pb2.GetThreadResponse(next_page_token=page.next_page_token)
+            convert.fill_message(resp.root, root)
+            for record in page.items:
+                convert.fill_message(resp.messages.add(), record)
+            out.append(resp)
+        return out
+
+    async def GetConversationBatch(  # noqa: N802
+        self, caller: Principal, reqs: Sequence[chat_pb2.GetConversationRequest]
+    ) -> list[Message | ChatError]:
+        out: list[Message | ChatError] = []
+        for summary in await self.conversations.get_many(caller,
+                                                         [r.conversation_id for r in reqs]):
+            if isinstance(summary, ChatError):
+                out.append(summary)
+                continue
+            resp = chat_pb2.GetConversationResponse()
+            convert.fill_summary(resp.conversation, summary)
+            out.append(resp)
+        return out
+
+    def batch_registry(self) -> dict[str, BatchHandler]:
+        """Method name -> the handler of a batch of its calls, for the methods that have one."""
+        return {"GetMessages": self.GetMessagesBatch, "GetThread": self.GetThreadBatch,
+                "GetConversation": self.GetConversationBatch}
 
     def registry(self) -> dict[str, Handler]:
         """Method name -> handler, for every RPC of chat.v1.ChatService."""

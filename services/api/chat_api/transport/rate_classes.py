@@ -12,6 +12,7 @@ RATE_CLASSES: dict[str, str] = {
     "GetMessages": "read",
     "GetThread": "read",
     "GetConversations": "read",
+    "GetConversation": "read",
     "CreateConversation": "write-other",
     "MarkAsRead": "write-other",
     # Changes to a message are content, like a send.

@@ -281,6 +281,18 @@ class GetConversationsResponse(_message.Message):
     next_page_token: str
     def __init__(self, conversations: _Optional[_Iterable[_Union[ConversationSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class GetConversationRequest(_message.Message):
+    __slots__ = ("conversation_id",)
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    def __init__(self, conversation_id: _Optional[str] = ...) -> None: ...
+
+class GetConversationResponse(_message.Message):
+    __slots__ = ("conversation",)
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    conversation: ConversationSummary
+    def __init__(self, conversation: _Optional[_Union[ConversationSummary, _Mapping]] = ...) -> None: ...
+
 class MarkAsReadRequest(_message.Message):
     __slots__ = ("conversation_id", "up_to_seq")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]

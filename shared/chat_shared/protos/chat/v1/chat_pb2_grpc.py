@@ -59,6 +59,11 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.GetConversationsRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.GetConversationsResponse.FromString,
                 _registered_method=True)
+        self.GetConversation = channel.unary_unary(
+                '/chat.v1.ChatService/GetConversation',
+                request_serializer=chat_dot_v1_dot_chat__pb2.GetConversationRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.GetConversationResponse.FromString,
+                _registered_method=True)
         self.CreateUpload = channel.unary_unary(
                 '/chat.v1.ChatService/CreateUpload',
                 request_serializer=chat_dot_v1_dot_chat__pb2.CreateUploadRequest.SerializeToString,
@@ -199,6 +204,15 @@ class ChatServiceServicer:
 
     def GetConversations(self, request, context):
         """Lists the caller's conversations, most recent activity first, with unread counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConversation(self, request, context):
+        """One of the caller's conversations, as GetConversations lists it (unread count, read
+        position, last message). NOT_FOUND when the caller is not a member, as for a conversation
+        that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -390,6 +404,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.GetConversations,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.GetConversationsRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.GetConversationsResponse.SerializeToString,
+            ),
+            'GetConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConversation,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.GetConversationRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.GetConversationResponse.SerializeToString,
             ),
             'CreateUpload': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateUpload,
@@ -627,6 +646,33 @@ class ChatService:
             '/chat.v1.ChatService/GetConversations',
             chat_dot_v1_dot_chat__pb2.GetConversationsRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.GetConversationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/GetConversation',
+            chat_dot_v1_dot_chat__pb2.GetConversationRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.GetConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,
