@@ -174,8 +174,9 @@ class E2EEDevice:
     def _signed_keys(self, count: int, *, fallback: bool = False) -> list[chat_pb2.OneTimeKey]:
         """``count`` new one-time keys, or (``fallback``) a new fallback key, signed."""
         if fallback:
-            self.account.generate_fallback_key()
-            unpublished = self.account.fallback_key
+            # In the binding, not yet in its type stubs.
+            self.account.generate_fallback_key()  # type: ignore[attr-defined]
+            unpublished = self.account.fallback_key  # type: ignore[attr-defined]
         else:
             self.account.generate_one_time_keys(count)
             unpublished = self.account.one_time_keys
