@@ -12,36 +12,26 @@ its keys and sessions, and the file gives nothing away without the passphrase.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import pathlib
 import uuid
 
 import aiohttp
-import grpc
 import psycopg
 import pytest
 import redis.asyncio as aioredis
 
 from chat_devtools.e2ee_client import E2EEDevice, StateError
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from chat_shared.protos.chat.v1 import chat_pb2
 from tests.conftest import auth, make_token
-from tests.support.ws_stack import Api, Gateway, Relay, base_env, messages, ws_connect
+from tests.support.ws_stack import base_env, messages, running_stack, ws_connect
 
 
 @pytest.fixture
 async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
-    env = base_env(db_source, redis_addr)
-    api, relay = Api(env, tmp_path).start(), Relay(env, tmp_path).start()
-    gateway = Gateway(env, tmp_path, "ws1").start()
-    try:
-        await asyncio.gather(api.ready(), relay.ready(), gateway.ready())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
-            yield chat_pb2_grpc.ChatServiceStub(channel), gateway
-    finally:
-        for service in (api, relay, gateway):
-            service.stop()
+    async with running_stack(base_env(db_source, redis_addr), tmp_path) as running:
+        yield running.stub, running.gateway
 
 
 async def _database_text(db_source: str) -> str:

@@ -11,25 +11,22 @@ gone from the server; a removed device receives nothing more.
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
 
 from chat_devtools.e2ee_client import E2EEDevice
-from chat_shared.protos.chat.v1 import chat_pb2, chat_pb2_grpc
+from chat_shared.protos.chat.v1 import chat_pb2
 from tests.conftest import auth, make_token
 from tests.helpers import db_rows, redis_async, send
 from tests.support.ws_stack import (
-    Api,
     Gateway,
-    Relay,
     base_env,
     close_code,
     next_frame,
+    running_stack,
     ws_connect,
 )
 
@@ -39,16 +36,8 @@ CLOSE_UNKNOWN_DEVICE = 4404
 
 @pytest.fixture
 async def stack(db_source: str, redis_addr: str, tmp_path: pathlib.Path):
-    env = base_env(db_source, redis_addr)
-    api, relay = Api(env, tmp_path).start(), Relay(env, tmp_path).start()
-    gateway = Gateway(env, tmp_path, "ws1").start()
-    try:
-        await asyncio.gather(api.ready(), relay.ready(), gateway.ready())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
-            yield chat_pb2_grpc.ChatServiceStub(channel), gateway
-    finally:
-        for service in (api, relay, gateway):
-            service.stop()
+    async with running_stack(base_env(db_source, redis_addr), tmp_path) as running:
+        yield running.stub, running.gateway
 
 
 @pytest.fixture

@@ -225,12 +225,7 @@ class Dispatcher:
         try:
             if handler is None:
                 raise NotFound(f"unknown method {ctx.method}")
-            principal = await self._authenticate(ctx)
-            ctx.user_id = principal.user_id
-            ctx.tenant_id = principal.tenant_id
-            tenant = None
-            if self._tenants is not None:
-                tenant = await self._tenants.admit(principal.tenant_id)
+            principal, tenant = await self._admit(ctx)
             if self._limiter is not None:
                 await self._limit(ctx, self._limiter, principal, tenant)
             if decode is not None:
@@ -325,12 +320,7 @@ class Dispatcher:
             structlog.contextvars.bind_contextvars(trace_id=ctx.trace_id)
         cancelled = False
         try:
-            principal = await self._authenticate(ctx)
-            ctx.user_id = principal.user_id
-            ctx.tenant_id = principal.tenant_id
-            tenant = None
-            if self._tenants is not None:
-                tenant = await self._tenants.admit(principal.tenant_id)
+            principal, tenant = await self._admit(ctx)
             if self._limiter is not None:
                 limiter = self._limiter
                 refusals = await asyncio.gather(
@@ -396,6 +386,16 @@ class Dispatcher:
             structlog.contextvars.unbind_contextvars(
                 *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))
         return [r for r in results if r is not None]
+
+    async def _admit(self, ctx: CallContext) -> tuple[Principal, Tenant | None]:
+        """The caller (recorded on ``ctx``) and, with a tenant registry, its admitted tenant."""
+        principal = await self._authenticate(ctx)
+        ctx.user_id = principal.user_id
+        ctx.tenant_id = principal.tenant_id
+        tenant = None
+        if self._tenants is not None:
+            tenant = await self._tenants.admit(principal.tenant_id)
+        return principal, tenant
 
     async def _authenticate(self, ctx: CallContext) -> Principal:
         """The caller; with limits on, refused credentials count against the client address.
