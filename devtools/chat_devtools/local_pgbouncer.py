@@ -36,7 +36,8 @@ __all__ = ["LocalPgBouncer", "pooled_login"]
 def pooled_login(postgres: LocalPostgres, login: str, role: str,
                  statement_timeout: str = "10s") -> None:
     """Creates (or updates) the login role ``login`` whose sessions act as ``role`` in UTC with
-    ``statement_timeout``: what a service behind a transaction pooler logs in as."""
+    ``statement_timeout`` and the API's ``random_page_cost`` (a pooled session takes no startup
+    options): what a service behind a transaction pooler logs in as (docs/pgbouncer.md)."""
     with psycopg.connect(postgres.dsn(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
         name = sql.Identifier(login)
@@ -44,7 +45,8 @@ def pooled_login(postgres: LocalPostgres, login: str, role: str,
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(name))
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), name))
         for setting, value in (("role", role), ("TimeZone", "UTC"),
-                               ("statement_timeout", statement_timeout)):
+                               ("statement_timeout", statement_timeout),
+                               ("random_page_cost", "1.1")):
             conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(
                 name, sql.Identifier(setting), sql.Literal(value)))
 

@@ -149,8 +149,9 @@ async def test_a_login_that_is_not_database_role_is_refused_through_the_pooler(
         application_name="test-pooler-accepted")
     await pooled.open(wait=True)
     try:
-        assert await pooled.fetchone("t.who", "SELECT current_user, current_setting('TimeZone')"
-                                     ) == ("chat_app", "UTC")
+        assert await pooled.fetchone("t.who", "SELECT current_user, current_setting('TimeZone'),"
+                                     " current_setting('random_page_cost')"
+                                     ) == ("chat_app", "UTC", "1.1")
     finally:
         await pooled.close()
 

@@ -106,6 +106,8 @@ def test_the_cluster_wires_rw_ro_and_the_pooler_into_the_services() -> None:
     assert cluster["spec"]["bootstrap"]["initdb"]["secret"]["name"] == owner
     sql = cluster["spec"]["bootstrap"]["initdb"]["postInitApplicationSQL"]
     assert "ALTER ROLE chat_app_pooled SET role = 'chat_app'" in sql
+    # A pooled session takes no startup options: the API's planner cost comes with the role.
+    assert "ALTER ROLE chat_app_pooled SET random_page_cost = 1.1" in sql
     # The password in the pooled URL is the one the operator gives the login.
     assert urlsplit(secret_value(docs, pooled, "DB_POOLED_SOURCE")).password == \
         secret_value(docs, pooled, "password")
