@@ -309,17 +309,17 @@ class _Pipelined:
         pipeline, self._pipeline = self._pipeline, None
         with contextlib.suppress(Exception):
             if pipeline is not None:
-                if (conn.pgconn.status == psycopg.pq.ConnStatus.OK
-                        and conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.ON):
-                    await conn.execute(_ROLLBACK, prepare=False)
                 await pipeline.__aexit__(type(exc), exc, exc.__traceback__)
-            # An aborted pipeline skipped the ROLLBACK above: the transaction is still open.
+            # The ROLLBACK goes after the pipeline, through psycopg's own rollback: a ROLLBACK
+            # read inside a pipeline clears psycopg's prepared-statement cache but leaves the
+            # matching DEALLOCATE ALL to run after the connection's next statement, which by
+            # then has been prepared again under a name the server then forgets.
             if (conn.pgconn.status == psycopg.pq.ConnStatus.OK
                     and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE):
                 await conn.rollback()
 
 
-_BEGIN, _COMMIT, _ROLLBACK = "BEGIN", "COMMIT", "ROLLBACK"
+_BEGIN, _COMMIT = "BEGIN", "COMMIT"
 _pipelined: weakref.WeakKeyDictionary[AsyncConn, _Pipelined] = weakref.WeakKeyDictionary()
 """The pipelined transaction each connection is in (``commit``)."""
 

@@ -199,6 +199,30 @@ async def test_a_pipelined_transaction_commits_its_statements_together_or_not_at
     assert "returned connection" not in caplog.text
 
 
+async def test_a_rolled_back_pipelined_transaction_leaves_prepared_statements_usable(
+        db_source: str) -> None:
+    """A ROLLBACK clears psycopg's prepared-statement cache and queues a DEALLOCATE ALL. Sent
+    inside a pipeline, that DEALLOCATE ran only after the connection's next statement, which
+    had just been prepared again: its next use failed with 'prepared statement "_pg3_N" does
+    not exist' (seen as INTERNAL on an HTTP call after a refused change). One connection, so
+    every unit of work here uses the one the failed transaction left."""
+    database = Database(settings(db_source, db_pool_size=1, db_max_overflow=0),
+                        application_name="chat-test-db")
+    await database.open(wait=True)
+    try:
+        for attempt in range(3):
+            with pytest.raises(ZeroDivisionError):
+                async with database.tenant_transaction("db.raised", f"t{attempt}") as conn:
+                    await conn.execute("SELECT 1")
+                    raise ZeroDivisionError
+            for _ in range(3):  # clears the tenant (a prepared SET), then reads, each time
+                assert await database.fetchone("db.after", "SELECT 2") == (2,)
+                async with database.tenant_transaction("db.next", "t9") as conn:
+                    await conn.execute("SELECT 3")
+    finally:
+        await database.close()
+
+
 async def test_errors_other_than_unavailability_pass_through(db: Database) -> None:
     with pytest.raises(psycopg.errors.SyntaxError):
         await db.fetchone("db.bad", "SELEC 1")
