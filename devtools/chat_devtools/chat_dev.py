@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -153,12 +154,15 @@ class _Stack:
         self.redis: LocalRedis | None = None
         self.s3: LocalS3 | None = None
         self.supervised: list[Supervised] = []
-        self.stop = threading.Event()
+        # A plain flag, not a threading.Event: the signal handler runs on the main thread
+        # between bytecodes, and Event.set() there deadlocks when the main thread is inside
+        # Event.wait() holding the Event's own lock.
+        self.stopping = False
         self.starting = True
         """While true, a signal interrupts the start-up step that is waiting."""
 
     def on_signal(self, _signum: int, _frame: FrameType | None) -> None:
-        self.stop.set()
+        self.stopping = True
         if self.starting:  # abort the start-up step that is waiting; the clean-up follows
             self.starting = False  # once: a second signal (uv forwards Ctrl-C too) must not
             raise KeyboardInterrupt  # interrupt the clean-up
@@ -245,8 +249,8 @@ def _start_and_serve(stack: _Stack, env: dict[str, str], specs: list[ServiceSpec
         console.say(f"{service.name} ready (pid {service.process.pid})")
     stack.starting = False
     _print_running(console, specs, env)
-    while not stack.stop.wait(0.5):
-        pass
+    while not stack.stopping:
+        time.sleep(0.5)
     return 0
 
 

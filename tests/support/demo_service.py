@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -38,15 +39,22 @@ def main() -> int:
         return int(os.environ["EXIT_CODE"])
     server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT", "0"))),
                                              Handler)
-    stop = threading.Event()
+    # A plain flag: Event.set() in a signal handler deadlocks when the signal lands while
+    # the main thread holds the Event's lock inside Event.wait() (seen once in CI).
+    stopping = False
+
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
     signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("IGNORE_SIGTERM")
-                  else lambda *_: stop.set())
+                  else on_sigterm)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(json.dumps({"msg": "demo_started", "http_port": server.server_port, "off_port": 0,
                       "pid": os.getpid()}), flush=True)
     print("a line on stderr", file=sys.stderr, flush=True)
-    while not stop.wait(0.1):
-        pass
+    while not stopping:
+        time.sleep(0.1)
     server.shutdown()
     print(json.dumps({"msg": "demo_stopped"}), flush=True)
     return 0
