@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -41,6 +42,24 @@ if TYPE_CHECKING:
     from chat_devtools.local_s3 import LocalS3
 
 REDIS_KINDS = ("redis", "redis-cluster")
+
+_STOPPED: dict[str, float] = {}
+"""Seconds each session server took to stop and be removed, shown at the end of the run: the
+last test's teardown includes them, and once took a minute in CI without saying why."""
+
+
+def _timed_cleanup(name: str, cleanup: Callable[[], None]) -> None:
+    started = time.monotonic()
+    try:
+        cleanup()
+    finally:
+        _STOPPED[name] = time.monotonic() - started
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _STOPPED:
+        terminalreporter.write_line("session servers stopped and removed in: " + ", ".join(
+            f"{name} {seconds:.1f} s" for name, seconds in _STOPPED.items()))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -78,7 +97,7 @@ def pooled_pgbouncer(postgres: LocalPostgres) -> Iterator[LocalPgBouncer]:
     try:
         yield bouncer
     finally:
-        bouncer.cleanup()
+        _timed_cleanup("pgbouncer", bouncer.cleanup)
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +125,7 @@ def postgres() -> Iterator[LocalPostgres]:
         upgrade(pg.create_database(TEMPLATE_DB))
         yield pg
     finally:
-        pg.cleanup()
+        _timed_cleanup("postgres", pg.cleanup)
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +136,7 @@ def redis_server() -> Iterator[LocalRedis]:
     try:
         yield server
     finally:
-        server.cleanup()
+        _timed_cleanup("redis", server.cleanup)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +147,7 @@ def s3_server() -> Iterator[LocalS3]:
     try:
         yield server
     finally:
-        server.cleanup()
+        _timed_cleanup("s3", server.cleanup)
 
 
 @pytest.fixture
@@ -161,7 +180,7 @@ def redis_cluster() -> Iterator[LocalRedisCluster]:
     try:
         yield cluster
     finally:
-        cluster.cleanup()
+        _timed_cleanup("redis-cluster", cluster.cleanup)
 
 
 @pytest.fixture
