@@ -5,6 +5,8 @@ and bytes that are not the request message (corrupt, truncated, invalid UTF-8 in
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -82,3 +84,18 @@ async def test_a_decodable_request_still_works_through_the_raw_path(
                     metadata=auth("alice"), timeout=10)
     conv = chat_pb2.CreateConversationResponse.FromString(raw).conversation
     assert sorted(conv.member_ids) == ["alice", "bob"]
+
+
+async def test_a_call_that_sends_no_request_message_is_invalid_argument(
+        channel: grpc.aio.Channel) -> None:
+    # A unary method is read by the server as a stream (grpc_server's module docstring): a
+    # client that half-closes without a message is told so, like one whose bytes do not decode.
+    async def nothing() -> Any:
+        return
+        yield
+
+    rpc = channel.stream_unary("/chat.v1.ChatService/GetConversations",
+                               request_serializer=None, response_deserializer=None)
+    err = await rpc_error(rpc(nothing(), metadata=auth("alice"), timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert err.details() == "request: no chat.v1.GetConversationsRequest was sent"
