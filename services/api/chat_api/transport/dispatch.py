@@ -16,9 +16,9 @@ most once per refusal period, one Redis round trip, never a read, a parse or a d
 statement, and it writes no per-call log line (the limiter logs each limited client once a
 minute). What the caller sent therefore never changes a refusal: a limited caller gets
 RESOURCE_EXHAUSTED (HTTP 429) whatever its request holds, malformed or oversized included.
-The class of each method is in ``rate_classes``. A caller whose credentials are missing or refused is counted
-against its client address (class ``anon``); once that is exhausted, the address is refused
-before its token is even looked at, so guessing tokens is slow.
+The class of each method is in ``rate_classes``. A caller whose credentials are missing or
+refused is counted against its client address (class ``anon``); once that is exhausted, the
+address is refused before its token is even looked at, so guessing tokens is slow.
 
 Deadlines: the caller's (gRPC: the call's deadline; HTTP: a ``Grpc-Timeout`` header in gRPC's
 format, "500m", "2S", as gRPC-Gateway reads it) is set for the call's I/O through
