@@ -180,23 +180,3 @@ async def test_on_a_cluster_a_failover_is_followed_by_moved_without_failing_open
     finally:
         await lim.close()
         redis_cluster.ensure_healthy()
-
-
-async def test_deferred_commands_reach_redis_in_the_order_they_were_sent(
-        redis_addr: str) -> None:
-    """The scripts of requests decided ahead are written at the end of the loop's turn; a
-    command waited for, sent after them, is written after them (replies are matched to
-    commands by order, so a reordering would hand each caller another's reply)."""
-    from chat_shared.config import RedisSettings
-    from chat_shared.ratelimit._resp import RespConnection, encode
-
-    host, port = RedisSettings(_env_file=None, redis_addr=redis_addr).redis_nodes[0]
-    conn = await RespConnection.open(host, port)
-    try:
-        first = conn.send(encode("ECHO", "1"), defer=True)
-        second = conn.send(encode("ECHO", "2"), defer=True)
-        third = conn.send(encode("ECHO", "3"))
-        fourth = conn.send(encode("ECHO", "4"), defer=True)
-        assert await asyncio.gather(first, second, third, fourth) == [b"1", b"2", b"3", b"4"]
-    finally:
-        conn.close()

@@ -105,12 +105,12 @@ class ClusterGcra:
             self._refresh_soon()
             raise
 
-    def submit(self, *args: str | int, defer: bool = False) -> tuple[RedisGcra, Any] | None:
-        """As ``RedisGcra.submit``: sent on the slot's master's open connection, or None."""
+    def submit(self, *args: str | int) -> tuple[RedisGcra, Any] | None:
+        """As ``RedisGcra.submit``: sent now on the slot's master's open connection, or None."""
         node = self._owner(args[0])
         if node is None:
             return None
-        pending = node.submit(*args, defer=defer)
+        pending = node.submit(*args)
         return None if pending is None else (node, pending)
 
     @staticmethod

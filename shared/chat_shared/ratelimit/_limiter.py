@@ -210,8 +210,7 @@ class RateLimiter:
             args = (key, ceiling_key, _us(user.interval), _us(user.interval * user.burst),
                     c_t, c_tau)
             ahead = self._ahead(key, ceiling_key, user, now)
-            # Deferred: the call's answer goes out before the script's write (_resp.py).
-            pending: Any = self._redis.submit(*args, defer=True) if ahead is not None else None
+            pending: Any = self._redis.submit(*args) if ahead is not None else None
             if ahead is not None and pending is not None:
                 decision = ahead
                 self._known[key].ahead = True

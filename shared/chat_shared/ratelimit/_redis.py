@@ -132,24 +132,18 @@ class RedisGcra:
         except ReplyError as exc:
             raise RedisUnavailable(str(exc)) from exc
 
-    def submit(self, *args: str | int, defer: bool = False
-               ) -> tuple[RespConnection, asyncio.Future[Reply], asyncio.TimerHandle] | None:
+    def submit(self, *args: str | int) -> tuple[RespConnection, asyncio.Future[Reply],
+                                                 asyncio.TimerHandle] | None:
         """Sends the script now (so Redis runs it in the order of the decisions) when the
         connection is open; None when it is not, or while Redis is left alone after a failure
         (then ``check`` connects, or raises at once).
-        The reply is bounded by the timeout from this moment; ``answer`` reads it.
-
-        Args:
-            defer: nobody waits for the reply now: written at the end of the loop's turn
-                (``RespConnection.send``), still in the order of the decisions.
-        """
+        The reply is bounded by the timeout from this moment; ``answer`` reads it."""
         conn = self._conn
         if conn is None or not conn.is_open or self._clock() < self._down_until:
             return None
-        return self._send(conn, args, defer=defer)
+        return self._send(conn, args)
 
-    def _send(self, conn: RespConnection, args: tuple[str | int, ...], *, asking: bool = False,
-              defer: bool = False
+    def _send(self, conn: RespConnection, args: tuple[str | int, ...], *, asking: bool = False
               ) -> tuple[RespConnection, asyncio.Future[Reply], asyncio.TimerHandle]:
         if conn.pending >= MAX_PENDING:
             self._mark_down()
@@ -165,7 +159,7 @@ class RedisGcra:
                 if len(self._commands) >= _MAX_COMMANDS:
                     self._commands.clear()
                 command = self._commands[args] = encode("EVALSHA", GCRA_SHA, 2, *_wire(args))
-            fut = conn.send(command, defer=defer)
+            fut = conn.send(command)
         handle = asyncio.get_running_loop().call_later(self._timeout, _expire, fut)
         return conn, fut, handle
 

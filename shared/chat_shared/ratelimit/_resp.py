@@ -10,13 +10,6 @@ their replies (simple strings, errors, integers, bulk strings, arrays).
 
 It has no timeouts and no retries of its own: the caller bounds each reply (``RedisGcra``).
 A reply that comes after its caller gave up is read and dropped, so the order stays right.
-
-A command nobody waits for (``defer``: the script of a request the limiter let go ahead) is
-written when the event loop's current turn ends, with every other command deferred in that
-turn, in one write: the call's answer leaves before the write to Redis (a loopback write is
-a system call of some 10-20 us), and concurrent calls share a write. A command that is
-waited for is written at once, after the deferred ones, so Redis still receives every command
-in the order it was sent.
 """
 
 from __future__ import annotations
@@ -86,8 +79,6 @@ class RespConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[asyncio.Future[Reply]] = deque()
         self._buf = bytearray()
-        self._out: list[bytes] = []
-        """Deferred commands, written at the end of the loop's turn (``_flush``)."""
         self.closed = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -105,30 +96,15 @@ class RespConnection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._transport is not None and not self.closed.done()
 
-    def send(self, command: bytes, *, defer: bool = False) -> asyncio.Future[Reply]:
-        """Writes an encoded command (``defer``: at the end of the loop's turn, see the module
-        docstring); the future gets its reply (an error reply raises)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Reply] = loop.create_future()
+    def send(self, command: bytes) -> asyncio.Future[Reply]:
+        """Writes an encoded command; the future gets its reply (an error reply raises)."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         if self._transport is None or self.closed.done():
             fut.set_exception(ConnectionError("redis connection is closed"))
             return fut
-        if defer:
-            if not self._out:
-                loop.call_soon(self._flush)
-            self._out.append(command)
-        elif self._out:
-            self._out.append(command)
-            self._flush()
-        else:
-            self._transport.write(command)
+        self._transport.write(command)
         self._waiting.append(fut)
         return fut
-
-    def _flush(self) -> None:
-        if self._out and self._transport is not None:
-            self._transport.write(b"".join(self._out))
-        self._out.clear()
 
     def close(self) -> None:
         if self._transport is not None:
