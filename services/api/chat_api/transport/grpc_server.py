@@ -19,6 +19,7 @@ abusive client, that read was a fifth of the API's CPU per refusal.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,9 @@ from chat_shared.replica_reads import POSITION_HEADER, READ_AFTER_HEADER
 
 SERVICE_NAME = "chat.v1.ChatService"
 
+
+EOF_GRACE = 0.005
+"""Seconds a call without a request message waits before it is answered (``_unary``)."""
 
 _READ_AFTER = READ_AFTER_HEADER.lower()
 _READ = frozenset({"authorization", "x-request-id", "traceparent", "x-forwarded-for",
@@ -93,8 +97,19 @@ def _unary(dispatcher: Dispatcher, method: str, decode: Callable[[bytes], Messag
             ctx.request_id = request_id
         if not recording():  # else the interceptor's server span gives the trace id
             ctx.trace_id = trace_id_from(metadata.get("traceparent"))
+
+        async def receive() -> Any:
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
+                # No message: the client half-closed without one (INVALID_ARGUMENT, from
+                # decode), or it went away before its message came, and grpc, told of that a
+                # moment after the read ends, cancels this call (CANCELLED, as grpc counted a
+                # unary call whose request never arrived). The pause tells them apart.
+                await asyncio.sleep(EOF_GRACE)
+            return raw
+
         try:
-            response = await dispatcher.call(ctx, None, decode, context.read)
+            response = await dispatcher.call(ctx, None, decode, receive)
         except ChatError as exc:
             # Refused credentials (counted against the address) and errors after the limit
             # carry the decision's RateLimit headers too.
