@@ -5,6 +5,9 @@ and bytes that are not the request message (corrupt, truncated, invalid UTF-8 in
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -82,3 +85,57 @@ async def test_a_decodable_request_still_works_through_the_raw_path(
                     metadata=auth("alice"), timeout=10)
     conv = chat_pb2.CreateConversationResponse.FromString(raw).conversation
     assert sorted(conv.member_ids) == ["alice", "bob"]
+
+
+async def test_a_call_that_sends_no_request_message_is_invalid_argument(
+        channel: grpc.aio.Channel) -> None:
+    # A unary method is read by the server as a stream (grpc_server's module docstring): a
+    # client that half-closes without a message is told so, like one whose bytes do not decode.
+    async def nothing() -> Any:
+        return
+        yield
+
+    rpc = channel.stream_unary("/chat.v1.ChatService/GetConversations",
+                               request_serializer=None, response_deserializer=None)
+    err = await rpc_error(rpc(nothing(), metadata=auth("alice"), timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    assert err.details() == "request: no chat.v1.GetConversationsRequest was sent"
+
+
+def _calls(code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("chat_rpc_requests_total", {
+        "method": "GetConversations", "code": code, "transport": "grpc"}) or 0.0
+
+
+async def test_a_client_that_leaves_before_sending_its_message_is_a_cancelled_call(
+        channel: grpc.aio.Channel) -> None:
+    from prometheus_client import REGISTRY
+
+    def in_flight() -> float:
+        return REGISTRY.get_sample_value("chat_rpc_in_flight", {"transport": "grpc"}) or 0.0
+
+    never = asyncio.Event()
+
+    async def held_back() -> Any:
+        await never.wait()
+        yield b""
+
+    cancelled, invalid = _calls("CANCELLED"), _calls("INVALID_ARGUMENT")
+    busy = in_flight()
+    rpc = channel.stream_unary("/chat.v1.ChatService/GetConversations",
+                               request_serializer=None, response_deserializer=None)
+    call = rpc(held_back(), metadata=auth("alice"), timeout=10)
+    for _ in range(500):  # admitted, waiting for the message
+        if in_flight() > busy:
+            break
+        await asyncio.sleep(0.01)
+    assert in_flight() > busy
+    call.cancel()
+    for _ in range(500):
+        if _calls("CANCELLED") > cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert _calls("CANCELLED") == cancelled + 1
+    assert _calls("INVALID_ARGUMENT") == invalid

@@ -390,3 +390,71 @@ def test_every_method_has_a_class() -> None:
 
     service = chat_pb2.DESCRIPTOR.services_by_name["ChatService"]
     assert {m.name for m in service.methods} == set(RATE_CLASSES)
+
+
+async def test_a_refusal_comes_before_the_request_is_read(limited: Any, lstub: Any) -> None:
+    """A limited caller is refused before its request is read: whatever it sends (here bytes
+    that do not decode, a body that is not JSON) it gets RESOURCE_EXHAUSTED / 429 with every
+    detail of a refusal, and an admitted caller's same bytes are still INVALID_ARGUMENT."""
+    cid = await conversation(lstub, "alice")
+    codes = [(await send(lstub, cid, "alice"))[0] for _ in range(3)]
+    assert codes == [grpc.StatusCode.OK] * 3
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{limited.grpc_port}") as ch:
+        raw = ch.unary_unary("/chat.v1.ChatService/SendMessage", request_serializer=None,
+                             response_deserializer=None)
+        code, err = await outcome(raw(b"\xff\xff\xff\xff", metadata=md("alice")))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(err)
+        assert info is not None and info.reason == "RATE_LIMITED"
+        assert info.metadata["class"] == "send" and info.metadata["scope"] == "user"
+        found = details(err)
+        assert 0 < found["RetryInfo"].retry_delay.ToTimedelta().total_seconds() <= 0.5
+        assert found["QuotaFailure"].violations[0].subject == "user:alice"
+        trailing = dict(err.trailing_metadata())
+        assert trailing["ratelimit-policy"] == '"send";q=3;w=2'
+        assert trailing["ratelimit"].startswith('"send";r=0;t=')
+        assert trailing["retry-after"] == "1"
+        code, _ = await outcome(raw(b"\xff\xff\xff\xff", metadata=md("bob")))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+    url = f"http://127.0.0.1:{limited.http_port}/v1/messages"
+    async with aiohttp.ClientSession() as session:
+        for user, status in (("alice", 429), ("bob", 400)):
+            async with session.post(url, data=b"{not json",
+                                    headers={"Authorization": f"Bearer {make_token(user)}",
+                                             "Content-Type": "application/json"}) as resp:
+                assert resp.status == status, (user, await resp.text())
+                if status == 429:
+                    assert resp.headers["Retry-After"] == "1"
+                    assert resp.headers["RateLimit-Policy"] == '"send";q=3;w=2'
+                    assert resp.headers["RateLimit"].startswith('"send";r=0;t=')
+
+
+async def test_a_limited_client_is_refused_without_waiting_for_its_body(
+        limited_settings: Callable[..., Any]) -> None:
+    """The body of a refused call is never waited for: a limited client whose body does not
+    come gets its 429 at once (before, the body was read first: a 408 after
+    HTTP_BODY_TIMEOUT), and an admitted one still gets the 408."""
+    app = await started(limited_settings(rate_limit_send_rate=0.01, rate_limit_send_burst=1,
+                                         http_body_timeout=1))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as ch:
+            stub = chat_pb2_grpc.ChatServiceStub(ch)
+            cid = await conversation(stub, "alice")
+            assert (await send(stub, cid, "alice"))[0] == grpc.StatusCode.OK
+
+        async def status_with_a_body_that_never_comes(user: str) -> int:
+            reader, writer = await asyncio.open_connection("127.0.0.1", app.http_port)
+            try:
+                writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+                             b"Authorization: Bearer " + make_token(user).encode() +
+                             b"\r\n\r\n{")
+                await writer.drain()
+                return int((await reader.readline()).split()[1])
+            finally:
+                writer.close()
+
+        assert await status_with_a_body_that_never_comes("alice") == 429
+        assert await status_with_a_body_that_never_comes("bob") == 408
+    finally:
+        await app.stop(grace=1.0)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from chat_api.models import TenantRecord
@@ -91,3 +93,40 @@ async def test_limits_come_from_the_registry_else_the_settings() -> None:
     assert acme.limit("rate", 1) == 10 and acme.limit("burst", 3) == 3
     bad = await tenants.admit("bad")  # not positive integers: the settings' values
     assert (bad.max_members, bad.max_message_length) == (1000, 4096)
+
+
+class SlowRegistry(Registry):
+    """A registry whose reads wait until the test lets them answer."""
+
+    def __init__(self, **tenants: TenantRecord) -> None:
+        super().__init__(**tenants)
+        self.answer = asyncio.Event()
+
+    async def get(self, tenant_id: str) -> TenantRecord | None:
+        self.reads += 1
+        await self.answer.wait()
+        return self.tenants.get(tenant_id)
+
+
+async def test_calls_that_find_the_entry_stale_share_one_read() -> None:
+    registry, clock = SlowRegistry(acme=TenantRecord("acme", True)), Clock()
+    tenants = directory(registry, clock)
+    calls = [asyncio.create_task(tenants.admit("acme")) for _ in range(50)]
+    await asyncio.sleep(0)
+    registry.answer.set()
+    admitted = await asyncio.gather(*calls)
+    assert registry.reads == 1
+    assert {t.id for t in admitted} == {"acme"}
+    assert admitted[0] is admitted[-1]  # one Tenant per read, not one per call
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_shared_read() -> None:
+    registry, clock = SlowRegistry(acme=TenantRecord("acme", True)), Clock()
+    tenants = directory(registry, clock)
+    first = asyncio.create_task(tenants.admit("acme"))
+    second = asyncio.create_task(tenants.admit("acme"))
+    await asyncio.sleep(0)
+    first.cancel()
+    registry.answer.set()
+    assert (await second).id == "acme"
+    assert first.cancelled() and registry.reads == 1

@@ -9,12 +9,16 @@ without a valid token gets UNAUTHENTICATED whatever the request holds; only then
 decoded and checked against chat.proto's rules (``request_rules``).
 
 Rate limits (``chat_shared.ratelimit``, docs/rate-limits.md) come right after authentication,
-before the request is decoded: a refused call costs a token check and, at most once per
-refusal period, one Redis round trip, never a parse or a database statement, and it writes no
-per-call log line (the limiter logs each limited client once a minute). The class of each
-method is in ``rate_classes``. A caller whose credentials are missing or refused is counted
-against its client address (class ``anon``); once that is exhausted, the address is refused
-before its token is even looked at, so guessing tokens is slow.
+before the request is even received: the transports hand over a ``receive`` step that the
+pipeline runs only for an admitted call (gRPC: reading the request message off the stream;
+HTTP: reading the body), so a refused call costs a token check (cached per token) and, at
+most once per refusal period, one Redis round trip, never a read, a parse or a database
+statement, and it writes no per-call log line (the limiter logs each limited client once a
+minute). What the caller sent therefore never changes a refusal: a limited caller gets
+RESOURCE_EXHAUSTED (HTTP 429) whatever its request holds, malformed or oversized included.
+The class of each method is in ``rate_classes``. A caller whose credentials are missing or
+refused is counted against its client address (class ``anon``); once that is exhausted, the
+address is refused before its token is even looked at, so guessing tokens is slow.
 
 Deadlines: the caller's (gRPC: the call's deadline; HTTP: a ``Grpc-Timeout`` header in gRPC's
 format, "500m", "2S", as gRPC-Gateway reads it) is set for the call's I/O through
@@ -89,6 +93,26 @@ TENANT_RPC_REQUESTS = Counter(
 RPC_IN_FLIGHT = Gauge("chat_rpc_in_flight", "ChatService calls in progress", ["transport"],
                       multiprocess_mode="livesum")
 
+
+class _Children:
+    """A metric's children by label values, looked up in a dict: prometheus_client's
+    ``labels()`` validates and locks on every call (0.8 us; five per call here). The label
+    values are bounded (methods, codes, transports, the allow-listed tenant labels)."""
+
+    def __init__(self, metric: Any) -> None:
+        self._labels = metric.labels
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._labels(*values)
+        return child
+
+
+_in_flight, _requests = _Children(RPC_IN_FLIGHT), _Children(RPC_REQUESTS)
+_duration, _tenant_requests = _Children(RPC_DURATION), _Children(TENANT_RPC_REQUESTS)
+
 GRPC_TIMEOUT_HEADER = "Grpc-Timeout"
 """The HTTP request header that carries the caller's deadline, as gRPC-Gateway reads it."""
 
@@ -139,6 +163,14 @@ def http_timeout(header: str | None) -> float | None:
     except ValueError:
         raise InvalidArgument(GRPC_TIMEOUT_HEADER, "must be digits and a unit (H M S m u n), "
                                                    "e.g. 500m or 2S") from None
+
+
+class ReceiveFailed(Exception):
+    """The transport could not receive an admitted call's request (HTTP: the body was too
+    large, too slow, or the client left). Raised from the ``receive`` step with the
+    transport's own exception as its cause, passed through unchanged for the transport to
+    answer in its own terms (408, 413, 499), neither counted nor logged as a call, as before
+    the body was read inside the pipeline."""
 
 
 @dataclass
@@ -206,19 +238,24 @@ class Dispatcher:
         return list(self._handlers)
 
     async def call(self, ctx: CallContext, request: Any,
-                   decode: Callable[[Any], Message] | None = None) -> Message:
-        """Runs one call; raises ChatError (never anything else) on failure.
+                   decode: Callable[[Any], Message] | None = None,
+                   receive: Callable[[], Awaitable[Any]] | None = None) -> Message:
+        """Runs one call; raises ChatError (never anything else but ``ReceiveFailed``) on
+        failure.
 
-        ``decode`` turns what the transport received into the request message, after the
-        caller is authenticated and inside the call's timing (gRPC hands over raw bytes, HTTP
-        its path, query and body, so a request that does not decode is an answer and a log line
-        like any other call). It may also set ``ctx.timeout`` (HTTP reads it from a header).
+        ``receive`` reads what the transport has not read yet (gRPC: the request message's
+        bytes; HTTP: the body), once the caller is authenticated and within its rate limit;
+        its result replaces ``request``. ``decode`` then turns it into the request message,
+        inside the call's timing (gRPC hands over raw bytes, HTTP its path, query and body, so
+        a request that does not decode is an answer and a log line like any other call). It
+        may also set ``ctx.timeout`` (HTTP reads it from a header).
         """
         handler = self._handlers.get(ctx.method)
         start = time.perf_counter()
         code = "OK"
         limited = False
-        RPC_IN_FLIGHT.labels(ctx.transport).inc()
+        received = True
+        _in_flight(ctx.transport).inc()
         structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
         if ctx.trace_id:
             structlog.contextvars.bind_contextvars(trace_id=ctx.trace_id)
@@ -228,6 +265,14 @@ class Dispatcher:
             principal, tenant = await self._admit(ctx)
             if self._limiter is not None:
                 await self._limit(ctx, self._limiter, principal, tenant)
+            if receive is not None:
+                try:
+                    request = await receive()
+                except (ChatError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    received = False
+                    raise ReceiveFailed(str(exc)) from exc
             if decode is not None:
                 request = decode(request)
             request_rules.check(request)
@@ -244,6 +289,8 @@ class Dispatcher:
         except asyncio.CancelledError:
             code = "CANCELLED"  # the caller went away (or its deadline passed)
             raise
+        except ReceiveFailed:
+            raise
         except Exception as exc:
             code = "INTERNAL"
             log.exception("rpc_failed", method=ctx.method, user=ctx.user_id,
@@ -251,15 +298,16 @@ class Dispatcher:
             raise Internal("internal error") from exc
         finally:
             elapsed = time.perf_counter() - start
-            RPC_IN_FLIGHT.labels(ctx.transport).dec()
-            RPC_REQUESTS.labels(ctx.method, code, ctx.transport).inc()
-            RPC_DURATION.labels(ctx.method, ctx.transport).observe(elapsed)
-            if ctx.tenant_id:  # an unauthenticated call has no tenant to count it under
-                TENANT_RPC_REQUESTS.labels(self._tenant_label(ctx.tenant_id), code).inc()
-            if not limited:  # refusals: counted above, logged by the limiter once a minute
-                log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
-                         duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None,
-                         tenant=ctx.tenant_id or None)
+            _in_flight(ctx.transport).dec()
+            if received:  # else the transport answers (and logs) what it could not read
+                _requests(ctx.method, code, ctx.transport).inc()
+                _duration(ctx.method, ctx.transport).observe(elapsed)
+                if ctx.tenant_id:  # an unauthenticated call has no tenant to count it under
+                    _tenant_requests(self._tenant_label(ctx.tenant_id), code).inc()
+                if not limited:  # refusals: counted above, logged by the limiter once a minute
+                    log.info("rpc", method=ctx.method, code=code, transport=ctx.transport,
+                             duration_ms=round(elapsed * 1000, 3), user=ctx.user_id or None,
+                             tenant=ctx.tenant_id or None)
             structlog.contextvars.unbind_contextvars(
                 *(("request_id", "trace_id") if ctx.trace_id else ("request_id",)))
 
@@ -314,7 +362,7 @@ class Dispatcher:
         start = time.perf_counter()
         results: list[Message | ChatError | None] = [None] * len(requests)
         n = len(requests)
-        RPC_IN_FLIGHT.labels(ctx.transport).inc()
+        _in_flight(ctx.transport).inc()
         structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
         if ctx.trace_id:
             structlog.contextvars.bind_contextvars(trace_id=ctx.trace_id)
@@ -369,13 +417,12 @@ class Dispatcher:
                         else r.code if isinstance(r, ChatError) else "OK")
                 codes[code] = codes.get(code, 0) + 1
                 limited += isinstance(r, RateLimited)
-            RPC_IN_FLIGHT.labels(ctx.transport).dec()
+            _in_flight(ctx.transport).dec()
             for code, count in codes.items():
-                RPC_REQUESTS.labels(ctx.method, code, ctx.transport).inc(count)
+                _requests(ctx.method, code, ctx.transport).inc(count)
                 if ctx.tenant_id:
-                    TENANT_RPC_REQUESTS.labels(self._tenant_label(ctx.tenant_id), code
-                                               ).inc(count)
-            duration = RPC_DURATION.labels(ctx.method, ctx.transport)
+                    _tenant_requests(self._tenant_label(ctx.tenant_id), code).inc(count)
+            duration = _duration(ctx.method, ctx.transport)
             for _ in range(n):
                 duration.observe(elapsed)
             if limited < n:  # refusals: counted above, logged by the limiter once a minute

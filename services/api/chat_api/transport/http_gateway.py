@@ -20,7 +20,10 @@ errors through its one table (http_errors). What only HTTP needs lives in the mi
   budget, which refused credentials spend), a refusal is 429 with ``Retry-After`` too
   (docs/rate-limits.md), and refusals write no access-log line.
 
-The request is parsed only once the Dispatcher has authenticated the caller.
+The request's body is read, and the request parsed, only once the Dispatcher has admitted
+the caller (authenticated, within its rate limit): a refused call is answered without reading
+its body, so a limited client gets 429 whatever it sent (a malformed or oversized body
+included), and a 401 likewise comes before any 400 or 413.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from chat_api.transport.client_address import ClientAddress
-from chat_api.transport.dispatch import GRPC_TIMEOUT_HEADER, CallContext, Dispatcher, http_timeout
+from chat_api.transport.dispatch import (
+    GRPC_TIMEOUT_HEADER,
+    CallContext,
+    Dispatcher,
+    ReceiveFailed,
+    http_timeout,
+)
 from chat_api.transport.http_docs import docs_html
 from chat_api.transport.http_errors import error_response, gateway_error, www_authenticate
 from chat_api.transport.http_json import parse_request, render
@@ -147,25 +156,32 @@ class HttpGateway:
 
     def _handler(self, binding: HttpBinding) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            body = await read_body(request, self._body_timeout) if binding.body else b""
             ctx = CallContext(method=binding.method.name, transport="http",
                               authorization=request.headers.get(hdrs.AUTHORIZATION),
                               request_id=request[_REQUEST_ID_KEY],
                               client_address=lambda: self.client_address(request),
                               read_after=request.headers.get(READ_AFTER_HEADER))
 
-            def decode(_: object) -> Message:
-                # Called by the Dispatcher once the caller is authenticated: nothing the
-                # caller sent (query, body, headers) is read before that.
+            async def receive() -> bytes:
+                return await read_body(request, self._body_timeout) if binding.body else b""
+
+            def decode(body: bytes) -> Message:
+                # Called by the Dispatcher once the caller is admitted: nothing the caller
+                # sent (query, body, headers) is read before that.
                 ctx.timeout = http_timeout(request.headers.get(GRPC_TIMEOUT_HEADER))
                 return parse_request(binding, request.match_info, request.query, body,
                                      request.headers.get("Idempotency-Key"))
 
             try:
-                response = await self._dispatcher.call(ctx, None, decode)
+                response = await self._dispatcher.call(ctx, None, decode, receive)
             except ChatError:
                 request[_RATE_LIMIT_KEY] = ctx.rate_limit_headers()
                 raise
+            except ReceiveFailed as failed:
+                # Answered by _respond as before the body was read inside the pipeline
+                # (408, 413, 499), with the class's RateLimit headers.
+                request[_RATE_LIMIT_KEY] = ctx.rate_limit_headers()
+                raise failed.__cause__ or failed from None
             headers = ctx.rate_limit_headers()
             if ctx.position is not None:
                 headers[POSITION_HEADER] = ctx.position
@@ -217,7 +233,7 @@ class HttpGateway:
         try:
             return await handler(request)
         except BodyTimeout as exc:
-            response = gateway_error(408, str(exc))
+            response = gateway_error(408, str(exc), request.get(_RATE_LIMIT_KEY))
             response.force_close()  # the rest of the body may still come: no next request
             return response
         except ConnectionResetError:
@@ -232,7 +248,7 @@ class HttpGateway:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            headers: dict[str, str] = {}
+            headers: dict[str, str] = dict(request.get(_RATE_LIMIT_KEY, {}))  # 413
             if isinstance(exc, web.HTTPMethodNotAllowed):
                 headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
             message = {404: "no such route", 405: f"method {request.method} not allowed",
