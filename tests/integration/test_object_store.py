@@ -3,6 +3,8 @@ ranged read, the send's probe, delete; a dead store is a bounded ObjectStoreErro
 
 from __future__ import annotations
 
+import contextlib
+import os
 
 import pytest
 import requests
@@ -70,6 +72,45 @@ async def test_a_probe_is_size_type_and_first_bytes_in_one_get(s3: LocalS3, path
         assert await store._call(store._probe_with_client("t/c/missing", 16)) is None
     finally:
         await store.close()
+
+
+async def test_probes_reuse_one_kept_alive_connection(s3: LocalS3) -> None:
+    """Sequential probes (a send's check of its uploads) go over one TCP connection, which
+    the store keeps alive: not a new connection per probe."""
+    store = ObjectStore(_settings(s3))
+    await store.open()
+    try:
+        post = await store.presign_post("t/c/kept", "application/pdf", 4, 60)
+        resp = requests.post(post.url, data=post.fields, files={"file": ("a", b"%PDF")},
+                             timeout=10)
+        assert resp.status_code == 204, resp.text
+        seen = []
+        for _ in range(20):
+            assert await store.probe("t/c/kept", 16) == ObjectProbe(4, "application/pdf",
+                                                                     b"%PDF")
+            seen.append(_established_to(s3.port))
+        assert len(seen[0]) == 1 and seen == [seen[0]] * 20, seen
+    finally:
+        await store.close()
+
+
+def _established_to(port: int) -> set[int]:
+    """The local ports of this process's open TCP connections to ``port`` (from /proc)."""
+    sockets = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                sockets.add(target[8:-1])
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                local, remote, state, inode = (line.split()[i] for i in (1, 2, 3, 9))
+                if int(remote.rsplit(":", 1)[1], 16) == port and state == "01" and \
+                        inode in sockets:
+                    out.add(int(local.rsplit(":", 1)[1], 16))
+    return out
 
 
 async def test_a_dead_store_fails_fast_without_retries(s3: LocalS3) -> None:
