@@ -178,3 +178,34 @@ def _params(url: str) -> dict[str, list[str]]:
 
 def _date(url: str) -> str:
     return _params(url)["X-Amz-Date"][0]
+
+
+@pytest.mark.parametrize(("path_style", "public"), [(True, False), (False, False),
+                                                    (False, True)])
+async def test_the_fast_presigned_post_is_what_botocore_signs(s3: LocalS3, path_style: bool,
+                                                             public: bool) -> None:
+    """The form signed here equals the client's generate_presigned_post (same second): the
+    URL, the policy (conditions, expiration) and its signature; and the store takes it."""
+    overrides: dict[str, object] = {"s3_path_style": path_style}
+    if public:  # a host name: virtual-hosted style names the bucket in it
+        overrides["s3_public_endpoint"] = s3.endpoint.replace("127.0.0.1", "localhost")
+    store = ObjectStore(_settings(s3, **overrides))
+    await store.open()
+    try:
+        key = "t/c/a b~ü"
+        for _ in range(5):  # until both are signed within one second (x-amz-date)
+            ours = await store.presign_post(key, "application/pdf", 4, 900)
+            theirs = await store._signer.generate_presigned_post(
+                store.bucket, key, Fields={"Content-Type": "application/pdf"},
+                Conditions=[["content-length-range", 4, 4],
+                            {"Content-Type": "application/pdf"}], ExpiresIn=900)
+            if ours.fields["x-amz-date"] == theirs["fields"]["x-amz-date"]:
+                break
+        assert (ours.url, ours.fields) == (theirs["url"], theirs["fields"])
+        if path_style:
+            resp = requests.post(ours.url, data=ours.fields, files={"file": ("a", b"%PDF")},
+                                 timeout=10)
+            assert resp.status_code == 204, resp.text
+            assert await store.probe(key, 16) == ObjectProbe(4, "application/pdf", b"%PDF")
+    finally:
+        await store.close()
