@@ -176,12 +176,17 @@ def _send_sql(general: bool) -> str:
                    AND d.device_id = CAST(%(ciphertext)s AS jsonb) ->> 'sender_device'))""" \
         if general else """
            AND NOT c.encrypted"""
+    # ``thread`` is gated on the parameter itself (a one-time filter, in custom and generic
+    # plans alike), not only on joining ``root``: a root-level send (attachments, ciphertext)
+    # then never reads ``messages`` here, even where the planner, with statistics not yet
+    # gathered (a new table), would scan the tenant's messages to join an empty ``root``.
     thread = """
     ), thread AS (
         UPDATE messages r
            SET reply_count = r.reply_count + 1, last_reply_at = conv.last_message_at
           FROM conv, root
          WHERE r.tenant_id = %(tenant)s AND r.id = root.id
+           AND CAST(%(thread_root_id)s AS uuid) IS NOT NULL
         RETURNING r.id, r.reply_count""" if general else ""
     insert = (f"""
     ), msg AS (
