@@ -89,6 +89,33 @@ async def test_a_png_that_is_not_a_png_is_refused_at_send(astub, db_source) -> N
     assert await db_rows(db_source, "SELECT status FROM attachments") == [("uploaded",)]
 
 
+@pytest.mark.parametrize(("stored", "content_type"), [
+    (PDF_BYTES + b"more", "application/pdf"),  # another size
+    (PDF_BYTES, "text/plain"),  # another type
+    (PDF_BYTES, "Application/PDF"),  # the declared type, in other case: the same type
+])
+async def test_an_object_stored_otherwise_than_declared_is_refused_at_send(
+        astub, db_source, s3, stored, content_type) -> None:
+    """The send statement attaches an upload only when its row declares the size and type the
+    store holds it with (the probe's answer; the rows are not read before the send): an
+    object put beside the upload form, of another size or type, is refused, and nothing is
+    sent."""
+    conv = await create_conversation(astub, "alice", ["bob"])
+    ticket = await create_upload(astub, "alice", conv.id, PDF_BYTES, "application/pdf")
+    s3.client().put_object(Bucket=s3.bucket, Key=f"default/{conv.id}/{ticket.upload_id}",
+                           Body=stored, ContentType=content_type)
+    sent = send_with(astub, "alice", conv.id, [ticket.upload_id])
+    if content_type.lower() == "application/pdf" and stored == PDF_BYTES:
+        assert [a.id for a in (await sent).attachments] == [ticket.upload_id]
+        return
+    err = await rpc_error(sent)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(err).reason == "UPLOAD_MISMATCH"
+    assert "attachment_ids[0]" in err.details() and "declared size and type" in err.details()
+    assert await db_rows(db_source, "SELECT count(*) FROM messages") == [(0,)]
+    assert await db_rows(db_source, "SELECT status FROM attachments") == [("uploaded",)]
+
+
 async def test_an_upload_belongs_to_one_message(astub) -> None:
     conv = await create_conversation(astub, "alice", ["bob"])
     upload_id = await upload(astub, "alice", conv.id, jpeg_bytes(), "image/jpeg")

@@ -3,6 +3,8 @@ ranged read, the send's probe, delete; a dead store is a bounded ObjectStoreErro
 
 from __future__ import annotations
 
+import contextlib
+import os
 
 import pytest
 import requests
@@ -72,6 +74,45 @@ async def test_a_probe_is_size_type_and_first_bytes_in_one_get(s3: LocalS3, path
         await store.close()
 
 
+async def test_probes_reuse_one_kept_alive_connection(s3: LocalS3) -> None:
+    """Sequential probes (a send's check of its uploads) go over one TCP connection, which
+    the store keeps alive: not a new connection per probe."""
+    store = ObjectStore(_settings(s3))
+    await store.open()
+    try:
+        post = await store.presign_post("t/c/kept", "application/pdf", 4, 60)
+        resp = requests.post(post.url, data=post.fields, files={"file": ("a", b"%PDF")},
+                             timeout=10)
+        assert resp.status_code == 204, resp.text
+        seen = []
+        for _ in range(20):
+            assert await store.probe("t/c/kept", 16) == ObjectProbe(4, "application/pdf",
+                                                                     b"%PDF")
+            seen.append(_established_to(s3.port))
+        assert len(seen[0]) == 1 and seen == [seen[0]] * 20, seen
+    finally:
+        await store.close()
+
+
+def _established_to(port: int) -> set[int]:
+    """The local ports of this process's open TCP connections to ``port`` (from /proc)."""
+    sockets = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                sockets.add(target[8:-1])
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                local, remote, state, inode = (line.split()[i] for i in (1, 2, 3, 9))
+                if int(remote.rsplit(":", 1)[1], 16) == port and state == "01" and \
+                        inode in sockets:
+                    out.add(int(local.rsplit(":", 1)[1], 16))
+    return out
+
+
 async def test_a_dead_store_fails_fast_without_retries(s3: LocalS3) -> None:
     with closed_port() as port:
         store = ObjectStore(_settings(s3, s3_endpoint=f"http://127.0.0.1:{port}",
@@ -137,3 +178,34 @@ def _params(url: str) -> dict[str, list[str]]:
 
 def _date(url: str) -> str:
     return _params(url)["X-Amz-Date"][0]
+
+
+@pytest.mark.parametrize(("path_style", "public"), [(True, False), (False, False),
+                                                    (False, True)])
+async def test_the_fast_presigned_post_is_what_botocore_signs(s3: LocalS3, path_style: bool,
+                                                             public: bool) -> None:
+    """The form signed here equals the client's generate_presigned_post (same second): the
+    URL, the policy (conditions, expiration) and its signature; and the store takes it."""
+    overrides: dict[str, object] = {"s3_path_style": path_style}
+    if public:  # a host name: virtual-hosted style names the bucket in it
+        overrides["s3_public_endpoint"] = s3.endpoint.replace("127.0.0.1", "localhost")
+    store = ObjectStore(_settings(s3, **overrides))
+    await store.open()
+    try:
+        key = "t/c/a b~ü"
+        for _ in range(5):  # until both are signed within one second (x-amz-date)
+            ours = await store.presign_post(key, "application/pdf", 4, 900)
+            theirs = await store._signer.generate_presigned_post(
+                store.bucket, key, Fields={"Content-Type": "application/pdf"},
+                Conditions=[["content-length-range", 4, 4],
+                            {"Content-Type": "application/pdf"}], ExpiresIn=900)
+            if ours.fields["x-amz-date"] == theirs["fields"]["x-amz-date"]:
+                break
+        assert (ours.url, ours.fields) == (theirs["url"], theirs["fields"])
+        if path_style:
+            resp = requests.post(ours.url, data=ours.fields, files={"file": ("a", b"%PDF")},
+                                 timeout=10)
+            assert resp.status_code == 204, resp.text
+            assert await store.probe(key, 16) == ObjectProbe(4, "application/pdf", b"%PDF")
+    finally:
+        await store.close()

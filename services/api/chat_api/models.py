@@ -47,6 +47,16 @@ class UploadRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredUpload:
+    """An upload as the object store holds it (the send's probe): the send statement attaches
+    the upload only when its row declares this size and type."""
+
+    id: str
+    size_bytes: int
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
 class CiphertextRecord:
     """An end-to-end encrypted message body: opaque to the server (docs/e2ee.md)."""
 

@@ -2,10 +2,11 @@
 
 Files never pass through the API (docs/attachments.md). CreateUpload records the upload and
 hands out a presigned POST that the store enforces (exact size, declared type, this key only,
-15 minutes); SendMessage attaches uploads after checking each one in the store (one ranged GET
-each, asked while the uploads' rows are read: there, with the declared size and type;
-images: the first bytes are the declared format, so a ``.png`` that is not a PNG is refused)
-and the send statement moves them to the message;
+15 minutes); SendMessage asks the store for each upload (one ranged GET each: there, its size
+and type; images: the first bytes are its type's format, so a ``.png`` that is not a PNG is
+refused) and passes what the store answered to the send statement, which moves the uploads to
+the message only when their rows are free and declare that size and type; the rows are read
+apart only to say why a send was refused;
 GetAttachmentUrl hands members a presigned GET of 5 minutes. Presigning is local: neither
 CreateUpload nor GetAttachmentUrl calls the store.
 
@@ -19,14 +20,14 @@ import asyncio
 import re
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 from prometheus_client import Counter
 
-from chat_api.models import MessageRecord, UploadRecord
+from chat_api.models import MessageRecord, StoredUpload, UploadRecord
 from chat_api.service import validation
 from chat_api.service.reads import NOT_FOUND
 from chat_api.service.tenants import TenantDirectory
@@ -105,6 +106,16 @@ def object_key(tenant_id: str, conversation_id: str, upload_id: str) -> str:
     return f"{tenant_id}/{conversation_id}/{upload_id}"
 
 
+def _sniffed_as(probe: ObjectProbe) -> bool:
+    """Whether the object's first bytes are those of its stored type's format (images; any
+    other type passes)."""
+    content_type, first = probe.content_type.lower(), probe.first
+    if content_type == "image/webp":
+        return first[:4] == b"RIFF" and first[8:12] == b"WEBP"
+    magic = _MAGIC.get(content_type)
+    return magic is None or first.startswith(magic)
+
+
 def _verify(row: UploadRecord, field: str, probe: ObjectProbe | None) -> None:
     """Raises FailedPrecondition unless the store holds the upload as declared: there, of the
     declared size and type, and an image starting as its format does."""
@@ -114,15 +125,22 @@ def _verify(row: UploadRecord, field: str, probe: ObjectProbe | None) -> None:
     if probe.size != row.size_bytes or probe.content_type.lower() != row.content_type:
         raise FailedPrecondition(f"{field}: the stored file is not the declared size and "
                                  f"type", reason=REASON_MISMATCH, metadata={"field": field})
-    first = probe.first
-    if row.content_type == "image/webp":
-        ok = first[:4] == b"RIFF" and first[8:12] == b"WEBP"
-    else:
-        magic = _MAGIC.get(row.content_type)
-        ok = magic is None or first.startswith(magic)
-    if not ok:
+    if not _sniffed_as(probe):  # the stored type is the declared one (checked above)
         raise FailedPrecondition(f"{field}: the file is not a {row.content_type} image",
                                  reason=REASON_MISMATCH, metadata={"field": field})
+
+
+Probe = ObjectProbe | ObjectStoreError | None
+"""The store's answer for an object: there (size, type, first bytes), missing, or no answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedUploads:
+    """``check_for_send``'s answer: the uploads for the send statement, in the send's order,
+    and the store's answer for each (by upload id), which explains a refused send."""
+
+    uploads: list[StoredUpload]
+    probes: dict[str, Probe]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,57 +190,87 @@ class AttachmentService:
         return UploadTicket(upload_id, post.url, post.fields, datetime.now(UTC) + UPLOAD_TTL)
 
     async def check_for_send(self, caller: Principal, conversation_id: str,
-                             ids: Sequence[str], idempotency_key: str) -> list[str]:
-        """The uploads' canonical ids, once each is free and complete in the store as
-        declared. Raises InvalidArgument (too many), FailedPrecondition (one is not the
-        caller's upload to this conversation, is attached already, or is not in the store as
-        declared) or Unavailable (the store did not answer).
+                             ids: Sequence[str], idempotency_key: str) -> CheckedUploads:
+        """The uploads to attach, each as the store holds it (canonical id, size, type), for
+        the send statement, which attaches an upload only when its row is free (the caller's,
+        to this conversation, not attached) and declares that size and type.
 
-        The store is asked while the database is: an upload's object key is its tenant,
-        conversation and id (``create_upload``), so each probe (one ranged GET: size, type and
-        first bytes) starts with the rows' read, and a send with attachments waits for the
-        longer of the two rather than their sum, holding no database connection meanwhile.
-        A probe's answer counts only for a row the caller may attach; the others' are
-        dropped (the keys are the caller's tenant's and this conversation's in any case).
+        Each upload's object is asked for at once (one ranged GET: size, type, first bytes):
+        its key follows from the tenant, the conversation and the upload id
+        (``create_upload``), so no row is read first. When every object is there and an
+        image's first bytes are its type's, that is the whole check: the rows are read only
+        when the send is refused (``explain_refusal``). When one is not, the rows are read
+        now and the error says which upload, and why.
+
+        Raises InvalidArgument (too many), FailedPrecondition (one is not the caller's upload
+        to this conversation, is attached already, or is not in the store as declared) or
+        Unavailable (the store did not answer).
         """
         if len(ids) > self.max_per_message:
             raise InvalidArgument("attachment_ids", f"at most {self.max_per_message} per "
                                                     f"message")
         wanted = [str(uuid.UUID(i)) for i in ids]
-        probes = {upload_id: asyncio.ensure_future(self._probe(
-            object_key(caller.tenant_id, conversation_id, upload_id)))
-            for upload_id in dict.fromkeys(wanted)}
-        try:
-            rows = {r.id: r for r in await self._repo.for_send(
-                caller.tenant_id, caller.user_id, wanted)}
-            fresh: list[tuple[int, UploadRecord]] = []
-            for index, upload_id in enumerate(wanted):
-                row = rows.get(upload_id)
-                field = f"attachment_ids[{index}]"
-                if row is None or row.uploader != caller.user_id or \
-                        row.conversation_id != conversation_id:
-                    raise FailedPrecondition(f"{field}: not an upload of yours to this "
-                                             f"conversation", reason=REASON_MISMATCH,
-                                             metadata={"field": field})
-                if row.attached:
-                    if row.attached_with_key == idempotency_key:
-                        continue  # a retry of the send that attached it: the send answers
-                    raise FailedPrecondition(f"{field}: already attached to a message",
-                                             reason=REASON_USED, metadata={"field": field})
-                fresh.append((index, row))
-            for index, row in fresh:
-                if row.object_key == object_key(caller.tenant_id, conversation_id, row.id):
-                    probe = await probes[row.id]
-                else:  # a key of another form (none is made so today): asked now
-                    probe = await self._probe(row.object_key)
-                if isinstance(probe, ObjectStoreError):
-                    raise Unavailable("the object store did not answer") from probe
-                _verify(row, f"attachment_ids[{index}]", probe)
-        finally:
-            for task in probes.values():
-                task.cancel()
-            await asyncio.gather(*probes.values(), return_exceptions=True)
-        return wanted
+        unique = list(dict.fromkeys(wanted))
+        probes = dict(zip(unique, await asyncio.gather(*(
+            self._probe(object_key(caller.tenant_id, conversation_id, upload_id))
+            for upload_id in unique)), strict=True))
+        stored = []
+        for upload_id in wanted:
+            probe = probes[upload_id]
+            if not isinstance(probe, ObjectProbe) or not _sniffed_as(probe):
+                break
+            stored.append(StoredUpload(upload_id, probe.size, probe.content_type.lower()))
+        else:
+            return CheckedUploads(stored, probes)
+        # One is missing, not what its type says, or the store failed: why, from the rows.
+        await self._explain(caller, conversation_id, wanted, idempotency_key, probes)
+        # Nothing to say: each upload left is attached to this send's own earlier message (a
+        # retry, which the send statement answers with that message).
+        return CheckedUploads(
+            [StoredUpload(i, p.size, p.content_type.lower()) if isinstance(p, ObjectProbe)
+             else StoredUpload(i, -1, "") for i, p in ((i, probes[i]) for i in wanted)], probes)
+
+    async def explain_refusal(self, caller: Principal, conversation_id: str,
+                              checked: CheckedUploads, idempotency_key: str) -> None:
+        """Raises the error of the first upload (in the send's order) that cannot be attached,
+        from its row and the store's answer; returns when there is none (the send was refused
+        for another reason, or an upload was attached meanwhile).
+
+        An upload attached to this sender's message of the same idempotency key passes: a
+        retry of the send that attached it, which the send statement answers with it.
+        """
+        await self._explain(caller, conversation_id, [u.id for u in checked.uploads],
+                            idempotency_key, checked.probes)
+
+    async def _explain(self, caller: Principal, conversation_id: str, wanted: Sequence[str],
+                       idempotency_key: str, probes: Mapping[str, Probe]) -> None:
+        rows = {r.id: r for r in await self._repo.for_send(
+            caller.tenant_id, caller.user_id, list(wanted))}
+        fresh: list[tuple[int, UploadRecord]] = []
+        for index, upload_id in enumerate(wanted):
+            row = rows.get(upload_id)
+            field = f"attachment_ids[{index}]"
+            if row is None or row.uploader != caller.user_id or \
+                    row.conversation_id != conversation_id:
+                raise FailedPrecondition(f"{field}: not an upload of yours to this "
+                                         f"conversation", reason=REASON_MISMATCH,
+                                         metadata={"field": field})
+            if row.attached:
+                if row.attached_with_key == idempotency_key:
+                    continue  # a retry of the send that attached it: the send answers
+                raise FailedPrecondition(f"{field}: already attached to a message",
+                                         reason=REASON_USED, metadata={"field": field})
+            fresh.append((index, row))
+        # A probe's answer counts only for a row the caller may attach (checked above).
+        for index, row in fresh:
+            if row.id in probes and row.object_key == object_key(
+                    caller.tenant_id, conversation_id, row.id):
+                probe = probes[row.id]
+            else:  # a key of another form (none is made so today): asked now
+                probe = await self._probe(row.object_key)
+            if isinstance(probe, ObjectStoreError):
+                raise Unavailable("the object store did not answer") from probe
+            _verify(row, f"attachment_ids[{index}]", probe)
 
     async def _probe(self, key: str) -> ObjectProbe | ObjectStoreError | None:
         """The store's answer for ``key``, its failure as a value: a probe whose row turns out

@@ -45,7 +45,7 @@ from prometheus_client import Counter
 
 from chat_api.models import CiphertextRecord, MessageRecord, Page
 from chat_api.service import page_tokens, validation
-from chat_api.service.attachments import AttachmentService, disabled
+from chat_api.service.attachments import AttachmentService, CheckedUploads, disabled
 from chat_api.service.reads import NOT_FOUND
 from chat_api.service.tenants import TenantDirectory
 from chat_api.storage.messages import (
@@ -125,18 +125,21 @@ class MessageService:
         if len(content) > tenant.max_message_length:
             raise InvalidArgument("content", f"at most {tenant.max_message_length} characters "
                                              f"in this tenant")
-        ids: list[str] = []
+        checked: CheckedUploads | None = None
         if attachment_ids:
             if self._attachments is None:
                 raise disabled()
-            ids = await self._attachments.check_for_send(caller, cid, attachment_ids, key)
+            checked = await self._attachments.check_for_send(caller, cid, attachment_ids, key)
         try:
             message = await self._repo.send(caller.tenant_id, cid, caller.user_id, content, key,
-                                            ids, root, ciphertext)
+                                            checked.uploads if checked else (), root, ciphertext)
         except DuplicateKey as dup:
             IDEMPOTENCY_HITS.labels("database").inc()
             raise _duplicate(dup.original, cid, content, root, ciphertext) from None
         if message is None:
+            if checked is not None and self._attachments is not None:
+                # An upload's error first, as when the rows were read before the send.
+                await self._attachments.explain_refusal(caller, cid, checked, key)
             await self._explain_encryption(caller, cid, ciphertext)
             state = (await self._repo.thread_root_state(caller.tenant_id, cid, caller.user_id,
                                                         root) if root is not None else None)
@@ -148,8 +151,9 @@ class MessageService:
                                          "deleted message takes no replies",
                                          reason="ROOT_DELETED",
                                          metadata={"field": "thread_root_id"})
-            if ids and self._attachments is not None and \
-                    await self._attachments.used_elsewhere(caller, ids):
+            if checked is not None and self._attachments is not None and \
+                    await self._attachments.used_elsewhere(
+                        caller, [u.id for u in checked.uploads]):
                 raise FailedPrecondition("attachment_ids: an upload was attached to another "
                                          "message meanwhile", reason="ATTACHMENT_ALREADY_USED")
             raise NotFound(NOT_FOUND)

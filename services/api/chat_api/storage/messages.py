@@ -13,7 +13,7 @@ import psycopg.errors
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
-from chat_api.models import CiphertextRecord, MessageRecord
+from chat_api.models import CiphertextRecord, MessageRecord, StoredUpload
 from chat_api.storage.rows import (
     ATTACHMENTS_JSON,
     MESSAGE_COLUMNS,
@@ -79,11 +79,16 @@ MAX_REACTIONS = 20
 # so a send that waited for a RemoveMember of its sender is refused.
 #
 # Attachments (docs/attachments.md): ``ready`` locks the listed uploads that are still free
-# (uploaded by the sender to this conversation, not attached), and the statement sends only when
-# every listed one is (``conv``'s count condition); ``att`` then moves them to the message in
-# the same statement, so a message and its attachments commit together, and an upload belongs
-# to one message: a concurrent send of the same upload waits on the row lock, then finds it
-# attached and sends nothing (the caller tells that apart, ``MessageRepository.send``).
+# (uploaded by the sender to this conversation, not attached) and that the store holds as their
+# rows declare (the caller's probe of each upload's object, ``<tenant>/<conversation>/<id>``,
+# found the size and type passed in ``attachment_sizes`` and ``attachment_types``, at the
+# upload's position in ``attachment_ids``), and the statement sends only when every listed one
+# is (``conv``'s count condition); so checking an upload costs the send no statement of its
+# own: the rows are read only to say why a send was refused. ``att`` then moves them to the
+# message in the same statement, so a message and its attachments commit together, and an
+# upload belongs to one message: a concurrent send of the same upload waits on the row lock,
+# then finds it attached and sends nothing (the caller tells that apart,
+# ``MessageRepository.send``).
 # ``ready`` runs before ``conv`` takes a position, so a send that finds an upload taken takes
 # no seq and no pos (both stay gapless).
 #
@@ -134,6 +139,12 @@ def _send_sql(general: bool) -> str:
         WHERE a.tenant_id = %(tenant)s AND a.id = ANY(CAST(%(attachment_ids)s AS uuid[]))
           AND a.conversation_id = %(conversation_id)s AND a.uploader = %(sender_id)s
           AND a.status = 'uploaded'
+          AND a.object_key = concat(a.tenant_id, '/', a.conversation_id, '/', a.id)
+          AND (a.size_bytes, a.content_type) = (
+              (CAST(%(attachment_sizes)s AS bigint[]))[
+                  array_position(CAST(%(attachment_ids)s AS uuid[]), a.id)],
+              (CAST(%(attachment_types)s AS text[]))[
+                  array_position(CAST(%(attachment_ids)s AS uuid[]), a.id)])
           AND NOT EXISTS (SELECT 1 FROM prior)
         FOR UPDATE
     ), root AS (
@@ -165,12 +176,17 @@ def _send_sql(general: bool) -> str:
                    AND d.device_id = CAST(%(ciphertext)s AS jsonb) ->> 'sender_device'))""" \
         if general else """
            AND NOT c.encrypted"""
+    # ``thread`` is gated on the parameter itself (a one-time filter, in custom and generic
+    # plans alike), not only on joining ``root``: a root-level send (attachments, ciphertext)
+    # then never reads ``messages`` here, even where the planner, with statistics not yet
+    # gathered (a new table), would scan the tenant's messages to join an empty ``root``.
     thread = """
     ), thread AS (
         UPDATE messages r
            SET reply_count = r.reply_count + 1, last_reply_at = conv.last_message_at
           FROM conv, root
          WHERE r.tenant_id = %(tenant)s AND r.id = root.id
+           AND CAST(%(thread_root_id)s AS uuid) IS NOT NULL
         RETURNING r.id, r.reply_count""" if general else ""
     insert = (f"""
     ), msg AS (
@@ -268,11 +284,12 @@ _SEND_PLAIN = _send_sql(general=False)
 ``_SEND``'s for such a message, with a plan that has no attachment, thread or device steps."""
 
 
-def send_statement(attachment_ids: list[str] | None, thread_root_id: str | None,
+def send_statement(attachments: Sequence[object] | None, thread_root_id: str | None,
                    ciphertext: CiphertextRecord | None = None) -> str:
-    """The send statement for these values: ``_SEND_PLAIN`` when it can do the send (not an
-    end-to-end encrypted message: the plain statement takes no ciphertext)."""
-    return (_SEND if attachment_ids or thread_root_id is not None or ciphertext is not None
+    """The send statement for these values: ``_SEND_PLAIN`` when it can do the send (no
+    attachments, not a reply, not an end-to-end encrypted message: the plain statement takes
+    no ciphertext)."""
+    return (_SEND if attachments or thread_root_id is not None or ciphertext is not None
             else _SEND_PLAIN)
 
 
@@ -639,14 +656,20 @@ class DuplicateKey(Exception):
 
 def send_params(
     tenant: str, conversation_id: str, sender_id: str, content: str, idempotency_key: str,
-    attachment_ids: list[str] | None = None, thread_root_id: str | None = None,
+    attachments: Sequence[StoredUpload] = (), thread_root_id: str | None = None,
     ciphertext: CiphertextRecord | None = None,
 ) -> dict[str, object]:
     """The values ``_SEND`` takes, as the API passes them. chat-bench's scaling phase builds
-    its sends with this too, so a parameter added to the statement reaches it as well."""
+    its sends with this too, so a parameter added to the statement reaches it as well.
+
+    ``attachments``: the uploads to attach, in order, each with the size and type the store
+    holds it with (``_SEND`` attaches an upload only when its row declares those)."""
     return {"tenant": tenant, "conversation_id": conversation_id, "sender_id": sender_id,
             "content": content, "idempotency_key": idempotency_key,
-            "attachment_ids": attachment_ids or [], "thread_root_id": thread_root_id,
+            "attachment_ids": [a.id for a in attachments],
+            "attachment_sizes": [a.size_bytes for a in attachments],
+            "attachment_types": [a.content_type for a in attachments],
+            "thread_root_id": thread_root_id,
             "ciphertext": None if ciphertext is None else Jsonb(ciphertext_json(ciphertext))}
 
 
@@ -656,25 +679,25 @@ class MessageRepository:
 
     async def send(
         self, tenant: str, conversation_id: str, sender_id: str, content: str,
-        idempotency_key: str, attachment_ids: list[str] | None = None,
+        idempotency_key: str, attachments: Sequence[StoredUpload] = (),
         thread_root_id: str | None = None, ciphertext: CiphertextRecord | None = None,
     ) -> MessageRecord | None:
         """Commits the message, its attachments and its outbox event; None when the sender is
         not a member, for a reply when the root is not a live root-level message of the
         conversation (missing, a reply, or deleted), when an upload listed is not free
-        (attached by now, not the sender's, not of this conversation: the caller checked them
-        before, so only a concurrent send of the same upload gets here), when ``ciphertext``
-        is given in a plain conversation or missing in an encrypted one, or names a device the
-        sender has not registered (``send_refusal`` tells these apart).
+        (attached already, not the sender's, not of this conversation) or its row does not
+        declare the size and type the store holds it with, when ``ciphertext`` is given in a
+        plain conversation or missing in an encrypted one, or names a device the sender has
+        not registered (the caller asks why: ``send_refusal``, the uploads' rows).
 
         Raises DuplicateKey (with the original message) when the key was used before.
         """
         params = send_params(tenant, conversation_id, sender_id, content, idempotency_key,
-                             attachment_ids, thread_root_id, ciphertext)
+                             attachments, thread_root_id, ciphertext)
         try:
             if thread_root_id is None:
                 row = await self._db.fetchone(
-                    "db.send_message", send_statement(attachment_ids, None, ciphertext), params,
+                    "db.send_message", send_statement(attachments, None, ciphertext), params,
                     tenant=tenant)
             else:
                 row = await self._send_reply(tenant, params)

@@ -57,7 +57,7 @@ _NOBODY = "00000000-0000-0000-0000-000000000000"
 _VALUES: dict[str, Any] = {
     "tenant": "", "user_id": "", "sender_id": "", "conversation_id": _NOBODY, "after_id": _NOBODY,
     "limit": 50, "cursor": 100, "up_to_seq": 0, "content": "", "idempotency_key": "",
-    "attachment_ids": [],  # what a send without attachments passes
+    "attachment_ids": [], "attachment_sizes": [], "attachment_types": [],  # no attachments
     "root_id": _NOBODY, "after": 100, "thread_root_id": None,
     "ciphertext": None,  # what a send in a plain conversation passes
     "before": datetime(1970, 1, 1, tzinfo=UTC), "after_time": datetime(1970, 1, 1, tzinfo=UTC),
