@@ -29,13 +29,8 @@ from dataclasses import dataclass
 
 from chat_api.models import MessageRecord
 from chat_api.storage.changes import Locked, change_ctes, locked
-from chat_api.storage.messages import REACTIONS_SQL
-from chat_api.storage.rows import (
-    ATTACHMENTS_AGG,
-    ATTACHMENTS_JSON,
-    message_columns,
-    message_from,
-)
+from chat_api.storage.messages import PAGE_COLUMNS
+from chat_api.storage.rows import ATTACHMENTS_AGG, message_from
 from chat_shared.db import Database, commit
 from chat_shared.events import (
     MESSAGE_CREATED,
@@ -71,8 +66,7 @@ _TARGET = """
     """
 
 _READ = f"""
-    SELECT {message_columns("m")},
-           {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL}
+    SELECT {PAGE_COLUMNS}
     FROM messages m WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
     """
 
