@@ -17,8 +17,8 @@ from datetime import UTC
 
 import grpc
 import pytest
-
 from chat_shared.protos.chat.v1 import chat_pb2
+
 from tests.conftest import auth
 from tests.helpers import (
     create_conversation,
@@ -309,7 +309,6 @@ async def test_a_root_or_thread_page_reads_only_its_rows_whatever_plan_postgresq
     # As for GetMessages (test_messages.py): bitmap scans forced, the bounds in the WHERE clause
     # still keep the page to its own rows, here with replies and roots interleaved.
     import psycopg
-
     from chat_api.storage.messages import _ROOT_PAGE, _THREAD_PAGE
     conv = await create_conversation(stub, "alice", ["bob"])
     root = await send(stub, "alice", conv.id, "root")
