@@ -310,6 +310,7 @@ async def test_a_root_or_thread_page_reads_only_its_rows_whatever_plan_postgresq
     # still keep the page to its own rows, here with replies and roots interleaved.
     import psycopg
     from chat_api.storage.messages import _ROOT_PAGE, _THREAD_PAGE
+
     conv = await create_conversation(stub, "alice", ["bob"])
     root = await send(stub, "alice", conv.id, "root")
     for i in range(150):
