@@ -52,12 +52,14 @@ class TargetMessage:
 
 
 # The message, if the caller may see it (a member added to a conversation that hides its
-# history does not see the messages from before).
+# history does not see the messages from before), and the caller's role (``locked``'s
+# ``role_in_extra``).
 _TARGET = """
     SELECT m.sender_id, m.deleted_at IS NOT NULL,
            EXISTS (SELECT 1 FROM message_reactions r
                     WHERE r.tenant_id = m.tenant_id AND r.message_id = m.id
-                      AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s)
+                      AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s),
+           cm.role
     FROM messages m
     JOIN conversation_members cm ON cm.tenant_id = m.tenant_id
      AND cm.conversation_id = m.conversation_id AND cm.user_id = %(user_id)s
@@ -216,7 +218,7 @@ class MessageChangeRepository:
         params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id,
                   "message_id": message_id, "content": content, "emoji": emoji}
         async with locked(self._db, name, tenant, conversation_id, user_id,
-                          (_TARGET, params)) as (conn, conv, row):
+                          (_TARGET, params), role_in_extra=True) as (conn, conv, row):
             if conv is None or row is None:
                 return None
             if check(conv, TargetMessage(row[0], bool(row[1]), bool(row[2]))):

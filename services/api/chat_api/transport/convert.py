@@ -91,7 +91,8 @@ def _reactions_wire(reactions: tuple[ReactionCount, ...]) -> bytes:
     out = chat_pb2.Message()
     for r in reactions:
         out.reactions.add(emoji=r.emoji, count=r.count, reacted_by_me=r.reacted_by_me)
-    return out.SerializeToString()
+    wire: bytes = out.SerializeToString()
+    return wire
 
 
 def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) -> None:
