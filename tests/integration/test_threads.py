@@ -310,7 +310,6 @@ async def test_a_root_or_thread_page_reads_only_its_rows_whatever_plan_postgresq
     # still keep the page to its own rows, here with replies and roots interleaved.
     import psycopg
     from chat_api.storage.messages import _ROOT_PAGE, _THREAD_PAGE
-    from chat_api.storage.rows import MESSAGE_COLUMNS
 
     conv = await create_conversation(stub, "alice", ["bob"])
     root = await send(stub, "alice", conv.id, "root")
@@ -344,9 +343,10 @@ async def test_a_root_or_thread_page_reads_only_its_rows_whatever_plan_postgresq
         expected = {"newest": range(301, 279, -2), "before_seq": range(149, 127, -2),
                     "after_seq": range(151, 173, 2)}[mode]
     else:
-        # The flag, the root's columns, its attachments, reactions and id, then the reply (seq
-        # its third).
-        seqs = [r[4 + MESSAGE_COLUMNS + 2] for r in rows]
+        # The root's row, then the replies': the part, the root's id and flag, then the
+        # message (seq its third column).
+        assert rows[0][0] == 0
+        seqs = [r[3 + 2] for r in rows[1:]]
         # thread_seq t is at seq 2t; the cursor (100) is a thread position, after_seq a seq.
         expected = {"newest": range(300, 278, -2), "before": range(198, 176, -2),
                     "after": range(202, 224, 2), "after_seq": range(152, 174, 2)}[mode]

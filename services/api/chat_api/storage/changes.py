@@ -70,6 +70,7 @@ class Locked:
 @asynccontextmanager
 async def locked(db: Database, name: str, tenant: str, conversation_id: str,
                  user_id: str | None, extra: tuple[str, Mapping[str, Any]] | None = None,
+                 *, role_in_extra: bool = False,
                  ) -> AsyncIterator[tuple[AsyncConn, Locked | None, Any]]:
     """A transaction holding the conversation's row lock.
 
@@ -77,6 +78,11 @@ async def locked(db: Database, name: str, tenant: str, conversation_id: str,
     exist or the caller is not a member: the same answer for both) and the first row of
     ``extra`` (a statement run after the lock in the same round trip), or None. A change the
     service makes itself (a thumbnail announced) has no caller: ``user_id`` None, role "".
+
+    ``role_in_extra``: ``extra`` reads the caller's membership row itself and ends with its
+    role, and its row is None when the caller is not a member (a message change's target, read
+    through the caller's membership): the role's own statement is then left out, one statement
+    fewer in the transaction (about 60 us of the API's CPU and 20 us of PostgreSQL's).
 
     The connection is in pipeline mode: what the block sends goes with COMMIT at its end, in
     one round trip, unless the block reads a result first (each read waits for a round trip);
@@ -86,11 +92,15 @@ async def locked(db: Database, name: str, tenant: str, conversation_id: str,
     params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id}
     async with db.tenant_transaction(name, tenant) as conn:
         lock = await conn.execute(_LOCK, params)
-        role = await conn.execute(_ROLE, params) if user_id is not None else None
+        role = (await conn.execute(_ROLE, params) if user_id is not None and not role_in_extra
+                else None)
         more = await conn.execute(extra[0], {**params, **extra[1]}) if extra else None
         conv = await lock.fetchone()
-        member = await role.fetchone() if role is not None else ("",)
         extra_row = await more.fetchone() if more is not None else None
+        if role_in_extra and user_id is not None:
+            member = (extra_row[-1],) if extra_row is not None else None
+        else:
+            member = await role.fetchone() if role is not None else ("",)
         if conv is None or member is None:
             yield conn, None, extra_row
             return

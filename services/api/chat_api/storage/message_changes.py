@@ -29,13 +29,8 @@ from dataclasses import dataclass
 
 from chat_api.models import MessageRecord
 from chat_api.storage.changes import Locked, change_ctes, locked
-from chat_api.storage.messages import REACTIONS_SQL
-from chat_api.storage.rows import (
-    ATTACHMENTS_AGG,
-    ATTACHMENTS_JSON,
-    message_columns,
-    message_from,
-)
+from chat_api.storage.messages import PAGE_COLUMNS
+from chat_api.storage.rows import ATTACHMENTS_AGG, message_from
 from chat_shared.db import Database, commit
 from chat_shared.events import (
     MESSAGE_CREATED,
@@ -57,12 +52,14 @@ class TargetMessage:
 
 
 # The message, if the caller may see it (a member added to a conversation that hides its
-# history does not see the messages from before).
+# history does not see the messages from before), and the caller's role (``locked``'s
+# ``role_in_extra``).
 _TARGET = """
     SELECT m.sender_id, m.deleted_at IS NOT NULL,
            EXISTS (SELECT 1 FROM message_reactions r
                     WHERE r.tenant_id = m.tenant_id AND r.message_id = m.id
-                      AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s)
+                      AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s),
+           cm.role
     FROM messages m
     JOIN conversation_members cm ON cm.tenant_id = m.tenant_id
      AND cm.conversation_id = m.conversation_id AND cm.user_id = %(user_id)s
@@ -71,8 +68,7 @@ _TARGET = """
     """
 
 _READ = f"""
-    SELECT {message_columns("m")},
-           {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL}
+    SELECT {PAGE_COLUMNS}
     FROM messages m WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
     """
 
@@ -222,7 +218,7 @@ class MessageChangeRepository:
         params = {"tenant": tenant, "conversation_id": conversation_id, "user_id": user_id,
                   "message_id": message_id, "content": content, "emoji": emoji}
         async with locked(self._db, name, tenant, conversation_id, user_id,
-                          (_TARGET, params)) as (conn, conv, row):
+                          (_TARGET, params), role_in_extra=True) as (conn, conv, row):
             if conv is None or row is None:
                 return None
             if check(conv, TargetMessage(row[0], bool(row[1]), bool(row[2]))):

@@ -15,8 +15,8 @@ from psycopg.types.json import Jsonb
 
 from chat_api.models import CiphertextRecord, MessageRecord, StoredUpload
 from chat_api.storage.rows import (
+    ATTACHMENTS_AGG,
     ATTACHMENTS_JSON,
-    MESSAGE_COLUMNS,
     ciphertext_json,
     message_columns,
     message_from,
@@ -314,12 +314,15 @@ _BY_KEY = f"""
 
 # The reactions of a message in the page, aggregated in the page's own statement (one index
 # range of message_reactions per message of the page, empty for most): the 20 most used, each
-# as [emoji, count, whether the caller is among them].
+# as [emoji, count, whether the caller is among them]. As JSON text (json, not jsonb: cheaper
+# to build, and the text is what the API wants): psycopg hands text over as it is, and
+# ``rows.reactions_from`` parses each distinct text once (the same sets recur on many messages).
 def reactions_sql(alias: str) -> str:
     """The aggregated reactions of the messages row ``alias`` (``rows.message_from`` reads them
     with ``reactions=True``)."""
     return f"""
-        (SELECT jsonb_agg(jsonb_build_array(rx.emoji, rx.n, rx.mine) ORDER BY rx.n DESC, rx.emoji)
+        (SELECT CAST(json_agg(json_build_array(rx.emoji, rx.n, rx.mine)
+                              ORDER BY rx.n DESC, rx.emoji) AS text)
            FROM (SELECT x.emoji, count(*) AS n, bool_or(x.user_id = %(user_id)s) AS mine
                    FROM message_reactions x
                   WHERE x.tenant_id = %(tenant)s AND x.message_id = {alias}.id
@@ -328,6 +331,19 @@ def reactions_sql(alias: str) -> str:
 
 
 REACTIONS_SQL = reactions_sql("m")
+
+
+def page_columns(alias: str) -> str:
+    """What a read that returns messages selects of the messages row ``alias``: its columns
+    with the ids as text, its attachments (NULL for none) and its reactions (``message_from``
+    with ``attachments=True, reactions=True`` reads them). Not for a CTE whose ids the
+    statement compares with uuid columns (``rows.message_columns``)."""
+    return (f"{message_columns(alias, text_ids=True)}, "
+            f"{ATTACHMENTS_AGG.format(tenant=f'{alias}.tenant_id', message=f'{alias}.id')}, "
+            f"{reactions_sql(alias)}")
+
+
+PAGE_COLUMNS = page_columns("m")
 
 # The conversation's row lock a reply takes before ``_SEND`` (see there); the send's own
 # UPDATE takes the same lock.
@@ -366,9 +382,7 @@ _PAGE_HEAD = f"""
     SELECT p.* FROM conversation_members cm
     JOIN conversations c ON c.tenant_id = cm.tenant_id AND c.id = cm.conversation_id
     LEFT JOIN LATERAL (
-        SELECT {message_columns("m")},
-               """ + ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id") + f""",
-               {REACTIONS_SQL}
+        SELECT {PAGE_COLUMNS}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
           AND m.seq > cm.visible_from_seq
@@ -453,8 +467,7 @@ _ROOT_BOUNDS = """
 """
 _ROOT_PAGE_HEAD = f"""
     LEFT JOIN LATERAL (
-        SELECT {message_columns("m")},
-               {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL}
+        SELECT {PAGE_COLUMNS}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.conversation_id = cm.conversation_id
           AND m.thread_root_id IS NULL AND m.seq > cm.visible_from_seq
@@ -489,36 +502,36 @@ _ROOT_PAGE = {
 # One thread: the membership row, the root (one probe of the primary key, within the
 # conversation), and the page, a range of thread_seq (the reply's gapless position in its
 # thread) read from uq_messages_thread_seq, with bounds as columns for the same reason as
-# above. Column 0 says whether the root is root-level, 1-13 are the root (``rows.
-# MESSAGE_COLUMNS``), 14 its attachments, 15 its reactions, 16 its id, the rest the page's
-# reply, its attachments and its reactions (NULLs for an empty page). Every message, root
-# included, carries its reactions, version, tombstone flag and attachments as GetMessages'
-# pages do: a thread's messages are ordinary messages. The root's content and attachments are
-# on one row only (the content may be 4,096 characters; a page has up to 101 rows). No row:
-# not a member, or no such message in the conversation.
+# above. Two parts, one row each, in one layout: column 0 says which part (0: the root, 1: a
+# reply of the page), column 1 is the root's id (as uuid, NULL on the replies), column 2
+# whether the root is root-level (NULL on the replies), then ``page_columns``. The root's row
+# comes first, then the page in the mode's order. Every message, root included, carries its
+# reactions, version, tombstone flag and attachments as GetMessages' pages do: a thread's
+# messages are ordinary messages. No row: not a member, or no such message in the
+# conversation; the root's row alone: an empty page, or a root that is itself a reply.
+#
+# The root and the page are parts of a UNION ALL (the root read once, ``r``), not the root's
+# columns beside each reply: those were 17 more columns on each of up to 51 rows, all of them
+# loaded by psycopg (uuids parsed, the root's reactions parsed again on each row) to be thrown
+# away, and a window function (row_number) to blank the root's content after the first row.
 #
 # ``after_seq`` is a conversation seq: the replies after it are those above the highest
 # thread_seq whose seq is at most it, found by a binary search over thread_seq (seq and
 # thread_seq grow together within a thread): about log2(reply_count) probes of the thread's
 # key, 17 for 90,000 replies, instead of reading every reply before the position.
 _THREAD_HEAD = f"""
-    SELECT r.thread_root_id IS NULL, r.id, r.conversation_id, r.seq, r.sender_id,
-           CASE WHEN row_number() OVER () = 1 THEN r.content END, r.created_at,
-           r.version, r.edited_at, r.deleted,
-           r.thread_root_id, r.reply_count, r.last_reply_at, r.thread_seq,
-           CASE WHEN row_number() OVER () = 1 THEN r.ciphertext END,
-           CASE WHEN row_number() OVER () = 1 THEN r.attachments END, r.reactions, r.rid,
-           p.*
-    FROM conversation_members cm
-    CROSS JOIN LATERAL (
-        SELECT {message_columns("r")},
-               {ATTACHMENTS_JSON.format(tenant="r.tenant_id", message="r.id")} AS attachments,
-               {reactions_sql("r")} AS reactions, r.id AS rid
-        FROM messages r
-        WHERE r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
-          AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq
-        LIMIT 1
-    ) r
+    WITH r AS (
+        SELECT r.id AS rid, r.thread_root_id IS NULL AS is_root, {page_columns("r")}
+        FROM conversation_members cm
+        JOIN messages r ON r.tenant_id = cm.tenant_id AND r.id = CAST(%(root_id)s AS uuid)
+         AND r.conversation_id = cm.conversation_id AND r.seq > cm.visible_from_seq
+        WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
+          AND cm.user_id = %(user_id)s
+    )
+    SELECT 0 AS part, r.* FROM r
+    UNION ALL
+    SELECT 1, NULL, NULL, p.*
+    FROM r
 """
 _THREAD_BOUNDS = """
     CROSS JOIN LATERAL (SELECT {lo} AS lo, {hi} AS hi OFFSET 0) b
@@ -544,22 +557,20 @@ _THREAD_AFTER_SEQ = """
     ) b
 """
 _THREAD_PAGE_HEAD = f"""
-    LEFT JOIN LATERAL (
-        SELECT {message_columns("m")},
-               {ATTACHMENTS_JSON.format(tenant="m.tenant_id", message="m.id")}, {REACTIONS_SQL}
+    CROSS JOIN LATERAL (
+        SELECT {PAGE_COLUMNS}
         FROM messages m
         WHERE m.tenant_id = %(tenant)s AND m.thread_root_id = r.rid
           AND m.thread_seq > b.lo AND m.thread_seq <= b.hi
 """
 _THREAD_TAIL = """
-    ) p ON true
-    WHERE cm.tenant_id = %(tenant)s AND cm.conversation_id = %(conversation_id)s
-      AND cm.user_id = %(user_id)s
+    ) p
+    WHERE r.is_root
 """
 _THREAD_DESCENDING = (" ORDER BY m.thread_seq DESC LIMIT %(limit)s" + _THREAD_TAIL
-                      + " ORDER BY p.seq DESC")
+                      + " ORDER BY part, seq DESC")
 _THREAD_ASCENDING = (" ORDER BY m.thread_seq ASC LIMIT %(limit)s" + _THREAD_TAIL
-                     + " ORDER BY p.seq ASC")
+                     + " ORDER BY part, seq ASC")
 _THREAD_PAGE = {
     "newest": _THREAD_HEAD + _THREAD_BOUNDS.format(
                   lo="r.reply_count - CAST(%(limit)s AS bigint)", hi="r.reply_count")
@@ -574,6 +585,7 @@ _THREAD_PAGE = {
              + _THREAD_PAGE_HEAD + _THREAD_ASCENDING,
     "after_seq": _THREAD_HEAD + _THREAD_AFTER_SEQ + _THREAD_PAGE_HEAD + _THREAD_ASCENDING,
 }
+_THREAD_PAGE = {mode: _unindented(sql) for mode, sql in _THREAD_PAGE.items()}
 
 
 # Batches: GraphQL's nested lists (``conversations { messages }``, ``messages { thread }``) ask
@@ -846,16 +858,13 @@ def _seq(message: MessageRecord) -> int:
 
 
 def _thread_of(rows: Sequence[Sequence[Any]]) -> ThreadPage | RootState:
-    """The thread page of ``_THREAD_PAGE``'s rows (in the statement's order)."""
-    if not rows:
+    """The thread page of ``_THREAD_PAGE``'s rows (the root's row, then the replies')."""
+    root = next((r for r in rows if r[0] == 0), None)
+    if root is None:
         return RootState.NOT_FOUND
-    if not rows[0][0]:
+    if not root[2]:
         return RootState.NOT_ROOT
-    # The flag, the root, its attachments, its reactions, the root's id.
-    page = 4 + MESSAGE_COLUMNS
-    root = next(r for r in rows if r[5] is not None)  # the row with the root's content
     return ThreadPage(
-        message_from(root, 1, attachments=True, reactions=True),
-        [message_from(r, page, attachments=True, reactions=True)
-         for r in rows if r[page] is not None])
+        message_from(root, 3, attachments=True, reactions=True),
+        [message_from(r, 3, attachments=True, reactions=True) for r in rows if r[0] == 1])
 

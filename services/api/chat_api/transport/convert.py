@@ -7,6 +7,7 @@ it, and GetConversations(50) spent a third of its time on those copies.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,6 +17,7 @@ from chat_api.models import (
     ConversationSummary,
     DeviceRecord,
     MessageRecord,
+    ReactionCount,
 )
 from chat_shared.errors import InvalidArgument
 from chat_shared.protos.chat.v1 import chat_pb2
@@ -61,11 +63,8 @@ def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
         fill_timestamp(out.edited_at, record.edited_at)
     if record.deleted:
         out.deleted = True
-    for reaction in record.reactions:
-        r = out.reactions.add()
-        r.emoji = reaction.emoji
-        r.count = reaction.count
-        r.reacted_by_me = reaction.reacted_by_me
+    if record.reactions:
+        out.MergeFromString(_reactions_wire(record.reactions))
     for a in record.attachments:
         out.attachments.add(id=a.id, filename=a.filename, content_type=a.content_type,
                             size_bytes=a.size_bytes, width=a.width, height=a.height,
@@ -81,6 +80,19 @@ def fill_message(out: chat_pb2.Message, record: MessageRecord) -> None:
         c.algorithm = record.ciphertext.algorithm
         c.sender_device = record.ciphertext.sender_device
         c.body = record.ciphertext.body
+
+
+@functools.lru_cache(maxsize=4096)
+def _reactions_wire(reactions: tuple[ReactionCount, ...]) -> bytes:
+    """A Message holding only these reactions, encoded: merged into a message, it appends
+    them in one call (0.5 us) where adding them one by one costs 1.3 us each. The same few
+    sets of reactions recur on message after message (and ``rows.reactions_from`` hands the
+    same records over for the same set)."""
+    out = chat_pb2.Message()
+    for r in reactions:
+        out.reactions.add(emoji=r.emoji, count=r.count, reacted_by_me=r.reacted_by_me)
+    wire: bytes = out.SerializeToString()
+    return wire
 
 
 def fill_conversation(out: chat_pb2.Conversation, record: ConversationRecord) -> None:
