@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat_bench.clients import AsyncApi, User, open_api
+from chat_bench.database import analyze
 from chat_bench.dataset import Dataset, load_dataset
 from chat_bench.stack import Target
 
@@ -162,7 +163,13 @@ class Context:
                         other_conversations=cfg["other_conversations"],
                         messages_per_conversation=cfg["messages_per_conversation"],
                         read_messages=cfg.get("read_messages", 10), progress=self.progress)
+                await self.analyze()
             return self._dataset
+
+    async def analyze(self) -> None:
+        """The statistics a running deployment has, after a phase loads data
+        (``chat_bench.database.analyze``: why)."""
+        await asyncio.to_thread(analyze, self.target.db_source)
 
     def dataset_summary(self) -> dict[str, int] | None:
         """The data set's size, once a phase has loaded it (for the result's ``dataset``)."""

@@ -241,6 +241,23 @@ def test_attachments_phase(tmp_path: pathlib.Path) -> None:
     assert "Attachments, 10 sequential gRPC calls each" in stdout
 
 
+def test_changes_and_threads_phases(tmp_path: pathlib.Path) -> None:
+    data, stdout = run_bench(tmp_path, "--only", "changes,threads", "--change-calls", "10",
+                             "--thread-calls", "10", "--repeat", "1")
+    for name in ("EditMessage", "AddReaction", "GetMessages(50)",
+                 "GetMessages(50) with reactions"):
+        assert_latency(data["changes"][name], n=10)
+    threads = data["threads"]
+    for name in ("GetThread", "GetMessages root-level", "GetMessages with replies",
+                 "GetMessages no threads", "SendMessage reply"):
+        assert_latency(threads[name], n=10)
+    assert threads["roots"] + threads["thread_replies"] <= threads["messages"]
+    assert threads["thread_replies"] >= 50  # the busy thread fills a page
+    measured = {c["figure"] for c in data["targets"] if c["met"] is not None}
+    assert {"threads: GetThread(50) mean", "EditMessage mean (gRPC always)",
+            "AddReaction mean (gRPC always)"} <= measured, measured
+
+
 def test_graphql_phase(tmp_path: pathlib.Path) -> None:
     data, stdout = run_bench(tmp_path, "--only", "graphql", "--graphql-calls", "10",
                              "--graphql-rate", "20", "--graphql-duration", "1")

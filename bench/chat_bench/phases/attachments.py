@@ -20,9 +20,11 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from chat_bench.clients import Sequential, User
+from chat_bench.database import analyze
 from chat_bench.phase import Check, Context, Phase, at_most, check
 from chat_bench.stats import summarize
 from chat_bench.tables import fmt, table
@@ -61,7 +63,8 @@ def post_form(url: str, fields: Mapping[str, str], data: bytes) -> int:
 
 
 def measure(client: Sequential, secret: str, calls: int, thumbnails: int,
-            progress: Callable[[str], None]) -> dict[str, Any]:
+            progress: Callable[[str], None],
+            settle: Callable[[], object] = lambda: None) -> dict[str, Any]:
     stub = client.stub
     me = User("bench-attach", secret)
     conv = stub.CreateConversation(chat_pb2.CreateConversationRequest(
@@ -84,6 +87,7 @@ def measure(client: Sequential, secret: str, calls: int, thumbnails: int,
             attachment_ids=ids), metadata=me.meta, timeout=30).message
 
     out: dict[str, Any] = {"calls": calls, "thumbnails": thumbnails}
+    settle()
     progress(f"attachments: CreateUpload, {calls} sequential calls ...")
     samples: list[float] = []
     for i in range(WARMUP + calls):
@@ -95,6 +99,7 @@ def measure(client: Sequential, secret: str, calls: int, thumbnails: int,
 
     progress(f"attachments: SendMessage with one attachment, {calls} calls ...")
     ids = [uploaded(PDF, "application/pdf") for _ in range(WARMUP + calls)]
+    settle()  # statistics for the uploads just made (chat_bench.database.analyze)
     samples = []
     for i, upload_id in enumerate(ids):
         start = time.perf_counter()
@@ -143,7 +148,8 @@ async def run(ctx: Context) -> dict[str, Any]:
     try:
         return await asyncio.to_thread(measure, client, ctx.target.jwt_secret,
                                        ctx.settings["attachment_calls"],
-                                       ctx.settings["thumbnails"], ctx.progress)
+                                       ctx.settings["thumbnails"], ctx.progress,
+                                       partial(analyze, ctx.target.db_source))
     finally:
         client.close()
 

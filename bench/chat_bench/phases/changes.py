@@ -20,11 +20,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import grpc
 
 from chat_bench.clients import User
+from chat_bench.database import analyze
 from chat_bench.dataset import BENCH_PEER, BENCH_USER
 from chat_bench.phase import Check, Context, Phase, at_most, check
 from chat_bench.stats import summarize
@@ -48,7 +50,8 @@ def _conversation(stub: Any, me: User, title: str, messages: int) -> tuple[str, 
     return conv.id, ids
 
 
-def measure(addr: str, secret: str, calls: int, progress: Callable[[str], None]
+def measure(addr: str, secret: str, calls: int, progress: Callable[[str], None],
+            settle: Callable[[], object] = lambda: None
             ) -> dict[str, Any]:
     """Blocks for the whole phase (run it in a thread)."""
     me, peer = User(BENCH_USER, secret), User(BENCH_PEER, secret)
@@ -66,6 +69,8 @@ def measure(addr: str, secret: str, calls: int, progress: Callable[[str], None]
                 stub.AddReaction(chat_pb2.AddReactionRequest(
                     conversation_id=busy_conv, message_id=mid, emoji=emoji),
                     metadata=who.meta, timeout=30)
+
+        settle()  # statistics for the rows just written (chat_bench.database.analyze)
 
         def edit(i: int) -> None:
             stub.EditMessage(chat_pb2.EditMessageRequest(
@@ -124,7 +129,8 @@ def measure(addr: str, secret: str, calls: int, progress: Callable[[str], None]
 async def run(ctx: Context) -> dict[str, Any]:
     await ctx.dataset()  # bench-user and bench-peer exist in their tenant from here on
     return await asyncio.to_thread(measure, ctx.target.grpc, ctx.target.jwt_secret,
-                                   ctx.settings["change_calls"], ctx.progress)
+                                   ctx.settings["change_calls"], ctx.progress,
+                                   partial(analyze, ctx.target.db_source))
 
 
 def _mean(figures: Mapping[str, Any], rpc: str) -> Any:

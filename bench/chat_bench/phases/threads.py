@@ -24,9 +24,11 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from chat_bench.clients import Sequential, User
+from chat_bench.database import analyze
 from chat_bench.phase import Check, Context, Phase, at_most, check
 from chat_bench.stats import summarize
 from chat_bench.tables import fmt, table
@@ -57,7 +59,8 @@ def _conversation(client: Sequential, user: User, other: str, title: str) -> str
 
 
 def measure(client: Sequential, secret: str, messages: int, calls: int,
-            progress: Callable[[str], None]) -> dict[str, Any]:
+            progress: Callable[[str], None],
+            settle: Callable[[], object] = lambda: None) -> dict[str, Any]:
     """Blocks for the whole phase (run it in a thread)."""
     a, b = (User(u, secret) for u in USERS)
     tag = uuid.uuid4().hex[:8]
@@ -102,6 +105,7 @@ def measure(client: Sequential, secret: str, messages: int, calls: int,
     def reply(i: int) -> None:
         _send(client, b, mixed, f"measured reply {i}", side_root)
 
+    settle()  # statistics for the rows just written (chat_bench.database.analyze)
     fns = dict(zip(CALLS, (get_thread, get_messages(mixed, False), get_messages(mixed, True),
                            get_messages(plain, False), reply), strict=True))
     samples: dict[str, list[float]] = {name: [] for name in CALLS}
@@ -125,7 +129,8 @@ async def run(ctx: Context) -> dict[str, Any]:
     try:
         return await asyncio.to_thread(measure, client, ctx.target.jwt_secret,
                                        ctx.settings["thread_messages"],
-                                       ctx.settings["thread_calls"], ctx.progress)
+                                       ctx.settings["thread_calls"], ctx.progress,
+                                       partial(analyze, ctx.target.db_source))
     finally:
         client.close()
 
