@@ -21,14 +21,18 @@ def _settings(s3: LocalS3, **overrides: object) -> ObjectStoreSettings:
     return ObjectStoreSettings(**env)  # type: ignore[arg-type]
 
 
+async def _upload(store: ObjectStore, key: str, content_type: str, data: bytes) -> None:
+    """Puts ``data`` at ``key`` as a client does: a form POST to the presigned policy."""
+    post = await store.presign_post(key, content_type, len(data), 60)
+    resp = requests.post(post.url, data=post.fields, files={"file": ("a", data)}, timeout=10)
+    assert resp.status_code == 204, resp.text
+
+
 async def test_upload_head_read_delete(s3: LocalS3) -> None:
     store = ObjectStore(_settings(s3))
     await store.open()
     try:
-        post = await store.presign_post("t/c/u", "text/plain", 5, 60)
-        resp = requests.post(post.url, data=post.fields, files={"file": ("a", b"hello")},
-                             timeout=10)
-        assert resp.status_code == 204, resp.text
+        await _upload(store, "t/c/u", "text/plain", b"hello")
         head = await store.head("t/c/u")
         assert head is not None and (head.size, head.content_type) == (5, "text/plain")
         assert await store.read("t/c/u", 3) == b"hel"
@@ -80,10 +84,7 @@ async def test_probes_reuse_one_kept_alive_connection(s3: LocalS3) -> None:
     store = ObjectStore(_settings(s3))
     await store.open()
     try:
-        post = await store.presign_post("t/c/kept", "application/pdf", 4, 60)
-        resp = requests.post(post.url, data=post.fields, files={"file": ("a", b"%PDF")},
-                             timeout=10)
-        assert resp.status_code == 204, resp.text
+        await _upload(store, "t/c/kept", "application/pdf", b"%PDF")
         seen = []
         for _ in range(20):
             assert await store.probe("t/c/kept", 16) == ObjectProbe(4, "application/pdf",
