@@ -211,5 +211,6 @@ def main(argv: list[str] | None = None) -> None:
                    threads=args.threads, connection_limit=CONNECTION_LIMIT,
                    asyncore_use_poll=True, ident="chat-dev-s3", _quiet=True)
 
+
 if __name__ == "__main__":
     main()

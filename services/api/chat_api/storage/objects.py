@@ -187,10 +187,12 @@ class ObjectStore:
                          expires=expires).add_auth(request)
         return str(request.url)
 
-    def _bucket_url(self) -> str:
-        """The bucket's URL at the public endpoint (where upload forms are posted)."""
+    def _bucket_url(self, *, internal: bool = False) -> str:
+        """The bucket's URL at the public endpoint (what clients reach: where upload forms
+        are posted), or at S3_ENDPOINT (``internal``: what this process reaches), as botocore
+        writes it (path style without a trailing slash)."""
         s = self._settings
-        base = urlsplit(s.s3_public_endpoint or s.s3_endpoint)
+        base = urlsplit(s.s3_endpoint if internal else s.s3_public_endpoint or s.s3_endpoint)
         if s.s3_path_style or _is_ip(base.hostname or ""):  # as botocore: no bucket.<IP>
             return f"{base.scheme}://{base.netloc}/{self.bucket}"
         return f"{base.scheme}://{self.bucket}.{base.netloc}/"
@@ -198,12 +200,7 @@ class ObjectStore:
     def _object_url(self, key: str, *, internal: bool = False) -> str:
         """The object's URL at the public endpoint (what clients reach), or at S3_ENDPOINT
         (``internal``: what this process reaches)."""
-        s = self._settings
-        base = urlsplit(s.s3_endpoint if internal else s.s3_public_endpoint or s.s3_endpoint)
-        path = quote(key, safe="/~")
-        if s.s3_path_style or _is_ip(base.hostname or ""):  # as botocore: no bucket.<IP>
-            return f"{base.scheme}://{base.netloc}/{self.bucket}/{path}"
-        return f"{base.scheme}://{self.bucket}.{base.netloc}/{path}"
+        return f"{self._bucket_url(internal=internal).rstrip('/')}/{quote(key, safe='/~')}"
 
     async def head(self, key: str) -> ObjectHead | None:
         resp = await self._call(self._client.head_object(Bucket=self.bucket, Key=key))

@@ -87,12 +87,10 @@ def _details_field(*details: any_pb2.Any) -> bytes:
 @functools.lru_cache(maxsize=4096)
 def _refusal_parts(cls: str, scope: str, subject: str, policy: str) -> tuple[bytes, bytes]:
     """The serialized details before and after RetryInfo: the same for every refusal of a
-    client (ErrorInfo; QuotaFailure)."""
-    info = RateLimited(cls, scope, subject, 0.0, {})
-    before = any_pb2.Any()
-    before.Pack(error_details_pb2.ErrorInfo(reason=info.reason, domain=ERROR_DOMAIN,
-                                            metadata=info.metadata))
-    return _details_field(before), _details_field(_quota_failure(cls, subject, policy))
+    client (ErrorInfo; QuotaFailure), taken from ``status_proto``'s own."""
+    error_info, _retry, quota_failure = status_proto(
+        RateLimited(cls, scope, subject, 0.0, {"RateLimit-Policy": policy})).details
+    return _details_field(error_info), _details_field(quota_failure)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -120,10 +118,9 @@ def to_grpc_status(exc: ChatError, rate_limit_headers: dict[str, str] | None = N
                        ((_DETAILS_KEY, _refusal_bytes(exc)),
                         *((k.lower(), v) for k, v in exc.headers.items())))
     status = rpc_status.to_status(status_proto(exc))
-    headers = rate_limit_headers
-    if headers:
+    if rate_limit_headers:
         # The same headers HTTP sends, as trailing metadata (lower-case keys, as gRPC wants).
-        extra = tuple((k.lower(), v) for k, v in headers.items())
+        extra = tuple((k.lower(), v) for k, v in rate_limit_headers.items())
         status = _Status(status.code, status.details, (*status.trailing_metadata, *extra))
     return status
 
