@@ -109,7 +109,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from chat_shared import deadlines
-from chat_shared.config import DatabaseSettings
+from chat_shared.config import ConfigError, DatabaseSettings, load_settings
 from chat_shared.errors import ChatError, DeadlineExceeded, Unavailable
 from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import tracer
@@ -387,6 +387,43 @@ def connect_sync(
             conninfo(db_source), **_session_options(
                 application_name=application_name, statement_timeout=statement_timeout,
                 connect_timeout=connect_timeout, role=role))
+
+
+CLI_EXIT_USAGE, CLI_EXIT_UNREACHABLE = 2, 3
+"""The exit codes of the command-line tools when their database session cannot be had."""
+
+
+class CliSessionFailed(Exception):
+    """A command-line tool could not open its session: ``str(exc)`` for stderr (without the
+    program's name), ``exit_code`` to exit with."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def connect_cli(program: str, settings_type: type[DatabaseSettings] = DatabaseSettings
+                ) -> psycopg.Connection[TupleRow]:
+    """The session of a command-line tool (``chat-tenant``, ``chat-outbox``): its settings
+    from the environment, then ``connect_sync`` as the tool (``application_name=program``).
+
+    Raises:
+        CliSessionFailed: the settings are invalid or DB_SOURCE is unset (exit 2), or the
+            server could not be reached (exit 3).
+    """
+    try:
+        settings = load_settings(settings_type)
+    except ConfigError as exc:
+        raise CliSessionFailed(str(exc), CLI_EXIT_USAGE) from None
+    if not settings.db_source:
+        raise CliSessionFailed("DB_SOURCE is not set", CLI_EXIT_USAGE)
+    try:
+        return connect_sync(settings.db_source, application_name=program,
+                            statement_timeout=settings.db_statement_timeout,
+                            role=settings.database_role)
+    except Unavailable as exc:
+        raise CliSessionFailed(f"cannot reach the database: {exc.__cause__}",
+                               CLI_EXIT_UNREACHABLE) from None
 
 
 def _within_deadline(wait: float) -> tuple[float, bool]:

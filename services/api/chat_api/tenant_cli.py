@@ -25,12 +25,10 @@ from typing import Any
 import psycopg
 
 from chat_api.service.tenants import LIMIT_NAMES
-from chat_shared.config import ConfigError, DatabaseSettings, load_settings
-from chat_shared.db import connect_sync
-from chat_shared.errors import Unavailable
+from chat_shared.db import CLI_EXIT_UNREACHABLE, CLI_EXIT_USAGE, CliSessionFailed, connect_cli
 from chat_shared.tenancy import TENANT_ID
 
-EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, CLI_EXIT_USAGE, CLI_EXIT_UNREACHABLE
 
 _COLUMNS = "id, status, limits, created_at"
 
@@ -99,20 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print("chat-tenant: VALUE must be a positive integer or 'default'", file=sys.stderr)
         return EXIT_USAGE
     try:
-        settings = load_settings(DatabaseSettings)
-    except ConfigError as exc:
+        conn = connect_cli("chat-tenant")
+    except CliSessionFailed as exc:
         print(f"chat-tenant: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not settings.db_source:
-        print("chat-tenant: DB_SOURCE is not set", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        conn = connect_sync(settings.db_source, application_name="chat-tenant",
-                            statement_timeout=settings.db_statement_timeout,
-                            role=settings.database_role)
-    except Unavailable as exc:
-        print(f"chat-tenant: cannot reach the database: {exc.__cause__}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return exc.exit_code
     with conn:
         try:
             return _run(conn, args)

@@ -33,12 +33,19 @@ from chat_outbox_relay.republishing import Progress, RepublishFailed, republish,
 from chat_outbox_relay.settings import RelayDatabaseSettings, RelaySettings
 from chat_shared import db
 from chat_shared.config import ConfigError, load_settings, parse_duration
-from chat_shared.db import connect_sync, unavailable_on_connection_errors
+from chat_shared.db import (
+    CLI_EXIT_UNREACHABLE,
+    CLI_EXIT_USAGE,
+    CliSessionFailed,
+    connect_cli,
+    unavailable_on_connection_errors,
+)
 from chat_shared.errors import Unavailable
 from chat_shared.events import format_time
 from chat_shared.redis_client import create_redis
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REDIS = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_NOT_FOUND, EXIT_REDIS = 0, 1, 4
+EXIT_USAGE, EXIT_UNREACHABLE = CLI_EXIT_USAGE, CLI_EXIT_UNREACHABLE
 PROGRESS_EVERY = 2.0
 """Seconds between progress lines of a long republish."""
 
@@ -219,20 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.area == "republish":
         return _republish(args)
     try:
-        settings = load_settings(RelayDatabaseSettings)
-    except ConfigError as exc:
+        conn = connect_cli("chat-outbox", RelayDatabaseSettings)
+    except CliSessionFailed as exc:
         print(f"chat-outbox: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not settings.db_source:
-        print("chat-outbox: DB_SOURCE is not set", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        conn = connect_sync(settings.db_source, application_name="chat-outbox",
-                            statement_timeout=settings.db_statement_timeout,
-                            role=settings.database_role)
-    except Unavailable as exc:
-        print(f"chat-outbox: cannot reach the database: {exc.__cause__}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return exc.exit_code
     with conn:
         try:
             with unavailable_on_connection_errors():
