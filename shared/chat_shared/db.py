@@ -118,8 +118,8 @@ __all__ = [
     "ANSWER_GRACE", "API_RANDOM_PAGE_COST", "CONNECTION_ERRORS", "CONNECT_TIMEOUT",
     "PING_TIMEOUT", "AsyncConn",
     "Database", "PooledSessionError", "SET_TENANT", "SET_TENANT_LOCAL", "check_pooled_session",
-    "commit", "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "redacted",
-    "tenant_execute", "tenant_setting", "unavailable_on_connection_errors",
+    "commit", "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "name_tenant",
+    "redacted", "tenant_execute", "tenant_setting", "unavailable_on_connection_errors",
 ]
 
 _tracer = tracer(__name__)
@@ -329,6 +329,18 @@ async def commit(conn: AsyncConn) -> None:
     the statements sent so far, in one round trip; their results can be read after it. The
     block must then send nothing more."""
     await _pipelined[conn].commit()
+
+
+async def name_tenant(conn: AsyncConn, tenant: str) -> None:
+    """Leaves ``conn``'s session naming ``tenant``, as a unit of work for it would: the next
+    one for ``tenant`` then runs its statement alone, and any other work sets or clears it as
+    after any unit of work (module docstring). For a new connection's warm-up
+    (``Database(configure=...)``), not behind a transaction pooler (nothing is kept there)."""
+    if conn in _shared_sessions:
+        return
+    _session_tenant[conn] = _UNKNOWN
+    await conn.execute(SET_TENANT, (tenant,), prepare=True)
+    _session_tenant[conn] = tenant
 
 
 async def clear_tenant(conn: AsyncConn) -> None:
