@@ -55,6 +55,13 @@ nothing session-scoped is asked of the server:
 
 Statements use psycopg's own named parameters (``%(name)s``), run as written. Statements that
 run often are prepared server-side by psycopg after a few executions per connection.
+psycopg turns a statement's placeholders into ``$n`` on every execution and caches that
+conversion only for statements of at most ``psycopg._queries.MAX_CACHED_STATEMENT_LENGTH``
+bytes (4,096: a guard against the ever-different statements ORMs generate). This project's
+statements are fixed texts, so the limit is raised to ``CACHED_STATEMENT_LENGTH``: the general
+send statement (6,395 bytes, every send with attachments, every reply and end-to-end encrypted
+send) was converted again on each execution, 168-369 us of the API's CPU against 17-28 us
+cached (timeit of ``PostgresQuery.convert``, load average 4).
 
 Bounded in time: every unit of work on a pooled connection (``fetchone``, ``fetchall``,
 ``connection``, ``transaction``, ``ping``) ends within a known time whatever the server does,
@@ -104,6 +111,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import psycopg._queries
 from psycopg.abc import Params, QueryNoTemplate
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -115,8 +123,8 @@ from chat_shared.observability.logging import get_logger
 from chat_shared.observability.tracing import tracer
 
 __all__ = [
-    "ANSWER_GRACE", "API_RANDOM_PAGE_COST", "CONNECTION_ERRORS", "CONNECT_TIMEOUT",
-    "PING_TIMEOUT", "AsyncConn",
+    "ANSWER_GRACE", "API_RANDOM_PAGE_COST", "CACHED_STATEMENT_LENGTH", "CONNECTION_ERRORS",
+    "CONNECT_TIMEOUT", "PING_TIMEOUT", "AsyncConn",
     "Database", "PooledSessionError", "SET_TENANT", "SET_TENANT_LOCAL", "check_pooled_session",
     "commit", "connect", "clear_tenant", "connect_sync", "conninfo", "interaction", "name_tenant",
     "redacted", "tenant_execute", "tenant_setting", "unavailable_on_connection_errors",
@@ -142,6 +150,13 @@ and ``attachments`` whole, once for each message of the page, while those tables
 (a few pages): 150 reactions made GetMessages(50) read 7,500 rows and take 0.97 ms of the
 server's time where the index takes 0.32 ms, and the cost grows with the table until the
 planner switches (``tests/integration/test_plan_stability.py``, with 150 reactions)."""
+
+CACHED_STATEMENT_LENGTH = 16384
+"""Bytes up to which psycopg caches a statement's placeholder conversion (module docstring);
+no statement here is longer (``tests/integration/test_send_statements.py`` checks the
+sends')."""
+psycopg._queries.MAX_CACHED_STATEMENT_LENGTH = max(
+    psycopg._queries.MAX_CACHED_STATEMENT_LENGTH, CACHED_STATEMENT_LENGTH)
 
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
 """What "the database is unavailable" looks like from psycopg (see the module docstring)."""
