@@ -262,22 +262,24 @@ class RateLimiter:
         decision of the key is unconfirmed; else None (then the request waits for Redis).
 
         Why: a round trip to Redis on every call costs each call its latency. The script of a
-        request decided ahead is sent at once, so Redis runs this process's scripts in the
-        order of its decisions: one process alone stays exact. Several processes spending
+        request decided ahead is sent at once (queued on the one connection, written at the
+        event loop's next turn), so Redis runs this process's scripts in the order of its
+        decisions: one process alone stays exact. Several processes spending
         one budget at once may each let one request through on an answer another process
         made stale (at most one unconfirmed request per key and process), after which the
         refusal is remembered. Near the limit (no room to spare) every request waits.
         """
         known = self._known.get(key)
-        if (known is None or known.ahead or now - known.at > _KNOWN_FOR
-                or known.remaining - self._in_flight.get(key, 0) < 1):
+        if known is None or known.ahead or now - known.at > _KNOWN_FOR:
+            return None
+        left = known.remaining - self._in_flight.get(key, 0) - 1
+        if left < 0:
             return None
         if ceiling_key:
             tenant_known = self._known.get(ceiling_key)
             if (tenant_known is None or now - tenant_known.at > _KNOWN_FOR
                     or tenant_known.remaining - self._in_flight.get(ceiling_key, 0) < 1):
                 return None
-        left = known.remaining - self._in_flight.get(key, 0) - 1
         return Decision(True, user, left,
                         max(known.reset - (now - known.at), 0.0) + user.interval, ahead=True)
 
