@@ -149,6 +149,54 @@ async def test_a_stalled_redis_is_asked_once_then_left_alone() -> None:
         await server.wait_closed()
 
 
+async def test_replies_that_stop_coming_are_each_given_up_after_the_timeout() -> None:
+    """A server that answers the first two scripts, then stalls: two requests that went
+    ahead of it, sent a moment apart, each have their reply given up once overdue (one timer
+    serves every reply awaited, set again for the later one), and each is counted in the
+    process instead (fail open), so neither key stays waiting for an answer."""
+    from prometheus_client import REGISTRY
+
+    held: list[asyncio.StreamWriter] = []
+    answer = b"*6\r\n:1\r\n:0\r\n:0\r\n:49\r\n:20000000\r\n:999\r\n"
+
+    async def two_then_silence(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        for _ in range(2):
+            await reader.readuntil(b"\r\n$1\r\n0\r\n")  # the end of one script's arguments
+            writer.write(answer)
+
+    def fail_open() -> float:
+        return REGISTRY.get_sample_value(
+            "chat_ratelimit_requests_total", {"class": "send", "result": "fail_open"}) or 0.0
+
+    server = await asyncio.start_server(two_then_silence, "127.0.0.1", 0)
+    lim = RateLimiter({"send": ClassLimits(SLOW)},
+                      gcra_backend(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", 0.05))
+    try:
+        first = [await lim.check("send", "t", user) for user in ("kim", "lou")]
+        assert all(d.allowed and not d.ahead and not d.fail_open for d in first)
+        before = fail_open()
+        ahead = [await lim.check("send", "t", "kim")]
+        await asyncio.sleep(0.02)
+        ahead.append(await lim.check("send", "t", "lou"))
+        assert all(d.allowed and d.ahead for d in ahead)
+        for _ in range(100):  # until both replies are given up (each after 0.05 s)
+            if fail_open() - before >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert fail_open() - before == 2
+        # Neither key waits for a reply any more: Redis is left alone, so they decide here.
+        after = [await lim.check("send", "t", user) for user in ("kim", "lou")]
+        assert all(d.allowed and d.fail_open and not d.ahead for d in after)
+    finally:
+        await lim.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_on_a_cluster_a_failover_is_followed_by_moved_without_failing_open(
         redis_cluster) -> None:
     """After CLUSTER FAILOVER the old master answers MOVED: the limiter sends the check to the

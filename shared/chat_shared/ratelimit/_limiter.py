@@ -74,6 +74,22 @@ class _Known:
     """A request of the key went ahead and its script's answer has not come yet."""
 
 
+@dataclass(slots=True)
+class _Plan:
+    """What ``check`` works out once per subject and limits (``RateLimiter._plan``): its keys
+    and the script's arguments (an f-string and a float division each, 2 us a call)."""
+
+    limits: ClassLimits
+    user: Limit
+    ceiling: Limit | None
+    key: str
+    ceiling_key: str
+    """"" without a ceiling (``anon``, or an unlimited one)."""
+    keys: tuple[str, ...]
+    args: tuple[str, str, int, int, int, int]
+    unlimited: bool
+
+
 @dataclass(frozen=True, slots=True)
 class ClassLimits:
     """One class's limits: per user (or per IP) and for the tenant as a whole."""
@@ -171,6 +187,7 @@ class RateLimiter:
         self._logged: dict[str, float] = {}
         self._refusing: dict[str, float] = {}
         self._known: dict[str, _Known] = {}
+        self._plans: dict[tuple[str, str, str], _Plan] = {}
         self._in_flight: dict[str, int] = {}
         self._confirming: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -186,29 +203,26 @@ class RateLimiter:
             limits: this tenant's limits for the class; None = the defaults.
         """
         limits = limits or self.policy[cls]
-        user = limits.user
-        if user.unlimited:
+        plan = self._plans.get((cls, tenant, subject))
+        if plan is None or plan.limits is not limits:
+            plan = self._plan(cls, tenant, subject, limits)
+        user = plan.user
+        if plan.unlimited:
             return Decision(True, user, user.burst, 0.0)
-        key, ceiling_key = _keys(cls, tenant, subject)
-        ceiling = limits.tenant if ceiling_key else None
-        if ceiling is None or ceiling.unlimited:
-            ceiling, ceiling_key = None, ""
+        key, ceiling_key = plan.key, plan.ceiling_key
         now = self._clock()
-        for remembered_key in (key, ceiling_key) if ceiling_key else (key,):
-            remembered = self._refused.get(remembered_key)
-            if remembered is not None and remembered[0] > now:
-                d = remembered[1]
-                decision = Decision(False, user, 0, d.reset, remembered[0] - now, d.scope)
-                self._refusal(cls, tenant, subject, decision, now)
-                return decision
+        if self._refused:  # (empty while nobody is refused: the usual case)
+            for remembered_key in plan.keys:
+                remembered = self._refused.get(remembered_key)
+                if remembered is not None and remembered[0] > now:
+                    d = remembered[1]
+                    decision = Decision(False, user, 0, d.reset, remembered[0] - now, d.scope)
+                    self._refusal(cls, tenant, subject, decision, now)
+                    return decision
         if self._redis is None:
-            decision = self._local.check(key, user, ceiling_key, ceiling)
+            decision = self._local.check(key, user, ceiling_key, plan.ceiling)
         else:
-            c_t = c_tau = 0
-            if ceiling is not None:
-                c_t, c_tau = _us(ceiling.interval), _us(ceiling.interval * ceiling.burst)
-            args = (key, ceiling_key, _us(user.interval), _us(user.interval * user.burst),
-                    c_t, c_tau)
+            args = plan.args
             ahead = self._ahead(key, ceiling_key, user, now)
             pending: Any = self._redis.submit(*args) if ahead is not None else None
             if ahead is not None and pending is not None:
@@ -216,10 +230,31 @@ class RateLimiter:
                 self._known[key].ahead = True
                 self._flight(key, ceiling_key, 1)
                 self._redis.reply_future(pending).add_done_callback(
-                    functools.partial(self._replied, cls, pending, args, user, ceiling))
+                    functools.partial(self._replied, cls, pending, args, user, plan.ceiling))
             else:
-                decision = await self._ask(args, user, ceiling)
+                decision = await self._ask(args, user, plan.ceiling)
         return self._decided(cls, tenant, subject, key, ceiling_key, decision, now)
+
+    def _plan(self, cls: str, tenant: str, subject: str, limits: ClassLimits) -> _Plan:
+        """Works out (and keeps) a subject's keys and script arguments under ``limits``."""
+        user = limits.user
+        key, ceiling_key = _keys(cls, tenant, subject)
+        ceiling = limits.tenant if ceiling_key else None
+        if ceiling is None or ceiling.unlimited:
+            ceiling, ceiling_key = None, ""
+        c_t = c_tau = 0
+        if ceiling is not None:
+            c_t, c_tau = _us(ceiling.interval), _us(ceiling.interval * ceiling.burst)
+        unlimited = user.unlimited
+        args = ((key, ceiling_key, 0, 0, 0, 0) if unlimited else
+                (key, ceiling_key, _us(user.interval), _us(user.interval * user.burst),
+                 c_t, c_tau))
+        plan = _Plan(limits, user, ceiling, key, ceiling_key,
+                     (key, ceiling_key) if ceiling_key else (key,), args, unlimited)
+        if len(self._plans) >= _MAX_REMEMBERED:
+            self._plans.clear()
+        self._plans[cls, tenant, subject] = plan
+        return plan
 
     def _ahead(self, key: str, ceiling_key: str, user: Limit, now: float) -> Decision | None:
         """An allowed decision without waiting for Redis, when Redis's last answers left room
@@ -227,22 +262,24 @@ class RateLimiter:
         decision of the key is unconfirmed; else None (then the request waits for Redis).
 
         Why: a round trip to Redis on every call costs each call its latency. The script of a
-        request decided ahead is sent at once, so Redis runs this process's scripts in the
-        order of its decisions: one process alone stays exact. Several processes spending
+        request decided ahead is sent at once (queued on the one connection, written at the
+        event loop's next turn), so Redis runs this process's scripts in the order of its
+        decisions: one process alone stays exact. Several processes spending
         one budget at once may each let one request through on an answer another process
         made stale (at most one unconfirmed request per key and process), after which the
         refusal is remembered. Near the limit (no room to spare) every request waits.
         """
         known = self._known.get(key)
-        if (known is None or known.ahead or now - known.at > _KNOWN_FOR
-                or known.remaining - self._in_flight.get(key, 0) < 1):
+        if known is None or known.ahead or now - known.at > _KNOWN_FOR:
+            return None
+        left = known.remaining - self._in_flight.get(key, 0) - 1
+        if left < 0:
             return None
         if ceiling_key:
             tenant_known = self._known.get(ceiling_key)
             if (tenant_known is None or now - tenant_known.at > _KNOWN_FOR
                     or tenant_known.remaining - self._in_flight.get(ceiling_key, 0) < 1):
                 return None
-        left = known.remaining - self._in_flight.get(key, 0) - 1
         return Decision(True, user, left,
                         max(known.reset - (now - known.at), 0.0) + user.interval, ahead=True)
 
@@ -274,13 +311,18 @@ class RateLimiter:
 
     def _learn(self, key: str, ceiling_key: str, answer: list[int], user: Limit) -> Decision:
         """The decision in Redis's answer, remembered for ``_ahead``."""
-        allowed, scope, retry_us, remaining, reset_us, left = answer
-        now = self._clock()
-        self._remember(key, remaining, reset_us / 1e6, now)
-        if ceiling_key and left >= 0:
-            self._remember(ceiling_key, left, 0.0, now)
+        self._note(key, ceiling_key, answer)
+        allowed, scope, retry_us, remaining, reset_us, _ = answer
         return Decision(bool(allowed), user, remaining, reset_us / 1e6, retry_us / 1e6,
                         ("", "user", "tenant")[scope])
+
+    def _note(self, key: str, ceiling_key: str, answer: list[int]) -> None:
+        """Remembers Redis's answer for ``_ahead``."""
+        now = self._clock()
+        self._remember(key, answer[3], answer[4] / 1e6, now)
+        left = answer[5]
+        if ceiling_key and left >= 0:
+            self._remember(ceiling_key, left, 0.0, now)
 
     def _replied(self, cls: str, pending: Any, args: tuple[str, str, int, int, int, int],
                  user: Limit, ceiling: Limit | None, _: object) -> None:
@@ -332,10 +374,12 @@ class RateLimiter:
         """Learns Redis's answer for a request that went ahead. If Redis refused it (other
         processes spent the budget), later requests of the key are refused from here until the
         refusal's retry time; the request itself has gone through."""
+        if answer[0]:  # allowed, as the request was: nothing to do but remember the budget
+            self._note(key, ceiling_key, answer)
+            return
         decision = self._learn(key, ceiling_key, answer, user)
-        if not decision.allowed:
-            self._remember_refusal(ceiling_key if decision.scope == "tenant" else key, cls,
-                                   decision, self._clock())
+        self._remember_refusal(ceiling_key if decision.scope == "tenant" else key, cls,
+                               decision, self._clock())
 
     def _seed_local(self, key: str, ceiling_key: str, user: Limit,
                     ceiling: Limit | None) -> None:

@@ -8,6 +8,15 @@ answered in order (Redis answers a connection's commands in the order they came)
 no pool and no checkout. It speaks only what the limiter needs: AUTH, SELECT, EVAL/EVALSHA and
 their replies (simple strings, errors, integers, bulk strings, arrays).
 
+Commands are not written at once: ``send`` queues them and the connection writes what it has
+queued in one write at the next turn of the event loop (``_flush``), in the order they were sent.
+Why: on loopback a write costs about 22 us (the kernel delivers the bytes and wakes Redis at
+once, in the writer's time), as much as the rest of a check. Written at once, that sits on the
+call's path; queued, it is written when the call first waits (for its request message, for
+PostgreSQL), in time the call would have waited anyway, and the checks of calls that run in
+one turn share one write. A check that waits for its answer is not delayed by it: the loop runs
+the flush before it next polls for replies.
+
 It has no timeouts and no retries of its own: the caller bounds each reply (``RedisGcra``).
 A reply that comes after its caller gave up is read and dropped, so the order stays right.
 """
@@ -66,6 +75,13 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Reply | ReplyError, int]:
             return None, pos
         items: list[Any] = []
         for _ in range(count):
+            if pos < len(buf) and buf[pos] == 58:  # b":", an integer: the script's replies
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    raise _Incomplete
+                items.append(int(buf[pos + 1:end]))
+                pos = end + 2
+                continue
             item, pos = parse(buf, pos)
             items.append(item)
         return items, pos
@@ -79,7 +95,10 @@ class RespConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[asyncio.Future[Reply]] = deque()
         self._buf = bytearray()
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._queued: list[bytes] = []
+        """Commands sent and not yet written (``_flush``)."""
+        self.closed = self._loop.create_future()
 
     @classmethod
     async def open(cls, host: str, port: int) -> RespConnection:
@@ -97,14 +116,26 @@ class RespConnection(asyncio.Protocol):
         return self._transport is not None and not self.closed.done()
 
     def send(self, command: bytes) -> asyncio.Future[Reply]:
-        """Writes an encoded command; the future gets its reply (an error reply raises)."""
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        """Queues an encoded command, written at the loop's next turn (module docstring); the
+        future gets its reply (an error reply raises)."""
+        fut: asyncio.Future[Reply] = self._loop.create_future()
         if self._transport is None or self.closed.done():
             fut.set_exception(ConnectionError("redis connection is closed"))
             return fut
-        self._transport.write(command)
+        if not self._queued:
+            self._loop.call_soon(self._flush)
+        self._queued.append(command)
         self._waiting.append(fut)
         return fut
+
+    def _flush(self) -> None:
+        """Writes the queued commands, in one write. On a connection lost meanwhile their
+        futures have failed already (``connection_lost``), so nothing is written."""
+        queued, self._queued = self._queued, []
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(queued[0] if len(queued) == 1 else b"".join(queued))
 
     def close(self) -> None:
         if self._transport is not None:
