@@ -32,6 +32,7 @@ from psycopg import AsyncConnection
 from psycopg.types.numeric import Int8Dumper
 
 from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
+from chat_api.storage.message_changes import ONE_ROUND_TRIP_STATEMENTS
 from chat_api.storage.messages import (
     _BY_KEY,
     _PAGE,
@@ -49,16 +50,16 @@ log = get_logger(__name__)
 HOT_STATEMENTS: tuple[str, ...] = (_LIST_FIRST, _LIST_AFTER, *_ROOT_PAGE.values(),
                                    *_PAGE.values(), *_THREAD_PAGE.values(), _SEND_PLAIN, _SEND,
                                    _BY_KEY,
-                                   _MARK)
+                                   _MARK, *ONE_ROUND_TRIP_STATEMENTS)
 """The statements of the calls made most (lists, timelines and threads, sends, retries, read
-marks)."""
+marks, edits and reactions)."""
 
 _NOBODY = "00000000-0000-0000-0000-000000000000"
 _VALUES: dict[str, Any] = {
     "tenant": "", "user_id": "", "sender_id": "", "conversation_id": _NOBODY, "after_id": _NOBODY,
     "limit": 50, "cursor": 100, "up_to_seq": 0, "content": "", "idempotency_key": "",
     "attachment_ids": [], "attachment_sizes": [], "attachment_types": [],  # no attachments
-    "root_id": _NOBODY, "after": 100, "thread_root_id": None,
+    "root_id": _NOBODY, "after": 100, "message_id": _NOBODY, "emoji": "", "thread_root_id": None,
     "ciphertext": None,  # what a send in a plain conversation passes
     "before": datetime(1970, 1, 1, tzinfo=UTC), "after_time": datetime(1970, 1, 1, tzinfo=UTC),
 }
