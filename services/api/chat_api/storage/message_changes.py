@@ -13,9 +13,12 @@ with what it read and whether it changed anything; the service's ``check`` then 
 read into the RPC's error (or none), and must agree with the statement's rule (``_applied``
 refuses an answer where they differ). The rules are written twice, in SQL (what happens) and
 in the service (which error says so), because the decision cannot wait for a second round
-trip: measured on the bench's changes phase, the second round trip of the two-step form
-(lock and check, then change and COMMIT) was the largest part of these calls beyond the
-commit itself.
+trip. Measured against the two-step form (lock and check, then change and COMMIT), call by
+call through this repository on a durable local stack: about 0.3 ms less per edit or reaction
+(1.8 to 1.5 ms), and 15-20 % more edits per second when eight writers share one conversation
+(the row lock is no longer held across a round trip to the API). The sequential gRPC figures
+of chat-bench's changes phase did not move measurably: there each change's event costs the
+relay, the gateway, Redis and the thumbnail worker about as much CPU again, on the same cores.
 
 A deletion keeps the two-step form (``locked``): its rule depends on the caller's role and its
 statement writes many tables.
