@@ -3,6 +3,7 @@ real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -240,3 +241,67 @@ async def test_the_scrub_finds_a_messages_events_by_index_under_row_level_securi
             "SELECT count(*) FROM outbox WHERE tenant_id = 'default' AND message_id = %s",
             (msg.id,))).fetchall()
         assert found == 1
+
+
+async def test_a_refused_or_empty_change_takes_no_position_and_writes_nothing(stub,
+                                                                           db_source) -> None:
+    # An edit or a reaction decides in the statement that would take the position: what it
+    # refuses (not the sender, a tombstone) or finds already done (a reaction there, one not
+    # there) must leave the change log, the outbox and the message as they were.
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    msg = await send(stub, "alice", conv.id, "hello")
+    gone = await send(stub, "alice", conv.id, "soon gone")
+    await react(stub, "bob", conv.id, msg.id, "👍")
+    await delete(stub, "alice", conv.id, gone.id)
+    before = await db_rows(db_source, "SELECT pos, change_type FROM conversation_changes"
+                                      " ORDER BY pos")
+    outbox = await db_rows(db_source, "SELECT count(*) FROM outbox")
+    for refused in (edit(stub, "bob", conv.id, msg.id, "not mine"),
+                    edit(stub, "alice", conv.id, gone.id, "back"),
+                    react(stub, "bob", conv.id, gone.id, "🎉")):
+        assert (await rpc_error(refused)).code() in (grpc.StatusCode.PERMISSION_DENIED,
+                                                     grpc.StatusCode.FAILED_PRECONDITION)
+    same = (await react(stub, "bob", conv.id, msg.id, "👍")).message
+    assert [(r.emoji, r.count, r.reacted_by_me) for r in same.reactions] == [("👍", 1, True)]
+    absent = (await react(stub, "alice", conv.id, msg.id, "🎉", add=False)).message
+    assert (absent.content, absent.version) == ("hello", 1)
+    assert await db_rows(db_source, "SELECT pos, change_type FROM conversation_changes"
+                                    " ORDER BY pos") == before
+    assert await db_rows(db_source, "SELECT count(*) FROM outbox") == outbox
+    # The next change takes the next position: none was taken and left unused.
+    await edit(stub, "alice", conv.id, msg.id, "edited")
+    [(pos, kind)] = await db_rows(db_source, "SELECT pos, change_type FROM conversation_changes"
+                                             " ORDER BY pos DESC LIMIT 1")
+    assert (pos, kind) == (before[-1][0] + 1, "message.updated")
+
+
+async def test_an_edit_racing_a_deletion_never_brings_the_content_back(stub, db_source) -> None:
+    # Each edit reads the message in a statement whose snapshot follows the conversation's
+    # row lock: one that waited for a deletion's lock sees the tombstone and is refused, never
+    # writes content into it, and no position is taken twice or left unused.
+    conv = await create_conversation(stub, "alice", ["bob"], title="t")
+    messages = [await send(stub, "alice", conv.id, f"m{i}") for i in range(12)]
+    outcomes = []
+    for i, msg in enumerate(messages):
+        calls = [edit(stub, "alice", conv.id, msg.id, f"edited {i}"),
+                 delete(stub, "alice", conv.id, msg.id)]
+        if i % 2:
+            calls.reverse()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results:
+            if isinstance(result, grpc.aio.AioRpcError):
+                assert result.code() == grpc.StatusCode.FAILED_PRECONDITION, result
+                outcomes.append("refused")
+    page = await get_messages(stub, "bob", conv.id, limit=50)
+    assert all(m.deleted and m.content == "" for m in page.messages)
+    rows = await db_rows(db_source, "SELECT pos, change_type, message_id::text"
+                                    " FROM conversation_changes ORDER BY pos")
+    assert [pos for pos, _, _ in rows] == list(range(1, len(rows) + 1))
+    for msg in messages:
+        kinds = [kind for _, kind, mid in rows if mid == msg.id]
+        assert kinds[-1] == "message.deleted" and kinds.count("message.deleted") == 1, kinds
+    [(content,)] = await db_rows(db_source, "SELECT count(*) FROM messages"
+                                            " WHERE deleted_at IS NOT NULL AND content <> ''")
+    assert content == 0
+    edits = sum(kind == "message.updated" for _, kind, _ in rows)
+    assert edits + len(outcomes) == len(messages)

@@ -59,8 +59,8 @@ class MessageChangeService:
                                              f"in this tenant")
         me = caller.user_id
 
-        def check(conv: Locked, msg: TargetMessage) -> bool:
-            if conv.encrypted:
+        def check(msg: TargetMessage) -> bool:
+            if msg.encrypted:
                 # Plaintext never enters an encrypted conversation; an edit would be one.
                 raise InvalidArgument("content", "an end-to-end encrypted conversation's "
                                                  "messages cannot be edited")
@@ -93,7 +93,7 @@ class MessageChangeService:
         mid = validation.conversation_id(message_id)
         check_emoji(emoji)
 
-        def check(_: Locked, msg: TargetMessage) -> bool:
+        def check(msg: TargetMessage) -> bool:
             if msg.deleted:
                 if not add:
                     return False  # a tombstone has no reactions: nothing to remove

@@ -1,7 +1,7 @@
 """Ordered changes: the conversation's row lock, the next position, the log row and the event.
 
-Every ordered change (``chat_shared.events.ORDERED_TYPES``) other than a send runs as one
-transaction of two round trips, through ``locked`` (a pipelined transaction,
+Every ordered change (``chat_shared.events.ORDERED_TYPES``) other than a send, an edit and a
+reaction runs as one transaction of two round trips, through ``locked`` (a pipelined transaction,
 ``Database.tenant_transaction``: BEGIN goes with the first round trip, COMMIT with the second):
 
 1. BEGIN, the tenant setting (unless the session names the tenant already), ``SELECT ... FOR
@@ -19,7 +19,9 @@ before it waited for the lock, and could take a position for a change that then 
 row. (A send is a single statement and still safe: everything it writes follows from the
 conversation row it updates, and its membership check reads ``member_ids`` of that row,
 which PostgreSQL re-reads after the wait. A reply also depends on its root, which a deletion
-changes, so a reply takes the lock first: ``MessageRepository._send_reply``.)
+changes, so a reply takes the lock first: ``MessageRepository._send_reply``.) An edit and a
+reaction take the lock in a statement of their own too, then decide in the next statement of
+the same round trip, whose snapshot follows the lock (``storage.message_changes``).
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ nothing.
   which an empty execution leaves for the first caller. The membership is the first at or after
   a random conversation id (one probe of the members' primary key), so that warm-ups do not all
   read one conversation's pages; an empty database warms with the values below throughout.
-- The writes (sends, read marks) run with values that match nothing (an all-zero conversation
-  id, an empty user): they find no conversation, so nothing is read, locked or written.
+- The writes (sends, read marks, edits, reactions) run with values that match nothing (an
+  all-zero conversation id, an empty user): they find no conversation, so nothing is read,
+  locked or written.
 
 The session names the default tenant throughout (``chat_shared.db.name_tenant``) and is left
 naming it, as if its last unit of work had been for that tenant: the first call for it then
@@ -54,6 +55,7 @@ from psycopg import AsyncConnection
 from psycopg.types.numeric import Int8Dumper
 
 from chat_api.storage.conversations import _LIST_AFTER, _LIST_FIRST
+from chat_api.storage.message_changes import ONE_ROUND_TRIP_STATEMENTS
 from chat_api.storage.messages import (
     _BY_KEY,
     _PAGE,
@@ -73,8 +75,9 @@ HOT_READS: tuple[str, ...] = (_LIST_FIRST, _LIST_AFTER, *_ROOT_PAGE.values(), *_
                               *_THREAD_PAGE.values(), _BY_KEY)
 """The reads made most (lists, timelines and threads, a retried send's lookup): warmed with a
 real membership."""
-HOT_WRITES: tuple[str, ...] = (_SEND_PLAIN, _SEND, _MARK)
-"""The writes made most (sends, read marks): warmed with values that match nothing."""
+HOT_WRITES: tuple[str, ...] = (_SEND_PLAIN, _SEND, _MARK, *ONE_ROUND_TRIP_STATEMENTS)
+"""The writes made most (sends, read marks, edits and reactions): warmed with values that match
+nothing."""
 HOT_STATEMENTS: tuple[str, ...] = HOT_READS + HOT_WRITES
 
 _NOBODY = "00000000-0000-0000-0000-000000000000"
@@ -83,7 +86,7 @@ _VALUES: dict[str, Any] = {
     "user_id": "", "sender_id": "", "conversation_id": _NOBODY, "after_id": _NOBODY,
     "limit": 50, "cursor": 100, "up_to_seq": 0, "content": "", "idempotency_key": "",
     "attachment_ids": [], "attachment_sizes": [], "attachment_types": [],  # no attachments
-    "root_id": _NOBODY, "after": 100, "thread_root_id": None,
+    "root_id": _NOBODY, "after": 100, "message_id": _NOBODY, "emoji": "", "thread_root_id": None,
     "ciphertext": None,  # what a send in a plain conversation passes
     "before": _FAR_FUTURE, "after_time": _FAR_FUTURE,  # the newest page: rows, for a member
 }
