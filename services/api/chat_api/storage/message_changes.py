@@ -71,21 +71,25 @@ class TargetMessage:
     """Whether its conversation is end-to-end encrypted (read by edits and reactions only)."""
 
 
-# The message, if the caller may see it (a member added to a conversation that hides its
-# history does not see the messages from before), and the caller's role (``locked``'s
-# ``role_in_extra``).
-_TARGET = """
-    SELECT m.sender_id, m.deleted_at IS NOT NULL,
-           EXISTS (SELECT 1 FROM message_reactions r
+# Whether the caller has reacted to the message ``m`` with the request's emoji.
+_REACTED = """EXISTS (SELECT 1 FROM message_reactions r
                     WHERE r.tenant_id = m.tenant_id AND r.message_id = m.id
-                      AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s),
-           cm.role
+                      AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s)"""
+
+# The message ``m``, if the caller (``cm``) may see it: a member added to a conversation that
+# hides its history does not see the messages from before. ``{join}``: more rows to join.
+_VISIBLE = """
     FROM messages m
     JOIN conversation_members cm ON cm.tenant_id = m.tenant_id
-     AND cm.conversation_id = m.conversation_id AND cm.user_id = %(user_id)s
+     AND cm.conversation_id = m.conversation_id AND cm.user_id = %(user_id)s{join}
     WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
       AND m.conversation_id = %(conversation_id)s AND m.seq > cm.visible_from_seq
     """
+
+# The message and the caller's role (``locked``'s ``role_in_extra``).
+_TARGET = f"""
+    SELECT m.sender_id, m.deleted_at IS NOT NULL, {_REACTED}, cm.role
+    """ + _VISIBLE.format(join="")
 
 _READ = f"""
     SELECT {PAGE_COLUMNS}
@@ -179,21 +183,13 @@ _LOCK = """
     FOR NO KEY UPDATE
     """
 
-# ``_TARGET`` with the conversation's encryption, as a CTE of the change's own statement.
-_TARGET_CTE = """
+# The message with the conversation's encryption, as a CTE of the change's own statement.
+_TARGET_CTE = f"""
     WITH target AS (
-        SELECT m.sender_id, m.deleted_at IS NOT NULL AS deleted,
-               EXISTS (SELECT 1 FROM message_reactions r
-                        WHERE r.tenant_id = m.tenant_id AND r.message_id = m.id
-                          AND r.emoji = %(emoji)s AND r.user_id = %(user_id)s) AS reacted,
+        SELECT m.sender_id, m.deleted_at IS NOT NULL AS deleted, {_REACTED} AS reacted,
                c.encrypted
-        FROM messages m
-        JOIN conversation_members cm ON cm.tenant_id = m.tenant_id
-         AND cm.conversation_id = m.conversation_id AND cm.user_id = %(user_id)s
-        JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id
-        WHERE m.tenant_id = %(tenant)s AND m.id = %(message_id)s
-          AND m.conversation_id = %(conversation_id)s AND m.seq > cm.visible_from_seq
-    )"""
+    """ + _VISIBLE.format(join="""
+    JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id""") + ")"
 
 
 def _conditional(rule: str) -> str:
