@@ -373,10 +373,14 @@ async def test_a_stalled_redis_costs_at_most_the_timeout(
 async def test_the_script_is_loaded_again_after_a_flush(limited: Any, lstub: Any,
                                                         redis_addr: str) -> None:
     cid = await conversation(lstub, "alice")
-    assert (await send(lstub, cid, "alice"))[0] == grpc.StatusCode.OK
+    # The client is ready before the send (a cluster client reads the slot map on its first
+    # command): the key below lives 0.5 s after one send (one interval of 2/s), and a loaded
+    # machine took longer than that to set up a cluster client between the send and the look.
     r = redis_async(redis_addr)
-    await r.script_flush()
+    await r.ping()
+    assert (await send(lstub, cid, "alice"))[0] == grpc.StatusCode.OK
     keys = await r.exists("chat:rl:{default}:u:alice:send")
+    await r.script_flush()
     await r.aclose()
     assert keys  # the budget lives in Redis, under the tenant's hash tag
     before = sample("chat_ratelimit_requests_total", result="fail_open", **{"class": "send"})
