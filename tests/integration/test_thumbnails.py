@@ -7,6 +7,7 @@ a decompression bomb is refused and counted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import time
@@ -148,20 +149,112 @@ async def test_messages_without_images_are_acknowledged_in_one_batch_unread(redi
     try:
         await worker._make_groups()
         for seq in range(1, 7):
-            message = {"id": f"00000000-0000-0000-0000-{seq:012x}",
-                       "conversation_id": "00000000-0000-0000-0000-00000000000a",
-                       "sender_id": "alice", "content": "hi", "seq": seq,
-                       "created_at": "2026-01-01T00:00:00.000000Z", "version": 1,
-                       "edited_at": None, "deleted": False}
-            await client.xadd(streams[seq % 3], events.encode_entry(events.Event(
-                event_id=f"e{seq}", type=events.MESSAGE_CREATED,
-                conversation_id=message["conversation_id"], seq=seq,
-                occurred_at=events.parse_time("2026-01-01T00:00:00.000000Z"),
-                recipients=["alice", "bob"], payload={"message": message})))
+            await client.xadd(streams[seq % 3], events.encode_entry(_created(seq)))
         assert await worker.poll_once() == 6
         for stream in streams:
             pending = await client.xpending(stream, GROUP)
             assert pending["pending"] == 0
         assert await worker.poll_once() == 0
     finally:
+        await client.aclose()
+
+
+def _created(seq: int) -> events.Event:
+    """A message.created event without attachments (the worker acknowledges it unread)."""
+    message = {"id": f"00000000-0000-0000-0000-{seq:012x}",
+               "conversation_id": "00000000-0000-0000-0000-00000000000a",
+               "sender_id": "alice", "content": "hi", "seq": seq,
+               "created_at": "2026-01-01T00:00:00.000000Z", "version": 1,
+               "edited_at": None, "deleted": False}
+    return events.Event(
+        event_id=f"e{seq}", type=events.MESSAGE_CREATED,
+        conversation_id=message["conversation_id"], seq=seq,
+        occurred_at=events.parse_time("2026-01-01T00:00:00.000000Z"),
+        recipients=["alice", "bob"], payload={"message": message})
+
+
+@pytest.mark.redis_cluster
+async def test_entries_a_dead_consumer_read_are_taken_over_and_the_consumer_forgotten(
+        redis_addr) -> None:
+    """A process that read entries and died before acknowledging them (its consumer, named
+    for its pid, never reads again): a live worker takes them over once they have waited
+    ``claim_idle``, acknowledges them, and removes the dead consumer; entries a live consumer
+    read a moment ago are left to it."""
+    from chat_api.thumbnail_worker import GROUP, ThumbnailWorker
+    from chat_shared.config import RedisSettings
+    from chat_shared.redis_client import create_redis
+
+    client = create_redis(RedisSettings(redis_addr=redis_addr, redis_timeout=2.0))
+    streams = [f"chat:events:claim-test-{i}" for i in range(2)]
+
+    def worker(claim_idle: float) -> ThumbnailWorker:
+        return ThumbnailWorker(client, None, None, streams=streams,  # type: ignore[arg-type]
+                               max_pixels=1, size=1, block=0.1, claim_idle=claim_idle,
+                               forget_after=claim_idle)
+    try:
+        patient = worker(claim_idle=60.0)
+        await patient._make_groups()
+        for seq in range(1, 6):
+            await client.xadd(streams[seq % 2], events.encode_entry(_created(seq)))
+        for stream in streams:  # read by a consumer that then dies: pending under its name
+            await client.xreadgroup(GROUP, "dead-host-1", {stream: ">"}, count=10)
+            assert (await client.xpending(stream, GROUP))["pending"] > 0
+
+        assert await patient.claim_stale() == 0  # read a moment ago: maybe still at work
+        assert await patient.poll_once() == 0  # and not new: a plain read never sees them
+
+        eager = worker(claim_idle=0.2)
+        await asyncio.sleep(0.3)
+        assert await eager.claim_stale() == 5
+        for stream in streams:
+            assert (await client.xpending(stream, GROUP))["pending"] == 0
+            names = [c["name"] for c in await client.xinfo_consumers(stream, GROUP)]
+            assert "dead-host-1" not in names
+        assert await eager.claim_stale() == 0
+    finally:
+        for stream in streams:
+            await client.delete(stream)
+        await client.aclose()
+
+
+async def test_under_a_stream_of_events_the_worker_reads_in_batches(redis_addr) -> None:
+    """After a read that found fewer entries than it may take, the worker waits
+    ``batch_wait`` before the next: 60 events sent 10 ms apart take a handful of reads, not
+    one each; every one is acknowledged."""
+    from chat_api.thumbnail_worker import ThumbnailWorker
+    from chat_shared.config import RedisSettings
+    from chat_shared.redis_client import create_redis
+
+    client = create_redis(RedisSettings(redis_addr=redis_addr, redis_timeout=2.0))
+    stream = "chat:events:batch-test"
+    worker = ThumbnailWorker(client, None, None, streams=[stream],  # type: ignore[arg-type]
+                             max_pixels=1, size=1, block=0.1, batch_wait=0.2)
+
+    async def reads() -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+    task = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: client.exists(stream), 10, "the group's stream")
+        before, started = await reads(), time.monotonic()
+        for seq in range(1, 61):
+            await client.xadd(stream, events.encode_entry(_created(seq)))
+            await asyncio.sleep(0.01)
+
+        async def all_acknowledged() -> bool:
+            info = await client.xinfo_groups(stream)
+            return bool(info[0]["pending"] == 0 and info[0]["last-delivered-id"]
+                        == (await client.xinfo_stream(stream))["last-generated-id"])
+        await until(all_acknowledged, 10, "every entry acknowledged")
+        elapsed = time.monotonic() - started
+        made = await reads() - before
+        # At most one read per batch_wait (plus the blocking reads of idle moments, 0.1 s
+        # each, and the first): far fewer than the 60 an unbatched worker makes.
+        assert made <= elapsed / 0.2 + 3, (made, elapsed)
+        assert made < 30, (made, elapsed)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.delete(stream)
         await client.aclose()
