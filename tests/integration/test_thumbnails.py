@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from chat_api.thumbnail_worker import THUMBNAIL_FAILURES
+from chat_api.thumbnail_worker import GROUP, THUMBNAIL_FAILURES, ThumbnailWorker
 from chat_outbox_relay.app import RelayApp, build_relay
 from chat_outbox_relay.settings import RelaySettings
 from chat_shared import events
-from chat_shared.config import DatabaseSettings
+from chat_shared.config import DatabaseSettings, RedisSettings
 from chat_shared.db import Database
 from chat_shared.protos.chat.v1 import chat_pb2
+from chat_shared.redis_client import create_redis
 from chat_ws_gateway.history import History
 from chat_ws_gateway.protocol import stored_change_frame
 from tests.attachment_helpers import (  # noqa: F401 - fixtures
@@ -57,6 +58,15 @@ async def until(check: Callable[[], Awaitable[Any]], within: float, what: str) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def stream_client(redis_addr: str) -> AsyncIterator[Any]:
+    """A Redis client of the test's server (single or cluster), for the worker tests that
+    drive ``ThumbnailWorker`` themselves."""
+    client = create_redis(RedisSettings(redis_addr=redis_addr, redis_timeout=2.0))
+    yield client
+    await client.aclose()
 
 
 async def test_an_image_gets_a_thumbnail_announced_by_message_updated(
@@ -134,29 +144,23 @@ async def test_a_decompression_bomb_gets_no_thumbnail(astub, relay, db_source) -
 
 
 @pytest.mark.redis_cluster
-async def test_messages_without_images_are_acknowledged_in_one_batch_unread(redis_addr) -> None:
+async def test_messages_without_images_are_acknowledged_in_one_batch_unread(
+        stream_client) -> None:
     """The worker's common case: message.created without attachments (and other events) are
     acknowledged, with nothing read from the database or the store (neither is given here).
     Three streams (on a cluster: three hash slots, so one XREADGROUP each, routed by slot)."""
-    from chat_api.thumbnail_worker import GROUP, ThumbnailWorker
-    from chat_shared.config import RedisSettings
-    from chat_shared.redis_client import create_redis
-
-    client = create_redis(RedisSettings(redis_addr=redis_addr, redis_timeout=2.0))
+    client = stream_client
     streams = [f"chat:events:thumbs-test-{i}" for i in range(3)]
     worker = ThumbnailWorker(client, None, None, streams=streams,  # type: ignore[arg-type]
                              max_pixels=1, size=1, block=0.1)
-    try:
-        await worker._make_groups()
-        for seq in range(1, 7):
-            await client.xadd(streams[seq % 3], events.encode_entry(_created(seq)))
-        assert await worker.poll_once() == 6
-        for stream in streams:
-            pending = await client.xpending(stream, GROUP)
-            assert pending["pending"] == 0
-        assert await worker.poll_once() == 0
-    finally:
-        await client.aclose()
+    await worker._make_groups()
+    for seq in range(1, 7):
+        await client.xadd(streams[seq % 3], events.encode_entry(_created(seq)))
+    assert await worker.poll_once() == 6
+    for stream in streams:
+        pending = await client.xpending(stream, GROUP)
+        assert pending["pending"] == 0
+    assert await worker.poll_once() == 0
 
 
 def _created(seq: int) -> events.Event:
@@ -175,16 +179,12 @@ def _created(seq: int) -> events.Event:
 
 @pytest.mark.redis_cluster
 async def test_entries_a_dead_consumer_read_are_taken_over_and_the_consumer_forgotten(
-        redis_addr) -> None:
+        stream_client) -> None:
     """A process that read entries and died before acknowledging them (its consumer, named
     for its pid, never reads again): a live worker takes them over once they have waited
     ``claim_idle``, acknowledges them, and removes the dead consumer; entries a live consumer
     read a moment ago are left to it."""
-    from chat_api.thumbnail_worker import GROUP, ThumbnailWorker
-    from chat_shared.config import RedisSettings
-    from chat_shared.redis_client import create_redis
-
-    client = create_redis(RedisSettings(redis_addr=redis_addr, redis_timeout=2.0))
+    client = stream_client
     streams = [f"chat:events:claim-test-{i}" for i in range(2)]
 
     def worker(claim_idle: float) -> ThumbnailWorker:
@@ -214,18 +214,13 @@ async def test_entries_a_dead_consumer_read_are_taken_over_and_the_consumer_forg
     finally:
         for stream in streams:
             await client.delete(stream)
-        await client.aclose()
 
 
-async def test_under_a_stream_of_events_the_worker_reads_in_batches(redis_addr) -> None:
+async def test_under_a_stream_of_events_the_worker_reads_in_batches(stream_client) -> None:
     """After a read that found fewer entries than it may take, the worker waits
     ``batch_wait`` before the next: 60 events sent 10 ms apart take a handful of reads, not
     one each; every one is acknowledged."""
-    from chat_api.thumbnail_worker import ThumbnailWorker
-    from chat_shared.config import RedisSettings
-    from chat_shared.redis_client import create_redis
-
-    client = create_redis(RedisSettings(redis_addr=redis_addr, redis_timeout=2.0))
+    client = stream_client
     stream = "chat:events:batch-test"
     worker = ThumbnailWorker(client, None, None, streams=[stream],  # type: ignore[arg-type]
                              max_pixels=1, size=1, block=0.1, batch_wait=0.2)
@@ -257,4 +252,3 @@ async def test_under_a_stream_of_events_the_worker_reads_in_batches(redis_addr) 
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.delete(stream)
-        await client.aclose()
