@@ -216,10 +216,26 @@ class LocalPostgres:
             self.process.stop_signal = sig
             self.process.stop(timeout)
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, wait: bool = True) -> None:
+        """Stops the server and removes the directory it made (not one it was given).
+
+        Args:
+            wait: False hands the removal to a detached ``rm -rf`` and returns at once. The
+                test session's cluster ends with hundreds of databases (gigabytes, some
+                hundred thousand files), whose removal took 38 s of the last test's teardown
+                in CI; nothing reads the directory again once the server has stopped.
+        """
         self.stop()
-        if self._own_dir:
+        if not self._own_dir:
+            return
+        if wait:
             shutil.rmtree(self.base, ignore_errors=True)
+            return
+        # A shell that starts rm in the background and exits: rm outlives this process without
+        # a child left to reap (or a Popen object to warn about at exit).
+        subprocess.run(["sh", "-c", 'rm -rf -- "$1" &', "sh", str(self.base)], check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def start_replica(primary_port: int, *, durable: bool = False,

@@ -59,7 +59,9 @@ def _timed_cleanup(name: str, cleanup: Callable[[], None]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _STOPPED:
         terminalreporter.write_line("session servers stopped and removed in: " + ", ".join(
-            f"{name} {seconds:.1f} s" for name, seconds in _STOPPED.items()))
+            f"{name} {seconds:.1f} s" for name, seconds in _STOPPED.items())
+            + (" (PostgreSQL's directory is removed in the background)"
+               if "postgres" in _STOPPED else ""))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -125,7 +127,8 @@ def postgres() -> Iterator[LocalPostgres]:
         upgrade(pg.create_database(TEMPLATE_DB))
         yield pg
     finally:
-        _timed_cleanup("postgres", pg.cleanup)
+        # Its directory is removed after the run, not in the last test's teardown.
+        _timed_cleanup("postgres", lambda: pg.cleanup(wait=False))
 
 
 @pytest.fixture(scope="session")

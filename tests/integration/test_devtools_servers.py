@@ -9,6 +9,7 @@ import pathlib
 import pwd
 import signal
 import socket
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -66,6 +67,21 @@ def test_postgres_moves_to_another_port_when_its_first_is_taken(taken_port: int)
         assert pg.port == port and pg.psql("SELECT 1", "moved") == "1"
     finally:
         pg.cleanup()
+
+
+def test_postgres_cleanup_without_waiting_stops_now_and_removes_the_directory_after() -> None:
+    """The test session's cluster is removed this way: the server is down when cleanup
+    returns, and the directory goes soon after, in a process of its own."""
+    pg = LocalPostgres().start()
+    pg.create_database("kept")
+    process = pg.process
+    assert process is not None and pg.base.exists()
+    pg.cleanup(wait=False)
+    assert not process.running
+    deadline = time.monotonic() + 30
+    while pg.base.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pg.base.exists()
 
 
 def _aof_files(server: LocalRedis) -> list[pathlib.Path]:
