@@ -59,9 +59,7 @@ def _timed_cleanup(name: str, cleanup: Callable[[], None]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _STOPPED:
         terminalreporter.write_line("session servers stopped and removed in: " + ", ".join(
-            f"{name} {seconds:.1f} s" for name, seconds in _STOPPED.items())
-            + (" (PostgreSQL's directory is removed in the background)"
-               if "postgres" in _STOPPED else ""))
+            f"{name} {seconds:.1f} s" for name, seconds in _STOPPED.items()))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -128,7 +126,8 @@ def postgres() -> Iterator[LocalPostgres]:
         yield pg
     finally:
         # Its directory is removed after the run, not in the last test's teardown.
-        _timed_cleanup("postgres", lambda: pg.cleanup(wait=False))
+        _timed_cleanup("postgres (its directory removed in the background)",
+                       lambda: pg.cleanup(wait=False))
 
 
 @pytest.fixture(scope="session")
