@@ -8,6 +8,10 @@ learns the ports the process bound from its own output (the services' JSON start
 them), waits until a probe says it is ready (gRPC health, an HTTP endpoint, a line of output),
 and stops it with its stop signal and a grace period, then SIGKILL, reporting the exit code.
 
+A process started from the main thread is also sent its stop signal by the kernel when the
+process that started it dies, however it dies (``tied_to_parent``): a test run or a benchmark
+killed with SIGKILL no longer leaves its PostgreSQL, Redis and services running.
+
 A port the process cannot bind as port 0 (a service's METRICS_PORT, where 0 turns metrics off)
 is given as ``PICK`` in the environment: each start fills in a candidate port, and when the
 process exits saying the address is in use, ``wait_ready`` starts it again on another one.
@@ -23,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,6 +123,34 @@ def printed(text: str) -> Probe:
     return probe
 
 
+SETPRIV = shutil.which("setpriv")
+"""util-linux's setpriv (Debian's util-linux package, always installed), for ``tied_to_parent``."""
+
+
+def tied_to_parent(argv: Sequence[str], stop_signal: int) -> list[str]:
+    """``argv`` run so that it gets ``stop_signal`` when the thread that starts it ends, which
+    for the main thread is when this process dies (by SIGKILL too): the kernel's parent-death
+    signal (``prctl(PR_SET_PDEATHSIG)``), set by ``setpriv --pdeathsig`` before it executes
+    ``argv`` (the signal survives the exec; the pid stays the same). subprocess's
+    ``preexec_fn`` could set it without a helper, but is unsafe in a process with threads,
+    which every caller here has (the output pumps).
+
+    Only the main thread ties its processes: the signal follows the thread, and another
+    thread (the supervisor's, restarting a crashed service; a worker of ``asyncio.to_thread``)
+    can end while the process should go on. Without setpriv, ``argv`` unchanged."""
+    if SETPRIV is None or threading.current_thread() is not threading.main_thread():
+        return list(argv)
+    name = signal.Signals(stop_signal).name.removeprefix("SIG")
+    return [SETPRIV, "--pdeathsig", name, "--", *argv]
+
+
+def _found(program: str, env: Mapping[str, str], cwd: str | os.PathLike[str] | None) -> bool:
+    """Whether Popen would find ``program``: a path (from ``cwd``), or a name on env's PATH."""
+    if os.sep in program:
+        return os.access(Path(cwd or ".") / program, os.X_OK)
+    return shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+
+
 def _coverage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
 
@@ -188,8 +222,13 @@ class ServiceProcess:
         if self.log_path is not None:
             self._log = self.log_path.open("a", encoding="utf-8", errors="replace")
         user = self._user
+        argv = tied_to_parent(self.argv, self.stop_signal)
+        if argv[0] != self.argv[0] and not _found(self.argv[0], env, self.cwd):
+            # What Popen raises for a missing program, which setpriv would report only by
+            # exiting 127 once started.
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.argv[0])
         self._popen = subprocess.Popen(
-            self.argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
             user=user.pw_uid if user else None, group=user.pw_gid if user else None,
             extra_groups=[] if user else None)

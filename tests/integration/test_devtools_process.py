@@ -13,7 +13,15 @@ import pytest
 
 from chat_devtools.errors import PortInUse, ServiceError
 from chat_devtools.ports import closed_port, port_free, reserve_port, retry_on_port_in_use
-from chat_devtools.process import PICK, ServiceProcess, http_get, http_ok, json_ports, printed
+from chat_devtools.process import (
+    PICK,
+    ServiceProcess,
+    http_get,
+    http_ok,
+    json_ports,
+    printed,
+    tied_to_parent,
+)
 from chat_devtools.supervisor import Supervised
 from tests.conftest import ROOT
 
@@ -99,6 +107,28 @@ def test_printed_waits_for_a_line_of_output(tmp_path) -> None:
     with proc:
         proc.wait_ready(30)
         assert "a line on stderr" in proc.output()
+
+
+def test_a_missing_program_is_refused_at_start_as_popen_refuses_it(tmp_path) -> None:
+    # The started command is wrapped (tied_to_parent), so the check is ServiceProcess's own.
+    proc = ServiceProcess("missing", [str(tmp_path / "no-such-program")])
+    with pytest.raises(FileNotFoundError):
+        proc.start()
+    assert not proc.running
+    named = ServiceProcess("missing", ["no-such-program-anywhere"], env={"PATH": "/usr/bin"})
+    with pytest.raises(FileNotFoundError):
+        named.start()
+
+
+def test_a_started_process_is_tied_to_this_one_from_the_main_thread_only() -> None:
+    assert tied_to_parent(["redis-server"], signal.SIGINT)[-4:] == [
+        "--pdeathsig", "INT", "--", "redis-server"]
+    from_thread: list[list[str]] = []
+    worker = threading.Thread(
+        target=lambda: from_thread.append(tied_to_parent(["redis-server"], signal.SIGTERM)))
+    worker.start()
+    worker.join(10)
+    assert from_thread == [["redis-server"]]
 
 
 def test_a_reserved_port_is_shared_with_so_reuseport_and_refused_to_others() -> None:

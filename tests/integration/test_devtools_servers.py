@@ -1,14 +1,19 @@
 """The throwaway PostgreSQL and Redis servers: a taken port is retried on another (and a stranger
-answering on it is never taken for the server), a restart keeps the port, and as root the
-PostgreSQL server runs as an unprivileged user."""
+answering on it is never taken for the server), a restart keeps the port, as root the
+PostgreSQL server runs as an unprivileged user, and both stop when the process that started
+them is killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pwd
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -82,6 +87,50 @@ def test_postgres_cleanup_without_waiting_stops_now_and_removes_the_directory_af
     while pg.base.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pg.base.exists()
+
+
+_STARTER = """
+import json, time
+from chat_devtools.local_postgres import LocalPostgres
+from chat_devtools.local_redis import LocalRedis
+pg, server = LocalPostgres().start(), LocalRedis().start()
+print(json.dumps({"postgres": pg.process.pid, "redis": server.process.pid,
+                  "dirs": [str(pg.base), str(server.dir)]}), flush=True)
+time.sleep(300)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its exit status left (a zombie nobody has reaped yet)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def test_servers_stop_when_the_process_that_started_them_is_killed() -> None:
+    """A test run or benchmark killed with SIGKILL cleans up nothing itself: its servers get
+    their stop signal from the kernel (``chat_devtools.process.tied_to_parent``)."""
+    started: dict[str, object] = {}
+    with subprocess.Popen([sys.executable, "-c", _STARTER], stdout=subprocess.PIPE,
+                          text=True) as starter:
+        try:
+            assert starter.stdout is not None
+            line = starter.stdout.readline()  # bounded: the starter prints or exits (EOF)
+            started = json.loads(line)
+            pids = [int(str(started["postgres"])), int(str(started["redis"]))]
+            assert not any(_gone(pid) for pid in pids)
+            starter.kill()
+            starter.wait(10)
+            deadline = time.monotonic() + 30
+            while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [pid for pid in pids if not _gone(pid)] == []
+        finally:
+            starter.kill()
+            for directory in started.get("dirs", []):  # type: ignore[attr-defined]
+                shutil.rmtree(str(directory), ignore_errors=True)
 
 
 def _aof_files(server: LocalRedis) -> list[pathlib.Path]:
