@@ -4,16 +4,18 @@ It builds, through the API, two conversations of two users with the same number 
 "mixed", where three of every four messages are replies (most to one busy thread, the rest to
 recent roots), and "plain", root-level messages only. Then it times, one call at a time over
 gRPC whatever ``--transport`` says (the blocking stub, as the rpc phase), alternating call by
-call so drift hits all alike, and starting each round at the next call: the call right after
-the reply's SendMessage shares the machine with the relay and the gateway handling that reply
-(its event's publication, a durable commit of its own), which cost it 0.4 to 0.5 ms more on a
-2-core machine, so each call takes that place in turn instead of GetThread always (measured
-with the order rotated once: GetThread 2.49 ms, GetMessages root-level 2.86, against 2.68 and
-2.24 in the fixed order):
-GetThread(50) of the busy thread, GetMessages(50) of mixed's main timeline (root-level only:
-a page that skips the replies between its roots), GetMessages(50) of mixed with its replies,
-GetMessages(50) of plain (the same page without threads) and SendMessage of a reply.
-Each page is checked to be full.
+call so drift hits all alike: GetThread(50) of the busy thread, GetMessages(50) of mixed's main
+timeline (root-level only: a page that skips the replies between its roots), GetMessages(50)
+of mixed with its replies, GetMessages(50) of plain (the same page without threads), then
+SendMessage of a reply. Each page is checked to be full.
+
+The read right after the reply's SendMessage shares the machine with the relay, the gateway
+and the API's thumbnail reader handling that reply's event, so each read takes that place in
+turn (``rounds``): the reads are rotated one place each round and the reply ends every round.
+(The whole round used to be rotated, which keeps the reply's successor: GetThread followed it
+in four rounds of five. Measured on a quiet 2-core machine, 600 rounds each way: GetThread
+2.25 ms with the reply before it in four rounds of five, 1.67 ms without the reply in the
+rounds, GetMessages of plain 1.68 and 1.54.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -44,6 +46,14 @@ MIXED_FACTOR = 1.2
 """A page of the timeline that skips replies costs at most this much more than a page of a
 conversation without threads (measured side by side, so it holds on a loaded machine too)."""
 USERS = ("bench-thread-a", "bench-thread-b")
+
+
+def rounds(reads: Sequence[str], write: str, i: int) -> list[str]:
+    """Round ``i``'s calls: the reads rotated ``i`` places, then the write. The call after
+    the write is the next round's first read, so over ``len(reads)`` rounds each read follows
+    the write once."""
+    turn = i % len(reads)
+    return [*reads[turn:], *reads[:turn], write]
 
 
 def _send(client: Sequential, user: User, conv: str, content: str, root: str = "") -> Any:
@@ -113,12 +123,10 @@ def measure(client: Sequential, secret: str, messages: int, calls: int,
     for i in range(WARMUP):
         for fn in fns.values():
             fn(i)
-    order = list(fns.items())
     for i in range(calls):
-        turn = i % len(order)
-        for name, fn in order[turn:] + order[:turn]:
+        for name in rounds(CALLS[:-1], CALLS[-1], i):
             start = time.perf_counter()
-            fn(i)
+            fns[name](i)
             samples[name].append(time.perf_counter() - start)
     return {"calls": calls, "messages": messages, "thread_replies": int(reply_count),
             "roots": len(roots), **{name: summarize(s) for name, s in samples.items()}}
