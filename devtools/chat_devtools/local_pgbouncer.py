@@ -25,9 +25,9 @@ from typing import Self
 import psycopg
 from psycopg import sql
 
-from chat_devtools.errors import ServiceError
 from chat_devtools.local_postgres import LocalPostgres, _unprivileged_user
-from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
+from chat_devtools.local_server import LocalServer
+from chat_devtools.ports import LOOPBACK
 from chat_devtools.process import ServiceProcess
 
 __all__ = ["LocalPgBouncer", "pooled_login"]
@@ -51,7 +51,7 @@ def pooled_login(postgres: LocalPostgres, login: str, role: str,
                 name, sql.Identifier(setting), sql.Literal(value)))
 
 
-class LocalPgBouncer:
+class LocalPgBouncer(LocalServer):
     """PgBouncer (``pool_mode = transaction``) in front of ``postgres``.
 
     Args:
@@ -66,11 +66,9 @@ class LocalPgBouncer:
         self.postgres = postgres
         self.users = list(users)
         self.pool_size = pool_size
-        self.port = 0
-        self._attempts = attempts
+        super().__init__(None, attempts)
         self._user = _unprivileged_user()
         self.dir = Path(tempfile.mkdtemp(prefix="chat-pgbouncer-"))
-        self.process: ServiceProcess | None = None
 
     def dsn(self, database: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql://{user}@{LOOPBACK}:{self.port}/{database}?sslmode=disable"
@@ -88,10 +86,7 @@ class LocalPgBouncer:
             PortInUse: every port tried was taken.
             ServiceError: it exited or did not become ready.
         """
-        def attempt() -> None:
-            self._run(candidate_port(), timeout)
-
-        retry_on_port_in_use(attempt, self._attempts)
+        self._start_on_a_port(timeout)
         return self
 
     def _write_config(self, port: int) -> Path:
@@ -126,23 +121,16 @@ ignore_startup_parameters = extra_float_digits
                 os.chown(path, self._user.pw_uid, self._user.pw_gid)
         return config
 
-    def _run(self, port: int, timeout: float) -> None:
+    def _process(self, port: int) -> ServiceProcess:
         binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not os.path.exists(binary):
             raise FileNotFoundError("pgbouncer not found; install it (apt-get install pgbouncer)")
-        self.port = port
         config = self._write_config(port)
-        self.process = ServiceProcess(
+        return ServiceProcess(
             "pgbouncer", [binary, str(config)],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             ready=lambda _proc: self._passes(port), log_path=self.dir / "pgbouncer.log",
             stop_signal=signal.SIGTERM, user=self._user)  # SIGTERM: immediate shutdown
-        self.process.start()
-        try:
-            self.process.wait_ready(timeout)
-        except ServiceError:
-            self.process.stop()
-            raise
 
     def _passes(self, port: int) -> bool:
         # A query that reaches the cluster behind it: whoever else may listen on the port
@@ -154,10 +142,6 @@ ignore_startup_parameters = extra_float_digits
                 return row is not None and int(row[0]) == self.postgres.port
         except psycopg.OperationalError:
             return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None and self.process.running:
-            self.process.stop(timeout)
 
     def cleanup(self) -> None:
         self.stop()

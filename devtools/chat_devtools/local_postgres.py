@@ -36,8 +36,8 @@ from typing import Self
 import psycopg
 from psycopg import sql
 
-from chat_devtools.errors import ServiceError
-from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
+from chat_devtools.local_server import LocalServer
+from chat_devtools.ports import LOOPBACK
 from chat_devtools.process import ServiceProcess
 
 UNSAFE_FAST = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -72,7 +72,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     raise RuntimeError("running as root and no 'postgres' or 'nobody' user to run PostgreSQL")
 
 
-class LocalPostgres:
+class LocalPostgres(LocalServer):
     """A PostgreSQL cluster in a temporary directory, on a loopback port of its own.
 
     Args:
@@ -88,28 +88,17 @@ class LocalPostgres:
     def __init__(self, port: int | None = None, base_dir: str | Path | None = None,
                  attempts: int = 5, *, durable: bool = False,
                  settings: Mapping[str, str] | None = None) -> None:
-        self.port = port or 0
-        self._first_port = port
+        super().__init__(port, attempts)
         self._own_dir = base_dir is None
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="chat-pg-"))
         self.data = self.base / "data"
-        self._attempts = attempts
         self._user = _unprivileged_user()
         self.durable = durable
         self.settings = {**BASE_SETTINGS, **({} if durable else UNSAFE_FAST), **(settings or {})}
         """What the server is started with (``-c``), besides its addresses."""
-        self.process: ServiceProcess | None = None
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@{LOOPBACK}:{self.port}/{database}?sslmode=disable"
-
-    @property
-    def addr(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.running
 
     def _chown(self, path: Path) -> None:
         if self._user is not None:
@@ -139,24 +128,13 @@ class LocalPostgres:
             ServiceError: the server exited or did not become ready.
         """
         self.init()
-        if self.process is not None:  # a restart: clients already have the address
-            self._run(self.port, timeout)
-            return self
-        first = self._first_port
-
-        def attempt() -> None:
-            nonlocal first
-            port, first = first or candidate_port(), None
-            self._run(port, timeout)
-
-        retry_on_port_in_use(attempt, self._attempts)
+        self._start_on_a_port(timeout)
         return self
 
-    def _run(self, port: int, timeout: float) -> None:
-        self.port = port
+    def _process(self, port: int) -> ServiceProcess:
         options = [arg for name, value in self.settings.items()
                    for arg in ("-c", f"{name}={value}")]
-        self.process = ServiceProcess(
+        return ServiceProcess(
             "postgres",
             [find_pg_bin("postgres"), "-D", str(self.data), "-p", str(port),
              "-c", f"listen_addresses={LOOPBACK}", "-c", f"unix_socket_directories={self.base}",
@@ -164,12 +142,6 @@ class LocalPostgres:
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
             ready=lambda _proc: self._accepts(port), log_path=self.base / "postgres.log",
             stop_signal=signal.SIGINT, user=self._user)  # SIGINT: PostgreSQL's fast shutdown
-        self.process.start()
-        try:
-            self.process.wait_ready(timeout)
-        except ServiceError:
-            self.process.stop()
-            raise
 
     def _accepts(self, port: int) -> bool:
         # Over this cluster's own Unix socket: only this server listens there (whoever may

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 from typing import Self
 
 import redis
 
-from chat_devtools.errors import ServiceError
-from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
+from chat_devtools.local_server import LocalServer
+from chat_devtools.ports import LOOPBACK, candidate_port
 from chat_devtools.process import ServiceProcess
 
 APPEND_ONLY_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec")
@@ -29,7 +28,7 @@ every second (a crash loses at most about a second of writes). The same in docke
 and k8s/dev/redis.yaml."""
 
 
-class LocalRedis:
+class LocalRedis(LocalServer):
     """A Redis server on a loopback port of its own; by default it keeps nothing on disk.
 
     Args:
@@ -49,19 +48,8 @@ class LocalRedis:
         """Non-zero: a Redis Cluster node (``LocalRedisCluster``) with this node timeout."""
         self.bus_port = 0
         self._started = False
-        self.port = port or 0
-        self._first_port = port
-        self._attempts = attempts
+        super().__init__(port, attempts)
         self.dir = Path(tempfile.mkdtemp(prefix="chat-redis-"))
-        self.process: ServiceProcess | None = None
-
-    @property
-    def addr(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.running
 
     def start(self, timeout: float = 15.0) -> Self:
         """Starts the server and waits until it answers PING.
@@ -70,25 +58,15 @@ class LocalRedis:
             PortInUse: every port tried was taken.
             ServiceError: the server exited or did not become ready.
         """
-        if self.process is not None:
-            self._run(self.port, timeout)
-            return self
-        first = self._first_port
-
-        def attempt() -> None:
-            nonlocal first
-            port, first = first or candidate_port(), None
-            self._run(port, timeout)
-
-        retry_on_port_in_use(attempt, self._attempts)
+        self._start_on_a_port(timeout)
+        self._started = True
         return self
 
-    def _run(self, port: int, timeout: float) -> None:
+    def _process(self, port: int) -> ServiceProcess:
         binary = shutil.which("redis-server")
         if not binary:
             raise FileNotFoundError(
                 "redis-server not found; install it (apt-get install redis-server)")
-        self.port = port
         socket_path = self.dir / "redis.sock"
         cluster: tuple[str, ...] = ()
         if self.cluster_node_timeout_ms:
@@ -99,7 +77,7 @@ class LocalRedis:
             cluster = ("--cluster-enabled", "yes", "--cluster-port", str(self.bus_port),
                        "--cluster-config-file", str(self.dir / "nodes.conf"),
                        "--cluster-node-timeout", str(self.cluster_node_timeout_ms))
-        self.process = ServiceProcess(
+        return ServiceProcess(
             "redis",
             [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "",
              *(APPEND_ONLY_ARGS if self.append_only else ("--appendonly", "no")),
@@ -107,13 +85,6 @@ class LocalRedis:
              "--unixsocket", str(socket_path), "--unixsocketperm", "700", *cluster],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             ready=lambda _proc: self._answers(socket_path), log_path=self.dir / "redis.log")
-        self.process.start()
-        try:
-            self.process.wait_ready(timeout)
-        except ServiceError:
-            self.process.stop()
-            raise
-        self._started = True
 
     @staticmethod
     def _answers(socket_path: Path) -> bool:
@@ -127,12 +98,6 @@ class LocalRedis:
             return False
         finally:
             client.close()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        if self.process is None or not self.process.running:
-            return
-        self.process.stop_signal = sig
-        self.process.stop(timeout)
 
     def cleanup(self) -> None:
         self.stop()

@@ -9,12 +9,11 @@ server that lives as long as a test session. ``s3_server`` says what it adds to 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Self
 
-from chat_devtools.errors import ServiceError
-from chat_devtools.ports import LOOPBACK, candidate_port, retry_on_port_in_use
+from chat_devtools.local_server import LocalServer
+from chat_devtools.ports import LOOPBACK
 from chat_devtools.process import ServiceProcess, http_get
 
 DEV_ACCESS_KEY_ID = "chat-dev"
@@ -23,7 +22,7 @@ DEV_BUCKET = "chat-attachments"
 DEV_REGION = "us-east-1"
 
 
-class LocalS3:
+class LocalS3(LocalServer):
     """An S3 server on a loopback port of its own, with ``bucket`` created at start.
 
     Args:
@@ -34,22 +33,15 @@ class LocalS3:
 
     def __init__(self, port: int | None = None, attempts: int = 5, *,
                  bucket: str = DEV_BUCKET) -> None:
-        self.port = port or 0
-        self._first_port = port
-        self._attempts = attempts
+        super().__init__(port, attempts)
         self.bucket = bucket
         self.access_key_id = DEV_ACCESS_KEY_ID
         self.secret_access_key = DEV_SECRET_ACCESS_KEY
         self.region = DEV_REGION
-        self.process: ServiceProcess | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.running
 
     def env(self) -> dict[str, str]:
         """The API's settings for this server."""
@@ -58,40 +50,24 @@ class LocalS3:
                 "S3_SECRET_ACCESS_KEY": self.secret_access_key, "S3_PATH_STYLE": "true"}
 
     def start(self, timeout: float = 30.0) -> Self:
-        """Starts the server, waits until it answers, and creates the bucket.
+        """Starts the server, waits until it answers, and creates the bucket (again after a
+        restart: the server keeps its objects in memory only).
 
         Raises:
             PortInUse: every port tried was taken.
             ServiceError: the server exited or did not become ready.
         """
-        if self.process is not None:
-            self._run(self.port, timeout)
-            return self
-        first = self._first_port
-
-        def attempt() -> None:
-            nonlocal first
-            port, first = first or candidate_port(), None
-            self._run(port, timeout)
-
-        retry_on_port_in_use(attempt, self._attempts)
+        self._start_on_a_port(timeout)
         self.create_bucket()
         return self
 
-    def _run(self, port: int, timeout: float) -> None:
-        self.port = port
-        self.process = ServiceProcess(
+    def _process(self, port: int) -> ServiceProcess:
+        return ServiceProcess(
             "s3", [sys.executable, "-m", "chat_devtools.s3_server", "--host", LOOPBACK,
                    "--port", str(port)],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                  "S3_SECRET_ACCESS_KEY": self.secret_access_key},
             ready=lambda _proc: http_get(port, "/", timeout=1.0)[0] == 200)
-        self.process.start()
-        try:
-            self.process.wait_ready(timeout)
-        except ServiceError:
-            self.process.stop()
-            raise
 
     def client(self) -> object:
         """A boto3 client for this server (synchronous: for fixtures and set-up only)."""
@@ -113,12 +89,6 @@ class LocalS3:
         listed = client.list_objects_v2(Bucket=self.bucket)  # type: ignore[attr-defined]
         for obj in listed.get("Contents", []):
             client.delete_object(Bucket=self.bucket, Key=obj["Key"])  # type: ignore[attr-defined]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        if self.process is None or not self.process.running:
-            return
-        self.process.stop_signal = sig
-        self.process.stop(timeout)
 
     def cleanup(self) -> None:
         self.stop()

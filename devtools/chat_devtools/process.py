@@ -190,6 +190,9 @@ class ServiceProcess:
         self._echo = echo
         self._prefix = f"{name:<6}| "
         self.stop_signal = stop_signal
+        # What the kernel sends when this process dies (``tied_to_parent``): the signal given
+        # here, not whatever a test last set ``stop_signal`` to (SIGKILL, to crash a server).
+        self._death_signal = stop_signal
         self.grace = grace
         self._user = user
         self._hold = list(hold)
@@ -222,7 +225,7 @@ class ServiceProcess:
         if self.log_path is not None:
             self._log = self.log_path.open("a", encoding="utf-8", errors="replace")
         user = self._user
-        argv = tied_to_parent(self.argv, self.stop_signal)
+        argv = tied_to_parent(self.argv, self._death_signal)
         if argv[0] != self.argv[0] and not _found(self.argv[0], env, self.cwd):
             # What Popen raises for a missing program, which setpriv would report only by
             # exiting 127 once started.
