@@ -1,10 +1,10 @@
 """What the throwaway servers of the tests, chat-dev and chat-bench share: a loopback port of
 their own, kept across restarts, and a start that waits until the server answers.
 
-PostgreSQL, Redis and the S3 server cannot bind port 0 and say which port they got, so each is
-given a candidate port and its own bind is the reservation (``ports``): the first ``start``
-moves on to another candidate while the port is taken. A restart after ``stop`` keeps the port
-it had, since clients hold the address. Each server says how to run it on a port
+PostgreSQL, Redis, PgBouncer and the S3 server cannot bind port 0 and say which port they got,
+so each is given a candidate port and its own bind is the reservation (``ports``): the first
+``start`` moves on to another candidate while the port is taken. A restart after ``stop`` keeps
+the port it had, since clients hold the address. Each server says how to run it on a port
 (``_process``) and what else its ``start`` does (initdb, creating a bucket).
 """
 

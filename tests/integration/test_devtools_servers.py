@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -112,14 +113,14 @@ def _gone(pid: int) -> bool:
 def test_servers_stop_when_the_process_that_started_them_is_killed() -> None:
     """A test run or benchmark killed with SIGKILL cleans up nothing itself: its servers get
     their stop signal from the kernel (``chat_devtools.process.tied_to_parent``)."""
-    started: dict[str, object] = {}
+    started: dict[str, Any] = {}
     with subprocess.Popen([sys.executable, "-c", _STARTER], stdout=subprocess.PIPE,
                           text=True) as starter:
         try:
             assert starter.stdout is not None
             line = starter.stdout.readline()  # bounded: the starter prints or exits (EOF)
             started = json.loads(line)
-            pids = [int(str(started["postgres"])), int(str(started["redis"]))]
+            pids = [int(started["postgres"]), int(started["redis"])]
             assert not any(_gone(pid) for pid in pids)
             starter.kill()
             starter.wait(10)
@@ -129,8 +130,8 @@ def test_servers_stop_when_the_process_that_started_them_is_killed() -> None:
             assert [pid for pid in pids if not _gone(pid)] == []
         finally:
             starter.kill()
-            for directory in started.get("dirs", []):  # type: ignore[attr-defined]
-                shutil.rmtree(str(directory), ignore_errors=True)
+            for directory in started.get("dirs", []):
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def _aof_files(server: LocalRedis) -> list[pathlib.Path]:
