@@ -104,9 +104,10 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import socket
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -196,7 +197,7 @@ def redacted(db_source: str) -> str:
 
 def _session_options(
     *, application_name: str, statement_timeout: float, connect_timeout: float = CONNECT_TIMEOUT,
-    role: str = "", pooled: bool = False,
+    role: str = "", pooled: bool = False, settings: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The connection arguments every session gets (see the module docstring).
 
@@ -209,6 +210,9 @@ def _session_options(
             fails the connection: a service never falls back to more rights than it asked for.
         pooled: through a transaction pooler: no ``options``, no prepared statements (the
             module docstring; ``check_pooled_session`` checks the role instead).
+        settings: further server settings for the session (``{"synchronous_commit": "off"}``),
+            in the startup packet like the others; refused with ``pooled`` (nothing
+            session-scoped can be asked of a pooler's shared sessions).
     """
     common: dict[str, Any] = {
         "autocommit": True,
@@ -216,11 +220,17 @@ def _session_options(
         "connect_timeout": max(1, math.ceil(connect_timeout)),
     }
     if pooled:
+        if settings:
+            raise ValueError("session settings cannot go through a transaction pooler")
         return {**common, "prepare_threshold": None}
     options = (f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
                " -c TimeZone=UTC")
     if role:
         options += f" -c role={role}"
+    for name, value in (settings or {}).items():
+        if not re.fullmatch(r"[a-z_.]+", name) or not re.fullmatch(r"[\w.]+", value):
+            raise ValueError(f"a session setting that cannot go in options: {name}={value}")
+        options += f" -c {name}={value}"
     return {**common, "options": options}
 
 
@@ -386,9 +396,11 @@ def interaction(name: str) -> Iterator[None]:
 async def connect(
     db_source: str, *, application_name: str, statement_timeout: float,
     connect_timeout: float = CONNECT_TIMEOUT, role: str = "",
+    settings: Mapping[str, str] | None = None,
 ) -> AsyncConn:
     """A dedicated async session with the shared options, for work that needs a session of
-    its own (advisory locks, LISTEN) or must not take a pool slot.
+    its own (advisory locks, LISTEN) or must not take a pool slot; ``settings``: further
+    server settings for this session only.
 
     Raises:
         Unavailable: the server could not be reached.
@@ -397,7 +409,7 @@ async def connect(
         return await psycopg.AsyncConnection.connect(
             conninfo(db_source), **_session_options(
                 application_name=application_name, statement_timeout=statement_timeout,
-                connect_timeout=connect_timeout, role=role))
+                connect_timeout=connect_timeout, role=role, settings=settings))
 
 
 def connect_sync(

@@ -23,7 +23,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from chat_devtools.local_postgres import LocalPostgres
 from chat_shared import deadlines
 from chat_shared.config import DatabaseSettings
-from chat_shared.db import Database, commit, connect, connect_sync, conninfo
+from chat_shared.db import (
+    Database,
+    _session_options,
+    commit,
+    connect,
+    connect_sync,
+    conninfo,
+)
 from chat_shared.errors import DeadlineExceeded, Unavailable
 from chat_shared.observability import tracing
 
@@ -107,6 +114,23 @@ async def test_sessions_run_in_utc_whatever_the_server_default(postgres: LocalPo
         assert (await (await conn.execute("SHOW TimeZone")).fetchone()) == ("UTC",)
     with connect_sync(db_source, application_name="x", statement_timeout=5) as sync_conn:
         assert sync_conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+
+
+async def test_a_dedicated_session_takes_further_settings_and_refuses_unsafe_ones(
+        db_source: str) -> None:
+    async with await connect(db_source, application_name="x", statement_timeout=5,
+                             settings={"plan_cache_mode": "force_generic_plan",
+                                       "work_mem": "8MB"}) as conn:
+        shown = [(await (await conn.execute(f"SHOW {name}")).fetchone())
+                 for name in ("plan_cache_mode", "work_mem", "TimeZone")]
+    assert shown == [("force_generic_plan",), ("8MB",), ("UTC",)]
+    # The startup packet's options are split on spaces: nothing may smuggle in another -c.
+    for bad in ({"work_mem": "8MB -c role=postgres"}, {"work mem": "8MB"}, {"x": ""}):
+        with pytest.raises(ValueError, match="cannot go in options"):
+            await connect(db_source, application_name="x", statement_timeout=5, settings=bad)
+    with pytest.raises(ValueError, match="transaction pooler"):
+        _session_options(application_name="x", statement_timeout=5, pooled=True,
+                         settings={"work_mem": "8MB"})
 
 
 async def test_every_session_carries_its_application_name(db: Database, db_source: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -45,11 +46,32 @@ _REDIS_PING_MAX = 1.0
 """Longest wait between two pings while publishing is paused for Redis, seconds."""
 
 
-async def connect(settings: RelaySettings, application_name: str) -> AsyncConnection[Any]:
-    """A session of the relay's own (Unavailable when PostgreSQL cannot be reached)."""
+BOOKKEEPING_SESSION = {"synchronous_commit": "off", "plan_cache_mode": "force_generic_plan"}
+"""The settings of the work connection's session, which claims, settles and holds the
+partitions' locks: every statement there is the relay's own bookkeeping.
+
+- ``synchronous_commit=off``: a settle's COMMIT returns before its WAL reaches the disk (the
+  WAL writer flushes it within three ``wal_writer_delay``, 0.6 s by default), so the relay no
+  longer waits on, and queues behind the API's commits for, one fsync per batch. What a crash
+  of PostgreSQL can lose is the last settles only (WAL is flushed in order), never a message or
+  an event: their rows are published again with the same event_ids, as after a relay killed
+  between publish and settle, and consumers drop them (DESIGN.md: at least once). A lost
+  reschedule or dead-letter move means one more attempt.
+- ``plan_cache_mode=force_generic_plan``: the claim's custom plans were never dearer than its
+  generic one, so PostgreSQL planned it again on every execution (15% of the work session's
+  CPU, perf); its generic plan is the same index scan (``tests/integration/test_relay_plans.py``).
+
+Measured on a local stack, sequential SendMessage: see docs/performance.md, "The relay's
+sessions"."""
+
+
+async def connect(settings: RelaySettings, application_name: str,
+                  session: Mapping[str, str] | None = None) -> AsyncConnection[Any]:
+    """A session of the relay's own (Unavailable when PostgreSQL cannot be reached);
+    ``session``: further settings (``BOOKKEEPING_SESSION``)."""
     return await db.connect(settings.db_source, application_name=application_name,
                             statement_timeout=settings.db_statement_timeout,
-                            role=settings.database_role)
+                            role=settings.database_role, settings=session)
 
 
 class OutboxRelay:
@@ -250,7 +272,8 @@ class OutboxRelay:
     async def _work_connection(self) -> AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             self.ownership.forget()
-            self._conn = await connect(self.settings, RELAY_APPLICATION_NAME)
+            self._conn = await connect(self.settings, RELAY_APPLICATION_NAME,
+                                       BOOKKEEPING_SESSION)
         return self._conn
 
     async def _close_work_connection(self, *, release: bool) -> None:
