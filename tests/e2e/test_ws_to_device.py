@@ -11,7 +11,9 @@ gone from the server; a removed device receives nothing more.
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
+import time
 from typing import Any
 
 import aiohttp
@@ -225,10 +227,41 @@ async def test_a_removed_device_receives_nothing_more(stack, session, db_source:
     assert resp.stored == 0
     assert await db_rows(db_source, "SELECT count(*) FROM outbox WHERE event_type = %s",
                          TO_DEVICE) == [(1,)]
-    # The open socket goes on with the conversation, with no to-device message after the one.
+    # The open socket goes on with the conversation, with no to-device message after the one,
+    # until its device's next check (WS_DEVICE_CHECK_INTERVAL, 30 s here; see the next test).
     await send(stub, "alice", conv.id, "marker")
     frames = await _until(ws, "message.created")
     assert all(f["type"] != TO_DEVICE for f in frames), frames
     # A new socket for the removed device is closed.
     again = await _device_socket(session, gateway, "bob", "b1")
     assert (await close_code(again))[0] == CLOSE_UNKNOWN_DEVICE
+
+
+async def test_a_removed_devices_open_socket_is_closed_within_the_check_interval(
+        db_source: str, redis_addr: str, tmp_path: pathlib.Path, session):
+    env = base_env(db_source, redis_addr, WS_DEVICE_CHECK_INTERVAL="0.3")
+    async with running_stack(env, tmp_path) as running:
+        stub, gateway = running.stub, running.gateway
+        await _device(stub, "bob", "b1")
+        await _device(stub, "bob", "b2")
+        conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(
+            member_ids=["bob"]), metadata=auth("alice"))).conversation
+        removed = await _device_socket(session, gateway, "bob", "b1", positions={conv.id: 0})
+        kept = await _device_socket(session, gateway, "bob", "b2", positions={conv.id: 0})
+        for ws in (removed, kept):
+            await _until(ws, "resumed")
+        await asyncio.sleep(1.0)  # three checks: an existing device's socket stays open
+        await send(stub, "alice", conv.id, "before")
+        for ws in (removed, kept):
+            assert (await _until(ws, "message.created"))[-1]["message"]["content"] == "before"
+        await stub.RemoveDevice(chat_pb2.RemoveDeviceRequest(device_id="b1"),
+                                metadata=auth("bob"))
+        started = time.monotonic()
+        assert (await close_code(removed, within=10))[0] == CLOSE_UNKNOWN_DEVICE
+        print(f"\nremoved device's socket closed {time.monotonic() - started:.2f} s after "
+              f"RemoveDevice (WS_DEVICE_CHECK_INTERVAL 0.3 s)")
+        # The user's other device goes on.
+        await send(stub, "alice", conv.id, "still here")
+        created = [f for f in await _until(kept, "message.created")
+                   if f["type"] == "message.created"]
+        assert created[-1]["message"]["content"] == "still here"

@@ -67,6 +67,22 @@ def test_an_announced_message_acknowledged_before_the_read_ends_the_reading():
     assert box.sent_up_to == 7
 
 
+def test_a_periodic_check_reads_unless_a_read_is_running_and_finds_unannounced_messages():
+    box = Mailbox()
+    assert box.recheck() is False  # the first read is running: it checks the device too
+    box.next_read()
+    box.page_read(None, full=False)
+    assert box.recheck() is True
+    assert box.recheck() is False  # that read is running now
+    assert box.announce(4) is False  # and covers what is announced meanwhile
+    assert box.next_read() == 0
+    # The read found 3 and 4, whose announcements had not arrived (or were lost).
+    assert box.page_read(4, full=False) is False
+    assert (box.sent_up_to, box.reading) == (4, False)
+    assert box.announce(3) is False  # a late announcement: sent already
+    assert box.recheck() is True
+
+
 def test_a_full_page_is_followed_by_the_next():
     box = Mailbox()
     assert box.next_read() == 0

@@ -13,7 +13,9 @@ connection waits), and closes the socket.
 
 A socket opened for a device (``device_id``) also receives that device's to-device messages:
 everything waiting in its mailbox at connect, then each one announced by a ``to_device.created``
-event, read from PostgreSQL after the socket's cursor (``to_device.Mailbox`` decides when).
+event, read from PostgreSQL after the socket's cursor (``to_device.Mailbox`` decides when),
+and once every WS_DEVICE_CHECK_INTERVAL: removing a device announces nothing, so that read is
+what closes a removed device's sockets (4404).
 """
 
 from __future__ import annotations
@@ -77,18 +79,21 @@ class Connection:
                  queue_size: int, close_timeout: float, max_positions: int,
                  transport: asyncio.Transport | None = None,
                  tenant_id: str = DEFAULT_TENANT, typing: TypingRelay | None = None,
-                 device_id: str | None = None) -> None:
+                 device_id: str | None = None, device_check_interval: float = 30.0) -> None:
         """
         Args:
             device_id: the user's device this socket receives to-device messages for (checked
                 by the first mailbox read: the socket is closed with 4404 when it is not the
                 user's); None = none.
+            device_check_interval: seconds between the mailbox reads that check the device is
+                still the user's (a removed device's socket closes with 4404 within it).
         """
         self.ws = ws
         self.user_id = user_id
         self.tenant_id = tenant_id
         self.device_id = device_id
         self._mailbox = Mailbox() if device_id is not None else None
+        self._device_check_interval = device_check_interval
         self._history = history
         self._typing = typing
         self._transport = transport
@@ -98,6 +103,8 @@ class Connection:
         self._order = Ordering(hold_limit=queue_size)
         self._timers: list[asyncio.TimerHandle] = []
         self._pending_timer: asyncio.TimerHandle | None = None
+        self._device_timer: asyncio.TimerHandle | None = None
+        """The next check of the device (``_check_device``), for a device's socket."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._writer: asyncio.Task[None] | None = None
         self.closing = False
@@ -118,6 +125,8 @@ class Connection:
             # After the hub registered the socket: what commits from now on is announced to
             # it, and this read finds everything that committed before.
             self._spawn(self._read_mailbox(), "ws-to-device")
+            self._device_timer = loop.call_later(self._device_check_interval,
+                                                 self._check_device)
 
     def close(self, code: int, message: str, reason: str) -> None:
         """Starts closing with ``code`` (idempotent); the socket is aborted if it hangs."""
@@ -164,6 +173,8 @@ class Connection:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._device_timer is not None:
+            self._device_timer.cancel()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str = "ws-task") -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -320,6 +331,17 @@ class Connection:
             return
         if self._mailbox.announce(message_id):
             self._spawn(self._read_mailbox(), "ws-to-device")
+
+    def _check_device(self) -> None:
+        """A mailbox read every ``device_check_interval``: removing a device (RemoveDevice)
+        announces nothing to its sockets, so this read is what closes them (4404); it also
+        sends whatever an announcement lost on the way would have."""
+        if self.closing or self._mailbox is None:
+            return
+        if self._mailbox.recheck():
+            self._spawn(self._read_mailbox(), "ws-to-device")
+        self._device_timer = asyncio.get_running_loop().call_later(
+            self._device_check_interval, self._check_device)
 
     async def _read_mailbox(self) -> None:
         """Sends the device's messages after the cursor, page by page, until the mailbox

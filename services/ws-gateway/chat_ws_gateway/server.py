@@ -146,7 +146,8 @@ class GatewayServer:
                           queue_size=s.ws_send_queue_size, close_timeout=s.ws_close_timeout,
                           max_positions=s.ws_max_resume_positions,
                           transport=request.transport, tenant_id=principal.tenant_id,
-                          typing=self._typing, device_id=device_id)
+                          typing=self._typing, device_id=device_id,
+                          device_check_interval=s.ws_device_check_interval)
         await self._serve(ws, conn, principal, conn.on_text)
         return ws
 

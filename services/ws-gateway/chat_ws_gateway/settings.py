@@ -55,6 +55,10 @@ class GatewaySettings(ServiceSettings, HttpServerSettings, RateLimitSettings, Gr
         2.0, gt=0, le=5,
         description="seconds between re-reads of the tenant registry for the tenants with open "
                     "sockets: a disabled tenant's sockets close (4403) within it")
+    ws_device_check_interval: Seconds = Field(
+        30.0, gt=0, le=300,
+        description="seconds between the checks that a socket's end-to-end encryption device "
+                    "still exists: a removed device's sockets close (4404) within it")
     ws_typing_cache_ttl: Seconds = Field(
         2.0, ge=0, le=60,
         description="seconds a typing sender's membership and the conversation's members may "

@@ -49,6 +49,15 @@ class Mailbox:
         self.reading = True
         return True
 
+    def recheck(self) -> bool:
+        """The periodic check of the device is due (``WS_DEVICE_CHECK_INTERVAL``): whether to
+        start a read now (False: one is running, and it reads the device row too). The read
+        finds a removed device (the socket closes) and anything whose announcement was lost."""
+        if self.reading:
+            return False
+        self.reading = True
+        return True
+
     def next_read(self) -> int:
         """A read (one page) is starting; the id to read after. Every message announced by
         now has committed, so this read covers them."""
