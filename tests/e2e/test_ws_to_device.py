@@ -17,9 +17,12 @@ import time
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from chat_devtools.e2ee_client import E2EEDevice
+from chat_devtools.local_postgres import LocalPostgres
+from chat_migrations.cli import upgrade
 from chat_shared.protos.chat.v1 import chat_pb2
 from tests.conftest import auth, make_token
 from tests.helpers import db_rows, redis_async, send
@@ -265,3 +268,39 @@ async def test_a_removed_devices_open_socket_is_closed_within_the_check_interval
         created = [f for f in await _until(kept, "message.created")
                    if f["type"] == "message.created"]
         assert created[-1]["message"]["content"] == "still here"
+
+
+async def test_a_device_socket_outlives_a_postgresql_outage_and_is_still_checked_after(
+        redis_addr: str, tmp_path: pathlib.Path, session):
+    """The periodic check reads PostgreSQL: while it is away the check fails and is tried again
+    (the socket stays open, as a socket without a device does), and once it is back a removed
+    device's socket closes as before."""
+    pg = LocalPostgres().start()
+    try:
+        dsn = pg.create_database("chat")
+        upgrade(dsn)
+        env = base_env(dsn, redis_addr, WS_DEVICE_CHECK_INTERVAL="0.3")
+        async with running_stack(env, tmp_path) as running:
+            stub, gateway = running.stub, running.gateway
+            await _device(stub, "bob", "b1")
+            conv = (await stub.CreateConversation(chat_pb2.CreateConversationRequest(
+                member_ids=["bob"]), metadata=auth("alice"))).conversation
+            ws = await _device_socket(session, gateway, "bob", "b1", positions={conv.id: 0})
+            await _until(ws, "resumed")
+            pg.stop()
+            await asyncio.sleep(1.5)  # five failed checks
+            await ws.send_json({"type": "ping"})
+            assert (await _until(ws, "pong"))[-1] == {"type": "pong"}
+            pg.start()
+            deadline = time.monotonic() + 30
+            while True:  # the API's pool reconnects on its own schedule
+                try:
+                    await stub.RemoveDevice(chat_pb2.RemoveDeviceRequest(device_id="b1"),
+                                            metadata=auth("bob"), timeout=5)
+                    break
+                except grpc.aio.AioRpcError:
+                    assert time.monotonic() < deadline, "the API did not reconnect"
+                    await asyncio.sleep(0.5)
+            assert (await close_code(ws, within=10))[0] == CLOSE_UNKNOWN_DEVICE
+    finally:
+        pg.cleanup()

@@ -81,6 +81,15 @@ def test_a_periodic_check_reads_unless_a_read_is_running_and_finds_unannounced_m
     assert (box.sent_up_to, box.reading) == (4, False)
     assert box.announce(3) is False  # a late announcement: sent already
     assert box.recheck() is True
+    # That read fails (PostgreSQL away) after 5 was announced: the next check reads from the
+    # same cursor and covers 5.
+    box.next_read()
+    assert box.announce(5) is False
+    box.failed()
+    assert box.recheck() is True
+    assert box.next_read() == 4
+    assert box.page_read(5, full=False) is False
+    assert (box.sent_up_to, box.reading) == (5, False)
 
 
 def test_a_full_page_is_followed_by_the_next():

@@ -339,13 +339,18 @@ class Connection:
         if self.closing or self._mailbox is None:
             return
         if self._mailbox.recheck():
-            self._spawn(self._read_mailbox(), "ws-to-device")
+            self._spawn(self._read_mailbox(periodic=True), "ws-to-device")
         self._device_timer = asyncio.get_running_loop().call_later(
             self._device_check_interval, self._check_device)
 
-    async def _read_mailbox(self) -> None:
+    async def _read_mailbox(self, *, periodic: bool = False) -> None:
         """Sends the device's messages after the cursor, page by page, until the mailbox
-        state says the device is up to date; one such task per socket at a time."""
+        state says the device is up to date; one such task per socket at a time.
+
+        A read that fails closes the socket (the client reconnects and reads everything
+        waiting), except a periodic check's: with PostgreSQL away every device socket would
+        close and reconnect into the same outage, so it is tried again at the next check.
+        """
         assert self._mailbox is not None and self.device_id is not None
         mailbox, page_size = self._mailbox, self._history.page_size
         try:
@@ -363,7 +368,12 @@ class Connection:
                                           len(rows) >= page_size)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if periodic:
+                log.warning("ws_device_check_failed", user_id=self.user_id,
+                            device_id=self.device_id, error=str(exc))
+                mailbox.failed()
+                return
             log.exception("ws_to_device_read_failed", user_id=self.user_id,
                           device_id=self.device_id)
             self.send_error(protocol.CATCH_UP_FAILED,

@@ -58,6 +58,12 @@ class Mailbox:
         self.reading = True
         return True
 
+    def failed(self) -> None:
+        """A periodic check's read failed (PostgreSQL unavailable): none is running now, and
+        the next check or announcement reads again from the same cursor, covering whatever
+        was announced meanwhile."""
+        self.reading = False
+
     def next_read(self) -> int:
         """A read (one page) is starting; the id to read after. Every message announced by
         now has committed, so this read covers them."""
