@@ -15,6 +15,7 @@ status in a tick's body can predate the previous tick's status write (kopf's wat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -56,6 +57,13 @@ class _State:
     source: BacklogSource | None = None
     source_key: object = None
     ready_reason: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One tick at a time per resource. A tick can outlast the polling interval (a slow
+    Kubernetes API or backlog source, a loaded machine), and it awaits between reading the
+    replicas and recording its scale-up: a tick started in that gap saw the new count without
+    the scale-up that made it, and passed the rate limit again (1 -> 5 -> 9 where the limit
+    allows one step: seen in CI, reproduced by
+    ``tests/operator/test_operator.py::test_ticks_of_one_resource_never_overlap``)."""
 
 
 @dataclass
@@ -92,13 +100,19 @@ class Autoscalers:
             _write_status(patch, status, out)
             state.ready_reason = "InvalidSpec"
             return
-        if state.last_poll is not None and now - state.last_poll < parsed.polling_interval_seconds:
-            return
-        state.last_poll = now
-        await self._tick(state, parsed, body, status, meta, name, namespace, out, logger)
-        _write_status(patch, status, out)
-        state.ready_reason = next((c["reason"] for c in out.conditions if c["type"] == "Ready"),
-                                  state.ready_reason)
+        if state.lock.locked():
+            return  # a tick is running: this one would only repeat it
+        async with state.lock:
+            now = self._clock()
+            if (state.last_poll is not None
+                    and now - state.last_poll < parsed.polling_interval_seconds):
+                return
+            state.last_poll = now
+            await self._tick(state, parsed, body, status, meta, name, namespace, out, logger)
+            _write_status(patch, status, out)
+            state.ready_reason = next(
+                (c["reason"] for c in out.conditions if c["type"] == "Ready"),
+                state.ready_reason)
 
     async def _tick(self, state: _State, spec: AutoscalerSpec, body: kopf.Body,
                     status: Mapping[str, Any], meta: kopf.Meta, name: str, namespace: str,
