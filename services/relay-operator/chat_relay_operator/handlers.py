@@ -91,7 +91,6 @@ class Autoscalers:
         if state is None:
             rate = RatePolicy(period_seconds=self._config.scale_up_period)
             state = self._states[uid] = _State(Recommender(rate=rate))
-        now = self._clock()
         out = _Outcome()
         try:
             parsed = parse_spec(spec)
